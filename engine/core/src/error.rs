@@ -1,0 +1,30 @@
+//! The crate's one error type.
+
+/// Everything that can go wrong in `kwaainet-core`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the model file failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The GGUF file is malformed, truncated or exceeds a safety limit.
+    #[error("malformed GGUF: {0}")]
+    Gguf(#[from] crate::gguf::GgufError),
+    /// A feature of the file or request that this engine does not implement.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The tokenizer metadata is missing or inconsistent.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The chat template failed to parse or render.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// The model's hyper-parameters or weights are inconsistent.
+    #[error("model: {0}")]
+    Model(String),
+    /// A caller passed an out-of-range argument (span, position, context overflow...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+/// Shorthand for `Result<T, kwaainet_core::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

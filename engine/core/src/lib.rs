@@ -1,0 +1,8 @@
+//! KwaaiNet's model math: GGUF reader, tokenizer and chat template, a Llama-family model
+//! with quantized kernels, KV cache, sampler and block-span execution.
+
+pub mod error;
+pub mod gguf;
+pub mod quant;
+
+pub use error::{Error, Result};
