@@ -72,7 +72,11 @@ impl Gguf {
         self.tensors.iter().find(|t| t.name == name)
     }
     /// Reads one tensor's bytes.
-    pub fn read_tensor<R: Read + Seek>(&self, _r: &mut R, _t: &TensorInfo) -> Result<Vec<u8>, GgufError> {
+    pub fn read_tensor<R: Read + Seek>(
+        &self,
+        _r: &mut R,
+        _t: &TensorInfo,
+    ) -> Result<Vec<u8>, GgufError> {
         Err(GgufError::Other("not yet implemented".into()))
     }
 }

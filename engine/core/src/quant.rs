@@ -41,5 +41,7 @@ impl GgmlType {
 
 /// Dequantizes `src` (whole blocks of `dtype`) into `dst` (`dst.len()` elements).
 pub fn dequantize(_dtype: GgmlType, _src: &[u8], _dst: &mut [f32]) -> crate::Result<()> {
-    Err(crate::Error::Unsupported("dequantize not yet implemented".into()))
+    Err(crate::Error::Unsupported(
+        "dequantize not yet implemented".into(),
+    ))
 }

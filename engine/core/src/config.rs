@@ -1,0 +1,156 @@
+//! Llama-family hyper-parameters, read from GGUF metadata.
+
+use crate::gguf::{Gguf, Value};
+use crate::{Error, Result};
+
+/// Architectures whose GGUF layout matches Llama's (same tensor names and math).
+const LLAMA_LIKE: &[&str] = &["llama", "mistral", "smollm", "granite"];
+
+/// Hyper-parameters of a Llama-family decoder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// `general.architecture`, e.g. `llama`.
+    pub arch: String,
+    /// Number of transformer blocks.
+    pub n_layers: usize,
+    /// Hidden size.
+    pub dim: usize,
+    /// MLP inner size.
+    pub ffn_dim: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention when smaller than `n_heads`).
+    pub n_kv_heads: usize,
+    /// Per-head size.
+    pub head_dim: usize,
+    /// Rotary dimensions (usually `head_dim`).
+    pub rope_dim: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Context length the model was trained for.
+    pub context_length: usize,
+    /// RMSNorm epsilon.
+    pub norm_eps: f32,
+    /// RoPE frequency base.
+    pub rope_theta: f32,
+}
+
+fn num(g: &Gguf, key: &str) -> Option<u64> {
+    match g.get(key)? {
+        Value::U8(v) => Some(u64::from(*v)),
+        Value::U16(v) => Some(u64::from(*v)),
+        Value::U32(v) => Some(u64::from(*v)),
+        Value::U64(v) => Some(*v),
+        Value::I8(v) => u64::try_from(*v).ok(),
+        Value::I16(v) => u64::try_from(*v).ok(),
+        Value::I32(v) => u64::try_from(*v).ok(),
+        Value::I64(v) => u64::try_from(*v).ok(),
+        _ => None,
+    }
+}
+
+fn float(g: &Gguf, key: &str) -> Option<f32> {
+    match g.get(key)? {
+        Value::F32(v) => Some(*v),
+        Value::F64(v) => Some(*v as f32),
+        _ => None,
+    }
+}
+
+impl LlamaConfig {
+    /// Reads the hyper-parameters, checking that they are consistent.
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let arch = match g.get("general.architecture") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err(Error::Model("missing general.architecture".into())),
+        };
+        if !LLAMA_LIKE.contains(&arch.as_str()) {
+            return Err(Error::Unsupported(format!(
+                "architecture `{arch}` (supported: {})",
+                LLAMA_LIKE.join(", ")
+            )));
+        }
+        let req = |k: &str| -> Result<usize> {
+            let key = format!("{arch}.{k}");
+            let v = num(g, &key)
+                .ok_or_else(|| Error::Model(format!("missing or non-integer {key}")))?;
+            usize::try_from(v).map_err(|_| Error::Model(format!("{key} too large")))
+        };
+        let n_layers = req("block_count")?;
+        let dim = req("embedding_length")?;
+        let ffn_dim = req("feed_forward_length")?;
+        let n_heads = req("attention.head_count")?;
+        let n_kv_heads = num(g, &format!("{arch}.attention.head_count_kv"))
+            .map(|v| v as usize)
+            .unwrap_or(n_heads);
+        let context_length = req("context_length")?;
+        let vocab_size = match num(g, &format!("{arch}.vocab_size")) {
+            Some(v) => v as usize,
+            None => match g.get("tokenizer.ggml.tokens") {
+                Some(Value::Array(a)) => a.len(),
+                _ => return Err(Error::Model("unknown vocabulary size".into())),
+            },
+        };
+        let norm_eps =
+            float(g, &format!("{arch}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-5);
+        let rope_theta = float(g, &format!("{arch}.rope.freq_base")).unwrap_or(10_000.0);
+        if n_layers == 0
+            || n_layers > 1024
+            || dim == 0
+            || dim > 65_536
+            || ffn_dim == 0
+            || ffn_dim > 1 << 20
+        {
+            return Err(Error::Model(format!(
+                "implausible sizes: {n_layers} blocks, hidden {dim}, ffn {ffn_dim}"
+            )));
+        }
+        if n_heads == 0
+            || n_kv_heads == 0
+            || !dim.is_multiple_of(n_heads)
+            || !n_heads.is_multiple_of(n_kv_heads)
+        {
+            return Err(Error::Model(format!(
+                "inconsistent heads: hidden {dim}, {n_heads} heads, {n_kv_heads} kv heads"
+            )));
+        }
+        let head_dim = dim / n_heads;
+        let rope_dim = num(g, &format!("{arch}.rope.dimension_count"))
+            .map(|v| v as usize)
+            .unwrap_or(head_dim);
+        if rope_dim == 0 || rope_dim > head_dim || !rope_dim.is_multiple_of(2) {
+            return Err(Error::Model(format!(
+                "rope dimension {rope_dim} invalid for head size {head_dim}"
+            )));
+        }
+        if vocab_size == 0 || vocab_size > 1 << 24 || context_length == 0 {
+            return Err(Error::Model(format!(
+                "implausible vocab {vocab_size} / context {context_length}"
+            )));
+        }
+        if !(norm_eps > 0.0 && norm_eps < 1.0 && rope_theta > 0.0 && rope_theta.is_finite()) {
+            return Err(Error::Model(format!(
+                "invalid eps {norm_eps} or rope base {rope_theta}"
+            )));
+        }
+        Ok(Self {
+            arch,
+            n_layers,
+            dim,
+            ffn_dim,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            rope_dim,
+            vocab_size,
+            context_length,
+            norm_eps,
+            rope_theta,
+        })
+    }
+
+    /// Size of one key (or value) row for all KV heads.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}
