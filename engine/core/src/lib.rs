@@ -4,6 +4,7 @@
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod kernels;
 pub mod quant;
 
 pub use config::LlamaConfig;

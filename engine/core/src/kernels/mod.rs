@@ -1,0 +1,408 @@
+//! Quantized matrix kernels: weights stay in their GGML block format and are dequantized
+//! inside the dot product, against activations quantized the way llama.cpp does it
+//! (Q8_0 for Q4_0/Q8_0 weights, Q8_1 for Q4_1), so results track the reference closely.
+//!
+//! SIMD paths: AVX2+FMA on x86-64 (picked at run time), simd128 on wasm32 (when the
+//! module is built with `+simd128`), portable scalar code elsewhere. Types without a fused
+//! kernel (K-quants, F16, BF16) dequantize one row at a time into a small scratch buffer
+//! and use an f32 dot, so memory still holds only the quantized weights.
+
+use half::f16;
+
+use crate::quant::{self, GgmlType};
+use crate::{Error, Result};
+
+mod scalar;
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod wasm;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Elements per block of the 8-bit activation formats.
+pub const QK: usize = 32;
+
+/// A weight matrix of `rows` × `cols` kept in its on-disk block format, row-major.
+#[derive(Clone)]
+pub struct QMatrix {
+    dtype: GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QMatrix")
+            .field("dtype", &self.dtype)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QMatrix {
+    /// Wraps `data` holding `rows` rows of `cols` elements of `dtype`.
+    pub fn new(dtype: GgmlType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self> {
+        let bs = dtype.block_size();
+        if cols == 0 || rows == 0 || !cols.is_multiple_of(bs) {
+            return Err(Error::Model(format!(
+                "matrix {rows}x{cols} of {dtype:?} is not a whole number of {bs}-element blocks"
+            )));
+        }
+        let row_bytes = cols / bs * dtype.type_size();
+        let expected = rows
+            .checked_mul(row_bytes)
+            .ok_or_else(|| Error::Model("matrix size overflows".into()))?;
+        if data.len() != expected {
+            return Err(Error::Model(format!(
+                "matrix {rows}x{cols} of {dtype:?} needs {expected} bytes, got {}",
+                data.len()
+            )));
+        }
+        Ok(Self {
+            dtype,
+            rows,
+            cols,
+            row_bytes,
+            data,
+        })
+    }
+
+    /// Storage type.
+    pub fn dtype(&self) -> GgmlType {
+        self.dtype
+    }
+    /// Output size.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Input size.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Bytes held.
+    pub fn n_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The raw blocks of row `r`.
+    pub fn row(&self, r: usize) -> &[u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+
+    /// Dequantizes row `r` into `out` (`cols` elements), e.g. for an embedding lookup.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<()> {
+        if r >= self.rows || out.len() != self.cols {
+            return Err(Error::InvalidArgument(format!(
+                "row {r} of a {}x{} matrix into {} values",
+                self.rows,
+                self.cols,
+                out.len()
+            )));
+        }
+        quant::dequantize(self.dtype, self.row(r), out)
+    }
+
+    /// The activation format this matrix's fused kernel consumes.
+    fn act_kind(&self) -> ActKind {
+        match self.dtype {
+            GgmlType::Q4_0 | GgmlType::Q8_0 => ActKind::Q8_0,
+            GgmlType::Q4_1 => ActKind::Q8_1,
+            _ => ActKind::F32,
+        }
+    }
+
+    /// `out[t * rows + r] = dot(row r, x[t])` for every token `t` of `x` (`n × cols`).
+    ///
+    /// Each weight row is read once per call whatever the number of tokens, and rows are
+    /// split across the current rayon pool's threads when the `threads` feature is on.
+    pub fn matmul(&self, x: &mut Acts<'_>, out: &mut [f32]) -> Result<()> {
+        if x.cols != self.cols || out.len() != x.n * self.rows {
+            return Err(Error::InvalidArgument(format!(
+                "matmul {}x{} with {} inputs of {} into {} outputs",
+                self.rows,
+                self.cols,
+                x.n,
+                x.cols,
+                out.len()
+            )));
+        }
+        let kind = self.act_kind();
+        x.prepare(kind);
+        let acts = x.view(kind);
+        let n = x.n;
+        let rows = self.rows;
+        // Work is handed out in chunks of rows; each chunk writes a disjoint column range of
+        // `out` for every token, so results are gathered per chunk and scattered after.
+        let chunk_rows = pick_chunk(rows);
+        let compute_chunk = |r0: usize, buf: &mut [f32]| {
+            let r1 = (r0 + chunk_rows).min(rows);
+            let mut scratch = Vec::new();
+            for r in r0..r1 {
+                let w = self.row(r);
+                for t in 0..n {
+                    buf[(r - r0) * n + t] =
+                        dot_row(self.dtype, w, &acts, t, self.cols, &mut scratch);
+                }
+            }
+        };
+        let n_chunks = rows.div_ceil(chunk_rows);
+        if n == 1 {
+            run_chunks(n_chunks, chunk_rows, out, |ci, buf| {
+                compute_chunk(ci * chunk_rows, buf)
+            });
+            return Ok(());
+        }
+        let mut tmp = vec![0f32; rows * n];
+        run_chunks(n_chunks, chunk_rows * n, &mut tmp, |ci, buf| {
+            compute_chunk(ci * chunk_rows, buf)
+        });
+        for (r, col) in tmp.chunks_exact(n).enumerate() {
+            for (t, v) in col.iter().enumerate() {
+                out[t * rows + r] = *v;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pick_chunk(rows: usize) -> usize {
+    // Large enough to amortise scheduling, small enough to balance two or more threads.
+    (rows / 64).clamp(8, 256)
+}
+
+#[cfg(feature = "threads")]
+fn run_chunks<F>(n_chunks: usize, chunk_len: usize, buf: &mut [f32], f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    use rayon::prelude::*;
+    if rayon::current_num_threads() <= 1 || n_chunks <= 1 {
+        for (ci, b) in buf.chunks_mut(chunk_len).enumerate() {
+            f(ci, b);
+        }
+    } else {
+        buf.par_chunks_mut(chunk_len)
+            .enumerate()
+            .for_each(|(ci, b)| f(ci, b));
+    }
+}
+
+#[cfg(not(feature = "threads"))]
+fn run_chunks<F>(_n_chunks: usize, chunk_len: usize, buf: &mut [f32], f: F)
+where
+    F: Fn(usize, &mut [f32]),
+{
+    for (ci, b) in buf.chunks_mut(chunk_len).enumerate() {
+        f(ci, b);
+    }
+}
+
+/// Which quantized form of the activations a kernel reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ActKind {
+    F32,
+    Q8_0,
+    Q8_1,
+}
+
+/// One block of 32 activations quantized to 8 bits, llama.cpp's Q8_0/Q8_1 in spirit.
+/// `d` and `s` hold f16-rounded values (as llama.cpp stores them) widened to f32.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(16))]
+pub struct BlockQ8 {
+    /// Scale.
+    pub d: f32,
+    /// `d * sum(qs)` (used by Q4_1's offset term).
+    pub s: f32,
+    /// Quantized values.
+    pub qs: [i8; QK],
+}
+
+/// A batch of `n` activation vectors of `cols` values, quantized lazily per kernel kind.
+#[derive(Debug)]
+pub struct Acts<'a> {
+    x: &'a [f32],
+    n: usize,
+    cols: usize,
+    q8_0: Vec<BlockQ8>,
+    q8_1: Vec<BlockQ8>,
+    have_q8_0: bool,
+    have_q8_1: bool,
+}
+
+struct ActView<'a> {
+    x: &'a [f32],
+    q: &'a [BlockQ8],
+}
+
+impl<'a> Acts<'a> {
+    /// Wraps `n` row-major vectors of `cols` values.
+    pub fn new(x: &'a [f32], n: usize, cols: usize) -> Result<Self> {
+        if n == 0 || x.len() != n * cols {
+            return Err(Error::InvalidArgument(format!(
+                "{} activations are not {n} rows of {cols}",
+                x.len()
+            )));
+        }
+        Ok(Self {
+            x,
+            n,
+            cols,
+            q8_0: Vec::new(),
+            q8_1: Vec::new(),
+            have_q8_0: false,
+            have_q8_1: false,
+        })
+    }
+
+    fn prepare(&mut self, kind: ActKind) {
+        match kind {
+            ActKind::F32 => {}
+            ActKind::Q8_0 if !self.have_q8_0 => {
+                self.q8_0 = quantize_q8(self.x, false);
+                self.have_q8_0 = true;
+            }
+            ActKind::Q8_1 if !self.have_q8_1 => {
+                self.q8_1 = quantize_q8(self.x, true);
+                self.have_q8_1 = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn view(&self, kind: ActKind) -> ActView<'_> {
+        let q = match kind {
+            ActKind::Q8_0 => &self.q8_0[..],
+            ActKind::Q8_1 => &self.q8_1[..],
+            ActKind::F32 => &[][..],
+        };
+        ActView { x: self.x, q }
+    }
+}
+
+fn round_f16(v: f32) -> f32 {
+    f16::from_f32(v).to_f32()
+}
+
+/// Quantizes rows of 32-value blocks to 8 bits with a per-block scale (`amax / 127`).
+/// `with_sum` also records `d * Σq`, needed by Q4_1's `m` term.
+pub fn quantize_q8(x: &[f32], with_sum: bool) -> Vec<BlockQ8> {
+    let mut out = Vec::with_capacity(x.len() / QK);
+    for blk in x.chunks_exact(QK) {
+        let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut qs = [0i8; QK];
+        let mut sum = 0i32;
+        for (q, v) in qs.iter_mut().zip(blk) {
+            // Round half to even, as the SIMD reference quantizer does.
+            let r = (v * id).round_ties_even() as i32;
+            *q = r.clamp(-127, 127) as i8;
+            sum += *q as i32;
+        }
+        let s = if with_sum {
+            round_f16(d * sum as f32)
+        } else {
+            0.0
+        };
+        out.push(BlockQ8 {
+            d: round_f16(d),
+            s,
+            qs,
+        });
+    }
+    out
+}
+
+#[inline]
+fn dot_row(
+    dtype: GgmlType,
+    w: &[u8],
+    a: &ActView<'_>,
+    t: usize,
+    cols: usize,
+    scratch: &mut Vec<f32>,
+) -> f32 {
+    let nb = cols / QK;
+    match dtype {
+        GgmlType::Q4_0 => simd::dot_q4_0(w, &a.q[t * nb..(t + 1) * nb]),
+        GgmlType::Q4_1 => simd::dot_q4_1(w, &a.q[t * nb..(t + 1) * nb]),
+        GgmlType::Q8_0 => simd::dot_q8_0(w, &a.q[t * nb..(t + 1) * nb]),
+        GgmlType::F32 => {
+            let x = &a.x[t * cols..(t + 1) * cols];
+            let mut acc = 0f32;
+            for (wb, xv) in w.chunks_exact(4).zip(x) {
+                acc += f32::from_le_bytes([wb[0], wb[1], wb[2], wb[3]]) * xv;
+            }
+            acc
+        }
+        _ => {
+            scratch.resize(cols, 0.0);
+            // Lengths were validated when the matrix was built, so this cannot fail.
+            if quant::dequantize(dtype, w, scratch).is_err() {
+                return f32::NAN;
+            }
+            simd::dot_f32(scratch, &a.x[t * cols..(t + 1) * cols])
+        }
+    }
+}
+
+/// The kernel set for this build target, chosen once.
+mod simd {
+    use super::BlockQ8;
+
+    pub fn dot_q4_1(w: &[u8], y: &[BlockQ8]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx2() {
+            // SAFETY: AVX2 and FMA were detected at run time.
+            return unsafe { super::x86::dot_q4_1(w, y) };
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return super::wasm::dot_q4_1(w, y);
+        #[allow(unreachable_code)]
+        super::scalar::dot_q4_1(w, y)
+    }
+
+    pub fn dot_q4_0(w: &[u8], y: &[BlockQ8]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx2() {
+            // SAFETY: AVX2 and FMA were detected at run time.
+            return unsafe { super::x86::dot_q4_0(w, y) };
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return super::wasm::dot_q4_0(w, y);
+        #[allow(unreachable_code)]
+        super::scalar::dot_q4_0(w, y)
+    }
+
+    pub fn dot_q8_0(w: &[u8], y: &[BlockQ8]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx2() {
+            // SAFETY: AVX2 and FMA were detected at run time.
+            return unsafe { super::x86::dot_q8_0(w, y) };
+        }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return super::wasm::dot_q8_0(w, y);
+        #[allow(unreachable_code)]
+        super::scalar::dot_q8_0(w, y)
+    }
+
+    pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx2() {
+            // SAFETY: AVX2 and FMA were detected at run time.
+            return unsafe { super::x86::dot_f32(a, b) };
+        }
+        super::scalar::dot_f32(a, b)
+    }
+}
+
+/// f32 dot product with the fastest available kernel (attention scores, etc.).
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    simd::dot_f32(a, b)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,160 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f(&mut self) -> f32 {
+        (self.next() % 20_001) as f32 / 10_000.0 - 1.0
+    }
+    fn byte(&mut self) -> u8 {
+        self.next() as u8
+    }
+}
+
+fn f16b(v: f32) -> [u8; 2] {
+    f16::from_f32(v).to_le_bytes()
+}
+
+/// Random weights of `dtype` with sane (finite, small) scales.
+fn random_blocks(rng: &mut Rng, dtype: GgmlType, n_blocks: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for _ in 0..n_blocks {
+        match dtype {
+            GgmlType::Q4_1 => {
+                out.extend(f16b(rng.f() * 0.05));
+                out.extend(f16b(rng.f() * 0.2));
+                out.extend((0..16).map(|_| rng.byte()));
+            }
+            GgmlType::Q4_0 => {
+                out.extend(f16b(rng.f() * 0.05));
+                out.extend((0..16).map(|_| rng.byte()));
+            }
+            GgmlType::Q8_0 => {
+                out.extend(f16b(rng.f() * 0.01));
+                out.extend((0..32).map(|_| rng.byte()));
+            }
+            _ => unreachable!(),
+        }
+    }
+    out
+}
+
+fn close(a: f32, b: f32) -> bool {
+    (a - b).abs() <= 1e-4 * (1.0 + a.abs().max(b.abs()))
+}
+
+#[test]
+fn simd_kernels_match_scalar() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for &n_blocks in &[1usize, 3, 18, 48] {
+        let x: Vec<f32> = (0..n_blocks * QK).map(|_| rng.f() * 3.0).collect();
+        let y0 = quantize_q8(&x, false);
+        let y1 = quantize_q8(&x, true);
+        let w41 = random_blocks(&mut rng, GgmlType::Q4_1, n_blocks);
+        let w40 = random_blocks(&mut rng, GgmlType::Q4_0, n_blocks);
+        let w80 = random_blocks(&mut rng, GgmlType::Q8_0, n_blocks);
+        assert!(close(
+            simd::dot_q4_1(&w41, &y1),
+            scalar::dot_q4_1(&w41, &y1)
+        ));
+        assert!(close(
+            simd::dot_q4_0(&w40, &y0),
+            scalar::dot_q4_0(&w40, &y0)
+        ));
+        assert!(close(
+            simd::dot_q8_0(&w80, &y0),
+            scalar::dot_q8_0(&w80, &y0)
+        ));
+        let z: Vec<f32> = (0..x.len()).map(|_| rng.f()).collect();
+        assert!(close(simd::dot_f32(&x, &z), scalar::dot_f32(&x, &z)));
+    }
+}
+
+#[test]
+fn quantized_dot_tracks_f32_dot() {
+    // The 8-bit activation path must stay within quantization error of the exact product.
+    let mut rng = Rng(42);
+    let cols = 576;
+    let w = random_blocks(&mut rng, GgmlType::Q4_1, cols / QK);
+    let x: Vec<f32> = (0..cols).map(|_| rng.f()).collect();
+    let mut wf = vec![0f32; cols];
+    for (b, out) in w.chunks_exact(20).zip(wf.chunks_exact_mut(QK)) {
+        let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+        let m = f16::from_le_bytes([b[2], b[3]]).to_f32();
+        for j in 0..16 {
+            out[j] = f32::from(b[4 + j] & 15) * d + m;
+            out[j + 16] = f32::from(b[4 + j] >> 4) * d + m;
+        }
+    }
+    let exact: f32 = wf.iter().zip(&x).map(|(a, b)| a * b).sum();
+    let q = simd::dot_q4_1(&w, &quantize_q8(&x, true));
+    let norm: f32 = wf.iter().map(|v| v.abs()).sum::<f32>() / 127.0;
+    assert!((exact - q).abs() <= norm, "exact {exact} vs quantized {q}");
+}
+
+#[test]
+fn quantize_q8_round_trips_within_half_step() {
+    let mut rng = Rng(7);
+    let x: Vec<f32> = (0..QK * 4).map(|_| rng.f() * 10.0).collect();
+    for (blk, q) in x.chunks_exact(QK).zip(quantize_q8(&x, true)) {
+        let mut sum = 0i32;
+        for (v, qv) in blk.iter().zip(q.qs) {
+            assert!((v - f32::from(qv) * q.d).abs() <= q.d * 0.51 + 1e-3);
+            sum += i32::from(qv);
+        }
+        // `s` is stored at f16 precision, like the scale itself.
+        let want = q.d * sum as f32;
+        assert!((q.s - want).abs() <= 2e-3 * (1.0 + want.abs()), "{} vs {want}", q.s);
+    }
+    // An all-zero block must not divide by zero.
+    let z = quantize_q8(&[0.0; QK], false);
+    assert_eq!(z[0].d, 0.0);
+    assert!(z[0].qs.iter().all(|&v| v == 0));
+}
+
+#[test]
+fn matmul_batches_equal_single_rows() {
+    let mut rng = Rng(99);
+    let (rows, cols, n) = (37, 64, 5);
+    let w = QMatrix::new(
+        GgmlType::Q4_1,
+        rows,
+        cols,
+        random_blocks(&mut rng, GgmlType::Q4_1, rows * cols / QK),
+    )
+    .unwrap();
+    let x: Vec<f32> = (0..n * cols).map(|_| rng.f()).collect();
+    let mut all = vec![0f32; n * rows];
+    w.matmul(&mut Acts::new(&x, n, cols).unwrap(), &mut all)
+        .unwrap();
+    for t in 0..n {
+        let mut one = vec![0f32; rows];
+        w.matmul(
+            &mut Acts::new(&x[t * cols..(t + 1) * cols], 1, cols).unwrap(),
+            &mut one,
+        )
+        .unwrap();
+        assert_eq!(&all[t * rows..(t + 1) * rows], &one[..]);
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    assert!(QMatrix::new(GgmlType::Q4_1, 2, 33, vec![0; 40]).is_err());
+    assert!(QMatrix::new(GgmlType::Q4_1, 2, 32, vec![0; 39]).is_err());
+    let w = QMatrix::new(GgmlType::Q4_1, 2, 32, vec![0; 40]).unwrap();
+    let x = vec![0f32; 64];
+    let mut out = vec![0f32; 3];
+    assert!(
+        w.matmul(&mut Acts::new(&x, 2, 32).unwrap(), &mut out)
+            .is_err()
+    );
+    assert!(Acts::new(&x, 3, 32).is_err());
+}
