@@ -5,7 +5,11 @@ pub mod config;
 pub mod error;
 pub mod gguf;
 pub mod kernels;
+pub mod model;
 pub mod quant;
+pub mod sampler;
 
 pub use config::LlamaConfig;
 pub use error::{Error, Result};
+pub use model::{KvCache, Llama, LoadSpec};
+pub use sampler::{Sampler, SamplerConfig};

@@ -111,7 +111,11 @@ fn quantize_q8_round_trips_within_half_step() {
         }
         // `s` is stored at f16 precision, like the scale itself.
         let want = q.d * sum as f32;
-        assert!((q.s - want).abs() <= 2e-3 * (1.0 + want.abs()), "{} vs {want}", q.s);
+        assert!(
+            (q.s - want).abs() <= 2e-3 * (1.0 + want.abs()),
+            "{} vs {want}",
+            q.s
+        );
     }
     // An all-zero block must not divide by zero.
     let z = quantize_q8(&[0.0; QK], false);

@@ -1,0 +1,557 @@
+//! A Llama-family decoder on the CPU with quantized weights, executable whole or as
+//! spans of blocks (`embed`, `blocks[a..b)`, `head`) so a peer can serve part of a model.
+//!
+//! The math follows llama.cpp's CPU path closely (f16-rounded KV cache and attention
+//! operands, f64 sums in RMSNorm and softmax, iterative RoPE angles) so greedy decoding
+//! reproduces its tokens.
+
+use std::io::{Read, Seek};
+use std::ops::Range;
+use std::sync::Arc;
+
+use half::f16;
+
+use crate::config::LlamaConfig;
+use crate::gguf::{Gguf, TensorInfo};
+use crate::kernels::{Acts, QMatrix, dot_f32};
+use crate::quant::GgmlType;
+use crate::{Error, Result};
+
+/// Which parts of a model to load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadSpec {
+    /// Transformer blocks to load.
+    pub blocks: Range<usize>,
+    /// Load the token embedding (first peer of a chain).
+    pub embed: bool,
+    /// Load the final norm and output head (last peer of a chain).
+    pub head: bool,
+}
+
+impl LoadSpec {
+    /// Everything: a standalone model.
+    pub fn full(config: &LlamaConfig) -> Self {
+        Self {
+            blocks: 0..config.n_layers,
+            embed: true,
+            head: true,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Block {
+    attn_norm: Vec<f32>,
+    wq: QMatrix,
+    wk: QMatrix,
+    wv: QMatrix,
+    wo: QMatrix,
+    ffn_norm: Vec<f32>,
+    w_gate: QMatrix,
+    w_up: QMatrix,
+    w_down: QMatrix,
+}
+
+#[derive(Debug)]
+struct Head {
+    norm: Vec<f32>,
+    output: Arc<QMatrix>,
+}
+
+/// The model (or the loaded part of it).
+#[derive(Debug)]
+pub struct Llama {
+    config: LlamaConfig,
+    spec: LoadSpec,
+    embed: Option<Arc<QMatrix>>,
+    blocks: Vec<Block>,
+    head: Option<Head>,
+}
+
+/// Keys and values of past positions for one session over a span of blocks.
+///
+/// Values are stored f16-rounded (as llama.cpp's default f16 cache holds them) but widened
+/// to f32 so attention needs no conversion per step; storage grows with use up to `max_ctx`.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    blocks: Range<usize>,
+    kv_dim: usize,
+    max_ctx: usize,
+    len: usize,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl KvCache {
+    /// An empty cache for `blocks` holding at most `max_ctx` positions.
+    pub fn new(config: &LlamaConfig, blocks: Range<usize>, max_ctx: usize) -> Result<Self> {
+        if blocks.start > blocks.end || blocks.end > config.n_layers {
+            return Err(Error::InvalidArgument(format!(
+                "blocks {blocks:?} outside 0..{}",
+                config.n_layers
+            )));
+        }
+        if max_ctx == 0 {
+            return Err(Error::InvalidArgument(
+                "context size must be at least 1".into(),
+            ));
+        }
+        let n = blocks.len();
+        Ok(Self {
+            blocks,
+            kv_dim: config.kv_dim(),
+            max_ctx,
+            len: 0,
+            k: vec![Vec::new(); n],
+            v: vec![Vec::new(); n],
+        })
+    }
+    /// Positions stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True when nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Capacity in positions.
+    pub fn max_ctx(&self) -> usize {
+        self.max_ctx
+    }
+    /// Blocks this cache serves.
+    pub fn blocks(&self) -> Range<usize> {
+        self.blocks.clone()
+    }
+    /// Forgets every position from `len` on (e.g. to re-run a suffix or to roll back).
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            self.len = len;
+            for (k, v) in self.k.iter_mut().zip(&mut self.v) {
+                k.truncate(len * self.kv_dim);
+                v.truncate(len * self.kv_dim);
+            }
+        }
+    }
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.truncate(0);
+    }
+    /// Bytes held by stored positions.
+    pub fn n_bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|b| b.len() * 4).sum()
+    }
+}
+
+fn load_matrix<R: Read + Seek>(
+    g: &Gguf,
+    r: &mut R,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<QMatrix> {
+    let info = tensor(g, name)?;
+    if info.shape.len() != 2 || info.shape[0] != cols || info.shape[1] != rows {
+        return Err(Error::Model(format!(
+            "{name}: shape {:?}, expected [{cols}, {rows}]",
+            info.shape
+        )));
+    }
+    QMatrix::new(info.dtype, rows, cols, g.read_tensor(r, info)?)
+}
+
+fn load_vector<R: Read + Seek>(g: &Gguf, r: &mut R, name: &str, len: usize) -> Result<Vec<f32>> {
+    let info = tensor(g, name)?;
+    if info.shape.iter().product::<usize>() != len {
+        return Err(Error::Model(format!(
+            "{name}: shape {:?}, expected [{len}]",
+            info.shape
+        )));
+    }
+    if !matches!(info.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+        return Err(Error::Unsupported(format!(
+            "{name}: norm weights of type {:?}",
+            info.dtype
+        )));
+    }
+    let bytes = g.read_tensor(r, info)?;
+    let mut out = vec![0f32; len];
+    crate::quant::dequantize(info.dtype, &bytes, &mut out)?;
+    Ok(out)
+}
+
+fn tensor<'a>(g: &'a Gguf, name: &str) -> Result<&'a TensorInfo> {
+    g.tensor(name)
+        .ok_or_else(|| Error::Model(format!("tensor {name} missing")))
+}
+
+impl Llama {
+    /// Loads the parts of the model named by `spec`, reading tensor by tensor from `r`
+    /// (the bytes of unloaded parts are never read).
+    pub fn load<R: Read + Seek>(g: &Gguf, r: &mut R, spec: LoadSpec) -> Result<Self> {
+        let config = LlamaConfig::from_gguf(g)?;
+        if spec.blocks.start > spec.blocks.end || spec.blocks.end > config.n_layers {
+            return Err(Error::InvalidArgument(format!(
+                "blocks {:?} outside 0..{}",
+                spec.blocks, config.n_layers
+            )));
+        }
+        let (dim, kv, ffn, vocab) = (
+            config.dim,
+            config.kv_dim(),
+            config.ffn_dim,
+            config.vocab_size,
+        );
+        let tied = g.tensor("output.weight").is_none();
+        let embed = if spec.embed || (spec.head && tied) {
+            Some(Arc::new(load_matrix(
+                g,
+                r,
+                "token_embd.weight",
+                vocab,
+                dim,
+            )?))
+        } else {
+            None
+        };
+        let mut blocks = Vec::with_capacity(spec.blocks.len());
+        for i in spec.blocks.clone() {
+            let p = |n: &str| format!("blk.{i}.{n}.weight");
+            blocks.push(Block {
+                attn_norm: load_vector(g, r, &p("attn_norm"), dim)?,
+                wq: load_matrix(g, r, &p("attn_q"), dim, dim)?,
+                wk: load_matrix(g, r, &p("attn_k"), kv, dim)?,
+                wv: load_matrix(g, r, &p("attn_v"), kv, dim)?,
+                wo: load_matrix(g, r, &p("attn_output"), dim, dim)?,
+                ffn_norm: load_vector(g, r, &p("ffn_norm"), dim)?,
+                w_gate: load_matrix(g, r, &p("ffn_gate"), ffn, dim)?,
+                w_up: load_matrix(g, r, &p("ffn_up"), ffn, dim)?,
+                w_down: load_matrix(g, r, &p("ffn_down"), dim, ffn)?,
+            });
+        }
+        let head = if spec.head {
+            let output = match (&embed, tied) {
+                (Some(e), true) => Arc::clone(e),
+                _ => Arc::new(load_matrix(g, r, "output.weight", vocab, dim)?),
+            };
+            Some(Head {
+                norm: load_vector(g, r, "output_norm.weight", dim)?,
+                output,
+            })
+        } else {
+            None
+        };
+        let embed = if spec.embed { embed } else { None };
+        Ok(Self {
+            config,
+            spec,
+            embed,
+            blocks,
+            head,
+        })
+    }
+
+    /// Hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// What was loaded.
+    pub fn spec(&self) -> &LoadSpec {
+        &self.spec
+    }
+
+    /// Bytes of weights held in memory.
+    pub fn weight_bytes(&self) -> usize {
+        let mats = |b: &Block| {
+            [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down]
+                .iter()
+                .map(|m| m.n_bytes())
+                .sum::<usize>()
+                + (b.attn_norm.len() + b.ffn_norm.len()) * 4
+        };
+        let mut n: usize = self.blocks.iter().map(mats).sum();
+        if let Some(e) = &self.embed {
+            n += e.n_bytes();
+        }
+        if let Some(h) = &self.head {
+            let shared = self
+                .embed
+                .as_ref()
+                .is_some_and(|e| Arc::ptr_eq(e, &h.output));
+            n += h.norm.len() * 4 + if shared { 0 } else { h.output.n_bytes() };
+        }
+        n
+    }
+
+    /// A cache for this model's loaded blocks (or a sub-span of them).
+    pub fn new_cache(&self, blocks: Range<usize>, max_ctx: usize) -> Result<KvCache> {
+        self.check_span(&blocks)?;
+        KvCache::new(
+            &self.config,
+            blocks,
+            max_ctx.min(self.config.context_length),
+        )
+    }
+
+    fn check_span(&self, blocks: &Range<usize>) -> Result<()> {
+        if blocks.start < self.spec.blocks.start
+            || blocks.end > self.spec.blocks.end
+            || blocks.start > blocks.end
+        {
+            return Err(Error::InvalidArgument(format!(
+                "blocks {blocks:?} not loaded (this peer holds {:?})",
+                self.spec.blocks
+            )));
+        }
+        Ok(())
+    }
+
+    /// Hidden states (`tokens.len() × dim`, row-major) for `tokens`.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let e = self
+            .embed
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("embedding not loaded".into()))?;
+        let dim = self.config.dim;
+        let mut out = vec![0f32; tokens.len() * dim];
+        for (&t, row) in tokens.iter().zip(out.chunks_exact_mut(dim)) {
+            let t = t as usize;
+            if t >= self.config.vocab_size {
+                return Err(Error::InvalidArgument(format!(
+                    "token id {t} outside the vocabulary of {}",
+                    self.config.vocab_size
+                )));
+            }
+            e.dequantize_row(t, row)?;
+        }
+        Ok(out)
+    }
+
+    /// Runs the blocks of `cache` over `hidden` (`n × dim`) in place, for the `n` positions
+    /// following those already in the cache, and appends their keys and values to it.
+    pub fn forward_span(&self, hidden: &mut [f32], cache: &mut KvCache) -> Result<()> {
+        let dim = self.config.dim;
+        self.check_span(&cache.blocks)?;
+        if hidden.is_empty() || !hidden.len().is_multiple_of(dim) {
+            return Err(Error::InvalidArgument(format!(
+                "{} hidden values are not rows of {dim}",
+                hidden.len()
+            )));
+        }
+        let n = hidden.len() / dim;
+        if cache.len + n > cache.max_ctx {
+            return Err(Error::InvalidArgument(format!(
+                "context full: {} cached + {n} new positions exceed {}",
+                cache.len, cache.max_ctx
+            )));
+        }
+        if cache.kv_dim != self.config.kv_dim() {
+            return Err(Error::InvalidArgument(
+                "cache belongs to another model".into(),
+            ));
+        }
+        let rope = Rope::new(&self.config, cache.len, n);
+        for (ci, bi) in cache.blocks.clone().enumerate() {
+            let block = &self.blocks[bi - self.spec.blocks.start];
+            self.block_forward(block, hidden, n, &rope, cache, ci)?;
+        }
+        cache.len += n;
+        Ok(())
+    }
+
+    fn block_forward(
+        &self,
+        b: &Block,
+        x: &mut [f32],
+        n: usize,
+        rope: &Rope,
+        cache: &mut KvCache,
+        ci: usize,
+    ) -> Result<()> {
+        let c = &self.config;
+        let (dim, kv_dim, hd) = (c.dim, c.kv_dim(), c.head_dim);
+        let mut xn = vec![0f32; n * dim];
+        rms_norm(x, &b.attn_norm, c.norm_eps, &mut xn);
+        let mut q = vec![0f32; n * dim];
+        let mut k = vec![0f32; n * kv_dim];
+        let mut v = vec![0f32; n * kv_dim];
+        {
+            let mut acts = Acts::new(&xn, n, dim)?;
+            b.wq.matmul(&mut acts, &mut q)?;
+            b.wk.matmul(&mut acts, &mut k)?;
+            b.wv.matmul(&mut acts, &mut v)?;
+        }
+        rope.apply(&mut q, c.n_heads, hd);
+        rope.apply(&mut k, c.n_kv_heads, hd);
+        let start = cache.len;
+        let kc = &mut cache.k[ci];
+        let vc = &mut cache.v[ci];
+        kc.extend(k.iter().map(|&x| round16(x)));
+        vc.extend(v.iter().map(|&x| round16(x)));
+
+        // Attention, one query row and head at a time, causal over cached + new positions.
+        let group = c.n_heads / c.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut att = vec![0f32; n * dim];
+        let mut scores = Vec::with_capacity(start + n);
+        let mut qh = vec![0f32; hd];
+        for t in 0..n {
+            let ctx = start + t + 1;
+            for h in 0..c.n_heads {
+                let kvh = h / group;
+                for (dst, &src) in qh
+                    .iter_mut()
+                    .zip(&q[t * dim + h * hd..t * dim + (h + 1) * hd])
+                {
+                    *dst = round16(src);
+                }
+                scores.clear();
+                for p in 0..ctx {
+                    let kr = &kc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                    scores.push(dot_f32(&qh, kr) * scale);
+                }
+                softmax(&mut scores);
+                let out = &mut att[t * dim + h * hd..t * dim + (h + 1) * hd];
+                for (p, &w) in scores.iter().enumerate() {
+                    let w = round16(w);
+                    let vr = &vc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                    for (o, &vv) in out.iter_mut().zip(vr) {
+                        *o += w * vv;
+                    }
+                }
+            }
+        }
+        let mut o = vec![0f32; n * dim];
+        b.wo.matmul(&mut Acts::new(&att, n, dim)?, &mut o)?;
+        for (xi, oi) in x.iter_mut().zip(&o) {
+            *xi += oi;
+        }
+
+        rms_norm(x, &b.ffn_norm, c.norm_eps, &mut xn);
+        let ffn = c.ffn_dim;
+        let mut g = vec![0f32; n * ffn];
+        let mut u = vec![0f32; n * ffn];
+        {
+            let mut acts = Acts::new(&xn, n, dim)?;
+            b.w_gate.matmul(&mut acts, &mut g)?;
+            b.w_up.matmul(&mut acts, &mut u)?;
+        }
+        for (gi, ui) in g.iter_mut().zip(&u) {
+            *gi = *gi / (1.0 + (-*gi).exp()) * ui;
+        }
+        b.w_down.matmul(&mut Acts::new(&g, n, ffn)?, &mut o)?;
+        for (xi, oi) in x.iter_mut().zip(&o) {
+            *xi += oi;
+        }
+        Ok(())
+    }
+
+    /// Logits of the last row of `hidden` (final norm + output head).
+    pub fn logits(&self, hidden: &[f32]) -> Result<Vec<f32>> {
+        let h = self
+            .head
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("output head not loaded".into()))?;
+        let dim = self.config.dim;
+        if hidden.len() < dim || !hidden.len().is_multiple_of(dim) {
+            return Err(Error::InvalidArgument(format!(
+                "{} hidden values are not rows of {dim}",
+                hidden.len()
+            )));
+        }
+        let last = &hidden[hidden.len() - dim..];
+        let mut xn = vec![0f32; dim];
+        rms_norm(last, &h.norm, self.config.norm_eps, &mut xn);
+        let mut out = vec![0f32; self.config.vocab_size];
+        h.output.matmul(&mut Acts::new(&xn, 1, dim)?, &mut out)?;
+        Ok(out)
+    }
+
+    /// Embeds `tokens`, runs every loaded block (the model must be loaded whole) and
+    /// returns the logits of the last position.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::InvalidArgument("no tokens to run".into()));
+        }
+        if cache.blocks != (0..self.config.n_layers) {
+            return Err(Error::InvalidArgument(
+                "forward needs a cache over every block".into(),
+            ));
+        }
+        let mut h = self.embed(tokens)?;
+        self.forward_span(&mut h, cache)?;
+        self.logits(&h)
+    }
+}
+
+fn round16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+/// `out = x / sqrt(mean(x²) + eps) * w`, row by row, with an f64 sum like ggml's.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let dim = w.len();
+    for (row, o) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let sum: f64 = row.iter().map(|&v| f64::from(v * v)).sum();
+        let mean = (sum / dim as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for ((oi, &xi), &wi) in o.iter_mut().zip(row).zip(w) {
+            *oi = xi * scale * wi;
+        }
+    }
+}
+
+fn softmax(s: &mut [f32]) {
+    let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f64;
+    for v in s.iter_mut() {
+        *v = (*v - max).exp();
+        sum += f64::from(*v);
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in s.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// cos/sin tables for `n` consecutive positions, computed like ggml's NORM rope
+/// (angle multiplied step by step by `base^(-2/d)`).
+struct Rope {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Rope {
+    fn new(c: &LlamaConfig, start: usize, n: usize) -> Self {
+        let half = c.rope_dim / 2;
+        let theta_scale = c.rope_theta.powf(-2.0 / c.rope_dim as f32);
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in start..start + n {
+            let mut theta = p as f32;
+            for _ in 0..half {
+                cos.push(theta.cos());
+                sin.push(theta.sin());
+                theta *= theta_scale;
+            }
+        }
+        Self { half, cos, sin }
+    }
+
+    /// Rotates adjacent pairs of the first `rope_dim` values of each head of each row.
+    fn apply(&self, x: &mut [f32], n_heads: usize, hd: usize) {
+        let row_len = n_heads * hd;
+        for (t, row) in x.chunks_exact_mut(row_len).enumerate() {
+            let cs = &self.cos[t * self.half..(t + 1) * self.half];
+            let sn = &self.sin[t * self.half..(t + 1) * self.half];
+            for head in row.chunks_exact_mut(hd) {
+                for i in 0..self.half {
+                    let (x0, x1) = (head[2 * i], head[2 * i + 1]);
+                    head[2 * i] = x0 * cs[i] - x1 * sn[i];
+                    head[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+                }
+            }
+        }
+    }
+}
