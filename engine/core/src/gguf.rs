@@ -21,6 +21,7 @@
 //! let tokens = gguf.get_str_array("tokenizer.ggml.tokens")?;
 //! if let Some(t) = gguf.tensor("blk.0.attn_q.weight") {
 //!     let weights: Vec<f32> = gguf.read_tensor_f32(&mut file, t)?;
+//!     assert_eq!(weights.len(), t.n_elements());
 //! }
 //! # Ok(()) }
 //! ```
@@ -197,7 +198,6 @@ pub enum GgufError {
 }
 
 /// A metadata value.
-#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     U8(u8),

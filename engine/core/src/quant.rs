@@ -3,7 +3,8 @@
 //! Every layout here is bit-for-bit GGML's (`ggml-common.h` / `ggml-quants.c`), because the
 //! bytes come straight out of GGUF files written by llama.cpp. Multi-byte fields are
 //! little-endian. The arithmetic follows GGML's reference (scalar) dequantizers in the same
-//! order of operations, so results match llama.cpp and the Python `gguf` package exactly.
+//! order of operations, so results match the Python `gguf` package bit for bit (llama.cpp's
+//! compiled C may fuse a multiply-add and differ in the last ulp).
 
 use std::fmt;
 
