@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# `npm test`: every check, in order, failing fast. Each step prints its wall time; a summary
+# closes the run.
+#
+#   bash scripts/test.sh              all steps
+#   bash scripts/test.sh fmt clippy   only those (in the order given)
+#   bash scripts/test.sh --list       the step names
+#
+# To add a step: write a `step_<name>` function below and add <name> to STEPS.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+STEPS=(setup fmt clippy build fetch-model rust-tests wasm32)
+
+BIN() { printf '%s/release/kwaainet' "$CARGO_TARGET_DIR"; }
+
+step_setup() {
+    # Sourced so that CARGO_TARGET_DIR reaches the later steps.
+    . scripts/setup.sh
+}
+
+step_fmt() {
+    cargo fmt --all --check
+}
+
+step_clippy() {
+    # A check build in the dev profile: its artifacts are separate from the release ones.
+    cargo clippy --workspace --all-targets -- -D warnings
+}
+
+step_build() {
+    cargo build --release -p kwaainet
+}
+
+step_fetch-model() {
+    # Tests find the model through KWAAINET_MODEL (and fail without it: see rust-tests).
+    KWAAINET_MODEL=$("$(BIN)" fetch-model)
+    export KWAAINET_MODEL
+    echo "model: $KWAAINET_MODEL"
+}
+
+step_rust-tests() {
+    # Tests that need the model or a wgpu adapter fail here instead of skipping.
+    export KWAAINET_REQUIRE_MODEL=1
+    if [ -z "${KWAAINET_MODEL:-}" ]; then # run without the fetch-model step
+        step_fetch-model
+    fi
+    local lvp
+    lvp="/usr/share/vulkan/icd.d/lvp_icd.$(uname -m).json"
+    if [ -f "$lvp" ]; then
+        export KWAAINET_REQUIRE_WGPU=1 VK_ICD_FILENAMES="$lvp"
+    else
+        echo "no lavapipe ($lvp): wgpu tests may skip"
+    fi
+    cargo test --workspace --release
+}
+
+step_wasm32() {
+    cargo build -p kwaainet-core --target wasm32-unknown-unknown --release --no-default-features
+}
+
+# ---------------------------------------------------------------------------------------
+
+if [ "${1:-}" = --list ]; then
+    printf '%s\n' "${STEPS[@]}"
+    exit 0
+fi
+if [ $# -gt 0 ]; then
+    for name in "$@"; do
+        declare -F "step_$name" >/dev/null || {
+            echo "unknown step: $name (steps: ${STEPS[*]})" >&2
+            exit 2
+        }
+    done
+    # Setup always runs first: later steps need its environment.
+    [ "$1" = setup ] || set -- setup "$@"
+    STEPS=("$@")
+fi
+
+TIMES=()
+CURRENT=
+RUN_START=$EPOCHREALTIME
+
+elapsed() { # seconds since $1 (an $EPOCHREALTIME), one decimal
+    awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'
+}
+
+summary() {
+    local status=$1
+    echo
+    echo "==> summary"
+    local line
+    for line in "${TIMES[@]}"; do
+        echo "    $line"
+    done
+    if [ "$status" -ne 0 ] && [ -n "$CURRENT" ]; then
+        echo "    FAILED  $CURRENT (exit $status after $(elapsed "$STEP_START") s)"
+    fi
+    echo "    total   $(elapsed "$RUN_START") s"
+    if [ "$status" -eq 0 ]; then
+        echo "==> all ${#TIMES[@]} steps passed"
+    else
+        echo "==> FAILED at step: ${CURRENT:-?}"
+    fi
+}
+trap 'summary $?' EXIT
+
+i=0
+for name in "${STEPS[@]}"; do
+    i=$((i + 1))
+    CURRENT=$name
+    STEP_START=$EPOCHREALTIME
+    echo
+    echo "==> [$i/${#STEPS[@]}] $name"
+    "step_$name" # not in a condition: `set -e` must stay in force inside the step
+    t=$(elapsed "$STEP_START")
+    echo "==> $name: ok in $t s"
+    TIMES+=("$(printf '%-12s %8s s' "$name" "$t")")
+    CURRENT=
+done
