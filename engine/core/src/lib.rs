@@ -4,5 +4,7 @@
 pub mod error;
 pub mod gguf;
 pub mod quant;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
+pub use tokenizer::{StreamDecoder, TokenType, Tokenizer};
