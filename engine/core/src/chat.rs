@@ -2,6 +2,14 @@
 //! minijinja, with the globals Hugging Face templates expect (`messages`,
 //! `add_generation_prompt`, `bos_token`, `eos_token`, `raise_exception`) and Python
 //! string/dict methods (`.strip()`, `.startswith()`, `.items()`, ...).
+//!
+//! ```
+//! use kwaainet_core::{ChatMessage, ChatTemplate};
+//!
+//! let prompt = ChatTemplate::chatml().render(&[ChatMessage::new("user", "Hi")], true)?;
+//! assert_eq!(prompt, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+//! # Ok::<(), kwaainet_core::Error>(())
+//! ```
 
 use minijinja::{Environment, ErrorKind, Value, context};
 

@@ -9,6 +9,27 @@
 //! Control and user-defined tokens written literally in the text (`<|im_start|>`) are
 //! matched first, longest first; user-defined tokens are always matched, control tokens
 //! only when the caller asks (`parse_special`), as in llama.cpp.
+//!
+//! ```
+//! use kwaainet_core::Tokenizer;
+//! use kwaainet_core::gguf::{Gguf, Value};
+//!
+//! let strs = |v: &[&str]| Value::Array(v.iter().map(|t| Value::String(t.to_string())).collect());
+//! let gguf = Gguf {
+//!     version: 3,
+//!     tensors: vec![],
+//!     metadata: vec![
+//!         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+//!         ("tokenizer.ggml.tokens".into(), strs(&["h", "i", "hi", "Ġ", "Ġhi"])),
+//!         ("tokenizer.ggml.merges".into(), strs(&["h i", "Ġ hi"])),
+//!     ],
+//! };
+//! let tok = Tokenizer::from_gguf(&gguf)?;
+//! let ids = tok.encode("hi hi", false)?;
+//! assert_eq!(ids, [2, 4]);
+//! assert_eq!(tok.decode(&ids, true), "hi hi");
+//! # Ok::<(), kwaainet_core::Error>(())
+//! ```
 
 mod bpe;
 mod pretok;
