@@ -1,6 +1,7 @@
 //! KwaaiNet's model math: GGUF reader, tokenizer and chat template, a Llama-family model
 //! with quantized kernels, KV cache, sampler and block-span execution.
 
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod gguf;
@@ -8,8 +9,11 @@ pub mod kernels;
 pub mod model;
 pub mod quant;
 pub mod sampler;
+pub mod tokenizer;
 
+pub use chat::{ChatMessage, ChatTemplate};
 pub use config::LlamaConfig;
 pub use error::{Error, Result};
 pub use model::{KvCache, Llama, LoadSpec};
 pub use sampler::{Sampler, SamplerConfig};
+pub use tokenizer::{StreamDecoder, TokenType, Tokenizer};
