@@ -2,7 +2,10 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod fetch;
+mod generate;
+mod model;
 
 /// KwaaiNet node and local inference tools.
 #[derive(Debug, Parser)]
@@ -16,9 +19,23 @@ struct Cli {
 enum Command {
     /// Download the default model (SmolLM2-135M-Instruct Q4_1) into the cache and print its path.
     FetchModel(fetch::FetchArgs),
+    /// Generate text from a prompt, streaming tokens to stdout.
+    Generate(generate::GenerateArgs),
+    /// Measure prefill and decode speed and peak memory.
+    Bench(bench::BenchArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+/// A rayon pool with `threads` workers (default: one per core).
+fn pool(threads: Option<usize>) -> anyhow::Result<rayon::ThreadPool> {
+    let mut b = rayon::ThreadPoolBuilder::new();
+    if let Some(t) = threads {
+        anyhow::ensure!(t > 0, "--threads must be at least 1");
+        b = b.num_threads(t);
+    }
+    Ok(b.build()?)
+}
+
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -27,7 +44,21 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::FetchModel(args) => fetch::run(&args),
+        Command::Generate(args) => generate::run(&args),
+        Command::Bench(args) => bench::run(&args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One clear line: the error and its causes, outermost first.
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("error: {}", chain.join(": "));
+            }
+            std::process::ExitCode::FAILURE
+        }
     }
 }

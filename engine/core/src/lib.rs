@@ -4,6 +4,8 @@
 pub mod chat;
 pub mod config;
 pub mod error;
+
+pub mod generate;
 pub mod gguf;
 pub mod kernels;
 pub mod model;

@@ -410,8 +410,8 @@ impl Llama {
                     let kr = &kc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
                     scores.push(dot_f32(&qh, kr) * scale);
                 }
-                softmax(&mut scores);
                 let out = &mut att[t * dim + h * hd..t * dim + (h + 1) * hd];
+                softmax(&mut scores);
                 for (p, &w) in scores.iter().enumerate() {
                     let w = round16(w);
                     let vr = &vc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];

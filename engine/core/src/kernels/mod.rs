@@ -293,7 +293,9 @@ pub fn quantize_q8(x: &[f32], with_sum: bool) -> Vec<BlockQ8> {
     for blk in x.chunks_exact(QK) {
         let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        // `127 / amax` rather than `1 / d`: the reference quantizer's rounding of the two
+        // differs in the last bit, which can move a value across a rounding boundary.
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut qs = [0i8; QK];
         let mut sum = 0i32;
         for (q, v) in qs.iter_mut().zip(blk) {

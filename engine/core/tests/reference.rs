@@ -1,0 +1,158 @@
+//! The CPU engine against llama.cpp's greedy outputs for the default model
+//! (`tests/data/smollm2-135m-q4_1.llamacpp.json`), plus span-wise execution.
+//!
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+mod common;
+
+use std::fs::File;
+use std::io::BufReader;
+
+use kwaainet_core::gguf::Gguf;
+use kwaainet_core::{Llama, LoadSpec};
+use serde_json::Value;
+
+fn load(spec: Option<LoadSpec>) -> Option<Llama> {
+    let path = common::model_path()?;
+    let mut r = BufReader::new(File::open(path).unwrap());
+    let g = Gguf::read(&mut r).unwrap();
+    let spec =
+        spec.unwrap_or_else(|| LoadSpec::full(&kwaainet_core::LlamaConfig::from_gguf(&g).unwrap()));
+    Some(Llama::load(&g, &mut r, spec).unwrap())
+}
+
+fn cases() -> Vec<Value> {
+    common::reference()["cases"].as_array().unwrap().clone()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn argmax(l: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in l.iter().enumerate() {
+        if v > l[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[test]
+fn greedy_matches_llama_cpp() {
+    let Some(model) = load(None) else { return };
+    for case in cases() {
+        let name = case["name"].as_str().unwrap();
+        let prompt = ids(&case["prompt_ids"]);
+        let want = ids(&case["output_ids"]);
+        let stop_at_eos = case["stop_at_eos"].as_bool().unwrap();
+        let max = case["max_tokens"].as_u64().unwrap() as usize;
+
+        // Free-running greedy decode.
+        let mut cache = model.new_cache(0..30, 512).unwrap();
+        let mut logits = model.forward(&prompt, &mut cache).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..max {
+            let t = argmax(&logits);
+            got.push(t);
+            if stop_at_eos && t == 2 {
+                break;
+            }
+            logits = model.forward(&[t], &mut cache).unwrap();
+        }
+        if name == "capital-raw" {
+            assert_eq!(got, want, "{name}: greedy tokens differ from llama.cpp");
+        } else {
+            assert_eq!(
+                got[..16],
+                want[..16],
+                "{name}: first 16 greedy tokens differ from llama.cpp"
+            );
+        }
+
+        // Teacher forcing: feed the reference continuation, compare our argmax per position.
+        let mut cache = model.new_cache(0..30, 512).unwrap();
+        let mut logits = model.forward(&prompt, &mut cache).unwrap();
+        let mut agree = 0;
+        for &t in &want {
+            agree += usize::from(argmax(&logits) == t);
+            logits = model.forward(&[t], &mut cache).unwrap();
+        }
+        let rate = agree as f64 / want.len() as f64;
+        eprintln!(
+            "{name}: teacher-forced top-1 agreement {agree}/{} = {rate:.3}",
+            want.len()
+        );
+        assert!(rate >= 0.97, "{name}: top-1 agreement {rate:.3} < 0.97");
+    }
+}
+
+#[test]
+fn spans_compose_to_the_whole_model() {
+    let Some(model) = load(None) else { return };
+    let prompt = ids(&cases()[1]["prompt_ids"]);
+    let mut whole = model.new_cache(0..30, 64).unwrap();
+    let mut spans: Vec<_> = [0..10, 10..20, 20..30]
+        .into_iter()
+        .map(|r| model.new_cache(r, 64).unwrap())
+        .collect();
+    // Prefill, then three decode steps, through both paths.
+    let mut steps: Vec<Vec<u32>> = vec![prompt];
+    steps.extend([[504u32], [3575], [282]].map(|t| t.to_vec()));
+    for step in steps {
+        let expect = model.forward(&step, &mut whole).unwrap();
+        let mut h = model.embed(&step).unwrap();
+        for c in &mut spans {
+            model.forward_span(&mut h, c).unwrap();
+        }
+        assert_eq!(model.logits(&h).unwrap(), expect, "span-wise logits differ");
+    }
+    assert!(spans.iter().all(|c| c.len() == whole.len()));
+}
+
+#[test]
+fn a_peer_can_load_only_its_span() {
+    let Some(full) = load(None) else { return };
+    let Some(middle) = load(Some(LoadSpec {
+        blocks: 10..20,
+        embed: false,
+        head: false,
+    })) else {
+        return;
+    };
+    assert!(middle.weight_bytes() * 2 < full.weight_bytes() / 2);
+    assert!(middle.embed(&[1]).is_err());
+    assert!(middle.logits(&[0.0; 576]).is_err());
+    assert!(middle.new_cache(0..10, 8).is_err());
+    let prompt = [1u32, 4093, 198];
+    let mut c_full = [
+        full.new_cache(0..10, 8).unwrap(),
+        full.new_cache(10..20, 8).unwrap(),
+    ];
+    let mut c_mid = middle.new_cache(10..20, 8).unwrap();
+    let mut h = full.embed(&prompt).unwrap();
+    full.forward_span(&mut h, &mut c_full[0]).unwrap();
+    let mut h2 = h.clone();
+    full.forward_span(&mut h, &mut c_full[1]).unwrap();
+    middle.forward_span(&mut h2, &mut c_mid).unwrap();
+    assert_eq!(h, h2);
+}
+
+#[test]
+fn context_limit_and_bad_tokens_are_errors() {
+    let Some(model) = load(None) else { return };
+    let mut cache = model.new_cache(0..30, 4).unwrap();
+    assert!(model.forward(&[1, 2, 3, 4, 5], &mut cache).is_err());
+    assert_eq!(cache.len(), 0, "a rejected call must not change the cache");
+    assert!(model.forward(&[49_152], &mut cache).is_err());
+    assert!(model.forward(&[], &mut cache).is_err());
+    model.forward(&[1, 2, 3], &mut cache).unwrap();
+    cache.truncate(1);
+    model.forward(&[2, 3, 4], &mut cache).unwrap();
+    assert_eq!(cache.len(), 4);
+}

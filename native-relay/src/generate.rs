@@ -1,0 +1,137 @@
+//! `kwaainet generate`: stream a completion of a prompt to stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use kwaainet_core::SamplerConfig;
+use kwaainet_core::generate::{Event, GenerateOptions, generate};
+
+/// Arguments of `kwaainet generate`.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// GGUF model file (default: the default model, fetched when missing).
+    #[arg(long, env = "KWAAINET_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Text to continue, or the user message with --chat.
+    #[arg(long, short)]
+    pub prompt: String,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message for --chat (default: the template's own).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Most new tokens.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Top-k cut (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Top-p (nucleus) cut (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Repetition penalty (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// RNG seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop before this text (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Context size in tokens (prompt + output).
+    #[arg(long, default_value_t = 2048)]
+    pub ctx: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub backend: Backend,
+}
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// Quantized SIMD kernels on the CPU.
+    Cpu,
+    /// burn's wgpu backend (Vulkan, Metal, DX12; WebGPU in browsers).
+    Wgpu,
+}
+
+pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
+    if args.backend == Backend::Wgpu {
+        anyhow::bail!("the wgpu backend is not available in this build");
+    }
+    let path = crate::model::resolve(args.model.as_deref())?;
+    let loaded = crate::model::load(&path)?;
+    let ids = loaded.prompt_ids(&args.prompt, args.system.as_deref(), args.chat)?;
+    let opts = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampler: SamplerConfig {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            repetition_penalty: args.repeat_penalty,
+            seed: args.seed,
+            ..SamplerConfig::default()
+        },
+        stop: args.stop.clone(),
+        ignore_eos: false,
+    };
+    let pool = crate::pool(args.threads)?;
+    let mut cache = loaded
+        .model
+        .new_cache(0..loaded.model.config().n_layers, args.ctx)?;
+    let start = Instant::now();
+    let mut prefill = None;
+    let mut write_err = None;
+    let out = pool.install(|| {
+        let mut stdout = std::io::stdout().lock();
+        generate(
+            &loaded.model,
+            &loaded.tokenizer,
+            &ids,
+            &mut cache,
+            &opts,
+            |ev| match ev {
+                Event::PrefillDone => {
+                    prefill = Some(start.elapsed());
+                    true
+                }
+                Event::Token { text, .. } => match stdout
+                    .write_all(text.as_bytes())
+                    .and_then(|()| stdout.flush())
+                {
+                    Ok(()) => true,
+                    Err(e) => {
+                        // A closed pipe (e.g. `| head`) ends generation quietly.
+                        write_err = Some(e);
+                        false
+                    }
+                },
+            },
+        )
+    })?;
+    if write_err.is_none() {
+        writeln!(std::io::stdout()).context("cannot write to stdout")?;
+    }
+    let total = start.elapsed();
+    let prefill = prefill.unwrap_or(total);
+    let decode = total.saturating_sub(prefill);
+    let n = out.tokens.len();
+    tracing::info!(
+        prompt_tokens = out.prompt_tokens,
+        new_tokens = n,
+        finish = ?out.finish,
+        prefill_tok_s = format!("{:.1}", out.prompt_tokens as f64 / prefill.as_secs_f64()),
+        decode_tok_s = format!("{:.1}", n.saturating_sub(1) as f64 / decode.as_secs_f64().max(1e-9)),
+        "done"
+    );
+    Ok(())
+}

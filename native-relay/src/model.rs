@@ -1,0 +1,98 @@
+//! Opening a GGUF model for the CLI commands: weights, tokenizer and chat template.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use kwaainet_core::chat::{ChatMessage, ChatTemplate};
+use kwaainet_core::gguf::Gguf;
+use kwaainet_core::tokenizer::Tokenizer;
+use kwaainet_core::{Llama, LlamaConfig, LoadSpec};
+
+/// A model ready to generate with.
+#[derive(Debug)]
+pub struct Loaded {
+    pub path: PathBuf,
+    pub file_bytes: u64,
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+}
+
+/// `--model`, or the default model (fetched into the cache when missing).
+pub fn resolve(path: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match path {
+        Some(p) => Ok(p.to_path_buf()),
+        None => crate::fetch::ensure_default_model(None),
+    }
+}
+
+/// Reads the header, tokenizer, template and every weight of the model at `path`.
+pub fn load(path: &Path) -> anyhow::Result<Loaded> {
+    let file = File::open(path).with_context(|| format!("cannot open model {}", path.display()))?;
+    let file_bytes = file.metadata()?.len();
+    let mut r = BufReader::new(file);
+    let gguf = Gguf::read(&mut r)
+        .with_context(|| format!("{} is not a usable GGUF file", path.display()))?;
+    let config = LlamaConfig::from_gguf(&gguf)?;
+    let tokenizer =
+        Tokenizer::from_gguf(&gguf).context("cannot build the tokenizer from the GGUF metadata")?;
+    let template = ChatTemplate::from_gguf(&gguf).context("the GGUF chat template is invalid")?;
+    let model = Llama::load(&gguf, &mut r, LoadSpec::full(&config))
+        .with_context(|| format!("cannot load the weights of {}", path.display()))?;
+    tracing::info!(
+        path = %path.display(),
+        arch = %config.arch,
+        blocks = config.n_layers,
+        hidden = config.dim,
+        weight_mib = model.weight_bytes() / (1 << 20),
+        "model loaded"
+    );
+    Ok(Loaded {
+        path: path.to_path_buf(),
+        file_bytes,
+        model,
+        tokenizer,
+        template,
+    })
+}
+
+impl Loaded {
+    /// Token ids for `prompt`: rendered through the chat template when `chat`, with BOS
+    /// prepended when the model asks for it.
+    pub fn prompt_ids(
+        &self,
+        prompt: &str,
+        system: Option<&str>,
+        chat: bool,
+    ) -> anyhow::Result<Vec<u32>> {
+        let text = if chat {
+            let mut messages = Vec::new();
+            if let Some(s) = system {
+                messages.push(ChatMessage::new("system", s));
+            }
+            messages.push(ChatMessage::new("user", prompt));
+            let fallback;
+            let template = match &self.template {
+                Some(t) => t,
+                None => {
+                    fallback = ChatTemplate::chatml();
+                    &fallback
+                }
+            };
+            template.render(&messages, true)?
+        } else {
+            prompt.to_string()
+        };
+        let mut ids = Vec::new();
+        if self.tokenizer.add_bos()
+            && let Some(b) = self.tokenizer.bos_id()
+            && !(chat && text.starts_with(self.tokenizer.token_text(b).unwrap_or("\u{0}")))
+        {
+            ids.push(b);
+        }
+        ids.extend(self.tokenizer.encode(&text, true)?);
+        Ok(ids)
+    }
+}
