@@ -7,8 +7,6 @@
 //! kernel (K-quants, F16, BF16) dequantize one row at a time into a small scratch buffer
 //! and use an f32 dot, so memory still holds only the quantized weights.
 
-use half::f16;
-
 use crate::quant::{self, GgmlType};
 use crate::{Error, Result};
 
@@ -141,9 +139,17 @@ impl QMatrix {
             let mut scratch = Vec::new();
             for r in r0..r1 {
                 let w = self.row(r);
-                for t in 0..n {
-                    buf[(r - r0) * n + t] =
-                        dot_row(self.dtype, w, &acts, t, self.cols, &mut scratch);
+                let dst = &mut buf[(r - r0) * n..(r - r0 + 1) * n];
+                let mut t = 0;
+                while t + 4 <= n {
+                    let v: [f32; 4] = dot_rows(self.dtype, w, &acts, t, self.cols, &mut scratch);
+                    dst[t..t + 4].copy_from_slice(&v);
+                    t += 4;
+                }
+                while t < n {
+                    let [v] = dot_rows::<1>(self.dtype, w, &acts, t, self.cols, &mut scratch);
+                    dst[t] = v;
+                    t += 1;
                 }
             }
         };
@@ -282,85 +288,78 @@ impl<'a> Acts<'a> {
     }
 }
 
-fn round_f16(v: f32) -> f32 {
-    f16::from_f32(v).to_f32()
-}
-
 /// Quantizes rows of 32-value blocks to 8 bits with a per-block scale (`amax / 127`).
 /// `with_sum` also records `d * Σq`, needed by Q4_1's `m` term.
 pub fn quantize_q8(x: &[f32], with_sum: bool) -> Vec<BlockQ8> {
-    let mut out = Vec::with_capacity(x.len() / QK);
-    for blk in x.chunks_exact(QK) {
-        let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        // `127 / amax` rather than `1 / d`: the reference quantizer's rounding of the two
-        // differs in the last bit, which can move a value across a rounding boundary.
-        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        let mut qs = [0i8; QK];
-        let mut sum = 0i32;
-        for (q, v) in qs.iter_mut().zip(blk) {
-            // Round half to even, as the SIMD reference quantizer does.
-            let r = (v * id).round_ties_even() as i32;
-            *q = r.clamp(-127, 127) as i8;
-            sum += *q as i32;
-        }
-        let s = if with_sum {
-            round_f16(d * sum as f32)
-        } else {
-            0.0
-        };
-        out.push(BlockQ8 {
-            d: round_f16(d),
-            s,
-            qs,
-        });
-    }
-    out
+    simd::quantize_q8(x, with_sum)
 }
 
+/// Dot products of weight row `w` with activation rows `t0..t0 + N`.
 #[inline]
-fn dot_row(
+fn dot_rows<const N: usize>(
     dtype: GgmlType,
     w: &[u8],
     a: &ActView<'_>,
-    t: usize,
+    t0: usize,
     cols: usize,
     scratch: &mut Vec<f32>,
-) -> f32 {
+) -> [f32; N] {
     let nb = cols / QK;
+    let ys: [&[BlockQ8]; N] = std::array::from_fn(|i| {
+        let t = t0 + i;
+        a.q.get(t * nb..(t + 1) * nb).unwrap_or(&[])
+    });
     match dtype {
-        GgmlType::Q4_0 => simd::dot_q4_0(w, &a.q[t * nb..(t + 1) * nb]),
-        GgmlType::Q4_1 => simd::dot_q4_1(w, &a.q[t * nb..(t + 1) * nb]),
-        GgmlType::Q8_0 => simd::dot_q8_0(w, &a.q[t * nb..(t + 1) * nb]),
-        GgmlType::F32 => {
+        GgmlType::Q4_0 => simd::dot_q4_0_n(w, ys),
+        GgmlType::Q4_1 => simd::dot_q4_1_n(w, ys),
+        GgmlType::Q8_0 => simd::dot_q8_0_n(w, ys),
+        GgmlType::F32 => std::array::from_fn(|i| {
+            let t = t0 + i;
             let x = &a.x[t * cols..(t + 1) * cols];
             let mut acc = 0f32;
             for (wb, xv) in w.chunks_exact(4).zip(x) {
                 acc += f32::from_le_bytes([wb[0], wb[1], wb[2], wb[3]]) * xv;
             }
             acc
-        }
+        }),
         _ => {
             scratch.resize(cols, 0.0);
             // Lengths were validated when the matrix was built, so this cannot fail.
             if quant::dequantize(dtype, w, scratch).is_err() {
-                return f32::NAN;
+                return [f32::NAN; N];
             }
-            simd::dot_f32(scratch, &a.x[t * cols..(t + 1) * cols])
+            std::array::from_fn(|i| {
+                let t = t0 + i;
+                simd::dot_f32(scratch, &a.x[t * cols..(t + 1) * cols])
+            })
         }
     }
 }
 
-/// The kernel set for this build target, chosen once.
+/// The kernel set for this build target: AVX2 chosen at run time on x86-64, simd128 at
+/// compile time on wasm32, scalar otherwise. `*_n` variants take `N` activation vectors
+/// so a weight block is unpacked once for several tokens (prefill).
 mod simd {
     use super::BlockQ8;
 
+    macro_rules! dispatch_n {
+        ($name:ident, $single:ident) => {
+            pub fn $name<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
+                #[cfg(target_arch = "x86_64")]
+                if super::x86::has_avx2() {
+                    // SAFETY: AVX2, FMA and F16C were detected at run time; callers pass
+                    // activation rows with as many blocks as `w`.
+                    return unsafe { super::x86::$name(w, ys) };
+                }
+                ys.map(|y| $single(w, y))
+            }
+        };
+    }
+    dispatch_n!(dot_q4_1_n, dot_q4_1);
+    dispatch_n!(dot_q4_0_n, dot_q4_0);
+    dispatch_n!(dot_q8_0_n, dot_q8_0);
+
     pub fn dot_q4_1(w: &[u8], y: &[BlockQ8]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::has_avx2() {
-            // SAFETY: AVX2 and FMA were detected at run time.
-            return unsafe { super::x86::dot_q4_1(w, y) };
-        }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         return super::wasm::dot_q4_1(w, y);
         #[allow(unreachable_code)]
@@ -368,11 +367,6 @@ mod simd {
     }
 
     pub fn dot_q4_0(w: &[u8], y: &[BlockQ8]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::has_avx2() {
-            // SAFETY: AVX2 and FMA were detected at run time.
-            return unsafe { super::x86::dot_q4_0(w, y) };
-        }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         return super::wasm::dot_q4_0(w, y);
         #[allow(unreachable_code)]
@@ -380,11 +374,6 @@ mod simd {
     }
 
     pub fn dot_q8_0(w: &[u8], y: &[BlockQ8]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if super::x86::has_avx2() {
-            // SAFETY: AVX2 and FMA were detected at run time.
-            return unsafe { super::x86::dot_q8_0(w, y) };
-        }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         return super::wasm::dot_q8_0(w, y);
         #[allow(unreachable_code)]
@@ -398,6 +387,18 @@ mod simd {
             return unsafe { super::x86::dot_f32(a, b) };
         }
         super::scalar::dot_f32(a, b)
+    }
+
+    pub fn quantize_q8(x: &[f32], with_sum: bool) -> Vec<BlockQ8> {
+        let mut out = Vec::with_capacity(x.len() / super::QK);
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx2() {
+            // SAFETY: AVX2, FMA and F16C were detected at run time.
+            unsafe { super::x86::quantize_q8(x, with_sum, &mut out) };
+            return out;
+        }
+        super::scalar::quantize_q8(x, with_sum, &mut out);
+        out
     }
 }
 

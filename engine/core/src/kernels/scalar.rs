@@ -67,3 +67,32 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     }
     s
 }
+
+pub fn quantize_q8(x: &[f32], with_sum: bool, out: &mut Vec<BlockQ8>) {
+    let round_f16 = |v: f32| half::f16::from_f32(v).to_f32();
+    for blk in x.chunks_exact(QK) {
+        let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        // `127 / amax` rather than `1 / d`, like the reference quantizer: the two differ in
+        // the last bit, which can move a value across a rounding boundary.
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut qs = [0i8; QK];
+        let mut sum = 0i32;
+        for (q, v) in qs.iter_mut().zip(blk) {
+            // Round half to even, as the SIMD reference quantizer does.
+            let r = (v * id).round_ties_even() as i32;
+            *q = r.clamp(-127, 127) as i8;
+            sum += i32::from(*q);
+        }
+        let s = if with_sum {
+            round_f16(d * sum as f32)
+        } else {
+            0.0
+        };
+        out.push(BlockQ8 {
+            d: round_f16(d),
+            s,
+            qs,
+        });
+    }
+}

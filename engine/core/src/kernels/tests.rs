@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use half::f16;
 
 struct Rng(u64);
 impl Rng {
@@ -60,18 +61,22 @@ fn simd_kernels_match_scalar() {
         let w41 = random_blocks(&mut rng, GgmlType::Q4_1, n_blocks);
         let w40 = random_blocks(&mut rng, GgmlType::Q4_0, n_blocks);
         let w80 = random_blocks(&mut rng, GgmlType::Q8_0, n_blocks);
-        assert!(close(
-            simd::dot_q4_1(&w41, &y1),
-            scalar::dot_q4_1(&w41, &y1)
-        ));
-        assert!(close(
-            simd::dot_q4_0(&w40, &y0),
-            scalar::dot_q4_0(&w40, &y0)
-        ));
-        assert!(close(
-            simd::dot_q8_0(&w80, &y0),
-            scalar::dot_q8_0(&w80, &y0)
-        ));
+        let [a] = simd::dot_q4_1_n(&w41, [&y1[..]]);
+        assert!(close(a, scalar::dot_q4_1(&w41, &y1)));
+        let [a] = simd::dot_q4_0_n(&w40, [&y0[..]]);
+        assert!(close(a, scalar::dot_q4_0(&w40, &y0)));
+        let [a] = simd::dot_q8_0_n(&w80, [&y0[..]]);
+        assert!(close(a, scalar::dot_q8_0(&w80, &y0)));
+        // The multi-token kernel gives each token exactly the single-token result.
+        let four = simd::dot_q4_1_n(&w41, [&y1[..], &y0[..], &y1[..], &y1[..]]);
+        assert_eq!(four[0], simd::dot_q4_1_n(&w41, [&y1[..]])[0]);
+        assert_eq!(four[1], simd::dot_q4_1_n(&w41, [&y0[..]])[0]);
+        // The SIMD quantizer agrees with the portable one bit for bit.
+        let mut sq = Vec::new();
+        scalar::quantize_q8(&x, true, &mut sq);
+        for (a, b) in sq.iter().zip(&y1) {
+            assert_eq!((a.d, a.s, a.qs), (b.d, b.s, b.qs));
+        }
         let z: Vec<f32> = (0..x.len()).map(|_| rng.f()).collect();
         assert!(close(simd::dot_f32(&x, &z), scalar::dot_f32(&x, &z)));
     }
@@ -94,7 +99,7 @@ fn quantized_dot_tracks_f32_dot() {
         }
     }
     let exact: f32 = wf.iter().zip(&x).map(|(a, b)| a * b).sum();
-    let q = simd::dot_q4_1(&w, &quantize_q8(&x, true));
+    let [q] = simd::dot_q4_1_n(&w, [&quantize_q8(&x, true)[..]]);
     let norm: f32 = wf.iter().map(|v| v.abs()).sum::<f32>() / 127.0;
     assert!((exact - q).abs() <= norm, "exact {exact} vs quantized {q}");
 }

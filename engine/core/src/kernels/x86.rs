@@ -15,13 +15,6 @@ pub fn has_avx2() -> bool {
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    let bits = u16::from_le_bytes([b[i], b[i + 1]]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
-}
-
-#[inline]
 #[target_feature(enable = "avx2,fma")]
 fn hsum(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
@@ -67,51 +60,166 @@ fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256 {
     dot_u8_i8(ax, sy)
 }
 
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
+/// `[d, m, 0, 0]` of a Q4_1 block header (or `[d, x, 0, 0]` of a Q4_0/Q8_0 one).
+///
+/// A zero-extending 32-bit load: converting a lone f16 with an insert into some live
+/// register would chain every block onto the previous one's accumulator.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_1(w: &[u8], y: &[BlockQ8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut summs = 0f32;
-    for (blk, yb) in w.chunks_exact(20).zip(y) {
-        let d = f16_at(blk, 0);
-        let m = f16_at(blk, 2);
-        summs += m * yb.s;
+fn header(blk: &[u8]) -> __m128 {
+    debug_assert!(blk.len() >= 4);
+    // SAFETY: every block is at least 18 bytes long.
+    _mm_cvtph_ps(unsafe { _mm_loadu_si32(blk.as_ptr().cast()) })
+}
+
+/// `[d, s, 0, 0]` of an activation block.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn act_header(y: &BlockQ8) -> __m128 {
+    // SAFETY: `d` and `s` are the first two f32 fields of the `repr(C)` block.
+    unsafe { _mm_castpd_ps(_mm_load_sd((y as *const BlockQ8).cast())) }
+}
+
+/// Q4_1 weights against `N` activation vectors (one dot product each), each summed in
+/// block order with one accumulator, as llama.cpp does, so results do not depend on `N`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; every `ys[t]` holds `w.len() / 20` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_1_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut summs = [_mm_setzero_ps(); N];
+    for (i, blk) in w.chunks_exact(20).enumerate() {
+        let dm = header(blk);
         let q = unpack_nibbles(&blk[4..20]);
-        let p = dot_u8_i8(q, load_qs(yb));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * yb.d), p, acc);
+        for t in 0..N {
+            let yb = &ys[t][i];
+            // [d·dy, m·s]: lane 1 feeds the offset sum, lane 0 the block scale.
+            let prod = _mm_mul_ps(dm, act_header(yb));
+            summs[t] = _mm_add_ps(summs[t], prod);
+            let p = dot_u8_i8(q, load_qs(yb));
+            acc[t] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), p, acc[t]);
+        }
     }
-    hsum(acc) + summs
+    let mut out = [0f32; N];
+    for t in 0..N {
+        out[t] = hsum(acc[t]) + _mm_cvtss_f32(_mm_movehdup_ps(summs[t]));
+    }
+    out
 }
 
+/// Q4_0 weights against `N` activation vectors.
+///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C.
+/// The CPU must support AVX2, FMA and F16C; every `ys[t]` holds `w.len() / 18` blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_0(w: &[u8], y: &[BlockQ8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (blk, yb) in w.chunks_exact(18).zip(y) {
-        let d = f16_at(blk, 0);
+pub unsafe fn dot_q4_0_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (i, blk) in w.chunks_exact(18).enumerate() {
+        let d = header(blk);
         let q = _mm256_sub_epi8(unpack_nibbles(&blk[2..18]), _mm256_set1_epi8(8));
-        let p = dot_i8_i8(q, load_qs(yb));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * yb.d), p, acc);
+        for t in 0..N {
+            let yb = &ys[t][i];
+            let p = dot_i8_i8(q, load_qs(yb));
+            let scale = _mm256_broadcastss_ps(_mm_mul_ss(d, act_header(yb)));
+            acc[t] = _mm256_fmadd_ps(scale, p, acc[t]);
+        }
     }
-    hsum(acc)
+    acc.map(|a| hsum(a))
 }
 
+/// Q8_0 weights against `N` activation vectors.
+///
 /// # Safety
-/// The CPU must support AVX2, FMA and F16C.
+/// The CPU must support AVX2, FMA and F16C; every `ys[t]` holds `w.len() / 34` blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8_0(w: &[u8], y: &[BlockQ8]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (blk, yb) in w.chunks_exact(34).zip(y) {
-        let d = f16_at(blk, 0);
+pub unsafe fn dot_q8_0_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (i, blk) in w.chunks_exact(34).enumerate() {
+        let d = header(blk);
         let qb = &blk[2..34];
         // SAFETY: `qb` is exactly 32 bytes.
         let q = unsafe { _mm256_loadu_si256(qb.as_ptr().cast()) };
-        let p = dot_i8_i8(q, load_qs(yb));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * yb.d), p, acc);
+        for t in 0..N {
+            let yb = &ys[t][i];
+            let p = dot_i8_i8(q, load_qs(yb));
+            let scale = _mm256_broadcastss_ps(_mm_mul_ss(d, act_header(yb)));
+            acc[t] = _mm256_fmadd_ps(scale, p, acc[t]);
+        }
     }
-    hsum(acc)
+    acc.map(|a| hsum(a))
+}
+
+/// Quantizes 32-value blocks to 8 bits like llama.cpp's AVX2 quantizer: scale
+/// `amax / 127`, multiplier `127 / amax`, round half to even; `d` (and `s`) kept at f16
+/// precision.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `x.len()` is a multiple of 32.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_q8(x: &[f32], with_sum: bool, out: &mut Vec<BlockQ8>) {
+    let sign = _mm256_set1_ps(-0.0);
+    for blk in x.chunks_exact(32) {
+        // SAFETY: `blk` holds 32 floats.
+        let v = unsafe {
+            [
+                _mm256_loadu_ps(blk.as_ptr()),
+                _mm256_loadu_ps(blk.as_ptr().add(8)),
+                _mm256_loadu_ps(blk.as_ptr().add(16)),
+                _mm256_loadu_ps(blk.as_ptr().add(24)),
+            ]
+        };
+        let m = _mm256_max_ps(
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+        );
+        let m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(m), _mm256_castps256_ps128(m));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        let amax = _mm_cvtss_f32(m4);
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mul = _mm256_set1_ps(id);
+        let i = v.map(|vi| {
+            _mm256_cvtps_epi32(_mm256_round_ps::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(_mm256_mul_ps(vi, mul)))
+        });
+        let mut qs = [0i8; 32];
+        // Packing interleaves 128-bit lanes; the permute puts the bytes back in order.
+        let p = _mm256_packs_epi16(
+            _mm256_packs_epi32(i[0], i[1]),
+            _mm256_packs_epi32(i[2], i[3]),
+        );
+        let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: `qs` is 32 bytes.
+        unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), p) };
+        let s = if with_sum {
+            let sum = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+            let s4 = _mm_add_epi32(
+                _mm256_castsi256_si128(sum),
+                _mm256_extracti128_si256::<1>(sum),
+            );
+            let s4 = _mm_hadd_epi32(s4, s4);
+            let s4 = _mm_hadd_epi32(s4, s4);
+            round_f16(d * _mm_cvtsi128_si32(s4) as f32)
+        } else {
+            0.0
+        };
+        out.push(BlockQ8 {
+            d: round_f16(d),
+            s,
+            qs,
+        });
+    }
+}
+
+#[inline]
+#[target_feature(enable = "f16c")]
+fn round_f16(v: f32) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(
+        _mm_set_ss(v),
+    )))
 }
 
 /// # Safety
