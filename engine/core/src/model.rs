@@ -13,9 +13,15 @@ use half::f16;
 
 use crate::config::LlamaConfig;
 use crate::gguf::{Gguf, TensorInfo};
-use crate::kernels::{Acts, QMatrix, dot_f32};
+use crate::kernels::{Acts, QMatrix, dot_f16_ordered, softmax, swiglu};
 use crate::quant::GgmlType;
 use crate::{Error, Result};
+
+/// Attention runs over the cache padded to a multiple of this many positions (masked
+/// scores, zero values), as llama.cpp does: the padding moves its dot products onto their
+/// SIMD reduction order, which results must follow to match it bit for bit. Any multiple
+/// of 32 gives the same numbers; 32 is the cheapest.
+const KV_PAD: usize = 32;
 
 /// Which parts of a model to load.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +85,10 @@ pub struct KvCache {
     max_ctx: usize,
     len: usize,
     k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    /// Values stored transposed (`[kv_dim][cap]`) so each output element of attention
+    /// is one contiguous dot product over positions.
+    vt: Vec<Vec<f32>>,
+    cap: usize,
 }
 
 impl KvCache {
@@ -103,7 +112,8 @@ impl KvCache {
             max_ctx,
             len: 0,
             k: vec![Vec::new(); n],
-            v: vec![Vec::new(); n],
+            vt: vec![Vec::new(); n],
+            cap: 0,
         })
     }
     /// Positions stored.
@@ -126,19 +136,48 @@ impl KvCache {
     pub fn truncate(&mut self, len: usize) {
         if len < self.len {
             self.len = len;
-            for (k, v) in self.k.iter_mut().zip(&mut self.v) {
+            for k in &mut self.k {
                 k.truncate(len * self.kv_dim);
-                v.truncate(len * self.kv_dim);
+            }
+            // Padded attention reads past `len`: stale values must read as zero.
+            for vt in &mut self.vt {
+                for row in vt.chunks_exact_mut(self.cap) {
+                    row[len..].fill(0.0);
+                }
             }
         }
     }
+
+    /// Makes room for `extra` more positions in the transposed value store.
+    fn reserve(&mut self, extra: usize) {
+        let need = self.len + extra;
+        if need <= self.cap {
+            return;
+        }
+        let cap = need
+            .next_power_of_two()
+            .max(64)
+            .min(self.max_ctx.max(need))
+            .next_multiple_of(KV_PAD);
+        for vt in &mut self.vt {
+            let mut grown = vec![0f32; self.kv_dim * cap];
+            if self.cap > 0 {
+                for (d, row) in grown.chunks_exact_mut(cap).enumerate() {
+                    row[..self.len].copy_from_slice(&vt[d * self.cap..d * self.cap + self.len]);
+                }
+            }
+            *vt = grown;
+        }
+        self.cap = cap;
+    }
+
     /// Forgets everything.
     pub fn clear(&mut self) {
         self.truncate(0);
     }
     /// Bytes held by stored positions.
     pub fn n_bytes(&self) -> usize {
-        self.k.iter().chain(&self.v).map(|b| b.len() * 4).sum()
+        self.k.iter().chain(&self.vt).map(|b| b.len() * 4).sum()
     }
 }
 
@@ -351,6 +390,7 @@ impl Llama {
             ));
         }
         let rope = Rope::new(&self.config, cache.len, n);
+        cache.reserve(n);
         for (ci, bi) in cache.blocks.clone().enumerate() {
             let block = &self.blocks[bi - self.spec.blocks.start];
             self.block_forward(block, hidden, n, &rope, cache, ci)?;
@@ -384,12 +424,18 @@ impl Llama {
         rope.apply(&mut q, c.n_heads, hd);
         rope.apply(&mut k, c.n_kv_heads, hd);
         let start = cache.len;
+        let cap = cache.cap;
         let kc = &mut cache.k[ci];
-        let vc = &mut cache.v[ci];
         kc.extend(k.iter().map(|&x| round16(x)));
-        vc.extend(v.iter().map(|&x| round16(x)));
+        let vt = &mut cache.vt[ci];
+        for (t, row) in v.chunks_exact(kv_dim).enumerate() {
+            for (d, &x) in row.iter().enumerate() {
+                vt[d * cap + start + t] = round16(x);
+            }
+        }
 
         // Attention, one query row and head at a time, causal over cached + new positions.
+        // Operands are f16-rounded and reduced in llama.cpp's order (see `kernels`).
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut att = vec![0f32; n * dim];
@@ -408,16 +454,18 @@ impl Llama {
                 scores.clear();
                 for p in 0..ctx {
                     let kr = &kc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                    scores.push(dot_f32(&qh, kr) * scale);
+                    scores.push(dot_f16_ordered(kr, &qh) * scale);
+                }
+                let n_kv = ctx.next_multiple_of(KV_PAD).min(cap);
+                scores.resize(n_kv, f32::NEG_INFINITY);
+                softmax(&mut scores);
+                for w in scores.iter_mut() {
+                    *w = round16(*w);
                 }
                 let out = &mut att[t * dim + h * hd..t * dim + (h + 1) * hd];
-                softmax(&mut scores);
-                for (p, &w) in scores.iter().enumerate() {
-                    let w = round16(w);
-                    let vr = &vc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                    for (o, &vv) in out.iter_mut().zip(vr) {
-                        *o += w * vv;
-                    }
+                for (d, o) in out.iter_mut().enumerate() {
+                    let col = (kvh * hd + d) * cap;
+                    *o = dot_f16_ordered(&vt[col..col + n_kv], &scores);
                 }
             }
         }
@@ -436,9 +484,7 @@ impl Llama {
             b.w_gate.matmul(&mut acts, &mut g)?;
             b.w_up.matmul(&mut acts, &mut u)?;
         }
-        for (gi, ui) in g.iter_mut().zip(&u) {
-            *gi = *gi / (1.0 + (-*gi).exp()) * ui;
-        }
+        swiglu(&mut g, &u);
         b.w_down.matmul(&mut Acts::new(&g, n, ffn)?, &mut o)?;
         for (xi, oi) in x.iter_mut().zip(&o) {
             *xi += oi;
@@ -498,19 +544,6 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         for ((oi, &xi), &wi) in o.iter_mut().zip(row).zip(w) {
             *oi = xi * scale * wi;
         }
-    }
-}
-
-fn softmax(s: &mut [f32]) {
-    let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f64;
-    for v in s.iter_mut() {
-        *v = (*v - max).exp();
-        sum += f64::from(*v);
-    }
-    let inv = (1.0 / sum) as f32;
-    for v in s.iter_mut() {
-        *v *= inv;
     }
 }
 

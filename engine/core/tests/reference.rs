@@ -43,49 +43,108 @@ fn argmax(l: &[f32]) -> u32 {
     best as u32
 }
 
+/// Greedy ids for `prompt` (stopping at EOS when asked) and the teacher-forced top-1
+/// agreement with `want` (our argmax at every position given the reference prefix).
+fn greedy_and_agreement(
+    model: &Llama,
+    prompt: &[u32],
+    want: &[u32],
+    max: usize,
+    stop_at_eos: bool,
+) -> (Vec<u32>, usize) {
+    let mut cache = model.new_cache(0..30, 512).unwrap();
+    let mut logits = model.forward(prompt, &mut cache).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..max {
+        let t = argmax(&logits);
+        got.push(t);
+        if stop_at_eos && t == 2 {
+            break;
+        }
+        logits = model.forward(&[t], &mut cache).unwrap();
+    }
+    let mut cache = model.new_cache(0..30, 512).unwrap();
+    let mut logits = model.forward(prompt, &mut cache).unwrap();
+    let mut agree = 0;
+    for &t in want {
+        agree += usize::from(argmax(&logits) == t);
+        logits = model.forward(&[t], &mut cache).unwrap();
+    }
+    (got, agree)
+}
+
+/// The shared reference was produced by llama.cpp on another CPU; llama.cpp itself, built
+/// for this machine (AVX2), leaves it at `capital-chat` token 7 and `long-prompt-chat`
+/// token 28 (near-ties; see `scripts/dev/llamacpp-reference.py`). So here: `capital-raw`
+/// exactly, and teacher-forced top-1 agreement of at least 97% over all reference tokens.
 #[test]
-fn greedy_matches_llama_cpp() {
+fn greedy_matches_the_shared_llama_cpp_reference() {
     let Some(model) = load(None) else { return };
+    let (mut agree, mut total) = (0, 0);
     for case in cases() {
         let name = case["name"].as_str().unwrap();
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["output_ids"]);
-        let stop_at_eos = case["stop_at_eos"].as_bool().unwrap();
         let max = case["max_tokens"].as_u64().unwrap() as usize;
-
-        // Free-running greedy decode.
-        let mut cache = model.new_cache(0..30, 512).unwrap();
-        let mut logits = model.forward(&prompt, &mut cache).unwrap();
-        let mut got = Vec::new();
-        for _ in 0..max {
-            let t = argmax(&logits);
-            got.push(t);
-            if stop_at_eos && t == 2 {
-                break;
-            }
-            logits = model.forward(&[t], &mut cache).unwrap();
-        }
+        let (got, a) = greedy_and_agreement(
+            &model,
+            &prompt,
+            &want,
+            max,
+            case["stop_at_eos"].as_bool().unwrap(),
+        );
         if name == "capital-raw" {
             assert_eq!(got, want, "{name}: greedy tokens differ from llama.cpp");
-        } else {
-            assert_eq!(
-                got[..16],
-                want[..16],
-                "{name}: first 16 greedy tokens differ from llama.cpp"
-            );
         }
+        eprintln!("{name}: teacher-forced top-1 agreement {a}/{}", want.len());
+        agree += a;
+        total += want.len();
+    }
+    let rate = agree as f64 / total as f64;
+    assert!(
+        rate >= 0.97,
+        "teacher-forced top-1 agreement {agree}/{total} = {rate:.3} < 0.97"
+    );
+}
 
-        // Teacher forcing: feed the reference continuation, compare our argmax per position.
-        let mut cache = model.new_cache(0..30, 512).unwrap();
-        let mut logits = model.forward(&prompt, &mut cache).unwrap();
-        let mut agree = 0;
-        for &t in &want {
-            agree += usize::from(argmax(&logits) == t);
-            logits = model.forward(&[t], &mut cache).unwrap();
-        }
+/// llama.cpp's own greedy outputs on an x86-64 AVX2 CPU, whose arithmetic this engine's
+/// AVX2 kernels reproduce: every greedy token of every case must be equal, and
+/// teacher-forced agreement at least 97% per case. Without AVX2 (other kernels, other
+/// rounding) the reference README's weaker checks apply: the first 16 ids exact.
+#[test]
+fn greedy_matches_llama_cpp_on_avx2() {
+    let Some(model) = load(None) else { return };
+    #[cfg(target_arch = "x86_64")]
+    let exact = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let exact = false;
+    let reference: Value =
+        serde_json::from_str(include_str!("data/smollm2-135m-q4_1.llamacpp-avx2.json")).unwrap();
+    for case in reference["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let prompt = ids(&case["prompt_ids"]);
+        let want = ids(&case["output_ids"]);
+        let max = case["max_tokens"].as_u64().unwrap() as usize;
+        let (got, agree) = greedy_and_agreement(
+            &model,
+            &prompt,
+            &want,
+            max,
+            case["stop_at_eos"].as_bool().unwrap(),
+        );
+        let n = if exact || name == "capital-raw" {
+            want.len()
+        } else {
+            16
+        };
+        assert_eq!(
+            got[..n],
+            want[..n],
+            "{name}: greedy tokens differ from llama.cpp (AVX2)"
+        );
         let rate = agree as f64 / want.len() as f64;
         eprintln!(
-            "{name}: teacher-forced top-1 agreement {agree}/{} = {rate:.3}",
+            "{name} (AVX2 reference): teacher-forced top-1 agreement {agree}/{} = {rate:.3}",
             want.len()
         );
         assert!(rate >= 0.97, "{name}: top-1 agreement {rate:.3} < 0.97");

@@ -409,3 +409,48 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests;
+
+/// In-place softmax. On x86-64 with AVX2 it reproduces llama.cpp's arithmetic exactly.
+pub fn softmax(s: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        return unsafe { x86::softmax(s) };
+    }
+    let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f64;
+    for v in s.iter_mut() {
+        *v = (*v - max).exp();
+        sum += f64::from(*v);
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in s.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `x = silu(x) * g`, elementwise.
+pub fn swiglu(x: &mut [f32], g: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        return unsafe { x86::swiglu(x, g) };
+    }
+    for (xi, gi) in x.iter_mut().zip(g) {
+        *xi = *xi / (1.0 + (-*xi).exp()) * gi;
+    }
+}
+
+/// Dot product of f16-valued vectors (attention), summed in llama.cpp's order on x86-64.
+pub fn dot_f16_ordered(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        // SAFETY: AVX2 and FMA were detected at run time.
+        return unsafe { x86::dot_f16_ordered(a, b) };
+    }
+    let mut s = 0f64;
+    for (x, y) in a.iter().zip(b) {
+        s += f64::from(x * y);
+    }
+    s as f32
+}
