@@ -13,7 +13,7 @@ use half::f16;
 
 use crate::config::LlamaConfig;
 use crate::gguf::{Gguf, TensorInfo};
-use crate::kernels::{Acts, QMatrix, dot_f16_ordered, softmax, swiglu};
+use crate::kernels::{Acts, QMatrix, dot_f16_ordered, matmul_many, softmax, swiglu};
 use crate::quant::GgmlType;
 use crate::{Error, Result};
 
@@ -417,9 +417,10 @@ impl Llama {
         let mut v = vec![0f32; n * kv_dim];
         {
             let mut acts = Acts::new(&xn, n, dim)?;
-            b.wq.matmul(&mut acts, &mut q)?;
-            b.wk.matmul(&mut acts, &mut k)?;
-            b.wv.matmul(&mut acts, &mut v)?;
+            matmul_many(
+                &mut [(&b.wq, &mut q), (&b.wk, &mut k), (&b.wv, &mut v)],
+                &mut acts,
+            )?;
         }
         rope.apply(&mut q, c.n_heads, hd);
         rope.apply(&mut k, c.n_kv_heads, hd);
@@ -481,8 +482,7 @@ impl Llama {
         let mut u = vec![0f32; n * ffn];
         {
             let mut acts = Acts::new(&xn, n, dim)?;
-            b.w_gate.matmul(&mut acts, &mut g)?;
-            b.w_up.matmul(&mut acts, &mut u)?;
+            matmul_many(&mut [(&b.w_gate, &mut g), (&b.w_up, &mut u)], &mut acts)?;
         }
         swiglu(&mut g, &u);
         b.w_down.matmul(&mut Acts::new(&g, n, ffn)?, &mut o)?;

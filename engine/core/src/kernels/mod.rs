@@ -116,93 +116,109 @@ impl QMatrix {
     /// Each weight row is read once per call whatever the number of tokens, and rows are
     /// split across the current rayon pool's threads when the `threads` feature is on.
     pub fn matmul(&self, x: &mut Acts<'_>, out: &mut [f32]) -> Result<()> {
-        if x.cols != self.cols || out.len() != x.n * self.rows {
+        matmul_many(&mut [(self, out)], x)
+    }
+
+    /// Rows `r0..r0 + buf.len() / n` against every token, into `buf` (`[row][token]`).
+    fn compute_rows(&self, acts: &ActView<'_>, n: usize, r0: usize, buf: &mut [f32]) {
+        let mut scratch = Vec::new();
+        for (i, dst) in buf.chunks_exact_mut(n).enumerate() {
+            let w = self.row(r0 + i);
+            let mut t = 0;
+            while t + 4 <= n {
+                let v: [f32; 4] = dot_rows(self.dtype, w, acts, t, self.cols, &mut scratch);
+                dst[t..t + 4].copy_from_slice(&v);
+                t += 4;
+            }
+            while t < n {
+                let [v] = dot_rows::<1>(self.dtype, w, acts, t, self.cols, &mut scratch);
+                dst[t] = v;
+                t += 1;
+            }
+        }
+    }
+}
+
+/// Several matrices applied to the same activations (e.g. Q, K and V) in one parallel
+/// region, so threads start and meet once instead of once per matrix.
+pub fn matmul_many(jobs: &mut [(&QMatrix, &mut [f32])], x: &mut Acts<'_>) -> Result<()> {
+    let n = x.n;
+    for (m, out) in jobs.iter() {
+        if x.cols != m.cols || out.len() != n * m.rows {
             return Err(Error::InvalidArgument(format!(
-                "matmul {}x{} with {} inputs of {} into {} outputs",
-                self.rows,
-                self.cols,
-                x.n,
+                "matmul {}x{} with {n} inputs of {} into {} outputs",
+                m.rows,
+                m.cols,
                 x.cols,
                 out.len()
             )));
         }
-        let kind = self.act_kind();
-        x.prepare(kind);
-        let acts = x.view(kind);
-        let n = x.n;
-        let rows = self.rows;
-        // Work is handed out in chunks of rows; each chunk writes a disjoint column range of
-        // `out` for every token, so results are gathered per chunk and scattered after.
-        let chunk_rows = pick_chunk(rows);
-        let compute_chunk = |r0: usize, buf: &mut [f32]| {
-            let r1 = (r0 + chunk_rows).min(rows);
-            let mut scratch = Vec::new();
-            for r in r0..r1 {
-                let w = self.row(r);
-                let dst = &mut buf[(r - r0) * n..(r - r0 + 1) * n];
-                let mut t = 0;
-                while t + 4 <= n {
-                    let v: [f32; 4] = dot_rows(self.dtype, w, &acts, t, self.cols, &mut scratch);
-                    dst[t..t + 4].copy_from_slice(&v);
-                    t += 4;
-                }
-                while t < n {
-                    let [v] = dot_rows::<1>(self.dtype, w, &acts, t, self.cols, &mut scratch);
-                    dst[t] = v;
-                    t += 1;
-                }
-            }
-        };
-        let n_chunks = rows.div_ceil(chunk_rows);
-        if n == 1 {
-            run_chunks(n_chunks, chunk_rows, out, |ci, buf| {
-                compute_chunk(ci * chunk_rows, buf)
-            });
-            return Ok(());
-        }
-        let mut tmp = vec![0f32; rows * n];
-        run_chunks(n_chunks, chunk_rows * n, &mut tmp, |ci, buf| {
-            compute_chunk(ci * chunk_rows, buf)
-        });
-        for (r, col) in tmp.chunks_exact(n).enumerate() {
-            for (t, v) in col.iter().enumerate() {
-                out[t * rows + r] = *v;
-            }
-        }
-        Ok(())
+        x.prepare(m.act_kind());
     }
+    let x = &*x;
+    let total_rows: usize = jobs.iter().map(|(m, _)| m.rows).sum();
+    let chunk_rows = pick_chunk(total_rows);
+    // With one token the output of a row range is contiguous; with more it is strided by
+    // token, so each matrix gets a `[row][token]` buffer, transposed afterwards.
+    let mut tmps: Vec<Vec<f32>> = if n == 1 {
+        Vec::new()
+    } else {
+        jobs.iter().map(|(m, _)| vec![0f32; m.rows * n]).collect()
+    };
+    let mut tasks: Vec<(&QMatrix, usize, &mut [f32])> = Vec::new();
+    if n == 1 {
+        for (m, out) in jobs.iter_mut() {
+            for (ci, buf) in out.chunks_mut(chunk_rows).enumerate() {
+                tasks.push((m, ci * chunk_rows, buf));
+            }
+        }
+    } else {
+        for ((m, _), tmp) in jobs.iter().zip(tmps.iter_mut()) {
+            for (ci, buf) in tmp.chunks_mut(chunk_rows * n).enumerate() {
+                tasks.push((m, ci * chunk_rows, buf));
+            }
+        }
+    }
+    run_tasks(&mut tasks, |(m, r0, buf)| {
+        m.compute_rows(&x.view(m.act_kind()), n, *r0, buf)
+    });
+    if n > 1 {
+        for ((m, out), tmp) in jobs.iter_mut().zip(&tmps) {
+            for (r, col) in tmp.chunks_exact(n).enumerate() {
+                for (t, v) in col.iter().enumerate() {
+                    out[t * m.rows + r] = *v;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn pick_chunk(rows: usize) -> usize {
-    // Large enough to amortise scheduling, small enough to balance two or more threads.
-    (rows / 64).clamp(8, 256)
+    // A few chunks per thread: enough to balance, few enough that scheduling is cheap.
+    #[cfg(feature = "threads")]
+    let parts = 4 * rayon::current_num_threads();
+    #[cfg(not(feature = "threads"))]
+    let parts = 1;
+    rows.div_ceil(parts).max(16)
 }
 
 #[cfg(feature = "threads")]
-fn run_chunks<F>(n_chunks: usize, chunk_len: usize, buf: &mut [f32], f: F)
+fn run_tasks<T: Send, F>(tasks: &mut [T], f: F)
 where
-    F: Fn(usize, &mut [f32]) + Sync,
+    F: Fn(&mut T) + Sync + Send,
 {
     use rayon::prelude::*;
-    if rayon::current_num_threads() <= 1 || n_chunks <= 1 {
-        for (ci, b) in buf.chunks_mut(chunk_len).enumerate() {
-            f(ci, b);
-        }
+    if rayon::current_num_threads() <= 1 || tasks.len() <= 1 {
+        tasks.iter_mut().for_each(f);
     } else {
-        buf.par_chunks_mut(chunk_len)
-            .enumerate()
-            .for_each(|(ci, b)| f(ci, b));
+        tasks.par_iter_mut().for_each(&f);
     }
 }
 
 #[cfg(not(feature = "threads"))]
-fn run_chunks<F>(_n_chunks: usize, chunk_len: usize, buf: &mut [f32], f: F)
-where
-    F: Fn(usize, &mut [f32]),
-{
-    for (ci, b) in buf.chunks_mut(chunk_len).enumerate() {
-        f(ci, b);
-    }
+fn run_tasks<T, F: Fn(&mut T)>(tasks: &mut [T], f: F) {
+    tasks.iter_mut().for_each(f);
 }
 
 /// Which quantized form of the activations a kernel reads.
