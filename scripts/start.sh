@@ -34,5 +34,7 @@ has --model "$@" || defaults+=(--model "$model")
 has --chat "$@" || defaults+=(--chat)
 has --prompt "$@" || defaults+=(--prompt "What is the capital of France?")
 has --max-tokens "$@" || defaults+=(--max-tokens 64)
+# The template's built-in system message leads this 135M model astray on short questions.
+has --system "$@" || defaults+=(--system "You are a helpful assistant.")
 
 exec "$bin" generate "${defaults[@]}" "$@"
