@@ -1,5 +1,4 @@
-//! KwaaiNet's model math: GGUF reader, tokenizer and chat template, a Llama-family model
-//! with quantized kernels, KV cache, sampler and block-span execution.
+#![doc = include_str!("../README.md")]
 
 pub mod chat;
 pub mod config;
