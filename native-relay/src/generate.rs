@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use kwaainet_core::SamplerConfig;
-use kwaainet_core::generate::{Event, GenerateOptions, generate};
+use kwaainet_core::generate::{CpuSession, Event, GenerateOptions, generate};
 
 /// Arguments of `kwaainet generate`.
 #[derive(Debug, clap::Args)]
@@ -85,19 +85,16 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         ignore_eos: false,
     };
     let pool = crate::pool(args.threads)?;
-    let mut cache = loaded
-        .model
-        .new_cache(0..loaded.model.config().n_layers, args.ctx)?;
+    let mut session = CpuSession::new(&loaded.model, args.ctx)?;
     let start = Instant::now();
     let mut prefill = None;
     let mut write_err = None;
     let out = pool.install(|| {
         let mut stdout = std::io::stdout().lock();
         generate(
-            &loaded.model,
+            &mut session,
             &loaded.tokenizer,
             &ids,
-            &mut cache,
             &opts,
             |ev| match ev {
                 Event::PrefillDone => {

@@ -6,6 +6,54 @@ use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::{Error, Result};
 
+/// Something that turns tokens into next-token logits while keeping its own context:
+/// the CPU model with its KV cache, or another backend.
+pub trait Session {
+    /// Runs `tokens` after the positions already processed; returns the logits of the last.
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// Positions processed so far.
+    fn len(&self) -> usize;
+    /// True before the first token.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Most positions this session can hold.
+    fn max_ctx(&self) -> usize;
+}
+
+/// A [`Session`] of the CPU model over all of its blocks.
+#[derive(Debug)]
+pub struct CpuSession<'a> {
+    model: &'a Llama,
+    cache: KvCache,
+}
+
+impl<'a> CpuSession<'a> {
+    /// A fresh session holding up to `max_ctx` positions.
+    pub fn new(model: &'a Llama, max_ctx: usize) -> Result<Self> {
+        Ok(Self {
+            model,
+            cache: model.new_cache(0..model.config().n_layers, max_ctx)?,
+        })
+    }
+    /// The KV cache (e.g. to truncate it for re-use of a shared prefix).
+    pub fn cache_mut(&mut self) -> &mut KvCache {
+        &mut self.cache
+    }
+}
+
+impl Session for CpuSession<'_> {
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.model.forward(tokens, &mut self.cache)
+    }
+    fn len(&self) -> usize {
+        self.cache.len()
+    }
+    fn max_ctx(&self) -> usize {
+        self.cache.max_ctx()
+    }
+}
+
 /// Settings of one generation.
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
@@ -69,31 +117,30 @@ pub enum Event<'a> {
     },
 }
 
-/// Generates a continuation of `prompt` with `model`, which must be loaded whole.
+/// Generates a continuation of `prompt` in `session`.
 ///
 /// `on_event` sees progress as it happens; returning `false` cancels.
 pub fn generate(
-    model: &Llama,
+    session: &mut impl Session,
     tokenizer: &Tokenizer,
     prompt: &[u32],
-    cache: &mut KvCache,
     opts: &GenerateOptions,
     mut on_event: impl FnMut(Event<'_>) -> bool,
 ) -> Result<Generation> {
     if prompt.is_empty() {
         return Err(Error::InvalidArgument("the prompt is empty".into()));
     }
-    if cache.len() + prompt.len() > cache.max_ctx() {
+    if session.len() + prompt.len() > session.max_ctx() {
         return Err(Error::InvalidArgument(format!(
             "prompt of {} tokens does not fit the context of {} ({} already used)",
             prompt.len(),
-            cache.max_ctx(),
-            cache.len()
+            session.max_ctx(),
+            session.len()
         )));
     }
     let mut sampler = Sampler::new(opts.sampler.clone())?;
     let mut history: Vec<u32> = prompt.to_vec();
-    let mut logits = model.forward(prompt, cache)?;
+    let mut logits = session.forward(prompt)?;
     let mut out = Generation {
         tokens: Vec::new(),
         text: String::new(),
@@ -125,10 +172,10 @@ pub fn generate(
             out.finish = FinishReason::Stop;
             return Ok(out);
         }
-        if step + 1 == opts.max_tokens || cache.len() >= cache.max_ctx() {
+        if step + 1 == opts.max_tokens || session.len() >= session.max_ctx() {
             break;
         }
-        logits = model.forward(&[id], cache)?;
+        logits = session.forward(&[id])?;
     }
     // Flush text held back for a possible stop string or an incomplete character.
     let tail = decoder.finish();

@@ -7,11 +7,11 @@ mod common;
 use std::fs::File;
 use std::io::BufReader;
 
-use kwaainet_core::generate::{Event, FinishReason, GenerateOptions, generate};
-use kwaainet_core::gguf::Gguf;
-use kwaainet_core::{
-    ChatMessage, ChatTemplate, Llama, LlamaConfig, LoadSpec, SamplerConfig, Tokenizer,
+use kwaainet_core::generate::{
+    CpuSession, Event, FinishReason, GenerateOptions, Session, generate,
 };
+use kwaainet_core::gguf::Gguf;
+use kwaainet_core::{Llama, LlamaConfig, LoadSpec, SamplerConfig, Tokenizer};
 
 struct Fixture {
     model: Llama,
@@ -43,10 +43,10 @@ fn run(
     opts: &GenerateOptions,
     cancel_after: Option<usize>,
 ) -> (kwaainet_core::generate::Generation, String) {
-    let mut cache = f.model.new_cache(0..30, 256).unwrap();
+    let mut session = CpuSession::new(&f.model, 256).unwrap();
     let mut streamed = String::new();
     let mut tokens_seen = 0;
-    let out = generate(&f.model, &f.tok, &f.prompt, &mut cache, opts, |ev| {
+    let out = generate(&mut session, &f.tok, &f.prompt, opts, |ev| {
         if let Event::Token { text, .. } = ev {
             streamed.push_str(text);
             tokens_seen += 1;
@@ -152,26 +152,9 @@ fn seeded_sampling_is_reproducible() {
 #[test]
 fn prompts_that_do_not_fit_are_rejected() {
     let Some(f) = fixture() else { return };
-    let mut cache = f.model.new_cache(0..30, 8).unwrap();
-    let err = generate(
-        &f.model,
-        &f.tok,
-        &f.prompt,
-        &mut cache,
-        &GenerateOptions::default(),
-        |_| true,
-    );
-    assert!(err.is_err());
-    assert!(
-        generate(
-            &f.model,
-            &f.tok,
-            &[],
-            &mut cache,
-            &GenerateOptions::default(),
-            |_| true
-        )
-        .is_err()
-    );
-    assert!(cache.is_empty());
+    let mut session = CpuSession::new(&f.model, 8).unwrap();
+    let opts = GenerateOptions::default();
+    assert!(generate(&mut session, &f.tok, &f.prompt, &opts, |_| true).is_err());
+    assert!(generate(&mut session, &f.tok, &[], &opts, |_| true).is_err());
+    assert!(session.is_empty());
 }
