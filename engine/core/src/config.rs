@@ -154,3 +154,62 @@ impl LlamaConfig {
         self.n_kv_heads * self.head_dim
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gguf(extra: &[(&str, Value)]) -> Gguf {
+        let mut metadata = vec![
+            (
+                "general.architecture".to_string(),
+                Value::String("llama".into()),
+            ),
+            ("llama.block_count".into(), Value::U32(30)),
+            ("llama.context_length".into(), Value::U32(8192)),
+            ("llama.embedding_length".into(), Value::U32(576)),
+            ("llama.feed_forward_length".into(), Value::U32(1536)),
+            ("llama.attention.head_count".into(), Value::U32(9)),
+            ("llama.attention.head_count_kv".into(), Value::U32(3)),
+            ("llama.vocab_size".into(), Value::U32(49152)),
+        ];
+        for (k, v) in extra {
+            metadata.retain(|(mk, _)| mk != k);
+            metadata.push((k.to_string(), v.clone()));
+        }
+        Gguf {
+            version: 3,
+            metadata,
+            tensors: vec![],
+        }
+    }
+
+    #[test]
+    fn reads_the_default_model_shape() {
+        let c = LlamaConfig::from_gguf(&gguf(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.head_dim, c.kv_dim(), c.rope_dim), (64, 192, 64));
+        assert_eq!((c.norm_eps, c.rope_theta), (1e-5, 10_000.0));
+    }
+
+    #[test]
+    fn rejects_inconsistent_or_hostile_values() {
+        let bad: &[(&str, Value)] = &[
+            ("general.architecture", Value::String("gpt-neox".into())),
+            ("llama.attention.head_count", Value::U32(0)),
+            ("llama.attention.head_count", Value::U32(7)),
+            ("llama.attention.head_count_kv", Value::U32(2)),
+            ("llama.block_count", Value::U32(0)),
+            ("llama.block_count", Value::I32(-1)),
+            ("llama.embedding_length", Value::U64(u64::MAX)),
+            ("llama.feed_forward_length", Value::String("1536".into())),
+            ("llama.rope.dimension_count", Value::U32(65)),
+            ("llama.rope.freq_base", Value::F32(f32::NAN)),
+            ("llama.attention.layer_norm_rms_epsilon", Value::F32(0.0)),
+            ("llama.vocab_size", Value::U32(0)),
+        ];
+        for (k, v) in bad {
+            let r = LlamaConfig::from_gguf(&gguf(&[(k, v.clone())]));
+            assert!(r.is_err(), "{k} = {v:?} was accepted");
+        }
+    }
+}
