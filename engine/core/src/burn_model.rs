@@ -335,9 +335,8 @@ impl BurnLlama {
                 theta *= step;
             }
         }
-        let t = |v: Vec<f32>| {
-            Tensor::<3>::from_data(TensorData::new(v, [seq, 1, half]), &self.device)
-        };
+        let t =
+            |v: Vec<f32>| Tensor::<3>::from_data(TensorData::new(v, [seq, 1, half]), &self.device);
         Rope {
             cos: t(cos),
             sin: t(sin),
