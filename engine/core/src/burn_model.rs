@@ -12,6 +12,25 @@
 //! grouped-query attention scaled by `1/sqrt(head_dim)`, SwiGLU MLP, residual adds.
 //! Weights are dequantized to f32 on load and stored transposed (`[in, out]`, row-major) so
 //! every projection is a plain `x @ W`.
+//!
+//! llama.cpp's CPU kernels round activations to 8 bits per block before every quantized
+//! matmul, and K, V, Q and the attention weights to f16; by default this model reproduces that
+//! rounding with tensor ops ([`BurnLlama::set_llama_cpp_rounding`]). Greedy output then equals
+//! llama.cpp's on the reference `capital-raw` case on every backend, but the rounding is
+//! discontinuous: last-bit differences in summation order still flip some near-ties on longer
+//! generations (measured on SmolLM2-135M: teacher-forced top-1 agreement 95–97%).
+//!
+//! Not done yet: weights stay f32 on the device (about 6x the Q4_1 file size). The next step is a
+//! fused dequantize + matrix-vector CubeCL kernel over Q4_1/Q8_0 blocks for decode, plugged in
+//! through burn's backend extension: `#[burn::backend::backend_extension(Cube: cfg(...),
+//! Flex)] trait QuantMatvec: Backend { fn q_matvec(w: IntTensor<Self>, x: FloatTensor<Self>)
+//! -> FloatTensor<Self>; }` implemented for `burn::backend::Cube` (one non-generic backend for
+//! every CubeCL runtime, tensors are `CubeTensor { client, handle, meta, device, dtype }`) with a
+//! `#[cube(launch_unchecked)]` kernel, and for `Flex` with a host loop; call it through
+//! `<Dispatch as QuantMatvec>::q_matvec(w.into_dispatch(), x.into_dispatch())` and
+//! `Tensor::from_dispatch`. It needs burn's `extension` feature and a direct `cubecl`
+//! dependency, and the `Cube: cfg(...)` selector refers to this crate's features, so the crate
+//! would need a `wgpu` feature of its own.
 
 use std::io::{Read, Seek};
 use std::ops::Range;

@@ -331,10 +331,17 @@ fn wgpu_long_cases() {
     }
 }
 
-async fn speed(model: &BurnLlama, backend: &str) {
+async fn speed(model: &mut BurnLlama, backend: &str) {
+    for rounding in [true, false] {
+        model.set_llama_cpp_rounding(rounding);
+        speed_once(model, &format!("{backend} (llama.cpp rounding {rounding})")).await;
+    }
+}
+
+async fn speed_once(model: &BurnLlama, backend: &str) {
     let n = model.config().n_layers;
     let prompt = &reference_cases()[2].prompt_ids;
-    let decode = 32;
+    let decode = 16;
     let mut cache = BurnKvCache::new(
         model.config(),
         0..n,
@@ -358,7 +365,7 @@ async fn speed(model: &BurnLlama, backend: &str) {
     }
     let dec = t.elapsed();
     println!(
-        "{backend}: prefill {} tokens: {:.1} tok/s; decode {decode} tokens: {:.1} tok/s",
+        "{backend}: prefill {} tokens: {:.1} tok/s; decode {decode} tokens: {:.2} tok/s",
         prompt.len(),
         prompt.len() as f64 / prefill.as_secs_f64(),
         decode as f64 / dec.as_secs_f64()
@@ -370,15 +377,15 @@ async fn speed(model: &BurnLlama, backend: &str) {
 #[ignore]
 fn speed_flex() {
     let device = Device::flex();
-    if let Some((model, _)) = load(&device) {
-        pollster::block_on(speed(&model, "flex"));
+    if let Some((mut model, _)) = load(&device) {
+        pollster::block_on(speed(&mut model, "flex"));
     }
 }
 
 #[test]
 #[ignore]
 fn speed_wgpu() {
-    if let Some((model, _)) = wgpu_device().as_ref().and_then(load) {
-        pollster::block_on(speed(&model, "wgpu"));
+    if let Some((mut model, _)) = wgpu_device().as_ref().and_then(load) {
+        pollster::block_on(speed(&mut model, "wgpu"));
     }
 }
