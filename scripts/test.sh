@@ -56,7 +56,10 @@ step_rust-tests() {
 }
 
 step_wasm32() {
-    cargo build -p kwaainet-core --target wasm32-unknown-unknown --release --no-default-features
+    # The engine as the browser will use it: CPU kernels (simd128) and the burn model on
+    # burn's wgpu backend (WebGPU there).
+    cargo build -p kwaainet-core --target wasm32-unknown-unknown --release \
+        --no-default-features --features burn,burn/wgpu
 }
 
 # ---------------------------------------------------------------------------------------

