@@ -167,3 +167,43 @@ fn bad_shapes_are_errors() {
     );
     assert!(Acts::new(&x, 3, 32).is_err());
 }
+
+#[test]
+fn types_without_a_fused_kernel_match_dequantize_then_dot() {
+    // Q4_K / Q6_K / F16 rows are dequantized into scratch and dotted in f32.
+    let mut rng = Rng(5);
+    let cols = 256;
+    for dtype in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16, GgmlType::F32] {
+        let rows = 3;
+        let n_bytes = rows * cols / dtype.block_size() * dtype.type_size();
+        let mut data: Vec<u8> = (0..n_bytes).map(|_| rng.byte()).collect();
+        // Keep every f16 scale (and F16 value) small and finite.
+        let step = dtype.type_size();
+        match dtype {
+            GgmlType::Q4_K => data.chunks_exact_mut(step).for_each(|b| {
+                b[..2].copy_from_slice(&f16b(0.01));
+                b[2..4].copy_from_slice(&f16b(0.02));
+            }),
+            GgmlType::Q6_K => data
+                .chunks_exact_mut(step)
+                .for_each(|b| b[208..].copy_from_slice(&f16b(0.01))),
+            GgmlType::F16 => data
+                .chunks_exact_mut(2)
+                .for_each(|b| b.copy_from_slice(&f16b(rng.f()))),
+            _ => data
+                .chunks_exact_mut(4)
+                .for_each(|b| b.copy_from_slice(&rng.f().to_le_bytes())),
+        }
+        let w = QMatrix::new(dtype, rows, cols, data).unwrap();
+        let x: Vec<f32> = (0..cols).map(|_| rng.f()).collect();
+        let mut out = vec![0f32; rows];
+        w.matmul(&mut Acts::new(&x, 1, cols).unwrap(), &mut out)
+            .unwrap();
+        for (r, &got) in out.iter().enumerate() {
+            let mut row = vec![0f32; cols];
+            w.dequantize_row(r, &mut row).unwrap();
+            let want: f32 = row.iter().zip(&x).map(|(a, b)| a * b).sum();
+            assert!(close(got, want), "{dtype:?} row {r}: {got} vs {want}");
+        }
+    }
+}
