@@ -160,6 +160,51 @@ fn round_trip() {
     }
 }
 
+/// Extra strings whose ids were cross-checked against Hugging Face `tokenizers` 0.23 built
+/// from the same vocabulary and merges (Digits(individual) + ByteLevel), which agrees with
+/// llama.cpp's "smollm" split except on unassigned code points.
+#[test]
+fn cross_checked_ids() {
+    let Some(tok) = smollm() else { return };
+    let cases: &[(&str, &[u32])] = &[
+        (
+            "multiple     spaces\tand\ttabs\n\nnew\r\nlines\n",
+            &[
+                30404, 289, 5600, 197, 397, 197, 100, 7366, 198, 198, 2241, 201, 198, 5110, 198,
+            ],
+        ),
+        (
+            "digits 1234567890 and ٣٤٥ and ½ Ⅻ",
+            &[
+                37307, 216, 33, 34, 35, 36, 37, 38, 39, 40, 41, 32, 284, 216, 164, 113, 164, 114,
+                164, 115, 284, 216, 16738, 216, 173, 223, 121,
+            ],
+        ),
+        (
+            "it's we're they've I'm you'll he'd I'D",
+            &[
+                269, 506, 392, 2316, 502, 3543, 339, 5248, 346, 3060, 384, 6737, 339, 23, 52,
+            ],
+        ),
+        (
+            "emoji 😀👍🏽 👨‍👩‍👧‍👦 and flags 🇫🇷",
+            &[
+                391, 33777, 40303, 218, 10813, 235, 231, 10813, 233, 138, 15107, 235, 118, 321,
+                231, 10813, 235, 119, 321, 231, 10813, 235, 117, 321, 231, 10813, 235, 116, 284,
+                13198, 15107, 225, 121, 10813, 225, 132,
+            ],
+        ),
+        ("x  \n  y\t\t\n", &[104, 256, 3805, 329, 1656, 198]),
+        (
+            "$100.00 + 5% = ?!",
+            &[20, 33, 32, 32, 30, 32, 32, 1232, 216, 37, 21, 446, 9148, 17],
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(tok.encode(text, true).unwrap(), *want, "{text:?}");
+    }
+}
+
 #[test]
 fn unspellable_bytes_are_dropped() {
     let Some(tok) = smollm() else { return };
