@@ -59,7 +59,7 @@ step_wasm32() {
     # The engine as the browser will use it: CPU kernels (simd128) and the burn model on
     # burn's wgpu backend (WebGPU there).
     cargo build -p kwaainet-core --target wasm32-unknown-unknown --release \
-        --no-default-features --features burn,burn/wgpu
+        --no-default-features --features wgpu
 }
 
 # ---------------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ async fn teacher_forced_agreement(model: &BurnLlama, case: &Case) -> f64 {
     let mut cache = BurnKvCache::new(model.config(), 0..n, ids.len(), model.device()).unwrap();
     let h = model.embed(&ids).unwrap();
     let h = model.forward_span(0..n, h, &mut cache, 0).unwrap();
-    let logits = read_f32(model.head(h)).await.unwrap();
+    let logits = read_f32(model.head(h).unwrap()).await.unwrap();
     let vocab = model.config().vocab_size;
     let first = case.prompt_ids.len() - 1;
     let hits = out
@@ -212,8 +212,8 @@ async fn check_spans(model: &BurnLlama, backend: &str, rel_tol: f32) {
         for (span, cache) in spans.iter().zip(&mut parts) {
             b = model.forward_span(span.clone(), b, cache, pos).unwrap();
         }
-        let la = read_f32(model.head(a)).await.unwrap();
-        let lb = read_f32(model.head(b)).await.unwrap();
+        let la = read_f32(model.head(a).unwrap()).await.unwrap();
+        let lb = read_f32(model.head(b).unwrap()).await.unwrap();
         if rel_tol == 0.0 {
             assert!(
                 la == lb,

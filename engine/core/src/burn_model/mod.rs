@@ -10,27 +10,23 @@
 //! The math follows llama.cpp's `llama` graph: RMSNorm `x / sqrt(mean(x²) + eps) * w`, RoPE of
 //! the NORM kind (adjacent pairs — GGUF stores q/k already permuted for it), causal
 //! grouped-query attention scaled by `1/sqrt(head_dim)`, SwiGLU MLP, residual adds.
-//! Weights are dequantized to f32 on load and stored transposed (`[in, out]`, row-major) so
-//! every projection is a plain `x @ W`.
 //!
 //! llama.cpp's CPU kernels round activations to 8 bits per block before every quantized
 //! matmul, and K, V, Q and the attention weights to f16; by default this model reproduces that
-//! rounding with tensor ops ([`BurnLlama::set_llama_cpp_rounding`]). Greedy output then equals
+//! rounding (in the quantized kernels, else with tensor ops) ([`BurnLlama::set_llama_cpp_rounding`]). Greedy output then equals
 //! llama.cpp's on the reference `capital-raw` case on every backend, but the rounding is
 //! discontinuous: last-bit differences in summation order still flip some near-ties on longer
 //! generations (measured on SmolLM2-135M: teacher-forced top-1 agreement 95–97%).
 //!
-//! Not done yet: weights stay f32 on the device (about 6x the Q4_1 file size). The next step is a
-//! fused dequantize + matrix-vector CubeCL kernel over Q4_1/Q8_0 blocks for decode, plugged in
-//! through burn's backend extension: `#[burn::backend::backend_extension(Cube: cfg(...),
-//! Flex)] trait QuantMatvec: Backend { fn q_matvec(w: IntTensor<Self>, x: FloatTensor<Self>)
-//! -> FloatTensor<Self>; }` implemented for `burn::backend::Cube` (one non-generic backend for
-//! every CubeCL runtime, tensors are `CubeTensor { client, handle, meta, device, dtype }`) with a
-//! `#[cube(launch_unchecked)]` kernel, and for `Flex` with a host loop; call it through
-//! `<Dispatch as QuantMatvec>::q_matvec(w.into_dispatch(), x.into_dispatch())` and
-//! `Tensor::from_dispatch`. It needs burn's `extension` feature and a direct `cubecl`
-//! dependency, and the `Cube: cfg(...)` selector refers to this crate's features, so the crate
-//! would need a `wgpu` feature of its own.
+//! Weights: on a CubeCL device (burn's wgpu backend; this crate's `wgpu` feature) `Q4_0`,
+//! `Q4_1` and `Q8_0` matrices stay in their GGML blocks on the device and every projection runs
+//! through fused dequantize + matrix-vector kernels (module `cube`) that reproduce llama.cpp's
+//! arithmetic; the embedding lookup dequantizes only the rows it reads. Other weight types, and
+//! every matrix on other backends, are dequantized to f32 at load and stored transposed
+//! (`[in, out]`) so each projection is a plain `x @ W`.
+
+#[cfg(feature = "wgpu")]
+mod cube;
 
 use std::io::{Read, Seek};
 use std::ops::Range;
@@ -68,22 +64,54 @@ impl ActRounding {
     }
 }
 
-/// A projection `y = x @ w`, `w` stored as `[in, out]`.
+/// A projection `y = x @ Wᵀ` of a GGML matrix `W` (`[out, in]`).
 #[derive(Debug)]
-struct Linear {
-    w: Tensor<2>,
-    act: ActRounding,
+enum Linear {
+    /// Dequantized to f32 and stored transposed (`[in, out]`), so `y = x @ w`.
+    Dense { w: Tensor<2>, act: ActRounding },
+    /// GGML blocks on a CubeCL device, used by our fused kernels (which always round the
+    /// activations as llama.cpp does).
+    #[cfg(feature = "wgpu")]
+    Quant(cube::QMatrix),
 }
 
 impl Linear {
-    fn forward(&self, x: Tensor<2>, llama_cpp_rounding: bool) -> Tensor<2> {
-        let x = match self.act {
-            ActRounding::Q8 { block, f16_scale } if llama_cpp_rounding => {
-                round_q8(x, block, f16_scale)
+    fn forward(&self, x: Tensor<2>, llama_cpp_rounding: bool) -> Result<Tensor<2>> {
+        match self {
+            Self::Dense { w, act } => {
+                let x = match *act {
+                    ActRounding::Q8 { block, f16_scale } if llama_cpp_rounding => {
+                        round_q8(x, block, f16_scale)
+                    }
+                    _ => x,
+                };
+                Ok(x.matmul(w.clone()))
             }
-            _ => x,
-        };
-        x.matmul(self.w.clone())
+            #[cfg(feature = "wgpu")]
+            Self::Quant(m) => m.matmul(x),
+        }
+    }
+
+    /// Rows `tokens` of `W` (`[tokens.len(), in]`): an embedding lookup.
+    fn rows(&self, tokens: &[u32], device: &Device) -> Result<Tensor<2>> {
+        match self {
+            Self::Dense { w, .. } => {
+                let ids = tokens.iter().map(|&t| t as i32).collect::<Vec<_>>();
+                let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), device);
+                Ok(w.clone().select(1, ids).transpose())
+            }
+            #[cfg(feature = "wgpu")]
+            Self::Quant(m) => m.rows(tokens),
+        }
+    }
+
+    /// Bytes of the weights on the device.
+    fn device_bytes(&self) -> usize {
+        match self {
+            Self::Dense { w, .. } => w.shape().num_elements() * 4,
+            #[cfg(feature = "wgpu")]
+            Self::Quant(m) => m.device_bytes(),
+        }
     }
 }
 
@@ -119,8 +147,29 @@ pub struct BurnLlama {
 
 impl BurnLlama {
     /// Loads every weight of the model from `gguf` (whose tensor bytes `r` holds) onto
-    /// `device`, dequantized to f32.
+    /// `device`. On a CubeCL device (burn's wgpu backend, with this crate's `wgpu` feature)
+    /// `Q4_0`/`Q4_1`/`Q8_0` matrices stay quantized and run through this crate's kernels;
+    /// everything else is dequantized to f32.
     pub fn load<R: Read + Seek>(gguf: &Gguf, r: &mut R, device: &Device) -> Result<Self> {
+        Self::load_with(gguf, r, device, true)
+    }
+
+    /// Like [`BurnLlama::load`], but with every matrix dequantized to f32 even where a
+    /// quantized kernel exists (to compare the two paths).
+    pub fn load_dequantized<R: Read + Seek>(
+        gguf: &Gguf,
+        r: &mut R,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::load_with(gguf, r, device, false)
+    }
+
+    fn load_with<R: Read + Seek>(
+        gguf: &Gguf,
+        r: &mut R,
+        device: &Device,
+        quantized: bool,
+    ) -> Result<Self> {
         let config = LlamaConfig::from_gguf(gguf)?;
         let (dim, kv_dim, ffn, vocab) = (
             config.dim,
@@ -128,7 +177,19 @@ impl BurnLlama {
             config.ffn_dim,
             config.vocab_size,
         );
-        let mut loader = Loader { gguf, r, device };
+        let mut loader = Loader {
+            gguf,
+            r,
+            device,
+            #[cfg(feature = "wgpu")]
+            cube: if quantized {
+                cube::cube_device(device)
+            } else {
+                None
+            },
+        };
+        #[cfg(not(feature = "wgpu"))]
+        let _ = quantized;
         let embd_t = loader.matrix("token_embd.weight", dim, vocab)?;
         let output = if gguf.tensor("output.weight").is_some() {
             Some(loader.matrix("output.weight", dim, vocab)?)
@@ -175,6 +236,34 @@ impl BurnLlama {
         &self.config
     }
 
+    /// Bytes of the weights on the device.
+    pub fn weight_bytes(&self) -> usize {
+        let norms = (self.blocks.len() * 2 + 1) * self.config.dim * 4;
+        let matrices: usize = self
+            .blocks
+            .iter()
+            .flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down])
+            .chain(std::iter::once(&self.embd_t))
+            .chain(self.output.as_ref())
+            .map(Linear::device_bytes)
+            .sum();
+        norms + matrices
+    }
+
+    /// Whether any matrix is held quantized on the device (and runs through the fused kernels).
+    pub fn is_quantized(&self) -> bool {
+        #[cfg(feature = "wgpu")]
+        {
+            matches!(self.embd_t, Linear::Quant(_))
+                || self
+                    .blocks
+                    .iter()
+                    .any(|b| matches!(b.w_down, Linear::Quant(_)))
+        }
+        #[cfg(not(feature = "wgpu"))]
+        false
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
@@ -186,20 +275,12 @@ impl BurnLlama {
             return Err(Error::InvalidArgument("no tokens to embed".into()));
         }
         let vocab = self.config.vocab_size;
-        let ids = tokens
-            .iter()
-            .map(|&t| {
-                if (t as usize) < vocab {
-                    Ok(t as i32)
-                } else {
-                    Err(Error::InvalidArgument(format!(
-                        "token id {t} outside the vocabulary ({vocab})"
-                    )))
-                }
-            })
-            .collect::<Result<Vec<i32>>>()?;
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &self.device);
-        Ok(self.embd_t.w.clone().select(1, ids).transpose())
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::InvalidArgument(format!(
+                "token id {t} outside the vocabulary ({vocab})"
+            )));
+        }
+        self.embd_t.rows(tokens, &self.device)
     }
 
     /// Runs blocks `blocks` over `hidden` (`[seq, dim]`, positions `start_pos..start_pos +
@@ -252,14 +333,14 @@ impl BurnLlama {
         };
         let mut x = hidden;
         for (slot, i) in blocks.enumerate() {
-            x = self.block(i, x, cache, slot, &pass);
+            x = self.block(i, x, cache, slot, &pass)?;
         }
         cache.len = total;
         Ok(x)
     }
 
     /// Logits `[seq, vocab]` for every row of `hidden` (final norm, then the output head).
-    pub fn head(&self, hidden: Tensor<2>) -> Tensor<2> {
+    pub fn head(&self, hidden: Tensor<2>) -> Result<Tensor<2>> {
         let x = rms_norm(hidden, &self.output_norm, self.config.norm_eps);
         self.output
             .as_ref()
@@ -274,7 +355,7 @@ impl BurnLlama {
             return Err(Error::InvalidArgument("no hidden states".into()));
         }
         let last = hidden.slice([seq - 1..seq, 0..dim]);
-        read_f32(self.head(last)).await
+        read_f32(self.head(last)?).await
     }
 
     fn block(
@@ -284,7 +365,7 @@ impl BurnLlama {
         cache: &mut BurnKvCache,
         slot: usize,
         pass: &Pass,
-    ) -> Tensor<2> {
+    ) -> Result<Tensor<2>> {
         let c = &self.config;
         let b = &self.blocks[i];
         let [seq, _] = x.dims();
@@ -295,9 +376,9 @@ impl BurnLlama {
 
         let r = self.llama_cpp_rounding;
         let h = rms_norm(x.clone(), &b.attn_norm, c.norm_eps);
-        let q = b.wq.forward(h.clone(), r).reshape([seq, n_heads, hd]);
-        let k = b.wk.forward(h.clone(), r).reshape([seq, n_kv, hd]);
-        let v = b.wv.forward(h, r).reshape([seq, n_kv, hd]);
+        let q = b.wq.forward(h.clone(), r)?.reshape([seq, n_heads, hd]);
+        let k = b.wk.forward(h.clone(), r)?.reshape([seq, n_kv, hd]);
+        let v = b.wv.forward(h, r)?.reshape([seq, n_kv, hd]);
         let q = pass.rope.apply(q, c.rope_dim).swap_dims(0, 1); // [n_heads, seq, hd]
         let k = pass.rope.apply(k, c.rope_dim).swap_dims(0, 1); // [n_kv, seq, hd]
         let v = v.swap_dims(0, 1);
@@ -328,12 +409,12 @@ impl BurnLlama {
             .reshape([n_heads, seq, hd])
             .swap_dims(0, 1)
             .reshape([seq, n_heads * hd]);
-        let x = x.add(b.wo.forward(attn, r));
+        let x = x.add(b.wo.forward(attn, r)?);
 
         let h = rms_norm(x.clone(), &b.ffn_norm, c.norm_eps);
-        let gate = silu(b.w_gate.forward(h.clone(), r));
-        let up = b.w_up.forward(h, r);
-        x.add(b.w_down.forward(gate.mul(up), r))
+        let gate = silu(b.w_gate.forward(h.clone(), r)?);
+        let up = b.w_up.forward(h, r)?;
+        Ok(x.add(b.w_down.forward(gate.mul(up), r)?))
     }
 
     /// cos/sin tables for the positions of this call (see [`LlamaConfig::rope_angles`]).
@@ -557,6 +638,9 @@ struct Loader<'a, R> {
     gguf: &'a Gguf,
     r: &'a mut R,
     device: &'a Device,
+    /// Set when matrices with a kernel stay quantized on this CubeCL device.
+    #[cfg(feature = "wgpu")]
+    cube: Option<burn_cubecl::CubeDevice>,
 }
 
 impl<R: Read + Seek> Loader<'_, R> {
@@ -597,9 +681,17 @@ impl<R: Read + Seek> Loader<'_, R> {
     /// as `[n_in, n_out]` so that `y = x @ W`.
     fn matrix(&mut self, name: &str, n_in: usize, n_out: usize) -> Result<Linear> {
         let dtype = self.info(name, &[n_in, n_out])?.dtype;
+        #[cfg(feature = "wgpu")]
+        if let (Some(dev), Some(format)) = (&self.cube, cube::QFormat::of(dtype)) {
+            let info = self.info(name, &[n_in, n_out])?.clone();
+            let raw = self.gguf.read_tensor(self.r, &info)?;
+            return Ok(Linear::Quant(cube::QMatrix::upload(
+                format, &raw, n_out, n_in, dev,
+            )?));
+        }
         let w = self.f32s(name, &[n_in, n_out])?;
         let t = transpose(&w, n_out, n_in);
-        Ok(Linear {
+        Ok(Linear::Dense {
             w: Tensor::from_data(TensorData::new(t, [n_in, n_out]), self.device),
             act: ActRounding::for_weight(dtype),
         })
