@@ -173,8 +173,12 @@ export class ProxyEngine implements Engine {
    *  listening. An abort sends `abort` to the host and rejects at once. */
   private request<T>(build: (id: string) => PageMessage, onMessage: (m: HostMessage) => T | undefined,
     signal?: AbortSignal): Promise<T> {
-    this.check();
-    throwIfAborted(signal);
+    try {
+      this.check();
+      throwIfAborted(signal);
+    } catch (err) {
+      return Promise.reject(err); // callers always get a promise, never a synchronous throw
+    }
     const id = this.nextId();
     return new Promise<T>((resolve, reject) => {
       const cleanup = (): void => {
