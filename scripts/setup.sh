@@ -8,6 +8,7 @@
 # - the Rust toolchain pinned in rust-toolchain.toml, with the wasm32-unknown-unknown target;
 # - mesa-vulkan-drivers (lavapipe: Vulkan on the CPU), so the wgpu backend runs natively
 #   without a GPU; installed with apt-get where that exists (required when CI=true);
+# - npm dev dependencies (npm ci) when node_modules is missing or older than package-lock.json;
 # - CARGO_TARGET_DIR defaults to ~/.cache/kwaainet/target: outside the clone, so a fresh
 #   clone on the same machine reuses earlier builds.
 
@@ -61,4 +62,14 @@ else
         fi
         say "could not install ${pkg}; the wgpu tests will be skipped (as root: apt-get install ${pkg})"
     fi
+fi
+
+# npm dev dependencies (TypeScript, esbuild), exactly as package-lock.json pins them. npm
+# writes node_modules/.package-lock.json on every install: it is the stamp.
+if ! command -v npm >/dev/null 2>&1; then
+    say "npm not found: install Node.js 20+ (the TypeScript checks need it)"
+    [ "${CI:-}" != true ] || exit 1
+elif [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    say "installing npm dev dependencies (npm ci)"
+    npm ci --no-audit --no-fund </dev/null
 fi

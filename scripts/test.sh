@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STEPS=(setup fmt clippy build fetch-model rust-tests wasm32)
+STEPS=(setup fmt clippy build fetch-model rust-tests wasm32 ts)
 
 BIN() { printf '%s/release/kwaainet' "$CARGO_TARGET_DIR"; }
 
@@ -60,6 +60,16 @@ step_wasm32() {
     # burn's wgpu backend (WebGPU there).
     cargo build -p kwaainet-core --target wasm32-unknown-unknown --release \
         --no-default-features --features wgpu
+}
+
+step_ts() {
+    # The browser side: strict type check of every TypeScript file, the npm package build
+    # (@kwaainet/sdk: ESM + .d.ts), the CDN bundle (built twice to prove it deterministic;
+    # it picks up dist/engine/ when the wasm engine was built), then the node tests.
+    node_modules/.bin/tsc -p tsconfig.json
+    npm run --silent build -w @kwaainet/sdk
+    node cdn/build.mjs --check-deterministic
+    node sdk-ts/test/run.mjs
 }
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,142 @@
+#!/usr/bin/env node
+// Builds the CDN bundle into dist/cdn/v<version>/ (version: sdk-ts/package.json):
+//
+//   distributed-ai.js      IIFE behind the one-line <script> tag (window.KwaaiNet, window.kwaainet)
+//   kwaainet.mjs           the SDK as one ES module
+//   kwaainet-worker.js     dedicated-worker engine host (classic script, engine glue inlined)
+//   kwaainet-sw.js         service-worker engine host (classic script, engine glue inlined)
+//   kwaainet_wasm.js       engine glue as an ES module (the in-page host imports it)   } from
+//   kwaainet_wasm_bg.wasm  the engine                                                   } dist/engine/
+//   sri-manifest.json      sha384 SRI hash and size of every file above
+//
+// The SRI hashes of the worker and the .wasm are baked into distributed-ai.js and
+// kwaainet.mjs, so the `integrity` on the script tag covers what they load in turn.
+//
+//   node cdn/build.mjs [--out DIR] [--engine-dir DIR] [--check-deterministic]
+//
+// --check-deterministic builds twice into temporary folders and fails unless every byte
+// matches. Without dist/engine/ the hosts are built against a stub that reports the
+// engine missing, and the .wasm + glue are left out (with a note).
+import { build } from 'esbuild';
+import { createHash } from 'node:crypto';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const version = JSON.parse(readFileSync(join(root, 'sdk-ts', 'package.json'), 'utf8')).version;
+
+const { values: args } = parseArgs({
+  options: {
+    out: { type: 'string' },
+    'engine-dir': { type: 'string' },
+    'check-deterministic': { type: 'boolean', default: false },
+  },
+});
+const outDir = args.out ?? join(root, 'dist', 'cdn', `v${version}`);
+const engineDir = args['engine-dir'] ?? join(root, 'dist', 'engine');
+const GLUE = 'kwaainet_wasm.js';
+const WASM = 'kwaainet_wasm_bg.wasm';
+
+export const sri = (bytes) => `sha384-${createHash('sha384').update(bytes).digest('base64')}`;
+
+const common = {
+  bundle: true,
+  minify: true,
+  sourcemap: 'linked',
+  sourcesContent: true,
+  legalComments: 'none',
+  charset: 'utf8',
+  target: ['es2022', 'chrome113', 'firefox115', 'safari16.4'],
+  platform: 'browser',
+  absWorkingDir: root,
+  logLevel: 'warning',
+  // The IIFE builds have no import.meta; the code falls back to explicit URLs.
+  logOverride: { 'empty-import-meta': 'silent' },
+};
+
+// Every build is laid out as if written to dist/cdn/v<version>/, then copied to its real
+// folder: source-map paths (relative to the output) never depend on --out.
+const virtualDir = join(root, 'dist', 'cdn', `v${version}`);
+
+async function emit(options, dir, name) {
+  const result = await build({ ...common, ...options, outfile: join(virtualDir, name), write: false });
+  for (const file of result.outputFiles) {
+    writeFileSync(join(dir, relative(virtualDir, file.path)), file.contents);
+  }
+}
+
+async function buildInto(dir) {
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  const haveEngine = existsSync(join(engineDir, GLUE)) && existsSync(join(engineDir, WASM));
+  const glue = haveEngine ? join(engineDir, GLUE) : join(root, 'service-worker', 'src', 'engine-missing.ts');
+  const gluePlugin = {
+    name: 'kwaainet-wasm-glue',
+    setup(b) {
+      b.onResolve({ filter: /^kwaainet-wasm-glue$/ }, () => ({ path: glue }));
+    },
+  };
+  if (haveEngine) {
+    copyFileSync(join(engineDir, WASM), join(dir, WASM));
+    copyFileSync(join(engineDir, GLUE), join(dir, GLUE));
+  }
+
+  // 1. The hosts.
+  for (const [entry, out] of [['worker.ts', 'kwaainet-worker.js'], ['sw.ts', 'kwaainet-sw.js']]) {
+    await emit({ entryPoints: [join(root, 'service-worker', 'src', entry)], format: 'iife', plugins: [gluePlugin] }, dir, out);
+  }
+
+  // 2. The SDK, with the hosts' hashes baked in.
+  const baked = { 'kwaainet-worker.js': sri(readFileSync(join(dir, 'kwaainet-worker.js'))) };
+  if (haveEngine) baked[WASM] = sri(readFileSync(join(dir, WASM)));
+  const define = { __KWAAINET_ASSET_SRI__: JSON.stringify(baked) };
+  await emit({ entryPoints: [join(root, 'sdk-ts', 'src', 'entries', 'distributed-ai.ts')], format: 'iife', define }, dir, 'distributed-ai.js');
+  await emit({ entryPoints: [join(root, 'sdk-ts', 'src', 'index.ts')], format: 'esm', define }, dir, 'kwaainet.mjs');
+
+  // 3. The manifest: every file, sorted, so rebuilds compare byte for byte.
+  const files = {};
+  for (const name of readdirSync(dir).sort()) {
+    const bytes = readFileSync(join(dir, name));
+    files[name] = { integrity: sri(bytes), size: bytes.byteLength };
+  }
+  const manifest = { name: '@kwaainet/sdk', version, path: `v${version}/`, engine: haveEngine, files };
+  writeFileSync(join(dir, 'sri-manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+  return { haveEngine, files };
+}
+
+function sameTree(a, b) {
+  const names = readdirSync(a).sort();
+  const other = readdirSync(b).sort();
+  if (names.join('\n') !== other.join('\n')) return `file lists differ: ${names} vs ${other}`;
+  for (const name of names) {
+    if (!readFileSync(join(a, name)).equals(readFileSync(join(b, name)))) return `${name} differs between two builds`;
+  }
+  return null;
+}
+
+if (args['check-deterministic']) {
+  const tmp = mkdtempSync(join(tmpdir(), 'kwaainet-cdn-'));
+  try {
+    // Different folders on purpose: nothing may depend on where the build runs.
+    await buildInto(join(tmp, 'a', `v${version}`));
+    await buildInto(join(tmp, 'b', 'x', `v${version}`));
+    const diff = sameTree(join(tmp, 'a', `v${version}`), join(tmp, 'b', 'x', `v${version}`));
+    if (diff) {
+      console.error(`cdn: the build is not deterministic: ${diff}`);
+      process.exit(1);
+    }
+    console.log('cdn: two builds are byte-identical');
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+const { haveEngine, files } = await buildInto(outDir);
+const shown = relative(root, outDir) || '.';
+for (const [name, f] of Object.entries(files)) console.log(`cdn: ${shown}/${name}  ${f.size} B  ${f.integrity}`);
+if (!haveEngine) {
+  console.log(`cdn: note: no engine in ${relative(root, engineDir) || engineDir}/ (${GLUE} + ${WASM}); the hosts report it missing until it is built`);
+}

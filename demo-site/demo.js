@@ -1,0 +1,161 @@
+// The demo's UI. Everything KwaaiNet-specific comes from window.kwaainet, which the
+// one-line script tag created; no other SDK import.
+(function () {
+  'use strict';
+  const $ = (id) => document.getElementById(id);
+  const ai = window.kwaainet;
+  const history = [];
+  let controller = null;
+
+  const MB = (n) => (n / 1048576).toFixed(1) + ' MB';
+  function setList(dl, rows) {
+    dl.replaceChildren(...rows.flatMap(([k, v]) => {
+      const dt = document.createElement('dt');
+      dt.textContent = k;
+      const dd = document.createElement('dd');
+      dd.textContent = String(v);
+      return [dt, dd];
+    }));
+  }
+  function addMessage(role, text) {
+    const li = document.createElement('li');
+    li.className = role;
+    li.textContent = text;
+    $('log').append(li);
+    li.scrollIntoView({ block: 'nearest' });
+    return li;
+  }
+  function busy(on) {
+    $('send').disabled = on;
+    $('stop').disabled = !on;
+    $('log').setAttribute('aria-busy', String(on));
+  }
+
+  if (!ai) {
+    $('status').textContent = 'KwaaiNet did not start (see the console).';
+    document.addEventListener('kwaainet:error', (e) => {
+      $('status').textContent = 'KwaaiNet did not start: ' + e.detail.error.message;
+    });
+    return;
+  }
+
+  setList($('resources'), [
+    ['Services', ai.services.join(', ') || 'none'],
+    ['Privacy', ai.privacyCompliance.join(', ').toUpperCase() || '—'],
+    ['CPU', ai.maxResources.cpu + ' %'],
+    ['Memory', ai.maxResources.memory + ' MB'],
+    ['Storage', ai.maxResources.storage + ' MB'],
+  ]);
+
+  ai.on('progress', (p) => {
+    $('progress').value = p.fraction;
+    $('progress-label').textContent = { download: 'Downloading the model', verify: 'Verifying', load: 'Loading' }[p.phase];
+    $('progress-text').textContent = p.total ? MB(p.loaded) + ' of ' + MB(p.total) : MB(p.loaded);
+  });
+  ai.on('status', (s) => {
+    const text = {
+      starting: 'Starting…',
+      loading: 'Engine host: ' + s.host + '. Preparing the model…',
+      ready: s.modelLoaded ? 'Ready.' : 'Ready (no model configured).',
+      crashed: 'The engine stopped (' + (s.error && s.error.message) + '). It restarts with your next message.',
+      restarting: 'Restarting the engine…',
+      error: 'Error: ' + (s.error && s.error.message),
+      disposed: 'Stopped.',
+    }[s.state];
+    $('status').textContent = text;
+    if (s.state === 'ready') {
+      $('send').disabled = controller !== null;
+      $('progress').value = 1;
+      showEngine();
+    }
+  });
+  ai.on('contribution', (c) => {
+    $('consent-state').textContent = {
+      'consent-needed': 'You have not decided whether to contribute. Nothing is shared.',
+      declined: 'You declined. Nothing is shared.',
+      idle: 'Thank you: you agreed to contribute up to ' + c.cpuPercent + ' % CPU (the network is coming soon).',
+    }[c.state];
+  });
+  ai.on('environmentalImpact', (e) => {
+    $('impact').textContent = 'Estimated energy so far: ' + (e.totalEnergyWh * 1000).toFixed(2) + ' mWh (' +
+      (e.totalCo2Grams * 1000).toFixed(2) + ' mg CO₂).';
+  });
+
+  async function showEngine() {
+    const info = await ai.engineInfo().catch(() => null);
+    if (!info) return;
+    const m = info.model;
+    setList($('engine'), [
+      ['Host', info.host],
+      ['Why', info.reason],
+      ['Backend', info.backend + (info.simd128 ? ' (simd128)' : '')],
+      ['WebGPU', info.gpuAvailable ? 'available' : 'not available'],
+      ['Engine', info.engineVersion],
+      ['Model', m ? (m.name || m.architecture) : '—'],
+      ['Weights', m ? MB(m.weightBytes) : '—'],
+      ['Context', m ? m.maxCtx + ' tokens' : '—'],
+    ]);
+  }
+
+  $('chat-form').addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const text = $('prompt').value.trim();
+    if (!text || controller) return;
+    $('prompt').value = '';
+    addMessage('user', text);
+    history.push({ role: 'user', content: text });
+    const out = addMessage('assistant', '');
+    controller = new AbortController();
+    busy(true);
+    try {
+      const stream = await ai.chat.completions.create({
+        messages: history, stream: true, max_tokens: 256, signal: controller.signal,
+      });
+      for await (const chunk of stream) {
+        out.textContent += chunk.choices[0]?.delta.content ?? '';
+        if (chunk.usage) {
+          const x = chunk.usage.extra;
+          $('status').textContent = 'Ready. Last answer: ' + chunk.usage.completion_tokens + ' tokens' +
+            (x ? ', ' + x.decode_tokens_per_s.toFixed(1) + ' tokens/s' : '') + '.';
+        }
+      }
+      history.push({ role: 'assistant', content: out.textContent });
+    } catch (err) {
+      if (err.name === 'AbortError') {
+        out.textContent += ' [stopped]';
+        history.push({ role: 'assistant', content: out.textContent });
+      } else {
+        out.className = 'error';
+        out.textContent = 'Error: ' + err.message;
+        history.pop();
+      }
+    } finally {
+      controller = null;
+      busy(false);
+      $('prompt').focus();
+    }
+  });
+  $('prompt').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey) {
+      e.preventDefault();
+      $('chat-form').requestSubmit();
+    }
+  });
+  $('stop').addEventListener('click', () => controller && controller.abort());
+  $('clear').addEventListener('click', () => {
+    history.length = 0;
+    $('log').replaceChildren();
+  });
+  $('delete-model').addEventListener('click', async () => {
+    await ai.deleteModel().catch((e) => ($('status').textContent = e.message));
+    $('progress').value = 0;
+    $('status').textContent = 'The cached model was deleted; it downloads again with your next message.';
+  });
+  $('consent-allow').addEventListener('click', () => {
+    ai.consent.reset();
+    ai.startContributing().catch(() => {});
+  });
+  $('consent-withdraw').addEventListener('click', () => ai.consent.revoke());
+
+  ai.ready.then(showEngine, () => {});
+})();

@@ -1,0 +1,189 @@
+/**
+ * Typed errors. Every failure the SDK reports is a `KwaaiNetError` with a stable `code`;
+ * errors cross the page ↔ engine-host boundary as `{ code, message }` and are rebuilt here
+ * with `errorFromWire`, so `instanceof` works on both sides.
+ */
+
+export type ErrorCode =
+  | 'aborted'
+  | 'quota-exceeded'
+  | 'integrity'
+  | 'model-too-large'
+  | 'consent-required'
+  | 'engine-crashed'
+  | 'protocol'
+  | 'network'
+  | 'invalid-argument'
+  | 'engine'
+  | 'not-initialized'
+  | 'disposed'
+  | 'unsupported';
+
+export class KwaaiNetError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = 'KwaaiNetError';
+  }
+}
+
+/** An operation was cancelled through its AbortSignal. `name` is `'AbortError'`, like the
+ *  DOMException that `fetch` throws, so `err.name === 'AbortError'` checks keep working. */
+export class AbortError extends KwaaiNetError {
+  constructor(message = 'The operation was aborted', options?: { cause?: unknown }) {
+    super('aborted', message, options);
+    this.name = 'AbortError';
+  }
+}
+
+/** Storage ran out: the browser's quota, or the `maxResources.storage` cap. */
+export class QuotaExceededError extends KwaaiNetError {
+  readonly limit: 'browser' | 'maxResources';
+  constructor(message: string, limit: 'browser' | 'maxResources' = 'browser', options?: { cause?: unknown }) {
+    super('quota-exceeded', message, options);
+    this.name = 'QuotaExceededError';
+    this.limit = limit;
+  }
+}
+
+/** Downloaded or cached bytes do not match the expected SHA-256. */
+export class IntegrityError extends KwaaiNetError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('integrity', message, options);
+    this.name = 'IntegrityError';
+  }
+}
+
+/** The model (weights + KV cache) does not fit in `maxResources.memory`. */
+export class ModelTooLargeError extends KwaaiNetError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('model-too-large', message, options);
+    this.name = 'ModelTooLargeError';
+  }
+}
+
+/** Contributing needs the visitor's consent, which was not given. */
+export class ConsentRequiredError extends KwaaiNetError {
+  constructor(message = 'Contributing to KwaaiNet needs the visitor\'s consent', options?: { cause?: unknown }) {
+    super('consent-required', message, options);
+    this.name = 'ConsentRequiredError';
+  }
+}
+
+/** The engine host (worker or service worker) died or stopped answering. The SDK restarts
+ *  it on the next request. */
+export class EngineCrashedError extends KwaaiNetError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('engine-crashed', message, options);
+    this.name = 'EngineCrashedError';
+  }
+}
+
+/** A message that does not follow the page ↔ host protocol (wrong version, bad shape). */
+export class ProtocolError extends KwaaiNetError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('protocol', message, options);
+    this.name = 'ProtocolError';
+  }
+}
+
+/** The model download failed (HTTP status, connection lost after the retries). */
+export class NetworkError extends KwaaiNetError {
+  readonly status: number | undefined;
+  constructor(message: string, status?: number, options?: { cause?: unknown }) {
+    super('network', message, options);
+    this.name = 'NetworkError';
+    this.status = status;
+  }
+}
+
+/** A caller passed an option the SDK or the engine rejects. */
+export class InvalidArgumentError extends KwaaiNetError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('invalid-argument', message, options);
+    this.name = 'InvalidArgumentError';
+  }
+}
+
+/** The WASM engine threw (bad GGUF, prompt longer than the context, ...). */
+export class EngineError extends KwaaiNetError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('engine', message, options);
+    this.name = 'EngineError';
+  }
+}
+
+export class NotInitializedError extends KwaaiNetError {
+  constructor(message = 'Call initialize() first', options?: { cause?: unknown }) {
+    super('not-initialized', message, options);
+    this.name = 'NotInitializedError';
+  }
+}
+
+export class DisposedError extends KwaaiNetError {
+  constructor(message = 'This KwaaiNet instance was disposed', options?: { cause?: unknown }) {
+    super('disposed', message, options);
+    this.name = 'DisposedError';
+  }
+}
+
+export class UnsupportedError extends KwaaiNetError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('unsupported', message, options);
+    this.name = 'UnsupportedError';
+  }
+}
+
+const ERROR_CODES: ReadonlySet<string> = new Set<ErrorCode>([
+  'aborted', 'quota-exceeded', 'integrity', 'model-too-large', 'consent-required',
+  'engine-crashed', 'protocol', 'network', 'invalid-argument', 'engine', 'not-initialized',
+  'disposed', 'unsupported',
+]);
+
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && ERROR_CODES.has(value);
+}
+
+/** The typed error for a `{ code, message }` that crossed the protocol. */
+export function errorFromWire(code: ErrorCode, message: string): KwaaiNetError {
+  switch (code) {
+    case 'aborted': return new AbortError(message);
+    case 'quota-exceeded': return new QuotaExceededError(message);
+    case 'integrity': return new IntegrityError(message);
+    case 'model-too-large': return new ModelTooLargeError(message);
+    case 'consent-required': return new ConsentRequiredError(message);
+    case 'engine-crashed': return new EngineCrashedError(message);
+    case 'protocol': return new ProtocolError(message);
+    case 'network': return new NetworkError(message);
+    case 'invalid-argument': return new InvalidArgumentError(message);
+    case 'engine': return new EngineError(message);
+    case 'not-initialized': return new NotInitializedError(message);
+    case 'disposed': return new DisposedError(message);
+    case 'unsupported': return new UnsupportedError(message);
+  }
+}
+
+/** Any thrown value as a KwaaiNetError (DOMException AbortError / QuotaExceededError are
+ *  mapped to ours; anything else becomes `fallback`). */
+export function toKwaaiNetError(err: unknown, fallback: ErrorCode = 'engine'): KwaaiNetError {
+  if (err instanceof KwaaiNetError) return err;
+  const name = typeof err === 'object' && err !== null && 'name' in err ? String(err.name) : '';
+  const message = err instanceof Error ? err.message : String(err);
+  if (name === 'AbortError') return new AbortError(message || undefined, { cause: err });
+  if (name === 'QuotaExceededError') return new QuotaExceededError(message, 'browser', { cause: err });
+  const e = errorFromWire(fallback, message);
+  return Object.assign(e, { cause: err });
+}
+
+/** Throws the SDK's AbortError when `signal` is aborted. */
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw abortErrorFrom(signal);
+}
+
+export function abortErrorFrom(signal: AbortSignal): AbortError {
+  const reason: unknown = signal.reason;
+  if (reason instanceof AbortError) return reason;
+  const message = reason instanceof Error && reason.name !== 'AbortError' ? reason.message : 'The operation was aborted';
+  return new AbortError(message, { cause: reason });
+}

@@ -1,0 +1,180 @@
+/**
+ * Choosing and starting the engine host.
+ *
+ * 'auto': the service worker when one can be registered (a same-origin script URL in a
+ * secure context) and WebGPU works inside it — the model then stays loaded across reloads
+ * and tabs; otherwise a dedicated worker (CPU WASM); in-page only where workers are missing.
+ * For now every host runs the CPU WASM engine (the WebGPU engine comes later); the choice,
+ * its reason and the backend are reported in `engineInfo()` and the 'status' event.
+ *
+ * A CDN-hosted bundle is cross-origin to the page: the worker is then started from a
+ * blob: URL holding the worker script fetched with its SRI hash, and the service worker
+ * (which must be same-origin) is used only when the site serves one (`serviceWorkerUrl`).
+ */
+
+import { EngineCrashedError, UnsupportedError, toKwaaiNetError } from './errors.js';
+import type { Engine } from './engine.js';
+import { glueLoader, probeWebGpu } from './host/glue.js';
+import { LocalEngine } from './local-engine.js';
+import type { HostKind, HostStatus } from './protocol.js';
+import { ProxyEngine, serviceWorkerTransport, workerTransport, type ProxyOptions } from './proxy.js';
+import { isRecord } from './validate.js';
+import type { WasmEngineModule } from './wasm-engine.js';
+
+export type HostPreference = 'auto' | HostKind;
+
+export interface HostUrls {
+  /** Classic-script worker bundle (kwaainet-worker.js). */
+  worker: string;
+  workerIntegrity?: string;
+  /** Same-origin service-worker script, or null for none. */
+  serviceWorker: string | null;
+  wasm: string;
+  wasmIntegrity?: string;
+  /** ES-module glue (kwaainet_wasm.js), for the in-page host. */
+  glue: string;
+}
+
+export interface HostChoice {
+  engine: Engine;
+  host: HostKind;
+  /** Why this host: shown by the demo, useful in bug reports. */
+  reason: string;
+}
+
+export interface StartHostOptions extends ProxyOptions {
+  /** How long a service worker may take to activate (default 15 s). */
+  serviceWorkerTimeoutMs?: number;
+  /** In-page host: the engine module, instead of importing `urls.glue`. */
+  loadModule?: () => Promise<WasmEngineModule>;
+}
+
+function sameOrigin(url: string): boolean {
+  const loc = (globalThis as { location?: Location }).location;
+  try {
+    return loc !== undefined && new URL(url, loc.href).origin === loc.origin;
+  } catch {
+    return false;
+  }
+}
+
+function serviceWorkerUsable(url: string | null): url is string {
+  const nav = globalThis.navigator as Navigator | undefined;
+  return url !== null && nav !== undefined && 'serviceWorker' in nav && globalThis.isSecureContext === true && sameOrigin(url);
+}
+
+function timeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    promise,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new EngineCrashedError(`${what} took longer than ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+async function activeRegistration(url: string, ms: number): Promise<ServiceWorkerRegistration> {
+  const container = navigator.serviceWorker;
+  const scope = new URL('./', new URL(url, location.href)).href;
+  const registration = await container.register(url, { scope, updateViaCache: 'none' });
+  if (registration.active) return registration;
+  const worker = registration.installing ?? registration.waiting;
+  if (!worker) throw new EngineCrashedError('the service worker neither installed nor activated');
+  await timeout(new Promise<void>((resolve, reject) => {
+    worker.addEventListener('statechange', () => {
+      if (worker.state === 'activated') resolve();
+      if (worker.state === 'redundant') reject(new EngineCrashedError('the service worker failed to install'));
+    });
+  }), ms, 'activating the service worker');
+  return registration;
+}
+
+export async function startServiceWorkerHost(url: string, options: StartHostOptions = {}):
+  Promise<{ engine: ProxyEngine; status: HostStatus }> {
+  const ms = options.serviceWorkerTimeoutMs ?? 15_000;
+  const registration = await activeRegistration(url, ms);
+  const engine = new ProxyEngine(serviceWorkerTransport(registration, navigator.serviceWorker), options);
+  try {
+    return { engine, status: await timeout(engine.status(), ms, 'the service worker\'s first answer') };
+  } catch (err) {
+    await engine.dispose();
+    throw err;
+  }
+}
+
+export async function startWorkerHost(urls: HostUrls, options: StartHostOptions = {}): Promise<ProxyEngine> {
+  let worker: Worker;
+  if (sameOrigin(urls.worker)) {
+    worker = new Worker(urls.worker, { name: 'kwaainet-engine' });
+  } else {
+    // Workers must be same-origin: run the CDN's script from a blob, SRI-checked.
+    const init: RequestInit = { mode: 'cors', credentials: 'omit' };
+    if (urls.workerIntegrity) init.integrity = urls.workerIntegrity;
+    const res = await fetch(urls.worker, init);
+    if (!res.ok) throw new EngineCrashedError(`fetching the worker script: HTTP ${res.status}`);
+    const blob = new Blob([await res.text()], { type: 'text/javascript' });
+    const blobUrl = URL.createObjectURL(blob);
+    try {
+      worker = new Worker(blobUrl, { name: 'kwaainet-engine' });
+    } finally {
+      // The worker has fetched (or will fetch) the blob already; revoking later is safe.
+      setTimeout(() => URL.revokeObjectURL(blobUrl), 10_000);
+    }
+  }
+  return new ProxyEngine(workerTransport(worker), options);
+}
+
+function isEngineModule(value: unknown): value is WasmEngineModule {
+  return isRecord(value) && typeof value.default === 'function' && typeof value.engineVersion === 'function' &&
+    typeof value.WasmEngine === 'function';
+}
+
+export function startInPageHost(urls: HostUrls, options: StartHostOptions = {}): LocalEngine {
+  const importGlue = async (): Promise<WasmEngineModule> => {
+    const mod: unknown = await import(/* webpackIgnore: true */ /* @vite-ignore */ urls.glue);
+    if (!isEngineModule(mod)) throw new UnsupportedError(`${urls.glue} is not the KwaaiNet WASM engine module`);
+    return mod;
+  };
+  let loader: ((spec: { wasmUrl: string; wasmIntegrity?: string }) => Promise<WasmEngineModule>) | null = null;
+  return new LocalEngine({
+    host: 'in-page',
+    loadModule: async (spec) => {
+      if (!loader) loader = glueLoader(await (options.loadModule ?? importGlue)());
+      return loader(spec);
+    },
+    probeGpu: () => probeWebGpu(),
+  });
+}
+
+/** Starts the preferred host, falling back as described above. */
+export async function startHost(preference: HostPreference, urls: HostUrls, options: StartHostOptions = {}): Promise<HostChoice> {
+  const notes: string[] = [];
+  if (preference === 'auto' || preference === 'service-worker') {
+    if (serviceWorkerUsable(urls.serviceWorker)) {
+      try {
+        const { engine, status } = await startServiceWorkerHost(urls.serviceWorker, options);
+        if (preference === 'service-worker') return { engine, host: 'service-worker', reason: 'requested' };
+        if (status.gpuAvailable) return { engine, host: 'service-worker', reason: 'WebGPU is available in the service worker' };
+        await engine.dispose();
+        notes.push('no WebGPU adapter in the service worker');
+      } catch (err) {
+        if (preference === 'service-worker') throw err;
+        notes.push(`service worker unavailable (${toKwaaiNetError(err).message})`);
+      }
+    } else if (preference === 'service-worker') {
+      throw new UnsupportedError('a service-worker host needs a same-origin serviceWorkerUrl in a secure context');
+    } else {
+      notes.push(urls.serviceWorker === null ? 'no service-worker URL' : 'service workers are not usable here');
+    }
+  }
+  if ((preference === 'auto' || preference === 'worker') && typeof Worker === 'function') {
+    const engine = await startWorkerHost(urls, options);
+    return { engine, host: 'worker', reason: preference === 'worker' ? 'requested' : `dedicated worker: ${notes.join('; ')}` };
+  }
+  if (preference === 'worker') throw new UnsupportedError('Web Workers are not available here');
+  return {
+    engine: startInPageHost(urls, options),
+    host: 'in-page',
+    reason: preference === 'in-page' ? 'requested' : `in-page: no Web Workers (${notes.join('; ')})`,
+  };
+}

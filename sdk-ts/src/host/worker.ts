@@ -1,0 +1,24 @@
+/**
+ * The dedicated-worker host: the page's `postMessage` in, `postMessage` out. One page per
+ * worker, so one connection; the page terminates the worker when it goes.
+ */
+
+import { LocalEngine } from '../local-engine.js';
+import type { HostMessage } from '../protocol.js';
+import type { WasmEngineModule } from '../wasm-engine.js';
+import { glueLoader, probeWebGpu } from './glue.js';
+import { EngineHostHandler } from './handler.js';
+
+interface WorkerScope {
+  postMessage(message: HostMessage): void;
+  addEventListener(type: 'message', listener: (event: { data: unknown }) => void): void;
+}
+
+export function serveInWorker(glue: WasmEngineModule): EngineHostHandler {
+  const scope = globalThis as unknown as WorkerScope;
+  const engine = new LocalEngine({ host: 'worker', loadModule: glueLoader(glue), probeGpu: () => probeWebGpu() });
+  const handler = new EngineHostHandler(engine);
+  const connection = { send: (m: HostMessage) => scope.postMessage(m) };
+  scope.addEventListener('message', (event) => void handler.handle(event.data, connection, 'page'));
+  return handler;
+}

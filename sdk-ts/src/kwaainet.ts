@@ -1,0 +1,508 @@
+/**
+ * `KwaaiNet`: the SDK's entry point. Starts an engine host (host.ts), loads the model with
+ * progress, answers OpenAI-shaped chat requests, restarts a crashed host on the next
+ * request, enforces `maxResources`, and gates contribution on consent.
+ *
+ * ```ts
+ * const ai = new KwaaiNet({ modelUrl, modelSha256, baseUrl: 'https://cdn.example/kwaainet/v0.1.0/' });
+ * ai.on('progress', (p) => bar.value = p.fraction);
+ * await ai.initialize();
+ * for await (const chunk of await ai.chat.completions.create({ messages, stream: true, signal })) { ... }
+ * ```
+ */
+
+import { hostUrls } from './assets.js';
+import {
+  ConsentManager, PRIVACY_FLAGS, SERVICES, type ConsentPrompt, type ConsentStorage, type PrivacyFlag, type Service,
+} from './consent.js';
+import type { Engine } from './engine.js';
+import {
+  DisposedError, EngineCrashedError, InvalidArgumentError, NotInitializedError, abortErrorFrom, throwIfAborted,
+  toKwaaiNetError, type KwaaiNetError,
+} from './errors.js';
+import { Emitter } from './events.js';
+import { startHost, type HostChoice, type HostPreference, type HostUrls, type StartHostOptions } from './host.js';
+import { randomId } from './local-engine.js';
+import { ChunkStream, buildChunk, buildCompletion, toGenerateRequest } from './openai/chat.js';
+import type {
+  ChatCompletion, ChatCompletionChunk, ChatCompletionCreateParams, ChatCompletionCreateParamsNonStreaming,
+  ChatCompletionCreateParamsStreaming,
+} from './openai/types.js';
+import type { EngineInfo, EngineSpec, GenerationUsage, HostKind, ModelSpec, Progress } from './protocol.js';
+import { DutyCycle, MIB, parseMaxResources, type MaxResources } from './resources.js';
+import { SHA256_HEX } from './validate.js';
+
+export interface KwaaiNetOptions {
+  /** Services this site offers its visitors to contribute to (consent covers exactly these). */
+  services?: readonly Service[] | string;
+  privacyCompliance?: readonly PrivacyFlag[] | string;
+  maxResources?: Partial<MaxResources> | string;
+  /** GGUF model to load; without it `initialize()` starts the host only. */
+  modelUrl?: string;
+  /** Expected SHA-256 of the model (hex); strongly recommended. */
+  modelSha256?: string;
+  /** KV-cache length in tokens (default 2048). */
+  contextLength?: number;
+  host?: HostPreference;
+  /** Folder with the engine files (worker, service worker, wasm); default: next to this module. */
+  baseUrl?: string;
+  /** Same-origin service-worker script; null disables the service-worker host. Default:
+   *  `kwaainet-sw.js` in `baseUrl` (used only when same-origin). */
+  serviceWorkerUrl?: string | null;
+  /** Download the model during `initialize()` (default true; else on the first request). */
+  loadModelOnInit?: boolean;
+  /** Ask for contribution consent during `initialize()` (default true when `services` has any). */
+  askConsentOnInit?: boolean;
+  consentPrompt?: ConsentPrompt;
+  consentStorage?: ConsentStorage;
+  /** Liveness tuning for worker / service-worker hosts. */
+  pingIntervalMs?: number;
+  pingTimeoutMs?: number;
+  /** Replaces host selection (tests, custom hosts). */
+  startHost?: (preference: HostPreference, urls: HostUrls, options: StartHostOptions) => Promise<HostChoice>;
+}
+
+export type Status =
+  | { state: 'starting' }
+  | { state: 'loading'; host: HostKind; reason: string }
+  | { state: 'ready'; host: HostKind; reason: string; backend: string; modelLoaded: boolean }
+  | { state: 'crashed'; host: HostKind; error: KwaaiNetError }
+  | { state: 'restarting'; host: HostKind }
+  | { state: 'error'; error: KwaaiNetError }
+  | { state: 'disposed' };
+
+export interface ContributionEvent {
+  /** 'idle': consent given, waiting for work (the P2P network is not wired in yet). */
+  state: 'consent-needed' | 'declined' | 'idle';
+  consent: boolean;
+  services: Service[];
+  cpuPercent: number;
+  contributedMs: number;
+}
+
+export interface EnvironmentalImpactEvent {
+  scope: 'local-inference' | 'contribution';
+  /** CPU-seconds of this piece of work. */
+  cpuSeconds: number;
+  /** Estimates: `WATTS_PER_BUSY_CORE` × time, and `GRID_G_CO2_PER_KWH`. */
+  energyWh: number;
+  co2Grams: number;
+  totalEnergyWh: number;
+  totalCo2Grams: number;
+}
+
+export interface KwaaiNetEvents {
+  progress: Progress;
+  status: Status;
+  contribution: ContributionEvent;
+  environmentalImpact: EnvironmentalImpactEvent;
+}
+
+/** Rough constants for the environmental estimate (one busy laptop/desktop core; world
+ *  average grid intensity). Good enough to show an order of magnitude, not an audit. */
+export const WATTS_PER_BUSY_CORE = 10;
+export const GRID_G_CO2_PER_KWH = 450;
+
+export interface ChatCompletions {
+  create(params: ChatCompletionCreateParamsStreaming): Promise<AsyncIterable<ChatCompletionChunk>>;
+  create(params: ChatCompletionCreateParamsNonStreaming): Promise<ChatCompletion>;
+  create(params: ChatCompletionCreateParams): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>>;
+}
+
+function list<T extends string>(value: readonly T[] | string | undefined, allowed: readonly T[], what: string): T[] {
+  const items = value === undefined ? [] : typeof value === 'string'
+    ? value.split(',').map((s) => s.trim().toLowerCase()).filter((s) => s !== '') : [...value];
+  for (const item of items) {
+    if (!(allowed as readonly string[]).includes(item)) {
+      throw new InvalidArgumentError(`${what}: unknown "${String(item).slice(0, 20)}" (${allowed.join(', ')})`);
+    }
+  }
+  return [...new Set(items)] as T[];
+}
+
+function defaultBaseUrl(): string | undefined {
+  try {
+    // In the IIFE build import.meta is empty: the script tag passes baseUrl instead.
+    const url = (import.meta as { url?: string }).url;
+    return url ? new URL('./', url).href : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export class KwaaiNet {
+  readonly services: readonly Service[];
+  readonly privacyCompliance: readonly PrivacyFlag[];
+  readonly maxResources: Readonly<MaxResources>;
+  readonly consent: ConsentManager;
+  readonly chat: { completions: ChatCompletions };
+
+  private readonly options: KwaaiNetOptions;
+  private readonly events = new Emitter<KwaaiNetEvents>();
+  private readonly model: ModelSpec | null;
+  private readonly urls: HostUrls | null;
+  private readonly active = new Set<AbortController>();
+  private choice: HostChoice | null = null;
+  private crashed: EngineCrashedError | null = null;
+  private modelInfo: EngineInfo | null = null;
+  private initPromise: Promise<void> | null = null;
+  private hostPromise: Promise<Engine> | null = null;
+  private restartPromise: Promise<Engine> | null = null;
+  private loadPromise: Promise<EngineInfo> | null = null;
+  private scheduler: DutyCycle | null = null;
+  private disposed = false;
+  private totalEnergyWh = 0;
+  private readonly onPageHide = (): void => this.abortAll('the page was closed');
+
+  constructor(options: KwaaiNetOptions = {}) {
+    this.options = { ...options };
+    this.services = list(options.services, SERVICES, 'services');
+    this.privacyCompliance = list(options.privacyCompliance, PRIVACY_FLAGS, 'privacyCompliance');
+    this.maxResources = Object.freeze(parseMaxResources(options.maxResources));
+    const ctx = options.contextLength ?? 2048;
+    if (!Number.isInteger(ctx) || ctx < 16 || ctx > 1 << 20) throw new InvalidArgumentError('contextLength: an integer in [16, 1048576]');
+    if (options.modelSha256 !== undefined && !SHA256_HEX.test(options.modelSha256.toLowerCase())) {
+      throw new InvalidArgumentError('modelSha256: expected 64 hex digits');
+    }
+    this.model = options.modelUrl === undefined ? null : {
+      url: new URL(options.modelUrl, (globalThis as { location?: Location }).location?.href).href,
+      ...(options.modelSha256 !== undefined && { sha256: options.modelSha256.toLowerCase() }),
+      maxCtx: ctx,
+      memoryLimitBytes: this.maxResources.memory * MIB,
+      storageLimitBytes: this.maxResources.storage * MIB,
+    };
+    const base = options.baseUrl ?? defaultBaseUrl();
+    this.urls = base === undefined ? null : hostUrls(new URL(base, (globalThis as { location?: Location }).location?.href).href, options.serviceWorkerUrl);
+    this.consent = new ConsentManager({
+      services: this.services,
+      privacyCompliance: this.privacyCompliance,
+      maxResources: this.maxResources,
+      ...(options.consentPrompt && { prompt: options.consentPrompt }),
+      ...(options.consentStorage && { storage: options.consentStorage }),
+    });
+    this.consent.onChange(() => this.emitContribution());
+    this.chat = { completions: { create: this.create.bind(this) as ChatCompletions['create'] } };
+  }
+
+  /** Subscribes to an event; returns the unsubscribe function. */
+  on<K extends keyof KwaaiNetEvents>(name: K, listener: (value: KwaaiNetEvents[K]) => void): () => void {
+    return this.events.on(name, listener);
+  }
+
+  /** Starts the engine host and (unless `loadModelOnInit: false`) loads the model. Safe to
+   *  call more than once; a failed call can be retried. */
+  initialize(options: { signal?: AbortSignal } = {}): Promise<void> {
+    if (this.disposed) return Promise.reject(new DisposedError());
+    if (!this.initPromise) {
+      const p = this.doInitialize(options.signal);
+      this.initPromise = p;
+      p.catch((err: unknown) => {
+        if (this.initPromise === p) this.initPromise = null;
+        this.events.emit('status', { state: 'error', error: toKwaaiNetError(err) });
+      });
+    }
+    return this.initPromise;
+  }
+
+  private async doInitialize(signal?: AbortSignal): Promise<void> {
+    throwIfAborted(signal);
+    this.events.emit('status', { state: 'starting' });
+    globalThis.addEventListener?.('pagehide', this.onPageHide);
+    await this.hostReady();
+    void this.requestPersistence();
+    this.emitContribution();
+    if (this.services.length > 0 && this.options.askConsentOnInit !== false && this.consent.decision === null) {
+      void this.consent.ask().catch(() => {}); // not awaited: the model loads meanwhile
+    }
+    if (this.model && this.options.loadModelOnInit !== false) await this.loadModel(signal);
+    this.emitReady();
+  }
+
+  private emitReady(): void {
+    const c = this.choice;
+    if (!c) return;
+    this.events.emit('status', {
+      state: 'ready', host: c.host, reason: c.reason, backend: this.modelInfo?.backend ?? 'cpu-wasm', modelLoaded: this.modelInfo?.model != null,
+    });
+  }
+
+  /** Starts the host once (shared by initialize, hasModel, deleteModel). */
+  private hostReady(): Promise<Engine> {
+    if (!this.hostPromise) {
+      const p = this.startEngine();
+      this.hostPromise = p;
+      p.catch(() => {
+        if (this.hostPromise === p) this.hostPromise = null;
+      });
+    }
+    return this.hostPromise;
+  }
+
+  private async startEngine(): Promise<Engine> {
+    if (!this.urls && !this.options.startHost) {
+      throw new NotInitializedError('baseUrl is unknown: pass { baseUrl } (the folder holding kwaainet-worker.js)');
+    }
+    const urls = this.urls ?? hostUrls('https://invalid.invalid/', null);
+    const options: StartHostOptions = {
+      ...(this.options.pingIntervalMs !== undefined && { pingIntervalMs: this.options.pingIntervalMs }),
+      ...(this.options.pingTimeoutMs !== undefined && { pingTimeoutMs: this.options.pingTimeoutMs }),
+    };
+    const preference = this.choice?.host ?? this.options.host ?? 'auto';
+    const choice = await (this.options.startHost ?? startHost)(preference, urls, options);
+    if (this.disposed) {
+      await choice.engine.dispose();
+      throw new DisposedError();
+    }
+    this.choice = choice;
+    this.crashed = null;
+    this.modelInfo = null;
+    choice.engine.onCrash((err) => {
+      if (this.choice !== choice) return;
+      this.crashed = err instanceof EngineCrashedError ? err : new EngineCrashedError(err.message, { cause: err });
+      this.modelInfo = null;
+      this.events.emit('status', { state: 'crashed', host: choice.host, error: this.crashed });
+    });
+    this.events.emit('status', { state: 'loading', host: choice.host, reason: choice.reason });
+    return choice.engine;
+  }
+
+  private engineSpec(): EngineSpec {
+    const urls = this.urls ?? hostUrls('https://invalid.invalid/', null);
+    return { wasmUrl: urls.wasm, ...(urls.wasmIntegrity !== undefined && { wasmIntegrity: urls.wasmIntegrity }) };
+  }
+
+  private loadModel(signal?: AbortSignal): Promise<EngineInfo> {
+    const model = this.model;
+    const engine = this.choice?.engine;
+    if (!model) return Promise.reject(new NotInitializedError('no modelUrl was given'));
+    if (!engine) return Promise.reject(new NotInitializedError());
+    // Concurrent callers share one load; each may still abort its own wait.
+    if (!this.loadPromise) {
+      const p = engine.load(model, this.engineSpec(), { onProgress: (pr) => this.events.emit('progress', pr) })
+        .then((info) => {
+          if (this.choice?.engine === engine) this.modelInfo = info;
+          return info;
+        })
+        .finally(() => {
+          if (this.loadPromise === p) this.loadPromise = null;
+        });
+      this.loadPromise = p;
+    }
+    const shared = this.loadPromise;
+    if (!signal) return shared;
+    return new Promise((resolve, reject) => {
+      const onAbort = (): void => reject(abortErrorFrom(signal));
+      if (signal.aborted) return onAbort();
+      signal.addEventListener('abort', onAbort, { once: true });
+      shared.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    });
+  }
+
+  /** Replaces a crashed host with a fresh one of the same kind (concurrent callers share it). */
+  private restart(): Promise<Engine> {
+    this.restartPromise ??= (async () => {
+      const host = this.choice?.host ?? 'worker';
+      this.events.emit('status', { state: 'restarting', host });
+      await this.choice?.engine.dispose().catch(() => {});
+      const p = this.startEngine();
+      this.hostPromise = p;
+      return p;
+    })().finally(() => {
+      this.restartPromise = null;
+    });
+    return this.restartPromise;
+  }
+
+  /** An engine with the model loaded: initialises, restarts a crashed host, reloads. */
+  private async engineReady(signal?: AbortSignal): Promise<Engine> {
+    if (this.disposed) throw new DisposedError();
+    await this.initialize(signal ? { signal } : {});
+    if (this.crashed) await this.restart();
+    const engine = this.choice?.engine;
+    if (!engine) throw new NotInitializedError();
+    if (!this.modelInfo?.model) {
+      await this.loadModel(signal);
+      this.emitReady();
+    }
+    return engine;
+  }
+
+  private create(params: ChatCompletionCreateParams): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>> {
+    return params.stream === true ? this.createStream(params) : this.createCompletion(params);
+  }
+
+  private async createCompletion(params: ChatCompletionCreateParamsNonStreaming): Promise<ChatCompletion> {
+    const { signal } = params;
+    throwIfAborted(signal);
+    const request = toGenerateRequest(params);
+    const engine = await this.engineReady(signal);
+    const controller = this.track(signal);
+    try {
+      const t0 = performance.now();
+      const result = await engine.generate(request, { signal: controller.signal });
+      this.recordImpact(performance.now() - t0);
+      return buildCompletion(this.meta(params), result.text, result.finishReason, result.usage);
+    } catch (err) {
+      throw this.requestError(err, controller.signal);
+    } finally {
+      this.untrack(controller);
+    }
+  }
+
+  private async createStream(params: ChatCompletionCreateParamsStreaming): Promise<AsyncIterable<ChatCompletionChunk>> {
+    const { signal } = params;
+    throwIfAborted(signal);
+    const request = toGenerateRequest(params);
+    const engine = await this.engineReady(signal);
+    throwIfAborted(signal);
+    const controller = this.track(signal);
+    const meta = this.meta(params);
+    const stream = new ChunkStream(() => controller.abort(new Error('the stream was closed by its reader')));
+    stream.push(buildChunk(meta, { role: 'assistant', content: '' }));
+    const t0 = performance.now();
+    engine.generate(request, {
+      signal: controller.signal,
+      onChunk: (text) => stream.push(buildChunk(meta, { content: text })),
+    }).then((result) => {
+      this.recordImpact(performance.now() - t0);
+      stream.push(buildChunk(meta, {}, result.finishReason, result.usage));
+      stream.end();
+    }, (err: unknown) => stream.end(this.requestError(err, controller.signal)))
+      .finally(() => this.untrack(controller));
+    return stream;
+  }
+
+  private meta(params: ChatCompletionCreateParams): { id: string; created: number; model: string } {
+    const m = this.modelInfo?.model;
+    return {
+      id: randomId('chatcmpl-'),
+      created: Math.floor(Date.now() / 1000),
+      model: params.model ?? m?.name ?? m?.url ?? 'kwaainet-local',
+    };
+  }
+
+  /** One controller per request, aborted by the caller's signal, `dispose()` or pagehide. */
+  private track(signal: AbortSignal | undefined): AbortController {
+    const controller = new AbortController();
+    if (signal) {
+      const onAbort = (): void => controller.abort(signal.reason);
+      signal.addEventListener('abort', onAbort, { once: true });
+      controller.signal.addEventListener('abort', () => signal.removeEventListener('abort', onAbort), { once: true });
+    }
+    this.active.add(controller);
+    return controller;
+  }
+
+  private untrack(controller: AbortController): void {
+    this.active.delete(controller);
+  }
+
+  private requestError(err: unknown, signal: AbortSignal): KwaaiNetError {
+    if (signal.aborted) return abortErrorFrom(signal);
+    return toKwaaiNetError(err);
+  }
+
+  private abortAll(reason: string): void {
+    for (const c of [...this.active]) c.abort(new Error(reason));
+  }
+
+  private recordImpact(ms: number): void {
+    const cpuSeconds = ms / 1000;
+    const energyWh = (cpuSeconds * WATTS_PER_BUSY_CORE) / 3600;
+    this.totalEnergyWh += energyWh;
+    this.events.emit('environmentalImpact', {
+      scope: 'local-inference',
+      cpuSeconds,
+      energyWh,
+      co2Grams: (energyWh / 1000) * GRID_G_CO2_PER_KWH,
+      totalEnergyWh: this.totalEnergyWh,
+      totalCo2Grams: (this.totalEnergyWh / 1000) * GRID_G_CO2_PER_KWH,
+    });
+  }
+
+  private emitContribution(): void {
+    const d = this.consent.decision;
+    const consent = d?.granted === true;
+    if (consent) this.scheduler ??= new DutyCycle(this.maxResources.cpu);
+    else this.scheduler = null;
+    this.events.emit('contribution', {
+      state: d === null ? 'consent-needed' : consent ? 'idle' : 'declined',
+      consent,
+      services: [...this.services],
+      cpuPercent: this.maxResources.cpu,
+      contributedMs: this.scheduler?.busyMs ?? 0,
+    });
+  }
+
+  /**
+   * Asks for consent (if not decided) and returns the scheduler that contributed work must
+   * run through: it holds CPU use to `maxResources.cpu`. Throws ConsentRequiredError when
+   * the visitor declines. (The P2P network that supplies the work is the next milestone.)
+   */
+  async startContributing(signal?: AbortSignal): Promise<DutyCycle> {
+    if (this.services.length === 0) throw new InvalidArgumentError('no services were declared, so there is nothing to contribute');
+    await this.consent.ask(signal);
+    this.consent.assertGranted();
+    this.emitContribution();
+    if (!this.scheduler) this.scheduler = new DutyCycle(this.maxResources.cpu);
+    return this.scheduler;
+  }
+
+  /** Host, backend and model details; null before a host started. */
+  async engineInfo(): Promise<(EngineInfo & { reason: string }) | null> {
+    const c = this.choice;
+    if (!c || this.crashed) return null;
+    const info = await c.engine.info();
+    return info && { ...info, reason: c.reason };
+  }
+
+  /** Whether the model (default: this instance's) is in the persistent cache. */
+  async hasModel(url?: string): Promise<boolean> {
+    const target = url ?? this.model?.url;
+    if (!target) throw new InvalidArgumentError('hasModel: no model URL');
+    const engine = await this.engineOnly();
+    return engine.hasModel(new URL(target, (globalThis as { location?: Location }).location?.href).href);
+  }
+
+  /** Deletes the model from the cache (and unloads it). */
+  async deleteModel(url?: string): Promise<void> {
+    const target = url ?? this.model?.url;
+    if (!target) throw new InvalidArgumentError('deleteModel: no model URL');
+    const engine = await this.engineOnly();
+    const href = new URL(target, (globalThis as { location?: Location }).location?.href).href;
+    await engine.deleteModel(href);
+    if (this.modelInfo?.model?.url === href) this.modelInfo = null;
+  }
+
+  private async engineOnly(): Promise<Engine> {
+    if (this.disposed) throw new DisposedError();
+    if (this.crashed) await this.restart();
+    return this.hostReady();
+  }
+
+  /** Asks the browser to keep the model cache through storage pressure (best effort). */
+  private async requestPersistence(): Promise<boolean> {
+    const storage = (globalThis.navigator as Navigator | undefined)?.storage;
+    if (!storage?.persist) return false;
+    try {
+      return (await storage.persisted()) || (await storage.persist());
+    } catch {
+      return false;
+    }
+  }
+
+  /** Aborts requests, stops the host (a shared service worker keeps running). */
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.abortAll('disposed');
+    globalThis.removeEventListener?.('pagehide', this.onPageHide);
+    const engine = this.choice?.engine;
+    this.choice = null;
+    await engine?.dispose();
+    this.events.emit('status', { state: 'disposed' });
+    this.events.clear();
+  }
+}
+
+export type { GenerationUsage };

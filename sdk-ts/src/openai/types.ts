@@ -1,0 +1,99 @@
+/**
+ * The OpenAI Chat Completions shapes the SDK accepts and returns (the subset that a local
+ * single-choice engine can honour). Field names follow OpenAI's wire format (snake_case).
+ */
+
+export type Role = 'system' | 'user' | 'assistant';
+
+export interface TextContentPart {
+  type: 'text';
+  text: string;
+}
+
+export interface ChatCompletionMessageParam {
+  role: Role;
+  /** A string, or text parts (joined without separator, as OpenAI does). */
+  content: string | TextContentPart[];
+  name?: string;
+}
+
+export interface ChatCompletionCreateParamsBase {
+  /** Echoed in the response; the model actually used is the one the SDK loaded. */
+  model?: string;
+  messages: ChatCompletionMessageParam[];
+  max_tokens?: number | null;
+  /** Omitted: the engine's default, greedy (0). OpenAI's default would be 1. */
+  temperature?: number | null;
+  top_p?: number | null;
+  /** Not an OpenAI field: top-k sampling (0 = off). */
+  top_k?: number | null;
+  /** Not an OpenAI field: repetition penalty (1 = off). */
+  repeat_penalty?: number | null;
+  seed?: number | null;
+  stop?: string | string[] | null;
+  /** Only 1 is supported. */
+  n?: number | null;
+  /** Cancels the request: the promise rejects (or the stream ends) with an AbortError and
+   *  the engine host stops generating. */
+  signal?: AbortSignal;
+}
+
+export interface ChatCompletionCreateParamsNonStreaming extends ChatCompletionCreateParamsBase {
+  stream?: false | null;
+}
+
+export interface ChatCompletionCreateParamsStreaming extends ChatCompletionCreateParamsBase {
+  stream: true;
+}
+
+export type ChatCompletionCreateParams =
+  | ChatCompletionCreateParamsNonStreaming
+  | ChatCompletionCreateParamsStreaming;
+
+export type FinishReason = 'stop' | 'length' | 'abort';
+
+export interface CompletionUsage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  /** Not an OpenAI field: what the engine measured. */
+  extra?: {
+    /** Milliseconds from the request to the first generated token (prefill included). */
+    time_to_first_token_ms: number;
+    decode_tokens_per_s: number;
+  };
+}
+
+export interface ChatCompletionMessage {
+  role: 'assistant';
+  content: string;
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: 'chat.completion';
+  created: number;
+  model: string;
+  choices: Array<{
+    index: number;
+    message: ChatCompletionMessage;
+    finish_reason: FinishReason;
+    logprobs: null;
+  }>;
+  usage: CompletionUsage;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: 'chat.completion.chunk';
+  created: number;
+  model: string;
+  choices: Array<{
+    index: number;
+    delta: { role?: 'assistant'; content?: string };
+    finish_reason: FinishReason | null;
+    logprobs: null;
+  }>;
+  /** Present on the last chunk only. */
+  usage?: CompletionUsage;
+}

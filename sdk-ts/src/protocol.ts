@@ -1,0 +1,374 @@
+/**
+ * The message protocol between the page (SDK) and the engine host (dedicated worker,
+ * service worker, or in-page). Every message carries `v: PROTOCOL_VERSION` and a `type`
+ * discriminator; requests carry an `id` that every reply to them repeats.
+ *
+ * Nothing received is trusted: `parsePageMessage` / `parseHostMessage` validate
+ * `event.data` field by field (types, ranges, lengths) and build fresh objects, so extra or
+ * hostile fields never reach the engine.
+ *
+ * Page → host                          Host → page
+ *   ping                                 pong (host instance id: a new id = host restarted)
+ *   status                               status
+ *   load  (model url, sha256, caps)      progress* then loaded | error
+ *   chat  (messages, sampling)           chunk* then done | error
+ *   abort (id of a chat or load)         (the aborted request ends with error 'aborted')
+ *   info                                 info
+ *   has-model / delete-model (url)       model-state
+ */
+
+import { ProtocolError, isErrorCode, type ErrorCode } from './errors.js';
+import {
+  SHA256_HEX, array, boolean, integer, number, oneOf, optional, record, string, type Fail,
+} from './validate.js';
+
+export const PROTOCOL_VERSION = 1;
+
+/** Size limits on what a message may carry. */
+export const LIMITS = {
+  id: 64,
+  url: 4096,
+  messages: 1024,
+  /** Characters of one message's content. */
+  content: 1 << 20,
+  stop: 16,
+  stopLength: 256,
+  chunkText: 1 << 20,
+  errorMessage: 4096,
+  text: 256,
+} as const;
+
+export type HostKind = 'service-worker' | 'worker' | 'in-page';
+export type Backend = 'cpu-wasm' | 'webgpu';
+export type ProgressPhase = 'download' | 'verify' | 'load';
+export type ChatRole = 'system' | 'user' | 'assistant';
+
+/** One progress event for the whole model delivery: `loaded` / `total` count bytes of the
+ *  current phase; `fraction` (0..1) is the combined progress over all phases. */
+export interface Progress {
+  phase: ProgressPhase;
+  loaded: number;
+  total: number;
+  fraction: number;
+}
+
+export interface ModelSpec {
+  url: string;
+  /** Lower-case hex. When absent the bytes are not verified (a warning in `info`). */
+  sha256?: string;
+  /** KV-cache length in tokens. */
+  maxCtx: number;
+  /** Model bytes + KV cache must fit (maxResources.memory). */
+  memoryLimitBytes?: number;
+  /** The model cache must fit (maxResources.storage). */
+  storageLimitBytes?: number;
+}
+
+/** Where the host finds the WASM engine (initialised on the first load). */
+export interface EngineSpec {
+  wasmUrl: string;
+  /** SRI (`sha384-...`) checked when fetching the .wasm. */
+  wasmIntegrity?: string;
+}
+
+export interface GenerateRequest {
+  messages: Array<{ role: ChatRole; content: string }>;
+  max_tokens?: number;
+  temperature?: number;
+  top_k?: number;
+  top_p?: number;
+  repeat_penalty?: number;
+  seed?: number;
+  stop?: string[];
+}
+
+export interface ModelInfo {
+  url: string;
+  sha256: string | null;
+  architecture: string;
+  name: string | null;
+  nLayers: number;
+  nEmbd: number;
+  nCtxTrain: number;
+  maxCtx: number;
+  vocabSize: number;
+  weightBytes: number;
+  kvCacheBytes: number;
+  hasChatTemplate: boolean;
+}
+
+export interface EngineInfo {
+  host: HostKind;
+  backend: Backend;
+  /** Whether a WebGPU adapter was available in the host (the WebGPU engine comes later). */
+  gpuAvailable: boolean;
+  simd128: boolean;
+  engineVersion: string;
+  hostInstanceId: string;
+  model: ModelInfo | null;
+}
+
+export interface HostStatus {
+  instanceId: string;
+  host: HostKind;
+  gpuAvailable: boolean;
+  modelLoaded: boolean;
+  modelUrl: string | null;
+  busy: boolean;
+}
+
+export interface GenerationUsage {
+  promptTokens: number;
+  completionTokens: number;
+  timeToFirstTokenMs: number;
+  decodeTokensPerS: number;
+}
+
+export interface WireError {
+  code: ErrorCode;
+  message: string;
+}
+
+type Envelope<T extends string, B = object> = { v: typeof PROTOCOL_VERSION; type: T; id: string } & B;
+
+export type PageMessage =
+  | Envelope<'ping'>
+  | Envelope<'status'>
+  | Envelope<'load', { model: ModelSpec; engine: EngineSpec }>
+  | Envelope<'chat', { request: GenerateRequest }>
+  | Envelope<'abort'>
+  | Envelope<'info'>
+  | Envelope<'has-model', { url: string }>
+  | Envelope<'delete-model', { url: string }>;
+
+export type HostMessage =
+  | Envelope<'pong', { instanceId: string }>
+  | Envelope<'status', { status: HostStatus }>
+  | Envelope<'progress', { progress: Progress }>
+  | Envelope<'loaded', { info: EngineInfo }>
+  | Envelope<'chunk', { text: string; completionTokens: number }>
+  | Envelope<'done', { finishReason: 'stop' | 'length'; usage: GenerationUsage }>
+  | Envelope<'error', { error: WireError }>
+  | Envelope<'info', { info: EngineInfo | null }>
+  | Envelope<'model-state', { present: boolean }>;
+
+export type PageMessageType = PageMessage['type'];
+export type HostMessageType = HostMessage['type'];
+
+const PAGE_TYPES = ['ping', 'status', 'load', 'chat', 'abort', 'info', 'has-model', 'delete-model'] as const;
+const HOST_TYPES = ['pong', 'status', 'progress', 'loaded', 'chunk', 'done', 'error', 'info', 'model-state'] as const;
+const ROLES = ['system', 'user', 'assistant'] as const;
+const HOSTS = ['service-worker', 'worker', 'in-page'] as const;
+const BACKENDS = ['cpu-wasm', 'webgpu'] as const;
+const PHASES = ['download', 'verify', 'load'] as const;
+const MAX_BYTES = Number.MAX_SAFE_INTEGER;
+
+const fail: Fail = (m) => new ProtocolError(m);
+
+function header(data: unknown, types: readonly string[]): { m: Record<string, unknown>; type: string; id: string } {
+  const m = record(data, 'message', fail);
+  if (m.v !== PROTOCOL_VERSION) {
+    throw new ProtocolError(`message: protocol version ${String(m.v).slice(0, 16)} (this side speaks ${PROTOCOL_VERSION})`);
+  }
+  const type = oneOf(m.type, 'message.type', fail, types);
+  const id = string(m.id, 'message.id', fail, LIMITS.id);
+  if (id.length === 0) throw new ProtocolError('message.id: empty');
+  return { m, type, id };
+}
+
+function url(value: unknown, path: string): string {
+  const u = string(value, path, fail, LIMITS.url);
+  if (u.length === 0) throw new ProtocolError(`${path}: empty`);
+  return u;
+}
+
+const bytes = (value: unknown, path: string): number => integer(value, path, fail, 0, MAX_BYTES);
+
+function modelSpec(value: unknown): ModelSpec {
+  const r = record(value, 'model', fail);
+  const spec: ModelSpec = { url: url(r.url, 'model.url'), maxCtx: integer(r.maxCtx, 'model.maxCtx', fail, 1, 1 << 20) };
+  const sha = optional(r.sha256, (v) => string(v, 'model.sha256', fail, 64));
+  if (sha !== undefined) {
+    if (!SHA256_HEX.test(sha)) throw new ProtocolError('model.sha256: expected 64 lower-case hex digits');
+    spec.sha256 = sha;
+  }
+  const mem = optional(r.memoryLimitBytes, (v) => bytes(v, 'model.memoryLimitBytes'));
+  if (mem !== undefined) spec.memoryLimitBytes = mem;
+  const storage = optional(r.storageLimitBytes, (v) => bytes(v, 'model.storageLimitBytes'));
+  if (storage !== undefined) spec.storageLimitBytes = storage;
+  return spec;
+}
+
+function engineSpec(value: unknown): EngineSpec {
+  const r = record(value, 'engine', fail);
+  const spec: EngineSpec = { wasmUrl: url(r.wasmUrl, 'engine.wasmUrl') };
+  const integrity = optional(r.wasmIntegrity, (v) => string(v, 'engine.wasmIntegrity', fail, 256));
+  if (integrity !== undefined) {
+    if (!/^sha(256|384|512)-[A-Za-z0-9+/=]+$/.test(integrity)) throw new ProtocolError('engine.wasmIntegrity: not an SRI hash');
+    spec.wasmIntegrity = integrity;
+  }
+  return spec;
+}
+
+/** Validates the sampling fields of a generate request (shared with the SDK's own checks). */
+export function generateRequest(value: unknown, failWith: Fail = fail): GenerateRequest {
+  const r = record(value, 'request', failWith);
+  const list = array(r.messages, 'request.messages', failWith, LIMITS.messages);
+  if (list.length === 0) throw failWith('request.messages: empty');
+  const messages = list.map((entry, i) => {
+    const e = record(entry, `request.messages[${i}]`, failWith);
+    return {
+      role: oneOf(e.role, `request.messages[${i}].role`, failWith, ROLES),
+      content: string(e.content, `request.messages[${i}].content`, failWith, LIMITS.content),
+    };
+  });
+  const req: GenerateRequest = { messages };
+  const set = <K extends keyof GenerateRequest>(key: K, v: GenerateRequest[K] | undefined): void => {
+    if (v !== undefined) req[key] = v;
+  };
+  set('max_tokens', optional(r.max_tokens, (v) => integer(v, 'request.max_tokens', failWith, 1, 1 << 20)));
+  set('temperature', optional(r.temperature, (v) => number(v, 'request.temperature', failWith, 0, 100)));
+  set('top_k', optional(r.top_k, (v) => integer(v, 'request.top_k', failWith, 0, 1 << 20)));
+  set('top_p', optional(r.top_p, (v) => number(v, 'request.top_p', failWith, Number.MIN_VALUE, 1)));
+  set('repeat_penalty', optional(r.repeat_penalty, (v) => number(v, 'request.repeat_penalty', failWith, 0, 100)));
+  set('seed', optional(r.seed, (v) => integer(v, 'request.seed', failWith, 0, Number.MAX_SAFE_INTEGER)));
+  set('stop', optional(r.stop, (v) =>
+    array(v, 'request.stop', failWith, LIMITS.stop).map((s, i) => {
+      const stop = string(s, `request.stop[${i}]`, failWith, LIMITS.stopLength);
+      if (stop.length === 0) throw failWith(`request.stop[${i}]: empty`);
+      return stop;
+    })));
+  return req;
+}
+
+/** Validates a message received by the engine host. Throws ProtocolError. */
+export function parsePageMessage(data: unknown): PageMessage {
+  const { m, type, id } = header(data, PAGE_TYPES);
+  const v = PROTOCOL_VERSION;
+  switch (type as PageMessageType) {
+    case 'ping': return { v, type: 'ping', id };
+    case 'status': return { v, type: 'status', id };
+    case 'abort': return { v, type: 'abort', id };
+    case 'info': return { v, type: 'info', id };
+    case 'load': return { v, type: 'load', id, model: modelSpec(m.model), engine: engineSpec(m.engine) };
+    case 'chat': return { v, type: 'chat', id, request: generateRequest(m.request) };
+    case 'has-model': return { v, type: 'has-model', id, url: url(m.url, 'url') };
+    case 'delete-model': return { v, type: 'delete-model', id, url: url(m.url, 'url') };
+  }
+}
+
+function text(value: unknown, path: string): string {
+  return string(value, path, fail, LIMITS.text);
+}
+
+function modelInfo(value: unknown): ModelInfo {
+  const r = record(value, 'info.model', fail);
+  const n = (k: string): number => integer(r[k], `info.model.${k}`, fail, 0, MAX_BYTES);
+  const sha = r.sha256 === null ? null : string(r.sha256, 'info.model.sha256', fail, 64);
+  return {
+    url: url(r.url, 'info.model.url'),
+    sha256: sha,
+    architecture: text(r.architecture, 'info.model.architecture'),
+    name: r.name === null ? null : text(r.name, 'info.model.name'),
+    nLayers: n('nLayers'),
+    nEmbd: n('nEmbd'),
+    nCtxTrain: n('nCtxTrain'),
+    maxCtx: n('maxCtx'),
+    vocabSize: n('vocabSize'),
+    weightBytes: n('weightBytes'),
+    kvCacheBytes: n('kvCacheBytes'),
+    hasChatTemplate: boolean(r.hasChatTemplate, 'info.model.hasChatTemplate', fail),
+  };
+}
+
+function engineInfo(value: unknown): EngineInfo {
+  const r = record(value, 'info', fail);
+  return {
+    host: oneOf(r.host, 'info.host', fail, HOSTS),
+    backend: oneOf(r.backend, 'info.backend', fail, BACKENDS),
+    gpuAvailable: boolean(r.gpuAvailable, 'info.gpuAvailable', fail),
+    simd128: boolean(r.simd128, 'info.simd128', fail),
+    engineVersion: text(r.engineVersion, 'info.engineVersion'),
+    hostInstanceId: string(r.hostInstanceId, 'info.hostInstanceId', fail, LIMITS.id),
+    model: r.model === null ? null : modelInfo(r.model),
+  };
+}
+
+function hostStatus(value: unknown): HostStatus {
+  const r = record(value, 'status', fail);
+  return {
+    instanceId: string(r.instanceId, 'status.instanceId', fail, LIMITS.id),
+    host: oneOf(r.host, 'status.host', fail, HOSTS),
+    gpuAvailable: boolean(r.gpuAvailable, 'status.gpuAvailable', fail),
+    modelLoaded: boolean(r.modelLoaded, 'status.modelLoaded', fail),
+    modelUrl: r.modelUrl === null ? null : url(r.modelUrl, 'status.modelUrl'),
+    busy: boolean(r.busy, 'status.busy', fail),
+  };
+}
+
+function progress(value: unknown): Progress {
+  const r = record(value, 'progress', fail);
+  const loaded = bytes(r.loaded, 'progress.loaded');
+  const total = bytes(r.total, 'progress.total');
+  return {
+    phase: oneOf(r.phase, 'progress.phase', fail, PHASES),
+    loaded,
+    total,
+    fraction: number(r.fraction, 'progress.fraction', fail, 0, 1),
+  };
+}
+
+function usage(value: unknown): GenerationUsage {
+  const r = record(value, 'usage', fail);
+  return {
+    promptTokens: integer(r.promptTokens, 'usage.promptTokens', fail, 0, MAX_BYTES),
+    completionTokens: integer(r.completionTokens, 'usage.completionTokens', fail, 0, MAX_BYTES),
+    timeToFirstTokenMs: number(r.timeToFirstTokenMs, 'usage.timeToFirstTokenMs', fail, 0, Number.MAX_VALUE),
+    decodeTokensPerS: number(r.decodeTokensPerS, 'usage.decodeTokensPerS', fail, 0, Number.MAX_VALUE),
+  };
+}
+
+function wireError(value: unknown): WireError {
+  const r = record(value, 'error', fail);
+  if (!isErrorCode(r.code)) throw new ProtocolError('error.code: unknown error code');
+  return { code: r.code, message: string(r.message, 'error.message', fail, LIMITS.errorMessage) };
+}
+
+/** Validates a message received by the page from the engine host. Throws ProtocolError. */
+export function parseHostMessage(data: unknown): HostMessage {
+  const { m, type, id } = header(data, HOST_TYPES);
+  const v = PROTOCOL_VERSION;
+  switch (type as HostMessageType) {
+    case 'pong': return { v, type: 'pong', id, instanceId: string(m.instanceId, 'instanceId', fail, LIMITS.id) };
+    case 'status': return { v, type: 'status', id, status: hostStatus(m.status) };
+    case 'progress': return { v, type: 'progress', id, progress: progress(m.progress) };
+    case 'loaded': return { v, type: 'loaded', id, info: engineInfo(m.info) };
+    case 'chunk': return {
+      v, type: 'chunk', id,
+      text: string(m.text, 'text', fail, LIMITS.chunkText),
+      completionTokens: integer(m.completionTokens, 'completionTokens', fail, 0, MAX_BYTES),
+    };
+    case 'done': return {
+      v, type: 'done', id,
+      finishReason: oneOf(m.finishReason, 'finishReason', fail, ['stop', 'length'] as const),
+      usage: usage(m.usage),
+    };
+    case 'error': return { v, type: 'error', id, error: wireError(m.error) };
+    case 'info': return { v, type: 'info', id, info: m.info === null ? null : engineInfo(m.info) };
+    case 'model-state': return { v, type: 'model-state', id, present: boolean(m.present, 'present', fail) };
+  }
+}
+
+/** A message builder that fills in the version (`msg({ type: 'ping', id })`). */
+type WithoutV<T> = T extends unknown ? Omit<T, 'v'> : never;
+export function pageMessage(m: WithoutV<PageMessage>): PageMessage {
+  return { ...m, v: PROTOCOL_VERSION } as PageMessage;
+}
+export function hostMessage(m: WithoutV<HostMessage>): HostMessage {
+  return { ...m, v: PROTOCOL_VERSION } as HostMessage;
+}
+
+/** Truncates an error message so it always fits the protocol. */
+export function wireErrorOf(code: ErrorCode, message: string): WireError {
+  return { code, message: message.length > LIMITS.errorMessage ? `${message.slice(0, LIMITS.errorMessage - 1)}…` : message };
+}

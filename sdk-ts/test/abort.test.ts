@@ -1,0 +1,113 @@
+import assert from 'node:assert/strict';
+import { afterEach, describe, it } from 'node:test';
+
+import { AbortError, DisposedError } from '../src/errors.js';
+import type { HostChoice } from '../src/host.js';
+import { KwaaiNet } from '../src/kwaainet.js';
+import { memoryConsentStorage } from '../src/consent.js';
+import { MODEL_SHA, MODEL_URL, kwaaiWithHosts, localEngine, until } from './harness.js';
+
+const LONG = [{ role: 'user' as const, content: 'q'.repeat(3000) }];
+const cleanup: Array<() => void | Promise<void>> = [];
+afterEach(async () => {
+  while (cleanup.length) await cleanup.pop()?.();
+});
+
+/** Both hosts: a worker-like proxy over a MessageChannel, and the in-page engine. */
+function variants(): Array<{ name: string; make: () => { ai: KwaaiNet; steps: () => number; freed: () => number; inFlight: () => number } }> {
+  return [
+    {
+      name: 'worker proxy',
+      make: () => {
+        const k = kwaaiWithHosts({}, { double: { msPerToken: 1 } });
+        cleanup.push(k.closeAll, () => k.ai.dispose());
+        return {
+          ai: k.ai,
+          steps: () => k.pairs[0]?.stats.steps ?? 0,
+          freed: () => k.pairs[0]?.stats.generationsFreed ?? 0,
+          inFlight: () => k.pairs[0]?.handler.inFlight ?? 0,
+        };
+      },
+    },
+    {
+      name: 'in-page',
+      make: () => {
+        const { local, stats } = localEngine({ msPerToken: 1 }, 'in-page');
+        const ai = new KwaaiNet({
+          modelUrl: MODEL_URL, modelSha256: MODEL_SHA, baseUrl: 'https://cdn.test/', consentStorage: memoryConsentStorage(),
+          startHost: async (): Promise<HostChoice> => ({ engine: local, host: 'in-page', reason: 'test' }),
+        });
+        cleanup.push(() => ai.dispose());
+        return { ai, steps: () => stats.steps, freed: () => stats.generationsFreed, inFlight: () => 0 };
+      },
+    },
+  ];
+}
+
+for (const variant of variants()) {
+  describe(`abort (${variant.name})`, () => {
+    it('a signal aborted before the call rejects at once and starts nothing', async () => {
+      const { ai, steps } = variant.make();
+      await ai.initialize();
+      const controller = new AbortController();
+      controller.abort();
+      await assert.rejects(ai.chat.completions.create({ messages: LONG, signal: controller.signal }), AbortError);
+      await assert.rejects(ai.chat.completions.create({ messages: LONG, stream: true, signal: controller.signal }), AbortError);
+      assert.equal(steps(), 0);
+    });
+
+    it('aborting a completion mid-generation rejects with AbortError and stops the engine', async () => {
+      const { ai, steps, freed, inFlight } = variant.make();
+      await ai.initialize();
+      const controller = new AbortController();
+      const pending = ai.chat.completions.create({ messages: LONG, signal: controller.signal, max_tokens: 2000 });
+      await until(() => steps() > 3);
+      controller.abort();
+      const err = await pending.catch((e: unknown) => e);
+      assert.ok(err instanceof AbortError && err.name === 'AbortError', String(err));
+      await until(() => freed() === 1 && inFlight() === 0);
+      const at = steps();
+      await new Promise((r) => setTimeout(r, 30));
+      assert.equal(steps(), at, 'no more steps after the abort');
+      assert.ok(at < 2000, 'stopped well before the end');
+      // The engine serves the next request.
+      const next = await ai.chat.completions.create({ messages: [{ role: 'user', content: 'ok' }] });
+      assert.equal(next.choices[0]?.message.content, 'Echo: ok');
+    });
+
+    it('aborting a stream ends the iteration with AbortError', async () => {
+      const { ai, freed } = variant.make();
+      const controller = new AbortController();
+      const stream = await ai.chat.completions.create({ messages: LONG, stream: true, signal: controller.signal });
+      let seen = 0;
+      const err = await (async () => {
+        for await (const chunk of stream) {
+          seen += chunk.choices[0]?.delta.content?.length ?? 0;
+          if (seen > 20) controller.abort();
+        }
+      })().catch((e: unknown) => e);
+      assert.ok(err instanceof AbortError, String(err));
+      await until(() => freed() === 1);
+    });
+
+    it('breaking out of the stream stops the host', async () => {
+      const { ai, freed, steps } = variant.make();
+      const stream = await ai.chat.completions.create({ messages: LONG, stream: true });
+      for await (const chunk of stream) {
+        if ((chunk.choices[0]?.delta.content?.length ?? 0) > 0) break;
+      }
+      await until(() => freed() === 1);
+      assert.ok(steps() < 3000);
+    });
+
+    it('dispose() aborts what is running and refuses new work', async () => {
+      const { ai } = variant.make();
+      await ai.initialize();
+      const pending = ai.chat.completions.create({ messages: LONG });
+      await new Promise((r) => setTimeout(r, 20));
+      await ai.dispose();
+      await assert.rejects(pending, AbortError);
+      await assert.rejects(ai.chat.completions.create({ messages: LONG }), DisposedError);
+    });
+  });
+}

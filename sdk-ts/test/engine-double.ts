@@ -1,0 +1,168 @@
+/**
+ * A test double of the WASM engine that follows the contract (src/wasm-engine.d.ts): a
+ * "GGUF" is any buffer starting with the bytes GGUF; the reply to a chat is
+ * `Echo: <last user message>`, one token per character.
+ */
+
+import type {
+  WasmEngine, WasmEngineInfo, WasmEngineModule, WasmGeneration, WasmStartRequest, WasmStepResult,
+} from '../src/wasm-engine.js';
+
+export interface DoubleOptions {
+  /** Busy-waits this long per generated token (to test aborts mid-generation). */
+  msPerToken?: number;
+  /** Bytes of KV cache per context token. */
+  kvBytesPerToken?: number;
+}
+
+export interface DoubleStats {
+  loads: number;
+  starts: number;
+  steps: number;
+  generationsFreed: number;
+  enginesFreed: number;
+  lastRequest: WasmStartRequest | null;
+}
+
+function busyWait(ms: number): void {
+  const end = performance.now() + ms;
+  while (performance.now() < end) {
+    // spin: the real engine blocks the thread the same way
+  }
+}
+
+export function fakeModel(size = 4096, seed = 1): Uint8Array {
+  const bytes = new Uint8Array(size);
+  let x = seed;
+  for (let i = 0; i < size; i++) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    bytes[i] = x >>> 24;
+  }
+  bytes.set([0x47, 0x47, 0x55, 0x46]); // "GGUF"
+  return bytes;
+}
+
+export function engineDouble(options: DoubleOptions = {}): { module: WasmEngineModule; stats: DoubleStats } {
+  const stats: DoubleStats = { loads: 0, starts: 0, steps: 0, generationsFreed: 0, enginesFreed: 0, lastRequest: null };
+  let initialised = false;
+
+  class Generation implements WasmGeneration {
+    private produced = 0;
+    private prefilled = false;
+    private readonly reply: string;
+    private readonly promptTokens: number;
+    private readonly maxTokens: number;
+    private readonly stop: string[];
+    private finished = false;
+
+    constructor(req: WasmStartRequest) {
+      const last = [...(req.messages ?? [])].reverse().find((m) => m.role === 'user');
+      this.reply = `Echo: ${last?.content ?? req.prompt ?? ''}`;
+      this.promptTokens = (req.messages ?? []).reduce((n, m) => n + m.content.length, 0) + (req.prompt?.length ?? 0);
+      this.maxTokens = req.max_tokens ?? 256;
+      this.stop = req.stop ?? [];
+      if (req.temperature !== undefined && req.temperature < 0) throw new Error('request: temperature < 0');
+    }
+
+    step(maxTokens: number): WasmStepResult {
+      if (this.finished) throw new Error('generation: already finished');
+      stats.steps++;
+      this.prefilled = true;
+      let text = '';
+      const tokens: number[] = [];
+      let finish: 'stop' | 'length' | null = null;
+      for (let i = 0; i < maxTokens; i++) {
+        if (this.produced >= this.reply.length) {
+          finish = 'stop';
+          break;
+        }
+        if (this.produced >= this.maxTokens) {
+          finish = 'length';
+          break;
+        }
+        if (options.msPerToken) busyWait(options.msPerToken);
+        const ch = this.reply[this.produced] ?? '';
+        const sofar = this.reply.slice(0, this.produced + 1);
+        if (this.stop.some((s) => sofar.endsWith(s))) {
+          finish = 'stop';
+          this.produced++;
+          break;
+        }
+        text += ch;
+        tokens.push(ch.charCodeAt(0));
+        this.produced++;
+      }
+      if (finish === null && this.produced >= this.reply.length) finish = 'stop';
+      if (finish === null && this.produced >= this.maxTokens) finish = 'length';
+      if (finish) this.finished = true;
+      return {
+        text, tokens, done: finish !== null, finish_reason: finish,
+        prompt_tokens: this.promptTokens, completion_tokens: Math.min(this.produced, this.reply.length),
+      };
+    }
+
+    free(): void {
+      stats.generationsFreed++;
+    }
+
+    get started(): boolean {
+      return this.prefilled;
+    }
+  }
+
+  class Engine implements WasmEngine {
+    private readonly size: number;
+    private readonly maxCtx: number;
+    constructor(size: number, maxCtx: number) {
+      this.size = size;
+      this.maxCtx = maxCtx;
+    }
+    static load(bytes: Uint8Array, maxCtx: number): Engine {
+      if (!initialised) throw new Error('engine: not initialised');
+      if (bytes.byteLength < 4 || String.fromCharCode(...bytes.subarray(0, 4)) !== 'GGUF') {
+        throw new Error('gguf: bad magic at offset 0');
+      }
+      stats.loads++;
+      return new Engine(bytes.byteLength, maxCtx);
+    }
+    info(): WasmEngineInfo {
+      return {
+        backend: 'cpu-wasm', simd128: true, engine_version: '0.0.0-double', architecture: 'llama', name: 'double',
+        n_layers: 2, n_embd: 8, n_ctx_train: 8192, max_ctx: this.maxCtx, vocab_size: 256,
+        weight_bytes: this.size, kv_cache_bytes: this.maxCtx * (options.kvBytesPerToken ?? 16), has_chat_template: true,
+      };
+    }
+    tokenize(text: string): Uint32Array {
+      return Uint32Array.from([...text].map((c) => c.charCodeAt(0)));
+    }
+    detokenize(ids: Uint32Array): string {
+      return String.fromCharCode(...ids);
+    }
+    applyChatTemplate(messages: { role: string; content: string }[]): string {
+      return messages.map((m) => `<${m.role}>${m.content}`).join('');
+    }
+    start(request: WasmStartRequest): WasmGeneration {
+      stats.starts++;
+      stats.lastRequest = request;
+      return new Generation(request);
+    }
+    free(): void {
+      stats.enginesFreed++;
+    }
+  }
+
+  const module: WasmEngineModule = {
+    default: async () => {
+      initialised = true;
+      return {};
+    },
+    initSync: () => {
+      initialised = true;
+      return {};
+    },
+    engineVersion: () => '0.0.0-double',
+    simd128: () => true,
+    WasmEngine: Engine,
+  };
+  return { module, stats };
+}

@@ -1,0 +1,82 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+
+const root = process.cwd(); // run.mjs runs the tests from the repository root
+const tmp = mkdtempSync(join(tmpdir(), 'kwaainet-sri-'));
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
+const engineDir = join(tmp, 'engine');
+mkdirSync(engineDir);
+writeFileSync(join(engineDir, 'kwaainet_wasm.js'), [
+  'export default async function init() {}',
+  'export function initSync() {}',
+  "export function engineVersion() { return 'fake-glue-marker'; }",
+  'export function simd128() { return true; }',
+  "export class WasmEngine { static load() { throw new Error('gguf: fake'); } }",
+].join('\n'));
+writeFileSync(join(engineDir, 'kwaainet_wasm_bg.wasm'), Uint8Array.from([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0]));
+
+function buildTo(out: string, withEngine = true): void {
+  const args = ['cdn/build.mjs', '--out', out, '--engine-dir', withEngine ? engineDir : join(tmp, 'no-engine')];
+  const r = spawnSync(process.execPath, args, { cwd: root, encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.status, 0, r.stderr);
+}
+
+interface Manifest {
+  version: string;
+  path: string;
+  engine: boolean;
+  files: Record<string, { integrity: string; size: number }>;
+}
+
+const sri = (bytes: Uint8Array): string => `sha384-${createHash('sha384').update(bytes).digest('base64')}`;
+
+describe('cdn bundle and SRI manifest', () => {
+  const a = join(tmp, 'a');
+  buildTo(a);
+  const manifest = JSON.parse(readFileSync(join(a, 'sri-manifest.json'), 'utf8')) as Manifest;
+
+  it('lists every file with a correct sha384 hash and size', () => {
+    const onDisk = readdirSync(a).filter((n) => n !== 'sri-manifest.json').sort();
+    assert.deepEqual(Object.keys(manifest.files), onDisk);
+    for (const name of ['distributed-ai.js', 'kwaainet.mjs', 'kwaainet-worker.js', 'kwaainet-sw.js', 'kwaainet_wasm.js', 'kwaainet_wasm_bg.wasm']) {
+      assert.ok(onDisk.includes(name), name);
+    }
+    for (const [name, f] of Object.entries(manifest.files)) {
+      const bytes = readFileSync(join(a, name));
+      assert.equal(f.integrity, sri(bytes), name);
+      assert.equal(f.size, bytes.byteLength, name);
+    }
+    assert.equal(manifest.path, `v${manifest.version}/`);
+    assert.equal(manifest.engine, true);
+  });
+
+  it('bakes the worker and wasm hashes into the script-tag bundle, and inlines the glue in the hosts', () => {
+    const tagJs = readFileSync(join(a, 'distributed-ai.js'), 'utf8');
+    assert.ok(tagJs.includes(manifest.files['kwaainet-worker.js']?.integrity ?? 'missing'));
+    assert.ok(tagJs.includes(manifest.files['kwaainet_wasm_bg.wasm']?.integrity ?? 'missing'));
+    assert.ok(readFileSync(join(a, 'kwaainet-worker.js'), 'utf8').includes('fake-glue-marker'));
+    assert.ok(readFileSync(join(a, 'kwaainet-sw.js'), 'utf8').includes('fake-glue-marker'));
+    assert.ok(!/\beval\(|new Function\(/.test(tagJs), 'no eval');
+  });
+
+  it('rebuilds byte for byte, wherever it is built', () => {
+    const b = join(tmp, 'b', 'deeper');
+    buildTo(b);
+    for (const name of readdirSync(a)) assert.ok(readFileSync(join(a, name)).equals(readFileSync(join(b, name))), name);
+  });
+
+  it('builds without an engine, leaving the wasm out', () => {
+    const c = join(tmp, 'c');
+    buildTo(c, false);
+    const m = JSON.parse(readFileSync(join(c, 'sri-manifest.json'), 'utf8')) as Manifest;
+    assert.equal(m.engine, false);
+    assert.equal(m.files['kwaainet_wasm_bg.wasm'], undefined);
+    assert.ok(readFileSync(join(c, 'kwaainet-worker.js'), 'utf8').includes('built without the WASM engine'));
+  });
+});
