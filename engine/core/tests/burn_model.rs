@@ -297,7 +297,10 @@ fn wgpu_matches_llama_cpp_and_spans() {
 // a different summation order. Measured: flex — capital-chat first 7/16 ids, agreement 31/32;
 // long-prompt-chat first 16/16, agreement 61/64. wgpu (lavapipe) — capital-chat 0/16 (the
 // first token is a tie at 0.002 logits), agreement 31/32; long-prompt-chat first 16/16,
-// agreement 62/64.
+// agreement 62/64. wgpu with the quantized CubeCL kernels (matmuls bit-exact with llama.cpp's
+// AVX2 ones when `exact_fma` is on): capital-chat agreement 29/32 — the rest of the block
+// (RMSNorm, softmax, SiLU, attention sums) still runs on burn tensor ops whose summation
+// order differs from llama.cpp's, so matching matmuls alone do not settle the near-ties.
 #[test]
 #[ignore = "known gap to llama.cpp on near-ties; run with --ignored"]
 fn flex_long_cases() {

@@ -246,7 +246,8 @@ impl QMatrix {
                 QFormat::Q4_1 => {
                     let xs = BufferArg::from_raw_parts(xs, n_act_blocks);
                     matvec_q4_1::launch_unchecked(
-                        &client, count, dim, probe, qs, scales, xq, xd, xs, o, self.rows, nb, tokens, exact,
+                        &client, count, dim, probe, qs, scales, xq, xd, xs, o, self.rows, nb,
+                        tokens, exact,
                     )
                 }
                 QFormat::Q4_0 => matvec_q4_0::launch_unchecked(
@@ -553,14 +554,62 @@ fn matvec_q4_1(
             let w2 = qs[wb * 4 + 2];
             let w3 = qs[wb * 4 + 3];
             let x = xb * 32;
-            a0 = fma_exact(dd, f32::cast_from(dot4_nibbles(w0, 0u32, 0i32, xq, x)), a0, fused, z);
-            a1 = fma_exact(dd, f32::cast_from(dot4_nibbles(w1, 0u32, 0i32, xq, x + 4)), a1, fused, z);
-            a2 = fma_exact(dd, f32::cast_from(dot4_nibbles(w2, 0u32, 0i32, xq, x + 8)), a2, fused, z);
-            a3 = fma_exact(dd, f32::cast_from(dot4_nibbles(w3, 0u32, 0i32, xq, x + 12)), a3, fused, z);
-            a4 = fma_exact(dd, f32::cast_from(dot4_nibbles(w0, 4u32, 0i32, xq, x + 16)), a4, fused, z);
-            a5 = fma_exact(dd, f32::cast_from(dot4_nibbles(w1, 4u32, 0i32, xq, x + 20)), a5, fused, z);
-            a6 = fma_exact(dd, f32::cast_from(dot4_nibbles(w2, 4u32, 0i32, xq, x + 24)), a6, fused, z);
-            a7 = fma_exact(dd, f32::cast_from(dot4_nibbles(w3, 4u32, 0i32, xq, x + 28)), a7, fused, z);
+            a0 = fma_exact(
+                dd,
+                f32::cast_from(dot4_nibbles(w0, 0u32, 0i32, xq, x)),
+                a0,
+                fused,
+                z,
+            );
+            a1 = fma_exact(
+                dd,
+                f32::cast_from(dot4_nibbles(w1, 0u32, 0i32, xq, x + 4)),
+                a1,
+                fused,
+                z,
+            );
+            a2 = fma_exact(
+                dd,
+                f32::cast_from(dot4_nibbles(w2, 0u32, 0i32, xq, x + 8)),
+                a2,
+                fused,
+                z,
+            );
+            a3 = fma_exact(
+                dd,
+                f32::cast_from(dot4_nibbles(w3, 0u32, 0i32, xq, x + 12)),
+                a3,
+                fused,
+                z,
+            );
+            a4 = fma_exact(
+                dd,
+                f32::cast_from(dot4_nibbles(w0, 4u32, 0i32, xq, x + 16)),
+                a4,
+                fused,
+                z,
+            );
+            a5 = fma_exact(
+                dd,
+                f32::cast_from(dot4_nibbles(w1, 4u32, 0i32, xq, x + 20)),
+                a5,
+                fused,
+                z,
+            );
+            a6 = fma_exact(
+                dd,
+                f32::cast_from(dot4_nibbles(w2, 4u32, 0i32, xq, x + 24)),
+                a6,
+                fused,
+                z,
+            );
+            a7 = fma_exact(
+                dd,
+                f32::cast_from(dot4_nibbles(w3, 4u32, 0i32, xq, x + 28)),
+                a7,
+                fused,
+                z,
+            );
         }
         out[pos] = hsum8(a0, a1, a2, a3, a4, a5, a6, a7) + summs;
     }
@@ -604,14 +653,62 @@ fn matvec_q4_0(
             let w2 = qs[wb * 4 + 2];
             let w3 = qs[wb * 4 + 3];
             let x = xb * 32;
-            a0 = fma_exact(dd, f32::cast_from(dot4_nibbles(w0, 0u32, 8i32, xq, x)), a0, fused, z);
-            a1 = fma_exact(dd, f32::cast_from(dot4_nibbles(w1, 0u32, 8i32, xq, x + 4)), a1, fused, z);
-            a2 = fma_exact(dd, f32::cast_from(dot4_nibbles(w2, 0u32, 8i32, xq, x + 8)), a2, fused, z);
-            a3 = fma_exact(dd, f32::cast_from(dot4_nibbles(w3, 0u32, 8i32, xq, x + 12)), a3, fused, z);
-            a4 = fma_exact(dd, f32::cast_from(dot4_nibbles(w0, 4u32, 8i32, xq, x + 16)), a4, fused, z);
-            a5 = fma_exact(dd, f32::cast_from(dot4_nibbles(w1, 4u32, 8i32, xq, x + 20)), a5, fused, z);
-            a6 = fma_exact(dd, f32::cast_from(dot4_nibbles(w2, 4u32, 8i32, xq, x + 24)), a6, fused, z);
-            a7 = fma_exact(dd, f32::cast_from(dot4_nibbles(w3, 4u32, 8i32, xq, x + 28)), a7, fused, z);
+            a0 = fma_exact(
+                dd,
+                f32::cast_from(dot4_nibbles(w0, 0u32, 8i32, xq, x)),
+                a0,
+                fused,
+                z,
+            );
+            a1 = fma_exact(
+                dd,
+                f32::cast_from(dot4_nibbles(w1, 0u32, 8i32, xq, x + 4)),
+                a1,
+                fused,
+                z,
+            );
+            a2 = fma_exact(
+                dd,
+                f32::cast_from(dot4_nibbles(w2, 0u32, 8i32, xq, x + 8)),
+                a2,
+                fused,
+                z,
+            );
+            a3 = fma_exact(
+                dd,
+                f32::cast_from(dot4_nibbles(w3, 0u32, 8i32, xq, x + 12)),
+                a3,
+                fused,
+                z,
+            );
+            a4 = fma_exact(
+                dd,
+                f32::cast_from(dot4_nibbles(w0, 4u32, 8i32, xq, x + 16)),
+                a4,
+                fused,
+                z,
+            );
+            a5 = fma_exact(
+                dd,
+                f32::cast_from(dot4_nibbles(w1, 4u32, 8i32, xq, x + 20)),
+                a5,
+                fused,
+                z,
+            );
+            a6 = fma_exact(
+                dd,
+                f32::cast_from(dot4_nibbles(w2, 4u32, 8i32, xq, x + 24)),
+                a6,
+                fused,
+                z,
+            );
+            a7 = fma_exact(
+                dd,
+                f32::cast_from(dot4_nibbles(w3, 4u32, 8i32, xq, x + 28)),
+                a7,
+                fused,
+                z,
+            );
         }
         out[pos] = hsum8(a0, a1, a2, a3, a4, a5, a6, a7);
     }
@@ -654,13 +751,55 @@ fn matvec_q8_0(
             let w = wb * 8;
             let x = xb * 32;
             a0 = fma_exact(dd, f32::cast_from(dot4_bytes(qs[w], xq, x)), a0, fused, z);
-            a1 = fma_exact(dd, f32::cast_from(dot4_bytes(qs[w + 1], xq, x + 4)), a1, fused, z);
-            a2 = fma_exact(dd, f32::cast_from(dot4_bytes(qs[w + 2], xq, x + 8)), a2, fused, z);
-            a3 = fma_exact(dd, f32::cast_from(dot4_bytes(qs[w + 3], xq, x + 12)), a3, fused, z);
-            a4 = fma_exact(dd, f32::cast_from(dot4_bytes(qs[w + 4], xq, x + 16)), a4, fused, z);
-            a5 = fma_exact(dd, f32::cast_from(dot4_bytes(qs[w + 5], xq, x + 20)), a5, fused, z);
-            a6 = fma_exact(dd, f32::cast_from(dot4_bytes(qs[w + 6], xq, x + 24)), a6, fused, z);
-            a7 = fma_exact(dd, f32::cast_from(dot4_bytes(qs[w + 7], xq, x + 28)), a7, fused, z);
+            a1 = fma_exact(
+                dd,
+                f32::cast_from(dot4_bytes(qs[w + 1], xq, x + 4)),
+                a1,
+                fused,
+                z,
+            );
+            a2 = fma_exact(
+                dd,
+                f32::cast_from(dot4_bytes(qs[w + 2], xq, x + 8)),
+                a2,
+                fused,
+                z,
+            );
+            a3 = fma_exact(
+                dd,
+                f32::cast_from(dot4_bytes(qs[w + 3], xq, x + 12)),
+                a3,
+                fused,
+                z,
+            );
+            a4 = fma_exact(
+                dd,
+                f32::cast_from(dot4_bytes(qs[w + 4], xq, x + 16)),
+                a4,
+                fused,
+                z,
+            );
+            a5 = fma_exact(
+                dd,
+                f32::cast_from(dot4_bytes(qs[w + 5], xq, x + 20)),
+                a5,
+                fused,
+                z,
+            );
+            a6 = fma_exact(
+                dd,
+                f32::cast_from(dot4_bytes(qs[w + 6], xq, x + 24)),
+                a6,
+                fused,
+                z,
+            );
+            a7 = fma_exact(
+                dd,
+                f32::cast_from(dot4_bytes(qs[w + 7], xq, x + 28)),
+                a7,
+                fused,
+                z,
+            );
         }
         out[pos] = hsum8(a0, a1, a2, a3, a4, a5, a6, a7);
     }
@@ -805,12 +944,18 @@ mod tests {
             if exact {
                 assert_eq!(g.to_bits(), w.to_bits(), "{format:?} out[{i}]: {g} vs {w}");
             } else {
-                assert!((g - w).abs() <= 1e-4 * w.abs().max(1.0), "{format:?} out[{i}]");
+                assert!(
+                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                    "{format:?} out[{i}]"
+                );
             }
         }
         // The default (device fma) differs by rounding only.
         for (i, (g, w)) in fast.unwrap().iter().zip(&want).enumerate() {
-            assert!((g - w).abs() <= 1e-4 * w.abs().max(1.0), "{format:?} out[{i}]: {g} vs {w}");
+            assert!(
+                (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "{format:?} out[{i}]: {g} vs {w}"
+            );
         }
 
         // The embedding lookup returns exactly the dequantized rows.
@@ -819,7 +964,11 @@ mod tests {
         let mut row = vec![0f32; cols];
         for (k, &id) in ids.iter().enumerate() {
             cpu.dequantize_row(id as usize, &mut row).unwrap();
-            assert_eq!(&got[k * cols..(k + 1) * cols], &row[..], "{format:?} row {id}");
+            assert_eq!(
+                &got[k * cols..(k + 1) * cols],
+                &row[..],
+                "{format:?} row {id}"
+            );
         }
         assert!(gpu.rows(&[rows as u32]).is_err());
     }
@@ -898,15 +1047,26 @@ mod quantize_tests {
         let s = f32::from_bytes(&client.read_one(s).unwrap()).to_vec();
         let want = crate::kernels::quantize_q8(&x, true);
         for (b, w) in want.iter().enumerate() {
-            assert_eq!(d[b].to_bits(), w.d.to_bits(), "block {b} d: {} vs {}", d[b], w.d);
-            assert_eq!(s[b].to_bits(), w.s.to_bits(), "block {b} s: {} vs {}", s[b], w.s);
+            assert_eq!(
+                d[b].to_bits(),
+                w.d.to_bits(),
+                "block {b} d: {} vs {}",
+                d[b],
+                w.d
+            );
+            assert_eq!(
+                s[b].to_bits(),
+                w.s.to_bits(),
+                "block {b} s: {} vs {}",
+                s[b],
+                w.s
+            );
             for e in 0..QK {
                 assert_eq!(q[b * QK + e], i32::from(w.qs[e]), "block {b} q[{e}]");
             }
         }
     }
 }
-
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::print_stdout)]
@@ -918,7 +1078,13 @@ mod fma_tests {
     fn fma_kernel(probe: &[f32], a: &[f32], b: &[f32], c: &[f32], out: &mut [f32], n: usize) {
         let i = thread_index();
         if i < n {
-            out[i] = fma_exact(a[i], b[i], c[i], fma_is_fused(probe), u32::reinterpret(probe[3]));
+            out[i] = fma_exact(
+                a[i],
+                b[i],
+                c[i],
+                fma_is_fused(probe),
+                u32::reinterpret(probe[3]),
+            );
         }
         if i == 0 {
             if fma_is_fused(probe) {
@@ -938,10 +1104,14 @@ mod fma_tests {
         let mut rng = SplitMix64(3);
         let n = 4096;
         let mut v = |scale: f32| -> Vec<f32> {
-            (0..n).map(|_| (rng.next_f64() as f32 - 0.5) * scale).collect()
+            (0..n)
+                .map(|_| (rng.next_f64() as f32 - 0.5) * scale)
+                .collect()
         };
         let a = v(0.02);
-        let b: Vec<f32> = (0..n).map(|i| ((i * 7919) % 15000) as f32 - 7500.0).collect();
+        let b: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 15000) as f32 - 7500.0)
+            .collect();
         let c = v(50.0);
         let h = |x: &[f32]| client.create_from_slice(f32::as_bytes(x));
         let out = client.empty(n * 4 + 4);
