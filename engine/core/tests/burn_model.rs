@@ -280,6 +280,13 @@ fn wgpu_matches_llama_cpp_and_spans() {
     let Some((mut model, eos)) = load(&device) else {
         return;
     };
+    // Quantized weights stay quantized on the device: 112 MB for this model (538 MB in f32).
+    assert!(model.is_quantized());
+    assert!(
+        model.weight_bytes() < 120_000_000,
+        "{}",
+        model.weight_bytes()
+    );
     pollster::block_on(async {
         check_capital_raw(&model, eos, "wgpu").await;
         // wgpu results are not bit-reproducible between two runs of the same shapes (measured:

@@ -25,9 +25,9 @@
 //! through fused dequantize + matrix-vector kernels (module `cube`) that reproduce llama.cpp's
 //! AVX2 arithmetic (equal to it bit for bit where the device's `fma` is fused, or with the
 //! exact-FMA emulation on); the embedding lookup dequantizes only the rows it reads. For
-//! SmolLM2-135M Q4_1 that is 112 MB of weights on the device instead of 538 MB in f32. Other weight types, and
-//! every matrix on other backends, are dequantized to f32 at load and stored transposed
-//! (`[in, out]`) so each projection is a plain `x @ W`.
+//! SmolLM2-135M Q4_1 that is 112 MB of weights on the device instead of 538 MB in f32. Other
+//! weight types, and every matrix on other backends, are dequantized to f32 at load and stored
+//! transposed (`[in, out]`) so each projection is a plain `x @ W`.
 
 #[cfg(feature = "wgpu")]
 mod cube;
