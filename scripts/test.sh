@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STEPS=(setup fmt clippy build fetch-model rust-tests wasm32)
+STEPS=(setup fmt clippy build fetch-model rust-tests wasm32 wasm-engine)
 
 BIN() { printf '%s/release/kwaainet' "$CARGO_TARGET_DIR"; }
 
@@ -60,6 +60,17 @@ step_wasm32() {
     # burn's wgpu backend (WebGPU there).
     cargo build -p kwaainet-core --target wasm32-unknown-unknown --release \
         --no-default-features --features burn,burn/wgpu
+}
+
+step_wasm-engine() {
+    # The browser engine as shipped (scripts/build-wasm.sh prints the module's raw and gzip
+    # sizes), run in node: simd128 kernels against llama.cpp's tokens, the JS API, errors.
+    export KWAAINET_REQUIRE_MODEL=1
+    if [ -z "${KWAAINET_MODEL:-}" ]; then # run without the fetch-model step
+        step_fetch-model
+    fi
+    bash scripts/build-wasm.sh
+    node --test engine/wasm/tests/
 }
 
 # ---------------------------------------------------------------------------------------
