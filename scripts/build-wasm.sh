@@ -5,6 +5,7 @@
 #
 #   bash scripts/build-wasm.sh            release build (profile wasm-release)
 #   OUT=dir bash scripts/build-wasm.sh    another output folder
+#   WASM_OPT=0 bash scripts/build-wasm.sh skip wasm-opt (keeps function names, for profiles)
 #
 # Needs what scripts/setup.sh installs: the wasm32 target, wasm-bindgen-cli at the
 # version in Cargo.lock, and node_modules (binaryen's wasm-opt; skipped when absent).
@@ -31,7 +32,9 @@ printf '{ "type": "module" }\n' >"$OUT/package.json"
 # npm's binaryen (Debian's wasm-opt 108 breaks wasm-bindgen's init code: see ENVIRONMENT).
 opt=node_modules/.bin/wasm-opt
 bg="$OUT/kwaainet_wasm_bg.wasm"
-if [ -x "$opt" ]; then
+if [ "${WASM_OPT:-1}" = 0 ]; then
+    say "WASM_OPT=0: not optimizing with wasm-opt"
+elif [ -x "$opt" ]; then
     # The feature flags must cover everything rustc emits (simd128 above all) or wasm-opt
     # rejects the module; -O3 keeps the kernels fast, --strip-debug drops the name and
     # DWARF sections.

@@ -2,14 +2,14 @@
 // thread, measured like `kwaainet bench`: load time, then prefill and decode tokens/s
 // (median of several runs) for a 128-token prompt and 64 generated tokens.
 //
-//   node engine/wasm/bench.mjs [--runs 5] [--prompt-tokens 128] [--gen-tokens 64]
+//   node engine/wasm/bench.mjs [--runs 5] [--prompt-tokens 128] [--gen-tokens 64] [--dist DIR]
 //
 // The model comes from KWAAINET_MODEL (else ~/.cache/kwaainet/models).
 
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 
 const { values: args } = parseArgs({
@@ -17,6 +17,7 @@ const { values: args } = parseArgs({
     runs: { type: 'string', default: '5' },
     'prompt-tokens': { type: 'string', default: '128' },
     'gen-tokens': { type: 'string', default: '64' },
+    dist: { type: 'string' }, // another build (default: dist/engine)
   },
 });
 const runs = Number(args.runs);
@@ -24,8 +25,8 @@ const promptTokens = Number(args['prompt-tokens']);
 const genTokens = Number(args['gen-tokens']);
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const dist = join(root, 'dist', 'engine');
-const wasm = await import(join(dist, 'kwaainet_wasm.js'));
+const dist = resolve(args.dist ?? join(root, 'dist', 'engine'));
+const wasm = await import(pathToFileURL(join(dist, 'kwaainet_wasm.js')).href);
 wasm.initSync({ module: readFileSync(join(dist, 'kwaainet_wasm_bg.wasm')) });
 
 const cache = process.env.KWAAINET_CACHE ?? join(homedir(), '.cache', 'kwaainet');
@@ -49,21 +50,34 @@ const base = Array.from(engine.tokenize(text, false));
 const prompt = [];
 while (prompt.length < promptTokens) prompt.push(...base.slice(0, promptTokens - prompt.length));
 
+/** Seconds of wall time and of this process's CPU time spent in `f`. */
+function timed(f) {
+  const w = performance.now();
+  const c = process.cpuUsage();
+  f();
+  const dc = process.cpuUsage(c);
+  return { wall: (performance.now() - w) / 1000, cpu: (dc.user + dc.system) / 1e6 };
+}
+
 function once(gen) {
   const g = engine.start({ tokens: prompt, max_tokens: gen });
-  let t0 = performance.now();
-  g.step(0);
-  const prefill = (performance.now() - t0) / 1000;
-  t0 = performance.now();
+  const pre = timed(() => g.step(0));
   let n = 0;
-  for (;;) {
-    const r = g.step(gen);
-    n = r.completion_tokens;
-    if (r.done) break;
-  }
-  const decode = (performance.now() - t0) / 1000;
+  const dec = timed(() => {
+    for (;;) {
+      const r = g.step(gen);
+      n = r.completion_tokens;
+      if (r.done) break;
+    }
+  });
   g.free();
-  return { prefill: promptTokens / prefill, decode: n / decode, n };
+  return {
+    prefill: promptTokens / pre.wall,
+    decode: n / dec.wall,
+    prefillCpu: promptTokens / pre.cpu,
+    decodeCpu: n / dec.cpu,
+    n,
+  };
 }
 
 const median = (v) => v.sort((a, b) => a - b)[Math.floor(v.length / 2)];
@@ -80,5 +94,11 @@ console.log(
   `prompt ${promptTokens} tokens, decode ${genTokens} tokens, median of ${runs} runs` +
     (samples.some((s) => s.n < genTokens) ? ' (some runs ended early at end of turn)' : ''),
 );
-console.log(`prefill ${median(samples.map((s) => s.prefill)).toFixed(1)} tok/s`);
-console.log(`decode  ${median(samples.map((s) => s.decode)).toFixed(1)} tok/s`);
+// Per CPU-second too: on a busy machine wall time includes waiting for a core.
+const show = (name, wall, cpu) =>
+  console.log(
+    `${name} ${median(samples.map(wall)).toFixed(1)} tok/s ` +
+      `(${median(samples.map(cpu)).toFixed(1)} per CPU-second)`,
+  );
+show('prefill', (s) => s.prefill, (s) => s.prefillCpu);
+show('decode ', (s) => s.decode, (s) => s.decodeCpu);

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { gzipSync } from 'node:zlib';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -19,7 +19,7 @@ const root = join(here, '..', '..', '..');
 const dist = join(root, 'dist', 'engine');
 const data = join(root, 'engine', 'core', 'tests', 'data');
 
-const wasm = await import(join(dist, 'kwaainet_wasm.js'));
+const wasm = await import(pathToFileURL(join(dist, 'kwaainet_wasm.js')).href);
 const wasmBytes = readFileSync(join(dist, 'kwaainet_wasm_bg.wasm'));
 wasm.initSync({ module: wasmBytes });
 const { WasmEngine } = wasm;
