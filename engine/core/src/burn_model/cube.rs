@@ -243,16 +243,26 @@ impl QMatrix {
             let probe = BufferArg::from_raw_parts(self.probe.clone(), FMA_PROBE.len());
             let exact = u32::from(self.exact_fma);
             match self.format {
-                QFormat::Q4_1 => {
+                QFormat::Q4_0 | QFormat::Q4_1 => {
                     let xs = BufferArg::from_raw_parts(xs, n_act_blocks);
-                    matvec_q4_1::launch_unchecked(
-                        &client, count, dim, probe, qs, scales, xq, xd, xs, o, self.rows, nb,
-                        tokens, exact,
+                    matvec_q4::launch_unchecked(
+                        &client,
+                        count,
+                        dim,
+                        probe,
+                        qs,
+                        scales,
+                        xq,
+                        xd,
+                        xs,
+                        o,
+                        self.rows,
+                        nb,
+                        tokens,
+                        exact,
+                        self.format == QFormat::Q4_1,
                     )
                 }
-                QFormat::Q4_0 => matvec_q4_0::launch_unchecked(
-                    &client, count, dim, probe, qs, scales, xq, xd, o, self.rows, nb, tokens, exact,
-                ),
                 QFormat::Q8_0 => matvec_q8_0::launch_unchecked(
                     &client, count, dim, probe, qs, scales, xq, xd, o, self.rows, nb, tokens, exact,
                 ),
@@ -511,11 +521,13 @@ fn fma_is_fused(probe: &[f32]) -> bool {
     fma(probe[0], probe[1], probe[2]) != 0.0f32
 }
 
-/// Lane `j` of a 32-value 4-bit block holds values `4j..4j+4`: low nibbles of quant words
-/// 0..4 for `j < 4`, high nibbles of the same words for `j >= 4`.
+/// `Q4_1` (`with_min`: `x = q·d + m`) and `Q4_0` (`x = (q - 8)·d`) blocks. Lane `j` of a
+/// 32-value block holds values `4j..4j+4`: low nibbles of quant words 0..4 for `j < 4`, high
+/// nibbles of the same words for `j >= 4`. `Q4_1`'s offset term `m·s` is summed apart, in
+/// block order, as llama.cpp does.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn matvec_q4_1(
+fn matvec_q4(
     probe: &[f32],
     qs: &[u32],
     scales: &[f32],
@@ -527,6 +539,7 @@ fn matvec_q4_1(
     nb: usize,
     tokens: usize,
     exact: u32,
+    #[comptime] with_min: bool,
 ) {
     let pos = thread_index();
     if pos < rows * tokens {
@@ -535,6 +548,12 @@ fn matvec_q4_1(
         let z = u32::reinterpret(probe[3]);
         let t = pos / rows;
         let r = pos % rows;
+        let mut off = 8i32;
+        let mut stride = 1usize;
+        if with_min {
+            off = 0i32;
+            stride = 2usize;
+        }
         let mut a0 = 0.0f32;
         let mut a1 = 0.0f32;
         let mut a2 = 0.0f32;
@@ -547,170 +566,38 @@ fn matvec_q4_1(
         for b in 0..nb {
             let wb = r * nb + b;
             let xb = t * nb + b;
-            let dd = scales[wb * 2] * xd[xb];
-            summs += scales[wb * 2 + 1] * xs[xb];
+            let dd = scales[wb * stride] * xd[xb];
+            if with_min {
+                summs += scales[wb * 2 + 1] * xs[xb];
+            }
             let w0 = qs[wb * 4];
             let w1 = qs[wb * 4 + 1];
             let w2 = qs[wb * 4 + 2];
             let w3 = qs[wb * 4 + 3];
             let x = xb * 32;
-            a0 = fma_exact(
-                dd,
-                f32::cast_from(dot4_nibbles(w0, 0u32, 0i32, xq, x)),
-                a0,
-                fused,
-                z,
-            );
-            a1 = fma_exact(
-                dd,
-                f32::cast_from(dot4_nibbles(w1, 0u32, 0i32, xq, x + 4)),
-                a1,
-                fused,
-                z,
-            );
-            a2 = fma_exact(
-                dd,
-                f32::cast_from(dot4_nibbles(w2, 0u32, 0i32, xq, x + 8)),
-                a2,
-                fused,
-                z,
-            );
-            a3 = fma_exact(
-                dd,
-                f32::cast_from(dot4_nibbles(w3, 0u32, 0i32, xq, x + 12)),
-                a3,
-                fused,
-                z,
-            );
-            a4 = fma_exact(
-                dd,
-                f32::cast_from(dot4_nibbles(w0, 4u32, 0i32, xq, x + 16)),
-                a4,
-                fused,
-                z,
-            );
-            a5 = fma_exact(
-                dd,
-                f32::cast_from(dot4_nibbles(w1, 4u32, 0i32, xq, x + 20)),
-                a5,
-                fused,
-                z,
-            );
-            a6 = fma_exact(
-                dd,
-                f32::cast_from(dot4_nibbles(w2, 4u32, 0i32, xq, x + 24)),
-                a6,
-                fused,
-                z,
-            );
-            a7 = fma_exact(
-                dd,
-                f32::cast_from(dot4_nibbles(w3, 4u32, 0i32, xq, x + 28)),
-                a7,
-                fused,
-                z,
-            );
+            let p0 = f32::cast_from(dot4_nibbles(w0, 0u32, off, xq, x));
+            let p1 = f32::cast_from(dot4_nibbles(w1, 0u32, off, xq, x + 4));
+            let p2 = f32::cast_from(dot4_nibbles(w2, 0u32, off, xq, x + 8));
+            let p3 = f32::cast_from(dot4_nibbles(w3, 0u32, off, xq, x + 12));
+            let p4 = f32::cast_from(dot4_nibbles(w0, 4u32, off, xq, x + 16));
+            let p5 = f32::cast_from(dot4_nibbles(w1, 4u32, off, xq, x + 20));
+            let p6 = f32::cast_from(dot4_nibbles(w2, 4u32, off, xq, x + 24));
+            let p7 = f32::cast_from(dot4_nibbles(w3, 4u32, off, xq, x + 28));
+            a0 = fma_exact(dd, p0, a0, fused, z);
+            a1 = fma_exact(dd, p1, a1, fused, z);
+            a2 = fma_exact(dd, p2, a2, fused, z);
+            a3 = fma_exact(dd, p3, a3, fused, z);
+            a4 = fma_exact(dd, p4, a4, fused, z);
+            a5 = fma_exact(dd, p5, a5, fused, z);
+            a6 = fma_exact(dd, p6, a6, fused, z);
+            a7 = fma_exact(dd, p7, a7, fused, z);
         }
-        out[pos] = hsum8(a0, a1, a2, a3, a4, a5, a6, a7) + summs;
-    }
-}
-
-#[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
-fn matvec_q4_0(
-    probe: &[f32],
-    qs: &[u32],
-    scales: &[f32],
-    xq: &[i32],
-    xd: &[f32],
-    out: &mut [f32],
-    rows: usize,
-    nb: usize,
-    tokens: usize,
-    exact: u32,
-) {
-    let pos = thread_index();
-    if pos < rows * tokens {
-        // Emulate a correctly rounded fma only when asked and the device's is not fused.
-        let fused = exact == 0u32 || fma_is_fused(probe);
-        let z = u32::reinterpret(probe[3]);
-        let t = pos / rows;
-        let r = pos % rows;
-        let mut a0 = 0.0f32;
-        let mut a1 = 0.0f32;
-        let mut a2 = 0.0f32;
-        let mut a3 = 0.0f32;
-        let mut a4 = 0.0f32;
-        let mut a5 = 0.0f32;
-        let mut a6 = 0.0f32;
-        let mut a7 = 0.0f32;
-        for b in 0..nb {
-            let wb = r * nb + b;
-            let xb = t * nb + b;
-            let dd = scales[wb] * xd[xb];
-            let w0 = qs[wb * 4];
-            let w1 = qs[wb * 4 + 1];
-            let w2 = qs[wb * 4 + 2];
-            let w3 = qs[wb * 4 + 3];
-            let x = xb * 32;
-            a0 = fma_exact(
-                dd,
-                f32::cast_from(dot4_nibbles(w0, 0u32, 8i32, xq, x)),
-                a0,
-                fused,
-                z,
-            );
-            a1 = fma_exact(
-                dd,
-                f32::cast_from(dot4_nibbles(w1, 0u32, 8i32, xq, x + 4)),
-                a1,
-                fused,
-                z,
-            );
-            a2 = fma_exact(
-                dd,
-                f32::cast_from(dot4_nibbles(w2, 0u32, 8i32, xq, x + 8)),
-                a2,
-                fused,
-                z,
-            );
-            a3 = fma_exact(
-                dd,
-                f32::cast_from(dot4_nibbles(w3, 0u32, 8i32, xq, x + 12)),
-                a3,
-                fused,
-                z,
-            );
-            a4 = fma_exact(
-                dd,
-                f32::cast_from(dot4_nibbles(w0, 4u32, 8i32, xq, x + 16)),
-                a4,
-                fused,
-                z,
-            );
-            a5 = fma_exact(
-                dd,
-                f32::cast_from(dot4_nibbles(w1, 4u32, 8i32, xq, x + 20)),
-                a5,
-                fused,
-                z,
-            );
-            a6 = fma_exact(
-                dd,
-                f32::cast_from(dot4_nibbles(w2, 4u32, 8i32, xq, x + 24)),
-                a6,
-                fused,
-                z,
-            );
-            a7 = fma_exact(
-                dd,
-                f32::cast_from(dot4_nibbles(w3, 4u32, 8i32, xq, x + 28)),
-                a7,
-                fused,
-                z,
-            );
+        let sum = hsum8(a0, a1, a2, a3, a4, a5, a6, a7);
+        if with_min {
+            out[pos] = sum + summs;
+        } else {
+            out[pos] = sum;
         }
-        out[pos] = hsum8(a0, a1, a2, a3, a4, a5, a6, a7);
     }
 }
 
