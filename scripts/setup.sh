@@ -8,7 +8,10 @@
 # - the Rust toolchain pinned in rust-toolchain.toml, with the wasm32-unknown-unknown target;
 # - mesa-vulkan-drivers (lavapipe: Vulkan on the CPU), so the wgpu backend runs natively
 #   without a GPU; installed with apt-get where that exists (required when CI=true);
-# - npm dev dependencies (npm ci) when node_modules is missing or older than package-lock.json;
+# - wasm-bindgen-cli at exactly the version of the wasm-bindgen crate in Cargo.lock (the
+#   browser engine's build needs the two to match); cargo install, a few minutes, once;
+# - the npm devDependencies (TypeScript, esbuild, binaryen's wasm-opt) with `npm ci` when node_modules is
+#   missing or older than package-lock.json;
 # - CARGO_TARGET_DIR defaults to ~/.cache/kwaainet/target: outside the clone, so a fresh
 #   clone on the same machine reuses earlier builds.
 
@@ -64,12 +67,26 @@ else
     fi
 fi
 
-# npm dev dependencies (TypeScript, esbuild), exactly as package-lock.json pins them. npm
-# writes node_modules/.package-lock.json on every install: it is the stamp.
+# wasm-bindgen-cli matching the wasm-bindgen crate in Cargo.lock.
+wb_want=$(awk '$0 == "name = \"wasm-bindgen\"" { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+wb_have=$(wasm-bindgen --version 2>/dev/null | awk '{ print $2 }' || true)
+if [ -z "$wb_want" ]; then
+    say "no wasm-bindgen in Cargo.lock: skipping wasm-bindgen-cli"
+elif [ "$wb_have" != "$wb_want" ]; then
+    say "installing wasm-bindgen-cli ${wb_want}${wb_have:+ (found ${wb_have})}; takes a few minutes, once"
+    # Not --locked: a dependency pinned in its lock file is no longer on crates.io.
+    cargo install wasm-bindgen-cli --version "$wb_want"
+fi
+
+# npm devDependencies (TypeScript, esbuild; binaryen's wasm-opt for
+# scripts/build-wasm.sh), reinstalled when
+# package-lock.json differs from the copy kept beside the last install.
+stamp=node_modules/.kwaainet-package-lock.json
 if ! command -v npm >/dev/null 2>&1; then
-    say "npm not found: install Node.js 20+ (the TypeScript checks need it)"
-    [ "${CI:-}" != true ] || exit 1
-elif [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-    say "installing npm dev dependencies (npm ci)"
-    npm ci --no-audit --no-fund </dev/null
+    say "npm not found: install Node.js 20+ (https://nodejs.org)"
+    exit 1
+elif ! cmp -s package-lock.json "$stamp"; then
+    say "installing npm packages (npm ci)"
+    npm ci --no-audit --no-fund --loglevel=error </dev/null
+    cp package-lock.json "$stamp"
 fi

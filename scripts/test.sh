@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STEPS=(setup fmt clippy build fetch-model rust-tests wasm32 ts)
+STEPS=(setup fmt clippy build fetch-model rust-tests wasm32 wasm-engine ts)
 
 BIN() { printf '%s/release/kwaainet' "$CARGO_TARGET_DIR"; }
 
@@ -70,6 +70,17 @@ step_ts() {
     npm run --silent build -w @kwaainet/sdk
     node cdn/build.mjs --check-deterministic
     node sdk-ts/test/run.mjs
+}
+
+step_wasm-engine() {
+    # The browser engine as shipped (scripts/build-wasm.sh prints the module's raw and gzip
+    # sizes), run in node: simd128 kernels against llama.cpp's tokens, the JS API, errors.
+    export KWAAINET_REQUIRE_MODEL=1
+    if [ -z "${KWAAINET_MODEL:-}" ]; then # run without the fetch-model step
+        step_fetch-model
+    fi
+    bash scripts/build-wasm.sh
+    node --test engine/wasm/tests/
 }
 
 # ---------------------------------------------------------------------------------------

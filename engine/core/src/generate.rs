@@ -1,6 +1,8 @@
 //! The generation loop: prefill, sample, stream text, stop on end-of-generation tokens,
 //! stop strings or the token budget.
 
+use std::ops::Deref;
+
 use crate::model::{KvCache, Llama};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -22,19 +24,21 @@ pub trait Session {
 }
 
 /// A [`Session`] of the CPU model over all of its blocks.
+///
+/// `M` is how the session holds the model: a borrow (`&Llama`) for a scoped session, or a
+/// shared owner (`Rc<Llama>`, `Arc<Llama>`) for one that must outlive the caller's frame,
+/// as the browser engine's generation objects do.
 #[derive(Debug)]
-pub struct CpuSession<'a> {
-    model: &'a Llama,
+pub struct CpuSession<M: Deref<Target = Llama>> {
+    model: M,
     cache: KvCache,
 }
 
-impl<'a> CpuSession<'a> {
+impl<M: Deref<Target = Llama>> CpuSession<M> {
     /// A fresh session holding up to `max_ctx` positions.
-    pub fn new(model: &'a Llama, max_ctx: usize) -> Result<Self> {
-        Ok(Self {
-            model,
-            cache: model.new_cache(0..model.config().n_layers, max_ctx)?,
-        })
+    pub fn new(model: M, max_ctx: usize) -> Result<Self> {
+        let cache = model.new_cache(0..model.config().n_layers, max_ctx)?;
+        Ok(Self { model, cache })
     }
     /// The KV cache (e.g. to truncate it for re-use of a shared prefix).
     pub fn cache_mut(&mut self) -> &mut KvCache {
@@ -42,7 +46,7 @@ impl<'a> CpuSession<'a> {
     }
 }
 
-impl Session for CpuSession<'_> {
+impl<M: Deref<Target = Llama>> Session for CpuSession<M> {
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         self.model.forward(tokens, &mut self.cache)
     }
@@ -51,6 +55,18 @@ impl Session for CpuSession<'_> {
     }
     fn max_ctx(&self) -> usize {
         self.cache.max_ctx()
+    }
+}
+
+impl<S: Session + ?Sized> Session for &mut S {
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        (**self).forward(tokens)
+    }
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn max_ctx(&self) -> usize {
+        (**self).max_ctx()
     }
 }
 
@@ -117,6 +133,240 @@ pub enum Event<'a> {
     },
 }
 
+/// What one [`Generator::step`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The prompt has been processed.
+    Prefilled,
+    /// A token was produced; `text` is the newly final text (may be empty while a
+    /// multi-byte character or a possible stop string is incomplete).
+    Token {
+        /// Token id.
+        id: u32,
+        /// Text that became final with this token.
+        text: String,
+    },
+    /// Generation is over. `text` is what was still held back (an incomplete character,
+    /// or the start of a stop string that never completed); later steps return this again
+    /// with empty text.
+    Finished {
+        /// Final text released at the end.
+        text: String,
+        /// Why it ended.
+        reason: FinishReason,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The prompt has not been run yet.
+    Prefill,
+    /// Sampling tokens; `feed` is the last sampled token, not yet run through the model.
+    Decode { feed: Option<u32> },
+    /// Over; `flush` says whether held-back text is still to be released.
+    Ending { reason: FinishReason, flush: bool },
+    /// Over and flushed.
+    Done(FinishReason),
+}
+
+/// A generation that runs one step at a time and owns everything it needs between steps
+/// (the session, sampler, stream decoder and stop matcher), so a caller can interleave it
+/// with other work: the browser engine yields to its event loop between steps.
+///
+/// [`generate`] is the same loop run to the end.
+#[derive(Debug)]
+pub struct Generator<S: Session> {
+    session: S,
+    sampler: Sampler,
+    max_tokens: usize,
+    ignore_eos: bool,
+    prompt: Vec<u32>,
+    history: Vec<u32>,
+    tokens: Vec<u32>,
+    text: String,
+    logits: Vec<f32>,
+    decoder: StreamDecoder,
+    stops: StopMatcher,
+    phase: Phase,
+}
+
+impl<S: Session> Generator<S> {
+    /// A generation of up to `opts.max_tokens` tokens after `prompt`, checked up front:
+    /// the prompt must be non-empty and fit the session's context, the sampler settings
+    /// valid. Nothing runs until the first [`step`](Self::step).
+    pub fn new(session: S, prompt: &[u32], opts: &GenerateOptions) -> Result<Self> {
+        if prompt.is_empty() {
+            return Err(Error::InvalidArgument("the prompt is empty".into()));
+        }
+        if session.len() + prompt.len() > session.max_ctx() {
+            return Err(Error::InvalidArgument(format!(
+                "prompt of {} tokens does not fit the context of {} ({} already used)",
+                prompt.len(),
+                session.max_ctx(),
+                session.len()
+            )));
+        }
+        Ok(Self {
+            sampler: Sampler::new(opts.sampler.clone())?,
+            session,
+            max_tokens: opts.max_tokens,
+            ignore_eos: opts.ignore_eos,
+            prompt: prompt.to_vec(),
+            history: prompt.to_vec(),
+            tokens: Vec::new(),
+            text: String::new(),
+            logits: Vec::new(),
+            decoder: StreamDecoder::new(true),
+            stops: StopMatcher::new(&opts.stop),
+            phase: Phase::Prefill,
+        })
+    }
+
+    /// Runs one step: the prefill first, then one token per call, then the end.
+    ///
+    /// A model error leaves the generation finished (later steps report
+    /// [`FinishReason::Cancelled`]) rather than half-updated.
+    pub fn step(&mut self, tokenizer: &Tokenizer) -> Result<Step> {
+        let out = self.advance(tokenizer);
+        if out.is_err() {
+            self.phase = Phase::Done(FinishReason::Cancelled);
+        }
+        out
+    }
+
+    fn advance(&mut self, tokenizer: &Tokenizer) -> Result<Step> {
+        match self.phase {
+            Phase::Prefill => {
+                self.logits = self.session.forward(&self.prompt)?;
+                self.phase = Phase::Decode { feed: None };
+                Ok(Step::Prefilled)
+            }
+            Phase::Decode { feed } => {
+                if let Some(id) = feed {
+                    self.logits = self.session.forward(&[id])?;
+                }
+                self.decode_one(tokenizer)
+            }
+            Phase::Ending { reason, flush } => {
+                let mut reason = reason;
+                let mut text = String::new();
+                if flush {
+                    // Release text held back for a possible stop string or an incomplete
+                    // character; the tail may itself complete a stop string.
+                    let tail = self.decoder.finish();
+                    let (ready, hit) = self.stops.push(&tail);
+                    text = ready;
+                    if hit {
+                        reason = FinishReason::Stop;
+                    } else {
+                        text.push_str(&self.stops.flush());
+                    }
+                }
+                self.text.push_str(&text);
+                self.phase = Phase::Done(reason);
+                Ok(Step::Finished { text, reason })
+            }
+            Phase::Done(reason) => Ok(Step::Finished {
+                text: String::new(),
+                reason,
+            }),
+        }
+    }
+
+    fn decode_one(&mut self, tokenizer: &Tokenizer) -> Result<Step> {
+        if self.tokens.len() >= self.max_tokens {
+            self.phase = Phase::Ending {
+                reason: FinishReason::Length,
+                flush: true,
+            };
+            return self.advance(tokenizer);
+        }
+        let id = self.sampler.sample(&self.logits, &self.history)?;
+        self.tokens.push(id);
+        self.history.push(id);
+        if !self.ignore_eos && tokenizer.is_eog(id) {
+            self.phase = Phase::Ending {
+                reason: FinishReason::Stop,
+                flush: true,
+            };
+            return self.advance(tokenizer);
+        }
+        let piece = self.decoder.push(tokenizer, id);
+        let (text, hit) = self.stops.push(&piece);
+        self.text.push_str(&text);
+        self.phase = if hit {
+            Phase::Ending {
+                reason: FinishReason::Stop,
+                flush: false,
+            }
+        } else if self.tokens.len() >= self.max_tokens
+            || self.session.len() >= self.session.max_ctx()
+        {
+            Phase::Ending {
+                reason: FinishReason::Length,
+                flush: true,
+            }
+        } else {
+            Phase::Decode { feed: Some(id) }
+        };
+        Ok(Step::Token { id, text })
+    }
+
+    /// True once the prompt has run.
+    pub fn is_prefilled(&self) -> bool {
+        self.phase != Phase::Prefill
+    }
+
+    /// True when the next step only releases held-back text and reports the end (no
+    /// model work).
+    pub fn is_ending(&self) -> bool {
+        matches!(self.phase, Phase::Ending { .. })
+    }
+
+    /// Why generation ended, once it has.
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        match self.phase {
+            Phase::Done(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Stops here: later steps report [`FinishReason::Cancelled`].
+    pub fn cancel(&mut self) {
+        self.phase = Phase::Done(FinishReason::Cancelled);
+    }
+
+    /// Prompt length in tokens.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt.len()
+    }
+
+    /// Tokens produced so far (including a final end-of-generation token, if any).
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Text produced so far (final text only: nothing still held back).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The session (e.g. to reuse its cache after the generation).
+    pub fn session(&self) -> &S {
+        &self.session
+    }
+
+    /// What was produced, as [`generate`] reports it.
+    pub fn into_generation(self) -> Generation {
+        Generation {
+            finish: self.finish_reason().unwrap_or(FinishReason::Cancelled),
+            prompt_tokens: self.prompt.len(),
+            tokens: self.tokens,
+            text: self.text,
+        }
+    }
+}
+
 /// Generates a continuation of `prompt` in `session`.
 ///
 /// `on_event` sees progress as it happens; returning `false` cancels.
@@ -127,91 +377,39 @@ pub fn generate(
     opts: &GenerateOptions,
     mut on_event: impl FnMut(Event<'_>) -> bool,
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        return Err(Error::InvalidArgument("the prompt is empty".into()));
-    }
-    if session.len() + prompt.len() > session.max_ctx() {
-        return Err(Error::InvalidArgument(format!(
-            "prompt of {} tokens does not fit the context of {} ({} already used)",
-            prompt.len(),
-            session.max_ctx(),
-            session.len()
-        )));
-    }
-    let mut sampler = Sampler::new(opts.sampler.clone())?;
-    let mut history: Vec<u32> = prompt.to_vec();
-    let mut logits = session.forward(prompt)?;
-    let mut out = Generation {
-        tokens: Vec::new(),
-        text: String::new(),
-        finish: FinishReason::Length,
-        prompt_tokens: prompt.len(),
-    };
-    if !on_event(Event::PrefillDone) {
-        out.finish = FinishReason::Cancelled;
-        return Ok(out);
-    }
-    let mut decoder = StreamDecoder::new(true);
-    let mut stops = StopMatcher::new(&opts.stop);
-    for step in 0..opts.max_tokens {
-        let id = sampler.sample(&logits, &history)?;
-        out.tokens.push(id);
-        history.push(id);
-        if !opts.ignore_eos && tokenizer.is_eog(id) {
-            out.finish = FinishReason::Stop;
-            break;
+    let mut g = Generator::new(session, prompt, opts)?;
+    loop {
+        let go_on = match g.step(tokenizer)? {
+            Step::Prefilled => on_event(Event::PrefillDone),
+            Step::Token { id, text } => on_event(Event::Token { id, text: &text }),
+            Step::Finished { text, .. } => {
+                if !text.is_empty() {
+                    let id = g.tokens().last().copied().unwrap_or(0);
+                    on_event(Event::Token { id, text: &text });
+                }
+                return Ok(g.into_generation());
+            }
+        };
+        if !go_on {
+            g.cancel();
+            return Ok(g.into_generation());
         }
-        let piece = decoder.push(tokenizer, id);
-        let (ready, hit) = stops.push(&piece);
-        out.text.push_str(&ready);
-        if !on_event(Event::Token { id, text: &ready }) {
-            out.finish = FinishReason::Cancelled;
-            return Ok(out);
-        }
-        if hit {
-            out.finish = FinishReason::Stop;
-            return Ok(out);
-        }
-        if step + 1 == opts.max_tokens || session.len() >= session.max_ctx() {
-            break;
-        }
-        logits = session.forward(&[id])?;
     }
-    // Flush text held back for a possible stop string or an incomplete character.
-    let tail = decoder.finish();
-    let (mut rest, hit) = stops.push(&tail);
-    if !hit {
-        rest.push_str(&stops.flush());
-    } else {
-        out.finish = FinishReason::Stop;
-    }
-    if !rest.is_empty() {
-        out.text.push_str(&rest);
-        on_event(Event::Token {
-            id: *out.tokens.last().unwrap_or(&0),
-            text: &rest,
-        });
-    }
-    Ok(out)
 }
 
 /// Streams text while holding back any suffix that could still become a stop string.
 #[derive(Debug)]
-pub struct StopMatcher<'a> {
-    stops: Vec<&'a str>,
+pub struct StopMatcher {
+    stops: Vec<String>,
     pending: String,
     done: bool,
 }
 
-impl<'a> StopMatcher<'a> {
+impl StopMatcher {
     /// A matcher for `stops` (empty strings are ignored).
-    pub fn new(stops: &'a [String]) -> Self {
+    pub fn new(stops: &[String]) -> Self {
         Self {
-            stops: stops
-                .iter()
-                .map(String::as_str)
-                .filter(|s| !s.is_empty())
-                .collect(),
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
             pending: String::new(),
             done: false,
         }
@@ -224,7 +422,12 @@ impl<'a> StopMatcher<'a> {
             return (String::new(), true);
         }
         self.pending.push_str(piece);
-        if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s)).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
             let out = self.pending[..at].to_string();
             self.pending.clear();
             self.done = true;

@@ -361,13 +361,16 @@ mod simd {
     macro_rules! dispatch_n {
         ($name:ident, $single:ident) => {
             pub fn $name<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
+                #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+                return super::wasm::$name(w, ys);
                 #[cfg(target_arch = "x86_64")]
                 if super::x86::has_avx2() {
                     // SAFETY: AVX2, FMA and F16C were detected at run time; callers pass
                     // activation rows with as many blocks as `w`.
                     return unsafe { super::x86::$name(w, ys) };
                 }
-                ys.map(|y| $single(w, y))
+                #[allow(unreachable_code)]
+                ys.map(|y| super::scalar::$single(w, y))
             }
         };
     }
@@ -375,33 +378,15 @@ mod simd {
     dispatch_n!(dot_q4_0_n, dot_q4_0);
     dispatch_n!(dot_q8_0_n, dot_q8_0);
 
-    pub fn dot_q4_1(w: &[u8], y: &[BlockQ8]) -> f32 {
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        return super::wasm::dot_q4_1(w, y);
-        #[allow(unreachable_code)]
-        super::scalar::dot_q4_1(w, y)
-    }
-
-    pub fn dot_q4_0(w: &[u8], y: &[BlockQ8]) -> f32 {
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        return super::wasm::dot_q4_0(w, y);
-        #[allow(unreachable_code)]
-        super::scalar::dot_q4_0(w, y)
-    }
-
-    pub fn dot_q8_0(w: &[u8], y: &[BlockQ8]) -> f32 {
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        return super::wasm::dot_q8_0(w, y);
-        #[allow(unreachable_code)]
-        super::scalar::dot_q8_0(w, y)
-    }
-
     pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return super::wasm::dot_f32(a, b);
         #[cfg(target_arch = "x86_64")]
         if super::x86::has_avx2() {
             // SAFETY: AVX2 and FMA were detected at run time.
             return unsafe { super::x86::dot_f32(a, b) };
         }
+        #[allow(unreachable_code)]
         super::scalar::dot_f32(a, b)
     }
 
@@ -426,8 +411,12 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests;
 
-/// In-place softmax. On x86-64 with AVX2 it reproduces llama.cpp's arithmetic exactly.
+/// In-place softmax. On x86-64 with AVX2 and on wasm32 with simd128 it reproduces
+/// llama.cpp's (AVX2) arithmetic exactly.
+#[allow(unreachable_code)] // on wasm32 the SIMD path always returns
 pub fn softmax(s: &mut [f32]) {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    return wasm::softmax(s);
     #[cfg(target_arch = "x86_64")]
     if x86::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time.
@@ -446,7 +435,10 @@ pub fn softmax(s: &mut [f32]) {
 }
 
 /// `x = silu(x) * g`, elementwise.
+#[allow(unreachable_code)] // on wasm32 the SIMD path always returns
 pub fn swiglu(x: &mut [f32], g: &[f32]) {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    return wasm::swiglu(x, g);
     #[cfg(target_arch = "x86_64")]
     if x86::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time.
@@ -457,8 +449,12 @@ pub fn swiglu(x: &mut [f32], g: &[f32]) {
     }
 }
 
-/// Dot product of f16-valued vectors (attention), summed in llama.cpp's order on x86-64.
+/// Dot product of f16-valued vectors (attention), summed in llama.cpp's (AVX2) order on
+/// x86-64 and wasm32 with simd128.
+#[allow(unreachable_code)] // on wasm32 the SIMD path always returns
 pub fn dot_f16_ordered(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    return wasm::dot_f16_ordered(a, b);
     #[cfg(target_arch = "x86_64")]
     if x86::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time.

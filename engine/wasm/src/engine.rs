@@ -1,0 +1,519 @@
+//! The engine behind the JavaScript classes, in plain Rust (no JS types), so its logic
+//! compiles and can be checked on any target; `lib.rs` only converts values.
+
+use std::cell::RefCell;
+use std::io::Cursor;
+use std::rc::Rc;
+
+use kwaainet_core::chat::{ChatMessage, ChatTemplate};
+use kwaainet_core::generate::{CpuSession, FinishReason, GenerateOptions, Generator, Step};
+use kwaainet_core::gguf::Gguf;
+use kwaainet_core::{Llama, LlamaConfig, LoadSpec, SamplerConfig, Tokenizer};
+use serde::{Deserialize, Serialize};
+
+/// An error for JavaScript: `code: message`, where `code` is one of `gguf`, `model`,
+/// `unsupported`, `tokenizer`, `template`, `options`, `context`, `generation`, `internal`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineError {
+    /// Stable, machine-readable kind.
+    pub code: &'static str,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+impl EngineError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+impl From<kwaainet_core::Error> for EngineError {
+    fn from(e: kwaainet_core::Error) -> Self {
+        use kwaainet_core::Error as E;
+        match e {
+            E::Gguf(e) => Self::new("gguf", e.to_string()),
+            // The only reader here is the in-memory file: an I/O error means it is cut short.
+            E::Io(e) => Self::new("gguf", e.to_string()),
+            E::Unsupported(m) => Self::new("unsupported", m),
+            E::Tokenizer(m) => Self::new("tokenizer", m),
+            E::Template(m) => Self::new("template", m),
+            E::Model(m) => Self::new("model", m),
+            E::InvalidArgument(m) => Self::new("options", m),
+            other => Self::new("internal", other.to_string()),
+        }
+    }
+}
+
+type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// What `WasmEngine.info()` returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct Info {
+    pub backend: &'static str,
+    pub simd128: bool,
+    pub engine_version: &'static str,
+    pub architecture: String,
+    pub name: Option<String>,
+    pub n_layers: u32,
+    pub n_embd: u32,
+    pub n_ctx_train: u32,
+    pub max_ctx: u32,
+    pub vocab_size: u32,
+    pub weight_bytes: f64,
+    pub kv_cache_bytes: f64,
+    pub has_chat_template: bool,
+}
+
+/// One chat message as JavaScript passes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// The argument of `WasmEngine.start()`. Unknown fields are rejected (see
+/// [`Request::FIELDS`]) so that a misspelt option (`maxTokens`) fails loudly instead of
+/// being ignored.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub prompt: Option<String>,
+    pub messages: Option<Vec<Message>>,
+    pub tokens: Option<Vec<u32>>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<u32>,
+    pub top_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Option<Vec<String>>,
+}
+
+impl Request {
+    /// The field names JavaScript may pass.
+    pub const FIELDS: &[&str] = &[
+        "prompt",
+        "messages",
+        "tokens",
+        "max_tokens",
+        "temperature",
+        "top_k",
+        "top_p",
+        "repeat_penalty",
+        "seed",
+        "stop",
+    ];
+}
+
+/// What `WasmGeneration.step()` returns.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StepResult {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub done: bool,
+    pub finish_reason: Option<&'static str>,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+type CpuGenerator = Generator<CpuSession<Rc<Llama>>>;
+
+struct Loaded {
+    model: Rc<Llama>,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    name: Option<String>,
+    max_ctx: usize,
+}
+
+/// State shared by an engine and the generations it started.
+struct Shared {
+    /// `None` once the engine has been freed.
+    loaded: Option<Loaded>,
+    /// The one running generation and its id.
+    active: Option<(u64, CpuGenerator)>,
+    next_id: u64,
+}
+
+/// A loaded model: the state behind `WasmEngine`.
+pub struct Engine {
+    shared: Rc<RefCell<Shared>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+/// A generation: the state behind `WasmGeneration`.
+pub struct Generation {
+    shared: Rc<RefCell<Shared>>,
+    id: u64,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn busy() -> EngineError {
+    EngineError::new("internal", "engine is busy (re-entrant call)")
+}
+
+impl Engine {
+    /// Parses `bytes` as a GGUF file and loads every weight; the KV cache will hold up to
+    /// `max_ctx` positions (a whole number from 1 to the model's training context).
+    pub fn load(bytes: &[u8], max_ctx: f64) -> Result<Self> {
+        if !(max_ctx >= 1.0 && max_ctx.fract() == 0.0 && max_ctx <= f64::from(u32::MAX)) {
+            return Err(EngineError::new(
+                "options",
+                format!("maxCtx must be a positive whole number, got {max_ctx}"),
+            ));
+        }
+        let mut r = Cursor::new(bytes);
+        let gguf = Gguf::read(&mut r).map_err(kwaainet_core::Error::from)?;
+        let config = LlamaConfig::from_gguf(&gguf)?;
+        let max_ctx = max_ctx as usize;
+        if max_ctx > config.context_length {
+            return Err(EngineError::new(
+                "options",
+                format!(
+                    "maxCtx {max_ctx} exceeds the model's training context of {}",
+                    config.context_length
+                ),
+            ));
+        }
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        let template = ChatTemplate::from_gguf(&gguf)?;
+        let name = gguf
+            .get("general.name")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        let model = Llama::load(&gguf, &mut r, LoadSpec::full(&config))?;
+        Ok(Self {
+            shared: Rc::new(RefCell::new(Shared {
+                loaded: Some(Loaded {
+                    model: Rc::new(model),
+                    tokenizer,
+                    template,
+                    name,
+                    max_ctx,
+                }),
+                active: None,
+                next_id: 0,
+            })),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Loaded) -> Result<T>) -> Result<T> {
+        let shared = self.shared.try_borrow().map_err(|_| busy())?;
+        let loaded = shared
+            .loaded
+            .as_ref()
+            .ok_or_else(|| EngineError::new("internal", "the engine was freed"))?;
+        f(loaded)
+    }
+
+    /// Model and engine facts.
+    pub fn info(&self) -> Result<Info> {
+        self.with(|l| {
+            let c = l.model.config();
+            let kv_bytes = 2 * c.n_layers * l.max_ctx * c.kv_dim() * size_of::<f32>();
+            Ok(Info {
+                backend: "cpu-wasm",
+                simd128: crate::simd128(),
+                engine_version: crate::engine_version_str(),
+                architecture: c.arch.clone(),
+                name: l.name.clone(),
+                n_layers: to_u32(c.n_layers),
+                n_embd: to_u32(c.dim),
+                n_ctx_train: to_u32(c.context_length),
+                max_ctx: to_u32(l.max_ctx),
+                vocab_size: to_u32(c.vocab_size),
+                weight_bytes: l.model.weight_bytes() as f64,
+                kv_cache_bytes: kv_bytes as f64,
+                has_chat_template: l.template.is_some(),
+            })
+        })
+    }
+
+    /// Token ids of `text` (no BOS added); `parse_special` turns special-token texts such
+    /// as `<|im_start|>` into their ids.
+    pub fn tokenize(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        self.with(|l| Ok(l.tokenizer.encode(text, parse_special)?))
+    }
+
+    /// Text of `ids`, special tokens included (the inverse of `tokenize(.., true)`).
+    pub fn detokenize(&self, ids: &[u32]) -> Result<String> {
+        self.with(|l| {
+            let vocab = l.tokenizer.vocab_size();
+            if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                return Err(EngineError::new(
+                    "options",
+                    format!("token id {bad} outside the vocabulary of {vocab}"),
+                ));
+            }
+            Ok(l.tokenizer.decode(ids, false))
+        })
+    }
+
+    /// `messages` rendered with the model's chat template (ChatML when it has none).
+    pub fn apply_chat_template(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        self.with(|l| render(l, messages, add_generation_prompt))
+    }
+
+    /// Starts a generation, ending the previous one of this engine.
+    pub fn start(&self, req: Request) -> Result<Generation> {
+        let mut shared = self.shared.try_borrow_mut().map_err(|_| busy())?;
+        // The previous generation ends whether or not this request is valid, and its KV
+        // cache is released before the new one is allocated.
+        shared.active = None;
+        let loaded = shared
+            .loaded
+            .as_ref()
+            .ok_or_else(|| EngineError::new("internal", "the engine was freed"))?;
+        let prompt = prompt_ids(loaded, &req)?;
+        let opts = options(&req)?;
+        if prompt.len() > loaded.max_ctx {
+            return Err(EngineError::new(
+                "context",
+                format!(
+                    "prompt of {} tokens does not fit maxCtx {}",
+                    prompt.len(),
+                    loaded.max_ctx
+                ),
+            ));
+        }
+        let session = CpuSession::new(Rc::clone(&loaded.model), loaded.max_ctx)?;
+        let generator = Generator::new(session, &prompt, &opts)?;
+        let id = shared.next_id;
+        shared.next_id += 1;
+        shared.active = Some((id, generator));
+        Ok(Generation {
+            shared: Rc::clone(&self.shared),
+            id,
+        })
+    }
+
+    /// For conformance tests: runs `prompt`, then feeds `forced` one token at a time and
+    /// returns the argmax of the logits before each forced token (teacher forcing). Uses
+    /// its own KV cache; a running generation is not disturbed.
+    pub fn teacher_forced_argmax(&self, prompt: &[u32], forced: &[u32]) -> Result<Vec<u32>> {
+        self.with(|l| {
+            if prompt.is_empty() {
+                return Err(EngineError::new("options", "the prompt is empty"));
+            }
+            let mut session = CpuSession::new(Rc::clone(&l.model), prompt.len() + forced.len())?;
+            use kwaainet_core::generate::Session;
+            let mut logits = session.forward(prompt)?;
+            let mut out = Vec::with_capacity(forced.len());
+            for &t in forced {
+                out.push(argmax(&logits));
+                logits = session.forward(&[t])?;
+            }
+            Ok(out)
+        })
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // `free()` from JavaScript: release the model and any running generation's cache
+        // now, even if a generation object is still referenced.
+        if let Ok(mut shared) = self.shared.try_borrow_mut() {
+            shared.active = None;
+            shared.loaded = None;
+        }
+    }
+}
+
+impl Generation {
+    /// Runs the prefill on the first call, then up to `max_tokens` decode steps.
+    pub fn step(&self, max_tokens: u32) -> Result<StepResult> {
+        let mut shared = self.shared.try_borrow_mut().map_err(|_| busy())?;
+        let Shared { loaded, active, .. } = &mut *shared;
+        let tokenizer = &loaded
+            .as_ref()
+            .ok_or_else(|| EngineError::new("generation", "the engine was freed"))?
+            .tokenizer;
+        let generator = match active {
+            Some((id, g)) if *id == self.id => g,
+            _ => {
+                return Err(EngineError::new(
+                    "generation",
+                    "ended: a newer start() on the same engine replaced it",
+                ));
+            }
+        };
+        let before = generator.tokens().len();
+        let mut text = String::new();
+        let mut push = |step: Step| {
+            if let Step::Token { text: t, .. } | Step::Finished { text: t, .. } = step {
+                text.push_str(&t);
+            }
+        };
+        if !generator.is_prefilled() {
+            push(generator.step(tokenizer)?);
+        }
+        let mut n = 0;
+        while n < max_tokens && generator.finish_reason().is_none() {
+            let step = generator.step(tokenizer)?;
+            n += u32::from(matches!(step, Step::Token { .. }));
+            push(step);
+        }
+        // Report the end now rather than on the next call when nothing is left to compute.
+        if generator.is_ending() {
+            push(generator.step(tokenizer)?);
+        }
+        let finish = generator.finish_reason();
+        Ok(StepResult {
+            text,
+            tokens: generator.tokens()[before..].to_vec(),
+            done: finish.is_some(),
+            finish_reason: finish.map(|r| match r {
+                FinishReason::Length => "length",
+                FinishReason::Stop | FinishReason::Cancelled => "stop",
+            }),
+            prompt_tokens: to_u32(generator.prompt_tokens()),
+            completion_tokens: to_u32(generator.tokens().len()),
+        })
+    }
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn argmax(l: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in l.iter().enumerate() {
+        if v > l[best] {
+            best = i;
+        }
+    }
+    to_u32(best)
+}
+
+fn render(l: &Loaded, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+    let messages: Vec<ChatMessage> = messages
+        .iter()
+        .map(|m| ChatMessage::new(m.role.as_str(), m.content.as_str()))
+        .collect();
+    let text = match &l.template {
+        Some(t) => t.render(&messages, add_generation_prompt)?,
+        None => ChatTemplate::chatml().render(&messages, add_generation_prompt)?,
+    };
+    Ok(text)
+}
+
+/// The prompt's token ids: BOS as the GGUF asks (unless a rendered template already
+/// starts with it), then the text with special tokens parsed, like `kwaainet generate`.
+fn prompt_ids(l: &Loaded, req: &Request) -> Result<Vec<u32>> {
+    let (text, chat) = match (&req.prompt, &req.messages, &req.tokens) {
+        (Some(p), None, None) => (p.clone(), false),
+        (None, Some(m), None) => (render(l, m, true)?, true),
+        (None, None, Some(t)) => {
+            let vocab = l.tokenizer.vocab_size();
+            if let Some(bad) = t.iter().find(|&&t| t as usize >= vocab) {
+                return Err(EngineError::new(
+                    "options",
+                    format!("token id {bad} outside the vocabulary of {vocab}"),
+                ));
+            }
+            if t.is_empty() {
+                return Err(EngineError::new("options", "tokens is empty"));
+            }
+            return Ok(t.clone());
+        }
+        _ => {
+            return Err(EngineError::new(
+                "options",
+                "give exactly one of prompt, messages or tokens",
+            ));
+        }
+    };
+    let tok = &l.tokenizer;
+    let mut ids = Vec::new();
+    if tok.add_bos()
+        && let Some(b) = tok.bos_id()
+        && !(chat && tok.token_text(b).is_some_and(|bos| text.starts_with(bos)))
+    {
+        ids.push(b);
+    }
+    ids.extend(tok.encode(&text, true)?);
+    if ids.is_empty() {
+        return Err(EngineError::new("options", "the prompt is empty"));
+    }
+    Ok(ids)
+}
+
+fn options(req: &Request) -> Result<GenerateOptions> {
+    let sampler = SamplerConfig {
+        temperature: req.temperature.unwrap_or(0.0),
+        top_k: req.top_k.unwrap_or(0) as usize,
+        top_p: req.top_p.unwrap_or(1.0),
+        repetition_penalty: req.repeat_penalty.unwrap_or(1.0),
+        seed: req.seed.unwrap_or(0),
+        ..SamplerConfig::default()
+    };
+    sampler.validate()?;
+    Ok(GenerateOptions {
+        max_tokens: req.max_tokens.unwrap_or(256) as usize,
+        sampler,
+        stop: req.stop.clone().unwrap_or_default(),
+        ignore_eos: false,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_bytes_and_bad_sizes_are_errors() {
+        let e = Engine::load(b"GGUF\x03\x00", 64.0).unwrap_err();
+        assert_eq!(e.code, "gguf", "{e}");
+        let e = Engine::load(b"not a model at all", 64.0).unwrap_err();
+        assert_eq!(e.code, "gguf", "{e}");
+        for bad in [0.0, -1.0, 1.5, f64::NAN, f64::INFINITY] {
+            assert_eq!(Engine::load(b"", bad).unwrap_err().code, "options");
+        }
+    }
+
+    #[test]
+    fn options_are_validated() {
+        let req = |f: fn(&mut Request)| {
+            let mut r = Request::default();
+            f(&mut r);
+            options(&r)
+        };
+        assert!(req(|_| {}).is_ok());
+        assert!(req(|r| r.temperature = Some(-0.5)).is_err());
+        assert!(req(|r| r.top_p = Some(0.0)).is_err());
+        assert!(req(|r| r.top_p = Some(1.5)).is_err());
+        assert!(req(|r| r.repeat_penalty = Some(0.0)).is_err());
+        let e = req(|r| r.temperature = Some(f32::NAN)).unwrap_err();
+        assert!(e.to_string().starts_with("options: "), "{e}");
+    }
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Builds the browser engine (engine/wasm) into dist/engine/:
+#   kwaainet_wasm.js (ES module glue, `wasm-bindgen --target web`), kwaainet_wasm.d.ts,
+#   kwaainet_wasm_bg.wasm (optimized by wasm-opt when npm's binaryen is installed).
+#
+#   bash scripts/build-wasm.sh            release build (profile wasm-release)
+#   OUT=dir bash scripts/build-wasm.sh    another output folder
+#   WASM_OPT=0 bash scripts/build-wasm.sh skip wasm-opt (keeps function names, for profiles)
+#
+# Needs what scripts/setup.sh installs: the wasm32 target, wasm-bindgen-cli at the
+# version in Cargo.lock, and node_modules (binaryen's wasm-opt; skipped when absent).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kwaainet/target}"
+PROFILE="${WASM_PROFILE:-wasm-release}"
+OUT="${OUT:-dist/engine}"
+target=wasm32-unknown-unknown
+
+say() { printf 'build-wasm: %s\n' "$*" >&2; }
+
+# .cargo/config.toml turns on simd128 for this target.
+cargo build -p kwaainet-wasm --target "$target" --profile "$PROFILE"
+wasm="$CARGO_TARGET_DIR/$target/$PROFILE/kwaainet_wasm.wasm"
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+wasm-bindgen --target web --out-dir "$OUT" "$wasm"
+# Lets node load the glue as the ES module it is (no "type" warning, no re-parse).
+printf '{ "type": "module" }\n' >"$OUT/package.json"
+
+# npm's binaryen (Debian's wasm-opt 108 breaks wasm-bindgen's init code: see ENVIRONMENT).
+opt=node_modules/.bin/wasm-opt
+bg="$OUT/kwaainet_wasm_bg.wasm"
+if [ "${WASM_OPT:-1}" = 0 ]; then
+    say "WASM_OPT=0: not optimizing with wasm-opt"
+elif [ -x "$opt" ]; then
+    # The feature flags must cover everything rustc emits (simd128 above all) or wasm-opt
+    # rejects the module; -O3 keeps the kernels fast, --strip-debug drops the name and
+    # DWARF sections.
+    "$opt" -O3 --strip-debug --strip-producers \
+        --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
+        --enable-sign-ext --enable-mutable-globals --enable-multivalue \
+        --enable-reference-types \
+        "$bg" -o "$bg.opt"
+    mv "$bg.opt" "$bg"
+else
+    say "no $opt (run scripts/setup.sh): the module is not optimized by wasm-opt"
+fi
+
+raw=$(wc -c <"$bg")
+gz=$(gzip -9 -c "$bg" | wc -c)
+say "$bg: $raw bytes, $gz gzipped"
