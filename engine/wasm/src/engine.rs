@@ -317,6 +317,18 @@ impl Engine {
         })
     }
 
+    /// For conformance tests: the logits after running `tokens` in a fresh KV cache.
+    pub fn prompt_logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.with(|l| {
+            if tokens.is_empty() {
+                return Err(EngineError::new("options", "tokens is empty"));
+            }
+            let mut session = CpuSession::new(Rc::clone(&l.model), tokens.len())?;
+            use kwaainet_core::generate::Session;
+            Ok(session.forward(tokens)?)
+        })
+    }
+
     /// For conformance tests: runs `prompt`, then feeds `forced` one token at a time and
     /// returns the argmax of the logits before each forced token (teacher forcing). Uses
     /// its own KV cache; a running generation is not disturbed.

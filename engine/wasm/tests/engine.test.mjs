@@ -161,6 +161,24 @@ test('info', { skip }, () => {
   assert.ok(info.name === null || typeof info.name === 'string');
 });
 
+/** FNV-1a (32-bit) over the little-endian bytes of each value, as tests/logits.rs. */
+function fnv1a32(f32) {
+  let h = 0x811c9dc5;
+  for (const b of new Uint8Array(f32.buffer, f32.byteOffset, f32.byteLength)) {
+    h = Math.imul(h ^ b, 0x01000193) >>> 0;
+  }
+  return `0x${h.toString(16).padStart(8, '0')}`;
+}
+
+test('logits are bit for bit those of the native engine on AVX2', { skip }, () => {
+  const cases = JSON.parse(readFileSync(join(here, 'data', 'logits-avx2.json'), 'utf8'));
+  for (const c of cases) {
+    const logits = engine.promptLogits(Uint32Array.from(c.tokens));
+    assert.ok(logits instanceof Float32Array && logits.length === 49152);
+    assert.equal(fnv1a32(logits), c.fnv1a32, `${c.name}: logits differ from native AVX2`);
+  }
+});
+
 test('greedy tokens match llama.cpp on x86-64 AVX2, every one', { skip }, () => {
   let total = 0;
   let exact = 0;
