@@ -12,7 +12,7 @@ use kwaainet_core::{Llama, LlamaConfig, LoadSpec, SamplerConfig, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 /// An error for JavaScript: `code: message`, where `code` is one of `gguf`, `model`,
-/// `unsupported`, `tokenizer`, `template`, `options`, `context`, `generation`, `internal`.
+/// `tokenizer`, `template`, `options`, `context`, `generation`, `internal`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineError {
     /// Stable, machine-readable kind.
@@ -45,7 +45,9 @@ impl From<kwaainet_core::Error> for EngineError {
             E::Gguf(e) => Self::new("gguf", e.to_string()),
             // The only reader here is the in-memory file: an I/O error means it is cut short.
             E::Io(e) => Self::new("gguf", e.to_string()),
-            E::Unsupported(m) => Self::new("unsupported", m),
+            // Only the model file can ask for something unsupported (an architecture, a
+            // tensor type): "model: unsupported architecture `x` ...".
+            E::Unsupported(m) => Self::new("model", format!("unsupported {m}")),
             E::Tokenizer(m) => Self::new("tokenizer", m),
             E::Template(m) => Self::new("template", m),
             E::Model(m) => Self::new("model", m),
@@ -312,6 +314,18 @@ impl Engine {
         Ok(Generation {
             shared: Rc::clone(&self.shared),
             id,
+        })
+    }
+
+    /// For conformance tests: the logits after running `tokens` in a fresh KV cache.
+    pub fn prompt_logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.with(|l| {
+            if tokens.is_empty() {
+                return Err(EngineError::new("options", "tokens is empty"));
+            }
+            let mut session = CpuSession::new(Rc::clone(&l.model), tokens.len())?;
+            use kwaainet_core::generate::Session;
+            Ok(session.forward(tokens)?)
         })
     }
 

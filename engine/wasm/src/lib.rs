@@ -142,6 +142,12 @@ impl WasmEngine {
         })
     }
 
+    /// Test support, not part of the host contract: the logits after `tokens`.
+    #[wasm_bindgen(js_name = promptLogits)]
+    pub fn prompt_logits(&self, tokens: &[u32]) -> Result<Vec<f32>, JsError> {
+        self.inner.prompt_logits(tokens).map_err(js_err)
+    }
+
     /// Test support, not part of the host contract: the argmax before each of `forced`
     /// when `prompt` and then `forced` are fed in (teacher forcing).
     #[wasm_bindgen(js_name = teacherForcedArgmax)]

@@ -122,9 +122,25 @@ test('malformed GGUF bytes are clean errors', () => {
   for (const bytes of cases) {
     assert.throws(
       () => WasmEngine.load(bytes, 64),
-      (e) => e instanceof Error && /^(gguf|model|unsupported|tokenizer|template): /.test(e.message),
+      (e) => e instanceof Error && /^(gguf|model|tokenizer|template): /.test(e.message),
     );
   }
+  // A well-formed GGUF of an architecture the engine does not run.
+  const str = (t) => {
+    const b = Buffer.alloc(8 + Buffer.byteLength(t));
+    b.writeBigUInt64LE(BigInt(Buffer.byteLength(t)));
+    b.write(t, 8);
+    return b;
+  };
+  const kv = Buffer.concat([str('general.architecture'), Buffer.from([8, 0, 0, 0]), str('gpt9')]);
+  const counts = Buffer.alloc(16);
+  counts.writeBigUInt64LE(0n, 0); // tensors
+  counts.writeBigUInt64LE(1n, 8); // metadata entries
+  const gpt9 = Buffer.concat([Buffer.from(header(3)), counts, kv]);
+  assert.throws(
+    () => WasmEngine.load(new Uint8Array(gpt9), 64),
+    (e) => e instanceof Error && e.message.startsWith('model: unsupported architecture `gpt9`'),
+  );
   // The module is still usable after all of that (no trap left it poisoned).
   assert.equal(wasm.simd128(), true);
 });
@@ -143,6 +159,24 @@ test('info', { skip }, () => {
   assert.ok(info.weight_bytes > 90e6 && info.weight_bytes < modelBytes.length);
   assert.ok(info.kv_cache_bytes > 0);
   assert.ok(info.name === null || typeof info.name === 'string');
+});
+
+/** FNV-1a (32-bit) over the little-endian bytes of each value, as tests/logits.rs. */
+function fnv1a32(f32) {
+  let h = 0x811c9dc5;
+  for (const b of new Uint8Array(f32.buffer, f32.byteOffset, f32.byteLength)) {
+    h = Math.imul(h ^ b, 0x01000193) >>> 0;
+  }
+  return `0x${h.toString(16).padStart(8, '0')}`;
+}
+
+test('logits are bit for bit those of the native engine on AVX2', { skip }, () => {
+  const cases = JSON.parse(readFileSync(join(here, 'data', 'logits-avx2.json'), 'utf8'));
+  for (const c of cases) {
+    const logits = engine.promptLogits(Uint32Array.from(c.tokens));
+    assert.ok(logits instanceof Float32Array && logits.length === 49152);
+    assert.equal(fnv1a32(logits), c.fnv1a32, `${c.name}: logits differ from native AVX2`);
+  }
 });
 
 test('greedy tokens match llama.cpp on x86-64 AVX2, every one', { skip }, () => {
