@@ -26,6 +26,8 @@ step_fmt() {
 step_clippy() {
     # A check build in the dev profile: its artifacts are separate from the release ones.
     cargo clippy --workspace --all-targets -- -D warnings
+    # engine/wasm's JavaScript bindings compile on wasm32 only.
+    cargo clippy -p kwaainet-wasm --target wasm32-unknown-unknown -- -D warnings
 }
 
 step_build() {

@@ -239,7 +239,7 @@ impl Engine {
             let kv_bytes = 2 * c.n_layers * l.max_ctx * c.kv_dim() * size_of::<f32>();
             Ok(Info {
                 backend: "cpu-wasm",
-                simd128: crate::simd128(),
+                simd128: crate::has_simd128(),
                 engine_version: crate::engine_version_str(),
                 architecture: c.arch.clone(),
                 name: l.name.clone(),

@@ -7,184 +7,20 @@
 //! with a stable code (`gguf: ...`, `options: ...`; see [`engine::EngineError`]).
 //!
 //! Build with `scripts/build-wasm.sh` (wasm32 with simd128, then `wasm-bindgen --target
-//! web` and `wasm-opt`). The crate also compiles natively so workspace checks cover it,
-//! but the bindings only work inside a wasm module.
+//! web` and `wasm-opt`). The bindings (and their JavaScript dependencies) exist only on wasm32; natively the
+//! crate is the plain-Rust [`engine`], which its tests run against the real model.
 
 pub mod engine;
 
-use serde::Serialize;
-use wasm_bindgen::prelude::*;
-
-use engine::{Engine, EngineError, Generation, Message, Request};
+#[cfg(target_arch = "wasm32")]
+mod bindings;
+#[cfg(target_arch = "wasm32")]
+pub use bindings::*;
 
 pub(crate) fn engine_version_str() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
 
-/// The crate version.
-#[wasm_bindgen(js_name = engineVersion)]
-pub fn engine_version() -> String {
-    engine_version_str().to_owned()
-}
-
-/// True when the module was compiled with WebAssembly SIMD (the quantized kernels' fast
-/// path).
-#[wasm_bindgen]
-pub fn simd128() -> bool {
+pub(crate) fn has_simd128() -> bool {
     cfg!(target_feature = "simd128")
-}
-
-fn js_err(e: EngineError) -> JsError {
-    JsError::new(&e.to_string())
-}
-
-fn options_err(what: &str, e: impl std::fmt::Display) -> JsError {
-    js_err(EngineError {
-        code: "options",
-        message: format!("{what}: {e}"),
-    })
-}
-
-/// Rejects keys of `obj` outside `allowed`: serde-wasm-bindgen reads only the fields a
-/// struct declares, so a misspelt option (`maxTokens`) would otherwise be ignored.
-fn check_keys(what: &str, obj: &JsValue, allowed: &[&str]) -> Result<(), JsError> {
-    let Some(obj) = obj.dyn_ref::<js_sys::Object>() else {
-        return Err(options_err(what, "expected an object"));
-    };
-    if js_sys::Array::is_array(obj) {
-        return Err(options_err(what, "expected an object, not an array"));
-    }
-    for key in js_sys::Object::keys(obj).iter() {
-        let key = key.as_string().unwrap_or_default();
-        if !allowed.contains(&key.as_str()) {
-            return Err(options_err(
-                what,
-                format!(
-                    "unknown field `{key}` (expected one of: {})",
-                    allowed.join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Plain objects with `null` (not `undefined`) for absent values.
-fn to_js(v: &impl Serialize) -> Result<JsValue, JsError> {
-    let ser = serde_wasm_bindgen::Serializer::new().serialize_missing_as_null(true);
-    v.serialize(&ser).map_err(|e| {
-        js_err(EngineError {
-            code: "internal",
-            message: e.to_string(),
-        })
-    })
-}
-
-/// A model loaded into wasm memory.
-#[wasm_bindgen]
-#[derive(Debug)]
-pub struct WasmEngine {
-    inner: Engine,
-}
-
-#[wasm_bindgen]
-impl WasmEngine {
-    /// Parses and loads a GGUF held in memory; `maxCtx` is the KV-cache length in tokens.
-    pub fn load(
-        bytes: &[u8],
-        #[wasm_bindgen(js_name = maxCtx)] max_ctx: f64,
-    ) -> Result<WasmEngine, JsError> {
-        Ok(Self {
-            inner: Engine::load(bytes, max_ctx).map_err(js_err)?,
-        })
-    }
-
-    /// Model and engine facts.
-    pub fn info(&self) -> Result<JsValue, JsError> {
-        to_js(&self.inner.info().map_err(js_err)?)
-    }
-
-    /// Token ids of `text` (no BOS added).
-    pub fn tokenize(
-        &self,
-        text: &str,
-        #[wasm_bindgen(js_name = parseSpecial)] parse_special: bool,
-    ) -> Result<Vec<u32>, JsError> {
-        self.inner.tokenize(text, parse_special).map_err(js_err)
-    }
-
-    /// Text of `ids`, special tokens included.
-    pub fn detokenize(&self, ids: &[u32]) -> Result<String, JsError> {
-        self.inner.detokenize(ids).map_err(js_err)
-    }
-
-    /// `messages` (`{ role, content }[]`) rendered with the model's chat template.
-    #[wasm_bindgen(js_name = applyChatTemplate)]
-    pub fn apply_chat_template(
-        &self,
-        messages: JsValue,
-        #[wasm_bindgen(js_name = addGenerationPrompt)] add_generation_prompt: bool,
-    ) -> Result<String, JsError> {
-        let messages: Vec<Message> =
-            serde_wasm_bindgen::from_value(messages).map_err(|e| options_err("messages", e))?;
-        self.inner
-            .apply_chat_template(&messages, add_generation_prompt)
-            .map_err(js_err)
-    }
-
-    /// Starts a generation (ending this engine's previous one).
-    pub fn start(&self, request: JsValue) -> Result<WasmGeneration, JsError> {
-        check_keys("request", &request, Request::FIELDS)?;
-        let req: Request =
-            serde_wasm_bindgen::from_value(request).map_err(|e| options_err("request", e))?;
-        Ok(WasmGeneration {
-            inner: self.inner.start(req).map_err(js_err)?,
-        })
-    }
-
-    /// Test support, not part of the host contract: the logits after `tokens`.
-    #[wasm_bindgen(js_name = promptLogits)]
-    pub fn prompt_logits(&self, tokens: &[u32]) -> Result<Vec<f32>, JsError> {
-        self.inner.prompt_logits(tokens).map_err(js_err)
-    }
-
-    /// Test support, not part of the host contract: the argmax before each of `forced`
-    /// when `prompt` and then `forced` are fed in (teacher forcing).
-    #[wasm_bindgen(js_name = teacherForcedArgmax)]
-    pub fn teacher_forced_argmax(
-        &self,
-        prompt: &[u32],
-        forced: &[u32],
-    ) -> Result<Vec<u32>, JsError> {
-        self.inner
-            .teacher_forced_argmax(prompt, forced)
-            .map_err(js_err)
-    }
-}
-
-/// A running generation, advanced by `step`.
-#[wasm_bindgen]
-#[derive(Debug)]
-pub struct WasmGeneration {
-    inner: Generation,
-}
-
-#[wasm_bindgen]
-impl WasmGeneration {
-    /// Runs the prefill on the first call, then up to `maxTokens` decode steps; returns
-    /// what they produced (`step(0)` on the first call runs only the prefill).
-    pub fn step(
-        &self,
-        #[wasm_bindgen(js_name = maxTokens)] max_tokens: f64,
-    ) -> Result<JsValue, JsError> {
-        if !(max_tokens >= 0.0 && max_tokens.fract() == 0.0) {
-            return Err(options_err(
-                "maxTokens",
-                format!("{max_tokens} is not a whole number >= 0"),
-            ));
-        }
-        // Saturating: a huge count just means "until done".
-        let n = max_tokens.min(f64::from(u32::MAX)) as u32;
-        to_js(&self.inner.step(n).map_err(js_err)?)
-    }
 }
