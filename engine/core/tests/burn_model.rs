@@ -298,6 +298,79 @@ fn wgpu_matches_llama_cpp_and_spans() {
     });
 }
 
+/// Whether the CPU engine runs llama.cpp's AVX2 arithmetic here (then the wgpu kernels, in
+/// exact-FMA mode, must give the same bits).
+fn cpu_is_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The wgpu model with its CubeCL kernels against the native CPU engine, logits of every step
+/// of a prefill and four decode steps (then a second prefill into a partly filled cache): the
+/// same bits where the CPU engine runs llama.cpp's AVX2 arithmetic.
+#[test]
+fn wgpu_logits_equal_the_cpu_engine() {
+    let Some(device) = wgpu_device() else {
+        return;
+    };
+    let Some((mut gpu, _)) = load(&device) else {
+        return;
+    };
+    gpu.set_exact_fma(true);
+    let path = common::model_path().unwrap();
+    let mut r = BufReader::new(File::open(&path).unwrap());
+    let gguf = Gguf::read(&mut r).unwrap();
+    let config = kwaainet_core::LlamaConfig::from_gguf(&gguf).unwrap();
+    let cpu = kwaainet_core::Llama::load(&gguf, &mut r, kwaainet_core::LoadSpec::full(&config))
+        .unwrap();
+    let n = config.n_layers;
+    let cases = reference_cases();
+    let chat = cases.iter().find(|c| c.name == "capital-chat").unwrap();
+    // Past 32 positions, so attention crosses a padding boundary.
+    let mut steps = vec![chat.prompt_ids.clone()];
+    steps.extend(chat.output_ids[..4].iter().map(|&t| vec![t]));
+    steps.push(chat.output_ids[4..9].to_vec());
+    let cap = 64;
+    let mut cc = cpu.new_cache(0..n, cap).unwrap();
+    let mut gc = BurnKvCache::new(&config, 0..n, cap, &device).unwrap();
+    let exact = cpu_is_avx2();
+    pollster::block_on(async {
+        for ids in &steps {
+            let want = cpu.forward(ids, &mut cc).unwrap();
+            let pos = gc.len();
+            let h = gpu
+                .forward_span(0..n, gpu.embed(ids).unwrap(), &mut gc, pos)
+                .unwrap();
+            let got = gpu.last_logits(h).await.unwrap();
+            let differ = got
+                .iter()
+                .zip(&want)
+                .filter(|(g, w)| g.to_bits() != w.to_bits())
+                .count();
+            let max = got
+                .iter()
+                .zip(&want)
+                .fold(0.0f32, |m, (g, w)| m.max((g - w).abs()));
+            println!(
+                "wgpu vs cpu at position {pos} (+{}): {differ} of {} logits differ, max {max:e}",
+                ids.len(),
+                want.len()
+            );
+            if exact {
+                assert_eq!(differ, 0, "position {pos}: wgpu logits differ from the CPU engine");
+            } else {
+                assert!(max < 1e-2, "position {pos}: max difference {max}");
+            }
+        }
+    });
+}
+
 // KNOWN FAILING (measured, see the module docs of `burn_model`): llama.cpp rounds
 // activations to 8 bits and K/V/attention weights to f16; this model emulates that rounding
 // with tensor ops, but the rounding is discontinuous and amplifies the last-bit differences of

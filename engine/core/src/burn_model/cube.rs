@@ -28,10 +28,10 @@ use crate::{Error, Result};
 /// Values per quantization block (every format handled here).
 const QK: usize = 32;
 /// Threads per cube: WebGPU guarantees 256.
-const CUBE: u32 = 256;
+pub(super) const CUBE: u32 = 256;
 /// `a, b, c` with `a * b + c = 2^-24` exactly, but `0` when `a * b` is rounded first; then a
 /// zero the shader compiler cannot see (see `opaque`).
-const FMA_PROBE: [f32; 4] = [
+pub(super) const FMA_PROBE: [f32; 4] = [
     1.0 + 1.0 / 4096.0,
     1.0 + 1.0 / 4096.0,
     -(1.0 + 1.0 / 2048.0),
@@ -180,6 +180,11 @@ impl QMatrix {
         self
     }
 
+    /// See the `exact_fma` field.
+    pub(super) fn set_exact_fma(&mut self, on: bool) {
+        self.exact_fma = on;
+    }
+
     /// Bytes this matrix holds on the device.
     pub(super) fn device_bytes(&self) -> usize {
         let blocks = self.rows * (self.cols / QK);
@@ -323,7 +328,7 @@ fn format_code(f: QFormat) -> u32 {
     }
 }
 
-fn cube_count(threads: usize) -> CubeCount {
+pub(super) fn cube_count(threads: usize) -> CubeCount {
     let cubes = threads.div_ceil(CUBE as usize).max(1);
     // Past 65,535 cubes in x, spread over y (a WebGPU limit per dimension).
     let x = cubes.min(65_535);
@@ -332,13 +337,13 @@ fn cube_count(threads: usize) -> CubeCount {
 }
 
 /// The contiguous CubeCL tensor under a float tensor.
-fn cube_tensor(x: Tensor<2>) -> Result<CubeTensor> {
+pub(super) fn cube_tensor<const D: usize>(x: Tensor<D>) -> Result<CubeTensor> {
     let t = x
         .try_into_primitive::<CubeBackend>()
         .map_err(|e| Error::Backend(format!("not a CubeCL tensor: {e:?}")))?;
     if t.dtype != DType::F32 {
         return Err(Error::Backend(format!(
-            "quantized matmul wants f32 activations, got {:?}",
+            "CubeCL kernels want f32 tensors, got {:?}",
             t.dtype
         )));
     }
@@ -351,14 +356,14 @@ fn cube_tensor(x: Tensor<2>) -> Result<CubeTensor> {
 
 /// The global thread index, over a grid that may extend in y.
 #[cube]
-fn thread_index() -> usize {
+pub(super) fn thread_index() -> usize {
     CUBE_POS_Y as usize * (CUBE_COUNT_X as usize * CUBE_DIM_X as usize) + ABSOLUTE_POS_X as usize
 }
 
 /// `v` rounded to the nearest f16 value (ties to even), as f32: what an f32 → f16 → f32
 /// round trip gives, without needing f16 support on the device.
 #[cube]
-fn round_f16(v: f32) -> f32 {
+pub(super) fn round_f16(v: f32) -> f32 {
     let bits = u32::reinterpret(v);
     let sign = bits & 0x8000_0000u32;
     let mag = bits & 0x7fff_ffffu32;
@@ -441,7 +446,7 @@ fn dot4_bytes(word: u32, xq: &[i32], at: usize) -> i32 {
 /// The 8 → 1 reduction of an AVX2 `hsum`: halves, then pairs, then the last two lanes.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn hsum8(a0: f32, a1: f32, a2: f32, a3: f32, a4: f32, a5: f32, a6: f32, a7: f32) -> f32 {
+pub(super) fn hsum8(a0: f32, a1: f32, a2: f32, a3: f32, a4: f32, a5: f32, a6: f32, a7: f32) -> f32 {
     let s0 = a0 + a4;
     let s1 = a1 + a5;
     let s2 = a2 + a6;
@@ -453,7 +458,7 @@ fn hsum8(a0: f32, a1: f32, a2: f32, a3: f32, a4: f32, a5: f32, a6: f32, a7: f32)
 /// so no algebraic rewrite such as `(a + b) - a → b` can reach through the result. Vulkan
 /// compilers apply such rewrites to floats not marked exact, and WGSL cannot mark them.
 #[cube]
-fn opaque(x: f32, z: u32) -> f32 {
+pub(super) fn opaque(x: f32, z: u32) -> f32 {
     f32::reinterpret(u32::reinterpret(x) ^ z)
 }
 
@@ -466,7 +471,7 @@ fn opaque(x: f32, z: u32) -> f32 {
 /// parts are combined with rounding to odd so that the final round to nearest is correct
 /// (Boldo and Melquiond's FMA emulation). `z` is a hidden zero (see [`opaque`]).
 #[cube]
-fn fma_exact(a: f32, b: f32, c: f32, fused: bool, z: u32) -> f32 {
+pub(super) fn fma_exact(a: f32, b: f32, c: f32, fused: bool, z: u32) -> f32 {
     let mut r = fma(a, b, c);
     if !fused {
         // Every intermediate goes through `opaque`: shader compilers may reassociate float
@@ -517,7 +522,7 @@ fn fma_exact(a: f32, b: f32, c: f32, fused: bool, z: u32) -> f32 {
 /// whose fused product-sum is `2^-24` and whose twice-rounded one is `0`. Read from a buffer so
 /// that no compiler folds it.
 #[cube]
-fn fma_is_fused(probe: &[f32]) -> bool {
+pub(super) fn fma_is_fused(probe: &[f32]) -> bool {
     fma(probe[0], probe[1], probe[2]) != 0.0f32
 }
 

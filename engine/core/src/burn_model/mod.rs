@@ -31,6 +31,8 @@
 
 #[cfg(feature = "wgpu")]
 mod cube;
+#[cfg(feature = "wgpu")]
+mod cube_block;
 
 use std::io::{Read, Seek};
 use std::ops::Range;
@@ -148,6 +150,10 @@ pub struct BurnLlama {
     llama_cpp_rounding: bool,
     output_norm: Tensor<2>,
     blocks: Vec<Block>,
+    /// On a CubeCL device: the kernels that run the rest of each block (norms, RoPE, cache,
+    /// attention, SwiGLU) in llama.cpp's arithmetic, used while `llama_cpp_rounding` is on.
+    #[cfg(feature = "wgpu")]
+    kernels: Option<cube_block::Kernels>,
 }
 
 impl BurnLlama {
@@ -218,6 +224,8 @@ impl BurnLlama {
             });
         }
         tracing::debug!(blocks = config.n_layers, dim, vocab, "burn model loaded");
+        #[cfg(feature = "wgpu")]
+        let kernels = loader.cube.as_ref().map(cube_block::Kernels::new);
         Ok(Self {
             config,
             device: device.clone(),
@@ -226,6 +234,8 @@ impl BurnLlama {
             llama_cpp_rounding: true,
             output_norm,
             blocks,
+            #[cfg(feature = "wgpu")]
+            kernels,
         })
     }
 
@@ -234,6 +244,41 @@ impl BurnLlama {
     /// precise, a little faster, but greedy outputs may differ from llama.cpp on near-ties.
     pub fn set_llama_cpp_rounding(&mut self, on: bool) {
         self.llama_cpp_rounding = on;
+    }
+
+    /// Bit-exact mode for CubeCL devices whose `fma` rounds twice (WGSL allows it; lavapipe's
+    /// does): the kernels then emulate a correctly rounded `fma`, and results equal the native
+    /// CPU engine's bit for bit, at about 4x the arithmetic in the matrix kernels. Devices with
+    /// a fused `fma` (most GPUs) get those results either way. Off by default: a twice-rounded
+    /// `fma` moves results by an ulp or two. No effect on other backends.
+    pub fn set_exact_fma(&mut self, on: bool) {
+        #[cfg(feature = "wgpu")]
+        {
+            if let Some(k) = &mut self.kernels {
+                k.set_exact(on);
+            }
+            let blocks = self.blocks.iter_mut().flat_map(|b| {
+                [
+                    &mut b.wq,
+                    &mut b.wk,
+                    &mut b.wv,
+                    &mut b.wo,
+                    &mut b.w_gate,
+                    &mut b.w_up,
+                    &mut b.w_down,
+                ]
+            });
+            for l in blocks
+                .chain(std::iter::once(&mut self.embd_t))
+                .chain(self.output.as_mut())
+            {
+                if let Linear::Quant(m) = l {
+                    m.set_exact_fma(on);
+                }
+            }
+        }
+        #[cfg(not(feature = "wgpu"))]
+        let _ = on;
     }
 
     /// The model's hyper-parameters.
@@ -346,7 +391,11 @@ impl BurnLlama {
 
     /// Logits `[seq, vocab]` for every row of `hidden` (final norm, then the output head).
     pub fn head(&self, hidden: Tensor<2>) -> Result<Tensor<2>> {
-        let x = rms_norm(hidden, &self.output_norm, self.config.norm_eps);
+        let x = match self.block_kernels() {
+            #[cfg(feature = "wgpu")]
+            Some(k) => k.rms_norm(hidden, &self.output_norm, self.config.norm_eps)?,
+            _ => rms_norm(hidden, &self.output_norm, self.config.norm_eps),
+        };
         self.output
             .as_ref()
             .unwrap_or(&self.embd_t)
@@ -371,6 +420,10 @@ impl BurnLlama {
         slot: usize,
         pass: &Pass,
     ) -> Result<Tensor<2>> {
+        #[cfg(feature = "wgpu")]
+        if let Some(k) = self.block_kernels() {
+            return self.block_kernels_path(k, i, x, cache, slot, pass);
+        }
         let c = &self.config;
         let b = &self.blocks[i];
         let [seq, _] = x.dims();
@@ -420,6 +473,56 @@ impl BurnLlama {
         let gate = silu(b.w_gate.forward(h.clone(), r)?);
         let up = b.w_up.forward(h, r)?;
         Ok(x.add(b.w_down.forward(gate.mul(up), r)?))
+    }
+
+    /// The CubeCL block kernels, when this model has them and rounds as llama.cpp does.
+    #[cfg(feature = "wgpu")]
+    fn block_kernels(&self) -> Option<&cube_block::Kernels> {
+        self.kernels.as_ref().filter(|_| self.llama_cpp_rounding)
+    }
+
+    #[cfg(not(feature = "wgpu"))]
+    fn block_kernels(&self) -> Option<std::convert::Infallible> {
+        None
+    }
+
+    /// [`Self::block`] with every step in a CubeCL kernel, in the CPU engine's order.
+    #[cfg(feature = "wgpu")]
+    fn block_kernels_path(
+        &self,
+        k: &cube_block::Kernels,
+        i: usize,
+        x: Tensor<2>,
+        cache: &mut BurnKvCache,
+        slot: usize,
+        pass: &Pass,
+    ) -> Result<Tensor<2>> {
+        let c = &self.config;
+        let b = &self.blocks[i];
+        let (cos, sin) = (&pass.rope.cos, &pass.rope.sin);
+        let h = k.rms_norm(x.clone(), &b.attn_norm, c.norm_eps)?;
+        let q = b.wq.forward(h.clone(), true)?;
+        let kk = b.wk.forward(h.clone(), true)?;
+        let v = b.wv.forward(h, true)?;
+        let q = k.rope_f16(q, cos, sin, c.n_heads, c.head_dim, c.rope_dim)?;
+        let kk = k.rope_f16(kk, cos, sin, c.n_kv_heads, c.head_dim, c.rope_dim)?;
+        let (kc, vc) = (&cache.k[slot], &cache.v[slot]);
+        k.kv_store(kk, v, kc, vc, pass.start_pos)?;
+        let att = k.attention(
+            q,
+            kc,
+            vc,
+            pass.start_pos,
+            c.n_heads,
+            c.n_kv_heads,
+            c.head_dim,
+        )?;
+        let x = x.add(b.wo.forward(att, true)?);
+        let h = k.rms_norm(x.clone(), &b.ffn_norm, c.norm_eps)?;
+        let g = b.w_gate.forward(h.clone(), true)?;
+        let u = b.w_up.forward(h, true)?;
+        let a = k.swiglu(g, u)?;
+        Ok(x.add(b.w_down.forward(a, true)?))
     }
 
     /// cos/sin tables for the positions of this call (see [`LlamaConfig::rope_angles`]).
@@ -575,7 +678,12 @@ impl BurnKvCache {
         if max_ctx == 0 {
             return Err(Error::InvalidArgument("cache capacity of 0".into()));
         }
-        let shape = [config.n_kv_heads, max_ctx, config.head_dim];
+        // Room for attention's padding to 32 positions (read by the CubeCL kernels).
+        let shape = [
+            config.n_kv_heads,
+            max_ctx.next_multiple_of(32),
+            config.head_dim,
+        ];
         let n = blocks.len();
         Ok(Self {
             blocks,
