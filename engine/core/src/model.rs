@@ -535,7 +535,7 @@ fn round16(x: f32) -> f32 {
 }
 
 /// `out = x / sqrt(mean(x²) + eps) * w`, row by row, with an f64 sum like ggml's.
-fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let dim = w.len();
     for (row, o) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
         let sum: f64 = row.iter().map(|&v| f64::from(v * v)).sum();

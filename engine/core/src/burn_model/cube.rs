@@ -738,7 +738,7 @@ fn get_rows(
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(super) mod tests {
     //! The kernels against the native engine's CPU kernels: bit for bit where those run
     //! llama.cpp's AVX2 arithmetic. Needs a wgpu adapter (lavapipe works); skipped without one
     //! unless `KWAAINET_REQUIRE_WGPU=1`.
@@ -748,7 +748,7 @@ mod tests {
     use crate::sampler::SplitMix64;
 
     /// burn's wgpu runtime is initialized once per process: tests share it.
-    pub(super) fn shared_device() -> Option<Device> {
+    pub(in crate::burn_model) fn shared_device() -> Option<Device> {
         static DEVICE: std::sync::OnceLock<Option<Device>> = std::sync::OnceLock::new();
         DEVICE
             .get_or_init(

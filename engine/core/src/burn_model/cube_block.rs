@@ -731,8 +731,15 @@ fn attn_values(
         let ctx = start + t + 1;
         let n_kv = (ctx + 31) / 32 * 32;
         let col = (h / group * hd + d) * cap;
-        out[t * heads * hd + h * hd + d] =
-            dot_f16_ordered(vc, col, p, th * stride, n_kv, ctx, u32::reinterpret(probe[3]));
+        out[t * heads * hd + h * hd + d] = dot_f16_ordered(
+            vc,
+            col,
+            p,
+            th * stride,
+            n_kv,
+            ctx,
+            u32::reinterpret(probe[3]),
+        );
     }
 }
 
@@ -741,15 +748,7 @@ fn attn_values(
 /// device's `exp`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn swiglu(
-    probe: &[f32],
-    g: &[f32],
-    u: &[f32],
-    out: &mut [f32],
-    n: usize,
-    cols: usize,
-    exact: u32,
-) {
+fn swiglu(probe: &[f32], g: &[f32], u: &[f32], out: &mut [f32], n: usize, cols: usize, exact: u32) {
     let i = thread_index();
     if i < n {
         let fused = exact == 0u32 || fma_is_fused(probe);
@@ -760,5 +759,209 @@ fn swiglu(
             e = exp_lane(0.0f32 - x, fused, z);
         }
         out[i] = (x / (1.0f32 + e)) * u[i];
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! Each kernel against the CPU engine's function for the same step, bit for bit where the
+    //! CPU runs llama.cpp's AVX2 arithmetic, on inputs that reach the rare paths (the
+    //! exponential's slow path and overflow, masked scores, zeros, tiny and huge norms).
+
+    use burn::tensor::{Device, TensorData};
+
+    use super::*;
+    use crate::burn_model::read_f32;
+    use crate::sampler::SplitMix64;
+
+    fn setup() -> Option<(Device, Kernels)> {
+        let device = super::super::cube::tests::shared_device()?;
+        let cube = super::super::cube::cube_device(&device).unwrap();
+        let mut k = Kernels::new(&cube);
+        k.set_exact(true);
+        Some((device, k))
+    }
+
+    fn cpu_is_reference() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    fn tensor(device: &Device, v: Vec<f32>, rows: usize, cols: usize) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(v, [rows, cols]), device)
+    }
+
+    fn assert_same(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            if cpu_is_reference() {
+                assert!(
+                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                    "{what}[{i}]: {g:e} vs {w:e}"
+                );
+            } else {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1e-30),
+                    "{what}[{i}]: {g:e} vs {w:e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn swiglu_matches_cpu() {
+        let Some((device, k)) = setup() else { return };
+        let mut rng = SplitMix64(11);
+        let (rows, cols) = (3, 64);
+        // Zeros, ordinary values, and magnitudes where e^-x takes the slow path (|x| > 87)
+        // or overflows (|x| > 132).
+        let g: Vec<f32> = (0..rows * cols)
+            .map(|i| match i % 8 {
+                0 => 0.0,
+                1 => -0.0,
+                2 => (rng.next_f64() as f32 - 0.5) * 200.0,
+                3 => -90.0 - 60.0 * rng.next_f64() as f32,
+                4 => 90.0 + 60.0 * rng.next_f64() as f32,
+                _ => (rng.next_f64() as f32 - 0.5) * 8.0,
+            })
+            .collect();
+        let u: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.next_f64() as f32 - 0.5)
+            .collect();
+        let out = k
+            .swiglu(
+                tensor(&device, g.clone(), rows, cols),
+                tensor(&device, u.clone(), rows, cols),
+            )
+            .unwrap();
+        let got = pollster::block_on(read_f32(out)).unwrap();
+        let mut want = g;
+        for (x, y) in want.chunks_exact_mut(cols).zip(u.chunks_exact(cols)) {
+            crate::kernels::swiglu(x, y);
+        }
+        assert_same(&got, &want, "swiglu");
+    }
+
+    #[test]
+    fn rms_norm_matches_cpu() {
+        let Some((device, k)) = setup() else { return };
+        let mut rng = SplitMix64(5);
+        let dim = 576;
+        let scales = [1.0f32, 1e-3, 300.0, 0.0];
+        let x: Vec<f32> = scales
+            .iter()
+            .flat_map(|&s| {
+                let v: Vec<f32> = (0..dim)
+                    .map(|_| (rng.next_f64() as f32 - 0.5) * s)
+                    .collect();
+                v
+            })
+            .collect();
+        let rows = scales.len();
+        let w: Vec<f32> = (0..dim).map(|_| rng.next_f64() as f32 * 2.0).collect();
+        let eps = 1e-5;
+        let out = k
+            .rms_norm(
+                tensor(&device, x.clone(), rows, dim),
+                &tensor(&device, w.clone(), 1, dim),
+                eps,
+            )
+            .unwrap();
+        let got = pollster::block_on(read_f32(out)).unwrap();
+        let mut want = vec![0f32; x.len()];
+        crate::model::rms_norm(&x, &w, eps, &mut want);
+        assert_same(&got, &want, "rms_norm");
+    }
+
+    /// Attention over a cache, against the CPU engine's formula: f16 dot products in AVX2
+    /// order, softmax with the polynomial exp (masked and far-below-max scores included),
+    /// f16 weights.
+    #[test]
+    fn attention_matches_cpu() {
+        let Some((device, k)) = setup() else { return };
+        let mut rng = SplitMix64(9);
+        let (heads, kv_heads, hd) = (4, 2, 64);
+        let kv_dim = kv_heads * hd;
+        let (start, seq, cap) = (37, 3, 96);
+        let total = start + seq;
+        let r16 = |v: f32| half::f16::from_f32(v).to_f32();
+        // Some large keys spread the scores over a range wider than the exp's fast path (and
+        // its underflow to zero).
+        let keys: Vec<f32> = (0..total * kv_dim)
+            .map(|i| {
+                let s = if i % 97 == 0 { 2000.0 } else { 2.0 };
+                r16((rng.next_f64() as f32 - 0.5) * s)
+            })
+            .collect();
+        let vals: Vec<f32> = (0..total * kv_dim)
+            .map(|_| r16(rng.next_f64() as f32 - 0.5))
+            .collect();
+        let q: Vec<f32> = (0..seq * heads * hd)
+            .map(|_| r16((rng.next_f64() as f32 - 0.5) * 3.0))
+            .collect();
+        let kc = Tensor::<3>::zeros([kv_heads, cap, hd], &device);
+        let vc = Tensor::<3>::zeros([kv_heads, cap, hd], &device);
+        k.kv_store(
+            tensor(&device, keys.clone(), total, kv_dim),
+            tensor(&device, vals.clone(), total, kv_dim),
+            &kc,
+            &vc,
+            0,
+        )
+        .unwrap();
+        let out = k
+            .attention(
+                tensor(&device, q.clone(), seq, heads * hd),
+                &kc,
+                &vc,
+                start,
+                heads,
+                kv_heads,
+                hd,
+            )
+            .unwrap();
+        let got = pollster::block_on(read_f32(out)).unwrap();
+
+        let scale = 1.0 / (hd as f32).sqrt();
+        let group = heads / kv_heads;
+        let mut want = vec![0f32; seq * heads * hd];
+        for t in 0..seq {
+            let ctx = start + t + 1;
+            let n_kv = ctx.next_multiple_of(KV_PAD);
+            for h in 0..heads {
+                let kvh = h / group;
+                let qh = &q[(t * heads + h) * hd..(t * heads + h + 1) * hd];
+                let mut s: Vec<f32> = (0..ctx)
+                    .map(|p| {
+                        let kr = &keys[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                        crate::kernels::dot_f16_ordered(kr, qh) * scale
+                    })
+                    .collect();
+                s.resize(n_kv, f32::NEG_INFINITY);
+                crate::kernels::softmax(&mut s);
+                let s: Vec<f32> = s.into_iter().map(r16).collect();
+                for d in 0..hd {
+                    let col: Vec<f32> = (0..n_kv)
+                        .map(|p| {
+                            if p < ctx {
+                                vals[p * kv_dim + kvh * hd + d]
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    want[(t * heads + h) * hd + d] = crate::kernels::dot_f16_ordered(&col, &s);
+                }
+            }
+        }
+        assert_same(&got, &want, "attention");
+        // Misuse is an error.
+        let q = tensor(&device, vec![0.0; heads * hd], 1, heads * hd);
+        assert!(k.attention(q, &kc, &vc, cap, heads, kv_heads, hd).is_err());
     }
 }

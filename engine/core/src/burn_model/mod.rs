@@ -13,12 +13,16 @@
 //!
 //! llama.cpp's CPU kernels round activations to 8 bits per block before every quantized
 //! matmul, and K, V, Q and the attention weights to f16; by default this model reproduces that
-//! rounding ([`BurnLlama::set_llama_cpp_rounding`]): the quantized kernels do it exactly, the
-//! f32 path emulates it with tensor ops. Greedy output equals llama.cpp's on the reference
-//! `capital-raw` case on every backend; on longer generations the remaining differences (the
-//! norms, softmax, SiLU and attention sums run on burn's tensor ops, in another summation
-//! order) still flip some near-ties (measured on SmolLM2-135M: teacher-forced top-1 agreement
-//! 90–97%). The native CPU engine (`crate::model`) is the bit-exact one.
+//! rounding ([`BurnLlama::set_llama_cpp_rounding`]).
+//!
+//! On a CubeCL device (burn's wgpu backend, this crate's `wgpu` feature) every step of a block
+//! then runs in this crate's kernels (modules `cube` and `cube_block`) in llama.cpp's AVX2
+//! order, and the logits equal the native CPU engine's — and so llama.cpp's — bit for bit
+//! wherever the device's arithmetic is correctly rounded and its `fma` fused, or emulated with
+//! [`BurnLlama::set_exact_fma`] (tested on lavapipe). On other backends (flex) the rounding is
+//! emulated with tensor ops in burn's summation order: greedy output equals llama.cpp's on the
+//! reference `capital-raw` case, but longer generations flip some near-ties (teacher-forced
+//! top-1 agreement 90–97% on SmolLM2-135M).
 //!
 //! Weights: on a CubeCL device (burn's wgpu backend; this crate's `wgpu` feature) `Q4_0`,
 //! `Q4_1` and `Q8_0` matrices stay in their GGML blocks on the device and every projection runs
