@@ -36,6 +36,8 @@ export const LIMITS = {
   chunkText: 1 << 20,
   errorMessage: 4096,
   text: 256,
+  /** Token ids in one chunk (the host sends at most a few dozen per step). */
+  chunkTokens: 4096,
 } as const;
 
 export type HostKind = 'service-worker' | 'worker' | 'in-page';
@@ -71,8 +73,11 @@ export interface EngineSpec {
   wasmIntegrity?: string;
 }
 
+/** Exactly one of `messages` (rendered with the model's chat template) or `prompt` (raw
+ *  text, special tokens such as `<|im_start|>` parsed: OpenAI's legacy completions). */
 export interface GenerateRequest {
-  messages: Array<{ role: ChatRole; content: string }>;
+  messages?: Array<{ role: ChatRole; content: string }>;
+  prompt?: string;
   max_tokens?: number;
   temperature?: number;
   top_k?: number;
@@ -146,7 +151,8 @@ export type HostMessage =
   | Envelope<'status', { status: HostStatus }>
   | Envelope<'progress', { progress: Progress }>
   | Envelope<'loaded', { info: EngineInfo }>
-  | Envelope<'chunk', { text: string; completionTokens: number }>
+  /** `tokens`: the ids generated since the previous chunk (a final end-of-turn id included). */
+  | Envelope<'chunk', { text: string; tokens: number[]; completionTokens: number }>
   | Envelope<'done', { finishReason: 'stop' | 'length'; usage: GenerationUsage }>
   | Envelope<'error', { error: WireError }>
   | Envelope<'info', { info: EngineInfo | null }>
@@ -213,16 +219,22 @@ function engineSpec(value: unknown): EngineSpec {
 /** Validates the sampling fields of a generate request (shared with the SDK's own checks). */
 export function generateRequest(value: unknown, failWith: Fail = fail): GenerateRequest {
   const r = record(value, 'request', failWith);
-  const list = array(r.messages, 'request.messages', failWith, LIMITS.messages);
-  if (list.length === 0) throw failWith('request.messages: empty');
-  const messages = list.map((entry, i) => {
-    const e = record(entry, `request.messages[${i}]`, failWith);
-    return {
-      role: oneOf(e.role, `request.messages[${i}].role`, failWith, ROLES),
-      content: string(e.content, `request.messages[${i}].content`, failWith, LIMITS.content),
-    };
-  });
-  const req: GenerateRequest = { messages };
+  const req: GenerateRequest = {};
+  if (r.prompt !== undefined) {
+    if (r.messages !== undefined) throw failWith('request: exactly one of messages or prompt');
+    req.prompt = string(r.prompt, 'request.prompt', failWith, LIMITS.content);
+    if (req.prompt.length === 0) throw failWith('request.prompt: empty');
+  } else {
+    const list = array(r.messages, 'request.messages', failWith, LIMITS.messages);
+    if (list.length === 0) throw failWith('request.messages: empty');
+    req.messages = list.map((entry, i) => {
+      const e = record(entry, `request.messages[${i}]`, failWith);
+      return {
+        role: oneOf(e.role, `request.messages[${i}].role`, failWith, ROLES),
+        content: string(e.content, `request.messages[${i}].content`, failWith, LIMITS.content),
+      };
+    });
+  }
   const set = <K extends keyof GenerateRequest>(key: K, v: GenerateRequest[K] | undefined): void => {
     if (v !== undefined) req[key] = v;
   };
@@ -346,6 +358,7 @@ export function parseHostMessage(data: unknown): HostMessage {
     case 'chunk': return {
       v, type: 'chunk', id,
       text: string(m.text, 'text', fail, LIMITS.chunkText),
+      tokens: array(m.tokens, 'tokens', fail, LIMITS.chunkTokens).map((t, i) => integer(t, `tokens[${i}]`, fail, 0, 0xffffffff)),
       completionTokens: integer(m.completionTokens, 'completionTokens', fail, 0, MAX_BYTES),
     };
     case 'done': return {

@@ -257,7 +257,7 @@ export class ProxyEngine implements Engine {
     return this.request((id) => pageMessage({ type: 'chat', id, request }), (m) => {
       if (m.type === 'chunk') {
         text += m.text;
-        options.onChunk?.(m.text, m.completionTokens);
+        options.onChunk?.(m.text, m.completionTokens, m.tokens);
         return undefined;
       }
       if (m.type === 'done') return { text, finishReason: m.finishReason, usage: m.usage };

@@ -126,7 +126,7 @@ export class EngineHostHandler {
         await this.track(m.id, conn, key, async (signal) => {
           const result = await this.engine.generate(m.request, {
             signal,
-            onChunk: (text, completionTokens) => reply({ type: 'chunk', id: m.id, text, completionTokens }),
+            onChunk: (text, completionTokens, tokens) => reply({ type: 'chunk', id: m.id, text, tokens, completionTokens }),
           });
           reply({ type: 'done', id: m.id, finishReason: result.finishReason, usage: result.usage });
         });
