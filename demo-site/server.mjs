@@ -93,7 +93,7 @@ const CORS = { 'access-control-allow-origin': '*', 'cross-origin-resource-policy
  *   crossOriginIsolated  send COOP/COEP (wllama's threads need them; bench only)
  *   wllamaDir     folder served at /wllama/ (bench only)
  * Returns { url, port, model, stats, close() }; `stats.model` lists every model response as
- * { range, status, bytes } (bytes: body bytes actually written).
+ * { range, status, bytes } (bytes: body bytes written to the connection).
  */
 export async function startDemoServer(options = {}) {
   const modelPath = options.modelPath === undefined ? findModel() : options.modelPath;
@@ -166,7 +166,9 @@ export async function startDemoServer(options = {}) {
     const stream = createReadStream(path, { start, end: limit });
     if (record) stream.on('data', (chunk) => (record.bytes += chunk.length));
     if (cutHere) {
-      stream.on('end', () => res.destroy());
+      // end(), not destroy(): what was written still reaches the browser, then the
+      // connection closes short of the Content-Length it announced.
+      stream.on('end', () => res.socket?.end());
       stream.pipe(res, { end: false });
     } else {
       stream.pipe(res);

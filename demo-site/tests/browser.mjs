@@ -76,7 +76,7 @@ export function watch(page) {
  */
 export function recordEvents(context) {
   return context.addInitScript(() => {
-    const rec = { progress: [], status: [], ready: false, error: null };
+    const rec = { progress: [], status: [], ready: false, error: null, persistCalls: 0 };
     Object.defineProperty(window, '__kw', { value: rec });
     let instance;
     Object.defineProperty(window, 'kwaainet', {
@@ -91,6 +91,11 @@ export function recordEvents(context) {
         }));
       },
     });
+    const persist = StorageManager.prototype.persist;
+    StorageManager.prototype.persist = function () {
+      rec.persistCalls++;
+      return persist.call(this);
+    };
     document.addEventListener('kwaainet:ready', () => (rec.ready = true));
     document.addEventListener('kwaainet:error', (e) => (rec.error = e.detail.error.message));
   });

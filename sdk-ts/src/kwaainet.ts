@@ -329,6 +329,11 @@ export class KwaaiNet {
   private async engineReady(signal?: AbortSignal): Promise<Engine> {
     if (this.disposed) throw new DisposedError();
     await this.initialize(signal ? { signal } : {});
+    // A host the browser stopped (an idle service worker, a closed worker) is found before
+    // the request goes out: one ping round trip (a stopped service worker wakes with a new
+    // instance id; a dead worker does not answer within pingTimeoutMs).
+    const current = this.choice;
+    if (!this.crashed && current && current.host !== 'in-page') await current.engine.ping().catch(() => {});
     if (this.crashed) await this.restart();
     const engine = this.choice?.engine;
     if (!engine) throw new NotInitializedError();
