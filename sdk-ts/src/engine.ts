@@ -19,6 +19,8 @@ export interface GenerateOptions {
   /** Called with each new piece of text, the token ids generated with it, and the
    *  completion token count so far. */
   onChunk?: (text: string, completionTokens: number, tokens: number[]) => void;
+  /** Called once the request is accepted, just before the prefill (one blocking call). */
+  onStart?: () => void;
 }
 
 export interface GenerationResult {

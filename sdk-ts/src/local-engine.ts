@@ -269,6 +269,9 @@ export class LocalEngine implements Engine {
       } catch (err) {
         throw engineError(err, 'starting the generation');
       }
+      options.onStart?.();
+      // Let 'started' (and any abort already queued) through before the prefill blocks us.
+      await yieldToEventLoop();
       const sliceMs = this.options.sliceMs ?? 40;
       let text = '';
       let n = 1;

@@ -11,7 +11,7 @@
  *   ping                                 pong (host instance id: a new id = host restarted)
  *   status                               status
  *   load  (model url, sha256, caps)      progress* then loaded | error
- *   chat  (messages, sampling)           chunk* then done | error
+ *   chat  (messages | prompt, sampling)  started, chunk* then done | error
  *   abort (id of a chat or load)         (the aborted request ends with error 'aborted')
  *   info                                 info
  *   has-model / delete-model (url)       model-state
@@ -151,6 +151,8 @@ export type HostMessage =
   | Envelope<'status', { status: HostStatus }>
   | Envelope<'progress', { progress: Progress }>
   | Envelope<'loaded', { info: EngineInfo }>
+  /** The generation begins its prefill, which blocks the host until the first chunk. */
+  | Envelope<'started'>
   /** `tokens`: the ids generated since the previous chunk (a final end-of-turn id included). */
   | Envelope<'chunk', { text: string; tokens: number[]; completionTokens: number }>
   | Envelope<'done', { finishReason: 'stop' | 'length'; usage: GenerationUsage }>
@@ -162,7 +164,7 @@ export type PageMessageType = PageMessage['type'];
 export type HostMessageType = HostMessage['type'];
 
 const PAGE_TYPES = ['ping', 'status', 'load', 'chat', 'abort', 'info', 'has-model', 'delete-model'] as const;
-const HOST_TYPES = ['pong', 'status', 'progress', 'loaded', 'chunk', 'done', 'error', 'info', 'model-state'] as const;
+const HOST_TYPES = ['pong', 'status', 'progress', 'loaded', 'started', 'chunk', 'done', 'error', 'info', 'model-state'] as const;
 const ROLES = ['system', 'user', 'assistant'] as const;
 const HOSTS = ['service-worker', 'worker', 'in-page'] as const;
 const BACKENDS = ['cpu-wasm', 'webgpu'] as const;
@@ -355,6 +357,7 @@ export function parseHostMessage(data: unknown): HostMessage {
     case 'status': return { v, type: 'status', id, status: hostStatus(m.status) };
     case 'progress': return { v, type: 'progress', id, progress: progress(m.progress) };
     case 'loaded': return { v, type: 'loaded', id, info: engineInfo(m.info) };
+    case 'started': return { v, type: 'started', id };
     case 'chunk': return {
       v, type: 'chunk', id,
       text: string(m.text, 'text', fail, LIMITS.chunkText),

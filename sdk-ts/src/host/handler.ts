@@ -126,6 +126,7 @@ export class EngineHostHandler {
         await this.track(m.id, conn, key, async (signal) => {
           const result = await this.engine.generate(m.request, {
             signal,
+            onStart: () => reply({ type: 'started', id: m.id }),
             onChunk: (text, completionTokens, tokens) => reply({ type: 'chunk', id: m.id, text, tokens, completionTokens }),
           });
           reply({ type: 'done', id: m.id, finishReason: result.finishReason, usage: result.usage });
