@@ -6,7 +6,10 @@
 // same GGUF in the same browser, one thread, for comparison.
 //
 //   npm run bench:browser                          (= node demo-site/bench.mjs --wllama)
-//   node demo-site/bench.mjs [--runs 5] [--prompt-tokens 128] [--gen-tokens 64] [--wllama]
+//   node demo-site/bench.mjs [--runs 5] [--repeat 3] [--gen-tokens 64] [--wllama]
+//
+// The prompt is `kwaainet bench`'s text repeated --repeat times (3: about 125 tokens), the
+// same string for both engines; each reports how many tokens it made of it.
 //
 // Needs what the browser tests need (dist/cdn with the engine, Chromium, the model:
 // --model, $KWAAINET_MODEL or the CLI's cache). wllama is not a dependency of the project:
@@ -23,7 +26,7 @@ import { launch, openDemo, recordEvents, within } from './tests/browser.mjs';
 const { values: args } = parseArgs({
   options: {
     runs: { type: 'string', default: '5' },
-    'prompt-tokens': { type: 'string', default: '128' },
+    repeat: { type: 'string', default: '3' },
     'gen-tokens': { type: 'string', default: '64' },
     wllama: { type: 'boolean', default: false },
     'wllama-version': { type: 'string', default: '2.4.0' },
@@ -31,7 +34,7 @@ const { values: args } = parseArgs({
   },
 });
 const runs = Number(args.runs);
-const promptTokens = Number(args['prompt-tokens']);
+const repeat = Number(args.repeat);
 const genTokens = Number(args['gen-tokens']);
 const modelPath = args.model ?? findModel();
 if (!modelPath) {
@@ -39,7 +42,7 @@ if (!modelPath) {
   process.exit(1);
 }
 
-// The same text as `kwaainet bench`, repeated up to the prompt length.
+// The same text as `kwaainet bench`.
 const TEXT =
   'The history of distributed computing begins with networks of machines that ' +
   'shared work over slow links. Volunteers donated spare cycles to science, and ' +
@@ -83,7 +86,7 @@ async function benchKwaaiNet(server) {
       const r = await within(120_000, page.evaluate(async ({ prompt, gen }) => {
         const res = await window.kwaainet.completions.create({ prompt, max_tokens: gen });
         return res.usage;
-      }, { prompt: TEXT.repeat(Math.ceil(promptTokens / 40)), gen: genTokens }), 'a bench run');
+      }, { prompt: TEXT.repeat(repeat), gen: genTokens }), 'a bench run');
       if (i > 0) samples.push(r);
     }
     // The host's time to first token covers the prefill and the first decode step.
@@ -107,7 +110,7 @@ async function benchWllama(server) {
   try {
     const { page } = browser;
     await page.goto(new URL('bench.html', server.url).href);
-    const r = await within(600_000, page.evaluate(async ({ text, promptTokens, genTokens, runs, modelUrl }) => {
+    const r = await within(600_000, page.evaluate(async ({ text, genTokens, runs, modelUrl }) => {
       const { Wllama } = await import('/wllama/esm/index.js');
       const paths = { 'single-thread/wllama.wasm': '/wllama/esm/single-thread/wllama.wasm' };
       const loads = [];
@@ -119,9 +122,7 @@ async function benchWllama(server) {
         await w.loadModelFromUrl(modelUrl, { n_threads: 1, n_ctx: 2048, n_batch: 512, n_gpu_layers: 0 });
         loads.push((performance.now() - t0) / 1000);
       }
-      const base = await w.tokenize(text);
-      const prompt = [];
-      while (prompt.length < promptTokens) prompt.push(...base.slice(0, promptTokens - prompt.length));
+      const prompt = await w.tokenize(text, true);
       const samples = [];
       for (let i = 0; i <= runs; i++) {
         await w.kvClear();
@@ -140,7 +141,7 @@ async function benchWllama(server) {
         if (i > 0) samples.push({ prefill: prompt.length / prefillS, decode: n / decodeS });
       }
       return { loads, samples, threads: w.getNumThreads(), multi: w.isMultithread(), prompt: prompt.length };
-    }, { text: TEXT, promptTokens, genTokens, runs, modelUrl: new URL('models/model.gguf', server.url).href }), 'wllama');
+    }, { text: TEXT.repeat(repeat), genTokens, runs, modelUrl: new URL('models/model.gguf', server.url).href }), 'wllama');
     return {
       name: `wllama ${args['wllama-version']} (${r.multi ? 'multi' : 'single'}-thread build, ${r.threads} thread)`,
       coldLoad: r.loads[0],
@@ -161,7 +162,7 @@ try {
   if (args.wllama) results.push(await benchWllama(server));
   const chromium = execFileSync(process.env.CHROMIUM ?? '/usr/bin/chromium', ['--version'], { encoding: 'utf8' }).trim();
   console.log(`${chromium}, headless; model ${modelPath} (${fmt(server.model.size / 1e6)} MB); median of ${runs} runs`);
-  console.log(`prompt ${results[0].prompt} tokens, ${genTokens} generated; load = navigation or call to model ready (cold: downloaded over loopback; warm: from the browser cache)`);
+  console.log(`${genTokens} tokens generated after the prompt; load = navigation (KwaaiNet) or loadModelFromUrl (wllama) to model ready; cold: downloaded over loopback, warm: from the browser's cache`);
   for (const r of results) {
     console.log(`${r.name}`);
     console.log(`  load     cold ${fmt(r.coldLoad, 2)} s, warm ${fmt(r.warmLoad, 2)} s`);
