@@ -160,7 +160,7 @@ const server = await startDemoServer({ port: 0, modelPath, ...(args.wllama && { 
 try {
   const results = [await benchKwaaiNet(server)];
   if (args.wllama) results.push(await benchWllama(server));
-  const chromium = execFileSync(process.env.CHROMIUM ?? '/usr/bin/chromium', ['--version'], { encoding: 'utf8' }).trim();
+  const chromium = execFileSync(process.env.CHROMIUM ?? '/usr/bin/chromium', ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
   console.log(`${chromium}, headless; model ${modelPath} (${fmt(server.model.size / 1e6)} MB); median of ${runs} runs`);
   console.log(`${genTokens} tokens generated after the prompt; load = navigation (KwaaiNet) or loadModelFromUrl (wllama) to model ready; cold: downloaded over loopback, warm: from the browser's cache`);
   for (const r of results) {

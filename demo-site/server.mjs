@@ -5,7 +5,9 @@
 // It listens on 127.0.0.1 only and serves
 //   /                    demo-site/index.html with the script tag filled in (CDN path, SRI
 //                        hash from the manifest, model URL and SHA-256; `?host=worker` etc.
-//                        adds data-host, `?load=lazy` adds data-load-model="lazy")
+//                        adds data-host, `?load=lazy` adds data-load-model="lazy",
+//                        `?max=storage:50` sets data-max-resources, `?cdn=cross-origin`
+//                        loads the bundle from http://localhost:<port>/ instead)
 //   /bench.html          the browser bench page (demo-site/bench.html)
 //   /cdn/v<version>/...  dist/cdn/v<version>/ (CORS-enabled, as a CDN would be)
 //   /models/model.gguf   the model, with Range support (206 / 416) and an ETag
@@ -106,13 +108,17 @@ export async function startDemoServer(options = {}) {
     ? { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' }
     : {};
 
-  function page(file, query) {
+  function page(file, query, port) {
     const host = query.get('host');
     const extra = [];
     if (host !== null && HOSTS.has(host)) extra.push(`data-host="${host}"`);
     if (query.get('load') === 'lazy') extra.push('data-load-model="lazy"');
+    const max = query.get('max');
     const values = {
-      cdn: `/cdn/v${version}/`,
+      // ?cdn=cross-origin: the bundle from another origin (localhost vs 127.0.0.1, both
+      // this server), as from a real CDN: CORS, a blob worker, no service worker.
+      cdn: query.get('cdn') === 'cross-origin' ? `http://localhost:${port}/cdn/v${version}/` : `/cdn/v${version}/`,
+      maxResources: max !== null && /^[a-z]+:\d+(,[a-z]+:\d+)*$/.test(max) ? max : 'cpu:20,memory:1024,storage:5000',
       sri: options.integrity ?? manifestIntegrity(),
       modelUrl: model ? '/models/model.gguf' : '',
       modelSha256: model?.sha256 ?? '',
@@ -183,7 +189,7 @@ export async function startDemoServer(options = {}) {
       return;
     }
     if (pathname === '/' || pathname === '/index.html' || pathname === '/bench.html') {
-      const body = page(pathname === '/bench.html' ? 'bench.html' : 'index.html', searchParams);
+      const body = page(pathname === '/bench.html' ? 'bench.html' : 'index.html', searchParams, server.address().port);
       res.writeHead(200, { 'content-type': MIME['.html'], 'cache-control': 'no-cache', 'content-length': Buffer.byteLength(body), ...isolation });
       res.end(req.method === 'HEAD' ? undefined : body);
       return;

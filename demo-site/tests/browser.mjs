@@ -97,7 +97,10 @@ export function recordEvents(context) {
       return persist.call(this);
     };
     document.addEventListener('kwaainet:ready', () => (rec.ready = true));
-    document.addEventListener('kwaainet:error', (e) => (rec.error = e.detail.error.message));
+    document.addEventListener('kwaainet:error', (e) => {
+      rec.error = e.detail.error.message;
+      rec.errorCode = e.detail.error.code;
+    });
   });
 }
 
