@@ -22,7 +22,8 @@ import {
   SHA256_HEX, array, boolean, integer, number, oneOf, optional, record, string, type Fail,
 } from './validate.js';
 
-export const PROTOCOL_VERSION = 1;
+/** 2: chat requests may carry a raw `prompt`; `chunk` carries the token ids; `started`. */
+export const PROTOCOL_VERSION = 2;
 
 /** Size limits on what a message may carry. */
 export const LIMITS = {

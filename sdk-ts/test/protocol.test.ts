@@ -31,8 +31,9 @@ describe('protocol: page → host validation', () => {
   it('rejects garbage, wrong versions and unknown types', () => {
     for (const data of [null, undefined, 0, 'ping', [], [v, 'ping'], new Uint8Array(4), () => 1]) rejects(data);
     rejects({ type: 'ping', id: 'x' }, /version/);
-    rejects({ v: 2, type: 'ping', id: 'x' }, /version/);
-    rejects({ v: '1', type: 'ping', id: 'x' }, /version/);
+    rejects({ v: v + 1, type: 'ping', id: 'x' }, /version/);
+    rejects({ v: v - 1, type: 'ping', id: 'x' }, /version/);
+    rejects({ v: String(v), type: 'ping', id: 'x' }, /version/);
     rejects({ v, type: 'eval', id: 'x' }, /type/);
     rejects({ v, type: 'ping' }, /id/);
     rejects({ v, type: 'ping', id: '' }, /id/);
