@@ -234,11 +234,27 @@ test('no WebGPU adapter: the SDK picks the CPU-WASM worker host and reports it; 
   assert.equal(modelBytesSent(server), sent, 'the new worker loaded the model from the cache');
 });
 
+test('with a WebGPU adapter in the service worker, "auto" picks the service-worker host and says why', { skip, timeout: 60_000 }, async (t) => {
+  const { server, page } = await setup(t, {}, { webgpu: true });
+  await openDemo(page, `${server.url}?load=lazy`);
+  const { status } = await events(page);
+  const loading = status.find((s) => s.state === 'loading');
+  assert.equal(loading.host, 'service-worker');
+  assert.match(loading.reason, /WebGPU is available in the service worker/);
+  // Until the WebGPU engine lands, that host runs the CPU engine too, and says so.
+  assert.equal(status.at(-1).backend, 'cpu-wasm');
+});
+
 test('abort mid-stream: the Stop button and an AbortSignal end the stream at once; the engine serves the next request', { skip, timeout: 120_000 }, async (t) => {
   const { server, page } = await setup(t);
   await openDemo(page, server.url);
   // The demo UI, as a visitor uses it: decline the contribution prompt, ask, stop.
   await page.getByRole('button', { name: 'No thanks' }).click({ timeout: 10_000 });
+  await page.waitForFunction(() => document.getElementById('engine').textContent.includes('cpu-wasm'), null, { timeout: 10_000 });
+  const panel = await page.textContent('#engine');
+  assert.match(panel, /Hostworker/);
+  assert.match(panel, /cpu-wasm \(simd128\)/);
+  assert.equal(await page.evaluate(() => document.getElementById('progress').value), 1);
   await page.fill('#prompt', 'Write a very long story about a dragon who learns to bake bread.');
   await page.click('#send');
   await page.waitForFunction(() => (document.querySelector('#log li.assistant')?.textContent ?? '').length > 40, null, { timeout: 30_000 });
