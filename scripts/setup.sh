@@ -7,10 +7,11 @@
 #
 # - the Rust toolchain pinned in rust-toolchain.toml, with the wasm32-unknown-unknown target;
 # - mesa-vulkan-drivers (lavapipe: Vulkan on the CPU), so the wgpu backend runs natively
-#   without a GPU; installed with apt-get where that exists (required when CI=true);
+#   without a GPU, and chromium, for the browser tests; installed with apt-get where that
+#   exists (required when CI=true);
 # - wasm-bindgen-cli at exactly the version of the wasm-bindgen crate in Cargo.lock (the
 #   browser engine's build needs the two to match); cargo install, a few minutes, once;
-# - the npm devDependencies (TypeScript, esbuild, binaryen's wasm-opt) with `npm ci` when node_modules is
+# - the npm devDependencies (TypeScript, esbuild, binaryen's wasm-opt, playwright-core) with `npm ci` when node_modules is
 #   missing or older than package-lock.json;
 # - CARGO_TARGET_DIR defaults to ~/.cache/kwaainet/target: outside the clone, so a fresh
 #   clone on the same machine reuses earlier builds.
@@ -44,28 +45,40 @@ else
     fi
 fi
 
-# lavapipe for the wgpu backend on the CPU.
-pkg=mesa-vulkan-drivers
-if dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
-    :
-elif ! command -v apt-get >/dev/null 2>&1; then
-    say "no apt-get: install a Vulkan driver yourself to run the wgpu tests (they are skipped otherwise)"
-else
-    sudo=()
+# Debian packages, installed with apt-get when missing (required when CI=true): lavapipe
+# for the wgpu backend on the CPU, and Chromium for the browser tests (npm test's `browser`
+# step drives /usr/bin/chromium with playwright-core).
+apt_updated=
+apt_install() { # package, what it is for
+    local pkg=$1 why=$2
+    if dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
+        return 0
+    elif ! command -v apt-get >/dev/null 2>&1; then
+        if [ "${CI:-}" = true ]; then
+            say "no apt-get: cannot install ${pkg} (${why})"
+            exit 1
+        fi
+        say "no apt-get: install ${pkg} yourself (${why}); the tests that need it are skipped otherwise"
+        return 0
+    fi
+    local sudo=()
     if [ "$(id -u)" -ne 0 ]; then
         sudo=(sudo -n) # never prompt: CI has no stdin
     fi
-    apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
-    say "installing ${pkg} (lavapipe, for the wgpu backend on the CPU)"
-    if ! { "${apt[@]}" update -qq &&
+    local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
+    say "installing ${pkg} (${why})"
+    if ! { { [ -n "$apt_updated" ] || "${apt[@]}" update -qq; } &&
         "${apt[@]}" install -y -qq --no-install-recommends "$pkg"; } </dev/null; then
         if [ "${CI:-}" = true ]; then
             say "could not install ${pkg}"
             exit 1
         fi
-        say "could not install ${pkg}; the wgpu tests will be skipped (as root: apt-get install ${pkg})"
+        say "could not install ${pkg}; the tests that need it will be skipped (as root: apt-get install ${pkg})"
     fi
-fi
+    apt_updated=1
+}
+apt_install mesa-vulkan-drivers "lavapipe, for the wgpu backend on the CPU"
+apt_install chromium "headless Chromium, for the browser tests"
 
 # wasm-bindgen-cli matching the wasm-bindgen crate in Cargo.lock.
 wb_want=$(awk '$0 == "name = \"wasm-bindgen\"" { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STEPS=(setup fmt clippy build fetch-model rust-tests wasm32 wasm-engine ts)
+STEPS=(setup fmt clippy build fetch-model rust-tests wasm32 wasm-engine ts browser)
 
 BIN() { printf '%s/release/kwaainet' "$CARGO_TARGET_DIR"; }
 
@@ -83,6 +83,23 @@ step_wasm-engine() {
     fi
     bash scripts/build-wasm.sh
     node --test engine/wasm/tests/
+}
+
+step_browser() {
+    # The browser side end to end in headless Chromium (playwright-core drives Debian's
+    # /usr/bin/chromium): the demo page on the one-line tag with SRI, model download with
+    # progress / Range resume / SHA-256 / Cache Storage, llama.cpp's reference tokens through
+    # the SDK, CPU fallback, abort, worker and service-worker hosts. Uses dist/engine (the
+    # wasm-engine step) and the CDN bundle, rebuilt here so it holds that engine.
+    export KWAAINET_REQUIRE_MODEL=1
+    if [ -z "${KWAAINET_MODEL:-}" ]; then # run without the fetch-model step
+        step_fetch-model
+    fi
+    if [ ! -f dist/engine/kwaainet_wasm_bg.wasm ]; then
+        bash scripts/build-wasm.sh
+    fi
+    node cdn/build.mjs >/dev/null
+    node --test --test-timeout=300000 demo-site/tests/
 }
 
 # ---------------------------------------------------------------------------------------

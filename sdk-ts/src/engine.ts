@@ -16,8 +16,11 @@ export interface LoadOptions {
 
 export interface GenerateOptions {
   signal?: AbortSignal;
-  /** Called with each new piece of text and the completion token count so far. */
-  onChunk?: (text: string, completionTokens: number) => void;
+  /** Called with each new piece of text, the token ids generated with it, and the
+   *  completion token count so far. */
+  onChunk?: (text: string, completionTokens: number, tokens: number[]) => void;
+  /** Called once the request is accepted, just before the prefill (one blocking call). */
+  onStart?: () => void;
 }
 
 export interface GenerationResult {

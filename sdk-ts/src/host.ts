@@ -7,9 +7,10 @@
  * For now every host runs the CPU WASM engine (the WebGPU engine comes later); the choice,
  * its reason and the backend are reported in `engineInfo()` and the 'status' event.
  *
- * A CDN-hosted bundle is cross-origin to the page: the worker is then started from a
- * blob: URL holding the worker script fetched with its SRI hash, and the service worker
- * (which must be same-origin) is used only when the site serves one (`serviceWorkerUrl`).
+ * The worker is started from a blob: URL holding the worker script fetched with its SRI
+ * hash whenever the build baked one in (and always when the bundle is on another origin,
+ * as workers must be same-origin); the service worker (which must be same-origin) is used
+ * only when the site serves one (`serviceWorkerUrl`).
  */
 
 import { EngineCrashedError, UnsupportedError, toKwaaiNetError } from './errors.js';
@@ -104,10 +105,12 @@ export async function startServiceWorkerHost(url: string, options: StartHostOpti
 
 export async function startWorkerHost(urls: HostUrls, options: StartHostOptions = {}): Promise<ProxyEngine> {
   let worker: Worker;
-  if (sameOrigin(urls.worker)) {
+  if (sameOrigin(urls.worker) && !urls.workerIntegrity) {
     worker = new Worker(urls.worker, { name: 'kwaainet-engine' });
   } else {
-    // Workers must be same-origin: run the CDN's script from a blob, SRI-checked.
+    // Workers must be same-origin, and `new Worker()` takes no integrity: fetch the script
+    // with its SRI hash (CORS from a CDN) and run it from a blob. (A site whose CSP has a
+    // worker-src without blob: must build without baked hashes.)
     const init: RequestInit = { mode: 'cors', credentials: 'omit' };
     if (urls.workerIntegrity) init.integrity = urls.workerIntegrity;
     const res = await fetch(urls.worker, init);

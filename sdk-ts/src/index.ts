@@ -2,7 +2,7 @@
 
 export { KwaaiNet, GRID_G_CO2_PER_KWH, WATTS_PER_BUSY_CORE } from './kwaainet.js';
 export type {
-  ChatCompletions, ContributionEvent, EnvironmentalImpactEvent, KwaaiNetEvents, KwaaiNetOptions, Status,
+  ChatCompletions, Completions, ContributionEvent, EnvironmentalImpactEvent, KwaaiNetEvents, KwaaiNetOptions, Status,
 } from './kwaainet.js';
 export * from './errors.js';
 export * from './openai/types.js';

@@ -15,7 +15,7 @@ import { hostUrls } from './assets.js';
 import {
   ConsentManager, PRIVACY_FLAGS, SERVICES, type ConsentPrompt, type ConsentStorage, type PrivacyFlag, type Service,
 } from './consent.js';
-import type { Engine } from './engine.js';
+import type { Engine, GenerationResult } from './engine.js';
 import {
   DisposedError, EngineCrashedError, InvalidArgumentError, NotInitializedError, abortErrorFrom, throwIfAborted,
   toKwaaiNetError, type KwaaiNetError,
@@ -23,12 +23,15 @@ import {
 import { Emitter } from './events.js';
 import { startHost, type HostChoice, type HostPreference, type HostUrls, type StartHostOptions } from './host.js';
 import { randomId } from './local-engine.js';
-import { ChunkStream, buildChunk, buildCompletion, toGenerateRequest } from './openai/chat.js';
+import {
+  ChunkStream, buildChunk, buildCompletion, buildTextCompletion, toGenerateRequest, toPromptRequest, type CompletionMeta,
+} from './openai/chat.js';
 import type {
   ChatCompletion, ChatCompletionChunk, ChatCompletionCreateParams, ChatCompletionCreateParamsNonStreaming,
-  ChatCompletionCreateParamsStreaming,
+  ChatCompletionCreateParamsStreaming, Completion, CompletionCreateParams, CompletionCreateParamsNonStreaming,
+  CompletionCreateParamsStreaming,
 } from './openai/types.js';
-import type { EngineInfo, EngineSpec, GenerationUsage, HostKind, ModelSpec, Progress } from './protocol.js';
+import type { EngineInfo, EngineSpec, GenerateRequest, GenerationUsage, HostKind, ModelSpec, Progress } from './protocol.js';
 import { DutyCycle, MIB, parseMaxResources, type MaxResources } from './resources.js';
 import { SHA256_HEX } from './validate.js';
 
@@ -109,6 +112,13 @@ export interface ChatCompletions {
   create(params: ChatCompletionCreateParams): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>>;
 }
 
+/** OpenAI's legacy Completions: a raw prompt, without the chat template. */
+export interface Completions {
+  create(params: CompletionCreateParamsStreaming): Promise<AsyncIterable<Completion>>;
+  create(params: CompletionCreateParamsNonStreaming): Promise<Completion>;
+  create(params: CompletionCreateParams): Promise<Completion | AsyncIterable<Completion>>;
+}
+
 function list<T extends string>(value: readonly T[] | string | undefined, allowed: readonly T[], what: string): T[] {
   const items = value === undefined ? [] : typeof value === 'string'
     ? value.split(',').map((s) => s.trim().toLowerCase()).filter((s) => s !== '') : [...value];
@@ -136,6 +146,7 @@ export class KwaaiNet {
   readonly maxResources: Readonly<MaxResources>;
   readonly consent: ConsentManager;
   readonly chat: { completions: ChatCompletions };
+  readonly completions: Completions;
 
   private readonly options: KwaaiNetOptions;
   private readonly events = new Emitter<KwaaiNetEvents>();
@@ -182,6 +193,7 @@ export class KwaaiNet {
     });
     this.consent.onChange(() => this.emitContribution());
     this.chat = { completions: { create: this.create.bind(this) as ChatCompletions['create'] } };
+    this.completions = { create: this.createText.bind(this) as Completions['create'] };
   }
 
   /** Subscribes to an event; returns the unsubscribe function. */
@@ -317,6 +329,11 @@ export class KwaaiNet {
   private async engineReady(signal?: AbortSignal): Promise<Engine> {
     if (this.disposed) throw new DisposedError();
     await this.initialize(signal ? { signal } : {});
+    // A host the browser stopped (an idle service worker, a closed worker) is found before
+    // the request goes out: one ping round trip (a stopped service worker wakes with a new
+    // instance id; a dead worker does not answer within pingTimeoutMs).
+    const current = this.choice;
+    if (!this.crashed && current && current.host !== 'in-page') await current.engine.ping().catch(() => {});
     if (this.crashed) await this.restart();
     const engine = this.choice?.engine;
     if (!engine) throw new NotInitializedError();
@@ -327,21 +344,39 @@ export class KwaaiNet {
     return engine;
   }
 
-  private create(params: ChatCompletionCreateParams): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>> {
-    return params.stream === true ? this.createStream(params) : this.createCompletion(params);
+  private async create(params: ChatCompletionCreateParams): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>> {
+    // Validated before anything starts: a bad request never waits for the model.
+    const request = toGenerateRequest(params);
+    if (params.stream === true) {
+      return this.runStream<ChatCompletionChunk>(params, request, (meta) => buildChunk(meta, { role: 'assistant', content: '' }),
+        (meta, text, ids) => buildChunk(meta, { content: text }, null, undefined, ids),
+        (meta, r) => buildChunk(meta, {}, r.finishReason, r.usage));
+    }
+    return this.runOnce(params, request, (meta, r, ids) => buildCompletion(meta, r.text, r.finishReason, r.usage, ids));
   }
 
-  private async createCompletion(params: ChatCompletionCreateParamsNonStreaming): Promise<ChatCompletion> {
+  private async createText(params: CompletionCreateParams): Promise<Completion | AsyncIterable<Completion>> {
+    const request = toPromptRequest(params);
+    if (params.stream === true) {
+      return this.runStream<Completion>(params, request, null,
+        (meta, text, ids) => buildTextCompletion(meta, text, null, undefined, ids),
+        (meta, r) => buildTextCompletion(meta, '', r.finishReason, r.usage));
+    }
+    return this.runOnce(params, request, (meta, r, ids) => buildTextCompletion(meta, r.text, r.finishReason, r.usage, ids));
+  }
+
+  private async runOnce<T>(params: { signal?: AbortSignal; model?: string }, request: GenerateRequest,
+    build: (meta: CompletionMeta, result: GenerationResult, ids: number[]) => T): Promise<T> {
     const { signal } = params;
     throwIfAborted(signal);
-    const request = toGenerateRequest(params);
     const engine = await this.engineReady(signal);
     const controller = this.track(signal);
     try {
       const t0 = performance.now();
-      const result = await engine.generate(request, { signal: controller.signal });
+      const ids: number[] = [];
+      const result = await engine.generate(request, { signal: controller.signal, onChunk: (_t, _n, tokens) => ids.push(...tokens) });
       this.recordImpact(performance.now() - t0);
-      return buildCompletion(this.meta(params), result.text, result.finishReason, result.usage);
+      return build(this.meta(params), result, ids);
     } catch (err) {
       throw this.requestError(err, controller.signal);
     } finally {
@@ -349,30 +384,32 @@ export class KwaaiNet {
     }
   }
 
-  private async createStream(params: ChatCompletionCreateParamsStreaming): Promise<AsyncIterable<ChatCompletionChunk>> {
+  private async runStream<T>(params: { signal?: AbortSignal; model?: string }, request: GenerateRequest,
+    first: ((meta: CompletionMeta) => T) | null,
+    piece: (meta: CompletionMeta, text: string, ids: number[]) => T,
+    last: (meta: CompletionMeta, result: GenerationResult) => T): Promise<AsyncIterable<T>> {
     const { signal } = params;
     throwIfAborted(signal);
-    const request = toGenerateRequest(params);
     const engine = await this.engineReady(signal);
     throwIfAborted(signal);
     const controller = this.track(signal);
     const meta = this.meta(params);
-    const stream = new ChunkStream(() => controller.abort(new Error('the stream was closed by its reader')));
-    stream.push(buildChunk(meta, { role: 'assistant', content: '' }));
+    const stream = new ChunkStream<T>(() => controller.abort(new Error('the stream was closed by its reader')));
+    if (first) stream.push(first(meta));
     const t0 = performance.now();
     engine.generate(request, {
       signal: controller.signal,
-      onChunk: (text) => stream.push(buildChunk(meta, { content: text })),
+      onChunk: (text, _n, ids) => stream.push(piece(meta, text, ids)),
     }).then((result) => {
       this.recordImpact(performance.now() - t0);
-      stream.push(buildChunk(meta, {}, result.finishReason, result.usage));
+      stream.push(last(meta, result));
       stream.end();
     }, (err: unknown) => stream.end(this.requestError(err, controller.signal)))
       .finally(() => this.untrack(controller));
     return stream;
   }
 
-  private meta(params: ChatCompletionCreateParams): { id: string; created: number; model: string } {
+  private meta(params: { model?: string }): CompletionMeta {
     const m = this.modelInfo?.model;
     return {
       id: randomId('chatcmpl-'),

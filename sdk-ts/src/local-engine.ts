@@ -79,8 +79,12 @@ function checkInfo(raw: unknown): WasmEngineInfo {
   return raw as unknown as WasmEngineInfo;
 }
 
+function isTokenList(v: unknown): boolean {
+  return (Array.isArray(v) || v instanceof Uint32Array) && Array.from(v as ArrayLike<unknown>).every((t) => Number.isInteger(t));
+}
+
 function checkStep(raw: unknown): WasmStepResult {
-  if (!isRecord(raw) || typeof raw.text !== 'string' || typeof raw.done !== 'boolean' ||
+  if (!isRecord(raw) || typeof raw.text !== 'string' || typeof raw.done !== 'boolean' || !isTokenList(raw.tokens) ||
     typeof raw.prompt_tokens !== 'number' || typeof raw.completion_tokens !== 'number' ||
     !(raw.finish_reason === null || raw.finish_reason === 'stop' || raw.finish_reason === 'length')) {
     throw new EngineError('engine: step() returned an unexpected value');
@@ -248,7 +252,9 @@ export class LocalEngine implements Engine {
       const { signal, onChunk } = options;
       const loaded = this.loaded;
       if (!loaded) throw new EngineError('no model is loaded (load one first)');
-      const start: WasmStartRequest = { messages: request.messages.map((m) => ({ role: m.role, content: m.content })) };
+      const start: WasmStartRequest = request.prompt !== undefined
+        ? { prompt: request.prompt }
+        : { messages: (request.messages ?? []).map((m) => ({ role: m.role, content: m.content })) };
       if (request.max_tokens !== undefined) start.max_tokens = request.max_tokens;
       if (request.temperature !== undefined) start.temperature = request.temperature;
       if (request.top_k !== undefined) start.top_k = request.top_k;
@@ -263,6 +269,9 @@ export class LocalEngine implements Engine {
       } catch (err) {
         throw engineError(err, 'starting the generation');
       }
+      options.onStart?.();
+      // Let 'started' (and any abort already queued) through before the prefill blocks us.
+      await yieldToEventLoop();
       const sliceMs = this.options.sliceMs ?? 40;
       let text = '';
       let n = 1;
@@ -288,9 +297,11 @@ export class LocalEngine implements Engine {
             const perToken = (after - before) / Math.max(1, r.tokens.length);
             n = Math.max(1, Math.min(32, Math.floor(sliceMs / Math.max(perToken, 0.01))));
           }
-          if (r.text) {
+          // Tokens without text happen (a held-back UTF-8 prefix, the end-of-turn id): they
+          // are still reported, callers may want the ids.
+          if (r.text || r.tokens.length > 0) {
             text += r.text;
-            onChunk?.(r.text, r.completion_tokens);
+            onChunk?.(r.text, r.completion_tokens, Array.from(r.tokens));
           }
           if (r.done) {
             const decodeMs = after - (firstTokenAt ?? after);

@@ -11,7 +11,7 @@
  *   ping                                 pong (host instance id: a new id = host restarted)
  *   status                               status
  *   load  (model url, sha256, caps)      progress* then loaded | error
- *   chat  (messages, sampling)           chunk* then done | error
+ *   chat  (messages | prompt, sampling)  started, chunk* then done | error
  *   abort (id of a chat or load)         (the aborted request ends with error 'aborted')
  *   info                                 info
  *   has-model / delete-model (url)       model-state
@@ -22,7 +22,8 @@ import {
   SHA256_HEX, array, boolean, integer, number, oneOf, optional, record, string, type Fail,
 } from './validate.js';
 
-export const PROTOCOL_VERSION = 1;
+/** 2: chat requests may carry a raw `prompt`; `chunk` carries the token ids; `started`. */
+export const PROTOCOL_VERSION = 2;
 
 /** Size limits on what a message may carry. */
 export const LIMITS = {
@@ -36,6 +37,8 @@ export const LIMITS = {
   chunkText: 1 << 20,
   errorMessage: 4096,
   text: 256,
+  /** Token ids in one chunk (the host sends at most a few dozen per step). */
+  chunkTokens: 4096,
 } as const;
 
 export type HostKind = 'service-worker' | 'worker' | 'in-page';
@@ -71,8 +74,11 @@ export interface EngineSpec {
   wasmIntegrity?: string;
 }
 
+/** Exactly one of `messages` (rendered with the model's chat template) or `prompt` (raw
+ *  text, special tokens such as `<|im_start|>` parsed: OpenAI's legacy completions). */
 export interface GenerateRequest {
-  messages: Array<{ role: ChatRole; content: string }>;
+  messages?: Array<{ role: ChatRole; content: string }>;
+  prompt?: string;
   max_tokens?: number;
   temperature?: number;
   top_k?: number;
@@ -146,7 +152,10 @@ export type HostMessage =
   | Envelope<'status', { status: HostStatus }>
   | Envelope<'progress', { progress: Progress }>
   | Envelope<'loaded', { info: EngineInfo }>
-  | Envelope<'chunk', { text: string; completionTokens: number }>
+  /** The generation begins its prefill, which blocks the host until the first chunk. */
+  | Envelope<'started'>
+  /** `tokens`: the ids generated since the previous chunk (a final end-of-turn id included). */
+  | Envelope<'chunk', { text: string; tokens: number[]; completionTokens: number }>
   | Envelope<'done', { finishReason: 'stop' | 'length'; usage: GenerationUsage }>
   | Envelope<'error', { error: WireError }>
   | Envelope<'info', { info: EngineInfo | null }>
@@ -156,7 +165,7 @@ export type PageMessageType = PageMessage['type'];
 export type HostMessageType = HostMessage['type'];
 
 const PAGE_TYPES = ['ping', 'status', 'load', 'chat', 'abort', 'info', 'has-model', 'delete-model'] as const;
-const HOST_TYPES = ['pong', 'status', 'progress', 'loaded', 'chunk', 'done', 'error', 'info', 'model-state'] as const;
+const HOST_TYPES = ['pong', 'status', 'progress', 'loaded', 'started', 'chunk', 'done', 'error', 'info', 'model-state'] as const;
 const ROLES = ['system', 'user', 'assistant'] as const;
 const HOSTS = ['service-worker', 'worker', 'in-page'] as const;
 const BACKENDS = ['cpu-wasm', 'webgpu'] as const;
@@ -213,16 +222,22 @@ function engineSpec(value: unknown): EngineSpec {
 /** Validates the sampling fields of a generate request (shared with the SDK's own checks). */
 export function generateRequest(value: unknown, failWith: Fail = fail): GenerateRequest {
   const r = record(value, 'request', failWith);
-  const list = array(r.messages, 'request.messages', failWith, LIMITS.messages);
-  if (list.length === 0) throw failWith('request.messages: empty');
-  const messages = list.map((entry, i) => {
-    const e = record(entry, `request.messages[${i}]`, failWith);
-    return {
-      role: oneOf(e.role, `request.messages[${i}].role`, failWith, ROLES),
-      content: string(e.content, `request.messages[${i}].content`, failWith, LIMITS.content),
-    };
-  });
-  const req: GenerateRequest = { messages };
+  const req: GenerateRequest = {};
+  if (r.prompt !== undefined) {
+    if (r.messages !== undefined) throw failWith('request: exactly one of messages or prompt');
+    req.prompt = string(r.prompt, 'request.prompt', failWith, LIMITS.content);
+    if (req.prompt.length === 0) throw failWith('request.prompt: empty');
+  } else {
+    const list = array(r.messages, 'request.messages', failWith, LIMITS.messages);
+    if (list.length === 0) throw failWith('request.messages: empty');
+    req.messages = list.map((entry, i) => {
+      const e = record(entry, `request.messages[${i}]`, failWith);
+      return {
+        role: oneOf(e.role, `request.messages[${i}].role`, failWith, ROLES),
+        content: string(e.content, `request.messages[${i}].content`, failWith, LIMITS.content),
+      };
+    });
+  }
   const set = <K extends keyof GenerateRequest>(key: K, v: GenerateRequest[K] | undefined): void => {
     if (v !== undefined) req[key] = v;
   };
@@ -343,9 +358,11 @@ export function parseHostMessage(data: unknown): HostMessage {
     case 'status': return { v, type: 'status', id, status: hostStatus(m.status) };
     case 'progress': return { v, type: 'progress', id, progress: progress(m.progress) };
     case 'loaded': return { v, type: 'loaded', id, info: engineInfo(m.info) };
+    case 'started': return { v, type: 'started', id };
     case 'chunk': return {
       v, type: 'chunk', id,
       text: string(m.text, 'text', fail, LIMITS.chunkText),
+      tokens: array(m.tokens, 'tokens', fail, LIMITS.chunkTokens).map((t, i) => integer(t, `tokens[${i}]`, fail, 0, 0xffffffff)),
       completionTokens: integer(m.completionTokens, 'completionTokens', fail, 0, MAX_BYTES),
     };
     case 'done': return {

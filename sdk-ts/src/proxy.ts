@@ -3,8 +3,8 @@
  * service worker (or any `Transport`: a MessagePort in tests).
  *
  * Liveness: while requests are open the proxy pings every `pingIntervalMs`; a host that
- * sends nothing for `pingTimeoutMs` (`loadTimeoutMs` while it parses a model, which blocks
- * it) is declared crashed, and so is one whose pong carries a new instance id (the browser
+ * sends nothing for `pingTimeoutMs` (`loadTimeoutMs` while it parses a model or runs a
+ * prompt's prefill, which block it) is declared crashed, and so is one whose pong carries a new instance id (the browser
  * killed and restarted the service worker: the loaded model is gone). Open requests then
  * reject with EngineCrashedError and every later call fails fast; the SDK builds a new
  * proxy (a restart) on the next request.
@@ -31,7 +31,7 @@ export interface Transport {
 export interface ProxyOptions {
   pingIntervalMs?: number;
   pingTimeoutMs?: number;
-  /** Silence allowed while the host is in the 'load' phase (parsing blocks it). */
+  /** Silence allowed while the host is in the 'load' phase or a prefill (both block it). */
   loadTimeoutMs?: number;
   now?: () => number;
 }
@@ -252,17 +252,35 @@ export class ProxyEngine implements Engine {
     }
   }
 
-  generate(request: GenerateRequest, options: GenerateOptions = {}): Promise<GenerationResult> {
+  async generate(request: GenerateRequest, options: GenerateOptions = {}): Promise<GenerationResult> {
+    // The prefill runs as one synchronous engine call (seconds for a long prompt, during
+    // which the host answers nothing): from the host's 'started' (it is alive and about to
+    // block) to the first chunk, allow the load timeout.
+    let inPrefill = false;
+    const prefillDone = (): void => {
+      if (inPrefill) this.loading -= 1;
+      inPrefill = false;
+    };
     let text = '';
-    return this.request((id) => pageMessage({ type: 'chat', id, request }), (m) => {
-      if (m.type === 'chunk') {
-        text += m.text;
-        options.onChunk?.(m.text, m.completionTokens);
-        return undefined;
-      }
-      if (m.type === 'done') return { text, finishReason: m.finishReason, usage: m.usage };
-      return this.unexpected(m, 'done');
-    }, options.signal);
+    try {
+      return await this.request((id) => pageMessage({ type: 'chat', id, request }), (m) => {
+        if (m.type === 'started') {
+          if (!inPrefill) this.loading += 1;
+          inPrefill = true;
+          return undefined;
+        }
+        if (m.type === 'chunk') {
+          prefillDone();
+          text += m.text;
+          options.onChunk?.(m.text, m.completionTokens, m.tokens);
+          return undefined;
+        }
+        if (m.type === 'done') return { text, finishReason: m.finishReason, usage: m.usage };
+        return this.unexpected(m, 'done');
+      }, options.signal);
+    } finally {
+      prefillDone();
+    }
   }
 
   info(): Promise<EngineInfo | null> {
@@ -283,8 +301,10 @@ export class ProxyEngine implements Engine {
       (m) => (m.type === 'model-state' ? m.present : this.unexpected(m, 'model-state')));
   }
 
-  /** Resolves with the host's instance id; a silent host is declared crashed. */
-  ping(timeoutMs = this.options.pingTimeoutMs): Promise<string> {
+  /** Resolves with the host's instance id; a silent host is declared crashed. By default
+   *  the wait is `loadTimeoutMs` while the host is in a phase that blocks it (parsing a
+   *  model, a prefill), else `pingTimeoutMs`. */
+  ping(timeoutMs = this.loading > 0 ? this.options.loadTimeoutMs : this.options.pingTimeoutMs): Promise<string> {
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), timeoutMs);
     return this.request((id) => pageMessage({ type: 'ping', id }), (m) => (m.type === 'pong' ? m.instanceId : this.unexpected(m, 'pong')),

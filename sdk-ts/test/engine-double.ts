@@ -11,6 +11,8 @@ import type {
 export interface DoubleOptions {
   /** Busy-waits this long per generated token (to test aborts mid-generation). */
   msPerToken?: number;
+  /** Busy-waits this long in the first step (a prefill blocks the host's thread). */
+  prefillMs?: number;
   /** Bytes of KV cache per context token. */
   kvBytesPerToken?: number;
 }
@@ -67,6 +69,7 @@ export function engineDouble(options: DoubleOptions = {}): { module: WasmEngineM
     step(maxTokens: number): WasmStepResult {
       if (this.finished) throw new Error('generation: already finished');
       stats.steps++;
+      if (!this.prefilled && options.prefillMs) busyWait(options.prefillMs);
       this.prefilled = true;
       let text = '';
       const tokens: number[] = [];

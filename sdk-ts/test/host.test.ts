@@ -5,6 +5,9 @@ import { EngineCrashedError, EngineError, ModelTooLargeError } from '../src/erro
 import { EngineHostHandler } from '../src/host/handler.js';
 import type { Status } from '../src/kwaainet.js';
 import { PROTOCOL_VERSION, type HostMessage, type Progress } from '../src/protocol.js';
+import { ProxyEngine, type Transport } from '../src/proxy.js';
+import { once } from 'node:events';
+import { Worker } from 'node:worker_threads';
 import { MODEL, MODEL_SHA, MODEL_URL, hostPair, kwaaiWithHosts, localEngine, until, type HostPair } from './harness.js';
 
 const v = PROTOCOL_VERSION;
@@ -111,6 +114,36 @@ describe('engine host ↔ proxy over a MessageChannel', () => {
     assert.ok(performance.now() - t0 < 1000);
     assert.ok(crashes.length === 1 && crashes[0] instanceof EngineCrashedError);
     await assert.rejects(p.proxy.status(), EngineCrashedError, 'fails fast afterwards');
+  });
+
+  it('waits out a long prefill (the host said it started) without declaring a crash', async () => {
+    // The prefill blocks the host 4x longer than the ping timeout; the host runs on its
+    // own thread, as a dedicated worker does, so the proxy's clock keeps running.
+    const worker = new Worker(new URL('./host-worker.js', import.meta.url), { workerData: { prefillMs: 600 } });
+    cleanup.push(() => void worker.terminate());
+    await once(worker, 'message');
+    const transport: Transport = {
+      host: 'worker',
+      send: (m) => worker.postMessage(m),
+      listen: (onData, onFatal) => {
+        worker.on('message', onData);
+        worker.on('error', onFatal);
+        return () => {
+          worker.off('message', onData);
+          worker.off('error', onFatal);
+        };
+      },
+      close: () => void worker.terminate(),
+    };
+    const proxy = new ProxyEngine(transport, { pingIntervalMs: 10, pingTimeoutMs: 150, loadTimeoutMs: 5_000 });
+    await proxy.load(spec, engineSpec);
+    const crashes: Error[] = [];
+    proxy.onCrash((e) => void crashes.push(e));
+    const r = await proxy.generate({ messages: [{ role: 'user', content: 'x' }] });
+    assert.equal(r.text, 'Echo: x');
+    assert.equal(crashes.length, 0);
+    assert.match(await proxy.ping(), /^h-/);
+    await proxy.dispose();
   });
 
   it('detects a restarted host (new instance id) as a crash', async () => {

@@ -98,3 +98,35 @@ describe('chat.completions.create', () => {
     assert.equal(await ai.hasModel(), false);
   });
 });
+
+describe('legacy completions and token ids', () => {
+  it('runs a raw prompt, streamed or not, with the token ids of what was generated', async () => {
+    const { ai } = setup();
+    await ai.initialize();
+    // The engine double answers `Echo: <prompt>`, one token per character (its char code).
+    const want = 'Echo: <|im_start|>hi';
+    const ids = [...want].map((c) => c.charCodeAt(0));
+    const whole = await ai.completions.create({ prompt: '<|im_start|>hi' });
+    assert.equal(whole.object, 'text_completion');
+    assert.equal(whole.choices[0]?.text, want);
+    assert.deepEqual(whole.choices[0]?.token_ids, ids);
+    assert.equal(whole.usage?.completion_tokens, want.length);
+    let text = '';
+    const streamed: number[] = [];
+    let last = null;
+    for await (const c of await ai.completions.create({ prompt: '<|im_start|>hi', stream: true })) {
+      text += c.choices[0]?.text ?? '';
+      streamed.push(...(c.choices[0]?.token_ids ?? []));
+      last = c;
+    }
+    assert.equal(text, want);
+    assert.deepEqual(streamed, ids);
+    assert.equal(last?.choices[0]?.finish_reason, 'stop');
+    // Chat chunks carry them too, and assembleChunks joins them.
+    const chunks: ChatCompletionChunk[] = [];
+    for await (const c of await ai.chat.completions.create({ messages: [{ role: 'user', content: 'ab' }], stream: true })) chunks.push(c);
+    assert.deepEqual(assembleChunks(chunks).choices[0]?.token_ids, [...'Echo: ab'].map((c) => c.charCodeAt(0)));
+    await assert.rejects(ai.completions.create({ prompt: '' }), InvalidArgumentError);
+    await assert.rejects(ai.completions.create({ prompt: 5 } as never), InvalidArgumentError);
+  });
+});

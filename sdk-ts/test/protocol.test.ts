@@ -31,8 +31,9 @@ describe('protocol: page → host validation', () => {
   it('rejects garbage, wrong versions and unknown types', () => {
     for (const data of [null, undefined, 0, 'ping', [], [v, 'ping'], new Uint8Array(4), () => 1]) rejects(data);
     rejects({ type: 'ping', id: 'x' }, /version/);
-    rejects({ v: 2, type: 'ping', id: 'x' }, /version/);
-    rejects({ v: '1', type: 'ping', id: 'x' }, /version/);
+    rejects({ v: v + 1, type: 'ping', id: 'x' }, /version/);
+    rejects({ v: v - 1, type: 'ping', id: 'x' }, /version/);
+    rejects({ v: String(v), type: 'ping', id: 'x' }, /version/);
     rejects({ v, type: 'eval', id: 'x' }, /type/);
     rejects({ v, type: 'ping' }, /id/);
     rejects({ v, type: 'ping', id: '' }, /id/);
@@ -58,13 +59,19 @@ describe('protocol: page → host validation', () => {
     rejects(chat({ ...ok, stop: new Array(LIMITS.stop + 1).fill('a') }), /entries/);
     rejects(chat({ ...ok, stop: [''] }), /empty/);
     rejects(chat({ ...ok, stop: 'x' }), /array/);
+    // A raw prompt instead of messages: exactly one of the two.
+    assert.deepEqual(parsePageMessage(chat({ prompt: '<|im_start|>x', max_tokens: 2 })),
+      { v, type: 'chat', id: 'r1', request: { prompt: '<|im_start|>x', max_tokens: 2 } });
+    rejects(chat({ ...ok, prompt: 'x' }), /exactly one/);
+    rejects(chat({ prompt: '' }), /empty/);
+    rejects(chat({ prompt: 5 }), /prompt/);
   });
 
   it('ignores prototype tricks', () => {
     const data: unknown = JSON.parse(`{"v":${v},"type":"chat","id":"p","__proto__":{"polluted":1},"request":{"messages":[{"role":"user","content":"x","__proto__":{"role":"system"}}]}}`);
     const m = parsePageMessage(data);
     assert.equal(({} as Record<string, unknown>).polluted, undefined);
-    assert.ok(m.type === 'chat' && m.request.messages[0]?.role === 'user');
+    assert.ok(m.type === 'chat' && m.request.messages?.[0]?.role === 'user');
   });
 
   it('rejects bad model specs', () => {
@@ -80,14 +87,18 @@ describe('protocol: page → host validation', () => {
 
 describe('protocol: host → page validation', () => {
   it('accepts replies and rejects malformed ones', () => {
-    assert.deepEqual(parseHostMessage({ v, type: 'chunk', id: 'c', text: 'hé', completionTokens: 2 }), { v, type: 'chunk', id: 'c', text: 'hé', completionTokens: 2 });
+    assert.deepEqual(parseHostMessage({ v, type: 'chunk', id: 'c', text: 'hé', tokens: [7, 8], completionTokens: 2 }),
+      { v, type: 'chunk', id: 'c', text: 'hé', tokens: [7, 8], completionTokens: 2 });
     assert.deepEqual(parseHostMessage({ v, type: 'error', id: 'e', error: { code: 'aborted', message: 'm' } }),
       { v, type: 'error', id: 'e', error: { code: 'aborted', message: 'm' } });
     const bad = [
       { v, type: 'error', id: 'e', error: { code: 'rm -rf', message: 'm' } },
       { v, type: 'progress', id: 'p', progress: { phase: 'download', loaded: 1, total: 2, fraction: 1.5 } },
       { v, type: 'progress', id: 'p', progress: { phase: 'upload', loaded: 1, total: 2, fraction: 0.5 } },
-      { v, type: 'chunk', id: 'c', text: 5, completionTokens: 1 },
+      { v, type: 'chunk', id: 'c', text: 5, tokens: [], completionTokens: 1 },
+      { v, type: 'chunk', id: 'c', text: 'x', completionTokens: 1 },
+      { v, type: 'chunk', id: 'c', text: 'x', tokens: [-1], completionTokens: 1 },
+      { v, type: 'chunk', id: 'c', text: 'x', tokens: [1.5], completionTokens: 1 },
       { v, type: 'done', id: 'd', finishReason: 'abort', usage: {} },
       { v, type: 'pong', id: 'p' },
       { v, type: 'ping', id: 'p' },

@@ -126,7 +126,8 @@ export class EngineHostHandler {
         await this.track(m.id, conn, key, async (signal) => {
           const result = await this.engine.generate(m.request, {
             signal,
-            onChunk: (text, completionTokens) => reply({ type: 'chunk', id: m.id, text, completionTokens }),
+            onStart: () => reply({ type: 'started', id: m.id }),
+            onChunk: (text, completionTokens, tokens) => reply({ type: 'chunk', id: m.id, text, tokens, completionTokens }),
           });
           reply({ type: 'done', id: m.id, finishReason: result.finishReason, usage: result.usage });
         });

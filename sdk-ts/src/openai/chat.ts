@@ -8,17 +8,40 @@ import { AbortError, InvalidArgumentError, KwaaiNetError, abortErrorFrom, toKwaa
 import { generateRequest, type GenerateRequest, type GenerationUsage } from '../protocol.js';
 import { isRecord } from '../validate.js';
 import type {
-  ChatCompletion, ChatCompletionChunk, ChatCompletionCreateParamsBase, CompletionUsage, FinishReason,
+  ChatCompletion, ChatCompletionChunk, ChatCompletionCreateParamsBase, Completion, CompletionCreateParamsBase,
+  CompletionUsage, FinishReason,
 } from './types.js';
 
 const fail = (m: string): Error => new InvalidArgumentError(m);
 
-/** Validates OpenAI params and converts them to the engine's request. */
-export function toGenerateRequest(params: ChatCompletionCreateParamsBase): GenerateRequest {
-  if (!isRecord(params)) throw new InvalidArgumentError('chat.completions.create: expected a params object');
+type Sampling = Omit<ChatCompletionCreateParamsBase, 'messages'>;
+
+function samplingFields(params: Sampling): Record<string, unknown> {
   if (params.n !== undefined && params.n !== null && params.n !== 1) {
     throw new InvalidArgumentError('n: only 1 choice is supported');
   }
+  const stop = typeof params.stop === 'string' ? [params.stop] : params.stop;
+  return {
+    max_tokens: params.max_tokens,
+    temperature: params.temperature,
+    top_p: params.top_p,
+    top_k: params.top_k,
+    repeat_penalty: params.repeat_penalty,
+    seed: params.seed,
+    stop,
+  };
+}
+
+/** Validates legacy Completions params (a raw prompt) and converts them to the engine's request. */
+export function toPromptRequest(params: CompletionCreateParamsBase): GenerateRequest {
+  if (!isRecord(params)) throw new InvalidArgumentError('completions.create: expected a params object');
+  if (typeof params.prompt !== 'string') throw new InvalidArgumentError('prompt: expected a string');
+  return generateRequest({ prompt: params.prompt, ...samplingFields(params) }, fail);
+}
+
+/** Validates OpenAI params and converts them to the engine's request. */
+export function toGenerateRequest(params: ChatCompletionCreateParamsBase): GenerateRequest {
+  if (!isRecord(params)) throw new InvalidArgumentError('chat.completions.create: expected a params object');
   if (!Array.isArray(params.messages)) throw new InvalidArgumentError('messages: expected an array');
   const messages = params.messages.map((m, i) => {
     if (!isRecord(m)) throw new InvalidArgumentError(`messages[${i}]: expected an object`);
@@ -33,18 +56,8 @@ export function toGenerateRequest(params: ChatCompletionCreateParamsBase): Gener
     }
     return { role: m.role, content };
   });
-  const stop = typeof params.stop === 'string' ? [params.stop] : params.stop;
   // generateRequest checks types and ranges with the same rules the host applies.
-  return generateRequest({
-    messages,
-    max_tokens: params.max_tokens,
-    temperature: params.temperature,
-    top_p: params.top_p,
-    top_k: params.top_k,
-    repeat_penalty: params.repeat_penalty,
-    seed: params.seed,
-    stop,
-  }, fail);
+  return generateRequest({ messages, ...samplingFields(params) }, fail);
 }
 
 export function toCompletionUsage(u: GenerationUsage): CompletionUsage {
@@ -63,28 +76,46 @@ export interface CompletionMeta {
   model: string;
 }
 
-export function buildCompletion(meta: CompletionMeta, text: string, finishReason: FinishReason, usage: GenerationUsage): ChatCompletion {
+export function buildCompletion(meta: CompletionMeta, text: string, finishReason: FinishReason, usage: GenerationUsage,
+  tokenIds?: number[]): ChatCompletion {
   return {
     id: meta.id,
     object: 'chat.completion',
     created: meta.created,
     model: meta.model,
-    choices: [{ index: 0, message: { role: 'assistant', content: text }, finish_reason: finishReason, logprobs: null }],
+    choices: [{
+      index: 0, message: { role: 'assistant', content: text }, finish_reason: finishReason, logprobs: null,
+      ...(tokenIds && { token_ids: tokenIds }),
+    }],
     usage: toCompletionUsage(usage),
   };
 }
 
 export function buildChunk(meta: CompletionMeta, delta: ChatCompletionChunk['choices'][number]['delta'],
-  finishReason: FinishReason | null = null, usage?: GenerationUsage): ChatCompletionChunk {
+  finishReason: FinishReason | null = null, usage?: GenerationUsage, tokenIds?: number[]): ChatCompletionChunk {
   const chunk: ChatCompletionChunk = {
     id: meta.id,
     object: 'chat.completion.chunk',
     created: meta.created,
     model: meta.model,
-    choices: [{ index: 0, delta, finish_reason: finishReason, logprobs: null }],
+    choices: [{ index: 0, delta, finish_reason: finishReason, logprobs: null, ...(tokenIds && { token_ids: tokenIds }) }],
   };
   if (usage) chunk.usage = toCompletionUsage(usage);
   return chunk;
+}
+
+/** A legacy Completions answer, or one streamed piece of it (`usage` only on the last). */
+export function buildTextCompletion(meta: CompletionMeta, text: string, finishReason: FinishReason | null,
+  usage?: GenerationUsage, tokenIds?: number[]): Completion {
+  const c: Completion = {
+    id: meta.id,
+    object: 'text_completion',
+    created: meta.created,
+    model: meta.model,
+    choices: [{ index: 0, text, finish_reason: finishReason, logprobs: null, ...(tokenIds && { token_ids: tokenIds }) }],
+  };
+  if (usage) c.usage = toCompletionUsage(usage);
+  return c;
 }
 
 /** Joins a stream's chunks back into the completion (what a non-streaming call returns). */
@@ -94,10 +125,12 @@ export function assembleChunks(chunks: readonly ChatCompletionChunk[]): ChatComp
   if (!first || !last?.usage) throw new InvalidArgumentError('a stream ends with a chunk that carries usage');
   let text = '';
   let finish: FinishReason | null = null;
+  let ids: number[] | undefined;
   for (const c of chunks) {
     for (const choice of c.choices) {
       text += choice.delta.content ?? '';
       finish = choice.finish_reason ?? finish;
+      if (choice.token_ids) (ids ??= []).push(...choice.token_ids);
     }
   }
   return {
@@ -105,7 +138,10 @@ export function assembleChunks(chunks: readonly ChatCompletionChunk[]): ChatComp
     object: 'chat.completion',
     created: first.created,
     model: first.model,
-    choices: [{ index: 0, message: { role: 'assistant', content: text }, finish_reason: finish ?? 'stop', logprobs: null }],
+    choices: [{
+      index: 0, message: { role: 'assistant', content: text }, finish_reason: finish ?? 'stop', logprobs: null,
+      ...(ids && { token_ids: ids }),
+    }],
     usage: last.usage,
   };
 }
@@ -115,8 +151,8 @@ export function assembleChunks(chunks: readonly ChatCompletionChunk[]): ChatComp
  * `return()`) runs `cancel`, which stops the generation in the host; a producer error (an
  * AbortError included) is thrown from the next `next()`.
  */
-export class ChunkStream implements AsyncIterable<ChatCompletionChunk> {
-  private readonly queue: ChatCompletionChunk[] = [];
+export class ChunkStream<T = ChatCompletionChunk> implements AsyncIterable<T> {
+  private readonly queue: T[] = [];
   private waiter: (() => void) | null = null;
   private finished = false;
   private error: KwaaiNetError | null = null;
@@ -127,7 +163,7 @@ export class ChunkStream implements AsyncIterable<ChatCompletionChunk> {
     this.cancel = cancel;
   }
 
-  push(chunk: ChatCompletionChunk): void {
+  push(chunk: T): void {
     if (this.finished) return;
     this.queue.push(chunk);
     this.wake();
@@ -146,14 +182,13 @@ export class ChunkStream implements AsyncIterable<ChatCompletionChunk> {
     w?.();
   }
 
-  [Symbol.asyncIterator](): AsyncIterator<ChatCompletionChunk> {
+  [Symbol.asyncIterator](): AsyncIterator<T> {
     if (this.iterated) throw new InvalidArgumentError('a chat completion stream can be iterated once');
     this.iterated = true;
     return {
       next: async () => {
         for (;;) {
-          const chunk = this.queue.shift();
-          if (chunk) return { value: chunk, done: false };
+          if (this.queue.length > 0) return { value: this.queue.shift() as T, done: false };
           if (this.finished) {
             if (this.error) {
               const e = this.error;

@@ -79,6 +79,8 @@ export interface ChatCompletion {
     message: ChatCompletionMessage;
     finish_reason: FinishReason;
     logprobs: null;
+    /** Not an OpenAI field (vLLM's name for it): every generated token id. */
+    token_ids?: number[];
   }>;
   usage: CompletionUsage;
 }
@@ -93,7 +95,45 @@ export interface ChatCompletionChunk {
     delta: { role?: 'assistant'; content?: string };
     finish_reason: FinishReason | null;
     logprobs: null;
+    /** Not an OpenAI field (vLLM's name for it): the token ids generated with this delta. */
+    token_ids?: number[];
   }>;
   /** Present on the last chunk only. */
+  usage?: CompletionUsage;
+}
+
+/** OpenAI's legacy Completions: a raw prompt, no chat template. Special tokens written in
+ *  the prompt (`<|im_start|>`) are parsed as such. */
+export interface CompletionCreateParamsBase extends Omit<ChatCompletionCreateParamsBase, 'messages'> {
+  prompt: string;
+}
+
+export interface CompletionCreateParamsNonStreaming extends CompletionCreateParamsBase {
+  stream?: false | null;
+}
+
+export interface CompletionCreateParamsStreaming extends CompletionCreateParamsBase {
+  stream: true;
+}
+
+export type CompletionCreateParams = CompletionCreateParamsNonStreaming | CompletionCreateParamsStreaming;
+
+export interface CompletionChoice {
+  index: number;
+  text: string;
+  finish_reason: FinishReason | null;
+  logprobs: null;
+  /** Not an OpenAI field (vLLM's name for it): the token ids generated with this text. */
+  token_ids?: number[];
+}
+
+/** A whole answer (`object: 'text_completion'`), or one streamed piece of it (the same
+ *  shape, as OpenAI streams it; `usage` on the last piece only). */
+export interface Completion {
+  id: string;
+  object: 'text_completion';
+  created: number;
+  model: string;
+  choices: CompletionChoice[];
   usage?: CompletionUsage;
 }

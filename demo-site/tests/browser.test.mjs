@@ -1,0 +1,418 @@
+// The browser side, end to end, in a real headless Chromium: the demo page loads the SDK
+// through the one-line script tag (integrity + crossorigin), the SDK starts its engine host
+// (the CPU WASM engine in a dedicated worker, or in the service worker when asked),
+// downloads the default model with progress, verifies and caches it, and generates.
+//
+//   node --test demo-site/tests/          (after scripts/build-wasm.sh and cdn/build.mjs)
+//
+// Needs /usr/bin/chromium (or $CHROMIUM) and the model (KWAAINET_MODEL, else the CLI's
+// cache); without them the tests skip, unless KWAAINET_REQUIRE_MODEL=1 / CI=true. Each
+// test has its own browser profile and its own server on 127.0.0.1 (ephemeral port), both
+// closed when it ends.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { cdnDir, findModel, manifestIntegrity, startDemoServer, version } from '../server.mjs';
+import { CHROMIUM, generate, launch, openDemo, recordEvents, within } from './browser.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, '..', '..');
+const data = join(root, 'engine', 'core', 'tests', 'data');
+const shared = JSON.parse(readFileSync(join(data, 'smollm2-135m-q4_1.llamacpp.json'), 'utf8'));
+const avx2 = JSON.parse(readFileSync(join(data, 'smollm2-135m-q4_1.llamacpp-avx2.json'), 'utf8'));
+const capitalRaw = avx2.cases.find((c) => c.name === 'capital-raw');
+
+const required = process.env.KWAAINET_REQUIRE_MODEL === '1' || process.env.CI === 'true';
+const missing = [
+  !existsSync(CHROMIUM) && `no Chromium at ${CHROMIUM}`,
+  !findModel() && 'no model (set KWAAINET_MODEL)',
+  !existsSync(join(cdnDir, 'kwaainet_wasm_bg.wasm')) && 'no CDN bundle with the engine (scripts/build-wasm.sh, node cdn/build.mjs)',
+].filter(Boolean);
+if (missing.length > 0 && required) throw new Error(`browser tests cannot run: ${missing.join('; ')}`);
+const skip = missing.length > 0 ? missing.join('; ') : false;
+
+/** One server + one fresh browser per test, always closed. */
+async function setup(t, serverOptions = {}, launchOptions = {}) {
+  const server = await startDemoServer({ port: 0, ...serverOptions });
+  t.after(() => server.close());
+  const browser = await launch(launchOptions);
+  t.after(() => browser.close());
+  await recordEvents(browser.context);
+  return { server, browser, page: browser.page };
+}
+
+const events = (page) => page.evaluate(() => ({ progress: window.__kw.progress, status: window.__kw.status }));
+const modelBytesSent = (server) => server.stats.model.reduce((n, r) => n + r.bytes, 0);
+
+function firstDiff(a, b) {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
+  return a.length === b.length ? -1 : n;
+}
+
+/** Runs a reference case through the SDK: chat when it has messages, else the raw prompt. */
+function runCase(page, c) {
+  return generate(page, c.messages ? { messages: c.messages, maxTokens: c.max_tokens } : { prompt: c.prompt, maxTokens: c.max_tokens });
+}
+
+test('script tag with SRI from a CDN origin: download with progress, then greedy tokens equal llama.cpp\'s', { skip, timeout: 240_000 }, async (t) => {
+  const { server, page } = await setup(t);
+  // The bundle from another origin (http://localhost:<port>), as from a CDN: the tag needs
+  // crossorigin + CORS, and the worker runs from a blob of its SRI-checked script.
+  await openDemo(page, `${server.url}?cdn=cross-origin`);
+
+  // The one-line tag, as the page has it: integrity and crossorigin set, and the hash is
+  // the CDN manifest's (Chromium refuses the script otherwise: see the next test).
+  const tag = await page.evaluate(() => {
+    const s = document.querySelector('script[src*="distributed-ai.js"]');
+    return { src: s.src, integrity: s.integrity, crossOrigin: s.crossOrigin, hasClass: typeof window.KwaaiNet === 'function' };
+  });
+  assert.equal(new URL(tag.src).host, `localhost:${server.port}`);
+  assert.notEqual(new URL(tag.src).origin, new URL(server.url).origin);
+  assert.equal(page.workers().length, 1);
+  assert.match(page.workers()[0].url(), /^blob:/, 'the worker runs from the SRI-checked blob');
+  assert.equal(tag.integrity, manifestIntegrity());
+  assert.match(tag.integrity, /^sha384-/);
+  assert.equal(tag.crossOrigin, 'anonymous');
+  assert.ok(tag.hasClass, 'window.KwaaiNet is the class');
+  for (const asset of ['kwaainet-worker.js', 'kwaainet_wasm_bg.wasm']) {
+    assert.ok(server.stats.requests.some((p) => p.endsWith(`/${asset}`)), `${asset} was loaded`);
+  }
+
+  // One combined progress stream: download bytes up to the file size, verify, load;
+  // `fraction` never goes back and ends at 1.
+  const { progress } = await events(page);
+  const size = server.model.size;
+  const download = progress.filter((p) => p.phase === 'download');
+  assert.ok(download.length > 10, `only ${download.length} download events`);
+  assert.equal(download.at(-1).loaded, size);
+  assert.ok(download.every((p) => p.total === size), 'download total is the file size');
+  assert.ok(progress.some((p) => p.phase === 'verify' && p.loaded === size));
+  assert.deepEqual(progress.at(-1), { phase: 'load', loaded: size, total: size, fraction: 1 });
+  for (let i = 1; i < progress.length; i++) {
+    assert.ok(progress[i].fraction >= progress[i - 1].fraction, `fraction went back at event ${i}`);
+  }
+  assert.equal(modelBytesSent(server), size, 'the model was downloaded exactly once');
+
+  const info = await page.evaluate(() => window.kwaainet.engineInfo());
+  assert.equal(info.backend, 'cpu-wasm');
+  assert.equal(info.simd128, true);
+  assert.equal(info.host, 'worker');
+  assert.match(info.reason, /service workers are not usable here/, 'a cross-origin bundle cannot register its service worker');
+  assert.equal(info.model.sha256, server.model.sha256);
+  assert.equal(info.model.nLayers, 30);
+
+  // The CPU engine reproduces llama.cpp on x86-64 AVX2 bit for bit: every greedy token of
+  // every case (the criteria of engine/wasm/tests, in the browser, through the SDK).
+  const got = new Map();
+  for (const c of avx2.cases) {
+    const t0 = performance.now();
+    const r = await runCase(page, c);
+    console.log(`${c.name}: ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    got.set(c.name, r.ids);
+    const d = firstDiff(r.ids, c.output_ids);
+    console.log(`${c.name}: ${d === -1 ? r.ids.length : d}/${c.output_ids.length} greedy tokens equal (AVX2 reference)`);
+    assert.deepEqual(r.ids, c.output_ids, `${c.name}: greedy tokens differ from llama.cpp (AVX2)`);
+    if (c.stop_at_eos) assert.equal(r.text, c.output_text);
+    assert.equal(r.usage.prompt_tokens, c.prompt_ids.length);
+  }
+
+  // The shared llama.cpp reference: capital-raw exactly; teacher-forced top-1 agreement of
+  // at least 97% over all cases, computed where greedy differs by the same engine in this
+  // page (the module from the CDN folder, SRI-checked).
+  const raw = shared.cases.find((c) => c.name === 'capital-raw');
+  assert.deepEqual(got.get('capital-raw'), raw.output_ids);
+  const differing = shared.cases.filter((c) => firstDiff(got.get(c.name), c.output_ids) !== -1);
+  const forced = differing.length === 0 ? [] : await within(120_000, page.evaluate(async ({ cdn, wasmIntegrity, modelUrl, cases }) => {
+    const glue = await import(`${cdn}kwaainet_wasm.js`);
+    await glue.default({ module_or_path: fetch(`${cdn}kwaainet_wasm_bg.wasm`, { integrity: wasmIntegrity }) });
+    const bytes = new Uint8Array(await (await fetch(modelUrl)).arrayBuffer());
+    const engine = glue.WasmEngine.load(bytes, 2048);
+    try {
+      return cases.map((c) => Array.from(engine.teacherForcedArgmax(Uint32Array.from(c.prompt_ids), Uint32Array.from(c.output_ids))));
+    } finally {
+      engine.free();
+    }
+  }, {
+    cdn: new URL(`cdn/v${version}/`, server.url).href,
+    wasmIntegrity: JSON.parse(readFileSync(join(cdnDir, 'sri-manifest.json'), 'utf8')).files['kwaainet_wasm_bg.wasm'].integrity,
+    modelUrl: new URL('models/model.gguf', server.url).href,
+    cases: differing.map((c) => ({ prompt_ids: c.prompt_ids, output_ids: c.output_ids })),
+  }), 'teacher forcing');
+  let agree = 0;
+  let total = 0;
+  for (const c of shared.cases) {
+    const i = differing.indexOf(c);
+    const a = i === -1 ? c.output_ids.length : forced[i].reduce((n, tok, j) => n + (tok === c.output_ids[j] ? 1 : 0), 0);
+    console.log(`${c.name}: teacher-forced top-1 agreement ${a}/${c.output_ids.length} (shared reference)`);
+    agree += a;
+    total += c.output_ids.length;
+  }
+  assert.ok(agree / total >= 0.97, `agreement ${agree}/${total} < 0.97`);
+});
+
+test('a script tag whose integrity does not match is refused by Chromium', { skip, timeout: 60_000 }, async (t) => {
+  const wrong = `sha384-${Buffer.alloc(48, 7).toString('base64')}`;
+  const { server, page } = await setup(t, { integrity: wrong });
+  const blocked = [];
+  page.on('console', (m) => {
+    if (/integrity/i.test(m.text())) blocked.push(m.text());
+  });
+  await page.goto(server.url, { waitUntil: 'load', timeout: 30_000 });
+  await page.waitForFunction(() => document.getElementById('status').textContent.includes('did not start'), null, { timeout: 10_000 });
+  assert.equal(await page.evaluate(() => typeof window.KwaaiNet), 'undefined');
+  assert.ok(server.stats.requests.some((p) => p.endsWith('/distributed-ai.js')), 'the script was fetched');
+  assert.ok(!server.stats.requests.some((p) => p.endsWith('/kwaainet-worker.js')), 'but never ran');
+  assert.equal(server.stats.model.length, 0);
+  assert.ok(blocked.length > 0, 'Chromium reported the integrity failure');
+});
+
+test('storage limits are clear errors: maxResources.storage, and the browser\'s quota', { skip, timeout: 60_000 }, async (t) => {
+  const { server, browser, page } = await setup(t);
+  await page.goto(`${server.url}?max=cpu:20,memory:1024,storage:50`, { timeout: 30_000 });
+  await page.waitForFunction(() => window.__kw.error !== null, null, { timeout: 30_000 });
+  let e = await page.evaluate(() => ({ message: window.__kw.error, code: window.__kw.errorCode }));
+  assert.equal(e.code, 'quota-exceeded');
+  assert.match(e.message, /exceed maxResources\.storage \(50\.0 MiB\)/);
+  assert.match(await page.textContent('#status'), /maxResources\.storage/, 'the page shows it');
+
+  // The browser grants this origin less than the model needs (a DevTools protocol
+  // override of the quota). Chromium enforces it but `navigator.storage.estimate()` does
+  // not show it, so the SDK's up-front check passes and the first write past the quota
+  // fails: it must still be a quota error, not a generic failure.
+  const cdp = await browser.context.newCDPSession(page);
+  await cdp.send('Storage.overrideQuotaForOrigin', { origin: new URL(server.url).origin, quotaSize: 50 * 1024 * 1024 });
+  await page.goto(server.url, { timeout: 30_000 });
+  await page.waitForFunction(() => window.__kw.error !== null, null, { timeout: 30_000 });
+  e = await page.evaluate(() => ({ message: window.__kw.error, code: window.__kw.errorCode }));
+  assert.equal(e.code, 'quota-exceeded');
+  assert.match(e.message, /the browser's storage quota is exhausted/);
+  assert.match(await page.textContent('#status'), /storage quota/);
+  assert.equal(await page.evaluate(() => window.kwaainet.hasModel()), false);
+});
+
+test('no WebGPU adapter: the SDK picks the CPU-WASM worker host and reports it; hasModel, deleteModel; a killed worker is replaced', { skip, timeout: 120_000 }, async (t) => {
+  const { server, page } = await setup(t);
+  await openDemo(page, `${server.url}?load=lazy`);
+  // The condition under test: Chromium without --enable-unsafe-webgpu has no adapter.
+  assert.equal(await page.evaluate(async () => !navigator.gpu || (await navigator.gpu.requestAdapter()) === null), true);
+  const { status } = await events(page);
+  const loading = status.find((s) => s.state === 'loading');
+  assert.equal(loading.host, 'worker');
+  assert.match(loading.reason, /no WebGPU adapter/);
+  assert.equal(status.at(-1).state, 'ready');
+  assert.equal(status.at(-1).backend, 'cpu-wasm');
+  assert.equal(server.stats.model.length, 0, 'data-load-model="lazy" downloads nothing up front');
+  assert.equal(await page.evaluate(() => window.kwaainet.hasModel()), false);
+
+  const r = await runCase(page, capitalRaw);
+  assert.deepEqual(r.ids, capitalRaw.output_ids);
+  const info = await page.evaluate(() => window.kwaainet.engineInfo());
+  assert.deepEqual([info.host, info.backend, info.gpuAvailable, info.simd128], ['worker', 'cpu-wasm', false, true]);
+  assert.match(info.reason, /no WebGPU adapter/);
+  assert.equal(await page.evaluate(() => window.kwaainet.hasModel()), true);
+
+  await page.evaluate(() => window.kwaainet.deleteModel());
+  assert.equal(await page.evaluate(() => window.kwaainet.hasModel()), false);
+  const before = server.stats.model.length;
+  assert.deepEqual((await runCase(page, capitalRaw)).ids, capitalRaw.output_ids);
+  assert.equal(server.stats.model.length, before + 1, 'a deleted model is downloaded again');
+  assert.equal(await page.evaluate(() => window.kwaainet.hasModel()), true);
+
+  // The worker dies (as if the browser killed it): the next request finds it silent,
+  // starts a new one, reloads the model from the cache and answers.
+  const workers = page.workers();
+  assert.equal(workers.length, 1);
+  await workers[0].evaluate(() => void setTimeout(() => self.close(), 0));
+  const sent = modelBytesSent(server);
+  const again = await runCase(page, capitalRaw);
+  assert.deepEqual(again.ids, capitalRaw.output_ids);
+  const states = (await events(page)).status.map((s) => s.state);
+  assert.ok(states.includes('crashed') && states.includes('restarting'), `states: ${states.join(', ')}`);
+  assert.equal(modelBytesSent(server), sent, 'the new worker loaded the model from the cache');
+});
+
+test('with a WebGPU adapter in the service worker, "auto" picks the service-worker host and says why', { skip, timeout: 60_000 }, async (t) => {
+  const { server, page } = await setup(t, {}, { webgpu: true });
+  await openDemo(page, `${server.url}?load=lazy`);
+  const { status } = await events(page);
+  const loading = status.find((s) => s.state === 'loading');
+  assert.equal(loading.host, 'service-worker');
+  assert.match(loading.reason, /WebGPU is available in the service worker/);
+  // Until the WebGPU engine lands, that host runs the CPU engine too, and says so.
+  assert.equal(status.at(-1).backend, 'cpu-wasm');
+});
+
+test('abort mid-stream: the Stop button and an AbortSignal end the stream at once; the engine serves the next request', { skip, timeout: 120_000 }, async (t) => {
+  const { server, page } = await setup(t);
+  await openDemo(page, server.url);
+  // The demo UI, as a visitor uses it: decline the contribution prompt, ask, stop.
+  await page.getByRole('button', { name: 'No thanks' }).click({ timeout: 10_000 });
+  await page.waitForFunction(() => document.getElementById('engine').textContent.includes('cpu-wasm'), null, { timeout: 10_000 });
+  const panel = await page.textContent('#engine');
+  assert.match(panel, /Hostworker/);
+  assert.match(panel, /cpu-wasm \(simd128\)/);
+  assert.equal(await page.evaluate(() => document.getElementById('progress').value), 1);
+  await page.fill('#prompt', 'Write a very long story about a dragon who learns to bake bread.');
+  await page.click('#send');
+  await page.waitForFunction(() => (document.querySelector('#log li.assistant')?.textContent ?? '').length > 40, null, { timeout: 30_000 });
+  const t0 = performance.now();
+  await page.click('#stop');
+  await page.waitForFunction(() => !document.getElementById('send').disabled, null, { timeout: 5_000 });
+  const stopMs = performance.now() - t0;
+  const answer = await page.textContent('#log li.assistant');
+  assert.ok(answer.endsWith('[stopped]'), answer);
+  console.log(`stop button: the stream ended ${stopMs.toFixed(0)} ms after the click`);
+
+  // The SDK directly: abort after a few chunks; the stream throws AbortError promptly.
+  const r = await within(60_000, page.evaluate(async () => {
+    const controller = new AbortController();
+    const stream = await window.kwaainet.chat.completions.create({
+      messages: [{ role: 'user', content: 'Tell me everything you know about the history of Rome.' }],
+      max_tokens: 500, stream: true, signal: controller.signal,
+    });
+    let chunks = 0;
+    let abortedAt = 0;
+    try {
+      for await (const c of stream) {
+        if (c.choices[0].delta.content) chunks++;
+        if (chunks === 5) {
+          abortedAt = performance.now();
+          controller.abort();
+        }
+      }
+      return { error: null, chunks };
+    } catch (err) {
+      return { error: err.name, chunks, ms: performance.now() - abortedAt };
+    }
+  }), 'the aborted stream');
+  assert.equal(r.error, 'AbortError');
+  assert.ok(r.ms < 1000, `the stream ended ${r.ms} ms after abort()`);
+  // The host stopped generating: the next request starts at once and is right.
+  const t1 = performance.now();
+  assert.deepEqual((await runCase(page, capitalRaw)).ids, capitalRaw.output_ids);
+  const nextMs = performance.now() - t1;
+  console.log(`abort(): ${r.ms.toFixed(0)} ms to the AbortError; the next request took ${nextMs.toFixed(0)} ms`);
+  assert.ok(nextMs < 15_000, 'the aborted generation kept the engine busy');
+});
+
+test('a reload takes the model from Cache Storage: zero model bytes on the second load', { skip, timeout: 120_000 }, async (t) => {
+  const { server, page } = await setup(t);
+  await openDemo(page, server.url);
+  assert.equal(modelBytesSent(server), server.model.size);
+  const requests = server.stats.model.length;
+  await page.reload();
+  await page.waitForFunction(() => window.__kw.ready || window.__kw.error !== null, null, { timeout: 60_000 });
+  const { progress } = await events(page);
+  assert.equal(server.stats.model.length, requests, 'no request for the model after the reload');
+  assert.equal(modelBytesSent(server), server.model.size);
+  assert.ok(!progress.some((p) => p.phase === 'download'), 'no download phase from the cache');
+  assert.ok(progress.some((p) => p.phase === 'verify' && p.loaded === server.model.size), 'the cached copy is verified');
+  assert.deepEqual((await runCase(page, capitalRaw)).ids, capitalRaw.output_ids);
+  // The SDK asked for persistent storage (headless Chromium answers false: no engagement).
+  assert.ok(await page.evaluate(() => window.__kw.persistCalls) >= 1, 'navigator.storage.persist() was called');
+});
+
+test('an interrupted download resumes with a Range request and verifies', { skip, timeout: 120_000 }, async (t) => {
+  const cutAt = 40 * 1024 * 1024;
+  const { server, page } = await setup(t, { cutModelOnce: { afterBytes: cutAt } });
+  await openDemo(page, server.url);
+  const [first, second, ...rest] = server.stats.model;
+  assert.deepEqual([first.range, first.status, first.bytes], [null, 200, cutAt], 'the first response was cut');
+  assert.ok(second, 'a second request');
+  const m = /^bytes=(\d+)-$/.exec(second.range ?? '');
+  assert.ok(m, `the second request resumes with Range (got ${second.range})`);
+  const from = Number(m[1]);
+  // Chromium drops what it buffered but the page had not read yet when the connection
+  // fails, so the resume point is at most the cut.
+  assert.ok(from > 0 && from <= cutAt, `resumed from ${from}`);
+  assert.equal(second.status, 206);
+  assert.equal(second.bytes, server.model.size - from);
+  assert.equal(rest.length, 0);
+  const info = await page.evaluate(() => window.kwaainet.engineInfo());
+  assert.equal(info.model.sha256, server.model.sha256);
+  const { progress } = await events(page);
+  assert.equal(progress.filter((p) => p.phase === 'download').at(-1).loaded, server.model.size);
+  assert.deepEqual((await runCase(page, capitalRaw)).ids, capitalRaw.output_ids);
+  console.log(`cut after ${cutAt} bytes; resumed from byte ${from}`);
+});
+
+test('a corrupted cached model fails its SHA-256 and is fetched again', { skip, timeout: 120_000 }, async (t) => {
+  const { server, page } = await setup(t);
+  await openDemo(page, server.url);
+  const flipped = await page.evaluate(async () => {
+    const cache = await caches.open('kwaainet-models-v1');
+    const key = (await cache.keys()).find((r) => r.url.endsWith('/complete'));
+    const res = await cache.match(key);
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    const at = bytes.length >> 1;
+    bytes[at] ^= 0xff;
+    await cache.put(key, new Response(bytes, { headers: res.headers }));
+    return at;
+  });
+  const requests = server.stats.model.length;
+  await page.reload();
+  await page.waitForFunction(() => window.__kw.ready || window.__kw.error !== null, null, { timeout: 60_000 });
+  assert.equal(await page.evaluate(() => window.__kw.error), null);
+  assert.equal(server.stats.model.length, requests + 1, 'fetched again');
+  assert.equal(server.stats.model.at(-1).bytes, server.model.size);
+  const phases = (await events(page)).progress.map((p) => p.phase).filter((p, i, a) => p !== a[i - 1]);
+  assert.deepEqual(phases, ['verify', 'download', 'verify', 'load']);
+  // What the cache holds now is the real model.
+  const digest = await page.evaluate(async () => {
+    const cache = await caches.open('kwaainet-models-v1');
+    const key = (await cache.keys()).find((r) => r.url.endsWith('/complete'));
+    const buf = await (await cache.match(key)).arrayBuffer();
+    return Array.from(new Uint8Array(await crypto.subtle.digest('SHA-256', buf)), (b) => b.toString(16).padStart(2, '0')).join('');
+  });
+  assert.equal(digest, server.model.sha256);
+  assert.deepEqual((await runCase(page, capitalRaw)).ids, capitalRaw.output_ids);
+  console.log(`flipped byte ${flipped}: detected, re-fetched`);
+});
+
+test('service-worker host with the CPU engine: shared by tabs, survives a tab closed mid-stream and a stopped worker', { skip, timeout: 150_000 }, async (t) => {
+  const { server, browser, page } = await setup(t);
+  const url = `${server.url}?host=service-worker`;
+  await openDemo(page, url);
+  const info = await page.evaluate(() => window.kwaainet.engineInfo());
+  assert.deepEqual([info.host, info.backend, info.simd128], ['service-worker', 'cpu-wasm', true]);
+  assert.deepEqual((await runCase(page, capitalRaw)).ids, capitalRaw.output_ids);
+
+  // A second tab finds the model already loaded in the service worker.
+  const page2 = await browser.context.newPage();
+  const sent = modelBytesSent(server);
+  await openDemo(page2, url);
+  assert.equal(modelBytesSent(server), sent, 'the second tab downloaded nothing');
+
+  // The first tab closes in the middle of a long answer: the service worker notices and
+  // stops, so the other tab is served at once (a wedged engine would make it wait for
+  // the whole 400 tokens).
+  await page.evaluate(() => {
+    window.__long = { chunks: 0, done: false };
+    void (async () => {
+      const stream = await window.kwaainet.completions.create({ prompt: 'Once upon a time', max_tokens: 400, stream: true });
+      for await (const c of stream) if (c.choices[0].text) window.__long.chunks++;
+      window.__long.done = true;
+    })();
+  });
+  await page.waitForFunction(() => window.__long.chunks >= 3, null, { timeout: 30_000 });
+  assert.equal(await page.evaluate(() => window.__long.done), false);
+  await page.close();
+  const t0 = performance.now();
+  assert.deepEqual((await runCase(page2, capitalRaw)).ids, capitalRaw.output_ids);
+  const ms = performance.now() - t0;
+  console.log(`after a tab closed mid-stream, the other tab's request took ${ms.toFixed(0)} ms`);
+  assert.ok(ms < 10_000, `${ms} ms: the closed tab's generation held the engine`);
+
+  // The browser stops the service worker (as it does to idle ones): the next request
+  // finds a new instance, and the SDK restarts the host and reloads the model from cache.
+  const cdp = await browser.context.newCDPSession(page2);
+  await cdp.send('ServiceWorker.enable');
+  await cdp.send('ServiceWorker.stopAllWorkers');
+  assert.deepEqual((await runCase(page2, capitalRaw)).ids, capitalRaw.output_ids);
+  const states = (await events(page2)).status.map((s) => s.state);
+  assert.ok(states.includes('crashed') && states.includes('restarting'), `states: ${states.join(', ')}`);
+  assert.equal(modelBytesSent(server), sent, 'reloaded from the cache');
+});
