@@ -4,19 +4,23 @@
 //   distributed-ai.js      IIFE behind the one-line <script> tag (window.KwaaiNet, window.kwaainet)
 //   kwaainet.mjs           the SDK as one ES module
 //   kwaainet-worker.js     dedicated-worker engine host (classic script, engine glue inlined)
-//   kwaainet-sw.js         service-worker engine host (classic script, engine glue inlined)
+//   kwaainet-sw.js         service-worker engine host (classic script, both engines' glue inlined)
 //   kwaainet_wasm.js       engine glue as an ES module (the in-page host imports it)   } from
-//   kwaainet_wasm_bg.wasm  the engine                                                   } dist/engine/
+//   kwaainet_wasm_bg.wasm  the CPU engine                                               } dist/engine/
+//   kwaainet_wasm_webgpu.js       the WebGPU engine's glue (ES module)   } from dist/engine-webgpu/
+//   kwaainet_wasm_webgpu_bg.wasm  the WebGPU engine                      } (renamed), when built
 //   sri-manifest.json      sha384 SRI hash and size of every file above
 //
-// The SRI hashes of the worker and the .wasm are baked into distributed-ai.js and
+// The SRI hashes of the worker and the .wasm files are baked into distributed-ai.js and
 // kwaainet.mjs, so the `integrity` on the script tag covers what they load in turn.
 //
-//   node cdn/build.mjs [--out DIR] [--engine-dir DIR] [--check-deterministic]
+//   node cdn/build.mjs [--out DIR] [--engine-dir DIR] [--webgpu-dir DIR] [--check-deterministic]
 //
 // --check-deterministic builds twice into temporary folders and fails unless every byte
 // matches. Without dist/engine/ the hosts are built against a stub that reports the
-// engine missing, and the .wasm + glue are left out (with a note).
+// engine missing, and the .wasm + glue are left out (with a note). Without
+// dist/engine-webgpu/ the bundle is CPU-only (with a note): the service worker has no
+// WebGPU engine and the SDK does not ask for one.
 import { build } from 'esbuild';
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -32,13 +36,19 @@ const { values: args } = parseArgs({
   options: {
     out: { type: 'string' },
     'engine-dir': { type: 'string' },
+    'webgpu-dir': { type: 'string' },
     'check-deterministic': { type: 'boolean', default: false },
   },
 });
 const outDir = args.out ?? join(root, 'dist', 'cdn', `v${version}`);
 const engineDir = args['engine-dir'] ?? join(root, 'dist', 'engine');
+const webgpuDir = args['webgpu-dir'] ?? join(root, 'dist', 'engine-webgpu');
 const GLUE = 'kwaainet_wasm.js';
 const WASM = 'kwaainet_wasm_bg.wasm';
+// Both wasm-bindgen builds name their files alike: the WebGPU ones are renamed here
+// (sdk-ts/src/assets.ts has the same names).
+const WEBGPU_GLUE = 'kwaainet_wasm_webgpu.js';
+const WEBGPU_WASM = 'kwaainet_wasm_webgpu_bg.wasm';
 
 export const sri = (bytes) => `sha384-${createHash('sha384').update(bytes).digest('base64')}`;
 
@@ -73,15 +83,26 @@ async function buildInto(dir) {
   mkdirSync(dir, { recursive: true });
   const haveEngine = existsSync(join(engineDir, GLUE)) && existsSync(join(engineDir, WASM));
   const glue = haveEngine ? join(engineDir, GLUE) : join(root, 'service-worker', 'src', 'engine-missing.ts');
+  const haveWebgpu = existsSync(join(webgpuDir, GLUE)) && existsSync(join(webgpuDir, WASM));
+  // `kwaainet-webgpu-glue` (service-worker/src/glue.d.ts): the WebGPU glue's namespace, or null.
+  const webgpuModule = haveWebgpu
+    ? `import * as glue from ${JSON.stringify(join(webgpuDir, GLUE))};\nexport const webgpuGlue = glue;\n`
+    : 'export const webgpuGlue = null;\n';
   const gluePlugin = {
     name: 'kwaainet-wasm-glue',
     setup(b) {
       b.onResolve({ filter: /^kwaainet-wasm-glue$/ }, () => ({ path: glue }));
+      b.onResolve({ filter: /^kwaainet-webgpu-glue$/ }, () => ({ path: 'kwaainet-webgpu-glue', namespace: 'kwaainet' }));
+      b.onLoad({ filter: /.*/, namespace: 'kwaainet' }, () => ({ contents: webgpuModule, loader: 'js', resolveDir: root }));
     },
   };
   if (haveEngine) {
     copyFileSync(join(engineDir, WASM), join(dir, WASM));
     copyFileSync(join(engineDir, GLUE), join(dir, GLUE));
+  }
+  if (haveWebgpu) {
+    copyFileSync(join(webgpuDir, WASM), join(dir, WEBGPU_WASM));
+    copyFileSync(join(webgpuDir, GLUE), join(dir, WEBGPU_GLUE));
   }
 
   // 1. The hosts.
@@ -92,6 +113,7 @@ async function buildInto(dir) {
   // 2. The SDK, with the hosts' hashes baked in.
   const baked = { 'kwaainet-worker.js': sri(readFileSync(join(dir, 'kwaainet-worker.js'))) };
   if (haveEngine) baked[WASM] = sri(readFileSync(join(dir, WASM)));
+  if (haveWebgpu) baked[WEBGPU_WASM] = sri(readFileSync(join(dir, WEBGPU_WASM)));
   const define = { __KWAAINET_ASSET_SRI__: JSON.stringify(baked) };
   await emit({ entryPoints: [join(root, 'sdk-ts', 'src', 'entries', 'distributed-ai.ts')], format: 'iife', define }, dir, 'distributed-ai.js');
   await emit({ entryPoints: [join(root, 'sdk-ts', 'src', 'index.ts')], format: 'esm', define }, dir, 'kwaainet.mjs');
@@ -102,9 +124,9 @@ async function buildInto(dir) {
     const bytes = readFileSync(join(dir, name));
     files[name] = { integrity: sri(bytes), size: bytes.byteLength };
   }
-  const manifest = { name: '@kwaainet/sdk', version, path: `v${version}/`, engine: haveEngine, files };
+  const manifest = { name: '@kwaainet/sdk', version, path: `v${version}/`, engine: haveEngine, webgpu: haveWebgpu, files };
   writeFileSync(join(dir, 'sri-manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
-  return { haveEngine, files };
+  return { haveEngine, haveWebgpu, files };
 }
 
 function sameTree(a, b) {
@@ -134,9 +156,12 @@ if (args['check-deterministic']) {
   }
 }
 
-const { haveEngine, files } = await buildInto(outDir);
+const { haveEngine, haveWebgpu, files } = await buildInto(outDir);
 const shown = relative(root, outDir) || '.';
 for (const [name, f] of Object.entries(files)) console.log(`cdn: ${shown}/${name}  ${f.size} B  ${f.integrity}`);
 if (!haveEngine) {
   console.log(`cdn: note: no engine in ${relative(root, engineDir) || engineDir}/ (${GLUE} + ${WASM}); the hosts report it missing until it is built`);
+}
+if (!haveWebgpu) {
+  console.log(`cdn: note: no WebGPU engine in ${relative(root, webgpuDir) || webgpuDir}/ (FEATURES=webgpu OUT=dist/engine-webgpu bash scripts/build-wasm.sh): this bundle is CPU-only`);
 }

@@ -2,11 +2,16 @@
 // Browser bench: the SDK's CPU-WASM host (dedicated worker, simd128, one thread) in
 // headless Chromium on the demo page, measured like `kwaainet bench` and
 // engine/wasm/bench.mjs: load time, then prefill and decode tokens/s, medians of --runs.
+// When the bundle has the WebGPU engine, a second row: the service-worker host running it
+// (Chromium with --enable-unsafe-webgpu: SwiftShader, WebGPU on the CPU, where there is no
+// GPU), with its own, smaller, run counts (--webgpu-runs, --webgpu-gen-tokens,
+// --webgpu-repeat: SwiftShader takes seconds per token). --skip-webgpu leaves it out.
 // With --wllama, wllama (llama.cpp compiled to WebAssembly, npm @wllama/wllama) runs the
 // same GGUF in the same browser, one thread, for comparison.
 //
 //   npm run bench:browser                          (= node demo-site/bench.mjs --wllama)
 //   node demo-site/bench.mjs [--runs 5] [--repeat 3] [--gen-tokens 64] [--wllama]
+//       [--webgpu-runs 1] [--webgpu-repeat 1] [--webgpu-gen-tokens 8] [--skip-webgpu]
 //
 // The prompt is `kwaainet bench`'s text repeated --repeat times (3: about 125 tokens), the
 // same string for both engines; each reports how many tokens it made of it.
@@ -20,7 +25,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { findModel, startDemoServer } from './server.mjs';
+import { cdnDir, findModel, startDemoServer } from './server.mjs';
 import { launch, openDemo, recordEvents, within } from './tests/browser.mjs';
 
 const { values: args } = parseArgs({
@@ -31,6 +36,10 @@ const { values: args } = parseArgs({
     wllama: { type: 'boolean', default: false },
     'wllama-version': { type: 'string', default: '2.4.0' },
     model: { type: 'string' },
+    'webgpu-runs': { type: 'string', default: '1' },
+    'webgpu-repeat': { type: 'string', default: '1' },
+    'webgpu-gen-tokens': { type: 'string', default: '8' },
+    'skip-webgpu': { type: 'boolean', default: false },
   },
 });
 const runs = Number(args.runs);
@@ -63,27 +72,36 @@ function wllamaDir() {
   return pkg;
 }
 
-async function benchKwaaiNet(server) {
-  const browser = await launch();
+/**
+ * The SDK on the demo page. CPU: the dedicated-worker host (no WebGPU adapter). WebGPU:
+ * `--enable-unsafe-webgpu`, so 'auto' picks the service-worker host and its WebGPU engine
+ * (the bench fails if it did not). Every timing waits long enough for SwiftShader.
+ */
+async function benchKwaaiNet(server, { webgpu = false, runs, repeat, genTokens }) {
+  const browser = await launch({ webgpu });
   try {
     await recordEvents(browser.context);
     const { page } = browser;
     // Load: navigation to ready. The first includes the download (loopback) into Cache
-    // Storage; the others read the cache, verify SHA-256 and parse.
+    // Storage; the others read the cache, verify SHA-256 and parse (worker host), or find
+    // the model still loaded in the service worker (service-worker host).
     const loads = [];
     for (let i = 0; i <= runs; i++) {
       const t0 = performance.now();
-      if (i === 0) await openDemo(page, server.url);
+      if (i === 0) await openDemo(page, server.url, { timeoutMs: 300_000 });
       else {
         await page.reload();
-        await page.waitForFunction(() => window.__kw.ready || window.__kw.error !== null, null, { timeout: 60_000 });
+        await page.waitForFunction(() => window.__kw.ready || window.__kw.error !== null, null, { timeout: 300_000 });
       }
       loads.push((performance.now() - t0) / 1000);
     }
     const info = await page.evaluate(() => window.kwaainet.engineInfo());
+    if (info.backend !== (webgpu ? 'webgpu' : 'cpu-wasm')) {
+      throw new Error(`bench: expected the ${webgpu ? 'webgpu' : 'cpu-wasm'} backend, got ${info.backend} (${info.backendReason})`);
+    }
     const samples = [];
-    for (let i = 0; i <= runs; i++) { // the first run warms up
-      const r = await within(120_000, page.evaluate(async ({ prompt, gen }) => {
+    for (let i = 0; i <= runs; i++) { // the first run warms up (WebGPU: compiles the shaders)
+      const r = await within(600_000, page.evaluate(async ({ prompt, gen }) => {
         const res = await window.kwaainet.completions.create({ prompt, max_tokens: gen });
         return res.usage;
       }, { prompt: TEXT.repeat(repeat), gen: genTokens }), 'a bench run');
@@ -91,10 +109,14 @@ async function benchKwaaiNet(server) {
     }
     // The host's time to first token covers the prefill and the first decode step.
     const prefill = samples.map((u) => u.prompt_tokens / ((u.extra.time_to_first_token_ms - 1000 / u.extra.decode_tokens_per_s) / 1000));
+    const where = webgpu ? `${info.backend} on ${info.adapter || 'an adapter without a description'}` :
+      `${info.backend}${info.simd128 ? ', simd128' : ''}, 1 thread`;
     return {
-      name: `KwaaiNet ${info.engineVersion} (${info.host} host, ${info.backend}${info.simd128 ? ', simd128' : ''}, 1 thread)`,
+      name: `KwaaiNet ${info.engineVersion} (${info.host} host, ${where})`,
       coldLoad: loads[0],
       warmLoad: median(loads.slice(1)),
+      warmWhat: info.host === 'service-worker' ? 'reload: the model stays loaded in the service worker' : 'from the browser\'s cache',
+      runs,
       prompt: samples[0].prompt_tokens,
       gen: median(samples.map((u) => u.completion_tokens)),
       prefill: median(prefill),
@@ -146,6 +168,8 @@ async function benchWllama(server) {
       name: `wllama ${args['wllama-version']} (${r.multi ? 'multi' : 'single'}-thread build, ${r.threads} thread)`,
       coldLoad: r.loads[0],
       warmLoad: median(r.loads.slice(1)),
+      warmWhat: 'from the browser\'s cache',
+      runs,
       prompt: r.prompt,
       gen: genTokens,
       prefill: median(r.samples.map((s) => s.prefill)),
@@ -158,14 +182,23 @@ async function benchWllama(server) {
 
 const server = await startDemoServer({ port: 0, modelPath, ...(args.wllama && { wllamaDir: wllamaDir() }) });
 try {
-  const results = [await benchKwaaiNet(server)];
+  const results = [await benchKwaaiNet(server, { runs, repeat, genTokens })];
+  if (args['skip-webgpu']) {
+    console.log('bench: --skip-webgpu: no WebGPU row');
+  } else if (!existsSync(join(cdnDir, 'kwaainet_wasm_webgpu_bg.wasm'))) {
+    console.log('bench: the CDN bundle has no WebGPU engine (FEATURES=webgpu OUT=dist/engine-webgpu bash scripts/build-wasm.sh, node cdn/build.mjs): no WebGPU row');
+  } else {
+    results.push(await benchKwaaiNet(server, {
+      webgpu: true, runs: Number(args['webgpu-runs']), repeat: Number(args['webgpu-repeat']), genTokens: Number(args['webgpu-gen-tokens']),
+    }));
+  }
   if (args.wllama) results.push(await benchWllama(server));
   const chromium = execFileSync(process.env.CHROMIUM ?? '/usr/bin/chromium', ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-  console.log(`${chromium}, headless; model ${modelPath} (${fmt(server.model.size / 1e6)} MB); median of ${runs} runs`);
-  console.log(`${genTokens} tokens generated after the prompt; load = navigation (KwaaiNet) or loadModelFromUrl (wllama) to model ready; cold: downloaded over loopback, warm: from the browser's cache`);
+  console.log(`${chromium}, headless; model ${modelPath} (${fmt(server.model.size / 1e6)} MB); medians`);
+  console.log('load = navigation (KwaaiNet) or loadModelFromUrl (wllama) to model ready; cold: downloaded over loopback');
   for (const r of results) {
-    console.log(`${r.name}`);
-    console.log(`  load     cold ${fmt(r.coldLoad, 2)} s, warm ${fmt(r.warmLoad, 2)} s`);
+    console.log(`${r.name}, median of ${r.runs} run${r.runs === 1 ? '' : 's'}`);
+    console.log(`  load     cold ${fmt(r.coldLoad, 2)} s, warm ${fmt(r.warmLoad, 2)} s (${r.warmWhat})`);
     console.log(`  prefill  ${fmt(r.prefill)} tok/s (${r.prompt} tokens)`);
     console.log(`  decode   ${fmt(r.decode)} tok/s (${r.gen} tokens)`);
   }

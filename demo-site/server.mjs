@@ -5,7 +5,7 @@
 // It listens on 127.0.0.1 only and serves
 //   /                    demo-site/index.html with the script tag filled in (CDN path, SRI
 //                        hash from the manifest, model URL and SHA-256; `?host=worker` etc.
-//                        adds data-host, `?load=lazy` adds data-load-model="lazy",
+//                        adds data-host, `?engine=cpu` etc. data-engine, `?load=lazy` adds data-load-model="lazy",
 //                        `?max=storage:50` sets data-max-resources, `?cdn=cross-origin`
 //                        loads the bundle from http://localhost:<port>/ instead)
 //   /bench.html          the browser bench page (demo-site/bench.html)
@@ -39,6 +39,7 @@ const MIME = {
 
 // Only these values reach the page's data-host attribute (the SDK validates it again).
 const HOSTS = new Set(['auto', 'service-worker', 'worker', 'in-page']);
+const ENGINES = new Set(['auto', 'webgpu', 'cpu']);
 
 /** $KWAAINET_MODEL, else the CLI's cache ($KWAAINET_CACHE or ~/.cache/kwaainet). */
 export function findModel() {
@@ -112,6 +113,8 @@ export async function startDemoServer(options = {}) {
     const host = query.get('host');
     const extra = [];
     if (host !== null && HOSTS.has(host)) extra.push(`data-host="${host}"`);
+    const engine = query.get('engine');
+    if (engine !== null && ENGINES.has(engine)) extra.push(`data-engine="${engine}"`);
     if (query.get('load') === 'lazy') extra.push('data-load-model="lazy"');
     const max = query.get('max');
     const values = {

@@ -14,6 +14,10 @@ STEPS=(setup fmt clippy build fetch-model rust-tests wasm32 wasm-engine ts brows
 
 BIN() { printf '%s/release/kwaainet' "$CARGO_TARGET_DIR"; }
 
+# Whether engine/wasm has the `webgpu` feature (the WebGPU engine module, dist/engine-webgpu/).
+has_webgpu_engine() { grep -q '^webgpu' engine/wasm/Cargo.toml; }
+build_webgpu_engine() { FEATURES=webgpu OUT=dist/engine-webgpu bash scripts/build-wasm.sh; }
+
 step_setup() {
     # Sourced so that CARGO_TARGET_DIR reaches the later steps.
     . scripts/setup.sh
@@ -82,6 +86,8 @@ step_wasm-engine() {
         step_fetch-model
     fi
     bash scripts/build-wasm.sh
+    # The WebGPU engine from the same crate (the browser step runs it, on SwiftShader).
+    if has_webgpu_engine; then build_webgpu_engine; fi
     node --test engine/wasm/tests/
 }
 
@@ -89,14 +95,19 @@ step_browser() {
     # The browser side end to end in headless Chromium (playwright-core drives Debian's
     # /usr/bin/chromium): the demo page on the one-line tag with SRI, model download with
     # progress / Range resume / SHA-256 / Cache Storage, llama.cpp's reference tokens through
-    # the SDK, CPU fallback, abort, worker and service-worker hosts. Uses dist/engine (the
-    # wasm-engine step) and the CDN bundle, rebuilt here so it holds that engine.
+    # the SDK, CPU fallback, abort, worker and service-worker hosts, the WebGPU engine in the
+    # service worker (SwiftShader: --enable-unsafe-webgpu). Uses dist/engine and
+    # dist/engine-webgpu (the wasm-engine step) and the CDN bundle, rebuilt here so it holds
+    # those engines.
     export KWAAINET_REQUIRE_MODEL=1
     if [ -z "${KWAAINET_MODEL:-}" ]; then # run without the fetch-model step
         step_fetch-model
     fi
     if [ ! -f dist/engine/kwaainet_wasm_bg.wasm ]; then
         bash scripts/build-wasm.sh
+    fi
+    if has_webgpu_engine && [ ! -f dist/engine-webgpu/kwaainet_wasm_bg.wasm ]; then
+        build_webgpu_engine
     fi
     node cdn/build.mjs >/dev/null
     node --test --test-timeout=300000 demo-site/tests/

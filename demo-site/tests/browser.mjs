@@ -87,6 +87,7 @@ export function recordEvents(context) {
         v.on('progress', (p) => rec.progress.push({ ...p }));
         v.on('status', (s) => rec.status.push({
           state: s.state, host: s.host ?? null, reason: s.reason ?? null, backend: s.backend ?? null,
+          backendReason: s.backendReason ?? null, adapter: s.adapter ?? null,
           error: s.error ? s.error.message : null,
         }));
       },

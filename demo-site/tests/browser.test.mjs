@@ -1,6 +1,7 @@
 // The browser side, end to end, in a real headless Chromium: the demo page loads the SDK
 // through the one-line script tag (integrity + crossorigin), the SDK starts its engine host
-// (the CPU WASM engine in a dedicated worker, or in the service worker when asked),
+// (the CPU WASM engine in a dedicated worker or the service worker; the WebGPU engine in
+// the service worker when Chromium has an adapter: SwiftShader with --enable-unsafe-webgpu),
 // downloads the default model with progress, verifies and caches it, and generates.
 //
 //   node --test demo-site/tests/          (after scripts/build-wasm.sh and cdn/build.mjs)
@@ -32,6 +33,15 @@ const missing = [
 ].filter(Boolean);
 if (missing.length > 0 && required) throw new Error(`browser tests cannot run: ${missing.join('; ')}`);
 const skip = missing.length > 0 ? missing.join('; ') : false;
+
+// The WebGPU engine (dist/engine-webgpu/, in the bundle as kwaainet_wasm_webgpu_bg.wasm):
+// required once engine/wasm has the `webgpu` feature.
+const webgpuCrate = /^webgpu\b/m.test(readFileSync(join(root, 'engine', 'wasm', 'Cargo.toml'), 'utf8'));
+const webgpuBuilt = existsSync(join(cdnDir, 'kwaainet_wasm_webgpu_bg.wasm'));
+if (!skip && required && webgpuCrate && !webgpuBuilt) {
+  throw new Error('browser tests cannot run: no WebGPU engine in the CDN bundle (FEATURES=webgpu OUT=dist/engine-webgpu bash scripts/build-wasm.sh, node cdn/build.mjs)');
+}
+const skipWebgpu = skip || (webgpuBuilt ? false : 'no WebGPU engine in the CDN bundle (engine/wasm has no webgpu feature yet)');
 
 /** One server + one fresh browser per test, always closed. */
 async function setup(t, serverOptions = {}, launchOptions = {}) {
@@ -210,8 +220,9 @@ test('no WebGPU adapter: the SDK picks the CPU-WASM worker host and reports it; 
   const r = await runCase(page, capitalRaw);
   assert.deepEqual(r.ids, capitalRaw.output_ids);
   const info = await page.evaluate(() => window.kwaainet.engineInfo());
-  assert.deepEqual([info.host, info.backend, info.gpuAvailable, info.simd128], ['worker', 'cpu-wasm', false, true]);
+  assert.deepEqual([info.host, info.backend, info.gpuAvailable, info.simd128, info.adapter], ['worker', 'cpu-wasm', false, true, null]);
   assert.match(info.reason, /no WebGPU adapter/);
+  assert.equal(info.backendReason, 'the worker host has no WebGPU engine');
   assert.equal(await page.evaluate(() => window.kwaainet.hasModel()), true);
 
   await page.evaluate(() => window.kwaainet.deleteModel());
@@ -241,8 +252,49 @@ test('with a WebGPU adapter in the service worker, "auto" picks the service-work
   const loading = status.find((s) => s.state === 'loading');
   assert.equal(loading.host, 'service-worker');
   assert.match(loading.reason, /WebGPU is available in the service worker/);
-  // Until the WebGPU engine lands, that host runs the CPU engine too, and says so.
-  assert.equal(status.at(-1).backend, 'cpu-wasm');
+  // No model loaded yet ('lazy'): the backend the first load will try, and why.
+  const ready = status.at(-1);
+  if (webgpuBuilt) {
+    assert.deepEqual([ready.state, ready.backend], ['ready', 'webgpu']);
+    assert.match(ready.backendReason, /WebGPU adapter in the service-worker/);
+    assert.equal(typeof ready.adapter, 'string');
+  } else {
+    assert.deepEqual([ready.state, ready.backend, ready.backendReason], ['ready', 'cpu-wasm', 'the service-worker host has no WebGPU engine']);
+  }
+});
+
+test('the WebGPU engine in the service worker (SwiftShader): "auto" runs it, and capital-raw\'s greedy tokens equal llama.cpp\'s', { skip: skipWebgpu, timeout: 300_000 }, async (t) => {
+  const { server, page } = await setup(t, {}, { webgpu: true });
+  const t0 = performance.now();
+  // SwiftShader runs WebGPU on the CPU: uploading the weights and compiling the shaders
+  // take tens of seconds.
+  await openDemo(page, server.url, { timeoutMs: 150_000 });
+  const loadS = (performance.now() - t0) / 1000;
+  assert.ok(server.stats.requests.some((p) => p.endsWith('/kwaainet_wasm_webgpu_bg.wasm')), 'the WebGPU .wasm was fetched');
+  const info = await page.evaluate(() => window.kwaainet.engineInfo());
+  assert.deepEqual([info.host, info.backend, info.gpuAvailable, info.simd128], ['service-worker', 'webgpu', true, false]);
+  assert.match(info.reason, /WebGPU is available in the service worker/);
+  assert.match(info.backendReason, /WebGPU adapter in the service-worker/);
+  assert.equal(typeof info.adapter, 'string');
+  assert.equal(info.model.sha256, server.model.sha256);
+  const ready = (await events(page)).status.at(-1);
+  assert.deepEqual([ready.state, ready.backend, ready.adapter], ['ready', 'webgpu', info.adapter]);
+  // The engine panel says so.
+  await page.waitForFunction(() => document.getElementById('engine').textContent.includes('webgpu'), null, { timeout: 10_000 });
+  assert.match(await page.textContent('#engine'), /Backendwebgpu/);
+
+  // Only what the case needs: its 8 tokens (the last is the end of turn).
+  const t1 = performance.now();
+  const r = await generate(page, { prompt: capitalRaw.prompt, maxTokens: capitalRaw.output_ids.length }, 180_000);
+  const genS = (performance.now() - t1) / 1000;
+  console.log(`webgpu (${info.adapter || 'adapter without a description'}): load ${loadS.toFixed(1)} s; ` +
+    `capital-raw ${r.ids.length} tokens in ${genS.toFixed(1)} s (first token ${(r.usage.extra.time_to_first_token_ms / 1000).toFixed(1)} s, ` +
+    `decode ${r.usage.extra.decode_tokens_per_s.toFixed(2)} tok/s)`);
+  assert.deepEqual(r.ids, capitalRaw.output_ids, 'greedy tokens on WebGPU differ from llama.cpp\'s');
+  assert.deepEqual(r.ids, shared.cases.find((c) => c.name === 'capital-raw').output_ids);
+  assert.equal(r.text, capitalRaw.output_text);
+  assert.equal(r.finish, 'stop');
+  assert.equal(r.usage.prompt_tokens, capitalRaw.prompt_ids.length);
 });
 
 test('abort mid-stream: the Stop button and an AbortSignal end the stream at once; the engine serves the next request', { skip, timeout: 120_000 }, async (t) => {
@@ -372,12 +424,15 @@ test('a corrupted cached model fails its SHA-256 and is fetched again', { skip, 
   console.log(`flipped byte ${flipped}: detected, re-fetched`);
 });
 
-test('service-worker host with the CPU engine: shared by tabs, survives a tab closed mid-stream and a stopped worker', { skip, timeout: 150_000 }, async (t) => {
+test('service-worker host without a WebGPU adapter: the CPU engine, shared by tabs, survives a tab closed mid-stream and a stopped worker', { skip, timeout: 150_000 }, async (t) => {
   const { server, browser, page } = await setup(t);
   const url = `${server.url}?host=service-worker`;
   await openDemo(page, url);
   const info = await page.evaluate(() => window.kwaainet.engineInfo());
   assert.deepEqual([info.host, info.backend, info.simd128], ['service-worker', 'cpu-wasm', true]);
+  // No --enable-unsafe-webgpu: no adapter, so even this host runs the CPU engine.
+  assert.deepEqual([info.gpuAvailable, info.adapter], [false, null]);
+  assert.equal(info.backendReason, webgpuBuilt ? 'no WebGPU adapter in the service-worker' : 'the service-worker host has no WebGPU engine');
   assert.deepEqual((await runCase(page, capitalRaw)).ids, capitalRaw.output_ids);
 
   // A second tab finds the model already loaded in the service worker.

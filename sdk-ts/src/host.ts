@@ -4,8 +4,10 @@
  * 'auto': the service worker when one can be registered (a same-origin script URL in a
  * secure context) and WebGPU works inside it — the model then stays loaded across reloads
  * and tabs; otherwise a dedicated worker (CPU WASM); in-page only where workers are missing.
- * For now every host runs the CPU WASM engine (the WebGPU engine comes later); the choice,
- * its reason and the backend are reported in `engineInfo()` and the 'status' event.
+ * The service-worker host runs the WebGPU engine when it has an adapter (the CPU engine
+ * otherwise, or when WebGPU fails to start there); the dedicated worker and the page run
+ * the CPU engine unless an app asks for `engine: 'webgpu'` (the page can, the worker cannot).
+ * The host, the backend and the reasons for both are in `engineInfo()` and the 'status' event.
  *
  * The worker is started from a blob: URL holding the worker script fetched with its SRI
  * hash whenever the build baked one in (and always when the bundle is on another origin,
@@ -15,7 +17,7 @@
 
 import { EngineCrashedError, UnsupportedError, toKwaaiNetError } from './errors.js';
 import type { Engine } from './engine.js';
-import { glueLoader, probeWebGpu } from './host/glue.js';
+import { glueLoader, probeWebGpuAdapter, type ModuleSource } from './host/glue.js';
 import { LocalEngine } from './local-engine.js';
 import type { HostKind, HostStatus } from './protocol.js';
 import { ProxyEngine, serviceWorkerTransport, workerTransport, type ProxyOptions } from './proxy.js';
@@ -34,6 +36,11 @@ export interface HostUrls {
   wasmIntegrity?: string;
   /** ES-module glue (kwaainet_wasm.js), for the in-page host. */
   glue: string;
+  /** The WebGPU engine's .wasm, or null where the bundle has none. */
+  webgpuWasm: string | null;
+  webgpuWasmIntegrity?: string;
+  /** Its ES-module glue, for the in-page host. */
+  webgpuGlue: string;
 }
 
 export interface HostChoice {
@@ -48,6 +55,8 @@ export interface StartHostOptions extends ProxyOptions {
   serviceWorkerTimeoutMs?: number;
   /** In-page host: the engine module, instead of importing `urls.glue`. */
   loadModule?: () => Promise<WasmEngineModule>;
+  /** In-page host: the WebGPU engine module, instead of importing `urls.webgpuGlue`. */
+  loadWebGpuModule?: () => Promise<WasmEngineModule>;
 }
 
 function sameOrigin(url: string): boolean {
@@ -132,20 +141,27 @@ function isEngineModule(value: unknown): value is WasmEngineModule {
     typeof value.WasmEngine === 'function';
 }
 
-export function startInPageHost(urls: HostUrls, options: StartHostOptions = {}): LocalEngine {
+/** A module loader that imports the glue (once it is needed) and initialises it. */
+function lazyGlue(url: string, load: (() => Promise<WasmEngineModule>) | undefined): (source: ModuleSource) => Promise<WasmEngineModule> {
   const importGlue = async (): Promise<WasmEngineModule> => {
-    const mod: unknown = await import(/* webpackIgnore: true */ /* @vite-ignore */ urls.glue);
-    if (!isEngineModule(mod)) throw new UnsupportedError(`${urls.glue} is not the KwaaiNet WASM engine module`);
+    const mod: unknown = await import(/* webpackIgnore: true */ /* @vite-ignore */ url);
+    if (!isEngineModule(mod)) throw new UnsupportedError(`${url} is not a KwaaiNet WASM engine module`);
     return mod;
   };
-  let loader: ((spec: { wasmUrl: string; wasmIntegrity?: string }) => Promise<WasmEngineModule>) | null = null;
+  let loader: ((source: ModuleSource) => Promise<WasmEngineModule>) | null = null;
+  return async (source) => {
+    if (!loader) loader = glueLoader(await (load ?? importGlue)());
+    return loader(source);
+  };
+}
+
+export function startInPageHost(urls: HostUrls, options: StartHostOptions = {}): LocalEngine {
   return new LocalEngine({
     host: 'in-page',
-    loadModule: async (spec) => {
-      if (!loader) loader = glueLoader(await (options.loadModule ?? importGlue)());
-      return loader(spec);
-    },
-    probeGpu: () => probeWebGpu(),
+    loadModule: lazyGlue(urls.glue, options.loadModule),
+    // Only when asked for (engine: 'webgpu'): WebGPU work on the page's thread competes with it.
+    loadWebGpuModule: lazyGlue(urls.webgpuGlue, options.loadWebGpuModule),
+    probeGpu: () => probeWebGpuAdapter(),
   });
 }
 

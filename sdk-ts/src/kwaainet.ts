@@ -31,7 +31,9 @@ import type {
   ChatCompletionCreateParamsStreaming, Completion, CompletionCreateParams, CompletionCreateParamsNonStreaming,
   CompletionCreateParamsStreaming,
 } from './openai/types.js';
-import type { EngineInfo, EngineSpec, GenerateRequest, GenerationUsage, HostKind, ModelSpec, Progress } from './protocol.js';
+import type {
+  Backend, EngineInfo, EnginePreference, EngineSpec, GenerateRequest, GenerationUsage, HostKind, ModelSpec, Progress,
+} from './protocol.js';
 import { DutyCycle, MIB, parseMaxResources, type MaxResources } from './resources.js';
 import { SHA256_HEX } from './validate.js';
 
@@ -47,6 +49,9 @@ export interface KwaaiNetOptions {
   /** KV-cache length in tokens (default 2048). */
   contextLength?: number;
   host?: HostPreference;
+  /** Which engine: 'auto' (default: WebGPU in the service-worker host when it has an
+   *  adapter, else the CPU engine), 'cpu', or 'webgpu' (fails where it cannot run). */
+  engine?: EnginePreference;
   /** Folder with the engine files (worker, service worker, wasm); default: next to this module. */
   baseUrl?: string;
   /** Same-origin service-worker script; null disables the service-worker host. Default:
@@ -68,7 +73,10 @@ export interface KwaaiNetOptions {
 export type Status =
   | { state: 'starting' }
   | { state: 'loading'; host: HostKind; reason: string }
-  | { state: 'ready'; host: HostKind; reason: string; backend: string; modelLoaded: boolean }
+  | {
+    state: 'ready'; host: HostKind; reason: string; backend: Backend; backendReason: string; adapter: string | null;
+    modelLoaded: boolean;
+  }
   | { state: 'crashed'; host: HostKind; error: KwaaiNetError }
   | { state: 'restarting'; host: HostKind }
   | { state: 'error'; error: KwaaiNetError }
@@ -172,6 +180,9 @@ export class KwaaiNet {
     this.maxResources = Object.freeze(parseMaxResources(options.maxResources));
     const ctx = options.contextLength ?? 2048;
     if (!Number.isInteger(ctx) || ctx < 16 || ctx > 1 << 20) throw new InvalidArgumentError('contextLength: an integer in [16, 1048576]');
+    if (options.engine !== undefined && !['auto', 'webgpu', 'cpu'].includes(options.engine)) {
+      throw new InvalidArgumentError('engine: "auto", "webgpu" or "cpu"');
+    }
     if (options.modelSha256 !== undefined && !SHA256_HEX.test(options.modelSha256.toLowerCase())) {
       throw new InvalidArgumentError('modelSha256: expected 64 hex digits');
     }
@@ -227,14 +238,20 @@ export class KwaaiNet {
       void this.consent.ask().catch(() => {}); // not awaited: the model loads meanwhile
     }
     if (this.model && this.options.loadModelOnInit !== false) await this.loadModel(signal);
-    this.emitReady();
+    await this.emitReady();
   }
 
-  private emitReady(): void {
+  /** 'ready', with the backend of the loaded model, or (none loaded yet) the one the host
+   *  will try first. */
+  private async emitReady(): Promise<void> {
     const c = this.choice;
     if (!c) return;
+    const info = this.modelInfo ?? await c.engine.info().catch(() => null);
+    if (this.choice !== c) return;
     this.events.emit('status', {
-      state: 'ready', host: c.host, reason: c.reason, backend: this.modelInfo?.backend ?? 'cpu-wasm', modelLoaded: this.modelInfo?.model != null,
+      state: 'ready', host: c.host, reason: c.reason,
+      backend: info?.backend ?? 'cpu-wasm', backendReason: info?.backendReason ?? '', adapter: info?.adapter ?? null,
+      modelLoaded: this.modelInfo?.model != null,
     });
   }
 
@@ -280,7 +297,13 @@ export class KwaaiNet {
 
   private engineSpec(): EngineSpec {
     const urls = this.urls ?? hostUrls('https://invalid.invalid/', null);
-    return { wasmUrl: urls.wasm, ...(urls.wasmIntegrity !== undefined && { wasmIntegrity: urls.wasmIntegrity }) };
+    return {
+      wasmUrl: urls.wasm,
+      ...(urls.wasmIntegrity !== undefined && { wasmIntegrity: urls.wasmIntegrity }),
+      ...(urls.webgpuWasm !== null && { webgpuWasmUrl: urls.webgpuWasm }),
+      ...(urls.webgpuWasmIntegrity !== undefined && { webgpuWasmIntegrity: urls.webgpuWasmIntegrity }),
+      ...(this.options.engine !== undefined && { backend: this.options.engine }),
+    };
   }
 
   private loadModel(signal?: AbortSignal): Promise<EngineInfo> {
@@ -339,7 +362,7 @@ export class KwaaiNet {
     if (!engine) throw new NotInitializedError();
     if (!this.modelInfo?.model) {
       await this.loadModel(signal);
-      this.emitReady();
+      await this.emitReady();
     }
     return engine;
   }

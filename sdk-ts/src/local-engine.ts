@@ -3,6 +3,12 @@
  * the contract (wasm-engine.d.ts). Runs in the page for the 'in-page' host, and inside a
  * dedicated worker or a service worker behind `EngineHostHandler` for the others.
  *
+ * Two engine modules: the CPU one, and the WebGPU one where the host has it
+ * (`loadWebGpuModule`). 'auto' tries WebGPU only where `autoWebGpu` says so (the service
+ * worker) and an adapter is there; when the WebGPU module cannot start (`webgpu: ...`: no
+ * adapter or device after all) the same load falls back to the CPU module, and
+ * `info().backendReason` says why.
+ *
  * Generation is a loop of `WasmGeneration.step(n)` calls with a yield to the event loop
  * between them: that is where an abort message (or AbortSignal) gets a chance to land.
  * `n` adapts so one step takes about `sliceMs`; the first step produces one token so the
@@ -10,13 +16,15 @@
  */
 
 import {
-  AbortError, EngineError, InvalidArgumentError, KwaaiNetError, abortErrorFrom, throwIfAborted, toKwaaiNetError,
+  AbortError, EngineError, InvalidArgumentError, KwaaiNetError, UnsupportedError, abortErrorFrom, throwIfAborted,
+  toKwaaiNetError,
 } from './errors.js';
 import type { Engine, GenerateOptions, GenerationResult, LoadOptions } from './engine.js';
 import { fetchModel, progressEvent } from './download.js';
 import { defaultModelStore, type ModelStore } from './cache.js';
+import type { GpuProbe, ModuleSource } from './host/glue.js';
 import type {
-  EngineInfo, EngineSpec, GenerateRequest, HostKind, HostStatus, ModelInfo, ModelSpec,
+  Backend, EngineInfo, EnginePreference, EngineSpec, GenerateRequest, HostKind, HostStatus, ModelInfo, ModelSpec,
 } from './protocol.js';
 import { assertModelFits } from './resources.js';
 import { isRecord } from './validate.js';
@@ -24,12 +32,16 @@ import type { WasmEngine, WasmEngineInfo, WasmEngineModule, WasmStartRequest, Wa
 
 export interface LocalEngineOptions {
   host: HostKind;
-  /** Returns the engine module, initialised for `engine` (called once per module). */
-  loadModule: (engine: EngineSpec) => Promise<WasmEngineModule>;
+  /** Returns the CPU engine module, initialised from `source` (called again only after a failure). */
+  loadModule: (source: ModuleSource) => Promise<WasmEngineModule>;
+  /** Returns the WebGPU engine module; absent where this host has none. */
+  loadWebGpuModule?: (source: ModuleSource) => Promise<WasmEngineModule>;
+  /** Whether 'auto' tries WebGPU here (default false: only the service-worker host does). */
+  autoWebGpu?: boolean;
   store?: ModelStore;
   fetch?: typeof fetch;
-  /** Whether a WebGPU adapter is available here (reported; the WebGPU engine comes later). */
-  probeGpu?: () => Promise<boolean>;
+  /** The WebGPU adapter here, or null (default: none). */
+  probeGpu?: () => Promise<GpuProbe | null>;
   /** Target duration of one `step(n)` call (default 40 ms). */
   sliceMs?: number;
   instanceId?: string;
@@ -72,6 +84,8 @@ function checkInfo(raw: unknown): WasmEngineInfo {
     throw new EngineError(`engine: info() returned an unexpected ${what}`);
   };
   if (!isRecord(raw)) return fail('value');
+  if (raw.backend !== 'cpu-wasm' && raw.backend !== 'webgpu') fail('backend');
+  if (!(raw.adapter === undefined || typeof raw.adapter === 'string')) fail('adapter');
   const nums = ['n_layers', 'n_embd', 'n_ctx_train', 'max_ctx', 'vocab_size', 'weight_bytes', 'kv_cache_bytes'] as const;
   for (const k of nums) if (typeof raw[k] !== 'number' || !Number.isFinite(raw[k]) || (raw[k] as number) < 0) fail(k);
   if (typeof raw.architecture !== 'string') fail('architecture');
@@ -104,16 +118,33 @@ interface Loaded {
   engine: WasmEngine;
   spec: ModelSpec;
   info: ModelInfo;
+  module: WasmEngineModule;
+  backend: Backend;
+  backendReason: string;
+  adapter: string | null;
+  simd128: boolean;
 }
+
+/** Which module a load tries first, and why. */
+interface Plan {
+  backend: Backend;
+  reason: string;
+}
+
+const isWebGpuError = (err: unknown): boolean => err instanceof Error && /^webgpu:/.test(err.message);
+const messageOf = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 
 export class LocalEngine implements Engine {
   readonly host: HostKind;
   readonly instanceId: string;
   private readonly options: LocalEngineOptions;
   private readonly store: ModelStore;
-  private module: Promise<WasmEngineModule> | null = null;
+  private readonly modules = new Map<Backend, Promise<WasmEngineModule>>();
   private loaded: Loaded | null = null;
-  private gpu: Promise<boolean> | null = null;
+  private gpu: Promise<GpuProbe | null> | null = null;
+  /** Why the WebGPU engine failed here ('auto' then stays on the CPU engine). */
+  private gpuFailure: string | null = null;
+  private preference: EnginePreference = 'auto';
   /** Serialises loads and generations: the engine runs one at a time. */
   private queue: Promise<unknown> = Promise.resolve();
   private busy = false;
@@ -130,9 +161,70 @@ export class LocalEngine implements Engine {
     return (this.options.now ?? (() => performance.now()))();
   }
 
-  private gpuAvailable(): Promise<boolean> {
-    this.gpu ??= (this.options.probeGpu ?? (async () => false))().catch(() => false);
+  private gpuProbe(): Promise<GpuProbe | null> {
+    this.gpu ??= (this.options.probeGpu ?? (async () => null))().catch(() => null);
     return this.gpu;
+  }
+
+  private async gpuAvailable(): Promise<boolean> {
+    return (await this.gpuProbe()) !== null;
+  }
+
+  /** The backend a load with `preference` tries first. Throws UnsupportedError when
+   *  'webgpu' is asked for where it cannot run. */
+  private async plan(preference: EnginePreference, engine?: EngineSpec): Promise<Plan> {
+    const where = this.host === 'in-page' ? 'the page' : `the ${this.host}`;
+    const noGpu = (reason: string): Plan => {
+      if (preference === 'webgpu') throw new UnsupportedError(`webgpu: ${reason}`);
+      return { backend: 'cpu-wasm', reason };
+    };
+    if (preference === 'cpu') return { backend: 'cpu-wasm', reason: 'requested' };
+    if (!this.options.loadWebGpuModule) return noGpu(`the ${this.host} host has no WebGPU engine`);
+    if (preference === 'auto' && !this.options.autoWebGpu) {
+      return { backend: 'cpu-wasm', reason: `the ${this.host} host runs the CPU engine unless WebGPU is requested` };
+    }
+    if (engine && engine.webgpuWasmUrl === undefined) return noGpu('this bundle has no WebGPU engine');
+    if (preference === 'auto' && this.gpuFailure !== null) return { backend: 'cpu-wasm', reason: this.gpuFailure };
+    if ((await this.gpuProbe()) === null) return noGpu(`no WebGPU adapter in ${where}`);
+    return { backend: 'webgpu', reason: preference === 'webgpu' ? 'requested' : `WebGPU adapter in ${where}` };
+  }
+
+  /** The module for `backend`, initialised (once; again after a failure). */
+  private module(backend: Backend, engine: EngineSpec): Promise<WasmEngineModule> {
+    let m = this.modules.get(backend);
+    if (!m) {
+      const loader = backend === 'webgpu' ? this.options.loadWebGpuModule : this.options.loadModule;
+      const source: ModuleSource | null = backend === 'webgpu'
+        ? (engine.webgpuWasmUrl === undefined ? null : {
+          wasmUrl: engine.webgpuWasmUrl,
+          ...(engine.webgpuWasmIntegrity !== undefined && { wasmIntegrity: engine.webgpuWasmIntegrity }),
+        })
+        : { wasmUrl: engine.wasmUrl, ...(engine.wasmIntegrity !== undefined && { wasmIntegrity: engine.wasmIntegrity }) };
+      const mine = loader && source ? loader(source) : Promise.reject(new UnsupportedError(`no ${backend} engine here`));
+      this.modules.set(backend, mine);
+      mine.catch(() => {
+        if (this.modules.get(backend) === mine) this.modules.delete(backend); // retry on the next load
+      });
+      m = mine;
+    }
+    return m;
+  }
+
+  /** Initialises `backend`'s module and parses the model with it. */
+  private async parse(backend: Backend, engine: EngineSpec, bytes: Uint8Array, maxCtx: number):
+    Promise<{ module: WasmEngineModule; wasm: WasmEngine }> {
+    let mod: WasmEngineModule;
+    try {
+      mod = await this.module(backend, engine);
+    } catch (err) {
+      throw engineError(err, backend === 'webgpu' ? 'initialising the WebGPU engine' : 'initialising the WASM engine');
+    }
+    try {
+      return { module: mod, wasm: await mod.WasmEngine.load(bytes, maxCtx) };
+    } catch (err) {
+      if (isWebGpuError(err)) throw err; // the caller falls back, or reports it as is
+      throw engineError(err, 'loading the model');
+    }
   }
 
   /** Runs `task` after every queued task; an abort while waiting rejects at once. */
@@ -156,13 +248,24 @@ export class LocalEngine implements Engine {
   }
 
   private async engineInfo(): Promise<EngineInfo> {
-    const mod = this.module ? await this.module.catch(() => null) : null;
     const l = this.loaded;
+    const probe = await this.gpuProbe();
+    let plan: Plan;
+    if (l) {
+      plan = { backend: l.backend, reason: l.backendReason };
+    } else {
+      plan = await this.plan(this.preference).catch((err: unknown) => ({ backend: 'webgpu' as const, reason: messageOf(err) }));
+    }
+    const pending = this.modules.get(plan.backend);
+    const mod = l ? l.module : pending ? await pending.catch(() => null) : null;
+    const adapter = l ? l.adapter : plan.backend === 'webgpu' ? probe?.adapter ?? null : null;
     return {
       host: this.host,
-      backend: 'cpu-wasm',
-      gpuAvailable: await this.gpuAvailable(),
-      simd128: mod ? Boolean(mod.simd128()) : false,
+      backend: plan.backend,
+      backendReason: plan.reason.slice(0, 1024),
+      gpuAvailable: probe !== null,
+      adapter,
+      simd128: l ? l.simd128 : mod !== null && plan.backend === 'cpu-wasm' ? Boolean(mod.simd128()) : false,
       engineVersion: mod ? String(mod.engineVersion()).slice(0, 64) : 'unloaded',
       hostInstanceId: this.instanceId,
       model: l ? { ...l.info } : null,
@@ -172,23 +275,30 @@ export class LocalEngine implements Engine {
   load(model: ModelSpec, engine: EngineSpec, options: LoadOptions = {}): Promise<EngineInfo> {
     return this.exclusive(options.signal, async () => {
       const { signal } = options;
+      const preference = engine.backend ?? 'auto';
       const current = this.loaded;
       if (current && current.spec.url === model.url && current.spec.sha256 === model.sha256 &&
-        current.spec.maxCtx === model.maxCtx) {
+        current.spec.maxCtx === model.maxCtx &&
+        (preference === 'auto' || (preference === 'cpu') === (current.backend === 'cpu-wasm'))) {
         return this.engineInfo(); // already loaded: e.g. a second tab, or a reload, of an SW host
       }
-      if (!this.module) {
-        const m = this.options.loadModule(engine);
-        this.module = m;
-        m.catch(() => {
-          if (this.module === m) this.module = null; // retry on the next load
-        });
-      }
-      let mod: WasmEngineModule;
+      this.preference = preference;
+      let plan = await this.plan(preference, engine);
+      // Initialise the module before the download: a broken .wasm fails fast. A WebGPU
+      // module that does not start is no reason to stop ('auto' falls back).
       try {
-        mod = await this.module;
+        await this.module(plan.backend, engine);
       } catch (err) {
-        throw engineError(err, 'initialising the WASM engine');
+        if (plan.backend === 'cpu-wasm' || preference === 'webgpu') {
+          throw engineError(err, plan.backend === 'webgpu' ? 'initialising the WebGPU engine' : 'initialising the WASM engine');
+        }
+        this.gpuFailure = `the WebGPU engine did not start (${messageOf(err)})`;
+        plan = { backend: 'cpu-wasm', reason: this.gpuFailure };
+        try {
+          await this.module('cpu-wasm', engine);
+        } catch (cpuErr) {
+          throw engineError(cpuErr, 'initialising the WASM engine');
+        }
       }
       const fetched = await fetchModel({
         url: model.url,
@@ -208,12 +318,21 @@ export class LocalEngine implements Engine {
       await yieldToEventLoop();
       // Only one model in memory: drop the old one before parsing the new one.
       this.unload();
-      let wasm: WasmEngine;
+      let parsed: { module: WasmEngineModule; wasm: WasmEngine };
       try {
-        wasm = mod.WasmEngine.load(fetched.bytes, model.maxCtx);
+        parsed = await this.parse(plan.backend, engine, fetched.bytes, model.maxCtx);
       } catch (err) {
-        throw engineError(err, 'loading the model');
+        if (!(plan.backend === 'webgpu' && preference === 'auto' && isWebGpuError(err))) {
+          throw isWebGpuError(err) ? new UnsupportedError(messageOf(err), { cause: err }) : err;
+        }
+        // The adapter went away, or no device: the CPU engine, from the same bytes (the
+        // engine copies them in, so they are still ours).
+        this.gpuFailure = `the WebGPU engine could not start (${messageOf(err)})`;
+        plan = { backend: 'cpu-wasm', reason: this.gpuFailure };
+        throwIfAborted(signal);
+        parsed = await this.parse('cpu-wasm', engine, fetched.bytes, model.maxCtx);
       }
+      const wasm = parsed.wasm;
       let info: WasmEngineInfo;
       try {
         info = checkInfo(wasm.info());
@@ -226,6 +345,11 @@ export class LocalEngine implements Engine {
       }
       this.loaded = {
         engine: wasm,
+        module: parsed.module,
+        backend: info.backend,
+        backendReason: plan.reason,
+        adapter: info.backend === 'webgpu' ? (info.adapter ?? (await this.gpuProbe())?.adapter ?? '').slice(0, 256) : null,
+        simd128: Boolean(info.simd128),
         spec: { ...model },
         info: {
           url: model.url,
@@ -285,7 +409,8 @@ export class LocalEngine implements Engine {
           const before = this.now();
           let r: WasmStepResult;
           try {
-            r = checkStep(generation.step(n));
+            // A promise from the WebGPU engine (the GPU's readback), a value from the CPU one.
+            r = checkStep(await generation.step(n));
           } catch (err) {
             throw engineError(err, 'generating');
           }
@@ -328,8 +453,9 @@ export class LocalEngine implements Engine {
     });
   }
 
+  /** Host and backend (the planned one before a load), and the model when loaded. */
   async info(): Promise<EngineInfo | null> {
-    return this.module || this.loaded ? this.engineInfo() : null;
+    return this.engineInfo();
   }
 
   async status(): Promise<HostStatus> {

@@ -22,8 +22,10 @@ import {
   SHA256_HEX, array, boolean, integer, number, oneOf, optional, record, string, type Fail,
 } from './validate.js';
 
-/** 2: chat requests may carry a raw `prompt`; `chunk` carries the token ids; `started`. */
-export const PROTOCOL_VERSION = 2;
+/** 2: chat requests may carry a raw `prompt`; `chunk` carries the token ids; `started`.
+ *  3: the WebGPU engine: `load` names its .wasm and the backend wanted; `info` reports the
+ *  adapter and why that backend. */
+export const PROTOCOL_VERSION = 3;
 
 /** Size limits on what a message may carry. */
 export const LIMITS = {
@@ -43,6 +45,9 @@ export const LIMITS = {
 
 export type HostKind = 'service-worker' | 'worker' | 'in-page';
 export type Backend = 'cpu-wasm' | 'webgpu';
+/** Which engine module a host loads: 'auto' = WebGPU in the service-worker host when it has
+ *  an adapter, else the CPU engine; 'webgpu' fails where WebGPU cannot run. */
+export type EnginePreference = 'auto' | 'webgpu' | 'cpu';
 export type ProgressPhase = 'download' | 'verify' | 'load';
 export type ChatRole = 'system' | 'user' | 'assistant';
 
@@ -67,11 +72,17 @@ export interface ModelSpec {
   storageLimitBytes?: number;
 }
 
-/** Where the host finds the WASM engine (initialised on the first load). */
+/** Where the host finds the WASM engines (each initialised on its first load). */
 export interface EngineSpec {
+  /** The CPU engine. */
   wasmUrl: string;
   /** SRI (`sha384-...`) checked when fetching the .wasm. */
   wasmIntegrity?: string;
+  /** The WebGPU engine (absent: the host runs the CPU engine). */
+  webgpuWasmUrl?: string;
+  webgpuWasmIntegrity?: string;
+  /** Default 'auto'. */
+  backend?: EnginePreference;
 }
 
 /** Exactly one of `messages` (rendered with the model's chat template) or `prompt` (raw
@@ -105,9 +116,14 @@ export interface ModelInfo {
 
 export interface EngineInfo {
   host: HostKind;
+  /** The engine running the loaded model; before a load, the one the next load tries. */
   backend: Backend;
-  /** Whether a WebGPU adapter was available in the host (the WebGPU engine comes later). */
+  /** Why that backend (e.g. why WebGPU was not used). */
+  backendReason: string;
+  /** Whether a WebGPU adapter was available in the host. */
   gpuAvailable: boolean;
+  /** The WebGPU adapter's description, when known (may be empty); null on the CPU. */
+  adapter: string | null;
   simd128: boolean;
   engineVersion: string;
   hostInstanceId: string;
@@ -169,6 +185,7 @@ const HOST_TYPES = ['pong', 'status', 'progress', 'loaded', 'started', 'chunk', 
 const ROLES = ['system', 'user', 'assistant'] as const;
 const HOSTS = ['service-worker', 'worker', 'in-page'] as const;
 const BACKENDS = ['cpu-wasm', 'webgpu'] as const;
+const ENGINE_PREFERENCES = ['auto', 'webgpu', 'cpu'] as const;
 const PHASES = ['download', 'verify', 'load'] as const;
 const MAX_BYTES = Number.MAX_SAFE_INTEGER;
 
@@ -208,14 +225,25 @@ function modelSpec(value: unknown): ModelSpec {
   return spec;
 }
 
+function sriHash(value: unknown, path: string): string | undefined {
+  const integrity = optional(value, (v) => string(v, path, fail, 256));
+  if (integrity !== undefined && !/^sha(256|384|512)-[A-Za-z0-9+/=]+$/.test(integrity)) {
+    throw new ProtocolError(`${path}: not an SRI hash`);
+  }
+  return integrity;
+}
+
 function engineSpec(value: unknown): EngineSpec {
   const r = record(value, 'engine', fail);
   const spec: EngineSpec = { wasmUrl: url(r.wasmUrl, 'engine.wasmUrl') };
-  const integrity = optional(r.wasmIntegrity, (v) => string(v, 'engine.wasmIntegrity', fail, 256));
-  if (integrity !== undefined) {
-    if (!/^sha(256|384|512)-[A-Za-z0-9+/=]+$/.test(integrity)) throw new ProtocolError('engine.wasmIntegrity: not an SRI hash');
-    spec.wasmIntegrity = integrity;
-  }
+  const integrity = sriHash(r.wasmIntegrity, 'engine.wasmIntegrity');
+  if (integrity !== undefined) spec.wasmIntegrity = integrity;
+  const gpuUrl = optional(r.webgpuWasmUrl, (v) => url(v, 'engine.webgpuWasmUrl'));
+  if (gpuUrl !== undefined) spec.webgpuWasmUrl = gpuUrl;
+  const gpuIntegrity = sriHash(r.webgpuWasmIntegrity, 'engine.webgpuWasmIntegrity');
+  if (gpuIntegrity !== undefined) spec.webgpuWasmIntegrity = gpuIntegrity;
+  const backend = optional(r.backend, (v) => oneOf(v, 'engine.backend', fail, ENGINE_PREFERENCES));
+  if (backend !== undefined) spec.backend = backend;
   return spec;
 }
 
@@ -301,7 +329,9 @@ function engineInfo(value: unknown): EngineInfo {
   return {
     host: oneOf(r.host, 'info.host', fail, HOSTS),
     backend: oneOf(r.backend, 'info.backend', fail, BACKENDS),
+    backendReason: string(r.backendReason, 'info.backendReason', fail, LIMITS.errorMessage),
     gpuAvailable: boolean(r.gpuAvailable, 'info.gpuAvailable', fail),
+    adapter: r.adapter === null ? null : text(r.adapter, 'info.adapter'),
     simd128: boolean(r.simd128, 'info.simd128', fail),
     engineVersion: text(r.engineVersion, 'info.engineVersion'),
     hostInstanceId: string(r.hostInstanceId, 'info.hostInstanceId', fail, LIMITS.id),

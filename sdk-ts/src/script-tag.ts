@@ -17,6 +17,7 @@
  * is the same outcome as a promise, for code that runs after the event fired.
  *
  * Other attributes: data-model-sha256, data-host (auto | service-worker | worker | in-page),
+ * data-engine (auto | webgpu | cpu),
  * data-service-worker (a same-origin SW script URL, or "none"), data-context-length,
  * data-load-model ("eager" default | "lazy"), data-auto-init ("false": create, do not
  * initialise).
@@ -24,6 +25,7 @@
 
 import { InvalidArgumentError, toKwaaiNetError, type KwaaiNetError } from './errors.js';
 import type { HostPreference } from './host.js';
+import type { EnginePreference } from './protocol.js';
 import { KwaaiNet, type KwaaiNetOptions } from './kwaainet.js';
 
 export interface ScriptLike {
@@ -38,6 +40,7 @@ export interface ScriptTagConfig {
 }
 
 const HOSTS: readonly HostPreference[] = ['auto', 'service-worker', 'worker', 'in-page'];
+const ENGINES: readonly EnginePreference[] = ['auto', 'webgpu', 'cpu'];
 
 /** Reads the tag's attributes into KwaaiNet options (validated by the constructor). */
 export function parseScriptTag(script: ScriptLike, pageUrl: string): ScriptTagConfig {
@@ -62,6 +65,11 @@ export function parseScriptTag(script: ScriptLike, pageUrl: string): ScriptTagCo
   if (host !== undefined) {
     if (!(HOSTS as readonly string[]).includes(host)) throw new InvalidArgumentError(`data-host: expected one of ${HOSTS.join(', ')}`);
     options.host = host as HostPreference;
+  }
+  const engine = attr('engine');
+  if (engine !== undefined) {
+    if (!(ENGINES as readonly string[]).includes(engine)) throw new InvalidArgumentError(`data-engine: expected one of ${ENGINES.join(', ')}`);
+    options.engine = engine as EnginePreference;
   }
   const sw = attr('service-worker');
   if (sw !== undefined) options.serviceWorkerUrl = sw === 'none' || sw === '' ? null : new URL(sw, pageUrl).href;

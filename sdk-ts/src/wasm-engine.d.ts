@@ -4,6 +4,11 @@
  * contract states it. The engine host codes against these types only; when the generated
  * `kwaainet_wasm.d.ts` exists, a type test can assert that it satisfies `WasmEngineModule`.
  *
+ * Two modules share this API: the CPU engine (`dist/engine/`, synchronous `load` and
+ * `step`) and the WebGPU engine (`dist/engine-webgpu/`, the crate's `webgpu` feature:
+ * `load` and `step` return promises, since they wait for the GPU). The host awaits both
+ * the same way.
+ *
  * Values returned by the engine are still validated at run time (host/local-engine.ts):
  * the mirror can drift from the real module.
  */
@@ -17,8 +22,11 @@ export interface WasmChatMessage {
 }
 
 export interface WasmEngineInfo {
-  backend: 'cpu-wasm';
+  backend: 'cpu-wasm' | 'webgpu';
+  /** False for the WebGPU module. */
   simd128: boolean;
+  /** WebGPU module only: the adapter (vendor, architecture, device, description; may be empty). */
+  adapter?: string;
   engine_version: string;
   architecture: string;
   name: string | null;
@@ -58,8 +66,9 @@ export interface WasmStepResult {
 }
 
 export interface WasmGeneration {
-  /** First call runs the prefill; every call then runs up to maxTokens decode steps. */
-  step(maxTokens: number): WasmStepResult;
+  /** First call runs the prefill; every call then runs up to maxTokens decode steps.
+   *  WebGPU: a promise (GPU readback); one call at a time ("internal: engine is busy"). */
+  step(maxTokens: number): WasmStepResult | Promise<WasmStepResult>;
   free(): void;
 }
 
@@ -74,8 +83,10 @@ export interface WasmEngine {
 }
 
 export interface WasmEngineStatic {
-  /** Throws an Error whose message starts with a stable code ("gguf: ...", "model: ..."). */
-  load(bytes: Uint8Array, maxCtx: number): WasmEngine;
+  /** Throws (CPU) or rejects (WebGPU) with an Error whose message starts with a stable
+   *  code ("gguf: ...", "model: ..."); the WebGPU module rejects with "webgpu: ..." when it
+   *  gets no adapter or device. */
+  load(bytes: Uint8Array, maxCtx: number): WasmEngine | Promise<WasmEngine>;
 }
 
 /** The ES module `kwaainet_wasm.js`, as `import * as m from '.../kwaainet_wasm.js'` sees it. */

@@ -2,6 +2,11 @@
  * A test double of the WASM engine that follows the contract (src/wasm-engine.d.ts): a
  * "GGUF" is any buffer starting with the bytes GGUF; the reply to a chat is
  * `Echo: <last user message>`, one token per character.
+ *
+ * `webgpu: true` makes it the WebGPU module: `load` and `step` return promises (settled
+ * after a timer, like a GPU readback), a second `step` while one runs rejects with
+ * "internal: engine is busy", info says backend "webgpu" with an adapter, and `loadError`
+ * (e.g. "webgpu: no adapter") makes `load` reject.
  */
 
 import type {
@@ -15,10 +20,22 @@ export interface DoubleOptions {
   prefillMs?: number;
   /** Bytes of KV cache per context token. */
   kvBytesPerToken?: number;
+  /** The WebGPU module's shape (async load and step). */
+  webgpu?: boolean;
+  /** `load` throws (CPU) or rejects (WebGPU) with this message. */
+  loadError?: string;
+  /** Initialising the module fails with this message (a .wasm that does not fetch). */
+  initError?: string;
 }
 
 export interface DoubleStats {
+  /** Module initialisations. */
+  inits: number;
+  /** load() calls, failed ones included. */
+  loadCalls: number;
   loads: number;
+  /** Most `step` calls in flight at once (the WebGPU engine allows one). */
+  maxConcurrentSteps: number;
   starts: number;
   steps: number;
   generationsFreed: number;
@@ -45,8 +62,21 @@ export function fakeModel(size = 4096, seed = 1): Uint8Array {
 }
 
 export function engineDouble(options: DoubleOptions = {}): { module: WasmEngineModule; stats: DoubleStats } {
-  const stats: DoubleStats = { loads: 0, starts: 0, steps: 0, generationsFreed: 0, enginesFreed: 0, lastRequest: null };
+  const stats: DoubleStats = {
+    inits: 0, loadCalls: 0, loads: 0, maxConcurrentSteps: 0, starts: 0, steps: 0, generationsFreed: 0, enginesFreed: 0,
+    lastRequest: null,
+  };
   let initialised = false;
+  let stepping = 0;
+  const later = <T>(f: () => T): Promise<T> => new Promise((resolve, reject) => {
+    setTimeout(() => {
+      try {
+        resolve(f());
+      } catch (err) {
+        reject(err instanceof Error ? err : new Error(String(err)));
+      }
+    }, 1);
+  });
 
   class Generation implements WasmGeneration {
     private produced = 0;
@@ -66,7 +96,17 @@ export function engineDouble(options: DoubleOptions = {}): { module: WasmEngineM
       if (req.temperature !== undefined && req.temperature < 0) throw new Error('request: temperature < 0');
     }
 
-    step(maxTokens: number): WasmStepResult {
+    step(maxTokens: number): WasmStepResult | Promise<WasmStepResult> {
+      if (!options.webgpu) return this.stepNow(maxTokens);
+      if (stepping > 0) return Promise.reject(new Error('internal: engine is busy'));
+      stepping++;
+      stats.maxConcurrentSteps = Math.max(stats.maxConcurrentSteps, stepping);
+      return later(() => this.stepNow(maxTokens)).finally(() => {
+        stepping--;
+      });
+    }
+
+    private stepNow(maxTokens: number): WasmStepResult {
       if (this.finished) throw new Error('generation: already finished');
       stats.steps++;
       if (!this.prefilled && options.prefillMs) busyWait(options.prefillMs);
@@ -120,8 +160,13 @@ export function engineDouble(options: DoubleOptions = {}): { module: WasmEngineM
       this.size = size;
       this.maxCtx = maxCtx;
     }
-    static load(bytes: Uint8Array, maxCtx: number): Engine {
+    static load(bytes: Uint8Array, maxCtx: number): Engine | Promise<Engine> {
+      return options.webgpu ? later(() => Engine.loadNow(bytes, maxCtx)) : Engine.loadNow(bytes, maxCtx);
+    }
+    private static loadNow(bytes: Uint8Array, maxCtx: number): Engine {
+      stats.loadCalls++;
       if (!initialised) throw new Error('engine: not initialised');
+      if (options.loadError) throw new Error(options.loadError);
       if (bytes.byteLength < 4 || String.fromCharCode(...bytes.subarray(0, 4)) !== 'GGUF') {
         throw new Error('gguf: bad magic at offset 0');
       }
@@ -130,7 +175,9 @@ export function engineDouble(options: DoubleOptions = {}): { module: WasmEngineM
     }
     info(): WasmEngineInfo {
       return {
-        backend: 'cpu-wasm', simd128: true, engine_version: '0.0.0-double', architecture: 'llama', name: 'double',
+        backend: options.webgpu ? 'webgpu' : 'cpu-wasm', simd128: !options.webgpu,
+        ...(options.webgpu && { adapter: 'double-vendor double-gpu' }),
+        engine_version: '0.0.0-double', architecture: 'llama', name: 'double',
         n_layers: 2, n_embd: 8, n_ctx_train: 8192, max_ctx: this.maxCtx, vocab_size: 256,
         weight_bytes: this.size, kv_cache_bytes: this.maxCtx * (options.kvBytesPerToken ?? 16), has_chat_template: true,
       };
@@ -156,6 +203,8 @@ export function engineDouble(options: DoubleOptions = {}): { module: WasmEngineM
 
   const module: WasmEngineModule = {
     default: async () => {
+      stats.inits++;
+      if (options.initError) throw new Error(options.initError);
       initialised = true;
       return {};
     },

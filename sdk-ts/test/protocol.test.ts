@@ -82,11 +82,24 @@ describe('protocol: page → host validation', () => {
     rejects(load({ url: 'u', maxCtx: 8, memoryLimitBytes: -1 }), /outside/);
     rejects(load({ url: 'u', maxCtx: 8 }, { wasmUrl: 'w', wasmIntegrity: 'md5-x' }), /SRI/);
     rejects(load({ url: 'u', maxCtx: 8 }, null), /engine/);
+    rejects(load({ url: 'u', maxCtx: 8 }, { wasmUrl: 'w', backend: 'gpu' }), /engine\.backend/);
+    rejects(load({ url: 'u', maxCtx: 8 }, { wasmUrl: 'w', webgpuWasmUrl: '' }), /engine\.webgpuWasmUrl: empty/);
+    rejects(load({ url: 'u', maxCtx: 8 }, { wasmUrl: 'w', webgpuWasmIntegrity: 'md5-x' }), /engine\.webgpuWasmIntegrity: not an SRI/);
+    const both = { wasmUrl: 'w', webgpuWasmUrl: 'g', webgpuWasmIntegrity: 'sha384-g', backend: 'webgpu' };
+    assert.deepEqual(parsePageMessage(load({ url: 'u', maxCtx: 8 }, { ...both, x: 1 })),
+      { v, type: 'load', id: 'l', model: { url: 'u', maxCtx: 8 }, engine: both });
   });
 });
 
 describe('protocol: host → page validation', () => {
   it('accepts replies and rejects malformed ones', () => {
+    const info = {
+      host: 'service-worker', backend: 'webgpu', backendReason: 'WebGPU adapter in the service-worker', gpuAvailable: true,
+      adapter: 'google swiftshader', simd128: false, engineVersion: '0.1.0', hostInstanceId: 'h', model: null,
+    };
+    assert.deepEqual(parseHostMessage({ v, type: 'info', id: 'i', info: { ...info, extra: 1 } }), { v, type: 'info', id: 'i', info });
+    assert.deepEqual(parseHostMessage({ v, type: 'info', id: 'i', info: { ...info, backend: 'cpu-wasm', adapter: null } }),
+      { v, type: 'info', id: 'i', info: { ...info, backend: 'cpu-wasm', adapter: null } });
     assert.deepEqual(parseHostMessage({ v, type: 'chunk', id: 'c', text: 'hé', tokens: [7, 8], completionTokens: 2 }),
       { v, type: 'chunk', id: 'c', text: 'hé', tokens: [7, 8], completionTokens: 2 });
     assert.deepEqual(parseHostMessage({ v, type: 'error', id: 'e', error: { code: 'aborted', message: 'm' } }),
@@ -103,6 +116,10 @@ describe('protocol: host → page validation', () => {
       { v, type: 'pong', id: 'p' },
       { v, type: 'ping', id: 'p' },
       { v: 0, type: 'pong', id: 'p', instanceId: 'i' },
+      { v, type: 'info', id: 'i', info: { ...info, backend: 'cuda' } },
+      { v, type: 'info', id: 'i', info: { ...info, backendReason: undefined } },
+      { v, type: 'info', id: 'i', info: { ...info, adapter: 7 } },
+      { v, type: 'info', id: 'i', info: { ...info, adapter: 'x'.repeat(LIMITS.text + 1) } },
     ];
     for (const m of bad) assert.throws(() => parseHostMessage(m), ProtocolError, JSON.stringify(m));
   });

@@ -20,6 +20,7 @@ describe('script tag', () => {
       'data-model-url': '/models/m.gguf',
       'data-model-sha256': 'ab'.repeat(32),
       'data-host': 'worker',
+      'data-engine': 'cpu',
       'data-service-worker': '/kwaainet-sw.js',
       'data-load-model': 'lazy',
       'data-context-length': '1024',
@@ -28,6 +29,7 @@ describe('script tag', () => {
     assert.equal(c.options.modelUrl, 'https://site.example/models/m.gguf');
     assert.equal(c.options.serviceWorkerUrl, 'https://site.example/kwaainet-sw.js');
     assert.equal(c.options.host, 'worker');
+    assert.equal(c.options.engine, 'cpu');
     assert.equal(c.options.loadModelOnInit, false);
     assert.equal(c.options.contextLength, 1024);
     assert.equal(c.globalName, 'kwaainet');
@@ -48,12 +50,13 @@ describe('script tag', () => {
 
   it('rejects bad attributes with typed errors', () => {
     const bad: Array<Record<string, string>> = [
-      { 'data-host': 'gpu' }, { 'data-global': 'window.x' }, { 'data-global': 'KwaaiNet' }, { 'data-load-model': 'soon' },
+      { 'data-host': 'gpu' }, { 'data-engine': 'gpu' }, { 'data-global': 'window.x' }, { 'data-global': 'KwaaiNet' }, { 'data-load-model': 'soon' },
       { 'data-context-length': '1e9' },
     ];
     for (const attrs of bad) assert.throws(() => parseScriptTag(tag('https://cdn/x.js', attrs), PAGE), InvalidArgumentError, JSON.stringify(attrs));
     assert.throws(() => new KwaaiNet({ services: 'compute,mining' }), InvalidArgumentError);
     assert.throws(() => new KwaaiNet({ privacyCompliance: 'hipaa' }), InvalidArgumentError);
+    assert.throws(() => new KwaaiNet({ engine: 'gpu' as 'webgpu' }), InvalidArgumentError);
     assert.throws(() => new KwaaiNet({ maxResources: 'cpu:500' }), InvalidArgumentError);
     assert.throws(() => new KwaaiNet({ modelUrl: 'https://x/m', modelSha256: 'nothex' }), InvalidArgumentError);
   });

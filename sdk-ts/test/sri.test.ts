@@ -20,9 +20,21 @@ writeFileSync(join(engineDir, 'kwaainet_wasm.js'), [
   "export class WasmEngine { static load() { throw new Error('gguf: fake'); } }",
 ].join('\n'));
 writeFileSync(join(engineDir, 'kwaainet_wasm_bg.wasm'), Uint8Array.from([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0]));
+// The WebGPU build names its files like the CPU one (the CDN build renames them).
+const webgpuDir = join(tmp, 'engine-webgpu');
+mkdirSync(webgpuDir);
+writeFileSync(join(webgpuDir, 'kwaainet_wasm.js'), [
+  'export default async function init() {}',
+  'export function initSync() {}',
+  "export function engineVersion() { return 'fake-webgpu-marker'; }",
+  'export function simd128() { return false; }',
+  "export class WasmEngine { static async load() { throw new Error('webgpu: fake'); } }",
+].join('\n'));
+writeFileSync(join(webgpuDir, 'kwaainet_wasm_bg.wasm'), Uint8Array.from([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, 0]));
 
 function buildTo(out: string, withEngine = true): void {
-  const args = ['cdn/build.mjs', '--out', out, '--engine-dir', withEngine ? engineDir : join(tmp, 'no-engine')];
+  const args = ['cdn/build.mjs', '--out', out, '--engine-dir', withEngine ? engineDir : join(tmp, 'no-engine'),
+    '--webgpu-dir', withEngine ? webgpuDir : join(tmp, 'no-engine')];
   const r = spawnSync(process.execPath, args, { cwd: root, encoding: 'utf8', timeout: 60_000 });
   assert.equal(r.status, 0, r.stderr);
 }
@@ -31,6 +43,7 @@ interface Manifest {
   version: string;
   path: string;
   engine: boolean;
+  webgpu: boolean;
   files: Record<string, { integrity: string; size: number }>;
 }
 
@@ -44,7 +57,8 @@ describe('cdn bundle and SRI manifest', () => {
   it('lists every file with a correct sha384 hash and size', () => {
     const onDisk = readdirSync(a).filter((n) => n !== 'sri-manifest.json').sort();
     assert.deepEqual(Object.keys(manifest.files), onDisk);
-    for (const name of ['distributed-ai.js', 'kwaainet.mjs', 'kwaainet-worker.js', 'kwaainet-sw.js', 'kwaainet_wasm.js', 'kwaainet_wasm_bg.wasm']) {
+    for (const name of ['distributed-ai.js', 'kwaainet.mjs', 'kwaainet-worker.js', 'kwaainet-sw.js', 'kwaainet_wasm.js', 'kwaainet_wasm_bg.wasm',
+      'kwaainet_wasm_webgpu.js', 'kwaainet_wasm_webgpu_bg.wasm']) {
       assert.ok(onDisk.includes(name), name);
     }
     for (const [name, f] of Object.entries(manifest.files)) {
@@ -54,6 +68,8 @@ describe('cdn bundle and SRI manifest', () => {
     }
     assert.equal(manifest.path, `v${manifest.version}/`);
     assert.equal(manifest.engine, true);
+    assert.equal(manifest.webgpu, true);
+    assert.ok(readFileSync(join(a, 'kwaainet_wasm_webgpu.js'), 'utf8').includes('fake-webgpu-marker'));
   });
 
   it('bakes the worker and wasm hashes into the script-tag bundle, and inlines the glue in the hosts', () => {
@@ -62,6 +78,10 @@ describe('cdn bundle and SRI manifest', () => {
     assert.ok(tagJs.includes(manifest.files['kwaainet_wasm_bg.wasm']?.integrity ?? 'missing'));
     assert.ok(readFileSync(join(a, 'kwaainet-worker.js'), 'utf8').includes('fake-glue-marker'));
     assert.ok(readFileSync(join(a, 'kwaainet-sw.js'), 'utf8').includes('fake-glue-marker'));
+    // The WebGPU engine: its hash baked in, its glue in the service worker only.
+    assert.ok(tagJs.includes(manifest.files['kwaainet_wasm_webgpu_bg.wasm']?.integrity ?? 'missing'));
+    assert.ok(readFileSync(join(a, 'kwaainet-sw.js'), 'utf8').includes('fake-webgpu-marker'));
+    assert.ok(!readFileSync(join(a, 'kwaainet-worker.js'), 'utf8').includes('fake-webgpu-marker'));
     assert.ok(!/\beval\(|new Function\(/.test(tagJs), 'no eval');
   });
 
@@ -77,6 +97,9 @@ describe('cdn bundle and SRI manifest', () => {
     const m = JSON.parse(readFileSync(join(c, 'sri-manifest.json'), 'utf8')) as Manifest;
     assert.equal(m.engine, false);
     assert.equal(m.files['kwaainet_wasm_bg.wasm'], undefined);
+    assert.equal(m.webgpu, false);
+    assert.equal(m.files['kwaainet_wasm_webgpu_bg.wasm'], undefined);
+    assert.ok(!readFileSync(join(c, 'kwaainet-sw.js'), 'utf8').includes('fake-webgpu-marker'));
     assert.ok(readFileSync(join(c, 'kwaainet-worker.js'), 'utf8').includes('built without the WASM engine'));
   });
 });

@@ -8,12 +8,15 @@
  * the browser keeps the SW alive while a request runs (and the page's pings, each an event
  * of their own, keep it alive between requests). When the browser kills it anyway, the
  * page sees a new instance id in the next pong and reloads the model.
+ *
+ * This host carries both engines: with a WebGPU adapter 'auto' loads the WebGPU one, and
+ * falls back to the CPU one when it cannot start (see LocalEngine).
  */
 
 import { LocalEngine } from '../local-engine.js';
 import type { HostMessage } from '../protocol.js';
 import type { WasmEngineModule } from '../wasm-engine.js';
-import { glueLoader, probeWebGpu } from './glue.js';
+import { glueLoader, probeWebGpuAdapter } from './glue.js';
 import { EngineHostHandler } from './handler.js';
 
 interface SwClient {
@@ -41,9 +44,16 @@ function isClient(source: SwMessageEvent['source']): source is SwClient {
   return source !== null && typeof (source as SwClient).id === 'string' && typeof source.postMessage === 'function';
 }
 
-export function serveInServiceWorker(glue: WasmEngineModule): EngineHostHandler {
+/** `webgpuGlue`: the WebGPU engine's glue, or null when the bundle was built without it. */
+export function serveInServiceWorker(glue: WasmEngineModule, webgpuGlue: WasmEngineModule | null = null): EngineHostHandler {
   const sw = globalThis as unknown as SwScope;
-  const engine = new LocalEngine({ host: 'service-worker', loadModule: glueLoader(glue), probeGpu: () => probeWebGpu() });
+  const engine = new LocalEngine({
+    host: 'service-worker',
+    loadModule: glueLoader(glue),
+    ...(webgpuGlue && { loadWebGpuModule: glueLoader(webgpuGlue) }),
+    autoWebGpu: true,
+    probeGpu: () => probeWebGpuAdapter(),
+  });
   const handler = new EngineHostHandler(engine);
   // A new SDK version takes over at once; pages reconnect through their pings.
   sw.addEventListener('install', (event) => event.waitUntil(sw.skipWaiting()));
