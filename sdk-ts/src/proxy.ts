@@ -58,6 +58,10 @@ export class ProxyEngine implements Engine {
   private instanceId: string | null = null;
   private lastHeard: number;
   private loading = 0;
+  /** The host runs the WebGPU engine: each of its steps may block the host's thread for
+   *  seconds (shader compilation; SwiftShader computes on the CPU), so a whole generation
+   *  gets the load timeout, not only its prefill. */
+  private blockingSteps = false;
   private heartbeat: ReturnType<typeof setInterval> | null = null;
 
   constructor(transport: Transport, options: ProxyOptions = {}) {
@@ -245,7 +249,9 @@ export class ProxyEngine implements Engine {
           options.onProgress?.(m.progress);
           return undefined;
         }
-        return m.type === 'loaded' ? m.info : this.unexpected(m, 'loaded');
+        if (m.type !== 'loaded') return this.unexpected(m, 'loaded');
+        this.blockingSteps = m.info.backend === 'webgpu';
+        return m.info;
       }, options.signal);
     } finally {
       leaveLoadPhase();
@@ -255,7 +261,8 @@ export class ProxyEngine implements Engine {
   async generate(request: GenerateRequest, options: GenerateOptions = {}): Promise<GenerationResult> {
     // The prefill runs as one synchronous engine call (seconds for a long prompt, during
     // which the host answers nothing): from the host's 'started' (it is alive and about to
-    // block) to the first chunk, allow the load timeout.
+    // block) to the first chunk, allow the load timeout; with the WebGPU engine, whose steps
+    // may block the host for seconds each, until the generation ends.
     let inPrefill = false;
     const prefillDone = (): void => {
       if (inPrefill) this.loading -= 1;
@@ -270,7 +277,7 @@ export class ProxyEngine implements Engine {
           return undefined;
         }
         if (m.type === 'chunk') {
-          prefillDone();
+          if (!this.blockingSteps) prefillDone();
           text += m.text;
           options.onChunk?.(m.text, m.completionTokens, m.tokens);
           return undefined;

@@ -8,6 +8,7 @@ import { PROTOCOL_VERSION, type HostMessage, type Progress } from '../src/protoc
 import { ProxyEngine, type Transport } from '../src/proxy.js';
 import { once } from 'node:events';
 import { Worker } from 'node:worker_threads';
+import type { DoubleOptions } from './engine-double.js';
 import { MODEL, MODEL_SHA, MODEL_URL, hostPair, kwaaiWithHosts, localEngine, until, type HostPair } from './harness.js';
 
 const v = PROTOCOL_VERSION;
@@ -114,6 +115,44 @@ describe('engine host ↔ proxy over a MessageChannel', () => {
     assert.ok(performance.now() - t0 < 1000);
     assert.ok(crashes.length === 1 && crashes[0] instanceof EngineCrashedError);
     await assert.rejects(p.proxy.status(), EngineCrashedError, 'fails fast afterwards');
+  });
+
+  /** A host on its own thread (as a dedicated worker or a service worker runs), so the
+   *  proxy's clock keeps running while the engine blocks it. */
+  async function threadHost(double: DoubleOptions): Promise<ProxyEngine> {
+    const worker = new Worker(new URL('./host-worker.js', import.meta.url), { workerData: double });
+    cleanup.push(() => void worker.terminate());
+    await once(worker, 'message');
+    const transport: Transport = {
+      host: 'worker',
+      send: (m) => worker.postMessage(m),
+      listen: (onData, onFatal) => {
+        worker.on('message', onData);
+        worker.on('error', onFatal);
+        return () => {
+          worker.off('message', onData);
+          worker.off('error', onFatal);
+        };
+      },
+      close: () => void worker.terminate(),
+    };
+    return new ProxyEngine(transport, { pingIntervalMs: 10, pingTimeoutMs: 150, loadTimeoutMs: 5_000 });
+  }
+
+  it('the WebGPU engine: steps that block the host for longer than the ping timeout are waited out', async () => {
+    // SwiftShader in Chromium: each WebGPU step keeps the host's thread busy for seconds.
+    const gpu = await threadHost({ webgpu: true, msPerToken: 300 });
+    assert.equal((await gpu.load(spec, engineSpec)).backend, 'webgpu');
+    const crashes: Error[] = [];
+    gpu.onCrash((e) => void crashes.push(e));
+    assert.equal((await gpu.generate({ messages: [{ role: 'user', content: 'x' }] })).text, 'Echo: x');
+    assert.equal(crashes.length, 0);
+    await gpu.dispose();
+    // The same blocking from the CPU engine after its prefill is a hung host.
+    const cpu = await threadHost({ msPerToken: 300 });
+    await cpu.load(spec, engineSpec);
+    await assert.rejects(cpu.generate({ messages: [{ role: 'user', content: 'x' }] }), EngineCrashedError);
+    await cpu.dispose();
   });
 
   it('waits out a long prefill (the host said it started) without declaring a crash', async () => {

@@ -48,6 +48,7 @@ export class EngineHostHandler {
   private readonly now: () => number;
   private readonly onProtocolError: (error: ProtocolError) => void;
   private watchdog: ReturnType<typeof setInterval> | null = null;
+  private lastCheck: number | null = null;
 
   constructor(engine: LocalEngine, options: HandlerOptions = {}) {
     this.engine = engine;
@@ -157,11 +158,18 @@ export class EngineHostHandler {
   private stopWatchdog(): void {
     if (this.watchdog !== null) clearInterval(this.watchdog);
     this.watchdog = null;
+    this.lastCheck = null;
   }
 
   /** Aborts the requests of connections that went silent or away. */
   async check(): Promise<void> {
     const now = this.now();
+    const previous = this.lastCheck;
+    this.lastCheck = now;
+    // The watchdog ran late: the host's own thread was blocked (a WebGPU engine step can
+    // take seconds), so the pages' pings of that time are still queued behind this check.
+    // Judge silence on the next round, after they have been read.
+    if (previous !== null && now - previous > 3 * this.watchdogIntervalMs) return;
     const checked = new Map<string, boolean>();
     for (const [, r] of this.running) {
       if (r.controller.signal.aborted) continue;
