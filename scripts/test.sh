@@ -58,10 +58,11 @@ step_rust-tests() {
 }
 
 step_wasm32() {
-    # The engine as the browser will use it: CPU kernels (simd128) and the burn model on
-    # burn's wgpu backend (WebGPU there).
-    cargo build -p kwaainet-core --target wasm32-unknown-unknown --release \
-        --no-default-features --features wgpu
+    # The browser's WebGPU engine (engine/wasm with the `webgpu` feature: the burn model on
+    # burn's wgpu backend and our CubeCL kernels, WebGPU in the browser) built as the module
+    # the SDK ships, into dist/engine-webgpu/; this is also the wasm32 build of kwaainet-core's
+    # burn model. The CPU engine is the wasm-engine step.
+    FEATURES=webgpu OUT=dist/engine-webgpu bash scripts/build-wasm.sh
 }
 
 step_ts() {
