@@ -24,8 +24,16 @@ fn main() -> anyhow::Result<()> {
         lookups: env("KWAAINET_SIM_LOOKUPS", 1000),
         bootstrap_fanout: env("KWAAINET_SIM_FANOUT", 3),
         concurrency: env("KWAAINET_SIM_CONCURRENCY", 32),
+        idle_timeout_secs: env("KWAAINET_SIM_IDLE_SECS", 5) as u64,
         ..SimConfig::default()
     };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kwaainet_p2p::sim=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -266,6 +266,7 @@ struct Runtime {
     peers: HashMap<PeerId, PeerState>,
     record_published_at: Option<u64>,
     republish_at: Option<tokio::time::Instant>,
+    last_announced: Vec<AddressEntry>,
     misbehaving: u64,
 }
 
@@ -350,6 +351,7 @@ async fn spawn_with(config: NodeConfig, key: Keypair, kind: TransportKind) -> Re
         peers: HashMap::new(),
         record_published_at: None,
         republish_at: None,
+        last_announced: Vec::new(),
         misbehaving: 0,
     };
     rt.start();
@@ -490,6 +492,7 @@ impl Runtime {
                 return;
             }
         };
+        self.last_announced = self.announced();
         let me = *self.swarm.local_peer_id();
         let mut record = Record::new(node_key(&me), value);
         record.publisher = Some(me);
@@ -561,7 +564,7 @@ impl Runtime {
     }
 
     fn addresses_changed(&mut self) {
-        if self.republish_at.is_none() {
+        if self.republish_at.is_none() && self.announced() != self.last_announced {
             self.republish_at = Some(tokio::time::Instant::now() + REPUBLISH_DEBOUNCE);
         }
     }
