@@ -411,10 +411,10 @@ impl Runtime {
                 tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
             }
         }
-        if !self.config.bootstrap.is_empty() {
-            if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
-                tracing::debug!(error = %e, "no peers to bootstrap from yet");
-            }
+        if !self.config.bootstrap.is_empty()
+            && let Err(e) = self.swarm.behaviour_mut().kad.bootstrap()
+        {
+            tracing::debug!(error = %e, "no peers to bootstrap from yet");
         }
         for span in self.config.spans.clone() {
             if let Err(e) = self
@@ -841,10 +841,8 @@ impl Runtime {
                         .unwrap_or(true),
                     _ => true,
                 };
-                if newer {
-                    if let Err(e) = store.put(record) {
-                        tracing::debug!(error = %e, "store full");
-                    }
+                if newer && let Err(e) = store.put(record) {
+                    tracing::debug!(error = %e, "store full");
                 }
             }
             kad::InboundRequest::AddProvider {

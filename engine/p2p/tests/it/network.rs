@@ -360,10 +360,9 @@ async fn forged_and_foreign_records_pushed_over_kad_are_not_stored() -> Result<(
             if let SwarmEvent::Behaviour(kwaainet_p2p::behaviour::BehaviourEvent::Kad(
                 kwaainet_p2p::libp2p::kad::Event::OutboundQueryProgressed { step, .. },
             )) = mallory.select_next_some().await
+                && step.last
             {
-                if step.last {
-                    done += 1;
-                }
+                done += 1;
             }
         }
     })
