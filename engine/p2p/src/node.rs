@@ -871,12 +871,11 @@ impl Runtime {
         stats: &kad::QueryStats,
     ) {
         match result {
-            QueryResult::Bootstrap(Ok(ok)) => {
-                if ok.num_remaining == 0 {
-                    tracing::info!(peer = %ok.peer, "DHT bootstrap done");
-                    self.publish(None);
-                }
+            QueryResult::Bootstrap(Ok(ok)) if ok.num_remaining == 0 => {
+                tracing::info!(peer = %ok.peer, "DHT bootstrap done");
+                self.publish(None);
             }
+            QueryResult::Bootstrap(Ok(_)) => {}
             QueryResult::Bootstrap(Err(e)) => tracing::debug!(error = %e, "bootstrap failed"),
             QueryResult::GetRecord(res) => {
                 let Some(Pending::GetRecord(peer, _)) = self.pending.get(&id) else {
@@ -925,13 +924,13 @@ impl Runtime {
                     Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {}
                     Err(e) => failed = Some(e.to_string()),
                 }
-                if last || failed.is_some() {
-                    if let Some(Pending::Providers(set, Some(tx))) = self.pending.remove(&id) {
-                        let _ = tx.send(match failed {
-                            Some(e) if set.is_empty() => Err(Error::Query(e)),
-                            _ => Ok(set.into_iter().collect()),
-                        });
-                    }
+                if (last || failed.is_some())
+                    && let Some(Pending::Providers(set, Some(tx))) = self.pending.remove(&id)
+                {
+                    let _ = tx.send(match failed {
+                        Some(e) if set.is_empty() => Err(Error::Query(e)),
+                        _ => Ok(set.into_iter().collect()),
+                    });
                 }
             }
             QueryResult::PutRecord(res) => {
