@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STEPS=(setup fmt clippy build fetch-model rust-tests wasm32 wasm-engine ts browser)
+STEPS=(setup fmt clippy build fetch-model rust-tests p2p wasm32 wasm-engine ts browser)
 
 BIN() { printf '%s/release/kwaainet' "$CARGO_TARGET_DIR"; }
 
@@ -55,6 +55,13 @@ step_rust-tests() {
         echo "no lavapipe ($lvp): wgpu tests may skip"
     fi
     cargo test --workspace --release
+}
+
+step_p2p() {
+    # The P2P crate's own tests (five-node DHT, hostile peers, HTTP side, 60-node memory
+    # swarm) and the binary's node tests already ran in rust-tests. Here: interop with
+    # js-libp2p (npm `libp2p` under node) dialing `kwaainet start` over TCP.
+    KWAAINET_BIN="$(BIN)" node --test engine/p2p/tests/interop/
 }
 
 step_wasm32() {
