@@ -6,6 +6,10 @@
 #   bash scripts/build-wasm.sh            release build (profile wasm-release)
 #   OUT=dir bash scripts/build-wasm.sh    another output folder
 #   WASM_OPT=0 bash scripts/build-wasm.sh skip wasm-opt (keeps function names, for profiles)
+#   FEATURES=webgpu OUT=dist/engine-webgpu bash scripts/build-wasm.sh
+#                                         the WebGPU engine (burn's wgpu backend + our CubeCL
+#                                         kernels): profile `release` (LTO over the burn
+#                                         stack costs many minutes), wasm-opt -O1
 #
 # Needs what scripts/setup.sh installs: the wasm32 target, wasm-bindgen-cli at the
 # version in Cargo.lock, and node_modules (binaryen's wasm-opt; skipped when absent).
@@ -13,14 +17,21 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kwaainet/target}"
-PROFILE="${WASM_PROFILE:-wasm-release}"
+FEATURES="${FEATURES:-}"
+if [ -n "$FEATURES" ]; then
+    PROFILE="${WASM_PROFILE:-release}"
+    OPT_LEVEL="${WASM_OPT_LEVEL:--O1}"
+else
+    PROFILE="${WASM_PROFILE:-wasm-release}"
+    OPT_LEVEL="${WASM_OPT_LEVEL:--O3}"
+fi
 OUT="${OUT:-dist/engine}"
 target=wasm32-unknown-unknown
 
 say() { printf 'build-wasm: %s\n' "$*" >&2; }
 
 # .cargo/config.toml turns on simd128 for this target.
-cargo build -p kwaainet-wasm --target "$target" --profile "$PROFILE"
+cargo build -p kwaainet-wasm --target "$target" --profile "$PROFILE" ${FEATURES:+--features "$FEATURES"}
 wasm="$CARGO_TARGET_DIR/$target/$PROFILE/kwaainet_wasm.wasm"
 
 rm -rf "$OUT"
@@ -38,7 +49,7 @@ elif [ -x "$opt" ]; then
     # The feature flags must cover everything rustc emits (simd128 above all) or wasm-opt
     # rejects the module; -O3 keeps the kernels fast, --strip-debug drops the name and
     # DWARF sections.
-    "$opt" -O3 --strip-debug --strip-producers \
+    "$opt" "$OPT_LEVEL" --strip-debug --strip-producers \
         --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
         --enable-sign-ext --enable-mutable-globals --enable-multivalue \
         --enable-reference-types \

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# `npm start`: set up, build the `kwaainet` CLI (release), fetch the default model, and
-# stream a chat answer from it.
+# `npm start`: set up, build what is missing, fetch the default model, build the CDN bundle
+# if missing, and run a local KwaaiNet node (bootstrap + relay + full) on 127.0.0.1 that
+# serves the demo site. Stop it with Ctrl-C.
 #
-#   npm start                                   the default question
-#   npm start -- --prompt "Why is the sky blue?" --max-tokens 128
-#   npm start -- --backend wgpu --seed 7        extra `generate` flags
-#   npm start -- bench                          any other subcommand, run as is
+#   npm start                                   the local node and demo site
+#   KWAAINET_HTTP=127.0.0.1:9000 npm start      another HTTP port (KWAAINET_PORT: P2P port)
+#   npm start -- --region eu-west               extra `kwaainet start` flags
+#   npm start -- generate --prompt "Why is the sky blue?"   any subcommand, run as is
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -15,26 +16,20 @@ bin="$CARGO_TARGET_DIR/release/kwaainet"
 
 case "${1:-}" in
     "" | -*) ;;
-    *) exec "$bin" "$@" ;; # a subcommand: `npm start -- bench`
+    *) exec "$bin" "$@" ;; # a subcommand: `npm start -- generate`
 esac
 
 model=$("$bin" fetch-model)
 
-# Defaults for `generate`, each dropped when the caller passes that flag itself.
-has() {
-    local flag=$1 arg
-    shift
-    for arg in "$@"; do
-        [[ "$arg" = "$flag" || "$arg" = "$flag="* ]] && return 0
-    done
-    return 1
-}
-defaults=()
-has --model "$@" || defaults+=(--model "$model")
-has --chat "$@" || defaults+=(--chat)
-has --prompt "$@" || defaults+=(--prompt "What is the capital of France?")
-has --max-tokens "$@" || defaults+=(--max-tokens 64)
-# The template's built-in system message leads this 135M model astray on short questions.
-has --system "$@" || defaults+=(--system "You are a helpful assistant.")
+# The browser engine and the CDN bundle, when missing (the first run takes a few minutes).
+if [ ! -f dist/engine/kwaainet_wasm_bg.wasm ]; then
+    bash scripts/build-wasm.sh
+fi
+if ! compgen -G 'dist/cdn/v*/distributed-ai.js' >/dev/null; then
+    node cdn/build.mjs
+fi
 
-exec "$bin" generate "${defaults[@]}" "$@"
+http="${KWAAINET_HTTP:-127.0.0.1:8080}"
+echo "demo site: http://$http/  (node state: http://$http/api/v1/state, metrics: http://$http/metrics)"
+exec "$bin" start --host 127.0.0.1 --port "${KWAAINET_PORT:-4001}" --full --relay \
+    --http "$http" --site-dir demo-site --cdn-dir dist/cdn --model "$model" "$@"

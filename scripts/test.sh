@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STEPS=(setup fmt clippy build fetch-model rust-tests wasm32 wasm-engine ts browser)
+STEPS=(setup fmt clippy build fetch-model rust-tests p2p wasm32 wasm-engine ts browser)
 
 BIN() { printf '%s/release/kwaainet' "$CARGO_TARGET_DIR"; }
 
@@ -61,11 +61,19 @@ step_rust-tests() {
     cargo test --workspace --release
 }
 
+step_p2p() {
+    # The P2P crate's own tests (five-node DHT, hostile peers, HTTP side, 60-node memory
+    # swarm) and the binary's node tests already ran in rust-tests. Here: interop with
+    # js-libp2p (npm `libp2p` under node) dialing `kwaainet start` over TCP.
+    KWAAINET_BIN="$(BIN)" node --test engine/p2p/tests/interop/
+}
+
 step_wasm32() {
-    # The engine as the browser will use it: CPU kernels (simd128) and the burn model on
-    # burn's wgpu backend (WebGPU there).
-    cargo build -p kwaainet-core --target wasm32-unknown-unknown --release \
-        --no-default-features --features wgpu
+    # The browser's WebGPU engine (engine/wasm with the `webgpu` feature: the burn model on
+    # burn's wgpu backend and our CubeCL kernels, WebGPU in the browser) built as the module
+    # the SDK ships, into dist/engine-webgpu/; this is also the wasm32 build of kwaainet-core's
+    # burn model. The CPU engine is the wasm-engine step.
+    FEATURES=webgpu OUT=dist/engine-webgpu bash scripts/build-wasm.sh
 }
 
 step_ts() {

@@ -1,9 +1,9 @@
 //! Generation on burn's backends: wgpu (Vulkan, Metal, DX12) or its CPU backend.
 
 use burn::tensor::Device;
-use kwaainet_core::burn_model::{BurnKvCache, BurnLlama};
+use kwaainet_core::Result;
+use kwaainet_core::burn_model::BurnLlama;
 use kwaainet_core::generate::Session;
-use kwaainet_core::{Error, Result};
 
 /// Opens burn's wgpu device (the first adapter wgpu finds).
 pub fn wgpu_device() -> anyhow::Result<Device> {
@@ -11,42 +11,27 @@ pub fn wgpu_device() -> anyhow::Result<Device> {
         .map_err(|e| anyhow::anyhow!("no wgpu adapter available ({e:?}); try --backend cpu"))
 }
 
-/// A [`Session`] over a [`BurnLlama`] holding every block.
+/// The engine's async burn session, driven to completion on this thread (a native binary
+/// may block on readback).
 #[derive(Debug)]
-pub struct BurnSession<'a> {
-    model: &'a BurnLlama,
-    cache: BurnKvCache,
-}
+pub struct BurnSession<'a>(kwaainet_core::burn_model::BurnSession<&'a BurnLlama>);
 
 impl<'a> BurnSession<'a> {
     pub fn new(model: &'a BurnLlama, max_ctx: usize) -> Result<Self> {
-        let c = model.config();
-        let cache = BurnKvCache::new(
-            c,
-            0..c.n_layers,
-            max_ctx.min(c.context_length),
-            model.device(),
-        )?;
-        Ok(Self { model, cache })
+        Ok(Self(kwaainet_core::burn_model::BurnSession::new(
+            model, max_ctx,
+        )?))
     }
 }
 
 impl Session for BurnSession<'_> {
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(Error::InvalidArgument("no tokens to run".into()));
-        }
-        let start = self.cache.len();
-        let h = self.model.embed(tokens)?;
-        let h =
-            self.model
-                .forward_span(0..self.model.config().n_layers, h, &mut self.cache, start)?;
-        pollster::block_on(self.model.last_logits(h))
+        pollster::block_on(self.0.forward(tokens))
     }
     fn len(&self) -> usize {
-        self.cache.len()
+        kwaainet_core::generate::AsyncSession::len(&self.0)
     }
     fn max_ctx(&self) -> usize {
-        self.cache.capacity()
+        kwaainet_core::generate::AsyncSession::max_ctx(&self.0)
     }
 }

@@ -96,6 +96,37 @@ pub fn ensure_default_model(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The default model's path if it is already cached and verified (never downloads);
+/// `KWAAINET_MODEL` wins when it names a file.
+pub fn cached_default_model() -> Option<PathBuf> {
+    let env = |key: &str| std::env::var_os(key).filter(|v| !v.is_empty());
+    match locate(
+        None,
+        env("KWAAINET_MODEL"),
+        env("KWAAINET_CACHE"),
+        env("HOME"),
+    )
+    .ok()?
+    {
+        Location::Override(path) => path.is_file().then_some(path),
+        Location::CacheDir(dir) => {
+            let target = dir.join(DEFAULT_MODEL.file_name);
+            cached_ok(&target, &DEFAULT_MODEL).ok()?.then_some(target)
+        }
+    }
+}
+
+/// The SHA-256 of a model file: the known one for the verified default model, else
+/// hashed now.
+pub fn model_sha256(path: &Path) -> anyhow::Result<String> {
+    if path.file_name().and_then(|n| n.to_str()) == Some(DEFAULT_MODEL.file_name)
+        && cached_ok(path, &DEFAULT_MODEL).unwrap_or(false)
+    {
+        return Ok(DEFAULT_MODEL.sha256.to_owned());
+    }
+    sha256_file(path).with_context(|| format!("hashing {}", path.display()))
+}
+
 /// Where the model should come from.
 #[derive(Debug, PartialEq, Eq)]
 enum Location {

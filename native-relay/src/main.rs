@@ -7,6 +7,7 @@ mod burn_backend;
 mod fetch;
 mod generate;
 mod model;
+mod node;
 
 /// KwaaiNet node and local inference tools.
 #[derive(Debug, Parser)]
@@ -24,6 +25,14 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode speed and peak memory.
     Bench(bench::BenchArgs),
+    /// Run a P2P node (bootstrap / relay / full roles) with its HTTP side, until SIGINT/SIGTERM.
+    Start(node::StartArgs),
+    /// Print this node's peer id, creating its identity key on first use.
+    Identity(node::IdentityArgs),
+    /// List the peers connected to the running node.
+    Peers(node::QueryArgs),
+    /// Show the running node's network state.
+    Status(node::QueryArgs),
 }
 
 /// A rayon pool with `threads` workers (default: one per core).
@@ -49,6 +58,10 @@ fn main() -> std::process::ExitCode {
         Command::FetchModel(args) => fetch::run(&args),
         Command::Generate(args) => generate::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Start(args) => node::start(&args),
+        Command::Identity(args) => node::identity(&args),
+        Command::Peers(args) => node::peers(&args),
+        Command::Status(args) => node::status(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -58,6 +58,22 @@ impl<M: Deref<Target = Llama>> Session for CpuSession<M> {
     }
 }
 
+/// A [`Session`] whose forward pass completes later: the GPU model in a browser, where
+/// reading results back from the device is asynchronous. Drive it with
+/// [`Generator::step_async`].
+pub trait AsyncSession {
+    /// Runs `tokens` after the positions already processed; resolves to the logits of the last.
+    fn forward(&mut self, tokens: &[u32]) -> impl std::future::Future<Output = Result<Vec<f32>>>;
+    /// Positions processed so far.
+    fn len(&self) -> usize;
+    /// True before the first token.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Most positions this session can hold.
+    fn max_ctx(&self) -> usize;
+}
+
 impl<S: Session + ?Sized> Session for &mut S {
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         (**self).forward(tokens)
@@ -175,8 +191,11 @@ enum Phase {
 ///
 /// [`generate`] is the same loop run to the end.
 #[derive(Debug)]
-pub struct Generator<S: Session> {
+pub struct Generator<S> {
     session: S,
+    /// Positions the session holds (as of the last model call) and can hold.
+    ctx_len: usize,
+    max_ctx: usize,
     sampler: Sampler,
     max_tokens: usize,
     ignore_eos: bool,
@@ -195,20 +214,62 @@ impl<S: Session> Generator<S> {
     /// the prompt must be non-empty and fit the session's context, the sampler settings
     /// valid. Nothing runs until the first [`step`](Self::step).
     pub fn new(session: S, prompt: &[u32], opts: &GenerateOptions) -> Result<Self> {
+        let (len, max) = (session.len(), session.max_ctx());
+        Self::with_context(session, len, max, prompt, opts)
+    }
+
+    /// Runs one step: the prefill first, then one token per call, then the end.
+    ///
+    /// A model error leaves the generation finished (later steps report
+    /// [`FinishReason::Cancelled`]) rather than half-updated.
+    pub fn step(&mut self, tokenizer: &Tokenizer) -> Result<Step> {
+        let logits = match self.pending() {
+            Some(tokens) => self.session.forward(&tokens).map(Some),
+            None => Ok(None),
+        };
+        self.finish_step(tokenizer, logits)
+    }
+}
+
+impl<S: AsyncSession> Generator<S> {
+    /// [`Generator::new`] for an [`AsyncSession`].
+    pub fn new_async(session: S, prompt: &[u32], opts: &GenerateOptions) -> Result<Self> {
+        let (len, max) = (session.len(), session.max_ctx());
+        Self::with_context(session, len, max, prompt, opts)
+    }
+
+    /// [`Generator::step`] for an [`AsyncSession`].
+    pub async fn step_async(&mut self, tokenizer: &Tokenizer) -> Result<Step> {
+        let logits = match self.pending() {
+            Some(tokens) => self.session.forward(&tokens).await.map(Some),
+            None => Ok(None),
+        };
+        self.finish_step(tokenizer, logits)
+    }
+}
+
+impl<S> Generator<S> {
+    fn with_context(
+        session: S,
+        ctx_len: usize,
+        max_ctx: usize,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+    ) -> Result<Self> {
         if prompt.is_empty() {
             return Err(Error::InvalidArgument("the prompt is empty".into()));
         }
-        if session.len() + prompt.len() > session.max_ctx() {
+        if ctx_len + prompt.len() > max_ctx {
             return Err(Error::InvalidArgument(format!(
-                "prompt of {} tokens does not fit the context of {} ({} already used)",
+                "prompt of {} tokens does not fit the context of {max_ctx} ({ctx_len} already used)",
                 prompt.len(),
-                session.max_ctx(),
-                session.len()
             )));
         }
         Ok(Self {
             sampler: Sampler::new(opts.sampler.clone())?,
             session,
+            ctx_len,
+            max_ctx,
             max_tokens: opts.max_tokens,
             ignore_eos: opts.ignore_eos,
             prompt: prompt.to_vec(),
@@ -222,28 +283,43 @@ impl<S: Session> Generator<S> {
         })
     }
 
-    /// Runs one step: the prefill first, then one token per call, then the end.
-    ///
-    /// A model error leaves the generation finished (later steps report
-    /// [`FinishReason::Cancelled`]) rather than half-updated.
-    pub fn step(&mut self, tokenizer: &Tokenizer) -> Result<Step> {
-        let out = self.advance(tokenizer);
+    /// Tokens the next step must run through the model, if any.
+    fn pending(&self) -> Option<Vec<u32>> {
+        match self.phase {
+            Phase::Prefill => Some(self.prompt.clone()),
+            Phase::Decode { feed: Some(id) } => Some(vec![id]),
+            _ => None,
+        }
+    }
+
+    /// The rest of a step once the model has run [`Self::pending`]'s tokens (`logits` is
+    /// `Ok(None)` when there were none). An error leaves the generation finished (later steps
+    /// report [`FinishReason::Cancelled`]) rather than half-updated.
+    fn finish_step(
+        &mut self,
+        tokenizer: &Tokenizer,
+        logits: Result<Option<Vec<f32>>>,
+    ) -> Result<Step> {
+        let out = logits.and_then(|l| self.advance(tokenizer, l));
         if out.is_err() {
             self.phase = Phase::Done(FinishReason::Cancelled);
         }
         out
     }
 
-    fn advance(&mut self, tokenizer: &Tokenizer) -> Result<Step> {
+    fn advance(&mut self, tokenizer: &Tokenizer, logits: Option<Vec<f32>>) -> Result<Step> {
         match self.phase {
             Phase::Prefill => {
-                self.logits = self.session.forward(&self.prompt)?;
+                self.logits = logits.ok_or_else(|| Error::Backend("no prefill logits".into()))?;
+                self.ctx_len += self.prompt.len();
                 self.phase = Phase::Decode { feed: None };
                 Ok(Step::Prefilled)
             }
             Phase::Decode { feed } => {
-                if let Some(id) = feed {
-                    self.logits = self.session.forward(&[id])?;
+                if feed.is_some() {
+                    self.logits =
+                        logits.ok_or_else(|| Error::Backend("no decode logits".into()))?;
+                    self.ctx_len += 1;
                 }
                 self.decode_one(tokenizer)
             }
@@ -279,7 +355,7 @@ impl<S: Session> Generator<S> {
                 reason: FinishReason::Length,
                 flush: true,
             };
-            return self.advance(tokenizer);
+            return self.advance(tokenizer, None);
         }
         let id = self.sampler.sample(&self.logits, &self.history)?;
         self.tokens.push(id);
@@ -289,7 +365,7 @@ impl<S: Session> Generator<S> {
                 reason: FinishReason::Stop,
                 flush: true,
             };
-            return self.advance(tokenizer);
+            return self.advance(tokenizer, None);
         }
         let piece = self.decoder.push(tokenizer, id);
         let (text, hit) = self.stops.push(&piece);
@@ -299,9 +375,7 @@ impl<S: Session> Generator<S> {
                 reason: FinishReason::Stop,
                 flush: false,
             }
-        } else if self.tokens.len() >= self.max_tokens
-            || self.session.len() >= self.session.max_ctx()
-        {
+        } else if self.tokens.len() >= self.max_tokens || self.ctx_len >= self.max_ctx {
             Phase::Ending {
                 reason: FinishReason::Length,
                 flush: true,

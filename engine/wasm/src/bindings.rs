@@ -74,12 +74,25 @@ pub struct WasmEngine {
 #[wasm_bindgen]
 impl WasmEngine {
     /// Parses and loads a GGUF held in memory; `maxCtx` is the KV-cache length in tokens.
+    #[cfg(not(feature = "webgpu"))]
     pub fn load(
         bytes: &[u8],
         #[wasm_bindgen(js_name = maxCtx)] max_ctx: f64,
     ) -> Result<WasmEngine, JsError> {
         Ok(Self {
             inner: Engine::load(bytes, max_ctx).map_err(js_err)?,
+        })
+    }
+
+    /// Parses a GGUF held in memory and loads it onto a WebGPU device; resolves to the
+    /// engine, or rejects with `webgpu: ...` when the browser has no usable adapter.
+    #[cfg(feature = "webgpu")]
+    pub fn load(bytes: Vec<u8>, #[wasm_bindgen(js_name = maxCtx)] max_ctx: f64) -> js_sys::Promise {
+        wasm_bindgen_futures::future_to_promise(async move {
+            let inner = Engine::load_webgpu(&bytes, max_ctx)
+                .await
+                .map_err(|e| JsValue::from(js_err(e)))?;
+            Ok(JsValue::from(WasmEngine { inner }))
         })
     }
 
@@ -157,18 +170,37 @@ pub struct WasmGeneration {
 impl WasmGeneration {
     /// Runs the prefill on the first call, then up to `maxTokens` decode steps; returns
     /// what they produced (`step(0)` on the first call runs only the prefill).
+    #[cfg(not(feature = "webgpu"))]
     pub fn step(
         &self,
         #[wasm_bindgen(js_name = maxTokens)] max_tokens: f64,
     ) -> Result<JsValue, JsError> {
-        if !(max_tokens >= 0.0 && max_tokens.fract() == 0.0) {
-            return Err(options_err(
-                "maxTokens",
-                format!("{max_tokens} is not a whole number >= 0"),
-            ));
-        }
-        // Saturating: a huge count just means "until done".
-        let n = max_tokens.min(f64::from(u32::MAX)) as u32;
+        let n = step_count(max_tokens)?;
         to_js(&self.inner.step(n).map_err(js_err)?)
     }
+
+    /// As in the CPU engine, but resolves once the device has produced the tokens.
+    #[cfg(feature = "webgpu")]
+    pub fn step(&self, #[wasm_bindgen(js_name = maxTokens)] max_tokens: f64) -> js_sys::Promise {
+        let inner = self.inner.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let n = step_count(max_tokens).map_err(JsValue::from)?;
+            let r = inner
+                .step_async(n)
+                .await
+                .map_err(|e| JsValue::from(js_err(e)))?;
+            to_js(&r).map_err(JsValue::from)
+        })
+    }
+}
+
+/// `maxTokens` as a step count: a whole number >= 0; huge counts mean "until done".
+fn step_count(max_tokens: f64) -> Result<u32, JsError> {
+    if !(max_tokens >= 0.0 && max_tokens.fract() == 0.0) {
+        return Err(options_err(
+            "maxTokens",
+            format!("{max_tokens} is not a whole number >= 0"),
+        ));
+    }
+    Ok(max_tokens.min(f64::from(u32::MAX)) as u32)
 }

@@ -5,6 +5,8 @@ use std::cell::RefCell;
 use std::io::Cursor;
 use std::rc::Rc;
 
+#[cfg(feature = "webgpu")]
+use kwaainet_core::burn_model::{BurnLlama, BurnSession};
 use kwaainet_core::chat::{ChatMessage, ChatTemplate};
 use kwaainet_core::generate::{CpuSession, FinishReason, GenerateOptions, Generator, Step};
 use kwaainet_core::gguf::Gguf;
@@ -12,7 +14,7 @@ use kwaainet_core::{Llama, LlamaConfig, LoadSpec, SamplerConfig, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 /// An error for JavaScript: `code: message`, where `code` is one of `gguf`, `model`,
-/// `tokenizer`, `template`, `options`, `context`, `generation`, `internal`.
+/// `tokenizer`, `template`, `options`, `context`, `generation`, `webgpu`, `internal`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineError {
     /// Stable, machine-readable kind.
@@ -63,6 +65,9 @@ type Result<T, E = EngineError> = std::result::Result<T, E>;
 #[derive(Debug, Clone, Serialize)]
 pub struct Info {
     pub backend: &'static str,
+    /// The WebGPU adapter, when known (the page can describe it from `navigator.gpu`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
     pub simd128: bool,
     pub engine_version: &'static str,
     pub architecture: String,
@@ -131,13 +136,84 @@ pub struct StepResult {
 }
 
 type CpuGenerator = Generator<CpuSession<Rc<Llama>>>;
+#[cfg(feature = "webgpu")]
+type GpuGenerator = Generator<BurnSession<Rc<BurnLlama>>>;
+
+/// The model, on the CPU (simd128 kernels) or, in the `webgpu` build, on a WebGPU device.
+enum Model {
+    Cpu(Rc<Llama>),
+    #[cfg(feature = "webgpu")]
+    Gpu(Rc<BurnLlama>),
+}
+
+impl Model {
+    fn config(&self) -> &LlamaConfig {
+        match self {
+            Self::Cpu(m) => m.config(),
+            #[cfg(feature = "webgpu")]
+            Self::Gpu(m) => m.config(),
+        }
+    }
+
+    fn weight_bytes(&self) -> usize {
+        match self {
+            Self::Cpu(m) => m.weight_bytes(),
+            #[cfg(feature = "webgpu")]
+            Self::Gpu(m) => m.weight_bytes(),
+        }
+    }
+
+    fn cpu(&self) -> Result<&Rc<Llama>> {
+        match self {
+            Self::Cpu(m) => Ok(m),
+            #[cfg(feature = "webgpu")]
+            Self::Gpu(_) => Err(EngineError::new(
+                "options",
+                "not available on the webgpu backend",
+            )),
+        }
+    }
+}
+
+/// The running generation. A GPU generation is taken out while a step awaits the device
+/// (`None`), so that no borrow of the shared state is held across the await.
+enum Active {
+    Cpu(Box<CpuGenerator>),
+    #[cfg(feature = "webgpu")]
+    Gpu(Option<Box<GpuGenerator>>),
+}
 
 struct Loaded {
-    model: Rc<Llama>,
-    tokenizer: Tokenizer,
+    model: Model,
+    tokenizer: Rc<Tokenizer>,
     template: Option<ChatTemplate>,
     name: Option<String>,
     max_ctx: usize,
+    adapter: Option<String>,
+}
+
+/// The GGUF header of `bytes`, its model's hyper-parameters and `max_ctx` checked against
+/// them (a whole number from 1 to the training context).
+fn parse(bytes: &[u8], max_ctx: f64) -> Result<(Gguf, LlamaConfig, usize)> {
+    if !(max_ctx >= 1.0 && max_ctx.fract() == 0.0 && max_ctx <= f64::from(u32::MAX)) {
+        return Err(EngineError::new(
+            "options",
+            format!("maxCtx must be a positive whole number, got {max_ctx}"),
+        ));
+    }
+    let gguf = Gguf::read(&mut Cursor::new(bytes)).map_err(kwaainet_core::Error::from)?;
+    let config = LlamaConfig::from_gguf(&gguf)?;
+    let max_ctx = max_ctx as usize;
+    if max_ctx > config.context_length {
+        return Err(EngineError::new(
+            "options",
+            format!(
+                "maxCtx {max_ctx} exceeds the model's training context of {}",
+                config.context_length
+            ),
+        ));
+    }
+    Ok((gguf, config, max_ctx))
 }
 
 /// State shared by an engine and the generations it started.
@@ -145,7 +221,7 @@ struct Shared {
     /// `None` once the engine has been freed.
     loaded: Option<Loaded>,
     /// The one running generation and its id.
-    active: Option<(u64, CpuGenerator)>,
+    active: Option<(u64, Active)>,
     next_id: u64,
 }
 
@@ -161,6 +237,7 @@ impl std::fmt::Debug for Engine {
 }
 
 /// A generation: the state behind `WasmGeneration`.
+#[derive(Clone)]
 pub struct Generation {
     shared: Rc<RefCell<Shared>>,
     id: u64,
@@ -182,40 +259,40 @@ impl Engine {
     /// Parses `bytes` as a GGUF file and loads every weight; the KV cache will hold up to
     /// `max_ctx` positions (a whole number from 1 to the model's training context).
     pub fn load(bytes: &[u8], max_ctx: f64) -> Result<Self> {
-        if !(max_ctx >= 1.0 && max_ctx.fract() == 0.0 && max_ctx <= f64::from(u32::MAX)) {
-            return Err(EngineError::new(
-                "options",
-                format!("maxCtx must be a positive whole number, got {max_ctx}"),
-            ));
-        }
-        let mut r = Cursor::new(bytes);
-        let gguf = Gguf::read(&mut r).map_err(kwaainet_core::Error::from)?;
-        let config = LlamaConfig::from_gguf(&gguf)?;
-        let max_ctx = max_ctx as usize;
-        if max_ctx > config.context_length {
-            return Err(EngineError::new(
-                "options",
-                format!(
-                    "maxCtx {max_ctx} exceeds the model's training context of {}",
-                    config.context_length
-                ),
-            ));
-        }
-        let tokenizer = Tokenizer::from_gguf(&gguf)?;
-        let template = ChatTemplate::from_gguf(&gguf)?;
+        let (gguf, config, max_ctx) = parse(bytes, max_ctx)?;
+        let model = Llama::load(&gguf, &mut Cursor::new(bytes), LoadSpec::full(&config))?;
+        Self::new(&gguf, Model::Cpu(Rc::new(model)), max_ctx, None)
+    }
+
+    /// [`Engine::load`] onto a WebGPU device (burn's wgpu backend, this crate's CubeCL
+    /// kernels). Fails with code `webgpu` when the browser has no usable adapter.
+    #[cfg(feature = "webgpu")]
+    pub async fn load_webgpu(bytes: &[u8], max_ctx: f64) -> Result<Self> {
+        let (gguf, _, max_ctx) = parse(bytes, max_ctx)?;
+        let device = burn::tensor::Device::wgpu_options()
+            .init_async()
+            .await
+            .map_err(|e| EngineError::new("webgpu", format!("no WebGPU device: {e:?}")))?;
+        let model = BurnLlama::load(&gguf, &mut Cursor::new(bytes), &device)?;
+        Self::new(&gguf, Model::Gpu(Rc::new(model)), max_ctx, None)
+    }
+
+    fn new(gguf: &Gguf, model: Model, max_ctx: usize, adapter: Option<String>) -> Result<Self> {
+        let tokenizer = Tokenizer::from_gguf(gguf)?;
+        let template = ChatTemplate::from_gguf(gguf)?;
         let name = gguf
             .get("general.name")
             .and_then(|v| v.as_str())
             .map(str::to_owned);
-        let model = Llama::load(&gguf, &mut r, LoadSpec::full(&config))?;
         Ok(Self {
             shared: Rc::new(RefCell::new(Shared {
                 loaded: Some(Loaded {
-                    model: Rc::new(model),
-                    tokenizer,
+                    model,
+                    tokenizer: Rc::new(tokenizer),
                     template,
                     name,
                     max_ctx,
+                    adapter,
                 }),
                 active: None,
                 next_id: 0,
@@ -237,9 +314,15 @@ impl Engine {
         self.with(|l| {
             let c = l.model.config();
             let kv_bytes = 2 * c.n_layers * l.max_ctx * c.kv_dim() * size_of::<f32>();
+            let (backend, simd128) = match l.model {
+                Model::Cpu(_) => ("cpu-wasm", crate::has_simd128()),
+                #[cfg(feature = "webgpu")]
+                Model::Gpu(_) => ("webgpu", false),
+            };
             Ok(Info {
-                backend: "cpu-wasm",
-                simd128: crate::has_simd128(),
+                backend,
+                adapter: l.adapter.clone(),
+                simd128,
                 engine_version: crate::engine_version_str(),
                 architecture: c.arch.clone(),
                 name: l.name.clone(),
@@ -306,11 +389,22 @@ impl Engine {
                 ),
             ));
         }
-        let session = CpuSession::new(Rc::clone(&loaded.model), loaded.max_ctx)?;
-        let generator = Generator::new(session, &prompt, &opts)?;
+        let active = match &loaded.model {
+            Model::Cpu(m) => {
+                let session = CpuSession::new(Rc::clone(m), loaded.max_ctx)?;
+                Active::Cpu(Box::new(Generator::new(session, &prompt, &opts)?))
+            }
+            #[cfg(feature = "webgpu")]
+            Model::Gpu(m) => {
+                let session = BurnSession::new(Rc::clone(m), loaded.max_ctx)?;
+                Active::Gpu(Some(Box::new(Generator::new_async(
+                    session, &prompt, &opts,
+                )?)))
+            }
+        };
         let id = shared.next_id;
         shared.next_id += 1;
-        shared.active = Some((id, generator));
+        shared.active = Some((id, active));
         Ok(Generation {
             shared: Rc::clone(&self.shared),
             id,
@@ -323,7 +417,7 @@ impl Engine {
             if tokens.is_empty() {
                 return Err(EngineError::new("options", "tokens is empty"));
             }
-            let mut session = CpuSession::new(Rc::clone(&l.model), tokens.len())?;
+            let mut session = CpuSession::new(Rc::clone(l.model.cpu()?), tokens.len())?;
             use kwaainet_core::generate::Session;
             Ok(session.forward(tokens)?)
         })
@@ -337,7 +431,8 @@ impl Engine {
             if prompt.is_empty() {
                 return Err(EngineError::new("options", "the prompt is empty"));
             }
-            let mut session = CpuSession::new(Rc::clone(&l.model), prompt.len() + forced.len())?;
+            let mut session =
+                CpuSession::new(Rc::clone(l.model.cpu()?), prompt.len() + forced.len())?;
             use kwaainet_core::generate::Session;
             let mut logits = session.forward(prompt)?;
             let mut out = Vec::with_capacity(forced.len());
@@ -362,7 +457,8 @@ impl Drop for Engine {
 }
 
 impl Generation {
-    /// Runs the prefill on the first call, then up to `max_tokens` decode steps.
+    /// Runs the prefill on the first call, then up to `max_tokens` decode steps (CPU engine;
+    /// the WebGPU one steps with [`Generation::step_async`]).
     pub fn step(&self, max_tokens: u32) -> Result<StepResult> {
         let mut shared = self.shared.try_borrow_mut().map_err(|_| busy())?;
         let Shared { loaded, active, .. } = &mut *shared;
@@ -371,46 +467,125 @@ impl Generation {
             .ok_or_else(|| EngineError::new("generation", "the engine was freed"))?
             .tokenizer;
         let generator = match active {
-            Some((id, g)) if *id == self.id => g,
-            _ => {
+            Some((id, Active::Cpu(g))) if *id == self.id => g,
+            #[cfg(feature = "webgpu")]
+            Some((id, Active::Gpu(_))) if *id == self.id => {
                 return Err(EngineError::new(
-                    "generation",
-                    "ended: a newer start() on the same engine replaced it",
+                    "internal",
+                    "a WebGPU generation steps asynchronously",
                 ));
             }
+            _ => return Err(replaced()),
         };
-        let before = generator.tokens().len();
-        let mut text = String::new();
-        let mut push = |step: Step| {
-            if let Step::Token { text: t, .. } | Step::Finished { text: t, .. } = step {
-                text.push_str(&t);
-            }
-        };
+        let mut out = Collect::new(generator);
         if !generator.is_prefilled() {
-            push(generator.step(tokenizer)?);
+            out.push(generator.step(tokenizer)?);
         }
         let mut n = 0;
         while n < max_tokens && generator.finish_reason().is_none() {
             let step = generator.step(tokenizer)?;
             n += u32::from(matches!(step, Step::Token { .. }));
-            push(step);
+            out.push(step);
         }
         // Report the end now rather than on the next call when nothing is left to compute.
         if generator.is_ending() {
-            push(generator.step(tokenizer)?);
+            out.push(generator.step(tokenizer)?);
         }
-        let finish = generator.finish_reason();
-        Ok(StepResult {
-            text,
-            tokens: generator.tokens()[before..].to_vec(),
+        Ok(out.finish(generator))
+    }
+
+    /// [`Generation::step`] for the WebGPU engine (the CPU one runs synchronously). While a
+    /// step awaits the device, other calls on this generation fail as busy; a `start()` in
+    /// the meantime ends it.
+    #[cfg(feature = "webgpu")]
+    pub async fn step_async(&self, max_tokens: u32) -> Result<StepResult> {
+        let (mut generator, tokenizer) = {
+            let mut shared = self.shared.try_borrow_mut().map_err(|_| busy())?;
+            let Shared { loaded, active, .. } = &mut *shared;
+            let tokenizer = Rc::clone(
+                &loaded
+                    .as_ref()
+                    .ok_or_else(|| EngineError::new("generation", "the engine was freed"))?
+                    .tokenizer,
+            );
+            match active {
+                Some((id, Active::Gpu(g))) if *id == self.id => {
+                    (g.take().ok_or_else(busy)?, tokenizer)
+                }
+                Some((id, Active::Cpu(_))) if *id == self.id => {
+                    drop(shared);
+                    return self.step(max_tokens);
+                }
+                _ => return Err(replaced()),
+            }
+        };
+        let result = async {
+            let mut out = Collect::new(&generator);
+            if !generator.is_prefilled() {
+                out.push(generator.step_async(&tokenizer).await?);
+            }
+            let mut n = 0;
+            while n < max_tokens && generator.finish_reason().is_none() {
+                let step = generator.step_async(&tokenizer).await?;
+                n += u32::from(matches!(step, Step::Token { .. }));
+                out.push(step);
+            }
+            if generator.is_ending() {
+                out.push(generator.step_async(&tokenizer).await?);
+            }
+            Ok(out.finish(&generator))
+        }
+        .await;
+        // Put the generation back unless it was replaced or the engine freed meanwhile.
+        let mut shared = self.shared.try_borrow_mut().map_err(|_| busy())?;
+        match &mut shared.active {
+            Some((id, Active::Gpu(slot))) if *id == self.id => *slot = Some(generator),
+            _ => return Err(replaced()),
+        }
+        result
+    }
+}
+
+fn replaced() -> EngineError {
+    EngineError::new(
+        "generation",
+        "ended: a newer start() on the same engine replaced it",
+    )
+}
+
+/// What one `step` call reports: the text and tokens produced since it began.
+struct Collect {
+    before: usize,
+    text: String,
+}
+
+impl Collect {
+    fn new<S>(g: &Generator<S>) -> Self {
+        Self {
+            before: g.tokens().len(),
+            text: String::new(),
+        }
+    }
+
+    fn push(&mut self, step: Step) {
+        if let Step::Token { text, .. } | Step::Finished { text, .. } = step {
+            self.text.push_str(&text);
+        }
+    }
+
+    fn finish<S>(self, g: &Generator<S>) -> StepResult {
+        let finish = g.finish_reason();
+        StepResult {
+            text: self.text,
+            tokens: g.tokens()[self.before..].to_vec(),
             done: finish.is_some(),
             finish_reason: finish.map(|r| match r {
                 FinishReason::Length => "length",
                 FinishReason::Stop | FinishReason::Cancelled => "stop",
             }),
-            prompt_tokens: to_u32(generator.prompt_tokens()),
-            completion_tokens: to_u32(generator.tokens().len()),
-        })
+            prompt_tokens: to_u32(g.prompt_tokens()),
+            completion_tokens: to_u32(g.tokens().len()),
+        }
     }
 }
 

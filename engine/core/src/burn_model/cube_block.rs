@@ -144,7 +144,7 @@ impl Kernels {
         rope_dim: usize,
     ) -> Result<Tensor<2>> {
         let [seq, width] = x.dims();
-        if width != heads * hd || rope_dim > hd || rope_dim % 2 != 0 {
+        if width != heads * hd || rope_dim > hd || !rope_dim.is_multiple_of(2) {
             return Err(Error::InvalidArgument(format!(
                 "RoPE over [{seq}, {width}] with {heads} heads of {hd} ({rope_dim} rotated)"
             )));
@@ -218,6 +218,7 @@ impl Kernels {
 
     /// Causal grouped-query attention of `q` (`[seq, heads * hd]`, f16-valued, positions
     /// `start..start + seq`) over the cache, which already holds those positions.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn attention(
         &self,
         q: Tensor<2>,
@@ -368,10 +369,12 @@ fn cache_tensor(t: &Tensor<3>) -> Result<CubeTensor> {
     Ok(c)
 }
 
-/// `-inf` as the AVX2 code's padding of masked scores.
+/// `-inf`, the AVX2 code's padding of masked scores. Formed from the hidden zero `z`: WGSL
+/// rejects a constant expression whose value is infinite (Chromium's compiler folds the
+/// plain bit pattern into one).
 #[cube]
-fn neg_inf() -> f32 {
-    f32::reinterpret(0xff80_0000u32)
+fn neg_inf(z: u32) -> f32 {
+    f32::reinterpret(0xff80_0000u32 ^ z)
 }
 
 /// `hi + v` as an unevaluated pair: returns the rounded sum; `lo` gains its rounding error.
@@ -437,7 +440,7 @@ fn rms_apply(
 /// One thread per output value: the pair rotation of the CPU engine's RoPE (products rounded
 /// before the sum), then f16 rounding.
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::manual_is_multiple_of)] // not in CubeCL's frontend
 fn rope_f16(
     probe: &[f32],
     x: &[f32],
@@ -580,13 +583,13 @@ fn attn_scores(
         let th = i / stride;
         let h = th % heads;
         let t = t0 + th / heads;
-        let mut v = neg_inf();
+        let z = u32::reinterpret(probe[3]);
+        let mut v = neg_inf(z);
         if p < start + t + 1 {
             let kv_dim = heads / group * hd;
             let kvh = h / group;
             let qa = t * heads * hd + h * hd;
             let ka = p * kv_dim + kvh * hd;
-            let z = u32::reinterpret(probe[3]);
             v = dot_f16_ordered(kc, ka, q, qa, hd, hd, z) * scale;
         }
         s[i] = v;
@@ -643,7 +646,7 @@ fn exp_lane(x: f32, fused: bool, z: u32) -> f32 {
     }
     // Masked scores: the AVX2 code's saturating path gives +0 (the FMA emulation, meant for
     // finite values, would give NaN on the way).
-    if x == neg_inf() {
+    if x == neg_inf(z) {
         r = 0.0f32;
     }
     r
@@ -653,7 +656,7 @@ fn exp_lane(x: f32, fused: bool, z: u32) -> f32 {
 /// order — `exp` by groups of 8 with each group's horizontal sum added to an f64 total — then
 /// the weights rounded to f16.
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::manual_div_ceil)] // not in CubeCL's frontend
 fn attn_softmax(
     probe: &[f32],
     s: &mut [f32],
@@ -671,7 +674,7 @@ fn attn_softmax(
         let t = t0 + i / heads;
         let n_kv = (start + t + 32) / 32 * 32;
         let base = i * stride;
-        let mut mx = neg_inf();
+        let mut mx = neg_inf(z);
         for p in 0..n_kv {
             mx = max(mx, s[base + p]);
         }
@@ -707,7 +710,7 @@ fn attn_softmax(
 /// One thread per (query row, head, value dim): the attention weights dotted with one row of
 /// the transposed values, over the padded context (values past the context read as zero).
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::manual_div_ceil)] // not in CubeCL's frontend
 fn attn_values(
     probe: &[f32],
     p: &[f32],

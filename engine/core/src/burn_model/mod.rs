@@ -750,6 +750,56 @@ impl BurnKvCache {
     }
 }
 
+/// An [`AsyncSession`](crate::generate::AsyncSession) of a [`BurnLlama`] over all of its
+/// blocks: what [`Generator::step_async`](crate::generate::Generator::step_async) drives in a
+/// browser, where readback is asynchronous.
+///
+/// `M` is how the session holds the model: a borrow, or a shared owner (`Rc`) for a session
+/// that must outlive the caller's frame.
+#[derive(Debug)]
+pub struct BurnSession<M: std::ops::Deref<Target = BurnLlama>> {
+    model: M,
+    cache: BurnKvCache,
+}
+
+impl<M: std::ops::Deref<Target = BurnLlama>> BurnSession<M> {
+    /// A fresh session holding up to `max_ctx` positions (at most the training context).
+    pub fn new(model: M, max_ctx: usize) -> Result<Self> {
+        let c = model.config();
+        let cache = BurnKvCache::new(
+            c,
+            0..c.n_layers,
+            max_ctx.min(c.context_length),
+            model.device(),
+        )?;
+        Ok(Self { model, cache })
+    }
+
+    /// Runs `tokens` after the cached positions; the logits of the last one.
+    pub async fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::InvalidArgument("no tokens to run".into()));
+        }
+        let start = self.cache.len();
+        let n = self.model.config().n_layers;
+        let h = self.model.embed(tokens)?;
+        let h = self.model.forward_span(0..n, h, &mut self.cache, start)?;
+        self.model.last_logits(h).await
+    }
+}
+
+impl<M: std::ops::Deref<Target = BurnLlama>> crate::generate::AsyncSession for BurnSession<M> {
+    async fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        BurnSession::forward(self, tokens).await
+    }
+    fn len(&self) -> usize {
+        self.cache.len()
+    }
+    fn max_ctx(&self) -> usize {
+        self.cache.capacity()
+    }
+}
+
 /// Reads and dequantizes named tensors onto a device.
 struct Loader<'a, R> {
     gguf: &'a Gguf,

@@ -1,0 +1,206 @@
+//! The node's HTTP side (axum): health/network state, Prometheus metrics, and the demo site
+//! with the CDN bundle and the model, as `demo-site/serve.mjs` serves them.
+//!
+//! | Path | What |
+//! |---|---|
+//! | `GET /api/v1/state` | [`NodeState`](crate::node::NodeState) as JSON |
+//! | `GET /metrics` | Prometheus / OpenMetrics text: libp2p (connections, kad queries, relay, identify, ping, bytes) and `kwaainet_*` |
+//! | `GET /` | `demo-site/index.html` with its `{{cdn}}`, `{{sri}}`, `{{modelUrl}}`, `{{modelSha256}}` filled in |
+//! | `GET /cdn/...` | `dist/cdn/` (CORS-enabled, as a CDN would be) |
+//! | `GET /models/model.gguf` | the model file |
+//! | `GET /...` | other files of `demo-site/` |
+//!
+//! Static files go through tower-http's `ServeDir`/`ServeFile`: MIME types from the
+//! extension (`.wasm` is `application/wasm`), `Range` requests (206/416), `..` refused.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tower_http::services::{ServeDir, ServeFile};
+
+use crate::error::Result;
+use crate::node::NodeHandle;
+
+/// A model file offered at `/models/model.gguf`.
+#[derive(Debug, Clone)]
+pub struct ModelFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its lower-case hex SHA-256 (put in the page for the SDK to verify).
+    pub sha256: String,
+}
+
+/// What the HTTP side serves besides the API.
+#[derive(Debug, Clone, Default)]
+pub struct HttpConfig {
+    /// The demo site folder (`demo-site/`), if served.
+    pub site_dir: Option<PathBuf>,
+    /// The CDN bundle folder (`dist/cdn/`, holding `v<version>/`), if served.
+    pub cdn_dir: Option<PathBuf>,
+    /// The model, if served.
+    pub model: Option<ModelFile>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    node: NodeHandle,
+    config: HttpConfig,
+}
+
+/// The router: API, metrics and static files.
+pub fn router(node: NodeHandle, config: HttpConfig) -> Router {
+    let state = AppState {
+        node,
+        config: config.clone(),
+    };
+    let mut app = Router::new()
+        .route("/api/v1/state", get(api_state))
+        .route("/metrics", get(metrics))
+        .route("/", get(index))
+        .route("/index.html", get(index));
+    if let Some(model) = &config.model {
+        app = app.route_service("/models/model.gguf", ServeFile::new(&model.path));
+    }
+    if let Some(cdn) = &config.cdn_dir {
+        app = app.nest_service("/cdn", ServeDir::new(cdn));
+    }
+    app = app.layer(middleware::from_fn(cors_for_assets));
+    if let Some(site) = &config.site_dir {
+        app = app
+            .fallback_service(ServeDir::new(site))
+            .layer(middleware::from_fn(hide_server_files));
+    }
+    app.with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Binds `addr` (the node binds 127.0.0.1 by default).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    Ok(tokio::net::TcpListener::bind(addr).await?)
+}
+
+async fn api_state(State(s): State<AppState>) -> Response {
+    match s.node.state().await {
+        Ok(state) => axum::Json(state).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let body = s.node.metrics_text();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn escape_attr(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The newest `v<version>` folder of the CDN dir holding the bundle.
+fn cdn_version_dir(cdn: &Path) -> Option<(String, PathBuf)> {
+    let entries = std::fs::read_dir(cdn).ok()?;
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with('v')))
+        .filter(|e| e.path().join("distributed-ai.js").is_file())
+        .filter_map(|e| {
+            let t = e.metadata().and_then(|m| m.modified()).ok()?;
+            Some((t, e.file_name().to_str()?.to_owned(), e.path()))
+        })
+        .max_by_key(|(t, _, _)| *t)
+        .map(|(_, n, p)| (n, p))
+}
+
+fn sri_of_bundle(dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("sri-manifest.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("files")?
+        .get("distributed-ai.js")?
+        .get("integrity")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+async fn index(State(s): State<AppState>) -> Response {
+    let Some(site) = &s.config.site_dir else {
+        return (
+            StatusCode::OK,
+            "KwaaiNet node: see /api/v1/state and /metrics\n",
+        )
+            .into_response();
+    };
+    let page = match tokio::fs::read_to_string(site.join("index.html")).await {
+        Ok(p) => p,
+        Err(_) => return StatusCode::NOT_FOUND.into_response(),
+    };
+    let (cdn, sri) = match s.config.cdn_dir.as_deref().and_then(cdn_version_dir) {
+        Some((name, dir)) => (
+            format!("/cdn/{name}/"),
+            sri_of_bundle(&dir).unwrap_or_default(),
+        ),
+        None => (String::new(), String::new()),
+    };
+    let (model_url, model_sha) = match &s.config.model {
+        Some(m) => ("/models/model.gguf".to_owned(), m.sha256.clone()),
+        None => (String::new(), String::new()),
+    };
+    let page = page
+        .replace("{{cdn}}", &escape_attr(&cdn))
+        .replace("{{sri}}", &escape_attr(&sri))
+        .replace("{{modelUrl}}", &escape_attr(&model_url))
+        .replace("{{modelSha256}}", &escape_attr(&model_sha));
+    ([(header::CACHE_CONTROL, "no-cache")], Html(page)).into_response()
+}
+
+/// CORS on the bundle and the model: pages on other origins embed them.
+async fn cors_for_assets(req: Request, next: Next) -> Response {
+    let asset = req.uri().path().starts_with("/cdn/") || req.uri().path().starts_with("/models/");
+    let mut res = next.run(req).await;
+    if asset {
+        let h = res.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        h.insert(
+            "cross-origin-resource-policy",
+            HeaderValue::from_static("cross-origin"),
+        );
+        h.insert("timing-allow-origin", HeaderValue::from_static("*"));
+    }
+    res
+}
+
+/// The demo's own dev server (`serve.mjs`) is not a page asset.
+async fn hide_server_files(req: Request, next: Next) -> Response {
+    if req.uri().path().ends_with(".mjs") && !req.uri().path().starts_with("/cdn/") {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    next.run(req).await
+}

@@ -1,0 +1,182 @@
+//! `/kwaainet/info/1.0.0`: ask a connected peer for its signed node record directly,
+//! without a DHT lookup (one round trip).
+//!
+//! Wire format, both directions: a 4-byte big-endian length, then that many bytes.
+//! Request: JSON [`InfoRequest`] (at most [`MAX_REQUEST_BYTES`]). Response: the peer's
+//! signed node record as stored in the DHT (at most [`MAX_RECORD_BYTES`]). A frame over the
+//! limit is not read: the stream fails and the node disconnects the sender
+//! (see `node.rs`).
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use serde::{Deserialize, Serialize};
+
+use crate::record::MAX_RECORD_BYTES;
+
+/// The protocol id.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/kwaainet/info/1.0.0");
+/// Largest request accepted.
+pub const MAX_REQUEST_BYTES: usize = 1024;
+
+/// Version of [`InfoRequest`].
+pub const INFO_REQUEST_VERSION: u16 = 1;
+
+/// "Send me your node record."
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoRequest {
+    /// Message version ([`INFO_REQUEST_VERSION`]).
+    pub v: u16,
+}
+
+/// What the codec reads from a peer. A request that breaks the protocol (oversized frame,
+/// undecodable bytes, unknown version) is delivered as [`Request::Malformed`] rather than
+/// as a read error, because libp2p's request-response drops read errors silently and the
+/// node wants to act on them (it disconnects the sender).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// A well-formed request.
+    Info(InfoRequest),
+    /// A protocol violation, with what was wrong. Never written to the wire.
+    Malformed(String),
+}
+
+/// The signed record bytes (decode with [`crate::record::decode_node_record`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InfoResponse(pub Vec<u8>);
+
+/// Length-prefixed frames with a hard size limit per direction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Codec;
+
+/// Reads one frame; `Ok(Err(_))` is an oversized frame (its body is not read).
+async fn read_frame<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    max: usize,
+) -> io::Result<Result<Vec<u8>, String>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Ok(Err(format!("frame of {len} bytes exceeds {max}")));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(Ok(buf))
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(bytes.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(bytes).await?;
+    io.flush().await
+}
+
+#[async_trait::async_trait]
+impl libp2p::request_response::Codec for Codec {
+    type Protocol = StreamProtocol;
+    type Request = Request;
+    type Response = InfoResponse;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let bytes = match read_frame(io, MAX_REQUEST_BYTES).await? {
+            Ok(b) => b,
+            Err(why) => return Ok(Request::Malformed(why)),
+        };
+        Ok(match serde_json::from_slice::<InfoRequest>(&bytes) {
+            Ok(req) if req.v == 0 => Request::Malformed("version 0".into()),
+            Ok(req) => Request::Info(req),
+            Err(e) => Request::Malformed(format!("undecodable request: {e}")),
+        })
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<InfoResponse>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io, MAX_RECORD_BYTES)
+            .await?
+            .map(InfoResponse)
+            .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Request,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let Request::Info(req) = req else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a request"));
+        };
+        let bytes =
+            serde_json::to_vec(&req).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        write_frame(io, &bytes).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: InfoResponse,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res.0).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use futures::io::Cursor;
+    use libp2p::request_response::Codec as _;
+
+    fn malformed(r: io::Result<Request>) -> bool {
+        matches!(r, Ok(Request::Malformed(_)))
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_bad_ones_are_flagged_unread() {
+        let mut c = Codec;
+        let mut buf = Cursor::new(Vec::new());
+        c.write_request(&PROTOCOL, &mut buf, Request::Info(InfoRequest { v: 1 }))
+            .await
+            .unwrap();
+        buf.set_position(0);
+        assert_eq!(
+            c.read_request(&PROTOCOL, &mut buf).await.unwrap(),
+            Request::Info(InfoRequest { v: 1 })
+        );
+        // A 4 GiB length prefix: flagged before any allocation or read of the body.
+        let mut huge = Cursor::new(u32::MAX.to_be_bytes().to_vec());
+        assert!(malformed(c.read_request(&PROTOCOL, &mut huge).await));
+        let mut huge = Cursor::new(u32::MAX.to_be_bytes().to_vec());
+        assert!(c.read_response(&PROTOCOL, &mut huge).await.is_err());
+        // Garbage inside a well-sized frame; version 0.
+        let mut g = Cursor::new([&3u32.to_be_bytes()[..], b"\xff\x00{"].concat());
+        assert!(malformed(c.read_request(&PROTOCOL, &mut g).await));
+        let mut v0 = Cursor::new([&7u32.to_be_bytes()[..], b"{\"v\":0}"].concat());
+        assert!(malformed(c.read_request(&PROTOCOL, &mut v0).await));
+        // A truncated frame is an I/O error (the stream ended).
+        let mut t = Cursor::new([&10u32.to_be_bytes()[..], b"{}"].concat());
+        assert!(c.read_request(&PROTOCOL, &mut t).await.is_err());
+        // Malformed is never written.
+        let mut out = Cursor::new(Vec::new());
+        assert!(
+            c.write_request(&PROTOCOL, &mut out, Request::Malformed("x".into()))
+                .await
+                .is_err()
+        );
+    }
+}

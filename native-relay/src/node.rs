@@ -1,0 +1,485 @@
+//! `kwaainet start | identity | peers | status`: the command line and config file of the
+//! node. The node itself (swarm, DHT records, HTTP side) lives in `kwaainet-p2p`.
+//!
+//! Settings come from, highest first: flags, their `KWAAINET_*` environment variables,
+//! the TOML file (`--config FILE`), defaults.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use kwaainet_p2p::NodeConfig;
+use kwaainet_p2p::http::{HttpConfig, ModelFile};
+use kwaainet_p2p::identity;
+use kwaainet_p2p::libp2p::Multiaddr;
+use serde::Deserialize;
+
+/// Default HTTP address: loopback only.
+const DEFAULT_HTTP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+/// Default P2P port (TCP and QUIC; WebSocket and WebRTC-direct on the next one).
+const DEFAULT_P2P_PORT: u16 = 4001;
+
+/// Where the identity key is.
+#[derive(Debug, clap::Args)]
+pub struct IdentityArgs {
+    /// Identity key file (default: $KWAAINET_CONFIG_DIR, else $XDG_CONFIG_HOME/kwaainet,
+    /// else ~/.config/kwaainet, file identity.key). Created with mode 0600 if missing.
+    #[arg(long, env = "KWAAINET_IDENTITY")]
+    pub identity: Option<PathBuf>,
+}
+
+/// Arguments of `kwaainet start`.
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// TOML config file (see native-relay/README.md for its keys).
+    #[arg(long, env = "KWAAINET_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Peer to bootstrap from, `/ip4/.../tcp/.../p2p/<peer id>` (repeatable, or comma-separated).
+    #[arg(long = "bootstrap", env = "KWAAINET_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Vec<Multiaddr>,
+    /// Multiaddr to listen on (repeatable). Default: TCP, QUIC, WebSocket and
+    /// WebRTC-direct on --host, ports --port and --port+1.
+    #[arg(long = "listen", env = "KWAAINET_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<Multiaddr>,
+    /// IP for the default listen addresses (default 0.0.0.0).
+    #[arg(long, env = "KWAAINET_HOST")]
+    pub host: Option<IpAddr>,
+    /// Base port for the default listen addresses (0: ephemeral; default 4001).
+    #[arg(long, env = "KWAAINET_PORT")]
+    pub port: Option<u16>,
+    /// Run a circuit relay v2 server.
+    #[arg(long, env = "KWAAINET_RELAY")]
+    pub relay: bool,
+    /// Full node: serve the DHT (Kademlia server mode) and model spans.
+    #[arg(long, env = "KWAAINET_FULL")]
+    pub full: bool,
+    /// Announce and accept loopback/private addresses (a local network or one machine).
+    /// On by default when --host is a loopback address.
+    #[arg(long, env = "KWAAINET_LOCAL")]
+    pub local: bool,
+    /// HTTP address for /api/v1/state, /metrics and the demo site (default 127.0.0.1:8080).
+    #[arg(long, env = "KWAAINET_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// Do not start the HTTP side.
+    #[arg(long)]
+    pub no_http: bool,
+    /// Folder served at / (the demo site).
+    #[arg(long, env = "KWAAINET_SITE_DIR")]
+    pub site_dir: Option<PathBuf>,
+    /// Folder served at /cdn/ (the CDN bundle, dist/cdn).
+    #[arg(long, env = "KWAAINET_CDN_DIR")]
+    pub cdn_dir: Option<PathBuf>,
+    /// GGUF file served at /models/model.gguf (default: the fetched default model, if any).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Coarse region to announce (optional, for example eu-west).
+    #[arg(long, env = "KWAAINET_REGION")]
+    pub region: Option<String>,
+    #[command(flatten)]
+    pub id: IdentityArgs,
+}
+
+/// Arguments of `kwaainet peers` and `kwaainet status`.
+#[derive(Debug, clap::Args)]
+pub struct QueryArgs {
+    /// HTTP address of the running node.
+    #[arg(long, env = "KWAAINET_HTTP", default_value_t = DEFAULT_HTTP)]
+    pub http: SocketAddr,
+    /// Print the raw JSON state.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The `[http]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileHttp {
+    listen: Option<SocketAddr>,
+    enabled: Option<bool>,
+    site_dir: Option<PathBuf>,
+    cdn_dir: Option<PathBuf>,
+    model: Option<PathBuf>,
+}
+
+/// The config file: `identity`, `[node]` (every field of the library's `NodeConfig`) and
+/// `[http]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileConfig {
+    identity: Option<PathBuf>,
+    node: NodeConfig,
+    http: FileHttp,
+}
+
+fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+}
+
+fn identity_path(flag: Option<&Path>, file: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = flag.or(file) {
+        return Ok(p.to_owned());
+    }
+    Ok(identity::default_config_dir()
+        .context("no config directory: pass --identity FILE or set HOME")?
+        .join(identity::IDENTITY_FILE))
+}
+
+/// `kwaainet identity`: prints the peer id (creating the key on first use) and its file.
+pub fn identity(args: &IdentityArgs) -> anyhow::Result<()> {
+    let path = identity_path(args.identity.as_deref(), None)?;
+    let (key, created) = identity::load_or_create(&path)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", key.public().to_peer_id())?;
+    writeln!(
+        out,
+        "key file: {}{}",
+        path.display(),
+        if created { " (created)" } else { "" }
+    )?;
+    Ok(())
+}
+
+/// The node's effective settings after merging flags, env and file.
+struct Settings {
+    node: NodeConfig,
+    identity: PathBuf,
+    http: Option<(SocketAddr, HttpConfig)>,
+}
+
+fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
+    let file = match &args.config {
+        Some(p) => read_config(p)?,
+        None => FileConfig::default(),
+    };
+    let mut node = file.node;
+    let host = args.host.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    if !args.listen.is_empty() {
+        node.listen = args.listen.clone();
+    } else if node.listen.is_empty() || args.host.is_some() || args.port.is_some() {
+        node.listen = NodeConfig::default_listen(host, args.port.unwrap_or(DEFAULT_P2P_PORT));
+    }
+    if !args.bootstrap.is_empty() {
+        node.bootstrap = args.bootstrap.clone();
+    }
+    node.relay |= args.relay;
+    node.full |= args.full;
+    node.allow_local_addrs |= args.local || host.is_loopback();
+    if args.region.is_some() {
+        node.region = args.region.clone();
+    }
+    let identity = identity_path(args.id.identity.as_deref(), file.identity.as_deref())?;
+
+    let enabled = !args.no_http && file.http.enabled.unwrap_or(true);
+    let http = if enabled {
+        let addr = args.http.or(file.http.listen).unwrap_or(DEFAULT_HTTP);
+        let model_path = args
+            .model
+            .clone()
+            .or(file.http.model)
+            .or_else(crate::fetch::cached_default_model);
+        let model = match model_path {
+            Some(path) => Some(ModelFile {
+                sha256: crate::fetch::model_sha256(&path)?,
+                path,
+            }),
+            None => None,
+        };
+        Some((
+            addr,
+            HttpConfig {
+                site_dir: args.site_dir.clone().or(file.http.site_dir),
+                cdn_dir: args.cdn_dir.clone().or(file.http.cdn_dir),
+                model,
+            },
+        ))
+    } else {
+        None
+    };
+    Ok(Settings {
+        node,
+        identity,
+        http,
+    })
+}
+
+/// `kwaainet start`: runs the node until SIGINT or SIGTERM.
+pub fn start(args: &StartArgs) -> anyhow::Result<()> {
+    let s = settings(args)?;
+    let (key, _) = identity::load_or_create(&s.identity)?;
+    let webrtc_pem = {
+        let cert = s.identity.with_file_name(identity::WEBRTC_CERT_FILE);
+        Some(identity::load_or_create_pem(
+            &cert,
+            kwaainet_p2p::transport::generate_webrtc_pem,
+        )?)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run(s, key, webrtc_pem))
+}
+
+async fn run(
+    s: Settings,
+    key: kwaainet_p2p::libp2p::identity::Keypair,
+    webrtc_pem: Option<String>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Install the handlers first: a signal during start-up must not kill us half-way.
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+
+    let roles = s.node.clone();
+    let node = kwaainet_p2p::spawn(s.node, key, webrtc_pem)
+        .await
+        .context("starting the node")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut http_task = None;
+    let mut http_url = None;
+    if let Some((addr, cfg)) = s.http {
+        let listener = kwaainet_p2p::http::bind(addr)
+            .await
+            .with_context(|| format!("binding HTTP on {addr}"))?;
+        let bound = listener.local_addr()?;
+        http_url = Some(format!("http://{bound}/"));
+        let app = kwaainet_p2p::http::router(node.clone(), cfg);
+        let mut rx = stop_rx.clone();
+        http_task = Some(tokio::spawn(kwaainet_p2p::http::serve(
+            listener,
+            app,
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            },
+        )));
+    }
+
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "kwaainet node {}", node.peer_id())?;
+        let mut r = Vec::new();
+        if roles.full && roles.bootstrap.is_empty() {
+            r.push("bootstrap");
+        }
+        if roles.relay {
+            r.push("relay");
+        }
+        r.push(if roles.full { "full" } else { "client" });
+        writeln!(out, "roles: {}", r.join(", "))?;
+        writeln!(out, "listening on:")?;
+        for a in node.listen_addrs() {
+            writeln!(out, "  {a}")?;
+        }
+        if let Some(url) = &http_url {
+            writeln!(out, "http: {url}")?;
+        }
+        out.flush()?;
+    }
+
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    let _ = stop_tx.send(true);
+    let stopped = tokio::time::timeout(Duration::from_secs(10), async {
+        if let Some(t) = http_task {
+            match t.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server"),
+                Err(e) => tracing::warn!(error = %e, "HTTP task"),
+                Ok(Ok(())) => {}
+            }
+        }
+        node.shutdown().await;
+    })
+    .await;
+    if stopped.is_err() {
+        bail!("shutdown took longer than 10 s");
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "stopped")?;
+    Ok(())
+}
+
+/// A GET of `/api/v1/state` on the node's loopback HTTP API (tiny HTTP/1.1 client with
+/// timeouts and a size cap).
+fn get_json(addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .with_context(|| format!("is a node running? connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET /api/v1/state HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.take(16 << 20).read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("malformed HTTP reply")?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("node answered: {}", head.lines().next().unwrap_or_default());
+    }
+    serde_json::from_slice(&raw[split + 4..]).context("decoding the node state")
+}
+
+fn s(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// `kwaainet peers`: the running node's connected peers.
+pub fn peers(args: &QueryArgs) -> anyhow::Result<()> {
+    let st = get_json(args.http)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", st["connected_peers"])?;
+        return Ok(());
+    }
+    let empty = Vec::new();
+    let peers = st["connected_peers"].as_array().unwrap_or(&empty);
+    writeln!(out, "{} connected peer(s)", peers.len())?;
+    for p in peers {
+        let rtt = p["rtt_ms"]
+            .as_f64()
+            .map_or("-".to_owned(), |r| format!("{r:.1} ms"));
+        writeln!(
+            out,
+            "{}  {}  rtt {}  {}",
+            s(&p["peer_id"]),
+            s(&p["address"]),
+            rtt,
+            s(&p["agent"])
+        )?;
+    }
+    Ok(())
+}
+
+/// `kwaainet status`: a summary of the running node.
+pub fn status(args: &QueryArgs) -> anyhow::Result<()> {
+    let st = get_json(args.http)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{st}")?;
+        return Ok(());
+    }
+    let roles: Vec<String> = st["roles"]
+        .as_array()
+        .map(|r| r.iter().map(s).collect())
+        .unwrap_or_default();
+    writeln!(out, "peer id        {}", s(&st["peer_id"]))?;
+    writeln!(out, "version        {}", s(&st["version"]))?;
+    writeln!(out, "roles          {}", roles.join(", "))?;
+    writeln!(out, "uptime         {} s", s(&st["uptime_secs"]))?;
+    writeln!(out, "dht mode       {}", s(&st["kad_mode"]))?;
+    writeln!(
+        out,
+        "routing table  {} peers",
+        s(&st["routing_table_peers"])
+    )?;
+    writeln!(out, "dht records    {}", s(&st["dht_records"]))?;
+    writeln!(
+        out,
+        "connected      {} peers",
+        st["connected_peers"].as_array().map_or(0, Vec::len)
+    )?;
+    writeln!(out, "listening on")?;
+    for a in st["listen_addrs"].as_array().into_iter().flatten() {
+        writeln!(out, "  {}", s(a))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::Parser;
+    use kwaainet_p2p::record::Role;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        a: StartArgs,
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("kwaainet-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("node.toml");
+        std::fs::write(
+            &cfg,
+            r#"
+identity = "/tmp/some/identity.key"
+[node]
+full = true
+listen = ["/ip4/127.0.0.1/tcp/7000"]
+[node.relay_limits]
+max_circuit_bytes = 123456
+[http]
+listen = "127.0.0.1:9999"
+"#,
+        )
+        .unwrap();
+        let t = T::parse_from([
+            "x",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--relay",
+            "--model",
+            "/nonexistent.gguf",
+            "--no-http",
+        ]);
+        let s = settings(&t.a).unwrap();
+        assert!(s.node.full && s.node.relay);
+        assert_eq!(s.node.relay_limits.max_circuit_bytes, 123456);
+        assert_eq!(
+            s.node.listen,
+            vec!["/ip4/127.0.0.1/tcp/7000".parse::<Multiaddr>().unwrap()]
+        );
+        assert_eq!(s.identity, PathBuf::from("/tmp/some/identity.key"));
+        assert!(s.http.is_none());
+        let t = T::parse_from([
+            "x",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--http",
+            "127.0.0.1:0",
+            "--model",
+            cfg.to_str().unwrap(),
+        ]);
+        let s = settings(&t.a).unwrap();
+        assert!(s.node.allow_local_addrs);
+        assert!(
+            s.node
+                .listen
+                .iter()
+                .all(|a| a.to_string().starts_with("/ip4/127.0.0.1/"))
+        );
+        assert_eq!(s.http.as_ref().unwrap().0.port(), 0);
+        std::fs::write(&cfg, "[node]\nnot_a_key = 1\n").unwrap();
+        assert!(settings(&T::parse_from(["x", "--config", cfg.to_str().unwrap()]).a).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn roles_print_names() {
+        assert_eq!(
+            serde_json::to_string(&Role::Bootstrap).unwrap(),
+            "\"bootstrap\""
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! End-to-end tests of `kwaainet start | identity | status | peers`: the real binary on
+//! 127.0.0.1 with ephemeral ports, its HTTP side, a second node bootstrapping off the
+//! first, the identity file (0600, stable across restarts), and SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kwaainet");
+
+fn temp_dir(name: &str) -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("kwaainet-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// A running `kwaainet start`, killed on drop if the test fails midway.
+struct Node {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    peer_id: String,
+    addrs: Vec<String>,
+    http: SocketAddr,
+    startup: Duration,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, extra: &[&str]) -> Result<Node> {
+    let t0 = Instant::now();
+    let mut child = Command::new(BIN)
+        .args([
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--http",
+            "127.0.0.1:0",
+            "--full",
+        ])
+        .args(["--identity"])
+        .arg(dir.join("identity.key"))
+        .args(extra)
+        .env("KWAAINET_CONFIG_DIR", dir)
+        .env("KWAAINET_MODEL", dir.join("no-model.gguf"))
+        .env_remove("KWAAINET_HTTP")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, lines) = mpsc::sync_channel(256);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut peer_id = None;
+    let mut addrs = Vec::new();
+    let http = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .context("no `http:` line within 30 s")?;
+        if let Some(p) = line.strip_prefix("kwaainet node ") {
+            peer_id = Some(p.to_owned());
+        } else if let Some(a) = line.strip_prefix("  /") {
+            addrs.push(format!("/{a}"));
+        } else if let Some(u) = line.strip_prefix("http: http://") {
+            break u.trim_end_matches('/').parse::<SocketAddr>()?;
+        }
+    };
+    Ok(Node {
+        child,
+        lines,
+        peer_id: peer_id.context("no peer id line")?,
+        addrs,
+        http,
+        startup: t0.elapsed(),
+    })
+}
+
+fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").context("no header end")?;
+    let status = head.split(' ').nth(1).context("status")?.parse()?;
+    Ok((status, body.to_owned()))
+}
+
+fn state(n: &Node) -> Result<serde_json::Value> {
+    let (status, body) = get(n.http, "/api/v1/state")?;
+    if status != 200 {
+        bail!("state: HTTP {status}");
+    }
+    Ok(serde_json::from_str(&body)?)
+}
+
+fn sigterm_and_wait(mut n: Node) -> Result<()> {
+    let pid = n.child.id().to_string();
+    let ok = Command::new("kill").args(["-TERM", &pid]).status()?;
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = n.child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            bail!("still running 15 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let rest: Vec<String> = n.lines.try_iter().collect();
+    assert!(
+        rest.iter().any(|l| l == "stopped"),
+        "output after SIGTERM: {rest:?}"
+    );
+    Ok(())
+}
+
+fn run(args: &[&str]) -> Result<String> {
+    let out = Command::new(BIN)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("kwaainet {args:?} failed: {}", out.status);
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[test]
+fn start_serves_http_joins_peers_and_stops_on_sigterm() -> Result<()> {
+    let dir = temp_dir("start")?;
+    let id_file = dir.join("identity.key");
+    let id_arg = id_file.to_str().context("path")?;
+
+    // The identity: created 0600 on first use, the same peer id afterwards.
+    let first = run(&["identity", "--identity", id_arg])?;
+    let peer_id = first.lines().next().context("peer id")?.to_owned();
+    assert!(first.contains("(created)"));
+    let again = run(&["identity", "--identity", id_arg])?;
+    assert_eq!(again.lines().next(), Some(peer_id.as_str()));
+    assert!(!again.contains("(created)"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&id_file)?.permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    let a = start(&dir, &["--relay"])?;
+    #[allow(clippy::print_stderr)] // the start-up time, for the test log
+    {
+        eprintln!(
+            "kwaainet start: ready (http line printed) after {:?}",
+            a.startup
+        );
+    }
+    assert_eq!(a.peer_id, peer_id, "start must use the stored identity");
+    let joined = a.addrs.join("\n");
+    for needle in ["/tcp/", "/quic-v1/", "/ws/", "/webrtc-direct/certhash/"] {
+        assert!(joined.contains(needle), "no {needle} in\n{joined}");
+    }
+    assert!(
+        a.addrs
+            .iter()
+            .all(|x| x.starts_with("/ip4/127.0.0.1/") && x.ends_with(&peer_id))
+    );
+
+    // HTTP side.
+    let st = state(&a)?;
+    assert_eq!(st["peer_id"], peer_id.as_str());
+    assert_eq!(
+        st["roles"],
+        serde_json::json!(["bootstrap", "relay", "full"])
+    );
+    let (status, metrics) = get(a.http, "/metrics")?;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("libp2p_swarm_connections"), "{metrics}");
+    assert!(metrics.contains("kwaainet_dht_records"));
+
+    // A second node bootstraps off the first; both see each other.
+    let dir_b = temp_dir("start-b")?;
+    let tcp = a
+        .addrs
+        .iter()
+        .find(|x| x.contains("/tcp/") && !x.contains("/ws"))
+        .context("tcp address")?
+        .clone();
+    let b = start(&dir_b, &["--bootstrap", &tcp])?;
+    assert_ne!(b.peer_id, a.peer_id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = state(&a)?;
+        let peers = st["connected_peers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if peers.iter().any(|p| p["peer_id"] == b.peer_id.as_str()) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("node B never connected to A: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let http_a = a.http.to_string();
+    let peers = run(&["peers", "--http", &http_a])?;
+    assert!(peers.contains(&b.peer_id), "{peers}");
+    let status = run(&["status", "--http", &http_a])?;
+    assert!(
+        status.contains(&peer_id) && status.contains("server"),
+        "{status}"
+    );
+
+    sigterm_and_wait(b)?;
+    sigterm_and_wait(a)?;
+
+    // Restart: same identity, same WebRTC certificate (so the same certhash).
+    let certhash = |addrs: &[String]| {
+        addrs
+            .iter()
+            .find(|x| x.contains("/certhash/"))
+            .and_then(|x| {
+                x.split("/certhash/")
+                    .nth(1)
+                    .map(|c| c.split('/').next().unwrap_or("").to_owned())
+            })
+    };
+    let first_cert = certhash(&joined.lines().map(str::to_owned).collect::<Vec<_>>());
+    let a2 = start(&dir, &[])?;
+    assert_eq!(a2.peer_id, peer_id);
+    assert_eq!(certhash(&a2.addrs), first_cert);
+    sigterm_and_wait(a2)?;
+
+    std::fs::remove_dir_all(&dir)?;
+    std::fs::remove_dir_all(&dir_b)?;
+    Ok(())
+}
+
+#[test]
+fn a_world_readable_identity_is_refused() -> Result<()> {
+    let dir = temp_dir("perm")?;
+    let id_file = dir.join("identity.key");
+    let id_arg = id_file.to_str().context("path")?;
+    run(&["identity", "--identity", id_arg])?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&id_file, std::fs::Permissions::from_mode(0o644))?;
+        let out = Command::new(BIN)
+            .args(["identity", "--identity", id_arg])
+            .output()?;
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
