@@ -73,7 +73,7 @@ step_wasm32() {
     # burn's wgpu backend and our CubeCL kernels, WebGPU in the browser) built as the module
     # the SDK ships, into dist/engine-webgpu/; this is also the wasm32 build of kwaainet-core's
     # burn model. The CPU engine is the wasm-engine step.
-    FEATURES=webgpu OUT=dist/engine-webgpu bash scripts/build-wasm.sh
+    build_webgpu_engine
 }
 
 step_ts() {
@@ -94,8 +94,6 @@ step_wasm-engine() {
         step_fetch-model
     fi
     bash scripts/build-wasm.sh
-    # The WebGPU engine from the same crate (the browser step runs it, on SwiftShader).
-    if has_webgpu_engine; then build_webgpu_engine; fi
     node --test engine/wasm/tests/
 }
 
