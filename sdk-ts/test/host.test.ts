@@ -158,23 +158,7 @@ describe('engine host ↔ proxy over a MessageChannel', () => {
   it('waits out a long prefill (the host said it started) without declaring a crash', async () => {
     // The prefill blocks the host 4x longer than the ping timeout; the host runs on its
     // own thread, as a dedicated worker does, so the proxy's clock keeps running.
-    const worker = new Worker(new URL('./host-worker.js', import.meta.url), { workerData: { prefillMs: 600 } });
-    cleanup.push(() => void worker.terminate());
-    await once(worker, 'message');
-    const transport: Transport = {
-      host: 'worker',
-      send: (m) => worker.postMessage(m),
-      listen: (onData, onFatal) => {
-        worker.on('message', onData);
-        worker.on('error', onFatal);
-        return () => {
-          worker.off('message', onData);
-          worker.off('error', onFatal);
-        };
-      },
-      close: () => void worker.terminate(),
-    };
-    const proxy = new ProxyEngine(transport, { pingIntervalMs: 10, pingTimeoutMs: 150, loadTimeoutMs: 5_000 });
+    const proxy = await threadHost({ prefillMs: 600 });
     await proxy.load(spec, engineSpec);
     const crashes: Error[] = [];
     proxy.onCrash((e) => void crashes.push(e));

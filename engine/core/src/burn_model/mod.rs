@@ -383,7 +383,9 @@ impl BurnLlama {
         let pass = Pass {
             start_pos,
             rope: self.rope_tables(start_pos, seq),
-            mask: (seq > 1).then(|| self.causal_mask(start_pos, seq)),
+            // The CubeCL attention masks by position itself.
+            mask: (seq > 1 && self.block_kernels().is_none())
+                .then(|| self.causal_mask(start_pos, seq)),
         };
         let mut x = hidden;
         for (slot, i) in blocks.enumerate() {
