@@ -38,6 +38,9 @@ export interface PartialMeta {
 export interface ModelStore {
   readonly kind: string;
   get(key: string): Promise<{ bytes: Uint8Array; meta: StoredMeta } | undefined>;
+  /** The complete model as a stream of chunks (the engine's streaming loader reads it
+   *  without the whole file in JS memory). Optional: without it hosts use `get`. */
+  stream?(key: string): Promise<{ body: ReadableStream<Uint8Array>; meta: StoredMeta } | undefined>;
   has(key: string): Promise<boolean>;
   /** May throw the browser's QuotaExceededError DOMException. */
   put(key: string, bytes: Uint8Array, meta: StoredMeta): Promise<void>;
@@ -89,6 +92,25 @@ export class MemoryModelStore implements ModelStore {
   async get(key: string): Promise<{ bytes: Uint8Array; meta: StoredMeta } | undefined> {
     const e = this.complete.get(key);
     return e && { bytes: e.bytes, meta: { ...e.meta } };
+  }
+
+  async stream(key: string): Promise<{ body: ReadableStream<Uint8Array>; meta: StoredMeta } | undefined> {
+    const e = this.complete.get(key);
+    if (!e) return undefined;
+    const bytes = e.bytes;
+    const chunk = 64 * 1024;
+    let at = 0;
+    const body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (at >= bytes.byteLength) {
+          controller.close();
+          return;
+        }
+        controller.enqueue(bytes.slice(at, at + chunk));
+        at += chunk;
+      },
+    });
+    return { body, meta: { ...e.meta } };
   }
 
   async has(key: string): Promise<boolean> {
@@ -197,6 +219,17 @@ export class CacheStorageModelStore implements ModelStore {
     const meta = parseStoredMeta(res.headers.get('x-kwaainet-meta'));
     if (!meta) return undefined;
     return { bytes: new Uint8Array(await res.arrayBuffer()), meta };
+  }
+
+  async stream(key: string): Promise<{ body: ReadableStream<Uint8Array>; meta: StoredMeta } | undefined> {
+    const cache = await this.open();
+    const res = await cache.match(CacheStorageModelStore.url(key, 'complete'));
+    const meta = res && parseStoredMeta(res.headers.get('x-kwaainet-meta'));
+    if (!res?.body || !meta) {
+      await res?.body?.cancel();
+      return undefined;
+    }
+    return { body: res.body, meta };
   }
 
   async has(key: string): Promise<boolean> {

@@ -17,7 +17,8 @@ export type ErrorCode =
   | 'engine'
   | 'not-initialized'
   | 'disposed'
-  | 'unsupported';
+  | 'unsupported'
+  | 'backend-lost';
 
 export class KwaaiNetError extends Error {
   readonly code: ErrorCode;
@@ -135,10 +136,21 @@ export class UnsupportedError extends KwaaiNetError {
   }
 }
 
+/** The WebGPU device was lost (a driver reset, the browser reclaiming the GPU, a device
+ *  error) during a request. The host has moved to the CPU engine: `retriable` — send the
+ *  request again. `engineInfo()` / the 'ready' status then report the new backend and why. */
+export class BackendLostError extends KwaaiNetError {
+  readonly retriable = true;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('backend-lost', message, options);
+    this.name = 'BackendLostError';
+  }
+}
+
 const ERROR_CODES: ReadonlySet<string> = new Set<ErrorCode>([
   'aborted', 'quota-exceeded', 'integrity', 'model-too-large', 'consent-required',
   'engine-crashed', 'protocol', 'network', 'invalid-argument', 'engine', 'not-initialized',
-  'disposed', 'unsupported',
+  'disposed', 'unsupported', 'backend-lost',
 ]);
 
 export function isErrorCode(value: unknown): value is ErrorCode {
@@ -161,6 +173,7 @@ export function errorFromWire(code: ErrorCode, message: string): KwaaiNetError {
     case 'not-initialized': return new NotInitializedError(message);
     case 'disposed': return new DisposedError(message);
     case 'unsupported': return new UnsupportedError(message);
+    case 'backend-lost': return new BackendLostError(message);
   }
 }
 

@@ -9,7 +9,7 @@ export * from './openai/types.js';
 export { assembleChunks } from './openai/chat.js';
 export {
   PROTOCOL_VERSION, parseHostMessage, parsePageMessage,
-  type Backend, type EngineInfo, type EnginePreference, type EngineSpec, type GenerateRequest, type GenerationUsage, type HostKind, type HostMessage,
+  type Backend, type EngineInfo, type EngineLimits, type EnginePreference, type GpuInfo, type GpuLimits, type EngineSpec, type GenerateRequest, type GenerationUsage, type HostKind, type HostMessage,
   type HostStatus, type ModelInfo, type ModelSpec, type PageMessage, type Progress, type ProgressPhase,
 } from './protocol.js';
 export type { Engine, GenerateOptions, GenerationResult, LoadOptions } from './engine.js';

@@ -16,19 +16,22 @@
  */
 
 import {
-  AbortError, EngineError, InvalidArgumentError, KwaaiNetError, UnsupportedError, abortErrorFrom, throwIfAborted,
-  toKwaaiNetError,
+  AbortError, BackendLostError, EngineError, InvalidArgumentError, KwaaiNetError, UnsupportedError, abortErrorFrom,
+  throwIfAborted, toKwaaiNetError,
 } from './errors.js';
 import type { Engine, GenerateOptions, GenerationResult, LoadOptions } from './engine.js';
-import { fetchModel, progressEvent } from './download.js';
+import { fetchModel, progressEvent, sha256Hex } from './download.js';
 import { defaultModelStore, type ModelStore } from './cache.js';
 import type { GpuProbe, ModuleSource } from './host/glue.js';
 import type {
-  Backend, EngineInfo, EnginePreference, EngineSpec, GenerateRequest, HostKind, HostStatus, ModelInfo, ModelSpec,
+  Backend, EngineInfo, EngineLimits, EnginePreference, EngineSpec, GenerateRequest, GpuInfo, HostKind, HostStatus,
+  ModelInfo, ModelSpec, Progress,
 } from './protocol.js';
 import { assertModelFits } from './resources.js';
 import { isRecord } from './validate.js';
-import type { WasmEngine, WasmEngineInfo, WasmEngineModule, WasmStartRequest, WasmStepResult } from './wasm-engine.js';
+import type {
+  WasmEngine, WasmEngineInfo, WasmEngineModule, WasmGeneration, WasmStartRequest, WasmStepResult,
+} from './wasm-engine.js';
 
 export interface LocalEngineOptions {
   host: HostKind;
@@ -48,6 +51,8 @@ export interface LocalEngineOptions {
   now?: () => number;
   /** Download retry delay (tests shorten it). */
   retryDelayMs?: number;
+  /** How often a pending WebGPU step checks whether the device was lost (default 100 ms). */
+  devicePollMs?: number;
 }
 
 export function randomId(prefix = ''): string {
@@ -90,7 +95,66 @@ function checkInfo(raw: unknown): WasmEngineInfo {
   for (const k of nums) if (typeof raw[k] !== 'number' || !Number.isFinite(raw[k]) || (raw[k] as number) < 0) fail(k);
   if (typeof raw.architecture !== 'string') fail('architecture');
   if (!(raw.name === null || raw.name === undefined || typeof raw.name === 'string')) fail('name');
+  const limits = raw.limits;
+  if (!isRecord(limits)) return fail('limits');
+  const limitNums = ['max_ctx_tokens', 'ctx_limit_tokens', 'kv_cache_bytes', 'model_bytes', 'weight_bytes',
+    'wasm_memory_bytes', 'wasm_memory_max_bytes'] as const;
+  for (const k of limitNums) if (!isCount(limits[k])) fail(`limits.${k}`);
+  if (typeof limits.simd128 !== 'boolean') fail('limits.simd128');
+  const gpu = raw.gpu;
+  if (gpu !== null && gpu !== undefined) {
+    if (!isRecord(gpu) || typeof gpu.adapter !== 'string' || typeof gpu.backend !== 'string' ||
+      typeof gpu.fallback_adapter !== 'boolean' || !isRecord(gpu.limits)) return fail('gpu');
+    for (const k of GPU_LIMITS) if (!isCount(gpu.limits[k])) fail(`gpu.limits.${k}`);
+  }
   return raw as unknown as WasmEngineInfo;
+}
+
+const isCount = (v: unknown): boolean => typeof v === 'number' && Number.isFinite(v) && v >= 0;
+
+/** The WebGPU limits the engine reports, and their names in the protocol. */
+const GPU_LIMITS = [
+  'max_buffer_size', 'max_storage_buffer_binding_size', 'max_uniform_buffer_binding_size',
+  'max_storage_buffers_per_shader_stage', 'max_compute_workgroup_storage_size', 'max_compute_invocations_per_workgroup',
+  'max_compute_workgroup_size_x', 'max_compute_workgroup_size_y', 'max_compute_workgroup_size_z',
+  'max_compute_workgroups_per_dimension',
+] as const;
+
+function limitsOf(info: WasmEngineInfo): EngineLimits {
+  const l = info.limits;
+  return {
+    maxCtxTokens: l.max_ctx_tokens,
+    ctxLimitTokens: l.ctx_limit_tokens,
+    kvCacheBytes: l.kv_cache_bytes,
+    modelBytes: l.model_bytes,
+    weightBytes: l.weight_bytes,
+    wasmMemoryBytes: l.wasm_memory_bytes,
+    wasmMemoryMaxBytes: l.wasm_memory_max_bytes,
+    simd128: Boolean(l.simd128),
+  };
+}
+
+function gpuOf(info: WasmEngineInfo): GpuInfo | null {
+  const g = info.gpu;
+  if (!g) return null;
+  const l = g.limits;
+  return {
+    adapter: g.adapter.slice(0, 256),
+    fallbackAdapter: g.fallback_adapter,
+    backend: g.backend.slice(0, 64),
+    limits: {
+      maxBufferSize: l.max_buffer_size,
+      maxStorageBufferBindingSize: l.max_storage_buffer_binding_size,
+      maxUniformBufferBindingSize: l.max_uniform_buffer_binding_size,
+      maxStorageBuffersPerShaderStage: l.max_storage_buffers_per_shader_stage,
+      maxComputeWorkgroupStorageSize: l.max_compute_workgroup_storage_size,
+      maxComputeInvocationsPerWorkgroup: l.max_compute_invocations_per_workgroup,
+      maxComputeWorkgroupSizeX: l.max_compute_workgroup_size_x,
+      maxComputeWorkgroupSizeY: l.max_compute_workgroup_size_y,
+      maxComputeWorkgroupSizeZ: l.max_compute_workgroup_size_z,
+      maxComputeWorkgroupsPerDimension: l.max_compute_workgroups_per_dimension,
+    },
+  };
 }
 
 function isTokenList(v: unknown): boolean {
@@ -117,6 +181,10 @@ function engineError(err: unknown, during: string): KwaaiNetError {
 interface Loaded {
   engine: WasmEngine;
   spec: ModelSpec;
+  /** Where the engine modules came from (a CPU reload after a lost device needs it). */
+  engineSpec: EngineSpec;
+  limits: EngineLimits;
+  gpu: GpuInfo | null;
   info: ModelInfo;
   module: WasmEngineModule;
   backend: Backend;
@@ -133,6 +201,18 @@ interface Plan {
 
 const isWebGpuError = (err: unknown): boolean => err instanceof Error && /^webgpu:/.test(err.message);
 const messageOf = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+/** A wasm trap (a panic in the engine, e.g. on a device that went away). */
+const isTrap = (err: unknown): boolean => typeof WebAssembly !== 'undefined' && err instanceof WebAssembly.RuntimeError;
+
+/** A pending WebGPU step found the device lost (see `LocalEngine.stepOnce`). */
+class DeviceLost extends Error {}
+
+/** What a parse produced. */
+interface Parsed {
+  module: WasmEngineModule;
+  wasm: WasmEngine;
+  sha256: string | null;
+}
 
 export class LocalEngine implements Engine {
   readonly host: HostKind;
@@ -269,7 +349,19 @@ export class LocalEngine implements Engine {
       engineVersion: mod ? String(mod.engineVersion()).slice(0, 64) : 'unloaded',
       hostInstanceId: this.instanceId,
       model: l ? { ...l.info } : null,
+      limits: l ? this.currentLimits(l) : null,
+      gpu: l?.gpu ? { ...l.gpu, limits: { ...l.gpu.limits } } : null,
     };
+  }
+
+  /** The load's limits with the wasm memory as it is now (it grows while generating). */
+  private currentLimits(l: Loaded): EngineLimits {
+    if (this.busy) return { ...l.limits }; // no engine call while a step may be pending
+    try {
+      return limitsOf(checkInfo(l.engine.info()));
+    } catch {
+      return { ...l.limits };
+    }
   }
 
   load(model: ModelSpec, engine: EngineSpec, options: LoadOptions = {}): Promise<EngineInfo> {
@@ -300,75 +392,246 @@ export class LocalEngine implements Engine {
           throw engineError(cpuErr, 'initialising the WASM engine');
         }
       }
-      const fetched = await fetchModel({
-        url: model.url,
-        ...(model.sha256 !== undefined && { sha256: model.sha256 }),
-        store: this.store,
-        ...(signal && { signal }),
-        ...(options.onProgress && { onProgress: options.onProgress }),
-        ...(model.memoryLimitBytes !== undefined && { memoryLimitBytes: model.memoryLimitBytes }),
-        ...(model.storageLimitBytes !== undefined && { storageLimitBytes: model.storageLimitBytes }),
-        ...(this.options.fetch && { fetch: this.options.fetch }),
-        ...(this.options.retryDelayMs !== undefined && { retryDelayMs: this.options.retryDelayMs }),
-      });
-      throwIfAborted(signal);
-      const size = fetched.bytes.byteLength;
-      options.onProgress?.(progressEvent('load', 0, size));
-      // Give the progress message a chance to leave before the synchronous parse blocks us.
-      await yieldToEventLoop();
       // Only one model in memory: drop the old one before parsing the new one.
       this.unload();
-      let parsed: { module: WasmEngineModule; wasm: WasmEngine };
+      const source = this.modelSource(model, engine, options);
+      let parsed: Parsed;
       try {
-        parsed = await this.parse(plan.backend, engine, fetched.bytes, model.maxCtx);
+        parsed = await source(plan.backend);
       } catch (err) {
         if (!(plan.backend === 'webgpu' && preference === 'auto' && isWebGpuError(err))) {
           throw isWebGpuError(err) ? new UnsupportedError(messageOf(err), { cause: err }) : err;
         }
-        // The adapter went away, or no device: the CPU engine, from the same bytes (the
-        // engine copies them in, so they are still ours).
+        // The adapter went away, or no device: the CPU engine, from the same source.
         this.gpuFailure = `the WebGPU engine could not start (${messageOf(err)})`;
         plan = { backend: 'cpu-wasm', reason: this.gpuFailure };
         throwIfAborted(signal);
-        parsed = await this.parse('cpu-wasm', engine, fetched.bytes, model.maxCtx);
+        parsed = await source('cpu-wasm');
       }
-      const wasm = parsed.wasm;
-      let info: WasmEngineInfo;
-      try {
-        info = checkInfo(wasm.info());
-        if (model.memoryLimitBytes !== undefined) {
-          assertModelFits(info.weight_bytes, info.kv_cache_bytes, model.memoryLimitBytes);
-        }
-      } catch (err) {
-        wasm.free();
-        throw err;
-      }
-      this.loaded = {
-        engine: wasm,
-        module: parsed.module,
-        backend: info.backend,
-        backendReason: plan.reason,
-        adapter: info.backend === 'webgpu' ? (info.adapter ?? (await this.gpuProbe())?.adapter ?? '').slice(0, 256) : null,
-        simd128: Boolean(info.simd128),
-        spec: { ...model },
-        info: {
-          url: model.url,
-          sha256: fetched.sha256,
-          architecture: info.architecture.slice(0, 256),
-          name: info.name ? info.name.slice(0, 256) : null,
-          nLayers: info.n_layers,
-          nEmbd: info.n_embd,
-          nCtxTrain: info.n_ctx_train,
-          maxCtx: info.max_ctx,
-          vocabSize: info.vocab_size,
-          weightBytes: info.weight_bytes,
-          kvCacheBytes: info.kv_cache_bytes,
-          hasChatTemplate: Boolean(info.has_chat_template),
-        },
-      };
-      options.onProgress?.(progressEvent('load', size, size));
+      await this.adopt(parsed, model, engine, plan.reason);
       return this.engineInfo();
     });
+  }
+
+  /**
+   * Where a load's engine gets the model: the cached copy streamed into the engine's
+   * `GgufLoader` (verified on the way, never whole in JS memory), else `fetchModel`'s bytes
+   * (a download, or a store that cannot stream), kept for a second backend in the same load.
+   */
+  private modelSource(model: ModelSpec, engine: EngineSpec, options: LoadOptions): (backend: Backend) => Promise<Parsed> {
+    let fetched: { bytes: Uint8Array; sha256: string | null } | null = null;
+    return async (backend) => {
+      const { signal, onProgress } = options;
+      if (fetched === null) {
+        const streamed = await this.parseStreamed(backend, engine, model, options);
+        if (streamed) return streamed;
+        const f = await fetchModel({
+          url: model.url,
+          ...(model.sha256 !== undefined && { sha256: model.sha256 }),
+          store: this.store,
+          ...(signal && { signal }),
+          ...(onProgress && { onProgress }),
+          ...(model.memoryLimitBytes !== undefined && { memoryLimitBytes: model.memoryLimitBytes }),
+          ...(model.storageLimitBytes !== undefined && { storageLimitBytes: model.storageLimitBytes }),
+          ...(this.options.fetch && { fetch: this.options.fetch }),
+          ...(this.options.retryDelayMs !== undefined && { retryDelayMs: this.options.retryDelayMs }),
+        });
+        fetched = { bytes: f.bytes, sha256: f.sha256 };
+      }
+      throwIfAborted(signal);
+      const size = fetched.bytes.byteLength;
+      onProgress?.(progressEvent('load', 0, size));
+      // Give the progress message a chance to leave before the synchronous parse blocks us.
+      await yieldToEventLoop();
+      const { module, wasm } = await this.parse(backend, engine, fetched.bytes, model.maxCtx);
+      onProgress?.(progressEvent('load', size, size));
+      return { module, wasm, sha256: fetched.sha256 };
+    };
+  }
+
+  /**
+   * The cached model, streamed chunk by chunk from the store into `backend`'s GgufLoader,
+   * which hashes it on the way. Null when there is nothing to stream (no cached copy, a
+   * store or engine module without streaming, another model's digest) or the copy fails
+   * its SHA-256 (it is then deleted): the caller downloads instead.
+   */
+  private async parseStreamed(backend: Backend, engine: EngineSpec, model: ModelSpec, options: LoadOptions):
+    Promise<Parsed | null> {
+    const { signal } = options;
+    const report = (p: Progress): void => options.onProgress?.(p);
+    const expected = model.sha256?.toLowerCase() ?? null;
+    let mod: WasmEngineModule;
+    try {
+      mod = await this.module(backend, engine);
+    } catch (err) {
+      throw engineError(err, backend === 'webgpu' ? 'initialising the WebGPU engine' : 'initialising the WASM engine');
+    }
+    const Loader = mod.GgufLoader;
+    if (!Loader || !this.store.stream) return null;
+    const entry = await this.store.stream(model.url);
+    if (!entry) return null;
+    const size = entry.meta.size;
+    if ((expected !== null && entry.meta.sha256 !== expected) || !(Number.isSafeInteger(size) && size > 0)) {
+      await entry.body.cancel().catch(() => {});
+      return null; // fetchModel replaces it
+    }
+    const reader = entry.body.getReader();
+    let loader: ReturnType<typeof newLoader> | null = null;
+    const newLoader = (): InstanceType<NonNullable<WasmEngineModule['GgufLoader']>> => new Loader(size);
+    try {
+      try {
+        loader = newLoader();
+      } catch (err) {
+        throw engineError(err, 'loading the model');
+      }
+      report(progressEvent('verify', 0, size));
+      let pushError: unknown = null;
+      let received = 0;
+      // Bounded: a stream longer than `size` fails in push; the guard covers a stream of
+      // empty chunks.
+      for (let guard = 0; guard < 1 << 26; guard++) {
+        throwIfAborted(signal);
+        const { done, value } = await reader.read();
+        if (done) break;
+        received += value.byteLength;
+        try {
+          loader.push(value);
+        } catch (err) {
+          pushError = err;
+          break;
+        }
+        report(progressEvent('verify', Math.min(received, size), size));
+      }
+      if (pushError !== null) {
+        // Malformed, too long, or wasm memory exhausted: a corrupted cache entry, or the model
+        // itself? Only the error path holds the whole file in JS, to tell which.
+        await reader.cancel().catch(() => {});
+        if (expected !== null && !(await this.cachedCopyIsIntact(model.url, expected))) {
+          await this.store.delete(model.url);
+          return null;
+        }
+        throw engineError(pushError, 'loading the model');
+      }
+      const digest = loader.received() === size ? loader.sha256() : null;
+      throwIfAborted(signal);
+      if (digest === null || (expected !== null && digest !== expected)) {
+        await this.store.delete(model.url); // corrupted or cut short: fetched again
+        return null;
+      }
+      report(progressEvent('load', 0, size));
+      await yieldToEventLoop();
+      let wasm: WasmEngine;
+      try {
+        wasm = await loader.finish(model.maxCtx);
+      } catch (err) {
+        if (isWebGpuError(err)) throw err; // the caller falls back, or reports it as is
+        throw engineError(err, 'loading the model');
+      }
+      report(progressEvent('load', size, size));
+      return { module: mod, wasm, sha256: expected ?? digest };
+    } finally {
+      reader.releaseLock();
+      try {
+        loader?.free();
+      } catch {
+        // already used up by finish, or the module trapped: nothing left to release
+      }
+    }
+  }
+
+  private async cachedCopyIsIntact(url: string, expected: string): Promise<boolean> {
+    const whole = await this.store.get(url);
+    return whole !== undefined && (await sha256Hex(whole.bytes)) === expected;
+  }
+
+  /** Makes `parsed` the loaded model (after the memory limit check). */
+  private async adopt(parsed: Parsed, model: ModelSpec, engine: EngineSpec, backendReason: string): Promise<void> {
+    const wasm = parsed.wasm;
+    let info: WasmEngineInfo;
+    try {
+      info = checkInfo(wasm.info());
+      if (model.memoryLimitBytes !== undefined) {
+        assertModelFits(info.weight_bytes, info.kv_cache_bytes, model.memoryLimitBytes);
+      }
+    } catch (err) {
+      wasm.free();
+      throw err;
+    }
+    this.loaded = {
+      engine: wasm,
+      module: parsed.module,
+      backend: info.backend,
+      backendReason,
+      adapter: info.backend === 'webgpu' ? (info.adapter ?? (await this.gpuProbe())?.adapter ?? '').slice(0, 256) : null,
+      simd128: Boolean(info.simd128),
+      spec: { ...model },
+      engineSpec: { ...engine },
+      limits: limitsOf(info),
+      gpu: gpuOf(info),
+      info: {
+        url: model.url,
+        sha256: parsed.sha256,
+        architecture: info.architecture.slice(0, 256),
+        name: info.name ? info.name.slice(0, 256) : null,
+        nLayers: info.n_layers,
+        nEmbd: info.n_embd,
+        nCtxTrain: info.n_ctx_train,
+        maxCtx: info.max_ctx,
+        vocabSize: info.vocab_size,
+        weightBytes: info.weight_bytes,
+        kvCacheBytes: info.kv_cache_bytes,
+        hasChatTemplate: Boolean(info.has_chat_template),
+      },
+    };
+  }
+
+  /**
+   * The WebGPU device of `lost` went away: the model moves to the CPU engine (from the
+   * cache), 'auto' stays there for this host's life, and the request that found it fails
+   * with BackendLostError (retriable). Runs inside the request's turn of the queue, so no
+   * other request sees a half-switched engine.
+   */
+  private async moveToCpu(lost: Loaded, why: string): Promise<never> {
+    const reason = `the WebGPU device was lost (${why.slice(0, 512)}); running on the CPU engine`;
+    this.gpuFailure = reason;
+    this.modules.delete('webgpu');
+    if (this.loaded === lost) this.unload();
+    try {
+      const parsed = await this.modelSource(lost.spec, lost.engineSpec, {})('cpu-wasm');
+      await this.adopt(parsed, lost.spec, lost.engineSpec, reason);
+    } catch (err) {
+      throw new EngineError(`${reason}, but the CPU engine could not load the model: ${messageOf(err)}`, { cause: err });
+    }
+    throw new BackendLostError(`${reason}: send the request again`);
+  }
+
+  /** One `step(n)`; on the WebGPU engine raced against the device being lost (a lost device
+   *  may leave the step's promise unsettled). */
+  private async stepOnce(l: Loaded, generation: WasmGeneration, n: number): Promise<WasmStepResult> {
+    const pending = generation.step(n);
+    const lostCheck = l.engine.deviceLost?.bind(l.engine);
+    if (l.backend !== 'webgpu' || !(pending instanceof Promise) || !lostCheck) return checkStep(await pending);
+    pending.catch(() => {}); // settled after the race was lost: nobody listens
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const pollMs = this.options.devicePollMs ?? 100;
+    const lost = new Promise<never>((_resolve, reject) => {
+      const poll = (): void => {
+        let why: string | undefined;
+        try {
+          why = lostCheck();
+        } catch (err) {
+          why = `the engine failed: ${messageOf(err)}`;
+        }
+        if (why) reject(new DeviceLost(why));
+        else timer = setTimeout(poll, pollMs);
+      };
+      timer = setTimeout(poll, pollMs);
+    });
+    try {
+      return checkStep(await Promise.race([pending, lost]));
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   generate(request: GenerateRequest, options: GenerateOptions = {}): Promise<GenerationResult> {
@@ -376,6 +639,9 @@ export class LocalEngine implements Engine {
       const { signal, onChunk } = options;
       const loaded = this.loaded;
       if (!loaded) throw new EngineError('no model is loaded (load one first)');
+      // A device lost between requests: move before starting.
+      const lostBefore = loaded.backend === 'webgpu' ? loaded.engine.deviceLost?.() : undefined;
+      if (lostBefore) await this.moveToCpu(loaded, lostBefore);
       const start: WasmStartRequest = request.prompt !== undefined
         ? { prompt: request.prompt }
         : { messages: (request.messages ?? []).map((m) => ({ role: m.role, content: m.content })) };
@@ -387,10 +653,11 @@ export class LocalEngine implements Engine {
       if (request.seed !== undefined) start.seed = request.seed;
       if (request.stop !== undefined) start.stop = [...request.stop];
       const t0 = this.now();
-      let generation;
+      let generation: WasmGeneration;
       try {
         generation = loaded.engine.start(start);
       } catch (err) {
+        if (loaded.backend === 'webgpu' && (isWebGpuError(err) || isTrap(err))) await this.moveToCpu(loaded, messageOf(err));
         throw engineError(err, 'starting the generation');
       }
       options.onStart?.();
@@ -410,8 +677,11 @@ export class LocalEngine implements Engine {
           let r: WasmStepResult;
           try {
             // A promise from the WebGPU engine (the GPU's readback), a value from the CPU one.
-            r = checkStep(await generation.step(n));
+            r = await this.stepOnce(loaded, generation, n);
           } catch (err) {
+            if (loaded.backend === 'webgpu' && (err instanceof DeviceLost || isWebGpuError(err) || isTrap(err))) {
+              await this.moveToCpu(loaded, messageOf(err));
+            }
             throw engineError(err, 'generating');
           }
           const after = this.now();
@@ -448,7 +718,11 @@ export class LocalEngine implements Engine {
         if (signal?.aborted && !(err instanceof AbortError)) throw abortErrorFrom(signal);
         throw err;
       } finally {
-        generation.free();
+        try {
+          generation.free();
+        } catch {
+          // the module trapped (a lost device): nothing left to release
+        }
       }
     });
   }

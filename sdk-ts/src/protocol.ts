@@ -24,8 +24,10 @@ import {
 
 /** 2: chat requests may carry a raw `prompt`; `chunk` carries the token ids; `started`.
  *  3: the WebGPU engine: `load` names its .wasm and the backend wanted; `info` reports the
- *  adapter and why that backend. */
-export const PROTOCOL_VERSION = 3;
+ *  adapter and why that backend.
+ *  4: `info` carries the engine's limits and the WebGPU device's (`limits`, `gpu`); error
+ *  code 'backend-lost' (the WebGPU device was lost: the host moved to the CPU engine). */
+export const PROTOCOL_VERSION = 4;
 
 /** Size limits on what a message may carry. */
 export const LIMITS = {
@@ -114,6 +116,48 @@ export interface ModelInfo {
   hasChatTemplate: boolean;
 }
 
+/** What the loaded engine can hold and holds (both engines). Bytes unless named otherwise. */
+export interface EngineLimits {
+  /** KV-cache positions (the load's maxCtx). */
+  maxCtxTokens: number;
+  /** The largest maxCtx the model accepts (its training context). */
+  ctxLimitTokens: number;
+  kvCacheBytes: number;
+  /** The GGUF file. */
+  modelBytes: number;
+  /** The loaded weights (on the GPU for the WebGPU engine). */
+  weightBytes: number;
+  /** The engine module's linear memory (never shrinks: also its high-water mark). */
+  wasmMemoryBytes: number;
+  /** The most a wasm32 module can address (4 GiB; browsers may grant less). */
+  wasmMemoryMaxBytes: number;
+  simd128: boolean;
+}
+
+/** The WebGPU device limits the engine got (the ones that bound its buffers and kernels). */
+export interface GpuLimits {
+  maxBufferSize: number;
+  maxStorageBufferBindingSize: number;
+  maxUniformBufferBindingSize: number;
+  maxStorageBuffersPerShaderStage: number;
+  maxComputeWorkgroupStorageSize: number;
+  maxComputeInvocationsPerWorkgroup: number;
+  maxComputeWorkgroupSizeX: number;
+  maxComputeWorkgroupSizeY: number;
+  maxComputeWorkgroupSizeZ: number;
+  maxComputeWorkgroupsPerDimension: number;
+}
+
+export interface GpuInfo {
+  /** The adapter's description as the engine's device reports it (may be empty). */
+  adapter: string;
+  /** A software adapter (SwiftShader). */
+  fallbackAdapter: boolean;
+  /** wgpu's name for the API (`BrowserWebGpu`). */
+  backend: string;
+  limits: GpuLimits;
+}
+
 export interface EngineInfo {
   host: HostKind;
   /** The engine running the loaded model; before a load, the one the next load tries. */
@@ -128,6 +172,10 @@ export interface EngineInfo {
   engineVersion: string;
   hostInstanceId: string;
   model: ModelInfo | null;
+  /** Null until a model is loaded. */
+  limits: EngineLimits | null;
+  /** The WebGPU engine's device; null on the CPU engine and before a load. */
+  gpu: GpuInfo | null;
 }
 
 export interface HostStatus {
@@ -324,6 +372,40 @@ function modelInfo(value: unknown): ModelInfo {
   };
 }
 
+const GPU_LIMIT_KEYS = [
+  'maxBufferSize', 'maxStorageBufferBindingSize', 'maxUniformBufferBindingSize', 'maxStorageBuffersPerShaderStage',
+  'maxComputeWorkgroupStorageSize', 'maxComputeInvocationsPerWorkgroup', 'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupSizeY', 'maxComputeWorkgroupSizeZ', 'maxComputeWorkgroupsPerDimension',
+] as const satisfies readonly (keyof GpuLimits)[];
+
+function engineLimits(value: unknown): EngineLimits {
+  const r = record(value, 'info.limits', fail);
+  const n = (k: string): number => bytes(r[k], `info.limits.${k}`);
+  return {
+    maxCtxTokens: n('maxCtxTokens'),
+    ctxLimitTokens: n('ctxLimitTokens'),
+    kvCacheBytes: n('kvCacheBytes'),
+    modelBytes: n('modelBytes'),
+    weightBytes: n('weightBytes'),
+    wasmMemoryBytes: n('wasmMemoryBytes'),
+    wasmMemoryMaxBytes: n('wasmMemoryMaxBytes'),
+    simd128: boolean(r.simd128, 'info.limits.simd128', fail),
+  };
+}
+
+function gpuInfo(value: unknown): GpuInfo {
+  const r = record(value, 'info.gpu', fail);
+  const l = record(r.limits, 'info.gpu.limits', fail);
+  const limits = {} as GpuLimits;
+  for (const k of GPU_LIMIT_KEYS) limits[k] = bytes(l[k], `info.gpu.limits.${k}`);
+  return {
+    adapter: text(r.adapter, 'info.gpu.adapter'),
+    fallbackAdapter: boolean(r.fallbackAdapter, 'info.gpu.fallbackAdapter', fail),
+    backend: text(r.backend, 'info.gpu.backend'),
+    limits,
+  };
+}
+
 function engineInfo(value: unknown): EngineInfo {
   const r = record(value, 'info', fail);
   return {
@@ -336,6 +418,8 @@ function engineInfo(value: unknown): EngineInfo {
     engineVersion: text(r.engineVersion, 'info.engineVersion'),
     hostInstanceId: string(r.hostInstanceId, 'info.hostInstanceId', fail, LIMITS.id),
     model: r.model === null ? null : modelInfo(r.model),
+    limits: r.limits === null ? null : engineLimits(r.limits),
+    gpu: r.gpu === null ? null : gpuInfo(r.gpu),
   };
 }
 

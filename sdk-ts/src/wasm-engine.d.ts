@@ -38,6 +38,42 @@ export interface WasmEngineInfo {
   weight_bytes: number;
   kv_cache_bytes: number;
   has_chat_template: boolean;
+  /** What the engine can hold and holds (both modules). */
+  limits: WasmEngineLimits;
+  /** The WebGPU module: the adapter and the device limits it got; null on the CPU. */
+  gpu: WasmGpuInfo | null;
+}
+
+export interface WasmEngineLimits {
+  max_ctx_tokens: number;
+  ctx_limit_tokens: number;
+  kv_cache_bytes: number;
+  model_bytes: number;
+  weight_bytes: number;
+  /** Linear memory now (it never shrinks: also its high-water mark). */
+  wasm_memory_bytes: number;
+  wasm_memory_max_bytes: number;
+  simd128: boolean;
+}
+
+export interface WasmGpuLimits {
+  max_buffer_size: number;
+  max_storage_buffer_binding_size: number;
+  max_uniform_buffer_binding_size: number;
+  max_storage_buffers_per_shader_stage: number;
+  max_compute_workgroup_storage_size: number;
+  max_compute_invocations_per_workgroup: number;
+  max_compute_workgroup_size_x: number;
+  max_compute_workgroup_size_y: number;
+  max_compute_workgroup_size_z: number;
+  max_compute_workgroups_per_dimension: number;
+}
+
+export interface WasmGpuInfo {
+  adapter: string;
+  fallback_adapter: boolean;
+  backend: string;
+  limits: WasmGpuLimits;
 }
 
 /** Exactly one of prompt, messages or tokens. Defaults: max_tokens 256, temperature 0
@@ -80,6 +116,29 @@ export interface WasmEngine {
   /** Starting a new generation ends the previous one. */
   start(request: WasmStartRequest): WasmGeneration;
   free(): void;
+  /** WebGPU module: why the device was lost (undefined while it is there). A lost device
+   *  may leave a pending `step` unsettled: the host polls this meanwhile. */
+  deviceLost?(): string | undefined;
+  /** Test support (WebGPU module): destroys the device, as a driver reset would. */
+  debugLoseDevice?(): void;
+}
+
+/** A GGUF fed in chunks (`new GgufLoader(totalBytes)`, `push(chunk)`…, `finish(maxCtx)`):
+ *  each tensor's bytes are held once, in wasm memory. Errors as for `load`, plus
+ *  "memory: ..." when wasm memory runs out; after an error every call fails. */
+export interface GgufLoader {
+  push(chunk: Uint8Array): void;
+  received(): number;
+  totalBytes(): number;
+  /** Lower-case hex, once every byte is in. */
+  sha256(): string;
+  /** The engine (a promise from the WebGPU module). Uses the loader up. */
+  finish(maxCtx: number): WasmEngine | Promise<WasmEngine>;
+  free(): void;
+}
+
+export interface GgufLoaderStatic {
+  new (totalBytes: number): GgufLoader;
 }
 
 export interface WasmEngineStatic {
@@ -96,4 +155,6 @@ export interface WasmEngineModule {
   engineVersion(): string;
   simd128(): boolean;
   WasmEngine: WasmEngineStatic;
+  /** Absent from engines built before the streaming loader. */
+  GgufLoader?: GgufLoaderStatic;
 }

@@ -7,10 +7,17 @@
  * after a timer, like a GPU readback), a second `step` while one runs rejects with
  * "internal: engine is busy", info says backend "webgpu" with an adapter, and `loadError`
  * (e.g. "webgpu: no adapter") makes `load` reject.
+ *
+ * The module has the streaming `GgufLoader` (unless `noStreaming`): chunks are checked
+ * against the announced size and hashed with a real SHA-256 (node:crypto), as the engine does.
+ * A WebGPU double's device can be lost (`debugLoseDevice()`, or `control.loseDevice()`):
+ * `deviceLost()` then says why, and a step pending at that moment never settles (the worst
+ * case a real lost device can produce) unless `lostStepRejects`.
  */
 
+import { createHash, type Hash } from 'node:crypto';
 import type {
-  WasmEngine, WasmEngineInfo, WasmEngineModule, WasmGeneration, WasmStartRequest, WasmStepResult,
+  GgufLoader, WasmEngine, WasmEngineInfo, WasmEngineModule, WasmGeneration, WasmStartRequest, WasmStepResult,
 } from '../src/wasm-engine.js';
 
 export interface DoubleOptions {
@@ -26,6 +33,15 @@ export interface DoubleOptions {
   loadError?: string;
   /** Initialising the module fails with this message (a .wasm that does not fetch). */
   initError?: string;
+  /** A module without the streaming GgufLoader (engines built before it). */
+  noStreaming?: boolean;
+  /** A step pending when the device is lost rejects with "webgpu: ..." instead of hanging. */
+  lostStepRejects?: boolean;
+}
+
+export interface DoubleControl {
+  /** Loses the WebGPU device of every engine of this module. */
+  loseDevice(why?: string): void;
 }
 
 export interface DoubleStats {
@@ -41,6 +57,9 @@ export interface DoubleStats {
   generationsFreed: number;
   enginesFreed: number;
   lastRequest: WasmStartRequest | null;
+  /** Models loaded through the GgufLoader, and its chunks. */
+  streamedLoads: number;
+  pushes: number;
 }
 
 function busyWait(ms: number): void {
@@ -61,13 +80,25 @@ export function fakeModel(size = 4096, seed = 1): Uint8Array {
   return bytes;
 }
 
-export function engineDouble(options: DoubleOptions = {}): { module: WasmEngineModule; stats: DoubleStats } {
+export function engineDouble(options: DoubleOptions = {}): {
+  module: WasmEngineModule; stats: DoubleStats; control: DoubleControl;
+} {
   const stats: DoubleStats = {
     inits: 0, loadCalls: 0, loads: 0, maxConcurrentSteps: 0, starts: 0, steps: 0, generationsFreed: 0, enginesFreed: 0,
-    lastRequest: null,
+    lastRequest: null, streamedLoads: 0, pushes: 0,
   };
   let initialised = false;
   let stepping = 0;
+  let lost: string | undefined;
+  /** Rejecters of steps pending on the device (lostStepRejects). */
+  const pendingSteps = new Set<(err: Error) => void>();
+  const control: DoubleControl = {
+    loseDevice(why = 'Destroyed: device destroyed') {
+      if (!options.webgpu || lost !== undefined) return;
+      lost = why;
+      if (options.lostStepRejects) for (const reject of pendingSteps) reject(new Error(`webgpu: device lost (${why})`));
+    },
+  };
   const later = <T>(f: () => T): Promise<T> => new Promise((resolve, reject) => {
     setTimeout(() => {
       try {
@@ -98,10 +129,23 @@ export function engineDouble(options: DoubleOptions = {}): { module: WasmEngineM
 
     step(maxTokens: number): WasmStepResult | Promise<WasmStepResult> {
       if (!options.webgpu) return this.stepNow(maxTokens);
+      if (lost !== undefined) return Promise.reject(new Error(`webgpu: device lost (${lost})`));
       if (stepping > 0) return Promise.reject(new Error('internal: engine is busy'));
       stepping++;
       stats.maxConcurrentSteps = Math.max(stats.maxConcurrentSteps, stepping);
-      return later(() => this.stepNow(maxTokens)).finally(() => {
+      return new Promise<WasmStepResult>((resolve, reject) => {
+        pendingSteps.add(reject);
+        setTimeout(() => {
+          // A device lost meanwhile: the readback never comes back (or fails).
+          if (lost !== undefined) return;
+          pendingSteps.delete(reject);
+          try {
+            resolve(this.stepNow(maxTokens));
+          } catch (err) {
+            reject(err instanceof Error ? err : new Error(String(err)));
+          }
+        }, 1);
+      }).finally(() => {
         stepping--;
       });
     }
@@ -174,13 +218,37 @@ export function engineDouble(options: DoubleOptions = {}): { module: WasmEngineM
       return new Engine(bytes.byteLength, maxCtx);
     }
     info(): WasmEngineInfo {
+      const kv = this.maxCtx * (options.kvBytesPerToken ?? 16);
       return {
         backend: options.webgpu ? 'webgpu' : 'cpu-wasm', simd128: !options.webgpu,
         ...(options.webgpu && { adapter: 'double-vendor double-gpu' }),
         engine_version: '0.0.0-double', architecture: 'llama', name: 'double',
         n_layers: 2, n_embd: 8, n_ctx_train: 8192, max_ctx: this.maxCtx, vocab_size: 256,
-        weight_bytes: this.size, kv_cache_bytes: this.maxCtx * (options.kvBytesPerToken ?? 16), has_chat_template: true,
+        weight_bytes: this.size, kv_cache_bytes: kv, has_chat_template: true,
+        limits: {
+          max_ctx_tokens: this.maxCtx, ctx_limit_tokens: 8192, kv_cache_bytes: kv, model_bytes: this.size,
+          weight_bytes: this.size, wasm_memory_bytes: 65536 * 32, wasm_memory_max_bytes: 2 ** 32, simd128: !options.webgpu,
+        },
+        gpu: options.webgpu
+          ? {
+            adapter: 'double-gpu', fallback_adapter: true, backend: 'BrowserWebGpu',
+            limits: {
+              max_buffer_size: 268435456, max_storage_buffer_binding_size: 134217728,
+              max_uniform_buffer_binding_size: 65536, max_storage_buffers_per_shader_stage: 8,
+              max_compute_workgroup_storage_size: 16384, max_compute_invocations_per_workgroup: 256,
+              max_compute_workgroup_size_x: 256, max_compute_workgroup_size_y: 256, max_compute_workgroup_size_z: 64,
+              max_compute_workgroups_per_dimension: 65535,
+            },
+          }
+          : null,
       };
+    }
+    deviceLost(): string | undefined {
+      return lost;
+    }
+    debugLoseDevice(): void {
+      if (!options.webgpu) throw new Error('options: no WebGPU device to lose');
+      control.loseDevice();
     }
     tokenize(text: string): Uint32Array {
       return Uint32Array.from([...text].map((c) => c.charCodeAt(0)));
@@ -201,6 +269,58 @@ export function engineDouble(options: DoubleOptions = {}): { module: WasmEngineM
     }
   }
 
+  class Loader implements GgufLoader {
+    private readonly total: number;
+    private readonly head: number[] = [];
+    private got = 0;
+    private readonly hash: Hash = createHash('sha256');
+    private used = false;
+    constructor(totalBytes: number) {
+      if (!initialised) throw new Error('engine: not initialised');
+      if (!(Number.isInteger(totalBytes) && totalBytes > 0)) throw new Error(`options: bad size ${totalBytes}`);
+      this.total = totalBytes;
+    }
+    push(chunk: Uint8Array): void {
+      if (this.used) throw new Error('internal: the loader was already used');
+      if (this.got + chunk.byteLength > this.total) {
+        throw new Error(`gguf: the stream holds more than the ${this.total} bytes announced`);
+      }
+      stats.pushes++;
+      for (let i = 0; i < chunk.byteLength && this.head.length < 4; i++) this.head.push(chunk[i] ?? 0);
+      if (this.head.length === 4 && String.fromCharCode(...this.head) !== 'GGUF') {
+        throw new Error('gguf: not a GGUF file: bad magic');
+      }
+      this.hash.update(chunk);
+      this.got += chunk.byteLength;
+    }
+    received(): number {
+      return this.got;
+    }
+    totalBytes(): number {
+      return this.total;
+    }
+    sha256(): string {
+      if (this.got !== this.total) throw new Error('gguf: the SHA-256 needs the whole file');
+      return this.hash.copy().digest('hex');
+    }
+    finish(maxCtx: number): Engine | Promise<Engine> {
+      const now = (): Engine => {
+        if (this.used) throw new Error('internal: the loader was already used');
+        this.used = true;
+        stats.loadCalls++;
+        if (options.loadError) throw new Error(options.loadError);
+        if (this.got !== this.total) throw new Error(`gguf: the stream ended after ${this.got} of ${this.total} bytes`);
+        stats.loads++;
+        stats.streamedLoads++;
+        return new Engine(this.total, maxCtx);
+      };
+      return options.webgpu ? later(now) : now();
+    }
+    free(): void {
+      this.used = true;
+    }
+  }
+
   const module: WasmEngineModule = {
     default: async () => {
       stats.inits++;
@@ -215,6 +335,7 @@ export function engineDouble(options: DoubleOptions = {}): { module: WasmEngineM
     engineVersion: () => '0.0.0-double',
     simd128: () => true,
     WasmEngine: Engine,
+    ...(!options.noStreaming && { GgufLoader: Loader }),
   };
-  return { module, stats };
+  return { module, stats, control };
 }

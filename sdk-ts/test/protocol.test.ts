@@ -96,8 +96,27 @@ describe('protocol: host → page validation', () => {
     const info = {
       host: 'service-worker', backend: 'webgpu', backendReason: 'WebGPU adapter in the service-worker', gpuAvailable: true,
       adapter: 'google swiftshader', simd128: false, engineVersion: '0.1.0', hostInstanceId: 'h', model: null,
+      limits: null, gpu: null,
     };
     assert.deepEqual(parseHostMessage({ v, type: 'info', id: 'i', info: { ...info, extra: 1 } }), { v, type: 'info', id: 'i', info });
+    const limits = {
+      maxCtxTokens: 2048, ctxLimitTokens: 8192, kvCacheBytes: 1 << 20, modelBytes: 100e6, weightBytes: 99e6,
+      wasmMemoryBytes: 128 << 20, wasmMemoryMaxBytes: 2 ** 32, simd128: true,
+    };
+    const gpu = {
+      adapter: 'SwiftShader', fallbackAdapter: true, backend: 'BrowserWebGpu',
+      limits: {
+        maxBufferSize: 2 ** 28, maxStorageBufferBindingSize: 2 ** 27, maxUniformBufferBindingSize: 65536,
+        maxStorageBuffersPerShaderStage: 8, maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256,
+        maxComputeWorkgroupSizeX: 256, maxComputeWorkgroupSizeY: 256, maxComputeWorkgroupSizeZ: 64,
+        maxComputeWorkgroupsPerDimension: 65535,
+      },
+    };
+    const full = { ...info, limits, gpu };
+    assert.deepEqual(parseHostMessage({ v, type: 'info', id: 'i', info: { ...full, gpu: { ...gpu, extra: 1 } } }),
+      { v, type: 'info', id: 'i', info: full });
+    assert.deepEqual(parseHostMessage({ v, type: 'error', id: 'e', error: { code: 'backend-lost', message: 'm' } }),
+      { v, type: 'error', id: 'e', error: { code: 'backend-lost', message: 'm' } });
     assert.deepEqual(parseHostMessage({ v, type: 'info', id: 'i', info: { ...info, backend: 'cpu-wasm', adapter: null } }),
       { v, type: 'info', id: 'i', info: { ...info, backend: 'cpu-wasm', adapter: null } });
     assert.deepEqual(parseHostMessage({ v, type: 'chunk', id: 'c', text: 'hé', tokens: [7, 8], completionTokens: 2 }),
@@ -120,6 +139,12 @@ describe('protocol: host → page validation', () => {
       { v, type: 'info', id: 'i', info: { ...info, backendReason: undefined } },
       { v, type: 'info', id: 'i', info: { ...info, adapter: 7 } },
       { v, type: 'info', id: 'i', info: { ...info, adapter: 'x'.repeat(LIMITS.text + 1) } },
+      { v, type: 'info', id: 'i', info: { ...info, limits: undefined } },
+      { v, type: 'info', id: 'i', info: { ...full, limits: { ...limits, wasmMemoryBytes: -1 } } },
+      { v, type: 'info', id: 'i', info: { ...full, limits: { ...limits, simd128: 'yes' } } },
+      { v, type: 'info', id: 'i', info: { ...full, gpu: { ...gpu, limits: { ...gpu.limits, maxBufferSize: '1' } } } },
+      { v, type: 'info', id: 'i', info: { ...full, gpu: { ...gpu, limits: undefined } } },
+      { v, type: 'info', id: 'i', info: { ...full, gpu: { ...gpu, adapter: 'x'.repeat(LIMITS.text + 1) } } },
     ];
     for (const m of bad) assert.throws(() => parseHostMessage(m), ProtocolError, JSON.stringify(m));
   });

@@ -4,6 +4,7 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use crate::engine::{Engine, EngineError, Generation, Message, Request};
+use crate::stream::StreamLoader;
 
 /// The crate version.
 #[wasm_bindgen(js_name = engineVersion)]
@@ -94,6 +95,21 @@ impl WasmEngine {
                 .map_err(|e| JsValue::from(js_err(e)))?;
             Ok(JsValue::from(WasmEngine { inner }))
         })
+    }
+
+    /// The WebGPU module: why the device was lost (`undefined` while it is there, and
+    /// always on the CPU). A host polls it while a step is pending: a lost device may leave
+    /// the step's promise unsettled.
+    #[wasm_bindgen(js_name = deviceLost)]
+    pub fn device_lost(&self) -> Option<String> {
+        self.inner.device_lost()
+    }
+
+    /// Test support, not part of the host contract: destroys the WebGPU device, as a driver
+    /// reset would (`options:` error on the CPU).
+    #[wasm_bindgen(js_name = debugLoseDevice)]
+    pub fn debug_lose_device(&self) -> Result<(), JsError> {
+        self.inner.debug_lose_device().map_err(js_err)
     }
 
     /// Model and engine facts.
@@ -203,4 +219,74 @@ fn step_count(max_tokens: f64) -> Result<u32, JsError> {
         ));
     }
     Ok(max_tokens.min(f64::from(u32::MAX)) as u32)
+}
+
+/// A GGUF arriving in chunks (a `Response` body): `new GgufLoader(totalBytes)`, then
+/// `push(chunk)` for each `Uint8Array` in order, then `finish(maxCtx)` for the engine. Each
+/// tensor's bytes are kept once, in wasm memory, and freed as the model takes them; the
+/// file's SHA-256 is computed on the way (`sha256()` once every byte is in).
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct GgufLoader {
+    inner: StreamLoader,
+}
+
+#[wasm_bindgen]
+impl GgufLoader {
+    /// A loader for a file of `totalBytes` bytes.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        #[wasm_bindgen(js_name = totalBytes)] total_bytes: f64,
+    ) -> Result<GgufLoader, JsError> {
+        Ok(Self {
+            inner: StreamLoader::new(total_bytes).map_err(js_err)?,
+        })
+    }
+
+    /// The next bytes of the file (copied in; the caller may reuse the chunk).
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsError> {
+        self.inner.push(chunk).map_err(js_err)
+    }
+
+    /// Bytes pushed so far.
+    pub fn received(&self) -> f64 {
+        self.inner.received() as f64
+    }
+
+    /// The size given to the constructor.
+    #[wasm_bindgen(js_name = totalBytes)]
+    pub fn total_bytes(&self) -> f64 {
+        self.inner.total() as f64
+    }
+
+    /// SHA-256 of the bytes pushed (lower-case hex), once all of them are in.
+    pub fn sha256(&self) -> Result<String, JsError> {
+        self.inner.sha256().map_err(js_err)
+    }
+
+    /// Loads the model from the bytes pushed; the loader is used up.
+    #[cfg(not(feature = "webgpu"))]
+    pub fn finish(
+        &mut self,
+        #[wasm_bindgen(js_name = maxCtx)] max_ctx: f64,
+    ) -> Result<WasmEngine, JsError> {
+        let streamed = self.inner.finish().map_err(js_err)?;
+        Ok(WasmEngine {
+            inner: Engine::load_streamed(streamed, max_ctx).map_err(js_err)?,
+        })
+    }
+
+    /// Loads the model onto a WebGPU device; rejects with `webgpu: ...` without one. The
+    /// loader is used up.
+    #[cfg(feature = "webgpu")]
+    pub fn finish(&mut self, #[wasm_bindgen(js_name = maxCtx)] max_ctx: f64) -> js_sys::Promise {
+        let streamed = self.inner.finish();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let streamed = streamed.map_err(|e| JsValue::from(js_err(e)))?;
+            let inner = Engine::load_webgpu_streamed(streamed, max_ctx)
+                .await
+                .map_err(|e| JsValue::from(js_err(e)))?;
+            Ok(JsValue::from(WasmEngine { inner }))
+        })
+    }
 }

@@ -10,11 +10,16 @@ use kwaainet_core::burn_model::{BurnLlama, BurnSession};
 use kwaainet_core::chat::{ChatMessage, ChatTemplate};
 use kwaainet_core::generate::{CpuSession, FinishReason, GenerateOptions, Generator, Step};
 use kwaainet_core::gguf::Gguf;
+
+#[cfg(feature = "webgpu")]
+use crate::gpu::Gpu;
+use crate::stream::Streamed;
 use kwaainet_core::{Llama, LlamaConfig, LoadSpec, SamplerConfig, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 /// An error for JavaScript: `code: message`, where `code` is one of `gguf`, `model`,
-/// `tokenizer`, `template`, `options`, `context`, `generation`, `webgpu`, `internal`.
+/// `tokenizer`, `template`, `options`, `context`, `generation`, `webgpu`, `memory`,
+/// `internal`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineError {
     /// Stable, machine-readable kind.
@@ -24,7 +29,7 @@ pub struct EngineError {
 }
 
 impl EngineError {
-    fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -80,6 +85,59 @@ pub struct Info {
     pub weight_bytes: f64,
     pub kv_cache_bytes: f64,
     pub has_chat_template: bool,
+    /// What this engine can hold and what it holds.
+    pub limits: EngineLimits,
+    /// The WebGPU module: the adapter and the device limits the engine got; `null` on the
+    /// CPU.
+    pub gpu: Option<GpuInfo>,
+}
+
+/// The engine's limits, for both modules. Byte counts are `f64` (JavaScript numbers).
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineLimits {
+    /// Positions the KV cache holds (`maxCtx` of the load).
+    pub max_ctx_tokens: u32,
+    /// The largest `maxCtx` this model accepts (its training context).
+    pub ctx_limit_tokens: u32,
+    /// The KV cache at `max_ctx_tokens`.
+    pub kv_cache_bytes: f64,
+    /// The GGUF file's size.
+    pub model_bytes: f64,
+    /// The loaded weights (on the device for the WebGPU module).
+    pub weight_bytes: f64,
+    /// The module's linear memory now (it never shrinks: this is also its high-water mark).
+    pub wasm_memory_bytes: f64,
+    /// The most linear memory a wasm32 module can address (browsers may grant less).
+    pub wasm_memory_max_bytes: f64,
+    /// Whether the CPU kernels use WebAssembly SIMD (false on the WebGPU module).
+    pub simd128: bool,
+}
+
+/// The WebGPU adapter and device limits, as the engine's device got them.
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuInfo {
+    /// The adapter's description (browsers may leave it empty).
+    pub adapter: String,
+    /// A fallback (software) adapter, such as SwiftShader.
+    pub fallback_adapter: bool,
+    /// wgpu's name for the API under it (`BrowserWebGpu` in browsers).
+    pub backend: String,
+    pub limits: GpuLimits,
+}
+
+/// The device limits that bound the engine's buffers and kernels.
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuLimits {
+    pub max_buffer_size: f64,
+    pub max_storage_buffer_binding_size: f64,
+    pub max_uniform_buffer_binding_size: f64,
+    pub max_storage_buffers_per_shader_stage: u32,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroup_size_x: u32,
+    pub max_compute_workgroup_size_y: u32,
+    pub max_compute_workgroup_size_z: u32,
+    pub max_compute_workgroups_per_dimension: u32,
 }
 
 /// One chat message as JavaScript passes it.
@@ -190,19 +248,35 @@ struct Loaded {
     name: Option<String>,
     max_ctx: usize,
     adapter: Option<String>,
+    /// The GGUF file's size in bytes.
+    model_bytes: u64,
+    #[cfg(feature = "webgpu")]
+    gpu: Option<Gpu>,
 }
 
 /// The GGUF header of `bytes`, its model's hyper-parameters and `max_ctx` checked against
 /// them (a whole number from 1 to the training context).
 fn parse(bytes: &[u8], max_ctx: f64) -> Result<(Gguf, LlamaConfig, usize)> {
+    check_max_ctx(max_ctx)?;
+    let gguf = Gguf::read(&mut Cursor::new(bytes)).map_err(kwaainet_core::Error::from)?;
+    let (config, max_ctx) = config(&gguf, max_ctx)?;
+    Ok((gguf, config, max_ctx))
+}
+
+fn check_max_ctx(max_ctx: f64) -> Result<()> {
     if !(max_ctx >= 1.0 && max_ctx.fract() == 0.0 && max_ctx <= f64::from(u32::MAX)) {
         return Err(EngineError::new(
             "options",
             format!("maxCtx must be a positive whole number, got {max_ctx}"),
         ));
     }
-    let gguf = Gguf::read(&mut Cursor::new(bytes)).map_err(kwaainet_core::Error::from)?;
-    let config = LlamaConfig::from_gguf(&gguf)?;
+    Ok(())
+}
+
+/// The model's hyper-parameters, and `max_ctx` checked against them.
+fn config(gguf: &Gguf, max_ctx: f64) -> Result<(LlamaConfig, usize)> {
+    check_max_ctx(max_ctx)?;
+    let config = LlamaConfig::from_gguf(gguf)?;
     let max_ctx = max_ctx as usize;
     if max_ctx > config.context_length {
         return Err(EngineError::new(
@@ -213,7 +287,7 @@ fn parse(bytes: &[u8], max_ctx: f64) -> Result<(Gguf, LlamaConfig, usize)> {
             ),
         ));
     }
-    Ok((gguf, config, max_ctx))
+    Ok((config, max_ctx))
 }
 
 /// State shared by an engine and the generations it started.
@@ -261,7 +335,26 @@ impl Engine {
     pub fn load(bytes: &[u8], max_ctx: f64) -> Result<Self> {
         let (gguf, config, max_ctx) = parse(bytes, max_ctx)?;
         let model = Llama::load(&gguf, &mut Cursor::new(bytes), LoadSpec::full(&config))?;
-        Self::new(&gguf, Model::Cpu(Rc::new(model)), max_ctx, None)
+        Self::new(
+            &gguf,
+            Model::Cpu(Rc::new(model)),
+            max_ctx,
+            bytes.len() as u64,
+        )
+    }
+
+    /// [`Engine::load`] from a GGUF that arrived through a [`crate::stream::StreamLoader`]:
+    /// each tensor's bytes are freed as soon as the model holds them.
+    pub fn load_streamed(streamed: Streamed, max_ctx: f64) -> Result<Self> {
+        let Streamed {
+            gguf,
+            mut reader,
+            size,
+        } = streamed;
+        let (config, max_ctx) = config(&gguf, max_ctx)?;
+        let model = Llama::load(&gguf, &mut reader, LoadSpec::full(&config))?;
+        drop(reader);
+        Self::new(&gguf, Model::Cpu(Rc::new(model)), max_ctx, size)
     }
 
     /// [`Engine::load`] onto a WebGPU device (burn's wgpu backend, this crate's CubeCL
@@ -269,15 +362,38 @@ impl Engine {
     #[cfg(feature = "webgpu")]
     pub async fn load_webgpu(bytes: &[u8], max_ctx: f64) -> Result<Self> {
         let (gguf, _, max_ctx) = parse(bytes, max_ctx)?;
-        let device = burn::tensor::Device::wgpu_options()
-            .init_async()
-            .await
-            .map_err(|e| EngineError::new("webgpu", format!("no WebGPU device: {e:?}")))?;
+        let (device, gpu) = Gpu::open().await?;
         let model = BurnLlama::load(&gguf, &mut Cursor::new(bytes), &device)?;
-        Self::new(&gguf, Model::Gpu(Rc::new(model)), max_ctx, None)
+        Self::new_gpu(&gguf, model, max_ctx, bytes.len() as u64, gpu)
     }
 
-    fn new(gguf: &Gguf, model: Model, max_ctx: usize, adapter: Option<String>) -> Result<Self> {
+    /// [`Engine::load_webgpu`] from a streamed GGUF.
+    #[cfg(feature = "webgpu")]
+    pub async fn load_webgpu_streamed(streamed: Streamed, max_ctx: f64) -> Result<Self> {
+        let Streamed {
+            gguf,
+            mut reader,
+            size,
+        } = streamed;
+        let (_, max_ctx) = config(&gguf, max_ctx)?;
+        let (device, gpu) = Gpu::open().await?;
+        let model = BurnLlama::load(&gguf, &mut reader, &device)?;
+        drop(reader);
+        Self::new_gpu(&gguf, model, max_ctx, size, gpu)
+    }
+
+    #[cfg(feature = "webgpu")]
+    fn new_gpu(gguf: &Gguf, model: BurnLlama, max_ctx: usize, size: u64, gpu: Gpu) -> Result<Self> {
+        let engine = Self::new(gguf, Model::Gpu(Rc::new(model)), max_ctx, size)?;
+        if let Some(l) = engine.shared.borrow_mut().loaded.as_mut() {
+            let name = gpu.info().adapter.trim();
+            l.adapter = (!name.is_empty()).then(|| name.to_owned());
+            l.gpu = Some(gpu);
+        }
+        Ok(engine)
+    }
+
+    fn new(gguf: &Gguf, model: Model, max_ctx: usize, model_bytes: u64) -> Result<Self> {
         let tokenizer = Tokenizer::from_gguf(gguf)?;
         let template = ChatTemplate::from_gguf(gguf)?;
         let name = gguf
@@ -292,11 +408,39 @@ impl Engine {
                     template,
                     name,
                     max_ctx,
-                    adapter,
+                    adapter: None,
+                    model_bytes,
+                    #[cfg(feature = "webgpu")]
+                    gpu: None,
                 }),
                 active: None,
                 next_id: 0,
             })),
+        })
+    }
+
+    /// The WebGPU module: why its device was lost, or `None` while it is there (and always
+    /// on the CPU).
+    pub fn device_lost(&self) -> Option<String> {
+        #[cfg(feature = "webgpu")]
+        {
+            let shared = self.shared.try_borrow().ok()?;
+            shared.loaded.as_ref()?.gpu.as_ref()?.lost()
+        }
+        #[cfg(not(feature = "webgpu"))]
+        None
+    }
+
+    /// Test support: destroys the WebGPU device under the engine (as a driver reset would).
+    /// Fails with `options:` on the CPU.
+    pub fn debug_lose_device(&self) -> Result<()> {
+        self.with(|_l| {
+            #[cfg(feature = "webgpu")]
+            if let Some(g) = &_l.gpu {
+                g.destroy();
+                return Ok(());
+            }
+            Err(EngineError::new("options", "no WebGPU device to lose"))
         })
     }
 
@@ -319,7 +463,22 @@ impl Engine {
                 #[cfg(feature = "webgpu")]
                 Model::Gpu(_) => ("webgpu", false),
             };
+            #[cfg(feature = "webgpu")]
+            let gpu = l.gpu.as_ref().map(|g| g.info().clone());
+            #[cfg(not(feature = "webgpu"))]
+            let gpu = None;
             Ok(Info {
+                limits: EngineLimits {
+                    max_ctx_tokens: to_u32(l.max_ctx),
+                    ctx_limit_tokens: to_u32(c.context_length),
+                    kv_cache_bytes: kv_bytes as f64,
+                    model_bytes: l.model_bytes as f64,
+                    weight_bytes: l.model.weight_bytes() as f64,
+                    wasm_memory_bytes: crate::wasm_memory_bytes() as f64,
+                    wasm_memory_max_bytes: crate::WASM_MEMORY_MAX_BYTES as f64,
+                    simd128,
+                },
+                gpu,
                 backend,
                 adapter: l.adapter.clone(),
                 simd128,
@@ -502,12 +661,13 @@ impl Generation {
         let (mut generator, tokenizer) = {
             let mut shared = self.shared.try_borrow_mut().map_err(|_| busy())?;
             let Shared { loaded, active, .. } = &mut *shared;
-            let tokenizer = Rc::clone(
-                &loaded
-                    .as_ref()
-                    .ok_or_else(|| EngineError::new("generation", "the engine was freed"))?
-                    .tokenizer,
-            );
+            let l = loaded
+                .as_ref()
+                .ok_or_else(|| EngineError::new("generation", "the engine was freed"))?;
+            if let Some(why) = l.gpu.as_ref().and_then(Gpu::lost) {
+                return Err(device_lost(&why));
+            }
+            let tokenizer = Rc::clone(&l.tokenizer);
             match active {
                 Some((id, Active::Gpu(g))) if *id == self.id => {
                     (g.take().ok_or_else(busy)?, tokenizer)
@@ -538,12 +698,27 @@ impl Generation {
         .await;
         // Put the generation back unless it was replaced or the engine freed meanwhile.
         let mut shared = self.shared.try_borrow_mut().map_err(|_| busy())?;
+        // A step that failed because the device went away says so.
+        let lost = shared
+            .loaded
+            .as_ref()
+            .and_then(|l| l.gpu.as_ref())
+            .and_then(Gpu::lost);
+        let result = match (result, lost) {
+            (Err(_), Some(why)) => Err(device_lost(&why)),
+            (r, _) => r,
+        };
         match &mut shared.active {
             Some((id, Active::Gpu(slot))) if *id == self.id => *slot = Some(generator),
             _ => return Err(replaced()),
         }
         result
     }
+}
+
+#[cfg(feature = "webgpu")]
+fn device_lost(why: &str) -> EngineError {
+    EngineError::new("webgpu", format!("device lost ({why})"))
 }
 
 fn replaced() -> EngineError {

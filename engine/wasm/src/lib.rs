@@ -11,6 +11,9 @@
 //! crate is the plain-Rust [`engine`], which its tests run against the real model.
 
 pub mod engine;
+#[cfg(feature = "webgpu")]
+mod gpu;
+pub mod stream;
 
 #[cfg(target_arch = "wasm32")]
 mod bindings;
@@ -23,4 +26,17 @@ pub(crate) fn engine_version_str() -> &'static str {
 
 pub(crate) fn has_simd128() -> bool {
     cfg!(target_feature = "simd128")
+}
+
+/// The most linear memory a wasm32 module can address: 65536 pages of 64 KiB.
+pub(crate) const WASM_MEMORY_MAX_BYTES: u64 = 1 << 32;
+
+/// The module's linear memory now, in bytes (0 natively).
+pub(crate) fn wasm_memory_bytes() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        core::arch::wasm32::memory_size(0) as u64 * 65536
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    0
 }
