@@ -17,7 +17,7 @@ import {
 } from './consent.js';
 import type { Engine, GenerationResult } from './engine.js';
 import {
-  DisposedError, EngineCrashedError, InvalidArgumentError, NotInitializedError, abortErrorFrom, throwIfAborted,
+  BackendLostError, DisposedError, EngineCrashedError, InvalidArgumentError, NotInitializedError, abortErrorFrom, throwIfAborted,
   toKwaaiNetError, type KwaaiNetError,
 } from './errors.js';
 import { Emitter } from './events.js';
@@ -32,7 +32,7 @@ import type {
   CompletionCreateParamsStreaming,
 } from './openai/types.js';
 import type {
-  Backend, EngineInfo, EnginePreference, EngineSpec, GenerateRequest, GenerationUsage, HostKind, ModelSpec, Progress,
+  Backend, EngineInfo, EngineLimits, EnginePreference, GpuInfo, EngineSpec, GenerateRequest, GenerationUsage, HostKind, ModelSpec, Progress,
 } from './protocol.js';
 import { DutyCycle, MIB, parseMaxResources, type MaxResources } from './resources.js';
 import { SHA256_HEX } from './validate.js';
@@ -76,6 +76,9 @@ export type Status =
   | {
     state: 'ready'; host: HostKind; reason: string; backend: Backend; backendReason: string; adapter: string | null;
     modelLoaded: boolean;
+    /** The loaded engine's limits, and its WebGPU device's (null before a load / on the CPU). */
+    limits: EngineLimits | null;
+    gpu: GpuInfo | null;
   }
   | { state: 'crashed'; host: HostKind; error: KwaaiNetError }
   | { state: 'restarting'; host: HostKind }
@@ -252,6 +255,7 @@ export class KwaaiNet {
       state: 'ready', host: c.host, reason: c.reason,
       backend: info?.backend ?? 'cpu-wasm', backendReason: info?.backendReason ?? '', adapter: info?.adapter ?? null,
       modelLoaded: this.modelInfo?.model != null,
+      limits: info?.limits ?? null, gpu: info?.gpu ?? null,
     });
   }
 
@@ -401,7 +405,7 @@ export class KwaaiNet {
       this.recordImpact(performance.now() - t0);
       return build(this.meta(params), result, ids);
     } catch (err) {
-      throw this.requestError(err, controller.signal);
+      throw await this.failure(err, controller.signal);
     } finally {
       this.untrack(controller);
     }
@@ -427,7 +431,7 @@ export class KwaaiNet {
       this.recordImpact(performance.now() - t0);
       stream.push(last(meta, result));
       stream.end();
-    }, (err: unknown) => stream.end(this.requestError(err, controller.signal)))
+    }, async (err: unknown) => stream.end(await this.failure(err, controller.signal)))
       .finally(() => this.untrack(controller));
     return stream;
   }
@@ -460,6 +464,22 @@ export class KwaaiNet {
   private requestError(err: unknown, signal: AbortSignal): KwaaiNetError {
     if (signal.aborted) return abortErrorFrom(signal);
     return toKwaaiNetError(err);
+  }
+
+  /** `requestError`, and when the host lost its WebGPU device (it then runs the CPU engine)
+   *  the new engine info and a 'ready' status with the new backend, before the caller sees
+   *  the (retriable) BackendLostError. */
+  private async failure(err: unknown, signal: AbortSignal): Promise<KwaaiNetError> {
+    const e = this.requestError(err, signal);
+    const c = this.choice;
+    if (e instanceof BackendLostError && c) {
+      const info = await c.engine.info().catch(() => null);
+      if (info && this.choice === c) {
+        this.modelInfo = info;
+        await this.emitReady();
+      }
+    }
+    return e;
   }
 
   private abortAll(reason: string): void {
