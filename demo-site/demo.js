@@ -96,7 +96,33 @@
       ['Model', m ? (m.name || m.architecture) : '—'],
       ['Weights', m ? MB(m.weightBytes) : '—'],
       ['Context', m ? m.maxCtx + ' tokens' : '—'],
-    ]);
+    ].concat(limitRows(info)));
+  }
+
+  /** The engine's limits, and the WebGPU device's, when a model is loaded. */
+  function limitRows(info) {
+    const l = info.limits;
+    if (!l) return [];
+    const rows = [
+      ['Max context', l.maxCtxTokens + ' of ' + l.ctxLimitTokens + ' tokens'],
+      ['KV cache', MB(l.kvCacheBytes)],
+      ['Model file', MB(l.modelBytes)],
+      ['WASM memory', MB(l.wasmMemoryBytes) + ' of ' + MB(l.wasmMemoryMaxBytes)],
+      ['SIMD128', l.simd128 ? 'yes' : 'no'],
+    ];
+    const g = info.gpu;
+    if (g) {
+      const gl = g.limits;
+      rows.push(
+        ['GPU adapter', (g.adapter || '(no description)') + (g.fallbackAdapter ? ' (software)' : '')],
+        ['Max buffer', MB(gl.maxBufferSize)],
+        ['Max storage binding', MB(gl.maxStorageBufferBindingSize)],
+        ['Workgroup storage', gl.maxComputeWorkgroupStorageSize + ' B'],
+        ['Invocations / workgroup', String(gl.maxComputeInvocationsPerWorkgroup)],
+        ['Workgroup size', gl.maxComputeWorkgroupSizeX + ' × ' + gl.maxComputeWorkgroupSizeY + ' × ' + gl.maxComputeWorkgroupSizeZ],
+      );
+    }
+    return rows;
   }
 
   $('chat-form').addEventListener('submit', async (event) => {

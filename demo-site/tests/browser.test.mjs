@@ -113,6 +113,11 @@ test('script tag with SRI from a CDN origin: download with progress, then greedy
   assert.match(info.reason, /service workers are not usable here/, 'a cross-origin bundle cannot register its service worker');
   assert.equal(info.model.sha256, server.model.sha256);
   assert.equal(info.model.nLayers, 30);
+  // The CPU engine's limits (no GPU ones): a download loads from one buffer, so wasm memory
+  // holds the file and the weights.
+  assert.equal(info.gpu, null);
+  assert.deepEqual([info.limits.maxCtxTokens, info.limits.modelBytes, info.limits.simd128], [info.model.maxCtx, size, true]);
+  assert.ok(info.limits.wasmMemoryBytes >= info.limits.weightBytes && info.limits.wasmMemoryMaxBytes === 2 ** 32);
 
   // The CPU engine reproduces llama.cpp on x86-64 AVX2 bit for bit: every greedy token of
   // every case (the criteria of engine/wasm/tests, in the browser, through the SDK).
@@ -263,8 +268,8 @@ test('with a WebGPU adapter in the service worker, "auto" picks the service-work
   }
 });
 
-test('the WebGPU engine in the service worker (SwiftShader): "auto" runs it, and capital-raw\'s greedy tokens equal llama.cpp\'s', { skip: skipWebgpu, timeout: 300_000 }, async (t) => {
-  const { server, page } = await setup(t, {}, { webgpu: true });
+test('the WebGPU engine in the service worker (SwiftShader): "auto" runs it, capital-raw\'s greedy tokens equal llama.cpp\'s, its limits; a lost device moves it to the CPU engine', { skip: skipWebgpu, timeout: 480_000 }, async (t) => {
+  const { server, browser, page } = await setup(t, {}, { webgpu: true });
   const t0 = performance.now();
   // SwiftShader runs WebGPU on the CPU: uploading the weights and compiling the shaders
   // take tens of seconds.
@@ -295,6 +300,56 @@ test('the WebGPU engine in the service worker (SwiftShader): "auto" runs it, and
   assert.equal(r.text, capitalRaw.output_text);
   assert.equal(r.finish, 'stop');
   assert.equal(r.usage.prompt_tokens, capitalRaw.prompt_ids.length);
+
+  // The limits the engine got: its own, and the WebGPU device's (what SwiftShader grants).
+  const { limits, gpu } = await page.evaluate(() => window.kwaainet.engineInfo());
+  console.log(`webgpu limits: ${JSON.stringify({ limits, gpu })}`);
+  assert.deepEqual([limits.maxCtxTokens, limits.modelBytes, limits.simd128], [info.model.maxCtx, server.model.size, false]);
+  assert.equal(limits.ctxLimitTokens, info.model.nCtxTrain);
+  assert.ok(limits.kvCacheBytes > 0 && limits.weightBytes > 0);
+  assert.ok(limits.wasmMemoryBytes > 0 && limits.wasmMemoryBytes <= limits.wasmMemoryMaxBytes);
+  assert.equal(typeof gpu.adapter, 'string');
+  assert.equal(gpu.backend, 'BrowserWebGpu');
+  // WebGPU's guaranteed minimums (the spec's default limits) at least, and sane maxima.
+  const atLeast = {
+    maxBufferSize: 2 ** 28, maxStorageBufferBindingSize: 2 ** 27, maxUniformBufferBindingSize: 2 ** 16,
+    maxStorageBuffersPerShaderStage: 8, maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256,
+    maxComputeWorkgroupSizeX: 256, maxComputeWorkgroupSizeY: 256, maxComputeWorkgroupSizeZ: 64,
+    maxComputeWorkgroupsPerDimension: 65535,
+  };
+  for (const [k, min] of Object.entries(atLeast)) {
+    assert.ok(Number.isInteger(gpu.limits[k]) && gpu.limits[k] >= min && gpu.limits[k] <= 2 ** 53, `${k} = ${gpu.limits[k]}`);
+  }
+  await page.waitForFunction(() => document.getElementById('engine').textContent.includes('Max storage binding'), null, { timeout: 10_000 });
+
+  // The WebGPU device lost mid-generation (destroyed through the service worker's debug
+  // hook after the first chunk): the request fails with the typed, retriable error, the
+  // host moves the model to the CPU engine, the SDK reports the new backend, and the retry
+  // answers with llama.cpp's tokens.
+  await page.evaluate(() => {
+    window.__lost = { chunks: 0, error: null, code: null, retriable: null };
+    (async () => {
+      const stream = await window.kwaainet.completions.create({ prompt: 'The history of France', max_tokens: 6, stream: true });
+      for await (const _c of stream) window.__lost.chunks++;
+    })().catch((e) => Object.assign(window.__lost, { error: e.message, code: e.code, retriable: e.retriable === true }));
+  });
+  await page.waitForFunction(() => window.__lost.chunks >= 1 || window.__lost.error !== null, null, { timeout: 180_000 });
+  const [sw] = browser.context.serviceWorkers();
+  assert.ok(sw, 'the service worker host');
+  assert.equal(await sw.evaluate(() => self.kwaainetDebug.loseDevice()), true, 'a WebGPU engine was loaded');
+  await page.waitForFunction(() => window.__lost.error !== null, null, { timeout: 120_000 });
+  const lost = await page.evaluate(() => window.__lost);
+  assert.deepEqual([lost.code, lost.retriable], ['backend-lost', true], JSON.stringify(lost));
+  assert.match(lost.error, /WebGPU device was lost/);
+  const after = await page.evaluate(() => window.kwaainet.engineInfo());
+  assert.deepEqual([after.backend, after.gpu, after.simd128, after.model?.sha256], ['cpu-wasm', null, true, server.model.sha256]);
+  assert.match(after.backendReason, /WebGPU device was lost/);
+  const readyAfter = (await events(page)).status.at(-1);
+  assert.deepEqual([readyAfter.state, readyAfter.backend], ['ready', 'cpu-wasm']);
+  await page.waitForFunction(() => /Backendcpu-wasm/.test(document.getElementById('engine').textContent), null, { timeout: 10_000 });
+  const retry = await generate(page, { prompt: capitalRaw.prompt, maxTokens: capitalRaw.output_ids.length }, 60_000);
+  assert.deepEqual(retry.ids, capitalRaw.output_ids, 'the CPU engine after the switch');
+  console.log(`device lost after ${lost.chunks} chunk(s): ${lost.error}`);
 });
 
 test('abort mid-stream: the Stop button and an AbortSignal end the stream at once; the engine serves the next request', { skip, timeout: 120_000 }, async (t) => {
@@ -362,6 +417,12 @@ test('a reload takes the model from Cache Storage: zero model bytes on the secon
   assert.equal(modelBytesSent(server), server.model.size);
   assert.ok(!progress.some((p) => p.phase === 'download'), 'no download phase from the cache');
   assert.ok(progress.some((p) => p.phase === 'verify' && p.loaded === server.model.size), 'the cached copy is verified');
+  // Streamed from Cache Storage into the engine's GgufLoader: wasm memory never held the
+  // whole file beside the weights (a load from one buffer needs file + weights).
+  const { limits } = await page.evaluate(() => window.kwaainet.engineInfo());
+  console.log(`cached load, streamed: wasm memory ${(limits.wasmMemoryBytes / 2 ** 20).toFixed(1)} MiB ` +
+    `(file ${(limits.modelBytes / 2 ** 20).toFixed(1)} MiB, weights ${(limits.weightBytes / 2 ** 20).toFixed(1)} MiB)`);
+  assert.ok(limits.wasmMemoryBytes < limits.modelBytes + limits.weightBytes, 'the cached model was streamed');
   assert.deepEqual((await runCase(page, capitalRaw)).ids, capitalRaw.output_ids);
   // The SDK asked for persistent storage (headless Chromium answers false: no engagement).
   assert.ok(await page.evaluate(() => window.__kw.persistCalls) >= 1, 'navigator.storage.persist() was called');

@@ -743,6 +743,15 @@ export class LocalEngine implements Engine {
     };
   }
 
+  /** Test support: destroys the loaded WebGPU engine's device, as a driver reset would
+   *  (the next or pending step then finds it lost). False when no WebGPU engine is loaded. */
+  debugLoseDevice(): boolean {
+    const l = this.loaded;
+    if (!l || l.backend !== 'webgpu' || !l.engine.debugLoseDevice) return false;
+    l.engine.debugLoseDevice();
+    return true;
+  }
+
   hasModel(url: string): Promise<boolean> {
     return this.store.has(url);
   }

@@ -55,6 +55,9 @@ export function serveInServiceWorker(glue: WasmEngineModule, webgpuGlue: WasmEng
     probeGpu: () => probeWebGpuAdapter(),
   });
   const handler = new EngineHostHandler(engine);
+  // Test support, reachable only from the service worker's own context (DevTools, a test
+  // driver): lose the WebGPU device as a driver reset would.
+  (globalThis as { kwaainetDebug?: { loseDevice(): boolean } }).kwaainetDebug = { loseDevice: () => engine.debugLoseDevice() };
   // A new SDK version takes over at once; pages reconnect through their pings.
   sw.addEventListener('install', (event) => event.waitUntil(sw.skipWaiting()));
   sw.addEventListener('activate', (event) => event.waitUntil(sw.clients.claim()));
