@@ -478,6 +478,7 @@ export class LocalEngine implements Engine {
     const reader = entry.body.getReader();
     let loader: ReturnType<typeof newLoader> | null = null;
     const newLoader = (): InstanceType<NonNullable<WasmEngineModule['GgufLoader']>> => new Loader(size);
+    let ended = false;
     try {
       try {
         loader = newLoader();
@@ -492,7 +493,10 @@ export class LocalEngine implements Engine {
       for (let guard = 0; guard < 1 << 26; guard++) {
         throwIfAborted(signal);
         const { done, value } = await reader.read();
-        if (done) break;
+        if (done) {
+          ended = true;
+          break;
+        }
         received += value.byteLength;
         try {
           loader.push(value);
@@ -505,7 +509,6 @@ export class LocalEngine implements Engine {
       if (pushError !== null) {
         // Malformed, too long, or wasm memory exhausted: a corrupted cache entry, or the model
         // itself? Only the error path holds the whole file in JS, to tell which.
-        await reader.cancel().catch(() => {});
         if (expected !== null && !(await this.cachedCopyIsIntact(model.url, expected))) {
           await this.store.delete(model.url);
           return null;
@@ -530,6 +533,7 @@ export class LocalEngine implements Engine {
       report(progressEvent('load', size, size));
       return { module: mod, wasm, sha256: expected ?? digest };
     } finally {
+      if (!ended) await reader.cancel().catch(() => {}); // an abort, an error: stop reading
       reader.releaseLock();
       try {
         loader?.free();
@@ -594,7 +598,6 @@ export class LocalEngine implements Engine {
   private async moveToCpu(lost: Loaded, why: string): Promise<never> {
     const reason = `the WebGPU device was lost (${why.slice(0, 512)}); running on the CPU engine`;
     this.gpuFailure = reason;
-    this.modules.delete('webgpu');
     if (this.loaded === lost) this.unload();
     try {
       const parsed = await this.modelSource(lost.spec, lost.engineSpec, {})('cpu-wasm');
@@ -614,7 +617,18 @@ export class LocalEngine implements Engine {
     pending.catch(() => {}); // settled after the race was lost: nobody listens
     let timer: ReturnType<typeof setTimeout> | undefined;
     const pollMs = this.options.devicePollMs ?? 100;
+    // A panic in the engine's future traps outside any call of ours: the step's promise then
+    // never settles, and the trap surfaces as an unhandled rejection of the host's scope.
+    const scope = globalThis as {
+      addEventListener?: (type: 'unhandledrejection', listener: (e: { reason?: unknown }) => void) => void;
+      removeEventListener?: (type: 'unhandledrejection', listener: (e: { reason?: unknown }) => void) => void;
+    };
+    let onTrap: ((e: { reason?: unknown }) => void) | undefined;
     const lost = new Promise<never>((_resolve, reject) => {
+      onTrap = (e) => {
+        if (isTrap(e.reason)) reject(new DeviceLost(`the WebGPU engine trapped: ${messageOf(e.reason)}`));
+      };
+      scope.addEventListener?.('unhandledrejection', onTrap);
       const poll = (): void => {
         let why: string | undefined;
         try {
@@ -631,6 +645,7 @@ export class LocalEngine implements Engine {
       return checkStep(await Promise.race([pending, lost]));
     } finally {
       clearTimeout(timer);
+      if (onTrap) scope.removeEventListener?.('unhandledrejection', onTrap);
     }
   }
 
