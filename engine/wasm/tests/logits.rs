@@ -75,3 +75,21 @@ fn logits_match_the_avx2_checksums() {
         }
     }
 }
+
+#[test]
+fn a_streamed_load_gives_the_same_logits() {
+    let Some(path) = model_path() else { return };
+    let bytes = std::fs::read(path).unwrap();
+    let whole = Engine::load(&bytes, 64.0).unwrap();
+    // Chunks that split the header, tensors and padding alike.
+    let streamed = kwaainet_wasm::stream::load_in_chunks(&bytes, 999_983).unwrap();
+    let streamed = Engine::load_streamed(streamed, 64.0).unwrap();
+    let tokens = [1, 504, 3458, 282, 4649, 314];
+    let a = whole.prompt_logits(&tokens).unwrap();
+    let b = streamed.prompt_logits(&tokens).unwrap();
+    assert_eq!(fnv1a32(&a), fnv1a32(&b));
+    assert_eq!(
+        streamed.info().unwrap().limits.model_bytes,
+        bytes.len() as f64
+    );
+}
