@@ -201,6 +201,10 @@ interface Plan {
 
 const isWebGpuError = (err: unknown): boolean => err instanceof Error && /^webgpu:/.test(err.message);
 const messageOf = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+/** A WebGPU step that failed on the device: a lost device, or burn's runtime failing to run
+ *  or read back ("internal: backend: readback: ... the staging buffer could not be mapped",
+ *  seen in Chromium when the device is destroyed mid-step, before its `lost` promise settles). */
+const isGpuFailure = (err: unknown): boolean => err instanceof Error && /^(webgpu:|internal: backend\b)/.test(err.message);
 /** A wasm trap (a panic in the engine, e.g. on a device that went away). */
 const isTrap = (err: unknown): boolean => typeof WebAssembly !== 'undefined' && err instanceof WebAssembly.RuntimeError;
 
@@ -608,6 +612,23 @@ export class LocalEngine implements Engine {
     throw new BackendLostError(`${reason}: send the request again`);
   }
 
+  /** Why `l`'s device was lost, waiting a little for the browser's `lost` promise (a failed
+   *  readback can come first); undefined when it is still there. */
+  private async lostReason(l: Loaded): Promise<string | undefined> {
+    const pollMs = this.options.devicePollMs ?? 100;
+    for (let i = 0; i < 10; i++) {
+      let why: string | undefined;
+      try {
+        why = l.engine.deviceLost?.();
+      } catch (err) {
+        return `the engine failed: ${messageOf(err)}`;
+      }
+      if (why) return why;
+      await new Promise((resolve) => setTimeout(resolve, pollMs));
+    }
+    return undefined;
+  }
+
   /** One `step(n)`; on the WebGPU engine raced against the device being lost (a lost device
    *  may leave the step's promise unsettled). */
   private async stepOnce(l: Loaded, generation: WasmGeneration, n: number): Promise<WasmStepResult> {
@@ -672,7 +693,9 @@ export class LocalEngine implements Engine {
       try {
         generation = loaded.engine.start(start);
       } catch (err) {
-        if (loaded.backend === 'webgpu' && (isWebGpuError(err) || isTrap(err))) await this.moveToCpu(loaded, messageOf(err));
+        if (loaded.backend === 'webgpu' && (isGpuFailure(err) || isTrap(err))) {
+          await this.moveToCpu(loaded, (await this.lostReason(loaded)) ?? messageOf(err));
+        }
         throw engineError(err, 'starting the generation');
       }
       options.onStart?.();
@@ -694,8 +717,8 @@ export class LocalEngine implements Engine {
             // A promise from the WebGPU engine (the GPU's readback), a value from the CPU one.
             r = await this.stepOnce(loaded, generation, n);
           } catch (err) {
-            if (loaded.backend === 'webgpu' && (err instanceof DeviceLost || isWebGpuError(err) || isTrap(err))) {
-              await this.moveToCpu(loaded, messageOf(err));
+            if (loaded.backend === 'webgpu' && (err instanceof DeviceLost || isGpuFailure(err) || isTrap(err))) {
+              await this.moveToCpu(loaded, (await this.lostReason(loaded)) ?? messageOf(err));
             }
             throw engineError(err, 'generating');
           }

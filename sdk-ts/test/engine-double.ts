@@ -35,8 +35,10 @@ export interface DoubleOptions {
   initError?: string;
   /** A module without the streaming GgufLoader (engines built before it). */
   noStreaming?: boolean;
-  /** A step pending when the device is lost rejects with "webgpu: ..." instead of hanging. */
-  lostStepRejects?: boolean;
+  /** A step pending when the device is lost rejects with "webgpu: ..." instead of hanging;
+   *  'readback': with burn's readback error, and `deviceLost()` says so only 20 ms later
+   *  (what Chromium does when the device is destroyed mid-step). */
+  lostStepRejects?: boolean | 'readback';
 }
 
 export interface DoubleControl {
@@ -90,11 +92,22 @@ export function engineDouble(options: DoubleOptions = {}): {
   let initialised = false;
   let stepping = 0;
   let lost: string | undefined;
+  let losing = false;
   /** Rejecters of steps pending on the device (lostStepRejects). */
   const pendingSteps = new Set<(err: Error) => void>();
   const control: DoubleControl = {
     loseDevice(why = 'Destroyed: device destroyed') {
-      if (!options.webgpu || lost !== undefined) return;
+      if (!options.webgpu || lost !== undefined || losing) return;
+      if (options.lostStepRejects === 'readback') {
+        losing = true;
+        for (const reject of pendingSteps) {
+          reject(new Error('internal: backend: readback: An error happened during execution\nCaused by:\n  the staging buffer could not be mapped'));
+        }
+        setTimeout(() => {
+          lost = why;
+        }, 20);
+        return;
+      }
       lost = why;
       if (options.lostStepRejects) for (const reject of pendingSteps) reject(new Error(`webgpu: device lost (${why})`));
     },

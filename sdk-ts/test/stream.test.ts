@@ -141,7 +141,12 @@ describe('engine limits', () => {
 });
 
 describe('WebGPU device lost', () => {
-  for (const [name, gpu] of [['its pending step never settles', {}], ['its pending step rejects', { lostStepRejects: true }]] as const) {
+  const variants = [
+    ['its pending step never settles', {}],
+    ['its pending step rejects', { lostStepRejects: true }],
+    ['a readback fails before the browser says the device is lost', { lostStepRejects: 'readback' }],
+  ] as const;
+  for (const [name, gpu] of variants) {
     it(`mid-generation (${name}): BackendLostError, the model moves to the CPU engine, the retry answers`, async () => {
       const h = host({ gpu: { ...gpu, msPerToken: 2 } });
       await h.local.load(spec, engineSpec);
