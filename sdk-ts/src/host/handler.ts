@@ -49,6 +49,8 @@ export class EngineHostHandler {
   private readonly onProtocolError: (error: ProtocolError) => void;
   private watchdog: ReturnType<typeof setInterval> | null = null;
   private lastCheck: number | null = null;
+  /** Connections found silent by the last on-time round: aborted if the next one agrees. */
+  private suspects = new Set<string>();
 
   constructor(engine: LocalEngine, options: HandlerOptions = {}) {
     this.engine = engine;
@@ -159,6 +161,7 @@ export class EngineHostHandler {
     if (this.watchdog !== null) clearInterval(this.watchdog);
     this.watchdog = null;
     this.lastCheck = null;
+    this.suspects.clear();
   }
 
   /** Aborts the requests of connections that went silent or away. */
@@ -170,6 +173,10 @@ export class EngineHostHandler {
     // take seconds), so the pages' pings of that time are still queued behind this check.
     // Judge silence on the next round, after they have been read.
     if (previous !== null && now - previous > 3 * this.watchdogIntervalMs) return;
+    // Silence is judged on two on-time rounds in a row: between them the event loop turns,
+    // so pings queued behind a long engine step (a WebGPU prefill between two short awaits)
+    // are read before a page is given up on.
+    const suspects = new Set<string>();
     const checked = new Map<string, boolean>();
     for (const [, r] of this.running) {
       if (r.controller.signal.aborted) continue;
@@ -177,11 +184,16 @@ export class EngineHostHandler {
       if (alive === undefined) {
         const seen = this.lastSeen.get(r.connectionKey) ?? 0;
         alive = now - seen <= this.heartbeatTimeoutMs;
+        if (!alive && !this.suspects.has(r.connectionKey)) {
+          suspects.add(r.connectionKey);
+          alive = true;
+        }
         if (alive && r.connection.alive) alive = await r.connection.alive().catch(() => true);
         checked.set(r.connectionKey, alive);
       }
       if (!alive) r.controller.abort(new Error('the page went away'));
     }
+    this.suspects = suspects;
     for (const key of [...this.lastSeen.keys()]) {
       if (!checked.has(key) && now - (this.lastSeen.get(key) ?? 0) > this.heartbeatTimeoutMs) this.lastSeen.delete(key);
     }
