@@ -296,9 +296,8 @@ impl StreamLoader {
                 },
                 size: self.total,
             }),
-            // `push` parses the header once the whole file is in, so this is an error path
-            // only when a loader of a file was finished without bytes... which the size check
-            // above excludes; kept total.
+            // Not reached: the push that completes the file parses the header or fails (with
+            // every byte buffered, the parser cannot run short of them).
             State::Header { .. } => Err(err("gguf", "the GGUF header did not parse")),
             State::Done => Err(err("internal", "the loader was already used")),
         }
