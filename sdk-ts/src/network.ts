@@ -19,7 +19,8 @@
  * error: `P2pError` (with `reason`), `InvalidArgumentError`, `AbortError`, `DisposedError`.
  */
 
-import { DisposedError, InvalidArgumentError, P2pError, abortErrorFrom, throwIfAborted, type KwaaiNetError, type P2pFailure } from './errors.js';
+import { ASSETS, bakedIntegrity } from './assets.js';
+import { DisposedError, InvalidArgumentError, P2pError, UnsupportedError, abortErrorFrom, throwIfAborted, type KwaaiNetError, type P2pFailure } from './errors.js';
 import { Emitter } from './events.js';
 import type { WasmP2pEvent, WasmP2pModule, WasmP2pNode } from './wasm-p2p.js';
 
@@ -88,6 +89,8 @@ export interface NetworkOptions {
   moduleUrl: string | URL;
   /** URL of its .wasm (default: `kwaainet_wasm_bg.wasm` next to the glue). */
   wasmUrl?: string | URL;
+  /** SRI hash the .wasm must match (`sha384-...`); checked by `fetch`. */
+  wasmIntegrity?: string;
   /** Give up on one address after this long and try the next (default 10 s). */
   dialTimeoutMs?: number;
   /** Reconnect attempts after the node goes away (default 20) … */
@@ -163,13 +166,20 @@ function bounded<T>(promise: Promise<T>, ms: number, what: string, signal?: Abor
 const modules = new Map<string, Promise<WasmP2pModule>>();
 
 /** Loads (once per URL) and initializes the P2P module. */
-function loadModule(moduleUrl: string, wasmUrl: string): Promise<WasmP2pModule> {
-  const key = `${moduleUrl} ${wasmUrl}`;
+function loadModule(moduleUrl: string, wasmUrl: string, integrity: string | undefined): Promise<WasmP2pModule> {
+  const key = `${moduleUrl} ${wasmUrl} ${integrity ?? ''}`;
   let p = modules.get(key);
   if (!p) {
     p = (async () => {
       const mod = (await import(/* webpackIgnore: true */ moduleUrl)) as WasmP2pModule;
-      await mod.default({ module_or_path: new URL(wasmUrl) });
+      let input: URL | Response = new URL(wasmUrl);
+      if (integrity !== undefined) {
+        input = await fetch(input, { integrity }).catch((e: unknown) => {
+          throw new P2pError(`cannot fetch or verify ${wasmUrl} (SRI ${integrity.slice(0, 20)}…)`, 'stopped', { cause: e });
+        });
+        if (!input.ok) throw new P2pError(`${wasmUrl}: HTTP ${input.status}`, 'stopped');
+      }
+      await mod.default({ module_or_path: input });
       return mod;
     })();
     p.catch(() => modules.delete(key));
@@ -186,7 +196,9 @@ function isRecord(v: unknown): v is NodeRecord {
 
 export class KwaaiNetwork {
   private readonly emitter = new Emitter<NetworkEvents>();
-  private readonly options: Required<Omit<NetworkOptions, 'wasmUrl' | 'moduleUrl'>> & { moduleUrl: string; wasmUrl: string };
+  private readonly options: Required<Omit<NetworkOptions, 'wasmUrl' | 'moduleUrl' | 'wasmIntegrity'>> & {
+    moduleUrl: string; wasmUrl: string; wasmIntegrity: string | undefined;
+  };
   private node: WasmP2pNode | null = null;
   private current: NetworkStatus = 'idle';
   private bootstrapId: string | null = null;
@@ -200,12 +212,32 @@ export class KwaaiNetwork {
     this.options = {
       moduleUrl,
       wasmUrl: new URL(options.wasmUrl ?? 'kwaainet_wasm_bg.wasm', options.wasmUrl === undefined ? moduleUrl : base).href,
+      wasmIntegrity: options.wasmIntegrity,
       dialTimeoutMs: checkMs('dialTimeoutMs', options.dialTimeoutMs, 100, 60_000) ?? 10_000,
       reconnectAttempts: checkMs('reconnectAttempts', options.reconnectAttempts, 0, 1000) ?? 20,
       maxBackoffMs: checkMs('maxBackoffMs', options.maxBackoffMs, 100, 300_000) ?? 10_000,
       relayListen: options.relayListen ?? true,
       requestTimeoutMs: checkMs('requestTimeoutMs', options.requestTimeoutMs, 100, 300_000) ?? 30_000,
     };
+  }
+
+  /**
+   * A network on the P2P module of a CDN folder (the one holding `distributed-ai.js`):
+   * `kwaainet_p2p.js` and `kwaainet_p2p_bg.wasm`, the .wasm checked against the SRI hash
+   * the bundle baked in. Throws `UnsupportedError` when the bundle was built without it.
+   */
+  static fromCdn(baseUrl: string | URL, options: Omit<NetworkOptions, 'moduleUrl' | 'wasmUrl' | 'wasmIntegrity'> = {}): KwaaiNetwork {
+    const baked = bakedIntegrity();
+    const integrity = baked[ASSETS.p2pWasm];
+    if (baked[ASSETS.worker] !== undefined && integrity === undefined) {
+      throw new UnsupportedError('this bundle was built without the P2P module (dist/p2p/)');
+    }
+    return new KwaaiNetwork({
+      ...options,
+      moduleUrl: new URL(ASSETS.p2pGlue, baseUrl),
+      wasmUrl: new URL(ASSETS.p2pWasm, baseUrl),
+      ...(integrity === undefined ? {} : { wasmIntegrity: integrity }),
+    });
   }
 
   on<K extends keyof NetworkEvents>(name: K, listener: (value: NetworkEvents[K]) => void): () => void {
@@ -282,7 +314,7 @@ export class KwaaiNetwork {
     const o = this.options;
     const limit = opts.timeoutMs ?? o.dialTimeoutMs * ordered.length + 5_000;
     try {
-      const mod = await bounded(loadModule(o.moduleUrl, o.wasmUrl), o.requestTimeoutMs, 'loading the P2P module', opts.signal);
+      const mod = await bounded(loadModule(o.moduleUrl, o.wasmUrl, o.wasmIntegrity), o.requestTimeoutMs, 'loading the P2P module', opts.signal);
       const node = mod.WasmP2pNode.start({
         bootstrap: ordered,
         dialTimeoutMs: o.dialTimeoutMs,
