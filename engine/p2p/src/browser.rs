@@ -11,7 +11,6 @@
 //! it with `wasm-bindgen-futures`). Every request is bounded in size and time.
 
 use std::collections::HashMap;
-use std::num::NonZeroU8;
 use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
@@ -26,8 +25,8 @@ use libp2p::identity::Keypair;
 use libp2p::kad::{self, GetRecordOk, QueryResult};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
-use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, Swarm, SwarmBuilder, Transport, noise, webrtc_websys, websocket_websys,
     yamux,
@@ -328,8 +327,12 @@ pub fn start(
         link: Link::Joining,
         conn_addr: None,
         dial_started: None,
+        dial_queue: Vec::new(),
+        dial_errors: Vec::new(),
+        dialing: None,
         relay_listener: None,
         relay_addr: None,
+        relay_failures: 0,
         timer: Fuse::terminated(),
         events: events_tx,
         waiters: Vec::new(),
@@ -351,8 +354,15 @@ struct Runtime {
     /// The address of the connection to the bootstrap node.
     conn_addr: Option<Multiaddr>,
     dial_started: Option<Instant>,
+    /// Bootstrap addresses still to try in this round (next one last).
+    dial_queue: Vec<Multiaddr>,
+    dial_errors: Vec<String>,
+    /// Our dial of the bootstrap node in flight.
+    dialing: Option<ConnectionId>,
     relay_listener: Option<ListenerId>,
     relay_addr: Option<Multiaddr>,
+    /// Reservations refused or lost in a row while connected (backs off the next try).
+    relay_failures: u32,
     timer: Fuse<Delay>,
     events: mpsc::Sender<BrowserEvent>,
     waiters: Vec<Waiter>,
@@ -361,6 +371,14 @@ struct Runtime {
     sends: HashMap<OutboundRequestId, (Instant, oneshot::Sender<Result<Duration>>)>,
     /// Connected peers, with how many connections each.
     peers: HashMap<PeerId, u32>,
+}
+
+/// `addr` ending in `/p2p/<peer>` (the dialed address may already carry it).
+fn with_peer(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
+    match addr.iter().last() {
+        Some(Protocol::P2p(_)) => addr.clone(),
+        _ => addr.clone().with(Protocol::P2p(peer)),
+    }
 }
 
 fn transport_of(addr: &Multiaddr) -> &'static str {
@@ -391,15 +409,31 @@ impl Runtime {
         self.queries.len() + self.infos.len() + self.sends.len()
     }
 
-    /// Dials the bootstrap node's addresses one at a time, in the given order.
+    /// Dials the bootstrap node's addresses one at a time, in the given order. (Not one
+    /// dial with all of them: the swarm creates every address's dial future up front, so
+    /// the later addresses' timeouts would run out while the first one is tried.)
     fn dial_bootstrap(&mut self) {
-        let opts = DialOpts::peer_id(self.bootstrap)
-            .addresses(self.addrs.clone())
-            .override_dial_concurrency_factor(NonZeroU8::MIN)
-            .build();
+        self.dial_queue = self.addrs.iter().rev().cloned().collect();
+        self.dial_errors.clear();
         self.dial_started = Some(Instant::now());
+        self.dial_next();
+    }
+
+    fn dial_next(&mut self) {
+        let Some(addr) = self.dial_queue.pop() else {
+            self.dialing = None;
+            let why = self.dial_errors.join("; ");
+            self.dial_failed(why);
+            return;
+        };
+        let opts = DialOpts::peer_id(self.bootstrap)
+            .condition(PeerCondition::Always)
+            .addresses(vec![addr.clone()])
+            .build();
+        self.dialing = Some(opts.connection_id());
         if let Err(e) = self.swarm.dial(opts) {
-            self.dial_failed(e.to_string());
+            self.dial_errors.push(format!("{addr}: {e}"));
+            self.dial_next();
         }
     }
 
@@ -583,6 +617,10 @@ impl Runtime {
                 let addr = endpoint.get_remote_address().clone();
                 let bootstrap = peer_id == self.bootstrap;
                 let mut setup_ms = None;
+                if bootstrap {
+                    self.dialing = None;
+                    self.dial_queue.clear();
+                }
                 if bootstrap && self.link != Link::Connected {
                     setup_ms = self
                         .dial_started
@@ -590,7 +628,7 @@ impl Runtime {
                         .map(|t| t.elapsed().as_secs_f64() * 1000.0);
                     self.link = Link::Connected;
                     self.timer = Fuse::terminated();
-                    let full = addr.clone().with(Protocol::P2p(peer_id));
+                    let full = with_peer(&addr, peer_id);
                     self.conn_addr = Some(full.clone());
                     for w in self.waiters.drain(..) {
                         let _ = w.send(Ok((peer_id, full.clone())));
@@ -631,18 +669,26 @@ impl Runtime {
                     *n = num_established;
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
                 tracing::debug!(?peer_id, %error, "dial failed");
-                if peer_id == Some(self.bootstrap) {
-                    self.dial_failed(error.to_string());
+                // Only our own dials of the bootstrap node move the link on (Kademlia may
+                // dial it too).
+                if Some(connection_id) == self.dialing {
+                    self.dial_errors.push(error.to_string());
+                    self.dial_next();
                 }
             }
             SwarmEvent::NewListenAddr {
                 listener_id,
                 address,
             } if Some(listener_id) == self.relay_listener => {
-                let addr = address.with(Protocol::P2p(*self.swarm.local_peer_id()));
+                let addr = with_peer(&address, *self.swarm.local_peer_id());
                 self.relay_addr = Some(addr.clone());
+                self.relay_failures = 0;
                 self.emit(BrowserEvent::RelayReady { addr });
             }
             SwarmEvent::ListenerClosed {
@@ -655,8 +701,9 @@ impl Runtime {
                 self.relay_addr = None;
                 if self.link == Link::Connected {
                     // The reservation was refused or lost while the node is still there:
-                    // try again after the first back-off step rather than spinning.
-                    self.timer = Delay::new(FIRST_BACKOFF).fuse();
+                    // try again after a growing delay rather than spinning.
+                    self.relay_failures = self.relay_failures.saturating_add(1);
+                    self.timer = Delay::new(self.backoff(self.relay_failures)).fuse();
                 }
             }
             _ => {}
