@@ -91,7 +91,7 @@ export interface NetworkOptions {
   wasmUrl?: string | URL;
   /** SRI hash the .wasm must match (`sha384-...`); checked by `fetch`. */
   wasmIntegrity?: string;
-  /** Give up on one address after this long and try the next (default 10 s). */
+  /** Give up on one address after this long and try the next (default 5 s). */
   dialTimeoutMs?: number;
   /** Reconnect attempts after the node goes away (default 20) … */
   reconnectAttempts?: number;
@@ -213,7 +213,7 @@ export class KwaaiNetwork {
       moduleUrl,
       wasmUrl: new URL(options.wasmUrl ?? 'kwaainet_wasm_bg.wasm', options.wasmUrl === undefined ? moduleUrl : base).href,
       wasmIntegrity: options.wasmIntegrity,
-      dialTimeoutMs: checkMs('dialTimeoutMs', options.dialTimeoutMs, 100, 60_000) ?? 10_000,
+      dialTimeoutMs: checkMs('dialTimeoutMs', options.dialTimeoutMs, 100, 60_000) ?? 5_000,
       reconnectAttempts: checkMs('reconnectAttempts', options.reconnectAttempts, 0, 1000) ?? 20,
       maxBackoffMs: checkMs('maxBackoffMs', options.maxBackoffMs, 100, 300_000) ?? 10_000,
       relayListen: options.relayListen ?? true,

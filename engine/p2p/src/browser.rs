@@ -70,7 +70,7 @@ impl Default for BrowserConfig {
     fn default() -> Self {
         Self {
             bootstrap: Vec::new(),
-            dial_timeout: Duration::from_secs(10),
+            dial_timeout: Duration::from_secs(5),
             relay_listen: true,
             reconnect_attempts: 20,
             max_backoff: Duration::from_secs(10),
@@ -219,6 +219,8 @@ pub fn build_swarm(key: Keypair, dial_timeout: Duration) -> Result<Swarm<Browser
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(Duration::from_secs(config.idle_timeout_secs))
         })
+        // The builder's own limit (10 s) would cut a longer per-address dial timeout.
+        .with_connection_timeout(dial_timeout.saturating_add(Duration::from_secs(5)))
         .build();
     Ok(swarm)
 }
