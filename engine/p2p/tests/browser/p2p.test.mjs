@@ -31,8 +31,9 @@ const bin = process.env.KWAAINET_BIN ??
 const p2pDir = join(root, 'dist', 'p2p');
 const sdkDir = join(root, 'sdk-ts', 'dist');
 
-// Chromium leaves loopback out of ICE by default (and would hide local IPs behind mDNS
-// names): without these, WebRTC-direct to 127.0.0.1 never connects.
+// Loopback ICE candidates, and no mDNS names for local IPs. Measured: ICE to the node on
+// 127.0.0.1 connects without them too (the node is ICE-lite), but these keep the
+// candidates plain loopback addresses whatever the machine's interfaces.
 const WEBRTC_FLAGS = ['--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns'];
 
 const TEST_PAGE = `<!doctype html>
@@ -223,7 +224,7 @@ test('a page joins the node (WebRTC-direct first, then WebSocket), appears in it
 // Chromium 150+ opens DTLS with a 1.3 ClientHello carrying an ML-KEM key share (1413 bytes,
 // two fragments); the node's webrtc-dtls 0.11 (libp2p-webrtc 0.9.0-alpha.1, the line that
 // matches libp2p 0.56) answers alert 47 (illegal_parameter), so the data channel never
-// opens. ICE itself connects over loopback with the flags above. libp2p-webrtc 0.10
+// opens. ICE itself connects. libp2p-webrtc 0.10
 // (webrtc 0.17, newer DTLS) needs libp2p 0.57: see engine/p2p/README.md "Browser node".
 test('WebRTC-direct alone: the DTLS handshake with the node completes', {
   timeout: 60_000,
