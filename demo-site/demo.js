@@ -186,7 +186,9 @@
     return;
   }
   const peers = new Set();
+  let last = { status: 'idle' };
   const render = (s) => {
+    last = s;
     const text = {
       connecting: 'Joining…',
       connected: 'Joined over ' + (s.transport || '?') + (s.setupMs ? ' in ' + Math.round(s.setupMs) + ' ms' : ''),
@@ -198,14 +200,14 @@
     show([['Our peer id', net.peerId || '—'], ['Node', net.bootstrapPeer || '—'], ['Peers', peers.size]]);
   };
   net.on('status', render);
-  net.on('peerConnected', (p) => { peers.add(p.peer); render({ status: net.status }); });
-  net.on('peerDisconnected', (p) => { peers.delete(p.peer); render({ status: net.status }); });
+  net.on('peerConnected', (p) => { peers.add(p.peer); render(last); });
+  net.on('peerDisconnected', (p) => { peers.delete(p.peer); render(last); });
   // Only a node's own HTTP side has /api/v1/state; the static demo server has not.
   fetch('/api/v1/state', { cache: 'no-store' })
     .then((r) => (r.ok ? r.json() : Promise.reject(new Error('HTTP ' + r.status))))
     .then((st) => {
       if (!Array.isArray(st.browser_addrs) || st.browser_addrs.length === 0) throw new Error('the node lists no browser address');
-      return net.connect(st.browser_addrs);
+      return net.connect(st.browser_addrs).then(() => render(last));
     })
     .catch((e) => {
       if (net.status === 'idle') status.textContent = 'No KwaaiNet node serves this page (npm start runs one): ' + e.message;
