@@ -9,12 +9,14 @@
 //   kwaainet_wasm_bg.wasm  the CPU engine                                               } dist/engine/
 //   kwaainet_wasm_webgpu.js       the WebGPU engine's glue (ES module)   } from dist/engine-webgpu/
 //   kwaainet_wasm_webgpu_bg.wasm  the WebGPU engine                      } (renamed), when built
+//   kwaainet_p2p.js        the page-side P2P node's glue (ES module)   } from dist/p2p/
+//   kwaainet_p2p_bg.wasm   the page-side P2P node                      } (renamed), when built
 //   sri-manifest.json      sha384 SRI hash and size of every file above
 //
 // The SRI hashes of the worker and the .wasm files are baked into distributed-ai.js and
 // kwaainet.mjs, so the `integrity` on the script tag covers what they load in turn.
 //
-//   node cdn/build.mjs [--out DIR] [--engine-dir DIR] [--webgpu-dir DIR] [--check-deterministic]
+//   node cdn/build.mjs [--out DIR] [--engine-dir DIR] [--webgpu-dir DIR] [--p2p-dir DIR] [--check-deterministic]
 //
 // --check-deterministic builds twice into temporary folders and fails unless every byte
 // matches. Without dist/engine/ the hosts are built against a stub that reports the
@@ -37,18 +39,22 @@ const { values: args } = parseArgs({
     out: { type: 'string' },
     'engine-dir': { type: 'string' },
     'webgpu-dir': { type: 'string' },
+    'p2p-dir': { type: 'string' },
     'check-deterministic': { type: 'boolean', default: false },
   },
 });
 const outDir = args.out ?? join(root, 'dist', 'cdn', `v${version}`);
 const engineDir = args['engine-dir'] ?? join(root, 'dist', 'engine');
 const webgpuDir = args['webgpu-dir'] ?? join(root, 'dist', 'engine-webgpu');
+const p2pDir = args['p2p-dir'] ?? join(root, 'dist', 'p2p');
 const GLUE = 'kwaainet_wasm.js';
 const WASM = 'kwaainet_wasm_bg.wasm';
 // Both wasm-bindgen builds name their files alike: the WebGPU ones are renamed here
 // (sdk-ts/src/assets.ts has the same names).
 const WEBGPU_GLUE = 'kwaainet_wasm_webgpu.js';
 const WEBGPU_WASM = 'kwaainet_wasm_webgpu_bg.wasm';
+const P2P_GLUE = 'kwaainet_p2p.js';
+const P2P_WASM = 'kwaainet_p2p_bg.wasm';
 
 export const sri = (bytes) => `sha384-${createHash('sha384').update(bytes).digest('base64')}`;
 
@@ -104,6 +110,11 @@ async function buildInto(dir) {
     copyFileSync(join(webgpuDir, WASM), join(dir, WEBGPU_WASM));
     copyFileSync(join(webgpuDir, GLUE), join(dir, WEBGPU_GLUE));
   }
+  const haveP2p = existsSync(join(p2pDir, GLUE)) && existsSync(join(p2pDir, WASM));
+  if (haveP2p) {
+    copyFileSync(join(p2pDir, WASM), join(dir, P2P_WASM));
+    copyFileSync(join(p2pDir, GLUE), join(dir, P2P_GLUE));
+  }
 
   // 1. The hosts.
   for (const [entry, out] of [['worker.ts', 'kwaainet-worker.js'], ['sw.ts', 'kwaainet-sw.js']]) {
@@ -114,6 +125,7 @@ async function buildInto(dir) {
   const baked = { 'kwaainet-worker.js': sri(readFileSync(join(dir, 'kwaainet-worker.js'))) };
   if (haveEngine) baked[WASM] = sri(readFileSync(join(dir, WASM)));
   if (haveWebgpu) baked[WEBGPU_WASM] = sri(readFileSync(join(dir, WEBGPU_WASM)));
+  if (haveP2p) baked[P2P_WASM] = sri(readFileSync(join(dir, P2P_WASM)));
   const define = { __KWAAINET_ASSET_SRI__: JSON.stringify(baked) };
   await emit({ entryPoints: [join(root, 'sdk-ts', 'src', 'entries', 'distributed-ai.ts')], format: 'iife', define }, dir, 'distributed-ai.js');
   await emit({ entryPoints: [join(root, 'sdk-ts', 'src', 'index.ts')], format: 'esm', define }, dir, 'kwaainet.mjs');
@@ -124,9 +136,9 @@ async function buildInto(dir) {
     const bytes = readFileSync(join(dir, name));
     files[name] = { integrity: sri(bytes), size: bytes.byteLength };
   }
-  const manifest = { name: '@kwaainet/sdk', version, path: `v${version}/`, engine: haveEngine, webgpu: haveWebgpu, files };
+  const manifest = { name: '@kwaainet/sdk', version, path: `v${version}/`, engine: haveEngine, webgpu: haveWebgpu, p2p: haveP2p, files };
   writeFileSync(join(dir, 'sri-manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
-  return { haveEngine, haveWebgpu, files };
+  return { haveEngine, haveWebgpu, haveP2p, files };
 }
 
 function sameTree(a, b) {
@@ -156,11 +168,14 @@ if (args['check-deterministic']) {
   }
 }
 
-const { haveEngine, haveWebgpu, files } = await buildInto(outDir);
+const { haveEngine, haveWebgpu, haveP2p, files } = await buildInto(outDir);
 const shown = relative(root, outDir) || '.';
 for (const [name, f] of Object.entries(files)) console.log(`cdn: ${shown}/${name}  ${f.size} B  ${f.integrity}`);
 if (!haveEngine) {
   console.log(`cdn: note: no engine in ${relative(root, engineDir) || engineDir}/ (${GLUE} + ${WASM}); the hosts report it missing until it is built`);
+}
+if (!haveP2p) {
+  console.log(`cdn: note: no P2P module in ${relative(root, p2pDir) || p2pDir}/ (FEATURES=p2p OUT=dist/p2p bash scripts/build-wasm.sh): pages cannot join the network`);
 }
 if (!haveWebgpu) {
   console.log(`cdn: note: no WebGPU engine in ${relative(root, webgpuDir) || webgpuDir}/ (FEATURES=webgpu OUT=dist/engine-webgpu bash scripts/build-wasm.sh): this bundle is CPU-only`);

@@ -1,5 +1,5 @@
-// The demo's UI. Everything KwaaiNet-specific comes from window.kwaainet, which the
-// one-line script tag created; no other SDK import.
+// The demo's UI. Everything KwaaiNet-specific comes from window.kwaainet and
+// window.KwaaiNetwork, which the one-line script tag created; no other SDK import.
 (function () {
   'use strict';
   const $ = (id) => document.getElementById(id);
@@ -186,4 +186,56 @@
   $('consent-withdraw').addEventListener('click', () => ai.consent.revoke());
 
   ai.ready.then(showEngine, () => {});
+})();
+
+// The page's own P2P node: when a KwaaiNet node (`kwaainet start`, `npm start`) serves this
+// page, join the network through it (WebRTC-direct, else WebSocket) and show the link.
+(function () {
+  'use strict';
+  const status = document.getElementById('network-status');
+  const list = document.getElementById('network');
+  const Network = window.KwaaiNetwork;
+  const tag = document.querySelector('script[src*="distributed-ai"]');
+  if (!Network || !tag || !status) return;
+  const show = (rows) => list.replaceChildren(...rows.flatMap(([k, v]) => {
+    const dt = document.createElement('dt');
+    dt.textContent = k;
+    const dd = document.createElement('dd');
+    dd.textContent = String(v);
+    return [dt, dd];
+  }));
+  let net;
+  try {
+    net = Network.fromCdn(new URL('./', tag.src).href);
+  } catch (e) {
+    status.textContent = 'Not in this bundle: ' + e.message;
+    return;
+  }
+  const peers = new Set();
+  let last = { status: 'idle' };
+  const render = (s) => {
+    last = s;
+    const text = {
+      connecting: 'Joining…',
+      connected: 'Joined over ' + (s.transport || '?') + (s.setupMs ? ' in ' + Math.round(s.setupMs) + ' ms' : ''),
+      reconnecting: 'Node gone: retry ' + s.attempt + ' in ' + (s.delayMs / 1000).toFixed(1) + ' s',
+      offline: 'Offline: ' + (s.reason || ''),
+      closed: 'Closed',
+    }[s.status];
+    if (text) status.textContent = text;
+    show([['Our peer id', net.peerId || '—'], ['Node', net.bootstrapPeer || '—'], ['Peers', peers.size]]);
+  };
+  net.on('status', render);
+  net.on('peerConnected', (p) => { peers.add(p.peer); render(last); });
+  net.on('peerDisconnected', (p) => { peers.delete(p.peer); render(last); });
+  // Only a node's own HTTP side has /api/v1/state; the static demo server has not.
+  fetch('/api/v1/state', { cache: 'no-store' })
+    .then((r) => (r.ok ? r.json() : Promise.reject(new Error('HTTP ' + r.status))))
+    .then((st) => {
+      if (!Array.isArray(st.browser_addrs) || st.browser_addrs.length === 0) throw new Error('the node lists no browser address');
+      return net.connect(st.browser_addrs).then(() => render(last));
+    })
+    .catch((e) => {
+      if (net.status === 'idle') status.textContent = 'No KwaaiNet node serves this page (npm start runs one): ' + e.message;
+    });
 })();

@@ -10,6 +10,10 @@
 #                                         the WebGPU engine (burn's wgpu backend + our CubeCL
 #                                         kernels): profile `release` (LTO over the burn
 #                                         stack costs many minutes), wasm-opt -O1
+#   FEATURES=p2p OUT=dist/p2p bash scripts/build-wasm.sh
+#                                         the page-side P2P node (rust-libp2p: WebRTC-direct,
+#                                         WebSocket, Kademlia client, relay client): profile
+#                                         `wasm-p2p` (opt-level "z", LTO), wasm-opt -Oz
 #
 # Needs what scripts/setup.sh installs: the wasm32 target, wasm-bindgen-cli at the
 # version in Cargo.lock, and node_modules (binaryen's wasm-opt; skipped when absent).
@@ -18,7 +22,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kwaainet/target}"
 FEATURES="${FEATURES:-}"
-if [ -n "$FEATURES" ]; then
+if [ "$FEATURES" = p2p ]; then
+    PROFILE="${WASM_PROFILE:-wasm-p2p}"
+    OPT_LEVEL="${WASM_OPT_LEVEL:--Oz}"
+elif [ -n "$FEATURES" ]; then
     PROFILE="${WASM_PROFILE:-release}"
     OPT_LEVEL="${WASM_OPT_LEVEL:--O1}"
 else

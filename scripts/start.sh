@@ -21,11 +21,18 @@ esac
 
 model=$("$bin" fetch-model)
 
-# The browser engine and the CDN bundle, when missing (the first run takes a few minutes).
+# The browser engine, the page's P2P node and the CDN bundle, when missing (the first run
+# takes a few minutes). A rebuilt module means a rebuilt bundle.
+rebuild_cdn=0
 if [ ! -f dist/engine/kwaainet_wasm_bg.wasm ]; then
     bash scripts/build-wasm.sh
+    rebuild_cdn=1
 fi
-if ! compgen -G 'dist/cdn/v*/distributed-ai.js' >/dev/null; then
+if [ ! -f dist/p2p/kwaainet_wasm_bg.wasm ]; then
+    FEATURES=p2p OUT=dist/p2p bash scripts/build-wasm.sh
+    rebuild_cdn=1
+fi
+if [ "$rebuild_cdn" = 1 ] || ! compgen -G 'dist/cdn/v*/distributed-ai.js' >/dev/null; then
     node cdn/build.mjs
 fi
 

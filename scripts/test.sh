@@ -30,8 +30,10 @@ step_fmt() {
 step_clippy() {
     # A check build in the dev profile: its artifacts are separate from the release ones.
     cargo clippy --workspace --all-targets -- -D warnings
-    # engine/wasm's JavaScript bindings compile on wasm32 only.
+    # engine/wasm's JavaScript bindings compile on wasm32 only; with `p2p` they are the
+    # page-side P2P node's (and kwaainet-p2p's cfg(wasm_browser) code is checked with them).
     cargo clippy -p kwaainet-wasm --target wasm32-unknown-unknown -- -D warnings
+    cargo clippy -p kwaainet-wasm --target wasm32-unknown-unknown --features p2p -- -D warnings
 }
 
 step_build() {
@@ -66,6 +68,13 @@ step_p2p() {
     # swarm) and the binary's node tests already ran in rust-tests. Here: interop with
     # js-libp2p (npm `libp2p` under node) dialing `kwaainet start` over TCP.
     KWAAINET_BIN="$(BIN)" node --test engine/p2p/tests/interop/
+    # The browser joins: the page-side node (rust-libp2p in wasm, dist/p2p/) through the
+    # SDK's KwaaiNetwork in headless Chromium, against `kwaainet start` on 127.0.0.1:
+    # WebRTC-direct, WebSocket fallback, DHT lookup, page-to-page messages through the
+    # relay, reconnect after a node restart.
+    FEATURES=p2p OUT=dist/p2p bash scripts/build-wasm.sh
+    npm run --silent build -w @kwaainet/sdk
+    KWAAINET_BIN="$(BIN)" node --test --test-timeout=300000 engine/p2p/tests/browser/
 }
 
 step_wasm32() {

@@ -28,10 +28,10 @@ export function within(ms, promise, what) {
 }
 
 /**
- * Launches Chromium with a fresh profile. Returns { context, page, close }; `close` shuts
+ * Launches Chromium with a fresh profile (`args`: extra flags). Returns { context, page, close }; `close` shuts
  * the browser and deletes the profile (safe to call twice).
  */
-export async function launch({ webgpu = false, log = false } = {}) {
+export async function launch({ webgpu = false, log = false, args = [] } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'kwaainet-chromium-'));
   let context;
   try {
@@ -39,7 +39,7 @@ export async function launch({ webgpu = false, log = false } = {}) {
       executablePath: CHROMIUM,
       headless: true,
       timeout: 30_000,
-      args: webgpu ? [...FLAGS, '--enable-unsafe-webgpu'] : FLAGS,
+      args: [...FLAGS, ...(webgpu ? ['--enable-unsafe-webgpu'] : []), ...args],
     });
   } catch (err) {
     rmSync(dir, { recursive: true, force: true });

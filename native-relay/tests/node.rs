@@ -196,6 +196,19 @@ fn start_serves_http_joins_peers_and_stops_on_sigterm() -> Result<()> {
         st["roles"],
         serde_json::json!(["bootstrap", "relay", "full"])
     );
+    // What pages dial: WebRTC-direct (with its certhash) first, then WebSocket; no TCP/QUIC.
+    let browser: Vec<&str> = st["browser_addrs"]
+        .as_array()
+        .context("browser_addrs")?
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(browser.len() >= 2, "{browser:?}");
+    assert!(browser[0].contains("/webrtc-direct/certhash/") && browser[0].ends_with(&peer_id));
+    assert!(
+        browser[1..].iter().all(|a| a.contains("/ws/p2p/")),
+        "{browser:?}"
+    );
     let (status, metrics) = get(a.http, "/metrics")?;
     assert_eq!(status, 200);
     assert!(metrics.contains("libp2p_swarm_connections"), "{metrics}");

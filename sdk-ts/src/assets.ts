@@ -14,6 +14,9 @@ export const ASSETS = {
   /** The WebGPU engine (dist/engine-webgpu/, renamed: both builds name their files alike). */
   webgpuWasm: 'kwaainet_wasm_webgpu_bg.wasm',
   webgpuGlue: 'kwaainet_wasm_webgpu.js',
+  /** The page-side P2P node (dist/p2p/, renamed likewise). */
+  p2pWasm: 'kwaainet_p2p_bg.wasm',
+  p2pGlue: 'kwaainet_p2p.js',
 } as const;
 
 // Replaced by the CDN build (esbuild `define`); absent in the plain npm build.

@@ -18,7 +18,8 @@ export type ErrorCode =
   | 'not-initialized'
   | 'disposed'
   | 'unsupported'
-  | 'backend-lost';
+  | 'backend-lost'
+  | 'p2p';
 
 export class KwaaiNetError extends Error {
   readonly code: ErrorCode;
@@ -147,10 +148,33 @@ export class BackendLostError extends KwaaiNetError {
   }
 }
 
+/** Why a P2P operation failed (`P2pError.reason`). */
+export type P2pFailure =
+  /** The node cannot be reached (every address failed, or it went away for good). */
+  | 'unreachable'
+  /** A lookup or message failed: no answer, the peer refused it, or the circuit failed. */
+  | 'query'
+  /** A record failed verification (signature, size, wrong peer). */
+  | 'record'
+  /** No answer within the time limit. */
+  | 'timeout'
+  /** The network node was closed or its module failed. */
+  | 'stopped';
+
+/** A failure on the P2P network (page-side node: `KwaaiNetwork`). */
+export class P2pError extends KwaaiNetError {
+  readonly reason: P2pFailure;
+  constructor(message: string, reason: P2pFailure = 'query', options?: { cause?: unknown }) {
+    super('p2p', message, options);
+    this.name = 'P2pError';
+    this.reason = reason;
+  }
+}
+
 const ERROR_CODES: ReadonlySet<string> = new Set<ErrorCode>([
   'aborted', 'quota-exceeded', 'integrity', 'model-too-large', 'consent-required',
   'engine-crashed', 'protocol', 'network', 'invalid-argument', 'engine', 'not-initialized',
-  'disposed', 'unsupported', 'backend-lost',
+  'disposed', 'unsupported', 'backend-lost', 'p2p',
 ]);
 
 export function isErrorCode(value: unknown): value is ErrorCode {
@@ -174,6 +198,7 @@ export function errorFromWire(code: ErrorCode, message: string): KwaaiNetError {
     case 'disposed': return new DisposedError(message);
     case 'unsupported': return new UnsupportedError(message);
     case 'backend-lost': return new BackendLostError(message);
+    case 'p2p': return new P2pError(message);
   }
 }
 

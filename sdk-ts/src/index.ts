@@ -27,4 +27,9 @@ export {
   ConsentManager, dialogConsentPrompt, memoryConsentStorage,
   type ConsentDecision, type ConsentPrompt, type ConsentRequest, type ConsentStorage, type PrivacyFlag, type Service,
 } from './consent.js';
+export {
+  KwaaiNetwork, MAX_MESSAGE_BYTES, fetchBootstrapAddrs,
+  type CallOptions, type NetworkEvents, type NetworkMessage, type NetworkOptions, type NetworkPeerEvent, type NetworkStatus,
+  type NetworkStatusEvent, type NetworkTransport, type NodeRecord,
+} from './network.js';
 export { installFromScriptTag, parseScriptTag, type ScriptTagConfig } from './script-tag.js';

@@ -11,7 +11,8 @@
  *
  * On load it reads its own `data-*` attributes, finds its base URL from
  * `document.currentScript` (the worker and .wasm live next to it), creates the instance,
- * exposes `window.KwaaiNet` (the class) and `window.kwaainet` (the instance; `data-global`
+ * exposes `window.KwaaiNet` (the class), `window.KwaaiNetwork` (the page's P2P node:
+ * `KwaaiNetwork.fromCdn(baseUrl)`) and `window.kwaainet` (the instance; `data-global`
  * renames it), initialises it, and dispatches `kwaainet:ready` (or `kwaainet:error`) on
  * `document`, with `{ kwaainet }` (and `error`) as the event's detail. `window.kwaainet.ready`
  * is the same outcome as a promise, for code that runs after the event fired.
@@ -27,6 +28,7 @@ import { InvalidArgumentError, toKwaaiNetError, type KwaaiNetError } from './err
 import type { HostPreference } from './host.js';
 import type { EnginePreference } from './protocol.js';
 import { KwaaiNet, type KwaaiNetOptions } from './kwaainet.js';
+import { KwaaiNetwork } from './network.js';
 
 export interface ScriptLike {
   readonly src: string;
@@ -103,6 +105,7 @@ export function installFromScriptTag(): Instance | null {
   const win = globalThis as unknown as Window & Record<string, unknown>;
   const doc = win.document;
   win.KwaaiNet = KwaaiNet;
+  win.KwaaiNetwork = KwaaiNetwork;
   const script = doc ? findScript(doc) : null;
   if (!doc || !script) return null; // bundled differently: the class alone is exposed
   const fail = (error: KwaaiNetError): void => {

@@ -32,9 +32,15 @@ writeFileSync(join(webgpuDir, 'kwaainet_wasm.js'), [
 ].join('\n'));
 writeFileSync(join(webgpuDir, 'kwaainet_wasm_bg.wasm'), Uint8Array.from([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, 0]));
 
+// The page-side P2P module (dist/p2p/), named alike too.
+const p2pDir = join(tmp, 'p2p');
+mkdirSync(p2pDir);
+writeFileSync(join(p2pDir, 'kwaainet_wasm.js'), "export default async function init() {}\nexport function p2pVersion() { return 'fake-p2p-marker'; }\n");
+writeFileSync(join(p2pDir, 'kwaainet_wasm_bg.wasm'), Uint8Array.from([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, 0, 0]));
+
 function buildTo(out: string, withEngine = true): void {
   const args = ['cdn/build.mjs', '--out', out, '--engine-dir', withEngine ? engineDir : join(tmp, 'no-engine'),
-    '--webgpu-dir', withEngine ? webgpuDir : join(tmp, 'no-engine')];
+    '--webgpu-dir', withEngine ? webgpuDir : join(tmp, 'no-engine'), '--p2p-dir', withEngine ? p2pDir : join(tmp, 'no-engine')];
   const r = spawnSync(process.execPath, args, { cwd: root, encoding: 'utf8', timeout: 60_000 });
   assert.equal(r.status, 0, r.stderr);
 }
@@ -44,6 +50,7 @@ interface Manifest {
   path: string;
   engine: boolean;
   webgpu: boolean;
+  p2p: boolean;
   files: Record<string, { integrity: string; size: number }>;
 }
 
@@ -58,7 +65,7 @@ describe('cdn bundle and SRI manifest', () => {
     const onDisk = readdirSync(a).filter((n) => n !== 'sri-manifest.json').sort();
     assert.deepEqual(Object.keys(manifest.files), onDisk);
     for (const name of ['distributed-ai.js', 'kwaainet.mjs', 'kwaainet-worker.js', 'kwaainet-sw.js', 'kwaainet_wasm.js', 'kwaainet_wasm_bg.wasm',
-      'kwaainet_wasm_webgpu.js', 'kwaainet_wasm_webgpu_bg.wasm']) {
+      'kwaainet_wasm_webgpu.js', 'kwaainet_wasm_webgpu_bg.wasm', 'kwaainet_p2p.js', 'kwaainet_p2p_bg.wasm']) {
       assert.ok(onDisk.includes(name), name);
     }
     for (const [name, f] of Object.entries(manifest.files)) {
@@ -69,6 +76,8 @@ describe('cdn bundle and SRI manifest', () => {
     assert.equal(manifest.path, `v${manifest.version}/`);
     assert.equal(manifest.engine, true);
     assert.equal(manifest.webgpu, true);
+    assert.equal(manifest.p2p, true);
+    assert.ok(readFileSync(join(a, 'kwaainet_p2p.js'), 'utf8').includes('fake-p2p-marker'));
     assert.ok(readFileSync(join(a, 'kwaainet_wasm_webgpu.js'), 'utf8').includes('fake-webgpu-marker'));
   });
 
@@ -82,6 +91,8 @@ describe('cdn bundle and SRI manifest', () => {
     assert.ok(tagJs.includes(manifest.files['kwaainet_wasm_webgpu_bg.wasm']?.integrity ?? 'missing'));
     assert.ok(readFileSync(join(a, 'kwaainet-sw.js'), 'utf8').includes('fake-webgpu-marker'));
     assert.ok(!readFileSync(join(a, 'kwaainet-worker.js'), 'utf8').includes('fake-webgpu-marker'));
+    // The P2P module's wasm hash too (KwaaiNetwork.fromCdn checks it).
+    assert.ok(tagJs.includes(manifest.files['kwaainet_p2p_bg.wasm']?.integrity ?? 'missing'));
     assert.ok(!/\beval\(|new Function\(/.test(tagJs), 'no eval');
   });
 
@@ -99,6 +110,8 @@ describe('cdn bundle and SRI manifest', () => {
     assert.equal(m.files['kwaainet_wasm_bg.wasm'], undefined);
     assert.equal(m.webgpu, false);
     assert.equal(m.files['kwaainet_wasm_webgpu_bg.wasm'], undefined);
+    assert.equal(m.p2p, false);
+    assert.equal(m.files['kwaainet_p2p_bg.wasm'], undefined);
     assert.ok(!readFileSync(join(c, 'kwaainet-sw.js'), 'utf8').includes('fake-webgpu-marker'));
     assert.ok(readFileSync(join(c, 'kwaainet-worker.js'), 'utf8').includes('built without the WASM engine'));
   });

@@ -9,10 +9,11 @@
 
 use std::io;
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncRead, AsyncWrite};
 use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
+use crate::frame::{read_frame, write_frame};
 use crate::record::MAX_RECORD_BYTES;
 
 /// The protocol id.
@@ -49,30 +50,6 @@ pub struct InfoResponse(pub Vec<u8>);
 /// Length-prefixed frames with a hard size limit per direction.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Codec;
-
-/// Reads one frame; `Ok(Err(_))` is an oversized frame (its body is not read).
-async fn read_frame<T: AsyncRead + Unpin + Send>(
-    io: &mut T,
-    max: usize,
-) -> io::Result<Result<Vec<u8>, String>> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Ok(Err(format!("frame of {len} bytes exceeds {max}")));
-    }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
-    Ok(Ok(buf))
-}
-
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(bytes.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(bytes).await?;
-    io.flush().await
-}
 
 #[async_trait::async_trait]
 impl libp2p::request_response::Codec for Codec {

@@ -17,7 +17,9 @@
 pub mod behaviour;
 pub mod config;
 pub mod error;
+mod frame;
 pub mod info;
+pub mod msg;
 pub mod record;
 
 #[cfg(not(wasm_browser))]

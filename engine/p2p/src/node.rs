@@ -65,6 +65,9 @@ pub struct NodeState {
     pub listen_addrs: Vec<Multiaddr>,
     /// Addresses announced in our record.
     pub announced: Vec<AddressEntry>,
+    /// The announced addresses a browser can dial, best first: WebRTC-direct (with its
+    /// `/certhash`), then WebSocket; each with `/p2p/<peer id>`. Pages join through these.
+    pub browser_addrs: Vec<Multiaddr>,
     /// `server` (serves the DHT) or `client`.
     pub kad_mode: String,
     /// Peers in our Kademlia routing table.
@@ -462,6 +465,22 @@ impl Runtime {
             .collect()
     }
 
+    /// [`NodeState::browser_addrs`].
+    fn browser_addrs(&self) -> Vec<Multiaddr> {
+        let me = *self.swarm.local_peer_id();
+        let mut ranked: Vec<(u8, Multiaddr)> = self
+            .announced()
+            .into_iter()
+            .filter(|a| !a.relayed)
+            .filter_map(|a| Some((record::browser_rank(&a.addr)?, a.addr)))
+            .collect();
+        ranked.sort_by_key(|(rank, _)| *rank);
+        ranked
+            .into_iter()
+            .map(|(_, a)| a.with(Protocol::P2p(me)))
+            .collect()
+    }
+
     fn own_record(&self) -> NodeRecord {
         NodeRecord {
             v: NODE_RECORD_VERSION,
@@ -628,6 +647,7 @@ impl Runtime {
                 .map(|a| a.clone().with(Protocol::P2p(me)))
                 .collect(),
             announced: self.announced(),
+            browser_addrs: self.browser_addrs(),
             kad_mode,
             routing_table_peers,
             dht_records,

@@ -296,6 +296,29 @@ pub fn is_dialable(addr: &Multiaddr, allow_local: bool) -> bool {
     has_transport_addr
 }
 
+/// Whether a browser can dial `addr`, and how much it prefers it (lower first): 0 for
+/// WebRTC-direct with a `/certhash` (UDP, no TLS certificate needed), 1 for secure
+/// WebSocket, 2 for plain WebSocket (pages on `http:` origins only). `None` otherwise
+/// (TCP, QUIC: browsers have no such sockets).
+pub fn browser_rank(addr: &Multiaddr) -> Option<u8> {
+    let protos: Vec<Protocol> = addr.iter().collect();
+    let has = |f: fn(&Protocol) -> bool| protos.iter().any(f);
+    if has(|p| matches!(p, Protocol::P2pCircuit)) {
+        return None;
+    }
+    if has(|p| matches!(p, Protocol::WebRTCDirect)) && has(|p| matches!(p, Protocol::Certhash(_))) {
+        Some(0)
+    } else if has(|p| matches!(p, Protocol::Wss(_) | Protocol::Tls))
+        && has(|p| matches!(p, Protocol::Ws(_) | Protocol::Wss(_)))
+    {
+        Some(1)
+    } else if has(|p| matches!(p, Protocol::Ws(_))) {
+        Some(2)
+    } else {
+        None
+    }
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -399,5 +422,23 @@ mod tests {
             .unwrap();
         assert!(is_dialable(&relayed, false));
         assert!(AddressEntry::new(relayed).relayed);
+    }
+
+    #[test]
+    fn browsers_prefer_webrtc_direct_then_websocket() {
+        let rank = |s: &str| browser_rank(&s.parse().unwrap());
+        let hash = "uEiD_pOxNcZqF8E5pSQu6AtWX-b6Kh0RMHs0uYfnsq1F3Nw";
+        assert_eq!(
+            rank(&format!("/ip4/1.2.3.4/udp/1/webrtc-direct/certhash/{hash}")),
+            Some(0)
+        );
+        assert_eq!(rank("/ip4/1.2.3.4/udp/1/webrtc-direct"), None); // no certhash: undialable
+        assert_eq!(rank("/dns4/example.org/tcp/443/wss"), Some(1));
+        assert_eq!(rank("/dns4/example.org/tcp/443/tls/ws"), Some(1));
+        assert_eq!(rank("/ip4/1.2.3.4/tcp/2/ws"), Some(2));
+        assert_eq!(rank("/ip4/1.2.3.4/tcp/2"), None);
+        assert_eq!(rank("/ip4/1.2.3.4/udp/2/quic-v1"), None);
+        let circuit = format!("/ip4/1.2.3.4/tcp/2/ws/p2p/{}/p2p-circuit", PeerId::random());
+        assert_eq!(rank(&circuit), None);
     }
 }

@@ -15,10 +15,16 @@ pub mod engine;
 mod gpu;
 pub mod stream;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", not(feature = "p2p")))]
 mod bindings;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", not(feature = "p2p")))]
 pub use bindings::*;
+
+// The P2P module (feature `p2p`) exports the page-side node instead of the engine.
+#[cfg(all(target_arch = "wasm32", feature = "p2p"))]
+mod p2p;
+#[cfg(all(target_arch = "wasm32", feature = "p2p"))]
+pub use p2p::*;
 
 pub(crate) fn engine_version_str() -> &'static str {
     env!("CARGO_PKG_VERSION")

@@ -1,0 +1,320 @@
+// The browser joins the P2P network: pages in headless Chromium run the page-side libp2p
+// node (dist/p2p/, rust-libp2p in WebAssembly) through the SDK's KwaaiNetwork and talk to a
+// real `kwaainet start` node on 127.0.0.1:
+//   - WebRTC-direct: the page connects, shows up in the node's peer table
+//     (/api/v1/state), and reads the node's signed record through the DHT (client mode)
+//     and through /kwaainet/info/1.0.0;
+//   - WebSocket fallback when the WebRTC-direct address does not answer;
+//   - two pages exchange messages (/kwaainet/msg/1.0.0) through the node's relay circuit;
+//   - the page reconnects by itself after the node restarts.
+//
+//   node --test engine/p2p/tests/browser/
+//
+// Needs the kwaainet binary ($KWAAINET_BIN, else $CARGO_TARGET_DIR/release/kwaainet), the
+// P2P module (FEATURES=p2p OUT=dist/p2p bash scripts/build-wasm.sh) and the SDK's build
+// (npm run build -w @kwaainet/sdk). Loopback only; every wait is bounded.
+import { spawn } from 'node:child_process';
+import { createSocket } from 'node:dgram';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { homedir, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import assert from 'node:assert/strict';
+
+import { launch, within } from '../../../../demo-site/tests/browser.mjs';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..');
+const bin = process.env.KWAAINET_BIN ??
+  join(process.env.CARGO_TARGET_DIR ?? join(homedir(), '.cache', 'kwaainet', 'target'), 'release', 'kwaainet');
+const p2pDir = join(root, 'dist', 'p2p');
+const sdkDir = join(root, 'sdk-ts', 'dist');
+
+// Loopback ICE candidates, and no mDNS names for local IPs. Measured: ICE to the node on
+// 127.0.0.1 connects without them too (the node is ICE-lite), but these keep the
+// candidates plain loopback addresses whatever the machine's interfaces.
+const WEBRTC_FLAGS = ['--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns'];
+
+const TEST_PAGE = `<!doctype html>
+<meta charset="utf-8"><title>KwaaiNet P2P test</title>
+<script type="module">
+  import * as sdk from './sdk/index.js';
+  window.sdk = sdk;
+  window.log = [];
+  window.inbox = [];
+  window.sdkReady = true;
+</script>`;
+
+function canBind(port, kind) {
+  return new Promise((resolve) => {
+    if (kind === 'udp') {
+      const s = createSocket('udp4');
+      s.once('error', () => resolve(false));
+      s.bind(port, '127.0.0.1', () => s.close(() => resolve(true)));
+    } else {
+      const s = createServer();
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+    }
+  });
+}
+
+/** A base port P with TCP+UDP free on P and P+1 (the node's default listen layout), and a
+ *  free TCP port for HTTP. Fixed ports: the restarted node must come back where it was. */
+async function freePorts() {
+  for (let i = 0; i < 50; i++) {
+    const base = 20_000 + 2 * Math.floor(Math.random() * 20_000);
+    const http = base + 2;
+    const ok = await Promise.all([
+      canBind(base, 'tcp'), canBind(base, 'udp'), canBind(base + 1, 'tcp'), canBind(base + 1, 'udp'), canBind(http, 'tcp'),
+    ]);
+    if (ok.every(Boolean)) return { base, http };
+  }
+  throw new Error('no free ports found in 50 tries');
+}
+
+/** Starts `kwaainet start` (relay + full, loopback) serving `site` over HTTP. */
+async function startNode({ dir, site, base, http }) {
+  const child = spawn(bin, ['start', '--host', '127.0.0.1', '--port', String(base), '--http', `127.0.0.1:${http}`,
+    '--relay', '--full', '--site-dir', site, '--identity', join(dir, 'identity.key')], {
+    env: { ...process.env, KWAAINET_CONFIG_DIR: dir, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
+  const url = `http://127.0.0.1:${http}`;
+  const deadline = Date.now() + 30_000;
+  let last = null;
+  for (;;) {
+    const early = await Promise.race([exited, new Promise((r) => setTimeout(() => r(null), 100))]);
+    if (early) throw new Error(`kwaainet exited early: ${JSON.stringify(early)}`);
+    const state = await fetch(`${url}/api/v1/state`, { signal: AbortSignal.timeout(2_000) })
+      .then((r) => (r.ok ? r.json() : `HTTP ${r.status}`), (e) => String(e));
+    if (state?.browser_addrs?.length) return { child, exited, url, state };
+    last = state;
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`the node did not serve /api/v1/state with browser_addrs within 30 s (last: ${JSON.stringify(last)})`);
+    }
+  }
+}
+
+async function stopNode(node) {
+  if (!node || node.child.exitCode !== null || node.child.signalCode !== null) return;
+  node.child.kill('SIGTERM');
+  const done = await within(15_000, node.exited, 'node shutdown').catch(() => null);
+  if (!done) node.child.kill('SIGKILL');
+}
+
+async function nodeState(url) {
+  const res = await fetch(`${url}/api/v1/state`);
+  assert.equal(res.status, 200);
+  return res.json();
+}
+
+/** Polls `check` (async, truthy = done) every 100 ms for at most `ms`. */
+async function until(ms, what, check) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await check();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Opens the test page and connects its KwaaiNetwork; resolves with what it saw. */
+async function openNetwork(page, url, { bootstrap = null, dialTimeoutMs = Number(process.env.DIAL_MS ?? 5_000) } = {}) {
+  await page.goto(`${url}/test.html`, { waitUntil: 'load', timeout: 30_000 });
+  await page.waitForFunction(() => window.sdkReady === true, null, { timeout: 10_000 });
+  return within(30_000, page.evaluate(async ({ bootstrap, dialTimeoutMs }) => {
+    const { KwaaiNetwork, fetchBootstrapAddrs } = window.sdk;
+    const net = new KwaaiNetwork({
+      moduleUrl: new URL('./p2p/kwaainet_wasm.js', location.href),
+      dialTimeoutMs, reconnectAttempts: 30, maxBackoffMs: 2_000, requestTimeoutMs: 15_000,
+    });
+    window.net = net;
+    net.on('status', (s) => window.log.push({ ...s }));
+    net.on('relay', (r) => { window.relayAddr = r.addr; });
+    net.on('message', (m) => window.inbox.push({ from: m.from, text: m.text() }));
+    const addrs = bootstrap ?? await fetchBootstrapAddrs(location.origin);
+    const t0 = performance.now();
+    const conn = await net.connect(addrs);
+    const connected = window.log.find((s) => s.status === 'connected');
+    return { conn, addrs, peerId: net.peerId, transport: connected?.transport, setupMs: connected?.setupMs, wallMs: performance.now() - t0 };
+  }, { bootstrap, dialTimeoutMs }), 'connecting the page');
+}
+
+let dir;
+let site;
+let ports;
+let node;
+let browser;
+
+before(async () => {
+  assert.ok(existsSync(bin), `no kwaainet binary at ${bin} (cargo build --release -p kwaainet)`);
+  assert.ok(existsSync(join(p2pDir, 'kwaainet_wasm_bg.wasm')), 'no dist/p2p (FEATURES=p2p OUT=dist/p2p bash scripts/build-wasm.sh)');
+  assert.ok(existsSync(join(sdkDir, 'index.js')), 'no sdk-ts/dist (npm run build -w @kwaainet/sdk)');
+  dir = mkdtempSync(join(tmpdir(), 'kwaainet-p2p-browser-'));
+  site = join(dir, 'site');
+  mkdirSync(site);
+  writeFileSync(join(site, 'test.html'), TEST_PAGE);
+  cpSync(sdkDir, join(site, 'sdk'), { recursive: true });
+  cpSync(p2pDir, join(site, 'p2p'), { recursive: true });
+  ports = await freePorts();
+  node = await startNode({ dir, site, ...ports });
+  browser = await launch({ args: WEBRTC_FLAGS });
+});
+
+after(async () => {
+  await browser?.close();
+  await stopNode(node);
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+test('a page joins the node (WebRTC-direct first, then WebSocket), appears in its peer table and reads its record (DHT + info)', { timeout: 90_000 }, async () => {
+  const { page } = browser;
+  const nodeId = node.state.peer_id;
+  assert.match(node.state.browser_addrs[0], /\/webrtc-direct\/certhash\/.+\/p2p\//, 'WebRTC-direct is listed first');
+  assert.ok(node.state.browser_addrs.some((a) => a.includes('/ws/')), 'a WebSocket address is listed');
+
+  // WebRTC-direct is tried first; see the `todo` test below for why it falls back today.
+  const r = await openNetwork(page, node.url, { dialTimeoutMs: 3_000 });
+  assert.equal(r.conn.peer, nodeId);
+  assert.ok(['webrtc-direct', 'websocket'].includes(r.transport), `connected over ${r.transport} (${r.conn.addr})`);
+  console.log(`  joined over ${r.transport}: setup ${r.setupMs?.toFixed(0)} ms (connect() wall ${r.wallMs.toFixed(0)} ms)`);
+
+  // The node sees the page.
+  const st = await until(10_000, 'the page in the node\'s peer table', async () => {
+    const s = await nodeState(node.url);
+    return s.connected_peers.find((p) => p.peer_id === r.peerId) ? s : null;
+  });
+  const me = st.connected_peers.find((p) => p.peer_id === r.peerId);
+  assert.match(me.address, r.transport === 'websocket' ? /\/ws/ : /webrtc-direct/);
+
+  // The node's record, through the DHT (Kademlia client mode) and through info.
+  const rec = await within(20_000, page.evaluate(async (id) => {
+    const t0 = performance.now();
+    const dht = await window.net.getRecord(id);
+    const dhtMs = performance.now() - t0;
+    const info = await window.net.askInfo(id);
+    // Browsers publish no record: our own id is a lookup that finds nothing.
+    const missing = await window.net.getRecord(window.net.peerId);
+    return { dht, info, dhtMs, missing };
+  }, nodeId), 'record lookups');
+  assert.equal(rec.dht.peer_id, nodeId);
+  assert.deepEqual(rec.dht.roles, ['bootstrap', 'relay', 'full']);
+  assert.ok(rec.dht.addrs.some((a) => a.addr.includes('/webrtc-direct/')), 'the record announces WebRTC-direct');
+  assert.equal(rec.info.peer_id, nodeId);
+  assert.equal(rec.missing, null, 'an unknown peer has no record');
+  console.log(`  DHT lookup of the node's record: ${rec.dhtMs.toFixed(0)} ms`);
+
+  // Bad input is a typed error, not a hang.
+  const bad = await page.evaluate(async () => {
+    const out = [];
+    for (const f of [() => window.net.getRecord('not-a-peer'), () => window.net.send(window.net.peerId, new Uint8Array(64 * 1024 + 1))]) {
+      try { await f(); out.push('resolved'); } catch (e) { out.push(e.name); }
+    }
+    return out;
+  });
+  assert.deepEqual(bad, ['InvalidArgumentError', 'InvalidArgumentError']);
+  await page.evaluate(() => window.net.close());
+});
+
+// Chromium 150+ opens DTLS with a 1.3 ClientHello carrying an ML-KEM key share (1413 bytes,
+// two fragments); the node's webrtc-dtls 0.11 (libp2p-webrtc 0.9.0-alpha.1, the line that
+// matches libp2p 0.56) answers alert 47 (illegal_parameter), so the data channel never
+// opens. ICE itself connects. libp2p-webrtc 0.10
+// (webrtc 0.17, newer DTLS) needs libp2p 0.57: see engine/p2p/README.md "Browser node".
+test('WebRTC-direct alone: the DTLS handshake with the node completes', {
+  timeout: 60_000,
+  todo: 'webrtc-dtls 0.11 refuses Chromium 150+\'s DTLS 1.3 ClientHello (alert 47); needs libp2p-webrtc 0.10 / libp2p 0.57',
+}, async () => {
+  const page = await browser.context.newPage();
+  try {
+    const rtc = node.state.browser_addrs.find((a) => a.includes('/webrtc-direct/'));
+    const r = await openNetwork(page, node.url, { bootstrap: [rtc], dialTimeoutMs: 10_000 });
+    assert.equal(r.transport, 'webrtc-direct');
+    console.log(`  WebRTC-direct setup: ${r.setupMs?.toFixed(0)} ms`);
+  } finally {
+    await page.close();
+  }
+});
+
+test('WebSocket fallback: a dead WebRTC-direct address is given up after the dial timeout', { timeout: 60_000 }, async () => {
+  const page = await browser.context.newPage();
+  try {
+    const addrs = node.state.browser_addrs;
+    const rtc = addrs.find((a) => a.includes('/webrtc-direct/'));
+    const ws = addrs.find((a) => a.includes('/ws/'));
+    // The same certhash and peer on a UDP port nobody listens on (the HTTP port's number).
+    const dead = rtc.replace(/\/udp\/\d+\//, `/udp/${ports.http}/`);
+    const r = await openNetwork(page, node.url, { bootstrap: [dead, ws], dialTimeoutMs: 2_000 });
+    assert.equal(r.transport, 'websocket', `connected over ${r.transport}`);
+    assert.equal(r.conn.peer, node.state.peer_id);
+    const rec = await within(20_000, page.evaluate((id) => window.net.getRecord(id), node.state.peer_id), 'lookup over WebSocket');
+    assert.equal(rec.peer_id, node.state.peer_id);
+    // Unreachable everywhere: a typed error within the bounds.
+    const err = await within(20_000, page.evaluate(async (dead) => {
+      const { KwaaiNetwork } = window.sdk;
+      const n = new KwaaiNetwork({ moduleUrl: new URL('./p2p/kwaainet_wasm.js', location.href), dialTimeoutMs: 1_000 });
+      try { await n.connect([dead]); return 'connected?'; } catch (e) { return { name: e.name, reason: e.reason, status: n.status }; }
+    }, dead), 'failing connect');
+    assert.deepEqual(err, { name: 'P2pError', reason: 'unreachable', status: 'offline' });
+  } finally {
+    await page.close();
+  }
+});
+
+test('two pages exchange messages through the node\'s relay circuit; the page reconnects after the node restarts', { timeout: 150_000 }, async () => {
+  const a = await browser.context.newPage();
+  const b = await browser.context.newPage();
+  try {
+    const ra = await openNetwork(a, node.url);
+    const rb = await openNetwork(b, node.url);
+    const relayOf = (p) => until(15_000, 'relay reservation', () => p.evaluate(() => window.relayAddr ?? null));
+    const [addrA, addrB] = await Promise.all([relayOf(a), relayOf(b)]);
+    assert.match(addrB, new RegExp(`/p2p/${node.state.peer_id}/p2p-circuit/p2p/${rb.peerId}$`));
+    assert.ok(addrA.endsWith(ra.peerId));
+
+    // A -> B, then B answers A; each send resolves on the receiver's acknowledgement.
+    const sent = await within(30_000, a.evaluate(async (to) => {
+      const rtts = [];
+      for (let i = 0; i < 5; i++) rtts.push((await window.net.send(to, `hello ${i} from A`)).rttMs);
+      return rtts;
+    }, rb.peerId), 'A sends to B');
+    const inboxB = await until(10_000, 'B receives', () => b.evaluate(() => (window.inbox.length >= 5 ? window.inbox : null)));
+    assert.deepEqual(inboxB.map((m) => m.text), [0, 1, 2, 3, 4].map((i) => `hello ${i} from A`));
+    assert.ok(inboxB.every((m) => m.from === ra.peerId));
+    await within(15_000, b.evaluate((to) => window.net.send(to, 'hello back from B'), ra.peerId), 'B answers A');
+    const inboxA = await until(10_000, 'A receives', () => a.evaluate(() => (window.inbox.length ? window.inbox : null)));
+    assert.deepEqual(inboxA, [{ from: rb.peerId, text: 'hello back from B' }]);
+    const big = await within(15_000, a.evaluate((to) => window.net.send(to, new Uint8Array(64 * 1024).fill(7)), rb.peerId), '64 KiB message');
+    const sorted = [...sent].sort((x, y) => x - y);
+    console.log(`  relay message round trip (send -> ack), 5 messages: median ${sorted[2].toFixed(1)} ms, first ${sent[0].toFixed(1)} ms (circuit set-up); 64 KiB: ${big.rttMs.toFixed(1)} ms`);
+
+    // The node restarts (same identity, ports and WebRTC certificate): both pages come back
+    // by themselves, hold new reservations, and can talk again.
+    await a.evaluate(() => { window.log.length = 0; window.relayAddr = null; });
+    await b.evaluate(() => { window.relayAddr = null; });
+    await stopNode(node);
+    await until(15_000, 'A notices', () => a.evaluate(() => window.log.some((s) => s.status === 'reconnecting')));
+    const t0 = Date.now();
+    node = await startNode({ dir, site, ...ports });
+    await until(30_000, 'A reconnects', () => a.evaluate(() => window.log.some((s) => s.status === 'connected')));
+    await until(30_000, 'B reconnects', () => b.evaluate(() => window.net.status === 'connected'));
+    console.log(`  reconnect after the node came back: ${Date.now() - t0} ms (node start included)`);
+    await Promise.all([relayOf(a), relayOf(b)]);
+    await within(20_000, b.evaluate((to) => window.net.send(to, 'after restart'), ra.peerId), 'B sends after the restart');
+    await until(10_000, 'A receives after the restart', () => a.evaluate(() => window.inbox.some((m) => m.text === 'after restart')));
+    const rec = await within(20_000, a.evaluate((id) => window.net.getRecord(id), node.state.peer_id), 'lookup after the restart');
+    assert.equal(rec.peer_id, node.state.peer_id);
+    const st = await nodeState(node.url);
+    for (const id of [ra.peerId, rb.peerId]) {
+      assert.ok(st.connected_peers.some((p) => p.peer_id === id), `${id} back in the peer table`);
+    }
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});

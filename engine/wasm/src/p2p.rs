@@ -1,0 +1,276 @@
+//! The page-side P2P node's JavaScript surface (feature `p2p`, module `dist/p2p/`):
+//! converts values for `kwaainet_p2p::browser`, which holds the logic.
+//!
+//! Errors reach JavaScript as `Error`s whose message starts with a stable code:
+//! `options:` (bad arguments), `unreachable:` (dial failed, node offline), `query:` (a
+//! lookup or message failed or timed out), `record:` (an invalid record), `stopped:`
+//! (the node was freed), `internal:`.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use kwaainet_p2p::Error;
+use kwaainet_p2p::browser::{self, BrowserConfig, BrowserEvent, BrowserHandle};
+use kwaainet_p2p::libp2p::identity::Keypair;
+use kwaainet_p2p::libp2p::{Multiaddr, PeerId};
+use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{future_to_promise, spawn_local};
+
+/// Upper bounds on the options a page may pass.
+const MAX_BOOTSTRAP_ADDRS: usize = 16;
+const MAX_DIAL_TIMEOUT_MS: u64 = 60_000;
+const MAX_RECONNECT_ATTEMPTS: u32 = 1_000;
+const MAX_BACKOFF_MS: u64 = 5 * 60_000;
+
+fn err(code: &str, e: impl std::fmt::Display) -> JsError {
+    JsError::new(&format!("{code}: {e}"))
+}
+
+fn p2p_err(e: Error) -> JsValue {
+    let code = match &e {
+        Error::Transport(_) => "unreachable",
+        Error::Query(_) => "query",
+        Error::InvalidRecord(_) => "record",
+        Error::Config(_) => "options",
+        Error::NodeStopped => "stopped",
+        _ => "internal",
+    };
+    err(code, e).into()
+}
+
+fn peer(s: &str) -> Result<PeerId, JsValue> {
+    s.parse()
+        .map_err(|e| err("options", format_args!("peer id {s:?}: {e}")).into())
+}
+
+fn set(obj: &js_sys::Object, key: &str, value: impl Into<JsValue>) {
+    // Setting a property on a plain object we created cannot fail.
+    let _ = js_sys::Reflect::set(obj, &JsValue::from_str(key), &value.into());
+}
+
+fn event_to_js(ev: BrowserEvent) -> JsValue {
+    let o = js_sys::Object::new();
+    match ev {
+        BrowserEvent::Connected {
+            peer,
+            addr,
+            transport,
+            bootstrap,
+            setup_ms,
+        } => {
+            set(&o, "type", "connected");
+            set(&o, "peer", peer.to_string());
+            set(&o, "addr", addr.to_string());
+            set(&o, "transport", transport);
+            set(&o, "bootstrap", bootstrap);
+            set(&o, "setupMs", setup_ms.map_or(JsValue::NULL, JsValue::from));
+        }
+        BrowserEvent::Disconnected { peer, bootstrap } => {
+            set(&o, "type", "disconnected");
+            set(&o, "peer", peer.to_string());
+            set(&o, "bootstrap", bootstrap);
+        }
+        BrowserEvent::Reconnecting { attempt, delay_ms } => {
+            set(&o, "type", "reconnecting");
+            set(&o, "attempt", attempt);
+            set(&o, "delayMs", delay_ms as f64);
+        }
+        BrowserEvent::Offline { reason } => {
+            set(&o, "type", "offline");
+            set(&o, "reason", reason);
+        }
+        BrowserEvent::RelayReady { addr } => {
+            set(&o, "type", "relay-ready");
+            set(&o, "addr", addr.to_string());
+        }
+        BrowserEvent::Message { from, data } => {
+            set(&o, "type", "message");
+            set(&o, "from", from.to_string());
+            set(&o, "data", js_sys::Uint8Array::from(data.as_slice()));
+        }
+    }
+    o.into()
+}
+
+fn json_to_js(v: &impl serde::Serialize) -> Result<JsValue, JsValue> {
+    let text = serde_json::to_string(v).map_err(|e| err("internal", e))?;
+    js_sys::JSON::parse(&text)
+}
+
+/// Options of [`WasmP2pNode::start`] (camelCase in JavaScript; unknown keys are refused).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StartOptions {
+    bootstrap: Vec<String>,
+    dial_timeout_ms: Option<u64>,
+    relay_listen: Option<bool>,
+    reconnect_attempts: Option<u32>,
+    max_backoff_ms: Option<u64>,
+}
+
+/// The page-side libp2p node.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct WasmP2pNode {
+    handle: BrowserHandle,
+}
+
+#[wasm_bindgen]
+impl WasmP2pNode {
+    /// Starts a node with a fresh identity and begins dialing the bootstrap node:
+    /// `options = { bootstrap: string[], dialTimeoutMs?, relayListen?, reconnectAttempts?,
+    /// maxBackoffMs? }`. `onEvent(event)` receives `{ type: 'connected' | 'disconnected' |
+    /// 'reconnecting' | 'offline' | 'relay-ready' | 'message', ... }`.
+    pub fn start(options: JsValue, on_event: js_sys::Function) -> Result<WasmP2pNode, JsError> {
+        let o: StartOptions =
+            serde_wasm_bindgen::from_value(options).map_err(|e| err("options", e))?;
+        if o.bootstrap.is_empty() || o.bootstrap.len() > MAX_BOOTSTRAP_ADDRS {
+            return Err(err(
+                "options",
+                format_args!("bootstrap: 1 to {MAX_BOOTSTRAP_ADDRS} addresses"),
+            ));
+        }
+        let bootstrap = o
+            .bootstrap
+            .iter()
+            .map(|a| {
+                a.parse::<Multiaddr>()
+                    .map_err(|e| err("options", format_args!("address {a:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let d = BrowserConfig::default();
+        let config = BrowserConfig {
+            bootstrap,
+            dial_timeout: o.dial_timeout_ms.map_or(d.dial_timeout, |ms| {
+                Duration::from_millis(ms.clamp(100, MAX_DIAL_TIMEOUT_MS))
+            }),
+            relay_listen: o.relay_listen.unwrap_or(d.relay_listen),
+            reconnect_attempts: o
+                .reconnect_attempts
+                .map_or(d.reconnect_attempts, |n| n.min(MAX_RECONNECT_ATTEMPTS)),
+            max_backoff: o.max_backoff_ms.map_or(d.max_backoff, |ms| {
+                Duration::from_millis(ms.clamp(100, MAX_BACKOFF_MS))
+            }),
+        };
+        let (handle, mut events, run) =
+            browser::start(Keypair::generate_ed25519(), config).map_err(|e| err("options", e))?;
+        spawn_local(run);
+        spawn_local(async move {
+            while let Some(ev) = events.next().await {
+                if let Err(e) = on_event.call1(&JsValue::NULL, &event_to_js(ev)) {
+                    web_sys_log(&e);
+                }
+            }
+        });
+        Ok(WasmP2pNode { handle })
+    }
+
+    /// Our peer id.
+    #[wasm_bindgen(js_name = peerId)]
+    pub fn peer_id(&self) -> String {
+        self.handle.peer_id().to_string()
+    }
+
+    /// Resolves with `{ peer, addr }` once connected to the bootstrap node (at once if
+    /// connected); rejects if it is offline.
+    pub fn connected(&self) -> js_sys::Promise {
+        let h = self.handle.clone();
+        future_to_promise(async move {
+            let (peer, addr) = h.connected().await.map_err(p2p_err)?;
+            let o = js_sys::Object::new();
+            set(&o, "peer", peer.to_string());
+            set(&o, "addr", addr.to_string());
+            Ok(o.into())
+        })
+    }
+
+    /// `{ peerId, bootstrap: { peer, addr } | null, relayAddr: string | null, peers: string[] }`.
+    pub fn state(&self) -> js_sys::Promise {
+        let h = self.handle.clone();
+        future_to_promise(async move {
+            let s = h.state().await.map_err(p2p_err)?;
+            let o = js_sys::Object::new();
+            set(&o, "peerId", s.peer_id.to_string());
+            let b = match s.bootstrap {
+                Some((peer, addr)) => {
+                    let b = js_sys::Object::new();
+                    set(&b, "peer", peer.to_string());
+                    set(&b, "addr", addr.to_string());
+                    b.into()
+                }
+                None => JsValue::NULL,
+            };
+            set(&o, "bootstrap", b);
+            set(
+                &o,
+                "relayAddr",
+                s.relay_addr
+                    .map_or(JsValue::NULL, |a| JsValue::from(a.to_string())),
+            );
+            let peers: js_sys::Array = s
+                .peers
+                .iter()
+                .map(|p| JsValue::from(p.to_string()))
+                .collect();
+            set(&o, "peers", peers);
+            Ok(o.into())
+        })
+    }
+
+    /// Looks up `peer`'s signed node record in the DHT (client mode): resolves with the
+    /// verified record (`{ v, peer_id, roles, addrs, ... }`) or `null`.
+    #[wasm_bindgen(js_name = getRecord)]
+    pub fn get_record(&self, peer_id: String) -> js_sys::Promise {
+        let h = self.handle.clone();
+        future_to_promise(async move {
+            match h.get_node_record(peer(&peer_id)?).await.map_err(p2p_err)? {
+                Some(rec) => json_to_js(&rec),
+                None => Ok(JsValue::NULL),
+            }
+        })
+    }
+
+    /// Asks `peer` for its record directly (`/kwaainet/info/1.0.0`).
+    #[wasm_bindgen(js_name = askInfo)]
+    pub fn ask_info(&self, peer_id: String) -> js_sys::Promise {
+        let h = self.handle.clone();
+        future_to_promise(async move {
+            let rec = h.ask_info(peer(&peer_id)?).await.map_err(p2p_err)?;
+            json_to_js(&rec)
+        })
+    }
+
+    /// Sends `data` to `peer` through the bootstrap node's relay (`/kwaainet/msg/1.0.0`);
+    /// resolves with the round trip in milliseconds once the receiver acknowledged it.
+    pub fn send(&self, peer_id: String, data: Vec<u8>) -> js_sys::Promise {
+        let h = self.handle.clone();
+        future_to_promise(async move {
+            let rtt = h.send(peer(&peer_id)?, data).await.map_err(p2p_err)?;
+            Ok(JsValue::from(rtt.as_secs_f64() * 1000.0))
+        })
+    }
+}
+
+/// Largest message payload, in bytes.
+#[wasm_bindgen(js_name = maxMessageBytes)]
+pub fn max_message_bytes() -> usize {
+    kwaainet_p2p::msg::MAX_MESSAGE_BYTES
+}
+
+/// The crate version.
+#[wasm_bindgen(js_name = p2pVersion)]
+pub fn p2p_version() -> String {
+    crate::engine_version_str().to_owned()
+}
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn console_error(v: &JsValue);
+}
+
+/// A listener that throws must not stop the event loop: report it like an uncaught error.
+fn web_sys_log(e: &JsValue) {
+    console_error(e);
+}

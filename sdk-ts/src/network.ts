@@ -1,0 +1,434 @@
+/**
+ * `KwaaiNetwork`: the page's own node on the KwaaiNet P2P network (rust-libp2p compiled to
+ * WebAssembly: the `dist/p2p/` module). It joins through a native node (`kwaainet start`)
+ * over WebRTC-direct, with WebSocket as the fallback, looks records up in the DHT (as a
+ * client: browsers never enter routing tables), holds a relay reservation on the node so
+ * other pages can reach it, exchanges small messages with them through the node's relay
+ * circuit, and reconnects with a bounded back-off when the node restarts.
+ *
+ * ```ts
+ * const net = new KwaaiNetwork({ moduleUrl: '/p2p/kwaainet_wasm.js' });
+ * net.on('status', (s) => badge.textContent = s.status);
+ * net.on('message', (m) => console.log(m.from, m.text()));
+ * await net.connect(await fetchBootstrapAddrs(location.origin), { signal });
+ * const record = await net.getRecord(net.bootstrapPeer!);
+ * await net.send(otherPageId, 'hello');
+ * ```
+ *
+ * Every call is bounded (`requestTimeoutMs`, an AbortSignal) and every failure is a typed
+ * error: `P2pError` (with `reason`), `InvalidArgumentError`, `AbortError`, `DisposedError`.
+ */
+
+import { ASSETS, bakedIntegrity } from './assets.js';
+import { DisposedError, InvalidArgumentError, P2pError, UnsupportedError, abortErrorFrom, throwIfAborted, type KwaaiNetError, type P2pFailure } from './errors.js';
+import { Emitter } from './events.js';
+import type { WasmP2pEvent, WasmP2pModule, WasmP2pNode } from './wasm-p2p.js';
+
+/** Largest message payload (the `/kwaainet/msg/1.0.0` limit). */
+export const MAX_MESSAGE_BYTES = 64 * 1024;
+/** Bootstrap addresses accepted at most. */
+export const MAX_BOOTSTRAP_ADDRS = 16;
+
+export type NetworkStatus = 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'offline' | 'closed';
+export type NetworkTransport = 'webrtc-direct' | 'websocket' | 'relay' | 'unknown';
+
+export interface NetworkStatusEvent {
+  status: NetworkStatus;
+  /** `connected`: how we reached the node, and at which address. */
+  transport?: NetworkTransport;
+  addr?: string;
+  /** `connected`: time from dialing to the connection, when we dialed. */
+  setupMs?: number;
+  /** `reconnecting`: attempt number (from 1) and the wait before it. */
+  attempt?: number;
+  delayMs?: number;
+  /** `offline`: why. */
+  reason?: string;
+}
+
+export interface NetworkMessage {
+  from: string;
+  data: Uint8Array;
+  /** The payload as UTF-8 text. */
+  text(): string;
+}
+
+export interface NetworkPeerEvent {
+  peer: string;
+  addr?: string;
+  transport?: NetworkTransport;
+  /** Whether it is the node we joined through. */
+  bootstrap: boolean;
+}
+
+export interface NetworkEvents {
+  status: NetworkStatusEvent;
+  /** A connection to a peer (the node, or another page through the relay) is up. */
+  peerConnected: NetworkPeerEvent;
+  peerDisconnected: NetworkPeerEvent;
+  /** Other pages can reach us at this relayed address. */
+  relay: { addr: string };
+  message: NetworkMessage;
+}
+
+/** A node's signed DHT record (schema v1, verified by the module). */
+export interface NodeRecord {
+  v: number;
+  peer_id: string;
+  roles: string[];
+  addrs: { addr: string; relayed: boolean }[];
+  accelerator: string;
+  version: string;
+  region?: string | null;
+  spans: { model: string; start: number; end: number }[];
+  issued_at: number;
+}
+
+export interface NetworkOptions {
+  /** URL of the P2P module's ES glue (`dist/p2p/kwaainet_wasm.js`). */
+  moduleUrl: string | URL;
+  /** URL of its .wasm (default: `kwaainet_wasm_bg.wasm` next to the glue). */
+  wasmUrl?: string | URL;
+  /** SRI hash the .wasm must match (`sha384-...`); checked by `fetch`. */
+  wasmIntegrity?: string;
+  /** Give up on one address after this long and try the next (default 5 s). */
+  dialTimeoutMs?: number;
+  /** Reconnect attempts after the node goes away (default 20) … */
+  reconnectAttempts?: number;
+  /** … waiting 0.5 s, 1 s, 2 s, … up to this long between two (default 10 s). */
+  maxBackoffMs?: number;
+  /** Hold a relay reservation so other pages can message us (default true). */
+  relayListen?: boolean;
+  /** Time limit of one lookup or message (default 30 s). */
+  requestTimeoutMs?: number;
+}
+
+export interface CallOptions {
+  signal?: AbortSignal;
+  /** Overrides `requestTimeoutMs` for this call. */
+  timeoutMs?: number;
+}
+
+const PEER_ID = /^[1-9A-HJ-NP-Za-km-z]{46,60}$/;
+
+function checkPeerId(peerId: unknown): string {
+  if (typeof peerId !== 'string' || !PEER_ID.test(peerId)) {
+    throw new InvalidArgumentError(`not a peer id: ${String(peerId).slice(0, 80)}`);
+  }
+  return peerId;
+}
+
+function checkMs(name: string, v: number | undefined, min: number, max: number): number | undefined {
+  if (v === undefined) return undefined;
+  if (!Number.isFinite(v) || v < min || v > max) {
+    throw new InvalidArgumentError(`${name} must be between ${min} and ${max}, got ${v}`);
+  }
+  return Math.round(v);
+}
+
+/** The module's `code: message` errors as typed errors. */
+function fromModule(err: unknown): KwaaiNetError {
+  const message = err instanceof Error ? err.message : String(err);
+  const m = /^([a-z]+): /.exec(message);
+  const code = m?.[1];
+  if (code === 'options') return new InvalidArgumentError(message, { cause: err });
+  const reasons: Record<string, P2pFailure> = {
+    unreachable: 'unreachable', query: 'query', record: 'record', stopped: 'stopped',
+  };
+  return new P2pError(message, (code && reasons[code]) || 'stopped', { cause: err });
+}
+
+/** Settles with `promise`, or rejects on timeout / abort (the underlying work is bounded
+ *  by the module's own time limits). */
+function bounded<T>(promise: Promise<T>, ms: number, what: string, signal?: AbortSignal): Promise<T> {
+  throwIfAborted(signal);
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      done();
+      reject(new P2pError(`${what}: no answer within ${ms} ms`, 'timeout'));
+    }, ms);
+    const onAbort = (): void => {
+      done();
+      reject(abortErrorFrom(signal as AbortSignal));
+    };
+    const done = (): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (v) => { done(); resolve(v); },
+      (e: unknown) => { done(); reject(fromModule(e)); },
+    );
+  });
+}
+
+const modules = new Map<string, Promise<WasmP2pModule>>();
+
+/** Loads (once per URL) and initializes the P2P module. */
+function loadModule(moduleUrl: string, wasmUrl: string, integrity: string | undefined): Promise<WasmP2pModule> {
+  const key = `${moduleUrl} ${wasmUrl} ${integrity ?? ''}`;
+  let p = modules.get(key);
+  if (!p) {
+    p = (async () => {
+      const mod = (await import(/* webpackIgnore: true */ moduleUrl)) as WasmP2pModule;
+      let input: URL | Response = new URL(wasmUrl);
+      if (integrity !== undefined) {
+        input = await fetch(input, { integrity }).catch((e: unknown) => {
+          throw new P2pError(`cannot fetch or verify ${wasmUrl} (SRI ${integrity.slice(0, 20)}…)`, 'stopped', { cause: e });
+        });
+        if (!input.ok) throw new P2pError(`${wasmUrl}: HTTP ${input.status}`, 'stopped');
+      }
+      await mod.default({ module_or_path: input });
+      return mod;
+    })();
+    p.catch(() => modules.delete(key));
+    modules.set(key, p);
+  }
+  return p;
+}
+
+function isRecord(v: unknown): v is NodeRecord {
+  if (typeof v !== 'object' || v === null) return false;
+  const r = v as Record<string, unknown>;
+  return typeof r.v === 'number' && typeof r.peer_id === 'string' && Array.isArray(r.roles) && Array.isArray(r.addrs);
+}
+
+export class KwaaiNetwork {
+  private readonly emitter = new Emitter<NetworkEvents>();
+  private readonly options: Required<Omit<NetworkOptions, 'wasmUrl' | 'moduleUrl' | 'wasmIntegrity'>> & {
+    moduleUrl: string; wasmUrl: string; wasmIntegrity: string | undefined;
+  };
+  private node: WasmP2pNode | null = null;
+  private current: NetworkStatus = 'idle';
+  private bootstrapId: string | null = null;
+
+  constructor(options: NetworkOptions) {
+    if (!options || (typeof options.moduleUrl !== 'string' && !(options.moduleUrl instanceof URL))) {
+      throw new InvalidArgumentError('moduleUrl is required');
+    }
+    const base = typeof location === 'undefined' ? undefined : location.href;
+    const moduleUrl = new URL(options.moduleUrl, base).href;
+    this.options = {
+      moduleUrl,
+      wasmUrl: new URL(options.wasmUrl ?? 'kwaainet_wasm_bg.wasm', options.wasmUrl === undefined ? moduleUrl : base).href,
+      wasmIntegrity: options.wasmIntegrity,
+      dialTimeoutMs: checkMs('dialTimeoutMs', options.dialTimeoutMs, 100, 60_000) ?? 5_000,
+      reconnectAttempts: checkMs('reconnectAttempts', options.reconnectAttempts, 0, 1000) ?? 20,
+      maxBackoffMs: checkMs('maxBackoffMs', options.maxBackoffMs, 100, 300_000) ?? 10_000,
+      relayListen: options.relayListen ?? true,
+      requestTimeoutMs: checkMs('requestTimeoutMs', options.requestTimeoutMs, 100, 300_000) ?? 30_000,
+    };
+  }
+
+  /**
+   * A network on the P2P module of a CDN folder (the one holding `distributed-ai.js`):
+   * `kwaainet_p2p.js` and `kwaainet_p2p_bg.wasm`, the .wasm checked against the SRI hash
+   * the bundle baked in. Throws `UnsupportedError` when the bundle was built without it.
+   */
+  static fromCdn(baseUrl: string | URL, options: Omit<NetworkOptions, 'moduleUrl' | 'wasmUrl' | 'wasmIntegrity'> = {}): KwaaiNetwork {
+    const baked = bakedIntegrity();
+    const integrity = baked[ASSETS.p2pWasm];
+    if (baked[ASSETS.worker] !== undefined && integrity === undefined) {
+      throw new UnsupportedError('this bundle was built without the P2P module (dist/p2p/)');
+    }
+    return new KwaaiNetwork({
+      ...options,
+      moduleUrl: new URL(ASSETS.p2pGlue, baseUrl),
+      wasmUrl: new URL(ASSETS.p2pWasm, baseUrl),
+      ...(integrity === undefined ? {} : { wasmIntegrity: integrity }),
+    });
+  }
+
+  on<K extends keyof NetworkEvents>(name: K, listener: (value: NetworkEvents[K]) => void): () => void {
+    return this.emitter.on(name, listener);
+  }
+
+  get status(): NetworkStatus {
+    return this.current;
+  }
+
+  /** Our peer id (after `connect`). */
+  get peerId(): string | null {
+    return this.node?.peerId() ?? null;
+  }
+
+  /** The node we joined through (after `connect`). */
+  get bootstrapPeer(): string | null {
+    return this.bootstrapId;
+  }
+
+  private setStatus(ev: NetworkStatusEvent): void {
+    this.current = ev.status;
+    this.emitter.emit('status', ev);
+  }
+
+  private onEvent(ev: WasmP2pEvent): void {
+    switch (ev.type) {
+      case 'connected':
+        if (ev.bootstrap) {
+          this.setStatus({ status: 'connected', transport: ev.transport, addr: ev.addr, ...(ev.setupMs === null ? {} : { setupMs: ev.setupMs }) });
+        }
+        this.emitter.emit('peerConnected', { peer: ev.peer, addr: ev.addr, transport: ev.transport, bootstrap: ev.bootstrap });
+        break;
+      case 'disconnected':
+        this.emitter.emit('peerDisconnected', { peer: ev.peer, bootstrap: ev.bootstrap });
+        break;
+      case 'reconnecting':
+        this.setStatus({ status: 'reconnecting', attempt: ev.attempt, delayMs: ev.delayMs });
+        break;
+      case 'offline':
+        this.setStatus({ status: 'offline', reason: ev.reason });
+        break;
+      case 'relay-ready':
+        this.emitter.emit('relay', { addr: ev.addr });
+        break;
+      case 'message': {
+        const data = ev.data;
+        this.emitter.emit('message', { from: ev.from, data, text: () => new TextDecoder().decode(data) });
+        break;
+      }
+    }
+  }
+
+  /**
+   * Joins the network through the node at `bootstrap` (its multiaddrs, one peer, each
+   * ending in `/p2p/<id>`; WebRTC-direct ones are tried first, then WebSocket). Resolves
+   * once connected. Rejects with `P2pError('unreachable')` when every address fails.
+   */
+  async connect(bootstrap: readonly string[], opts: CallOptions = {}): Promise<{ peer: string; addr: string }> {
+    if (this.current === 'closed') throw new DisposedError('This KwaaiNetwork was closed');
+    if (this.node) throw new InvalidArgumentError('already connected (call close() first)');
+    if (!Array.isArray(bootstrap) || bootstrap.length === 0 || bootstrap.length > MAX_BOOTSTRAP_ADDRS) {
+      throw new InvalidArgumentError(`bootstrap: 1 to ${MAX_BOOTSTRAP_ADDRS} multiaddrs`);
+    }
+    for (const a of bootstrap) {
+      if (typeof a !== 'string' || !a.startsWith('/') || a.length > 1024) {
+        throw new InvalidArgumentError(`not a multiaddr: ${String(a).slice(0, 80)}`);
+      }
+    }
+    const rank = (a: string): number => (a.includes('/webrtc-direct/') ? 0 : a.includes('/wss') || a.includes('/tls/') ? 1 : 2);
+    const ordered = [...bootstrap].sort((a, b) => rank(a) - rank(b));
+    throwIfAborted(opts.signal);
+    this.setStatus({ status: 'connecting' });
+    const o = this.options;
+    const limit = opts.timeoutMs ?? o.dialTimeoutMs * ordered.length + 5_000;
+    try {
+      const mod = await bounded(loadModule(o.moduleUrl, o.wasmUrl, o.wasmIntegrity), o.requestTimeoutMs, 'loading the P2P module', opts.signal);
+      const node = mod.WasmP2pNode.start({
+        bootstrap: ordered,
+        dialTimeoutMs: o.dialTimeoutMs,
+        relayListen: o.relayListen,
+        reconnectAttempts: o.reconnectAttempts,
+        maxBackoffMs: o.maxBackoffMs,
+      }, (ev) => this.onEvent(ev));
+      this.node = node;
+      const r = await bounded(node.connected(), limit, 'connecting to the node', opts.signal);
+      this.bootstrapId = r.peer;
+      return r;
+    } catch (err) {
+      this.release();
+      if (!this.closed()) this.setStatus({ status: 'offline', reason: err instanceof Error ? err.message : String(err) });
+      throw err instanceof Error && 'code' in err ? err : fromModule(err);
+    }
+  }
+
+  private closed(): boolean {
+    return this.current === 'closed';
+  }
+
+  private live(): WasmP2pNode {
+    if (this.current === 'closed') throw new DisposedError('This KwaaiNetwork was closed');
+    if (!this.node) throw new P2pError('not connected (call connect() first)', 'unreachable');
+    return this.node;
+  }
+
+  /** Looks `peerId`'s signed node record up in the DHT; `null` when nobody holds it. */
+  async getRecord(peerId: string, opts: CallOptions = {}): Promise<NodeRecord | null> {
+    const node = this.live();
+    const rec = await bounded(node.getRecord(checkPeerId(peerId)), opts.timeoutMs ?? this.options.requestTimeoutMs, 'DHT lookup', opts.signal);
+    if (rec === null) return null;
+    if (!isRecord(rec)) throw new P2pError('the module returned a malformed record', 'record');
+    return rec;
+  }
+
+  /** Asks a connected peer (the node) for its record directly (`/kwaainet/info/1.0.0`). */
+  async askInfo(peerId: string, opts: CallOptions = {}): Promise<NodeRecord> {
+    const node = this.live();
+    const rec = await bounded(node.askInfo(checkPeerId(peerId)), opts.timeoutMs ?? this.options.requestTimeoutMs, 'info request', opts.signal);
+    if (!isRecord(rec)) throw new P2pError('the module returned a malformed record', 'record');
+    return rec;
+  }
+
+  /**
+   * Sends a message (at most `MAX_MESSAGE_BYTES`) to another page on the same node,
+   * through its relay circuit. Resolves once the receiver acknowledged it, with the
+   * round-trip time.
+   */
+  async send(peerId: string, data: Uint8Array | string, opts: CallOptions = {}): Promise<{ rttMs: number }> {
+    const node = this.live();
+    const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
+    if (!(bytes instanceof Uint8Array)) throw new InvalidArgumentError('data must be a Uint8Array or a string');
+    if (bytes.byteLength > MAX_MESSAGE_BYTES) {
+      throw new InvalidArgumentError(`message of ${bytes.byteLength} bytes exceeds ${MAX_MESSAGE_BYTES}`);
+    }
+    const rttMs = await bounded(node.send(checkPeerId(peerId), bytes), opts.timeoutMs ?? this.options.requestTimeoutMs, 'message', opts.signal);
+    return { rttMs };
+  }
+
+  /** The node's view: our peer id, the bootstrap connection, our relayed address, peers. */
+  async state(opts: CallOptions = {}): Promise<Awaited<ReturnType<WasmP2pNode['state']>>> {
+    return bounded(this.live().state(), opts.timeoutMs ?? 5_000, 'state', opts.signal);
+  }
+
+  private release(): void {
+    const node = this.node;
+    this.node = null;
+    this.bootstrapId = null;
+    // Freeing the handle stops the node: its connections close and its timers end.
+    try {
+      node?.free();
+    } catch {
+      // already freed
+    }
+  }
+
+  /** Leaves the network. The instance cannot be reused. */
+  close(): void {
+    if (this.current === 'closed') return;
+    this.release();
+    this.setStatus({ status: 'closed' });
+    this.emitter.clear();
+  }
+}
+
+/**
+ * The addresses a browser can dial on the node serving `nodeUrl` (its `/api/v1/state`
+ * `browser_addrs`: WebRTC-direct first, then WebSocket).
+ */
+export async function fetchBootstrapAddrs(nodeUrl: string | URL, opts: CallOptions = {}): Promise<string[]> {
+  const url = new URL('/api/v1/state', nodeUrl);
+  const ctl = new AbortController();
+  const onAbort = (): void => ctl.abort(opts.signal?.reason);
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  const timer = setTimeout(() => ctl.abort(new P2pError(`${url.href}: no answer`, 'timeout')), opts.timeoutMs ?? 10_000);
+  try {
+    throwIfAborted(opts.signal);
+    const res = await fetch(url, { signal: ctl.signal, cache: 'no-store' });
+    if (!res.ok) throw new P2pError(`${url.href}: HTTP ${res.status}`, 'unreachable');
+    const text = await res.text();
+    if (text.length > 1 << 20) throw new P2pError(`${url.href}: state too large`, 'query');
+    const state = JSON.parse(text) as { browser_addrs?: unknown };
+    const addrs = Array.isArray(state.browser_addrs) ? state.browser_addrs.filter((a): a is string => typeof a === 'string') : [];
+    if (addrs.length === 0) throw new P2pError(`${url.href}: the node lists no address a browser can dial`, 'unreachable');
+    return addrs.slice(0, MAX_BOOTSTRAP_ADDRS);
+  } catch (err) {
+    if (opts.signal?.aborted) throw abortErrorFrom(opts.signal);
+    if (ctl.signal.aborted && ctl.signal.reason instanceof P2pError) throw ctl.signal.reason;
+    if (err instanceof P2pError) throw err;
+    throw new P2pError(`${url.href}: ${err instanceof Error ? err.message : String(err)}`, 'unreachable', { cause: err });
+  } finally {
+    clearTimeout(timer);
+    opts.signal?.removeEventListener('abort', onAbort);
+  }
+}

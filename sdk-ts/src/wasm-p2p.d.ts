@@ -1,0 +1,51 @@
+/**
+ * Hand-written mirror of the page-side P2P module's JS API (engine/wasm with the `p2p`
+ * feature, built by `FEATURES=p2p OUT=dist/p2p scripts/build-wasm.sh`: `kwaainet_wasm.js`
+ * + `kwaainet_wasm_bg.wasm`). `network.ts` codes against these types only and validates
+ * what the module returns at run time.
+ */
+
+export type P2pInitInput = RequestInfo | URL | Response | BufferSource | WebAssembly.Module;
+
+export interface WasmP2pStartOptions {
+  /** Multiaddrs of one node, each ending in `/p2p/<peer id>`, tried in order. */
+  bootstrap: string[];
+  dialTimeoutMs?: number;
+  relayListen?: boolean;
+  reconnectAttempts?: number;
+  maxBackoffMs?: number;
+}
+
+export type WasmP2pEvent =
+  | { type: 'connected'; peer: string; addr: string; transport: 'webrtc-direct' | 'websocket' | 'relay' | 'unknown'; bootstrap: boolean; setupMs: number | null }
+  | { type: 'disconnected'; peer: string; bootstrap: boolean }
+  | { type: 'reconnecting'; attempt: number; delayMs: number }
+  | { type: 'offline'; reason: string }
+  | { type: 'relay-ready'; addr: string }
+  | { type: 'message'; from: string; data: Uint8Array };
+
+export interface WasmP2pState {
+  peerId: string;
+  bootstrap: { peer: string; addr: string } | null;
+  relayAddr: string | null;
+  peers: string[];
+}
+
+export interface WasmP2pNode {
+  peerId(): string;
+  connected(): Promise<{ peer: string; addr: string }>;
+  state(): Promise<WasmP2pState>;
+  getRecord(peerId: string): Promise<unknown>;
+  askInfo(peerId: string): Promise<unknown>;
+  send(peerId: string, data: Uint8Array): Promise<number>;
+  free(): void;
+}
+
+export interface WasmP2pModule {
+  default(init?: { module_or_path: P2pInitInput }): Promise<unknown>;
+  WasmP2pNode: {
+    start(options: WasmP2pStartOptions, onEvent: (event: WasmP2pEvent) => void): WasmP2pNode;
+  };
+  maxMessageBytes(): number;
+  p2pVersion(): string;
+}
