@@ -765,13 +765,7 @@ impl Runtime {
                 ..
             } => {
                 if let Some((asked, tx)) = self.infos.remove(&request_id) {
-                    let rec = decode_node_record(&response.0).and_then(|r| {
-                        if r.peer_id == asked && asked == peer {
-                            Ok(r)
-                        } else {
-                            Err(Error::InvalidRecord("answer describes another peer".into()))
-                        }
-                    });
+                    let rec = response.verify(asked, peer);
                     let _ = tx.send(rec);
                 }
             }

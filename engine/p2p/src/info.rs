@@ -10,11 +10,12 @@
 use std::io;
 
 use futures::{AsyncRead, AsyncWrite};
-use libp2p::StreamProtocol;
+use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
 use crate::frame::{read_frame, write_frame};
-use crate::record::MAX_RECORD_BYTES;
+use crate::record::{MAX_RECORD_BYTES, NodeRecord, decode_node_record};
 
 /// The protocol id.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/kwaainet/info/1.0.0");
@@ -46,6 +47,19 @@ pub enum Request {
 /// The signed record bytes (decode with [`crate::record::decode_node_record`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InfoResponse(pub Vec<u8>);
+
+impl InfoResponse {
+    /// The record `from` answered when asked about `asked`: a valid signed record of that
+    /// very peer, or an error (a peer may not answer with someone else's record).
+    pub fn verify(&self, asked: PeerId, from: PeerId) -> Result<NodeRecord> {
+        let rec = decode_node_record(&self.0)?;
+        if rec.peer_id == asked && asked == from {
+            Ok(rec)
+        } else {
+            Err(Error::InvalidRecord("answer describes another peer".into()))
+        }
+    }
+}
 
 /// Length-prefixed frames with a hard size limit per direction.
 #[derive(Debug, Clone, Copy, Default)]
