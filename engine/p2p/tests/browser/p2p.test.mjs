@@ -343,8 +343,11 @@ test('two pages exchange messages through the node\'s relay circuit; the page re
 
 // Found when WebRTC-direct started to connect in these tests: small relayed messages between
 // two pages joined over WebRTC-direct arrive, but one of 16 KiB (the WebRTC data channel's
-// message size) or more times out. Not yet explained: libp2p-webrtc's framing on one of the
-// two WebRTC stacks is the suspect. Reports, not fails, until it is fixed.
+// message size) or more times out. Measured: one leg on WebRTC-direct is enough (sender on
+// WebSocket and receiver on WebRTC-direct, or the other way round, stall too). Not yet
+// explained: the framing of large writes between libp2p-webrtc-websys (the page) and
+// libp2p-webrtc 0.9 / webrtc-rs 0.11 (the node) is the suspect. Reports, not fails, until
+// it is fixed.
 test('relayed messages of 16 KiB between pages joined over WebRTC-direct', {
   timeout: 90_000,
   todo: 'a relayed message of 16 KiB or more stalls when both pages are joined over WebRTC-direct',
