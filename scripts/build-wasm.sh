@@ -22,15 +22,20 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kwaainet/target}"
 FEATURES="${FEATURES:-}"
+# Size budgets (gzip -9 of the optimized .wasm): an engine module 4 MiB, the P2P module
+# 1 MiB. A build over its budget fails (npm test builds all three modules).
 if [ "$FEATURES" = p2p ]; then
     PROFILE="${WASM_PROFILE:-wasm-p2p}"
     OPT_LEVEL="${WASM_OPT_LEVEL:--Oz}"
+    BUDGET=$((1024 * 1024))
 elif [ -n "$FEATURES" ]; then
     PROFILE="${WASM_PROFILE:-release}"
     OPT_LEVEL="${WASM_OPT_LEVEL:--O1}"
+    BUDGET=$((4 * 1024 * 1024))
 else
     PROFILE="${WASM_PROFILE:-wasm-release}"
     OPT_LEVEL="${WASM_OPT_LEVEL:--O3}"
+    BUDGET=$((4 * 1024 * 1024))
 fi
 OUT="${OUT:-dist/engine}"
 target=wasm32-unknown-unknown
@@ -69,3 +74,7 @@ fi
 raw=$(wc -c <"$bg")
 gz=$(gzip -9 -c "$bg" | wc -c)
 say "$bg: $raw bytes, $gz gzipped"
+if [ "${WASM_OPT:-1}" != 0 ] && [ -x "$opt" ] && [ "$gz" -gt "$BUDGET" ]; then
+    say "$bg: $gz gzipped bytes exceed the budget of $BUDGET"
+    exit 1
+fi
