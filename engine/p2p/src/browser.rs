@@ -328,6 +328,7 @@ pub fn start(
         addrs,
         link: Link::Joining,
         conn_addr: None,
+        last_transport: None,
         dial_started: None,
         dial_queue: Vec::new(),
         dial_errors: Vec::new(),
@@ -355,6 +356,8 @@ struct Runtime {
     link: Link,
     /// The address of the connection to the bootstrap node.
     conn_addr: Option<Multiaddr>,
+    /// The transport of the last connection to the bootstrap node: reconnects try it first.
+    last_transport: Option<&'static str>,
     dial_started: Option<Instant>,
     /// Bootstrap addresses still to try in this round (next one last).
     dial_queue: Vec<Multiaddr>,
@@ -414,8 +417,16 @@ impl Runtime {
     /// Dials the bootstrap node's addresses one at a time, in the given order. (Not one
     /// dial with all of them: the swarm creates every address's dial future up front, so
     /// the later addresses' timeouts would run out while the first one is tried.)
+    ///
+    /// After a first connection, the addresses of the transport that worked go first (the
+    /// order is otherwise kept): a browser that cannot complete WebRTC-direct with this node
+    /// does not wait out that dial's timeout again on every reconnect.
     fn dial_bootstrap(&mut self) {
-        self.dial_queue = self.addrs.iter().rev().cloned().collect();
+        let mut order = self.addrs.clone();
+        if let Some(kind) = self.last_transport {
+            order.sort_by_key(|a| transport_of(a) != kind);
+        }
+        self.dial_queue = order.into_iter().rev().collect();
         self.dial_errors.clear();
         self.dial_started = Some(Instant::now());
         self.dial_next();
@@ -630,6 +641,7 @@ impl Runtime {
                         .map(|t| t.elapsed().as_secs_f64() * 1000.0);
                     self.link = Link::Connected;
                     self.timer = Fuse::terminated();
+                    self.last_transport = Some(transport_of(&addr));
                     let full = with_peer(&addr, peer_id);
                     self.conn_addr = Some(full.clone());
                     for w in self.waiters.drain(..) {

@@ -291,8 +291,14 @@ test('two pages exchange messages through the node\'s relay circuit; the page re
   try {
     // Over WebSocket, as pages on Chromium's default features join today (see the todo
     // tests): relayed messages of 16 KiB and more stall on WebRTC-direct connections.
+    // Page A lists a WebRTC-direct address nobody answers first, as a page whose browser
+    // cannot complete WebRTC-direct with the node sees it: it joins over WebSocket after the
+    // dial timeout, and its reconnects must try WebSocket first (checked after the restart).
     const ws = node.state.browser_addrs.filter((x) => x.includes('/ws/'));
-    const ra = await openNetwork(a, node.url, { bootstrap: ws });
+    const rtc = node.state.browser_addrs.find((x) => x.includes('/webrtc-direct/'));
+    const dead = rtc.replace(/\/udp\/\d+\//, `/udp/${ports.http}/`);
+    const ra = await openNetwork(a, node.url, { bootstrap: [dead, ...ws], dialTimeoutMs: 3_000 });
+    assert.ok(ra.transport === 'websocket' && ra.setupMs >= 3_000, `A joined over ${ra.transport} in ${ra.setupMs} ms`);
     const rb = await openNetwork(b, node.url, { bootstrap: ws });
     const relayOf = (p) => until(15_000, 'relay reservation', () => p.evaluate(() => window.relayAddr ?? null));
     const [addrA, addrB] = await Promise.all([relayOf(a), relayOf(b)]);
@@ -323,7 +329,9 @@ test('two pages exchange messages through the node\'s relay circuit; the page re
     await until(15_000, 'A notices', () => a.evaluate(() => window.log.some((s) => s.status === 'reconnecting')));
     const t0 = Date.now();
     node = await startNode({ dir, site, ...ports });
-    await until(30_000, 'A reconnects', () => a.evaluate(() => window.log.some((s) => s.status === 'connected')));
+    const back = await until(30_000, 'A reconnects', () => a.evaluate(() => window.log.find((s) => s.status === 'connected') ?? null));
+    assert.equal(back.transport, 'websocket');
+    assert.ok(back.setupMs < 3_000, `A's reconnect tried WebSocket first (setup ${back.setupMs} ms, dial timeout 3000 ms)`);
     await until(30_000, 'B reconnects', () => b.evaluate(() => window.net.status === 'connected'));
     console.log(`  reconnect after the node came back: ${Date.now() - t0} ms (node start included)`);
     await Promise.all([relayOf(a), relayOf(b)]);
