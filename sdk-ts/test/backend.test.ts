@@ -6,16 +6,11 @@ import { describe, it } from 'node:test';
 import { hostUrls } from '../src/assets.js';
 import { MemoryModelStore } from '../src/cache.js';
 import { UnsupportedError } from '../src/errors.js';
-import type { HostChoice } from '../src/host.js';
-import { EngineHostHandler } from '../src/host/handler.js';
 import type { GpuProbe } from '../src/host/glue.js';
 import { LocalEngine } from '../src/local-engine.js';
-import { KwaaiNet, type Status } from '../src/kwaainet.js';
 import type { EngineSpec, HostKind } from '../src/protocol.js';
-import { ProxyEngine, portTransport } from '../src/proxy.js';
-import { memoryConsentStorage } from '../src/consent.js';
 import { engineDouble, type DoubleOptions, type DoubleStats } from './engine-double.js';
-import { MODEL_SHA, MODEL_URL, modelFetch } from './harness.js';
+import { MODEL_SHA, MODEL_URL, modelFetch, swPage } from './harness.js';
 
 const ADAPTER: GpuProbe = { adapter: 'probe-vendor probe-arch' };
 const spec = { url: MODEL_URL, sha256: MODEL_SHA, maxCtx: 64 };
@@ -177,20 +172,7 @@ describe('engine selection in the host', () => {
 describe('engine selection seen from the page', () => {
   it('engineInfo() and the ready status carry backend, adapter, host and reasons across the protocol', async () => {
     const h = host();
-    const handler = new EngineHostHandler(h.local, { onProtocolError: () => {} });
-    const channel = new MessageChannel();
-    channel.port2.onmessage = (e: MessageEvent) => void handler.handle(e.data, { send: (m) => channel.port2.postMessage(m) }, 'page');
-    const ai = new KwaaiNet({
-      modelUrl: MODEL_URL, modelSha256: MODEL_SHA, baseUrl: 'https://cdn.test/v0/',
-      consentStorage: memoryConsentStorage(), consentPrompt: async () => false,
-      startHost: async (): Promise<HostChoice> => ({
-        engine: new ProxyEngine(portTransport(channel.port1, 'service-worker'), { pingIntervalMs: 20, pingTimeoutMs: 500 }),
-        host: 'service-worker',
-        reason: 'WebGPU is available in the service worker',
-      }),
-    });
-    const statuses: Status[] = [];
-    ai.on('status', (s) => statuses.push(s));
+    const { ai, statuses, close } = swPage(h.local, 500);
     try {
       await ai.initialize();
       const info = await ai.engineInfo();
@@ -206,10 +188,7 @@ describe('engine selection seen from the page', () => {
       const r = await ai.chat.completions.create({ messages: [{ role: 'user', content: 'gpu' }] });
       assert.equal(r.choices[0]?.message.content, 'Echo: gpu');
     } finally {
-      await ai.dispose();
-      handler.close();
-      channel.port1.close();
-      channel.port2.close();
+      await close();
     }
   });
 

@@ -5,7 +5,7 @@ import { MemoryModelStore } from '../src/cache.js';
 import type { HostChoice } from '../src/host.js';
 import { EngineHostHandler, type HandlerOptions } from '../src/host/handler.js';
 import { LocalEngine } from '../src/local-engine.js';
-import { KwaaiNet, type KwaaiNetOptions } from '../src/kwaainet.js';
+import { KwaaiNet, type KwaaiNetOptions, type Status } from '../src/kwaainet.js';
 import { ProxyEngine, portTransport, type ProxyOptions } from '../src/proxy.js';
 import { memoryConsentStorage } from '../src/consent.js';
 import { engineDouble, fakeModel, type DoubleOptions, type DoubleStats } from './engine-double.js';
@@ -92,6 +92,35 @@ export function kwaaiWithHosts(options: KwaaiNetOptions = {}, pairOptions: Param
     ...options,
   });
   return { ai, pairs, closeAll: () => pairs.forEach((p) => p.close()) };
+}
+
+/** A page's KwaaiNet on a service-worker host that drives `local` (an EngineHostHandler over
+ *  a MessageChannel), with every status it emits in `statuses`. `close` disposes it all. */
+export function swPage(local: LocalEngine, pingTimeoutMs: number):
+  { ai: KwaaiNet; statuses: Status[]; close(): Promise<void> } {
+  const handler = new EngineHostHandler(local, { onProtocolError: () => {} });
+  const channel = new MessageChannel();
+  channel.port2.onmessage = (e: MessageEvent) => void handler.handle(e.data, { send: (m) => channel.port2.postMessage(m) }, 'page');
+  const ai = new KwaaiNet({
+    modelUrl: MODEL_URL, modelSha256: MODEL_SHA, baseUrl: 'https://cdn.test/v0/',
+    consentStorage: memoryConsentStorage(), consentPrompt: async () => false,
+    startHost: async (): Promise<HostChoice> => ({
+      engine: new ProxyEngine(portTransport(channel.port1, 'service-worker'), { pingIntervalMs: 20, pingTimeoutMs }),
+      host: 'service-worker',
+      reason: 'WebGPU is available in the service worker',
+    }),
+  });
+  const statuses: Status[] = [];
+  ai.on('status', (st) => statuses.push(st));
+  return {
+    ai, statuses,
+    close: async () => {
+      await ai.dispose();
+      handler.close();
+      channel.port1.close();
+      channel.port2.close();
+    },
+  };
 }
 
 export async function until(cond: () => boolean, ms = 2000): Promise<void> {

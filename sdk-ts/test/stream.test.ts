@@ -5,15 +5,10 @@ import { describe, it } from 'node:test';
 
 import { MemoryModelStore } from '../src/cache.js';
 import { BackendLostError, EngineError } from '../src/errors.js';
-import type { HostChoice } from '../src/host.js';
-import { EngineHostHandler } from '../src/host/handler.js';
-import { KwaaiNet, type Status } from '../src/kwaainet.js';
 import { LocalEngine } from '../src/local-engine.js';
 import type { EngineSpec, Progress } from '../src/protocol.js';
-import { ProxyEngine, portTransport } from '../src/proxy.js';
-import { memoryConsentStorage } from '../src/consent.js';
 import { engineDouble, type DoubleControl, type DoubleOptions, type DoubleStats } from './engine-double.js';
-import { MODEL, MODEL_SHA, MODEL_URL, modelFetch } from './harness.js';
+import { MODEL, MODEL_SHA, MODEL_URL, modelFetch, swPage } from './harness.js';
 
 const spec = { url: MODEL_URL, sha256: MODEL_SHA, maxCtx: 64 };
 const engineSpec: EngineSpec = { wasmUrl: 'https://cdn.test/cpu.wasm', webgpuWasmUrl: 'https://cdn.test/gpu.wasm' };
@@ -182,20 +177,7 @@ describe('WebGPU device lost', () => {
 
   it('the page gets BackendLostError and a ready status with the new backend; its retry succeeds', async () => {
     const h = host({ gpu: { msPerToken: 2 } });
-    const handler = new EngineHostHandler(h.local, { onProtocolError: () => {} });
-    const channel = new MessageChannel();
-    channel.port2.onmessage = (e: MessageEvent) => void handler.handle(e.data, { send: (m) => channel.port2.postMessage(m) }, 'page');
-    const ai = new KwaaiNet({
-      modelUrl: MODEL_URL, modelSha256: MODEL_SHA, baseUrl: 'https://cdn.test/v0/',
-      consentStorage: memoryConsentStorage(), consentPrompt: async () => false,
-      startHost: async (): Promise<HostChoice> => ({
-        engine: new ProxyEngine(portTransport(channel.port1, 'service-worker'), { pingIntervalMs: 20, pingTimeoutMs: 2000 }),
-        host: 'service-worker',
-        reason: 'WebGPU is available in the service worker',
-      }),
-    });
-    const statuses: Status[] = [];
-    ai.on('status', (s) => statuses.push(s));
+    const { ai, statuses, close } = swPage(h.local, 2000);
     try {
       await ai.initialize();
       const before = statuses.at(-1);
@@ -218,10 +200,7 @@ describe('WebGPU device lost', () => {
       const r = await ai.chat.completions.create({ messages: [{ role: 'user', content: 'retry' }] });
       assert.equal(r.choices[0]?.message.content, 'Echo: retry');
     } finally {
-      await ai.dispose();
-      handler.close();
-      channel.port1.close();
-      channel.port2.close();
+      await close();
     }
   });
 });
