@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
         bootstrap_fanout: env("KWAAINET_SIM_FANOUT", 3),
         concurrency: env("KWAAINET_SIM_CONCURRENCY", 32),
         idle_timeout_secs: env("KWAAINET_SIM_IDLE_SECS", 5) as u64,
+        maintenance: env("KWAAINET_SIM_MAINTENANCE", 0) != 0,
         ..SimConfig::default()
     };
     tracing_subscriber::fmt()

@@ -71,7 +71,7 @@ pub fn kad_config(config: &NodeConfig) -> kad::Config {
         .set_replication_interval(Some(config.refresh_interval()))
         // Inbound PUT_VALUE / ADD_PROVIDER are checked by the node before storing.
         .set_record_filtering(kad::StoreInserts::FilterBoth)
-        .set_periodic_bootstrap_interval(Some(Duration::from_secs(5 * 60)));
+        .set_periodic_bootstrap_interval(config.dht_bootstrap_interval());
     k
 }
 

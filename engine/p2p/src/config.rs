@@ -127,6 +127,9 @@ pub struct NodeConfig {
     pub records: RecordTimes,
     /// Close a connection after this many seconds without any stream.
     pub idle_timeout_secs: u64,
+    /// How often Kademlia refreshes the routing table (one lookup per bucket), in seconds;
+    /// 0: only at start and whenever the table holds fewer than 20 peers.
+    pub dht_bootstrap_secs: u64,
 }
 
 impl Default for NodeConfig {
@@ -145,6 +148,7 @@ impl Default for NodeConfig {
             limits: ConnectionLimits::default(),
             records: RecordTimes::default(),
             idle_timeout_secs: 60,
+            dht_bootstrap_secs: 5 * 60,
         }
     }
 }
@@ -181,5 +185,9 @@ impl NodeConfig {
 
     pub(crate) fn refresh_interval(&self) -> Duration {
         Duration::from_secs(self.records.refresh_secs.max(1))
+    }
+
+    pub(crate) fn dht_bootstrap_interval(&self) -> Option<Duration> {
+        (self.dht_bootstrap_secs > 0).then(|| Duration::from_secs(self.dht_bootstrap_secs))
     }
 }

@@ -756,7 +756,13 @@ impl Runtime {
         // Only DHT servers of *our* DHT go into the routing table, with addresses others
         // can dial.
         let serves_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
-        if serves_kad {
+        // Into a bucket with room, or as new addresses of a peer it already holds. A full
+        // bucket keeps its (older, proven) peers: Kademlia would dial the bucket's oldest
+        // disconnected peer to test it, and that peer's identify of us would do the same in
+        // *its* table, a chain of dials that grew with the swarm (engine/p2p/README.md,
+        // "Scale simulation"). Newcomers still enter full buckets through our own
+        // queries' dials, which Kademlia handles itself.
+        if serves_kad && self.room_in_routing_table(peer_id) {
             let local = self.allow_local();
             for addr in info.listen_addrs.into_iter().take(MAX_ADDRESSES) {
                 if is_dialable(&addr, local) {
@@ -764,6 +770,18 @@ impl Runtime {
                 }
             }
         }
+    }
+
+    /// Whether `peer` is in our routing table or its bucket has room.
+    fn room_in_routing_table(&mut self, peer: PeerId) -> bool {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .kbucket(peer)
+            .is_none_or(|b| {
+                b.num_entries() < kad::K_VALUE.get()
+                    || b.iter().any(|e| *e.node.key.preimage() == peer)
+            })
     }
 
     fn misbehaved(&mut self, peer: PeerId, why: &str) {

@@ -30,6 +30,11 @@ pub struct SimConfig {
     /// after their last stream; the node's default (60 s) would keep O(N log N) noise +
     /// yamux connections open during the run (about 130 KiB of buffers each).
     pub idle_timeout_secs: u64,
+    /// Keep the nodes' periodic maintenance (routing-table refresh every 5 min, record
+    /// replication and re-publication every 10 min). Off by default: N nodes on one machine
+    /// would do N machines' maintenance on its cores, so the run would measure the host's
+    /// saturation, not the DHT (see engine/p2p/README.md, "Scale simulation").
+    pub maintenance: bool,
 }
 
 impl Default for SimConfig {
@@ -41,6 +46,7 @@ impl Default for SimConfig {
             concurrency: 32,
             seed: 42,
             idle_timeout_secs: 5,
+            maintenance: false,
         }
     }
 }
@@ -52,6 +58,10 @@ pub struct SimReport {
     pub nodes: usize,
     /// Seconds to start and bootstrap every node.
     pub setup_secs: f64,
+    /// Connections opened (each counted once, by its dialer) while the nodes joined.
+    pub setup_connections: u64,
+    /// Connections opened during the lookups.
+    pub lookup_connections: u64,
     /// Average routing table size after the bootstrap.
     pub avg_routing_table: f64,
     /// Records stored on at least one other peer / nodes.
@@ -75,6 +85,14 @@ impl std::fmt::Display for SimReport {
         let rate = 100.0 * self.found as f64 / self.lookups.max(1) as f64;
         writeln!(f, "nodes                 {}", self.nodes)?;
         writeln!(f, "setup (start+boot)    {:.1} s", self.setup_secs)?;
+        writeln!(
+            f,
+            "connections opened    {} joining ({:.0} per node), {} for the lookups ({:.1} per lookup)",
+            self.setup_connections,
+            self.setup_connections as f64 / self.nodes.max(1) as f64,
+            self.lookup_connections,
+            self.lookup_connections as f64 / self.lookups.max(1) as f64
+        )?;
         writeln!(
             f,
             "avg routing table     {:.1} peers",
@@ -140,6 +158,21 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// Connections `node` has dialed since it started (libp2p's swarm metrics), so that summed
+/// over a swarm each connection counts once.
+fn dialed(node: &NodeHandle) -> u64 {
+    node.metrics_text()
+        .lines()
+        .filter(|l| l.starts_with("libp2p_swarm_connections_established_total{"))
+        .filter(|l| l.contains("role=\"Dialer\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn dialed_total(nodes: &[NodeHandle]) -> u64 {
+    nodes.iter().map(dialed).sum()
+}
+
 /// Runs the simulation on the current tokio runtime. Every query has a timeout; nodes are
 /// shut down at the end.
 pub async fn run(cfg: SimConfig) -> Result<SimReport> {
@@ -167,6 +200,18 @@ pub async fn run(cfg: SimConfig) -> Result<SimReport> {
             idle_timeout_secs: cfg.idle_timeout_secs,
             ..NodeConfig::default()
         };
+        let config = if cfg.maintenance {
+            config
+        } else {
+            NodeConfig {
+                dht_bootstrap_secs: 0,
+                records: crate::config::RecordTimes {
+                    ttl_secs: 24 * 3600,
+                    refresh_secs: 12 * 3600,
+                },
+                ..config
+            }
+        };
         let node = spawn_memory(config, Keypair::generate_ed25519()).await?;
         // Join one at a time: wait (bounded) until the newcomer has stored its record on a
         // peer, so 1,000 bootstraps do not all start within the same second (an arrival
@@ -176,7 +221,12 @@ pub async fn run(cfg: SimConfig) -> Result<SimReport> {
         }
         nodes.push(node);
         if (i + 1) % 100 == 0 {
-            tracing::info!(nodes = i + 1, secs = t0.elapsed().as_secs_f64(), "started");
+            tracing::info!(
+                nodes = i + 1,
+                secs = t0.elapsed().as_secs_f64(),
+                connections = dialed_total(&nodes),
+                "started"
+            );
         }
     }
     // Let the bootstrap lookups settle: until the average routing table stops growing
@@ -197,6 +247,7 @@ pub async fn run(cfg: SimConfig) -> Result<SimReport> {
         last = avg;
     }
     let setup_secs = t0.elapsed().as_secs_f64();
+    let setup_connections = dialed_total(&nodes);
 
     // Publications, `concurrency` at a time.
     let t1 = Instant::now();
@@ -222,6 +273,7 @@ pub async fn run(cfg: SimConfig) -> Result<SimReport> {
     tracing::info!(published, publish_secs, "published");
 
     // Lookups of random records from random nodes.
+    let before_lookups = dialed_total(&nodes);
     let pairs: Vec<(usize, usize)> = (0..cfg.lookups)
         .map(|_| {
             let a = rng.below(nodes.len());
@@ -267,6 +319,8 @@ pub async fn run(cfg: SimConfig) -> Result<SimReport> {
     let report = SimReport {
         nodes: nodes.len(),
         setup_secs,
+        setup_connections,
+        lookup_connections: dialed_total(&nodes).saturating_sub(before_lookups),
         avg_routing_table: avg,
         published,
         publish_secs,
