@@ -39,6 +39,7 @@ use crate::error::{Error, Result};
 use crate::info::{INFO_REQUEST_VERSION, InfoRequest, InfoResponse};
 use crate::msg;
 use crate::record::{NodeRecord, decode_node_record, node_key};
+use crate::webrtc_chunks::ChunkedMuxer;
 
 /// Commands waiting in the node's queue at most.
 const COMMAND_QUEUE: usize = 32;
@@ -188,7 +189,9 @@ pub fn build_swarm(key: Keypair, dial_timeout: Duration) -> Result<Swarm<Browser
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_wasm_bindgen()
         .with_other_transport(|key| {
-            let webrtc = webrtc_websys::Transport::new(webrtc_websys::Config::new(key));
+            // Small data-channel messages: see `webrtc_chunks`.
+            let webrtc = webrtc_websys::Transport::new(webrtc_websys::Config::new(key))
+                .map(|(peer, conn), _| (peer, ChunkedMuxer::new(conn)));
             TransportTimeout::with_outgoing_timeout(webrtc, dial_timeout)
         })
         .map_err(|e| err(&e))?

@@ -35,6 +35,8 @@ pub mod transport;
 
 #[cfg(wasm_browser)]
 pub mod browser;
+#[cfg(any(wasm_browser, feature = "webrtc"))]
+mod webrtc_chunks;
 
 pub use config::{KAD_PROTOCOL, NodeConfig};
 pub use error::{Error, Result};

@@ -86,14 +86,17 @@ pub async fn build_swarm(
             let builder = {
                 use libp2p::core::muxing::StreamMuxerBox;
                 use libp2p_webrtc::tokio as webrtc;
+
+                use crate::webrtc_chunks::ChunkedMuxer;
                 let cert = match webrtc_pem {
                     Some(pem) => webrtc::Certificate::from_pem(&pem).map_err(err)?,
                     None => webrtc::Certificate::generate(&mut rand::thread_rng()).map_err(err)?,
                 };
                 builder
                     .with_other_transport(|key| {
-                        webrtc::Transport::new(key.clone(), cert)
-                            .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)))
+                        webrtc::Transport::new(key.clone(), cert).map(|(peer, conn), _| {
+                            (peer, StreamMuxerBox::new(ChunkedMuxer::new(conn)))
+                        })
                     })
                     .map_err(err)?
             };

@@ -290,10 +290,10 @@ test('two pages exchange messages through the node\'s relay circuit; the page re
   const b = await browser.context.newPage();
   try {
     // Over WebSocket, as pages on Chromium's default features join today (see the todo
-    // tests): relayed messages of 16 KiB and more stall on WebRTC-direct connections.
-    // Page A lists a WebRTC-direct address nobody answers first, as a page whose browser
-    // cannot complete WebRTC-direct with the node sees it: it joins over WebSocket after the
-    // dial timeout, and its reconnects must try WebSocket first (checked after the restart).
+    // test above); the last test sends large messages over WebRTC-direct. Page A lists a
+    // WebRTC-direct address nobody answers first, as a page whose browser cannot complete
+    // WebRTC-direct with the node sees it: it joins over WebSocket after the dial timeout,
+    // and its reconnects must try WebSocket first (checked after the restart).
     const ws = node.state.browser_addrs.filter((x) => x.includes('/ws/'));
     const rtc = node.state.browser_addrs.find((x) => x.includes('/webrtc-direct/'));
     const dead = rtc.replace(/\/udp\/\d+\//, `/udp/${ports.http}/`);
@@ -349,19 +349,19 @@ test('two pages exchange messages through the node\'s relay circuit; the page re
   }
 });
 
-// Found when WebRTC-direct started to connect in these tests: small relayed messages between
-// two pages joined over WebRTC-direct arrive, but one of 16 KiB (the WebRTC data channel's
-// message size) or more times out. Measured: one leg on WebRTC-direct is enough (sender on
-// WebSocket and receiver on WebRTC-direct, or the other way round, stall too). Not yet
-// explained: the framing of large writes between libp2p-webrtc-websys (the page) and
-// libp2p-webrtc 0.9 / webrtc-rs 0.11 (the node) is the suspect. Reports, not fails, until
-// it is fixed.
-test('relayed messages of 16 KiB between pages joined over WebRTC-direct', {
-  timeout: 90_000,
-  todo: 'a relayed message of 16 KiB or more stalls when both pages are joined over WebRTC-direct',
-}, async () => {
+// Relayed messages of 16 KiB and more between pages joined over WebRTC-direct. They used to
+// time out (8 KiB and more from a page on WebRTC-direct, 16 KiB and more to one): both
+// WebRTC stacks refused the other's larger data-channel messages (the node reads each into
+// an 8 KiB buffer, the page drops one over 16 KiB) and the circuit died. Both ends now
+// write WebRTC streams in flushed chunks of at most 8 KiB (src/webrtc_chunks.rs). The two
+// legs of A -> B cross both directions of a WebRTC-direct connection (page -> node on A's,
+// node -> page on B's); B -> A crosses them again the other way. Page C, on WebSocket,
+// sends to B too: its bursts reach the node faster than A's paced chunks, which is when
+// the node used to coalesce what it relays into data-channel messages B refused.
+test('relayed messages of 16 KiB and 64 KiB between pages joined over WebRTC-direct arrive intact', { timeout: 90_000 }, async () => {
   const a = await browser.context.newPage();
   const b = await browser.context.newPage();
+  const c = await browser.context.newPage();
   try {
     const rtc = node.state.browser_addrs.filter((x) => x.includes('/webrtc-direct/'));
     const ra = await openNetwork(a, node.url, { bootstrap: rtc });
@@ -369,10 +369,44 @@ test('relayed messages of 16 KiB between pages joined over WebRTC-direct', {
     assert.deepEqual([ra.transport, rb.transport], ['webrtc-direct', 'webrtc-direct']);
     const relayOf = (p) => until(15_000, 'relay reservation', () => p.evaluate(() => window.relayAddr ?? null));
     await Promise.all([relayOf(a), relayOf(b)]);
-    await within(15_000, a.evaluate((to) => window.net.send(to, 'small'), rb.peerId), 'a small message');
-    await within(15_000, a.evaluate((to) => window.net.send(to, new Uint8Array(16 * 1024).fill(7)), rb.peerId), '16 KiB message');
+    // Each page keeps the size and SHA-256 of what it receives.
+    for (const p of [a, b]) {
+      await p.evaluate(() => {
+        window.received = [];
+        window.net.on('message', async (m) => {
+          const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', m.data));
+          window.received.push({ from: m.from, bytes: m.data.byteLength, sha: Array.from(digest).join(',') });
+        });
+      });
+    }
+    // A payload that is not one repeated byte, so that a reordered or shifted chunk shows.
+    const send = (p, to, n) => p.evaluate(async ({ to, n }) => {
+      const data = new Uint8Array(n).map((_, i) => (i * 7 + (i >> 8)) & 0xff);
+      const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', data));
+      const { rttMs } = await window.net.send(to, data);
+      return { rttMs, sha: Array.from(digest).join(',') };
+    }, { to, n });
+    // A small one first (it always arrived), then the sizes that stalled.
+    const sizes = [5, 16 * 1024, 64 * 1024];
+    const sent = [];
+    for (const n of sizes) sent.push(await within(15_000, send(a, rb.peerId, n), `${n} bytes A -> B`));
+    const back = await within(15_000, send(b, ra.peerId, 64 * 1024), '64 KiB message B -> A');
+    const atB = await until(10_000, 'B receives', () => b.evaluate((k) => (window.received.length >= k ? window.received : null), sizes.length));
+    assert.deepEqual(atB, sizes.map((n, i) => ({ from: ra.peerId, bytes: n, sha: sent[i].sha })));
+    const atA = await until(10_000, 'A receives', () => a.evaluate(() => (window.received.length ? window.received : null)));
+    assert.deepEqual(atA, [{ from: rb.peerId, bytes: 64 * 1024, sha: back.sha }]);
+
+    const rc = await openNetwork(c, node.url, { bootstrap: node.state.browser_addrs.filter((x) => x.includes('/ws/')) });
+    assert.equal(rc.transport, 'websocket');
+    await relayOf(c);
+    const fromC = [];
+    for (const n of [16 * 1024, 64 * 1024]) fromC.push(await within(15_000, send(c, rb.peerId, n), `${n} bytes C -> B`));
+    const atB2 = await until(10_000, 'B receives from C', () => b.evaluate((k) => (window.received.length >= k ? window.received.slice(k - 2) : null), sizes.length + 2));
+    assert.deepEqual(atB2, [16 * 1024, 64 * 1024].map((n, i) => ({ from: rc.peerId, bytes: n, sha: fromC[i].sha })));
+    console.log(`  over WebRTC-direct, send -> ack: 16 KiB ${sent[1].rttMs.toFixed(1)} ms, 64 KiB ${sent[2].rttMs.toFixed(1)} ms (A -> B), ${back.rttMs.toFixed(1)} ms (B -> A); from WebSocket to WebRTC-direct: 64 KiB ${fromC[1].rttMs.toFixed(1)} ms (C -> B)`);
   } finally {
     await a.close();
     await b.close();
+    await c.close();
   }
 });
