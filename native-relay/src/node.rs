@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use kwaainet_p2p::NodeConfig;
 use kwaainet_p2p::http::{HttpConfig, ModelFile};
 use kwaainet_p2p::identity;
 use kwaainet_p2p::libp2p::Multiaddr;
+use kwaainet_p2p::{NodeConfig, RelayReservations};
 use serde::Deserialize;
 
 /// Default HTTP address: loopback only.
@@ -52,6 +52,10 @@ pub struct StartArgs {
     /// Run a circuit relay v2 server.
     #[arg(long, env = "KWAAINET_RELAY")]
     pub relay: bool,
+    /// When to reserve a slot on relays and announce the relayed addresses: `auto` (when
+    /// AutoNAT finds this node unreachable; the default), `always` or `off`.
+    #[arg(long, env = "KWAAINET_RELAY_RESERVATIONS", value_parser = parse_reservations)]
+    pub relay_reservations: Option<RelayReservations>,
     /// Full node: serve the DHT (Kademlia server mode) and model spans.
     #[arg(long, env = "KWAAINET_FULL")]
     pub full: bool,
@@ -150,6 +154,15 @@ struct Settings {
     http: Option<(SocketAddr, HttpConfig)>,
 }
 
+fn parse_reservations(s: &str) -> Result<RelayReservations, String> {
+    match s {
+        "auto" => Ok(RelayReservations::Auto),
+        "always" => Ok(RelayReservations::Always),
+        "off" => Ok(RelayReservations::Off),
+        _ => Err(format!("`{s}`: expected auto, always or off")),
+    }
+}
+
 fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
     let file = match &args.config {
         Some(p) => read_config(p)?,
@@ -166,6 +179,9 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
         node.bootstrap = args.bootstrap.clone();
     }
     node.relay |= args.relay;
+    if let Some(r) = args.relay_reservations {
+        node.relay_reservations = r;
+    }
     node.full |= args.full;
     node.allow_local_addrs |= args.local || host.is_loopback();
     if args.region.is_some() {
@@ -423,6 +439,7 @@ identity = "/tmp/some/identity.key"
 [node]
 full = true
 listen = ["/ip4/127.0.0.1/tcp/7000"]
+relay_reservations = "off"
 [node.relay_limits]
 max_circuit_bytes = 123456
 [http]
@@ -441,6 +458,7 @@ listen = "127.0.0.1:9999"
         ]);
         let s = settings(&t.a).unwrap();
         assert!(s.node.full && s.node.relay);
+        assert_eq!(s.node.relay_reservations, RelayReservations::Off);
         assert_eq!(s.node.relay_limits.max_circuit_bytes, 123456);
         assert_eq!(
             s.node.listen,
@@ -460,8 +478,15 @@ listen = "127.0.0.1:9999"
             "127.0.0.1:0",
             "--model",
             cfg.to_str().unwrap(),
+            "--relay-reservations",
+            "always",
         ]);
         let s = settings(&t.a).unwrap();
+        assert_eq!(s.node.relay_reservations, RelayReservations::Always);
+        assert!(
+            T::try_parse_from(["x", "--relay-reservations", "sometimes"]).is_err(),
+            "an unknown mode is refused"
+        );
         assert!(s.node.allow_local_addrs);
         assert!(
             s.node

@@ -94,6 +94,20 @@ impl Default for RecordTimes {
     }
 }
 
+/// When a node takes circuit relay v2 reservations (so peers can reach it through a relay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayReservations {
+    /// When AutoNAT finds the node unreachable (behind a NAT or firewall); released when
+    /// it finds it reachable again.
+    #[default]
+    Auto,
+    /// Always, on relays it meets (e.g. its bootstrap nodes started with `--relay`).
+    Always,
+    /// Never.
+    Off,
+}
+
 /// Everything a node needs to start (besides its key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -130,6 +144,8 @@ pub struct NodeConfig {
     /// How often Kademlia refreshes the routing table (one lookup per bucket), in seconds;
     /// 0: only at start and whenever the table holds fewer than 20 peers.
     pub dht_bootstrap_secs: u64,
+    /// When to reserve a slot on relays and announce the relayed addresses.
+    pub relay_reservations: RelayReservations,
 }
 
 impl Default for NodeConfig {
@@ -149,6 +165,7 @@ impl Default for NodeConfig {
             records: RecordTimes::default(),
             idle_timeout_secs: 60,
             dht_bootstrap_secs: 5 * 60,
+            relay_reservations: RelayReservations::Auto,
         }
     }
 }

@@ -38,7 +38,7 @@ pub mod browser;
 #[cfg(any(wasm_browser, feature = "webrtc"))]
 mod webrtc_chunks;
 
-pub use config::{KAD_PROTOCOL, NodeConfig};
+pub use config::{KAD_PROTOCOL, NodeConfig, RelayReservations};
 pub use error::{Error, Result};
 pub use libp2p;
 #[cfg(not(wasm_browser))]

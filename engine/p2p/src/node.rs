@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, GetRecordOk, QueryResult, Quorum, Record, store::RecordStore};
 use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, Swarm, identify};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, relay};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -21,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
-use crate::config::{KAD_PROTOCOL, NodeConfig};
+use crate::config::{KAD_PROTOCOL, NodeConfig, RelayReservations};
 use crate::error::{Error, Result};
 use crate::info::{INFO_REQUEST_VERSION, InfoRequest, InfoResponse, Request};
 use crate::record::{
@@ -80,6 +81,10 @@ pub struct NodeState {
     pub record_published_at: Option<u64>,
     /// Peers disconnected for protocol violations since start.
     pub misbehaving_peers: u64,
+    /// Relays holding a reservation for us (we are reachable through them).
+    pub relay_reservations: Vec<PeerId>,
+    /// What AutoNAT last concluded: `public`, `private` or `unknown`.
+    pub nat_status: String,
 }
 
 /// The outcome of one DHT lookup of a node record, with Kademlia's query statistics.
@@ -271,7 +276,19 @@ struct Runtime {
     republish_at: Option<tokio::time::Instant>,
     last_announced: Vec<AddressEntry>,
     misbehaving: u64,
+    /// Relays met (peers serving the circuit relay v2 hop protocol), with an address of each.
+    relays: HashMap<PeerId, Multiaddr>,
+    /// Our reservations: the relay and the listener of its circuit address.
+    reservations: HashMap<PeerId, ListenerId>,
+    nat: autonat::NatStatus,
 }
+
+/// Relays we reserve a slot on at once (more only add fallbacks).
+const MAX_RESERVATIONS: usize = 2;
+/// Relays we remember as candidates.
+const MAX_RELAY_CANDIDATES: usize = 16;
+/// The protocol a circuit relay v2 server serves.
+const RELAY_HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
 
 /// Starts a node with the network transports (TCP, QUIC, WebSocket, WebRTC-direct) on the
 /// current tokio runtime.
@@ -356,6 +373,9 @@ async fn spawn_with(config: NodeConfig, key: Keypair, kind: TransportKind) -> Re
         republish_at: None,
         last_announced: Vec::new(),
         misbehaving: 0,
+        relays: HashMap::new(),
+        reservations: HashMap::new(),
+        nat: autonat::NatStatus::Unknown,
     };
     rt.start();
     let join = tokio::spawn(rt.run(rx, shutdown.clone()));
@@ -654,6 +674,99 @@ impl Runtime {
             connected_peers,
             record_published_at: self.record_published_at,
             misbehaving_peers: self.misbehaving,
+            relay_reservations: self.reservations.keys().copied().collect(),
+            nat_status: match self.nat {
+                autonat::NatStatus::Public(_) => "public",
+                autonat::NatStatus::Private => "private",
+                autonat::NatStatus::Unknown => "unknown",
+            }
+            .to_owned(),
+        }
+    }
+
+    /// Whether we should be reachable through relays now.
+    fn wants_relays(&self) -> bool {
+        match self.config.relay_reservations {
+            RelayReservations::Always => true,
+            RelayReservations::Auto => matches!(self.nat, autonat::NatStatus::Private),
+            RelayReservations::Off => false,
+        }
+    }
+
+    /// Reserves a slot on known relays, up to [`MAX_RESERVATIONS`], or releases them all
+    /// when we no longer need them. The relay client renews a reservation while its
+    /// connection lives; a lost one closes its listener (see `on_listener_closed`).
+    fn update_reservations(&mut self) {
+        if !self.wants_relays() {
+            for (relay, id) in self.reservations.drain() {
+                tracing::info!(%relay, "releasing relay reservation");
+                self.swarm.remove_listener(id);
+            }
+            return;
+        }
+        let missing = MAX_RESERVATIONS.saturating_sub(self.reservations.len());
+        let picks: Vec<(PeerId, Multiaddr)> = self
+            .relays
+            .iter()
+            .filter(|(p, _)| !self.reservations.contains_key(p))
+            .take(missing)
+            .map(|(p, a)| (*p, a.clone()))
+            .collect();
+        for (relay, addr) in picks {
+            let circuit = addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(id) => {
+                    tracing::info!(%circuit, "requesting a relay reservation");
+                    self.reservations.insert(relay, id);
+                }
+                Err(e) => {
+                    tracing::warn!(%circuit, error = %e, "cannot listen through relay");
+                    self.relays.remove(&relay);
+                }
+            }
+        }
+    }
+
+    /// A listener closed: if it was a relay reservation, forget that relay (it refused us
+    /// or went away; it becomes a candidate again when we next identify it) and try
+    /// another.
+    fn on_listener_closed(&mut self, listener: ListenerId) {
+        let Some(relay) = self
+            .reservations
+            .iter()
+            .find_map(|(p, id)| (*id == listener).then_some(*p))
+        else {
+            return;
+        };
+        tracing::info!(%relay, "relay reservation ended");
+        self.reservations.remove(&relay);
+        self.relays.remove(&relay);
+        self.update_reservations();
+        self.addresses_changed();
+    }
+
+    fn on_autonat(&mut self, e: autonat::Event) {
+        if let autonat::Event::StatusChanged { old, new } = e {
+            tracing::info!(?old, ?new, "reachability changed");
+            self.nat = new;
+            self.update_reservations();
+        } else {
+            tracing::debug!(?e, "autonat");
+        }
+    }
+
+    fn on_relay_client(&mut self, e: relay::client::Event) {
+        match e {
+            relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            } => {
+                if !renewal {
+                    tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+                }
+            }
+            other => tracing::debug!(?other, "relay client"),
         }
     }
 
@@ -683,10 +796,9 @@ impl Runtime {
                 tracing::debug!(?e, "dcutr");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Info(e)) => self.on_info(e),
-            SwarmEvent::Behaviour(BehaviourEvent::Autonat(e)) => tracing::debug!(?e, "autonat"),
-            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => {
-                tracing::debug!(?e, "relay client")
-            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(e)) => self.on_autonat(e),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => self.on_relay_client(e),
+            SwarmEvent::ListenerClosed { listener_id, .. } => self.on_listener_closed(listener_id),
             SwarmEvent::Behaviour(BehaviourEvent::Limits(v)) => match v {},
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
@@ -753,6 +865,22 @@ impl Runtime {
         if let Some(p) = self.peers.get_mut(&peer_id) {
             p.agent = Some(info.agent_version.chars().take(128).collect());
         }
+        let local = self.allow_local();
+        if info
+            .protocols
+            .iter()
+            .any(|p| p.as_ref() == RELAY_HOP_PROTOCOL)
+            && (self.relays.contains_key(&peer_id) || self.relays.len() < MAX_RELAY_CANDIDATES)
+            && let Some(addr) = info
+                .listen_addrs
+                .iter()
+                .take(MAX_ADDRESSES)
+                .find(|a| is_dialable(a, local) && !a.iter().any(|p| p == Protocol::P2pCircuit))
+        {
+            let (addr, _) = split_peer(addr);
+            self.relays.insert(peer_id, addr);
+            self.update_reservations();
+        }
         // Only DHT servers of *our* DHT go into the routing table, with addresses others
         // can dial.
         let serves_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
@@ -763,7 +891,6 @@ impl Runtime {
         // "Scale simulation"). Newcomers still enter full buckets through our own
         // queries' dials, which Kademlia handles itself.
         if serves_kad && self.room_in_routing_table(peer_id) {
-            let local = self.allow_local();
             for addr in info.listen_addrs.into_iter().take(MAX_ADDRESSES) {
                 if is_dialable(&addr, local) {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);

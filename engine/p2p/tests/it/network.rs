@@ -386,3 +386,84 @@ async fn forged_and_foreign_records_pushed_over_kad_are_not_stored() -> Result<(
     within(10, "shutdown", node.shutdown()).await?;
     Ok(())
 }
+
+/// A node that cannot be reached directly (here forced with `relay_reservations: always`;
+/// in the field, when AutoNAT finds it private) reserves a slot on the relay it meets,
+/// announces the relayed address, and a peer that only knows that address reaches it
+/// through the circuit. A node left on `auto` with no NAT verdict takes no reservation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_a_relay_is_reachable_through_its_reservation() -> Result<()> {
+    use kwaainet_p2p::RelayReservations;
+    use kwaainet_p2p::libp2p::multiaddr::Protocol;
+
+    let mut rcfg = config(true, vec![]);
+    rcfg.relay = true;
+    let relay = start(rcfg).await?;
+    let relay_addr = tcp_addr(&relay)?;
+
+    let mut ncfg = config(true, vec![relay_addr.clone()]);
+    ncfg.relay_reservations = RelayReservations::Always;
+    let natted = start(ncfg).await?;
+    let plain = start(config(true, vec![relay_addr.clone()])).await?;
+
+    let circuit_prefix = format!("/p2p/{}/p2p-circuit", relay.peer_id());
+    let relayed = eventually(20, "a relayed address in the node's record", || async {
+        let st = natted.state().await.ok()?;
+        st.relay_reservations
+            .contains(&relay.peer_id())
+            .then_some(())?;
+        st.announced.into_iter().find(|a| a.relayed).map(|a| a.addr)
+    })
+    .await?;
+    assert!(
+        relayed.to_string().contains(&circuit_prefix),
+        "relayed address {relayed} is not through the relay"
+    );
+
+    // The relayed address reaches the DHT in the node's signed record.
+    let rec = eventually(20, "the record with the relayed address", || async {
+        let r = plain.get_node_record(natted.peer_id()).await.ok()??;
+        r.addrs.iter().any(|e| e.relayed).then_some(r)
+    })
+    .await?;
+    assert_eq!(rec.peer_id, natted.peer_id());
+
+    // A fresh peer dials the circuit address only, and the connection is relayed.
+    let visitor = start(config(false, vec![])).await?;
+    // (A circuit address names its destination already: `…/p2p-circuit/p2p/<node>`.)
+    let target = match relayed.iter().last() {
+        Some(Protocol::P2p(id)) if id == natted.peer_id() => relayed.clone(),
+        _ => relayed.clone().with(Protocol::P2p(natted.peer_id())),
+    };
+    within(20, "dial through the relay", visitor.dial(target)).await??;
+    let st = visitor.state().await?;
+    let via = st
+        .connected_peers
+        .iter()
+        .find(|p| p.peer_id == natted.peer_id())
+        .context("visitor not connected to the node")?;
+    assert!(
+        via.address.to_string().contains("/p2p-circuit"),
+        "connected over {} instead of the circuit",
+        via.address
+    );
+    let info = within(
+        15,
+        "info over the circuit",
+        visitor.ask_info(natted.peer_id()),
+    )
+    .await??;
+    assert_eq!(info.peer_id, natted.peer_id());
+    assert!(info.addrs.iter().any(|e| e.relayed));
+
+    // `auto` without a NAT verdict (AutoNAT off here): no reservation, nothing relayed.
+    let st = plain.state().await?;
+    assert!(st.relay_reservations.is_empty());
+    assert!(st.announced.iter().all(|a| !a.relayed));
+    assert_eq!(st.nat_status, "unknown");
+
+    for n in [&visitor, &plain, &natted, &relay] {
+        within(10, "shutdown", n.shutdown()).await?;
+    }
+    Ok(())
+}
