@@ -278,3 +278,33 @@ fn to_044(addr: &Multiaddr) -> Option<core044::Multiaddr> {
 fn to_043(addr: &core044::Multiaddr) -> Option<Multiaddr> {
     Multiaddr::try_from(addr.to_vec()).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The node's key is the same identity on both sides: 0.10 would otherwise
+    /// authenticate the node as another peer than the one its records name.
+    #[test]
+    fn key_converts_to_the_same_peer_id() {
+        let key = Keypair::generate_ed25519();
+        let bytes = key.to_protobuf_encoding().unwrap();
+        let inner = libp2p_identity_03::Keypair::from_protobuf_encoding(&bytes).unwrap();
+        let peer = PeerId::from_bytes(&inner.public().to_peer_id().to_bytes()).unwrap();
+        assert_eq!(peer, key.public().to_peer_id());
+    }
+
+    #[test]
+    fn webrtc_direct_addresses_round_trip() {
+        let cert = webrtc::Certificate::generate(&mut rand::rng()).unwrap();
+        let peer = Keypair::generate_ed25519().public().to_peer_id();
+        let inner: core044::Multiaddr = "/ip4/127.0.0.1/udp/9090/webrtc-direct".parse().unwrap();
+        let inner = inner.with(core044::multiaddr::Protocol::Certhash(
+            cert.fingerprint().to_multihash(),
+        ));
+        let addr = to_043(&inner).unwrap().with_p2p(peer).unwrap();
+        assert_eq!(to_043(&to_044(&addr).unwrap()), Some(addr.clone()));
+        assert!(addr.to_string().contains("/webrtc-direct/certhash/"));
+    }
+}
