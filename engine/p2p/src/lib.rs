@@ -37,6 +37,8 @@ pub mod transport;
 pub mod browser;
 #[cfg(any(wasm_browser, feature = "webrtc"))]
 mod webrtc_chunks;
+#[cfg(all(not(wasm_browser), feature = "webrtc"))]
+mod webrtc_compat;
 
 pub use config::{KAD_PROTOCOL, NodeConfig, RelayReservations};
 pub use error::{Error, Result};

@@ -88,15 +88,16 @@ pub async fn build_swarm(
                 use libp2p_webrtc::tokio as webrtc;
 
                 use crate::webrtc_chunks::ChunkedMuxer;
+                use crate::webrtc_compat::WebRtcTransport;
                 let cert = match webrtc_pem {
                     Some(pem) => webrtc::Certificate::from_pem(&pem).map_err(err)?,
-                    None => webrtc::Certificate::generate(&mut rand::thread_rng()).map_err(err)?,
+                    None => webrtc::Certificate::generate(&mut rand::rng()).map_err(err)?,
                 };
                 builder
-                    .with_other_transport(|key| {
-                        webrtc::Transport::new(key.clone(), cert).map(|(peer, conn), _| {
+                    .with_other_transport(|key| -> std::result::Result<_, BoxError> {
+                        Ok(WebRtcTransport::new(key, cert)?.map(|(peer, conn), _| {
                             (peer, StreamMuxerBox::new(ChunkedMuxer::new(conn)))
-                        })
+                        }))
                     })
                     .map_err(err)?
             };
@@ -121,6 +122,6 @@ pub async fn build_swarm(
 /// A fresh WebRTC certificate as PEM, to store beside the identity key.
 #[cfg(feature = "webrtc")]
 pub fn generate_webrtc_pem() -> Result<String> {
-    let cert = libp2p_webrtc::tokio::Certificate::generate(&mut rand::thread_rng()).map_err(err)?;
+    let cert = libp2p_webrtc::tokio::Certificate::generate(&mut rand::rng()).map_err(err)?;
     Ok(cert.serialize_pem())
 }

@@ -5,10 +5,11 @@
 //! Without it a relayed message of 8 KiB or more from a page on WebRTC-direct, or of about
 //! 16 KiB or more to one, killed the relay circuit and timed out, because:
 //!
-//! - **the node reads each message into an 8 KiB buffer.** `libp2p-webrtc` 0.9 sets the
-//!   read buffer of the data channel's `PollDataChannel` to 16 KiB, but
-//!   `libp2p-webrtc-utils` 0.4 (`Stream::new`) reads through a clone of it, and webrtc-data's
-//!   `PollDataChannel::clone` builds a fresh one with the 8 KiB default. A message the page
+//! - **the node reads each message into an 8 KiB buffer.** `libp2p-webrtc` (0.9 and 0.10)
+//!   sets the read buffer of the data channel's `PollDataChannel` to 16 KiB, but
+//!   `libp2p-webrtc-utils` (0.4 and 0.5, `Stream::new`) reads through a clone of it, and
+//!   webrtc-data's `PollDataChannel::clone` (still in 0.17) builds a fresh one with the
+//!   8 KiB default. A message the page
 //!   sends of up to 16 KiB (what the page's side allows) fails the read with
 //!   "Short buffer (size: 8192) to be filled" (rust-libp2p issue #4049; webrtc-rs issue
 //!   #823 proposes a 16 KiB default).

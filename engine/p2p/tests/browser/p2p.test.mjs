@@ -33,13 +33,11 @@ const sdkDir = join(root, 'sdk-ts', 'dist');
 
 // Loopback ICE candidates, and no mDNS names for local IPs. Measured: ICE to the node on
 // 127.0.0.1 connects without them too (the node is ICE-lite), but these keep the
-// candidates plain loopback addresses whatever the machine's interfaces.
+// candidates plain loopback addresses whatever the machine's interfaces. Chromium's DTLS
+// runs with its default features: its post-quantum key share (X25519MLKEM768, offered first
+// since Chromium 150) is one the node must handle (see the stock-Chromium test below).
 const LOOPBACK_FLAGS = ['--allow-loopback-in-peer-connection'];
-// Chromium 150+ offers a post-quantum (ML-KEM) key share in its DTLS 1.3 ClientHello, which
-// the node's webrtc-dtls 0.11 refuses (see the `todo` test at the end). With that one feature
-// off, Chromium's handshake is one the node accepts, and WebRTC-direct is tested end to end.
-const WEBRTC_FLAGS = [...LOOPBACK_FLAGS, '--disable-features=WebRtcHideLocalIpsWithMdns,WebRtcPqcForDtls'];
-const DEFAULT_WEBRTC_FLAGS = [...LOOPBACK_FLAGS, '--disable-features=WebRtcHideLocalIpsWithMdns'];
+const WEBRTC_FLAGS = [...LOOPBACK_FLAGS, '--disable-features=WebRtcHideLocalIpsWithMdns'];
 
 const TEST_PAGE = `<!doctype html>
 <meta charset="utf-8"><title>KwaaiNet P2P test</title>
@@ -239,22 +237,29 @@ test('WebRTC-direct alone: the DTLS handshake with the node completes', { timeou
   }
 });
 
-// Chromium 150+ with its default features opens DTLS with a 1.3 ClientHello carrying an
-// ML-KEM key share (1413 bytes, two fragments); the node's webrtc-dtls 0.11
-// (libp2p-webrtc 0.9.0-alpha.1, the line that matches libp2p 0.56) answers alert 47
-// (illegal_parameter), so the data channel never opens (ICE itself connects). Such pages
-// join over WebSocket after the dial timeout. libp2p-webrtc 0.10 (webrtc 0.17, newer DTLS)
-// needs libp2p 0.57: see engine/p2p/README.md "Browser node". This reports, not fails,
-// until then.
-test('WebRTC-direct from Chromium with default features (post-quantum DTLS key share)', {
-  timeout: 60_000,
-  todo: 'webrtc-dtls 0.11 refuses Chromium 150+\'s DTLS 1.3 ClientHello (alert 47); needs libp2p-webrtc 0.10 / libp2p 0.57',
-}, async () => {
-  const stock = await launch({ args: DEFAULT_WEBRTC_FLAGS });
+// Chromium 150+ with its default features opens DTLS with a 1.3 ClientHello that lists the
+// post-quantum group X25519MLKEM768 first. The node's DTLS used to answer alert 47
+// (libp2p-webrtc 0.9's webrtc-dtls 0.11 took the first group blindly), so such pages only
+// joined over WebSocket after the dial timeout; libp2p-webrtc 0.10 (src/webrtc_compat.rs)
+// skips the groups it does not support. This page runs in its own Chromium with no
+// `--disable-features` at all, lists WebSocket after WebRTC-direct (so a failed handshake
+// would fall back, not hang), and must end up on WebRTC-direct on both ends.
+test('WebRTC-direct from Chromium with default features (post-quantum DTLS key share)', { timeout: 60_000 }, async () => {
+  const stock = await launch({ args: LOOPBACK_FLAGS });
   try {
-    const rtc = node.state.browser_addrs.find((a) => a.includes('/webrtc-direct/'));
-    const r = await openNetwork(stock.page, node.url, { bootstrap: [rtc], dialTimeoutMs: 5_000 });
-    assert.equal(r.transport, 'webrtc-direct');
+    const version = await stock.page.evaluate(() => navigator.userAgent.match(/Chrome\/[\d.]+/)?.[0] ?? navigator.userAgent);
+    const addrs = node.state.browser_addrs;
+    assert.match(addrs[0], /\/webrtc-direct\//, 'WebRTC-direct is offered first');
+    assert.ok(addrs.some((a) => a.includes('/ws/')), 'WebSocket is offered as the fallback');
+    const r = await openNetwork(stock.page, node.url, { bootstrap: addrs, dialTimeoutMs: 5_000 });
+    assert.equal(r.transport, 'webrtc-direct', `connected over ${r.transport} (${r.conn.addr})`);
+    assert.match(r.conn.addr, /\/webrtc-direct\//);
+    const me = await until(10_000, 'the page in the node\'s peer table', async () => {
+      const s = await nodeState(node.url);
+      return s.connected_peers.find((p) => p.peer_id === r.peerId) ?? null;
+    });
+    assert.match(me.address, /webrtc-direct/, `the node sees the page on ${me.address}`);
+    console.log(`  stock Chromium (${version}) joined over WebRTC-direct: setup ${r.setupMs?.toFixed(0)} ms (connect() wall ${r.wallMs.toFixed(0)} ms)`);
   } finally {
     await stock.close();
   }
@@ -289,11 +294,11 @@ test('two pages exchange messages through the node\'s relay circuit; the page re
   const a = await browser.context.newPage();
   const b = await browser.context.newPage();
   try {
-    // Over WebSocket, as pages on Chromium's default features join today (see the todo
-    // test above); the last test sends large messages over WebRTC-direct. Page A lists a
-    // WebRTC-direct address nobody answers first, as a page whose browser cannot complete
-    // WebRTC-direct with the node sees it: it joins over WebSocket after the dial timeout,
-    // and its reconnects must try WebSocket first (checked after the restart).
+    // Over WebSocket; the last test sends large messages over WebRTC-direct. Page A lists a
+    // WebRTC-direct address nobody answers first, as a page whose network blocks UDP (or
+    // whose browser cannot complete WebRTC-direct with the node) sees it: it joins over
+    // WebSocket after the dial timeout, and its reconnects must try WebSocket first
+    // (checked after the restart).
     const ws = node.state.browser_addrs.filter((x) => x.includes('/ws/'));
     const rtc = node.state.browser_addrs.find((x) => x.includes('/webrtc-direct/'));
     const dead = rtc.replace(/\/udp\/\d+\//, `/udp/${ports.http}/`);
