@@ -3,12 +3,14 @@
 // served (requests for the model, Range headers, bytes sent).
 //
 // It listens on 127.0.0.1 only and serves
-//   /                    demo-site/index.html with the script tag filled in (CDN path, SRI
+//   /                    demo-site/index.html with the script tag filled in by the rules the
+//                        node uses (template.mjs): CDN path, SRI
 //                        hash from the manifest, model URL and SHA-256; `?host=worker` etc.
 //                        adds data-host, `?engine=cpu` etc. data-engine, `?load=lazy` adds data-load-model="lazy",
 //                        `?max=storage:50` sets data-max-resources, `?cdn=cross-origin`
 //                        loads the bundle from http://localhost:<port>/ instead)
 //   /bench.html          the browser bench page (demo-site/bench.html)
+//   /favicon.ico         favicon.svg
 //   /cdn/v<version>/...  dist/cdn/v<version>/ (CORS-enabled, as a CDN would be)
 //   /models/model.gguf   the model, with Range support (206 / 416) and an ETag
 //   /wllama/...          a wllama package folder, when `wllamaDir` is given (bench only)
@@ -18,6 +20,7 @@ import { createServer } from 'node:http';
 import { homedir } from 'node:os';
 import { dirname, extname, join, normalize, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { fillTemplate } from './template.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -65,7 +68,8 @@ export function manifestIntegrity() {
   }
 }
 
-const escapeAttr = (s) => String(s).replace(/[&"<>]/g, (c) => `&#${c.charCodeAt(0)};`);
+// `extra` is built in page() from fixed strings only; every other value is escaped.
+const RAW = new Set(['extra']);
 
 /** A path inside `dir`, or null for anything that tries to leave it. */
 function inside(dir, urlPath) {
@@ -121,15 +125,14 @@ export async function startDemoServer(options = {}) {
       // ?cdn=cross-origin: the bundle from another origin (localhost vs 127.0.0.1, both
       // this server), as from a real CDN: CORS, a blob worker, no service worker.
       cdn: query.get('cdn') === 'cross-origin' ? `http://localhost:${port}/cdn/v${version}/` : `/cdn/v${version}/`,
-      maxResources: max !== null && /^[a-z]+:\d+(,[a-z]+:\d+)*$/.test(max) ? max : 'cpu:20,memory:1024,storage:5000',
+      // Else the page's own default.
+      maxResources: max !== null && /^[a-z]+:\d+(,[a-z]+:\d+)*$/.test(max) ? max : undefined,
       sri: options.integrity ?? manifestIntegrity(),
       modelUrl: model ? '/models/model.gguf' : '',
       modelSha256: model?.sha256 ?? '',
-      extra: extra.join(' '),
+      extra: extra.length > 0 ? extra.join(' ') : undefined,
     };
-    return readFileSync(join(here, file), 'utf8').replace(/\{\{(\w+)\}\}/g, (_, k) =>
-      // `extra` is built above from fixed strings only; the rest is escaped.
-      (k === 'extra' ? values.extra : escapeAttr(values[k] ?? '')));
+    return fillTemplate(readFileSync(join(here, file), 'utf8'), values, { raw: RAW });
   }
 
   function sendFile(req, res, path, headers = {}, record = null) {
@@ -192,7 +195,15 @@ export async function startDemoServer(options = {}) {
       return;
     }
     if (pathname === '/' || pathname === '/index.html' || pathname === '/bench.html') {
-      const body = page(pathname === '/bench.html' ? 'bench.html' : 'index.html', searchParams, server.address().port);
+      let body;
+      try {
+        body = page(pathname === '/bench.html' ? 'bench.html' : 'index.html', searchParams, server.address().port);
+      } catch (err) {
+        // As the node answers: a page it cannot fill completely is an error, never sent.
+        console.error(`demo page: ${err.message}`);
+        res.writeHead(503, { 'content-type': 'text/plain; charset=utf-8' }).end(`demo page: ${err.message}\n`);
+        return;
+      }
       res.writeHead(200, { 'content-type': MIME['.html'], 'cache-control': 'no-cache', 'content-length': Buffer.byteLength(body), ...isolation });
       res.end(req.method === 'HEAD' ? undefined : body);
       return;
@@ -211,7 +222,8 @@ export async function startDemoServer(options = {}) {
       const path = inside(options.wllamaDir, pathname.slice('/wllama/'.length));
       return path ? sendFile(req, res, path, CORS) : notFound(res);
     }
-    const path = inside(here, pathname.slice(1));
+    // Browsers ask for /favicon.ico where a page names no icon.
+    const path = inside(here, pathname === '/favicon.ico' ? 'favicon.svg' : pathname.slice(1));
     // Not the server, the tests or the bench themselves.
     if (!path || path.endsWith('.mjs') || path.startsWith(join(here, 'tests') + sep)) return notFound(res);
     return sendFile(req, res, path);

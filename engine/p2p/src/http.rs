@@ -5,9 +5,10 @@
 //! |---|---|
 //! | `GET /api/v1/state` | [`NodeState`](crate::node::NodeState) as JSON |
 //! | `GET /metrics` | Prometheus / OpenMetrics text: libp2p (connections, kad queries, relay, identify, ping, bytes) and `kwaainet_*` |
-//! | `GET /` | `demo-site/index.html` with its `{{cdn}}`, `{{sri}}`, `{{modelUrl}}`, `{{modelSha256}}` filled in |
+//! | `GET /` | `demo-site/index.html` with its placeholders filled in ([`template`]): the CDN path, the bundle's SRI hash, the model URL and SHA-256 |
 //! | `GET /cdn/...` | `dist/cdn/` (CORS-enabled, as a CDN would be) |
 //! | `GET /models/model.gguf` | the model file |
+//! | `GET /favicon.ico` | `demo-site/favicon.svg` |
 //! | `GET /...` | other files of `demo-site/` |
 //!
 //! Static files go through tower-http's `ServeDir`/`ServeFile`: MIME types from the
@@ -26,6 +27,8 @@ use tower_http::services::{ServeDir, ServeFile};
 
 use crate::error::Result;
 use crate::node::NodeHandle;
+
+pub mod template;
 
 /// A model file offered at `/models/model.gguf`.
 #[derive(Debug, Clone)]
@@ -65,14 +68,16 @@ pub fn router(node: NodeHandle, config: HttpConfig) -> Router {
         .route("/", get(index))
         .route("/index.html", get(index));
     if let Some(model) = &config.model {
-        app = app.route_service("/models/model.gguf", ServeFile::new(&model.path));
+        app = app.route_service(MODEL_PATH, ServeFile::new(&model.path));
     }
     if let Some(cdn) = &config.cdn_dir {
         app = app.nest_service("/cdn", ServeDir::new(cdn));
     }
     app = app.layer(middleware::from_fn(cors_for_assets));
     if let Some(site) = &config.site_dir {
+        // Browsers ask for /favicon.ico where a page (or the JSON API) names no icon.
         app = app
+            .route_service("/favicon.ico", ServeFile::new(site.join("favicon.svg")))
             .fallback_service(ServeDir::new(site))
             .layer(middleware::from_fn(hide_server_files));
     }
@@ -115,13 +120,6 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-fn escape_attr(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('"', "&quot;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
 /// The newest `v<version>` folder of the CDN dir holding the bundle.
 fn cdn_version_dir(cdn: &Path) -> Option<(String, PathBuf)> {
     let entries = std::fs::read_dir(cdn).ok()?;
@@ -159,23 +157,55 @@ async fn index(State(s): State<AppState>) -> Response {
         Ok(p) => p,
         Err(_) => return StatusCode::NOT_FOUND.into_response(),
     };
-    let (cdn, sri) = match s.config.cdn_dir.as_deref().and_then(cdn_version_dir) {
-        Some((name, dir)) => (
-            format!("/cdn/{name}/"),
-            sri_of_bundle(&dir).unwrap_or_default(),
-        ),
-        None => (String::new(), String::new()),
-    };
-    let (model_url, model_sha) = match &s.config.model {
-        Some(m) => ("/models/model.gguf".to_owned(), m.sha256.clone()),
-        None => (String::new(), String::new()),
-    };
-    let page = page
-        .replace("{{cdn}}", &escape_attr(&cdn))
-        .replace("{{sri}}", &escape_attr(&sri))
-        .replace("{{modelUrl}}", &escape_attr(&model_url))
-        .replace("{{modelSha256}}", &escape_attr(&model_sha));
-    ([(header::CACHE_CONTROL, "no-cache")], Html(page)).into_response()
+    let bundle = s.config.cdn_dir.as_deref().and_then(cdn_version_dir);
+    let cdn = bundle.as_ref().map(|(name, _)| format!("/cdn/{name}/"));
+    let sri = bundle.as_ref().and_then(|(_, dir)| sri_of_bundle(dir));
+    let model = s
+        .config
+        .model
+        .as_ref()
+        .map(|m| (MODEL_PATH, m.sha256.as_str()));
+    let filled = template::fill(&page, |k| {
+        node_value(k, cdn.as_deref(), sri.as_deref(), model)
+    });
+    match filled {
+        Ok(page) => ([(header::CACHE_CONTROL, "no-cache")], Html(page)).into_response(),
+        Err(e) => {
+            let hint = match &bundle {
+                None => " (no CDN bundle under --cdn-dir: build it with `node cdn/build.mjs`)"
+                    .to_owned(),
+                Some((_, dir)) if sri.is_none() => format!(
+                    " ({} lacks distributed-ai.js's integrity: rebuild it with `node cdn/build.mjs`)",
+                    dir.join("sri-manifest.json").display()
+                ),
+                Some(_) => String::new(),
+            };
+            let msg = format!("demo page {}: {e}{hint}", site.join("index.html").display());
+            tracing::error!("{msg}");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{msg}\n")).into_response()
+        }
+    }
+}
+
+/// Where the model is served.
+const MODEL_PATH: &str = "/models/model.gguf";
+
+/// What the node knows of the demo page's placeholders: the CDN path and SRI hash of the
+/// newest bundle (none without one) and the model's URL and SHA-256 (empty without a model:
+/// the page then runs with no model configured).
+fn node_value(
+    name: &str,
+    cdn: Option<&str>,
+    sri: Option<&str>,
+    model: Option<(&str, &str)>,
+) -> Option<String> {
+    match name {
+        "cdn" => cdn.map(str::to_owned),
+        "sri" => sri.map(str::to_owned),
+        "modelUrl" => Some(model.map_or("", |m| m.0).to_owned()),
+        "modelSha256" => Some(model.map_or("", |m| m.1).to_owned()),
+        _ => None,
+    }
 }
 
 /// CORS on the bundle and the model: pages on other origins embed them.

@@ -158,6 +158,25 @@ async fn state_metrics_and_static_files() -> Result<()> {
     assert!(page.contains(r#"data-model-url="/models/model.gguf""#));
     assert!(page.contains(r#"data-model-sha256="ab12""#));
 
+    // A placeholder the node has no value for: a clear error naming it, never a page with a
+    // literal `{{…}}` in it; a placeholder with a default takes it.
+    let index = root.join("site").join("index.html");
+    std::fs::write(
+        &index,
+        r#"<p data-a="{{newThing}}" data-b="{{knob|x:1}}">{{cdn}}</p>"#,
+    )?;
+    let r = get(addr, "/", "").await?;
+    assert_eq!(r.status, 503);
+    let text = String::from_utf8(r.body)?;
+    assert!(text.contains("no value for {{newThing}}"), "{text}");
+    std::fs::write(&index, r#"<p data-b="{{knob|x:1}}">{{cdn}}</p>"#)?;
+    let r = get(addr, "/", "").await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        String::from_utf8(r.body)?,
+        r#"<p data-b="x:1">/cdn/v9.9.9/</p>"#
+    );
+
     // MIME types, CORS on the bundle, the model.
     let r = get(addr, "/sub/engine.wasm", "").await?;
     assert_eq!(r.status, 200);

@@ -1,0 +1,142 @@
+// `npm start` as a new user runs it: scripts/start.sh itself (its flags, its directories,
+// its build-if-missing steps; only its documented port knobs set, to free ports), then the
+// page the node serves, in headless Chromium with its default features, as a visitor uses
+// it: the model downloads with progress, the consent dialog appears and is answered, a chat
+// message gets a streamed answer, and the Network panel joins the node. The served page must
+// carry no unfilled `{{…}}`, and the page must log no console error and get no failed
+// response (the favicon included).
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import { test } from 'node:test';
+import { launch, recordEvents, within } from './browser.mjs';
+import { root, skip } from './common.mjs';
+
+/** A TCP port free on 127.0.0.1 right now. */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Runs `npm start`'s script; resolves once its node answers /api/v1/state with browser addresses. */
+async function npmStart(t) {
+  const http = await freePort();
+  const child = spawn('bash', ['scripts/start.sh'], {
+    cwd: root,
+    // KWAAINET_PORT=0: every P2P listener on an ephemeral port (start.sh's knob).
+    env: { ...process.env, KWAAINET_HTTP: `127.0.0.1:${http}`, KWAAINET_PORT: '0', RUST_LOG: process.env.RUST_LOG ?? 'warn' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true, // its own process group: start.sh's children go with it
+  });
+  let output = '';
+  const keep = (b) => {
+    output = (output + b.toString()).slice(-8_000);
+  };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
+  t.after(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    process.kill(-child.pid, 'SIGINT'); // Ctrl-C, as a user stops it
+    const done = await within(15_000, exited, 'node shutdown').catch(() => null);
+    if (!done) process.kill(-child.pid, 'SIGKILL');
+  });
+
+  const url = `http://127.0.0.1:${http}/`;
+  // start.sh builds what is missing first: seconds when npm test's earlier steps built it.
+  const deadline = Date.now() + 600_000;
+  for (;;) {
+    const early = await Promise.race([exited, new Promise((r) => setTimeout(() => r(null), 200))]);
+    if (early) throw new Error(`npm start exited early (${JSON.stringify(early)}):\n${output}`);
+    const state = await fetch(`${url}api/v1/state`, { signal: AbortSignal.timeout(2_000) })
+      .then((r) => (r.ok ? r.json() : null), () => null);
+    if (state?.browser_addrs?.length) return { url, output: () => output };
+    if (Date.now() > deadline) throw new Error(`npm start served no node state within 600 s:\n${output}`);
+  }
+}
+
+test('npm start: its page downloads the model, asks consent, answers a chat and joins the network',
+  { skip, timeout: 900_000 }, async (t) => {
+    const node = await npmStart(t);
+    const browser = await launch();
+    t.after(() => browser.close());
+    await recordEvents(browser.context);
+    const { page } = browser;
+
+    const problems = [];
+    page.on('console', (m) => {
+      if (m.type() === 'error') problems.push(`console error: ${m.text()}`);
+    });
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    page.on('requestfailed', (r) => problems.push(`request failed: ${r.url()} (${r.failure()?.errorText})`));
+    page.on('response', (r) => {
+      if (r.status() >= 400) problems.push(`HTTP ${r.status()}: ${r.url()}`);
+    });
+
+    const res = await page.goto(node.url, { waitUntil: 'load', timeout: 30_000 });
+    assert.equal(res.status(), 200);
+    const html = await res.text();
+    assert.doesNotMatch(html, /\{\{/, 'the node left a placeholder unfilled');
+    assert.match(html, /<script src="\/cdn\/v[^"]+\/distributed-ai\.js" integrity="sha384-[^"]+"/);
+    assert.match(html, /data-max-resources="cpu:\d+,memory:\d+,storage:\d+"/);
+    assert.match(html, /data-model-url="\/models\/model\.gguf" data-model-sha256="[0-9a-f]{64}"/);
+
+    // The consent dialog: the SDK asks at start (the tag declares services); the model
+    // loads meanwhile. The visitor allows.
+    const dialog = page.locator('dialog.kwaainet-consent');
+    await dialog.waitFor({ state: 'visible', timeout: 30_000 });
+    assert.match(await dialog.textContent(), /Contribute to KwaaiNet\?.*at most 20% CPU/s);
+    await dialog.getByRole('button', { name: 'Allow' }).click();
+    await dialog.waitFor({ state: 'detached', timeout: 5_000 });
+    await page.waitForFunction(() => /Thank you/.test(document.getElementById('consent-state').textContent), null,
+      { timeout: 10_000 });
+
+    // The model: downloaded with progress up to its size, verified, loaded.
+    await page.waitForFunction(() => window.__kw.ready || window.__kw.error !== null, null, { timeout: 120_000, polling: 100 });
+    const kw = await page.evaluate(() => ({ error: window.__kw.error, progress: window.__kw.progress }));
+    assert.equal(kw.error, null);
+    const downloads = kw.progress.filter((p) => p.phase === 'download');
+    assert.ok(downloads.length >= 2, `download progress events: ${downloads.length}`);
+    const last = downloads.at(-1);
+    assert.ok(last.total > 90e6 && last.loaded === last.total, `download ended at ${last.loaded} of ${last.total}`);
+    assert.ok(kw.progress.some((p) => p.phase === 'verify') && kw.progress.some((p) => p.phase === 'load'));
+    await page.waitForFunction(() => !document.getElementById('send').disabled, null, { timeout: 10_000 });
+
+    // A chat message, answered as a stream (the answer's text grows several times).
+    await page.evaluate(() => {
+      window.__growth = 0;
+      new MutationObserver(() => window.__growth++).observe(document.getElementById('log'),
+        { subtree: true, characterData: true, childList: true });
+    });
+    await page.fill('#prompt', 'What is the capital of France?');
+    await page.click('#send');
+    await page.waitForFunction(() => document.querySelectorAll('#log li.assistant').length === 1 &&
+      !document.getElementById('send').disabled, null, { timeout: 120_000, polling: 100 });
+    const chat = await page.evaluate(() => ({
+      answer: document.querySelector('#log li.assistant').textContent,
+      errors: document.querySelectorAll('#log li.error').length,
+      growth: window.__growth,
+      status: document.getElementById('status').textContent,
+    }));
+    assert.equal(chat.errors, 0);
+    assert.match(chat.answer, /Paris/, `answer: ${chat.answer}`);
+    assert.ok(chat.growth >= 4, `the answer arrived in ${chat.growth} updates`);
+    assert.match(chat.status, /Last answer: \d+ tokens/);
+
+    // The Network panel: the page's own P2P node joins the node that served it.
+    await page.waitForFunction(() => /^Joined over /.test(document.getElementById('network-status').textContent), null,
+      { timeout: 60_000, polling: 100 }).catch(async (e) => {
+      throw new Error(`${e.message}; the panel says: ${await page.textContent('#network-status')}`);
+    });
+    const peerId = await page.evaluate(() => document.querySelector('#network dd').textContent);
+    const state = await (await fetch(`${node.url}api/v1/state`)).json();
+    assert.ok(state.connected_peers.some((p) => p.peer_id === peerId), `the node does not list the page's peer ${peerId}`);
+
+    assert.deepEqual(problems, [], 'the page logged errors or got failed responses');
+  });
