@@ -146,6 +146,8 @@ pub struct NodeConfig {
     pub dht_bootstrap_secs: u64,
     /// When to reserve a slot on relays and announce the relayed addresses.
     pub relay_reservations: RelayReservations,
+    /// How long `NodeHandle::dial` waits for its connection, in seconds.
+    pub dial_timeout_secs: u64,
 }
 
 impl Default for NodeConfig {
@@ -166,6 +168,7 @@ impl Default for NodeConfig {
             idle_timeout_secs: 60,
             dht_bootstrap_secs: 5 * 60,
             relay_reservations: RelayReservations::Auto,
+            dial_timeout_secs: 20,
         }
     }
 }

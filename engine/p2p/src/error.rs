@@ -29,6 +29,14 @@ pub enum Error {
     /// The node's event loop has stopped.
     #[error("the node has stopped")]
     NodeStopped,
+    /// A dial asked for (`NodeHandle::dial`) failed or timed out.
+    #[error("dial {addr}: {reason}")]
+    Dial {
+        /// The address dialed.
+        addr: libp2p::Multiaddr,
+        /// Why it failed.
+        reason: String,
+    },
     /// A DHT query failed.
     #[error("DHT query failed: {0}")]
     Query(String),

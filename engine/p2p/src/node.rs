@@ -13,7 +13,8 @@ use libp2p::kad::{self, GetRecordOk, QueryResult, Quorum, Record, store::RecordS
 use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response;
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, relay};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -187,7 +188,9 @@ impl NodeHandle {
         self.ask(Command::Publish).await?
     }
 
-    /// Dials `addr` and waits for the connection (or its failure).
+    /// Dials `addr` and waits for that connection: `Ok` once it is established, an error
+    /// when it fails or is not established within the config's `dial_timeout_secs`. Other
+    /// connections (inbound ones, or another dial to the same peer) do not answer it.
     pub async fn dial(&self, addr: Multiaddr) -> Result<()> {
         self.ask(|tx| Command::Dial(addr, tx)).await?
     }
@@ -251,6 +254,13 @@ impl NodeMetrics {
     }
 }
 
+/// A `NodeHandle::dial` waiting for its connection.
+struct PendingDial {
+    addr: Multiaddr,
+    deadline: tokio::time::Instant,
+    tx: oneshot::Sender<Result<()>>,
+}
+
 enum Pending {
     GetRecord(PeerId, Option<oneshot::Sender<Result<Lookup>>>),
     Providers(
@@ -270,7 +280,8 @@ struct Runtime {
     pending: HashMap<kad::QueryId, Pending>,
     info_pending:
         HashMap<request_response::OutboundRequestId, (PeerId, oneshot::Sender<Result<NodeRecord>>)>,
-    dials: Vec<(Multiaddr, Option<PeerId>, oneshot::Sender<Result<()>>)>,
+    /// `NodeHandle::dial`s in flight, by the connection each started.
+    dials: HashMap<ConnectionId, PendingDial>,
     peers: HashMap<PeerId, PeerState>,
     record_published_at: Option<u64>,
     republish_at: Option<tokio::time::Instant>,
@@ -367,7 +378,7 @@ async fn spawn_with(config: NodeConfig, key: Keypair, kind: TransportKind) -> Re
         ours,
         pending: HashMap::new(),
         info_pending: HashMap::new(),
-        dials: Vec::new(),
+        dials: HashMap::new(),
         peers: HashMap::new(),
         record_published_at: None,
         republish_at: None,
@@ -587,6 +598,17 @@ impl Runtime {
     }
 
     fn housekeeping(&mut self) {
+        let now = tokio::time::Instant::now();
+        let secs = self.config.dial_timeout_secs.max(1);
+        for (id, dial) in self.dials.extract_if(|_, d| d.deadline <= now) {
+            // The attempt itself ends by the transport's own timeouts; its connection, if it
+            // comes late, is one nobody waits for and closes when idle.
+            let _ = self.swarm.close_connection(id);
+            let _ = dial.tx.send(Err(Error::Dial {
+                addr: dial.addr,
+                reason: format!("no connection within {secs} s"),
+            }));
+        }
         if self
             .republish_at
             .is_some_and(|t| t <= tokio::time::Instant::now())
@@ -637,11 +659,18 @@ impl Runtime {
             }
             Command::Publish(tx) => self.publish(Some(tx)),
             Command::Dial(addr, tx) => {
-                let (_, peer) = split_peer(&addr);
-                match self.swarm.dial(addr.clone()) {
-                    Ok(()) => self.dials.push((addr, peer, tx)),
+                // A `/p2p/<peer id>` in the address is checked against the peer's key.
+                let opts = DialOpts::from(addr.clone());
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        let timeout = Duration::from_secs(self.config.dial_timeout_secs.max(1));
+                        let deadline = tokio::time::Instant::now() + timeout;
+                        self.dials.insert(id, PendingDial { addr, deadline, tx });
+                    }
                     Err(e) => {
-                        let _ = tx.send(Err(Error::Transport(e.to_string())));
+                        let reason = e.to_string();
+                        let _ = tx.send(Err(Error::Dial { addr, reason }));
                     }
                 }
             }
@@ -801,7 +830,10 @@ impl Runtime {
             SwarmEvent::ListenerClosed { listener_id, .. } => self.on_listener_closed(listener_id),
             SwarmEvent::Behaviour(BehaviourEvent::Limits(v)) => match v {},
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
                 let address = endpoint.get_remote_address().clone();
                 self.peers.entry(peer_id).or_insert(PeerState {
@@ -810,14 +842,8 @@ impl Runtime {
                     agent: None,
                     rtt_ms: None,
                 });
-                let mut i = 0;
-                while i < self.dials.len() {
-                    if self.dials[i].1.is_none_or(|p| p == peer_id) {
-                        let (_, _, tx) = self.dials.swap_remove(i);
-                        let _ = tx.send(Ok(()));
-                    } else {
-                        i += 1;
-                    }
+                if let Some(dial) = self.dials.remove(&connection_id) {
+                    let _ = dial.tx.send(Ok(()));
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -827,17 +853,18 @@ impl Runtime {
             } => {
                 self.peers.remove(&peer_id);
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                error,
+                connection_id,
+            } => {
                 tracing::debug!(?peer_id, %error, "dial failed");
-                let msg = error.to_string();
-                let mut i = 0;
-                while i < self.dials.len() {
-                    if peer_id.is_some() && self.dials[i].1 == peer_id {
-                        let (_, _, tx) = self.dials.swap_remove(i);
-                        let _ = tx.send(Err(Error::Transport(msg.clone())));
-                    } else {
-                        i += 1;
-                    }
+                if let Some(dial) = self.dials.remove(&connection_id) {
+                    let reason = error.to_string();
+                    let _ = dial.tx.send(Err(Error::Dial {
+                        addr: dial.addr,
+                        reason,
+                    }));
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {

@@ -467,3 +467,60 @@ async fn a_node_behind_a_relay_is_reachable_through_its_reservation() -> Result<
     }
     Ok(())
 }
+
+/// `NodeHandle::dial` answers for its own connection only: an address where nothing
+/// listens fails at once, one that accepts TCP but never speaks fails at the dial timeout
+/// even while another peer connects in meanwhile (an inbound connection once answered a
+/// dial without `/p2p/`, and a failed one never resolved), and a live node's address without
+/// `/p2p/` connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_answers_for_its_own_connection_and_fails_in_bounded_time() -> Result<()> {
+    let mut cfg = config(true, vec![]);
+    cfg.dial_timeout_secs = 2;
+    let node = start(cfg).await?;
+
+    // Nothing listens: refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{closed}").parse()?;
+    let err = within(10, "dial to a closed port", node.dial(addr))
+        .await?
+        .expect_err("a dial to a closed port succeeded");
+    assert!(matches!(err, kwaainet_p2p::Error::Dial { .. }), "{err}");
+
+    // A black hole: accepts, never answers. Meanwhile a real peer dials the node.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hole_addr: Multiaddr =
+        format!("/ip4/127.0.0.1/tcp/{}", hole.local_addr()?.port()).parse()?;
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            sockets.push(s);
+        }
+    });
+    let dialing = tokio::spawn({
+        let node = node.clone();
+        async move { node.dial(hole_addr).await }
+    });
+    let other = start(config(true, vec![])).await?;
+    let node_addr = tcp_addr(&node)?;
+    within(10, "an inbound connection", other.dial(node_addr)).await??;
+    let started = tokio::time::Instant::now();
+    let res = within(10, "the black-hole dial", dialing).await??;
+    let err = res.expect_err("the black-hole dial was answered by another connection");
+    assert!(err.to_string().contains("within 2 s"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A live node's address without /p2p/: connects.
+    let plain: Multiaddr = tcp_addr(&other)?
+        .iter()
+        .filter(|p| !matches!(p, kwaainet_p2p::libp2p::multiaddr::Protocol::P2p(_)))
+        .collect();
+    within(10, "a dial without /p2p/", node.dial(plain)).await??;
+
+    held.abort();
+    node.shutdown().await;
+    other.shutdown().await;
+    Ok(())
+}
