@@ -13,7 +13,8 @@ use anyhow::{Context, bail};
 use kwaainet_p2p::http::{HttpConfig, ModelFile};
 use kwaainet_p2p::identity;
 use kwaainet_p2p::libp2p::Multiaddr;
-use kwaainet_p2p::{NodeConfig, RelayReservations};
+use kwaainet_p2p::record::Role;
+use kwaainet_p2p::{NodeConfig, NodeState, RelayReservations};
 use serde::Deserialize;
 
 /// Default HTTP address: loopback only.
@@ -321,8 +322,8 @@ async fn run(
 }
 
 /// A GET of `/api/v1/state` on the node's loopback HTTP API (tiny HTTP/1.1 client with
-/// timeouts and a size cap).
-fn get_json(addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
+/// timeouts and a size cap), read as the node's own [`NodeState`] type.
+fn get_state(addr: SocketAddr) -> anyhow::Result<NodeState> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
         .with_context(|| format!("is a node running? connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -341,39 +342,28 @@ fn get_json(addr: SocketAddr) -> anyhow::Result<serde_json::Value> {
     if !head.starts_with("HTTP/1.1 200") {
         bail!("node answered: {}", head.lines().next().unwrap_or_default());
     }
-    serde_json::from_slice(&raw[split + 4..]).context("decoding the node state")
-}
-
-fn s(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
-    }
+    serde_json::from_slice(&raw[split + 4..])
+        .context("decoding the node state (is the node the same version as this CLI?)")
 }
 
 /// `kwaainet peers`: the running node's connected peers.
 pub fn peers(args: &QueryArgs) -> anyhow::Result<()> {
-    let st = get_json(args.http)?;
+    let st = get_state(args.http)?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        writeln!(out, "{}", st["connected_peers"])?;
+        writeln!(out, "{}", serde_json::to_string(&st.connected_peers)?)?;
         return Ok(());
     }
-    let empty = Vec::new();
-    let peers = st["connected_peers"].as_array().unwrap_or(&empty);
-    writeln!(out, "{} connected peer(s)", peers.len())?;
-    for p in peers {
-        let rtt = p["rtt_ms"]
-            .as_f64()
-            .map_or("-".to_owned(), |r| format!("{r:.1} ms"));
+    writeln!(out, "{} connected peer(s)", st.connected_peers.len())?;
+    for p in &st.connected_peers {
+        let rtt = p.rtt_ms.map_or("-".to_owned(), |r| format!("{r:.1} ms"));
         writeln!(
             out,
             "{}  {}  rtt {}  {}",
-            s(&p["peer_id"]),
-            s(&p["address"]),
+            p.peer_id,
+            p.address,
             rtt,
-            s(&p["agent"])
+            p.agent.as_deref().unwrap_or("-")
         )?;
     }
     Ok(())
@@ -381,35 +371,25 @@ pub fn peers(args: &QueryArgs) -> anyhow::Result<()> {
 
 /// `kwaainet status`: a summary of the running node.
 pub fn status(args: &QueryArgs) -> anyhow::Result<()> {
-    let st = get_json(args.http)?;
+    let st = get_state(args.http)?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        writeln!(out, "{st}")?;
+        writeln!(out, "{}", serde_json::to_string(&st)?)?;
         return Ok(());
     }
-    let roles: Vec<String> = st["roles"]
-        .as_array()
-        .map(|r| r.iter().map(s).collect())
-        .unwrap_or_default();
-    writeln!(out, "peer id        {}", s(&st["peer_id"]))?;
-    writeln!(out, "version        {}", s(&st["version"]))?;
+    let roles: Vec<String> = st.roles.iter().map(Role::to_string).collect();
+    writeln!(out, "peer id        {}", st.peer_id)?;
+    writeln!(out, "version        {}", st.version)?;
     writeln!(out, "roles          {}", roles.join(", "))?;
-    writeln!(out, "uptime         {} s", s(&st["uptime_secs"]))?;
-    writeln!(out, "dht mode       {}", s(&st["kad_mode"]))?;
-    writeln!(
-        out,
-        "routing table  {} peers",
-        s(&st["routing_table_peers"])
-    )?;
-    writeln!(out, "dht records    {}", s(&st["dht_records"]))?;
-    writeln!(
-        out,
-        "connected      {} peers",
-        st["connected_peers"].as_array().map_or(0, Vec::len)
-    )?;
+    writeln!(out, "uptime         {} s", st.uptime_secs)?;
+    writeln!(out, "dht mode       {}", st.kad_mode)?;
+    writeln!(out, "routing table  {} peers", st.routing_table_peers)?;
+    writeln!(out, "dht records    {}", st.dht_records)?;
+    writeln!(out, "connected      {} peers", st.connected_peers.len())?;
+    writeln!(out, "nat            {}", st.nat_status)?;
     writeln!(out, "listening on")?;
-    for a in st["listen_addrs"].as_array().into_iter().flatten() {
-        writeln!(out, "  {}", s(a))?;
+    for a in &st.listen_addrs {
+        writeln!(out, "  {a}")?;
     }
     Ok(())
 }
@@ -419,7 +399,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use clap::Parser;
-    use kwaainet_p2p::record::Role;
 
     #[derive(Debug, Parser)]
     struct T {

@@ -44,4 +44,4 @@ pub use config::{KAD_PROTOCOL, NodeConfig, RelayReservations};
 pub use error::{Error, Result};
 pub use libp2p;
 #[cfg(not(wasm_browser))]
-pub use node::{NodeHandle, NodeState, spawn, spawn_memory};
+pub use node::{KadMode, NatStatus, NodeHandle, NodeState, PeerState, spawn, spawn_memory};

@@ -19,7 +19,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, relay};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::behaviour::{Behaviour, BehaviourEvent};
@@ -40,7 +40,7 @@ const LISTEN_WAIT: Duration = Duration::from_secs(10);
 const REPUBLISH_DEBOUNCE: Duration = Duration::from_secs(2);
 
 /// A connected peer, as shown by `/api/v1/state` and `kwaainet peers`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeerState {
     /// The peer.
     pub peer_id: PeerId,
@@ -52,8 +52,50 @@ pub struct PeerState {
     pub rtt_ms: Option<f64>,
 }
 
-/// A snapshot of the node for health monitors (`/api/v1/state`).
-#[derive(Debug, Clone, Serialize)]
+/// The node's Kademlia mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KadMode {
+    /// Serves the DHT: in others' routing tables, answers queries, stores records.
+    Server,
+    /// Queries only; stays out of routing tables.
+    Client,
+}
+
+/// What AutoNAT last concluded about our reachability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NatStatus {
+    /// Reachable from the internet at a confirmed address.
+    Public,
+    /// Not reachable directly (behind a NAT or firewall).
+    Private,
+    /// No verdict yet (or AutoNAT is off).
+    Unknown,
+}
+
+impl std::fmt::Display for KadMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Server => "server",
+            Self::Client => "client",
+        })
+    }
+}
+
+impl std::fmt::Display for NatStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Public => "public",
+            Self::Private => "private",
+            Self::Unknown => "unknown",
+        })
+    }
+}
+
+/// A snapshot of the node for health monitors (`/api/v1/state`); the CLI's `status` and
+/// `peers` read it back with this same type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeState {
     /// Our peer id.
     pub peer_id: PeerId,
@@ -71,7 +113,7 @@ pub struct NodeState {
     /// `/certhash`), then WebSocket; each with `/p2p/<peer id>`. Pages join through these.
     pub browser_addrs: Vec<Multiaddr>,
     /// `server` (serves the DHT) or `client`.
-    pub kad_mode: String,
+    pub kad_mode: KadMode,
     /// Peers in our Kademlia routing table.
     pub routing_table_peers: usize,
     /// DHT records in our local store (ours and those we hold for others).
@@ -85,7 +127,7 @@ pub struct NodeState {
     /// Relays holding a reservation for us (we are reachable through them).
     pub relay_reservations: Vec<PeerId>,
     /// What AutoNAT last concluded: `public`, `private` or `unknown`.
-    pub nat_status: String,
+    pub nat_status: NatStatus,
 }
 
 /// The outcome of one DHT lookup of a node record, with Kademlia's query statistics.
@@ -680,7 +722,10 @@ impl Runtime {
     fn state(&mut self) -> NodeState {
         let me = *self.swarm.local_peer_id();
         let kad = &mut self.swarm.behaviour_mut().kad;
-        let kad_mode = kad.mode().to_string();
+        let kad_mode = match kad.mode() {
+            kad::Mode::Server => KadMode::Server,
+            kad::Mode::Client => KadMode::Client,
+        };
         let routing_table_peers = kad.kbuckets().map(|b| b.num_entries()).sum();
         let dht_records = kad.store_mut().records().count();
         let mut connected_peers: Vec<PeerState> = self.peers.values().cloned().collect();
@@ -705,11 +750,10 @@ impl Runtime {
             misbehaving_peers: self.misbehaving,
             relay_reservations: self.reservations.keys().copied().collect(),
             nat_status: match self.nat {
-                autonat::NatStatus::Public(_) => "public",
-                autonat::NatStatus::Private => "private",
-                autonat::NatStatus::Unknown => "unknown",
-            }
-            .to_owned(),
+                autonat::NatStatus::Public(_) => NatStatus::Public,
+                autonat::NatStatus::Private => NatStatus::Private,
+                autonat::NatStatus::Unknown => NatStatus::Unknown,
+            },
         }
     }
 

@@ -54,6 +54,18 @@ pub enum Role {
     Client,
 }
 
+impl std::fmt::Display for Role {
+    /// As on the wire (`bootstrap`, `relay`, `full`, `client`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Bootstrap => "bootstrap",
+            Self::Relay => "relay",
+            Self::Full => "full",
+            Self::Client => "client",
+        })
+    }
+}
+
 /// The compute a node offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -331,6 +343,13 @@ pub fn unix_now() -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn roles_display_as_on_the_wire() {
+        for r in [Role::Bootstrap, Role::Relay, Role::Full, Role::Client] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.to_string());
+        }
+    }
 
     fn sample(key: &Keypair) -> NodeRecord {
         NodeRecord {

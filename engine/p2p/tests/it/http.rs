@@ -136,6 +136,10 @@ async fn state_metrics_and_static_files() -> Result<()> {
     assert_eq!(st["kad_mode"], "server");
     assert!(st["listen_addrs"].as_array().is_some_and(|a| !a.is_empty()));
     assert!(st["uptime_secs"].is_u64());
+    // The same document reads back as the node's own type (as `kwaainet status` reads it).
+    let typed: kwaainet_p2p::NodeState = serde_json::from_slice(&r.body)?;
+    assert_eq!(typed.peer_id, node.peer_id());
+    assert_eq!(typed.kad_mode, kwaainet_p2p::KadMode::Server);
 
     // Metrics: Prometheus text with libp2p's and ours.
     let r = get(addr, "/metrics", "").await?;

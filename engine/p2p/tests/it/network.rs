@@ -144,8 +144,11 @@ async fn five_nodes_bootstrap_off_one_and_find_each_others_records() -> Result<(
             .any(|p| p.peer_id == client.peer_id())
     );
     assert_eq!(st.routing_table_peers, 4, "routing table: {st:?}");
-    assert_eq!(st.kad_mode, "server");
-    assert_eq!(client.state().await?.kad_mode, "client");
+    assert_eq!(st.kad_mode, kwaainet_p2p::KadMode::Server);
+    assert_eq!(
+        client.state().await?.kad_mode,
+        kwaainet_p2p::KadMode::Client
+    );
 
     // A direct one-round-trip question over /kwaainet/info/1.0.0.
     let direct = boot.ask_info(client.peer_id()).await?;
@@ -460,7 +463,7 @@ async fn a_node_behind_a_relay_is_reachable_through_its_reservation() -> Result<
     let st = plain.state().await?;
     assert!(st.relay_reservations.is_empty());
     assert!(st.announced.iter().all(|a| !a.relayed));
-    assert_eq!(st.nat_status, "unknown");
+    assert_eq!(st.nat_status, kwaainet_p2p::NatStatus::Unknown);
 
     for n in [&visitor, &plain, &natted, &relay] {
         within(10, "shutdown", n.shutdown()).await?;
