@@ -57,8 +57,68 @@ fn float(g: &Gguf, key: &str) -> Option<f32> {
     }
 }
 
+/// Refuses models that set what this engine's math does not implement, naming the key,
+/// rather than running them wrongly. Neutral values (a scale of 1, RoPE scaling `none`)
+/// are accepted.
+fn refuse_unimplemented(g: &Gguf, arch: &str, head_dim: usize) -> Result<()> {
+    let unsupported = |what: String| Err(Error::Unsupported(what));
+    let key = |k: &str| format!("{arch}.{k}");
+    if let Some(n) = num(g, &key("expert_count")).filter(|&n| n > 0) {
+        return unsupported(format!(
+            "mixture of experts ({} = {n})",
+            key("expert_count")
+        ));
+    }
+    match g.get(&key("rope.scaling.type")) {
+        None => {}
+        Some(Value::String(t)) if t == "none" => {}
+        Some(v) => {
+            return unsupported(format!(
+                "RoPE scaling ({} = {v:?})",
+                key("rope.scaling.type")
+            ));
+        }
+    }
+    // Granite's scales, and RoPE scaling factors given without a type.
+    for k in [
+        "rope.scaling.factor",
+        "rope.scaling.attn_factor",
+        "embedding_scale",
+        "residual_scale",
+        "logit_scale",
+    ] {
+        if let Some(v) = g.get(&key(k))
+            && float(g, &key(k)) != Some(1.0)
+        {
+            return unsupported(format!("{} = {v:?} (only 1 is implemented)", key(k)));
+        }
+    }
+    if let Some(v) = g.get(&key("attention.scale")) {
+        let want = 1.0 / (head_dim as f32).sqrt();
+        if !float(g, &key("attention.scale")).is_some_and(|s| (s - want).abs() <= want * 1e-6) {
+            return unsupported(format!(
+                "{} = {v:?} (only 1/sqrt(head size) = {want} is implemented)",
+                key("attention.scale")
+            ));
+        }
+    }
+    for k in ["attention.key_length", "attention.value_length"] {
+        if let Some(n) = num(g, &key(k)).filter(|&n| n != head_dim as u64) {
+            return unsupported(format!(
+                "{} = {n} (only the head size, {head_dim}, is implemented)",
+                key(k)
+            ));
+        }
+    }
+    if g.tensor("rope_freqs.weight").is_some() {
+        return unsupported("per-frequency RoPE factors (tensor rope_freqs.weight)".into());
+    }
+    Ok(())
+}
+
 impl LlamaConfig {
-    /// Reads the hyper-parameters, checking that they are consistent.
+    /// Reads the hyper-parameters, checking that they are consistent, and refuses what the
+    /// engine does not implement (`Error::Unsupported`).
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let arch = match g.get("general.architecture") {
             Some(Value::String(s)) => s.clone(),
@@ -70,22 +130,24 @@ impl LlamaConfig {
                 LLAMA_LIKE.join(", ")
             )));
         }
-        let req = |k: &str| -> Result<usize> {
+        // u64 → usize checked: on wasm32 a plain `as` would wrap a hostile value into range.
+        let opt = |k: &str| -> Result<Option<usize>> {
             let key = format!("{arch}.{k}");
-            let v = num(g, &key)
-                .ok_or_else(|| Error::Model(format!("missing or non-integer {key}")))?;
-            usize::try_from(v).map_err(|_| Error::Model(format!("{key} too large")))
+            num(g, &key)
+                .map(|v| usize::try_from(v).map_err(|_| Error::Model(format!("{key} too large"))))
+                .transpose()
+        };
+        let req = |k: &str| -> Result<usize> {
+            opt(k)?.ok_or_else(|| Error::Model(format!("missing or non-integer {arch}.{k}")))
         };
         let n_layers = req("block_count")?;
         let dim = req("embedding_length")?;
         let ffn_dim = req("feed_forward_length")?;
         let n_heads = req("attention.head_count")?;
-        let n_kv_heads = num(g, &format!("{arch}.attention.head_count_kv"))
-            .map(|v| v as usize)
-            .unwrap_or(n_heads);
+        let n_kv_heads = opt("attention.head_count_kv")?.unwrap_or(n_heads);
         let context_length = req("context_length")?;
-        let vocab_size = match num(g, &format!("{arch}.vocab_size")) {
-            Some(v) => v as usize,
+        let vocab_size = match opt("vocab_size")? {
+            Some(v) => v,
             None => match g.get("tokenizer.ggml.tokens") {
                 Some(Value::Array(a)) => a.len(),
                 _ => return Err(Error::Model("unknown vocabulary size".into())),
@@ -115,9 +177,7 @@ impl LlamaConfig {
             )));
         }
         let head_dim = dim / n_heads;
-        let rope_dim = num(g, &format!("{arch}.rope.dimension_count"))
-            .map(|v| v as usize)
-            .unwrap_or(head_dim);
+        let rope_dim = opt("rope.dimension_count")?.unwrap_or(head_dim);
         if rope_dim == 0 || rope_dim > head_dim || !rope_dim.is_multiple_of(2) {
             return Err(Error::Model(format!(
                 "rope dimension {rope_dim} invalid for head size {head_dim}"
@@ -133,6 +193,7 @@ impl LlamaConfig {
                 "invalid eps {norm_eps} or rope base {rope_theta}"
             )));
         }
+        refuse_unimplemented(g, &arch, head_dim)?;
         Ok(Self {
             arch,
             n_layers,
@@ -209,6 +270,78 @@ mod tests {
         let c = LlamaConfig::from_gguf(&gguf(&[])).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((c.head_dim, c.kv_dim(), c.rope_dim), (64, 192, 64));
         assert_eq!((c.norm_eps, c.rope_theta), (1e-5, 10_000.0));
+    }
+
+    #[test]
+    fn refuses_what_the_engine_does_not_implement() {
+        let refused: &[(&str, Value)] = &[
+            ("llama.expert_count", Value::U32(8)),
+            ("llama.rope.scaling.type", Value::String("linear".into())),
+            ("llama.rope.scaling.type", Value::String("yarn".into())),
+            ("llama.rope.scaling.factor", Value::F32(4.0)),
+            ("llama.rope.scaling.attn_factor", Value::F32(0.5)),
+            ("llama.embedding_scale", Value::F32(12.0)),
+            ("llama.residual_scale", Value::F32(0.22)),
+            ("llama.logit_scale", Value::F32(8.0)),
+            ("llama.logit_scale", Value::String("8".into())),
+            ("llama.attention.scale", Value::F32(0.015625)),
+            ("llama.attention.key_length", Value::U32(128)),
+            ("llama.attention.value_length", Value::U32(32)),
+        ];
+        for (k, v) in refused {
+            match LlamaConfig::from_gguf(&gguf(&[(k, v.clone())])) {
+                Err(Error::Unsupported(m)) => assert!(m.contains(k), "{k}: {m}"),
+                other => panic!("{k} = {v:?}: {other:?}"),
+            }
+        }
+        // Neutral values are what the engine does.
+        let neutral: &[(&str, Value)] = &[
+            ("llama.expert_count", Value::U32(0)),
+            ("llama.rope.scaling.type", Value::String("none".into())),
+            ("llama.rope.scaling.factor", Value::F32(1.0)),
+            ("llama.embedding_scale", Value::F64(1.0)),
+            ("llama.attention.scale", Value::F32(0.125)),
+            ("llama.attention.key_length", Value::U32(64)),
+        ];
+        let c = LlamaConfig::from_gguf(&gguf(neutral)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.head_dim, 64);
+        // Llama 3.1's RoPE frequency factors come as a tensor.
+        let mut g = gguf(&[]);
+        g.tensors.push(crate::gguf::TensorInfo {
+            name: "rope_freqs.weight".into(),
+            shape: vec![32],
+            dtype: crate::quant::GgmlType::F32,
+            offset: 0,
+            n_bytes: 128,
+        });
+        assert!(matches!(
+            LlamaConfig::from_gguf(&g),
+            Err(Error::Unsupported(m)) if m.contains("rope_freqs")
+        ));
+        // Granite is refused for its scales, with the key named.
+        let granite = gguf(&[]);
+        let mut granite = Gguf {
+            metadata: granite
+                .metadata
+                .into_iter()
+                .map(|(k, v)| (k.replace("llama.", "granite."), v))
+                .collect(),
+            ..granite
+        };
+        granite
+            .metadata
+            .retain(|(k, _)| k != "general.architecture");
+        granite.metadata.push((
+            "general.architecture".into(),
+            Value::String("granite".into()),
+        ));
+        granite
+            .metadata
+            .push(("granite.residual_scale".into(), Value::F32(0.22)));
+        assert!(matches!(
+            LlamaConfig::from_gguf(&granite),
+            Err(Error::Unsupported(m)) if m.contains("granite.residual_scale")
+        ));
     }
 
     #[test]
