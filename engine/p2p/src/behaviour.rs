@@ -21,6 +21,20 @@ use crate::record::MAX_RECORD_BYTES;
 /// Largest Kademlia message (libp2p's default is 16 KiB; ours carry up to 20 signed records
 /// of [`MAX_RECORD_BYTES`] in a GET_VALUE/FIND_NODE reply, so a little more).
 pub const KAD_MAX_PACKET: usize = 64 * 1024;
+/// A Kademlia query (lookup, publication) gives up after this long.
+pub const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// One Kademlia request to one peer gives up after this long.
+pub const KAD_SUBSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Relay reservations and circuits one peer may open per [`RELAY_RATE_WINDOW`].
+pub const RELAY_RATE_PER_PEER: u32 = 30;
+/// The window of [`RELAY_RATE_PER_PEER`].
+pub const RELAY_RATE_WINDOW: Duration = Duration::from_secs(60);
+/// An `/kwaainet/info/1.0.0` request gives up after this long.
+pub const INFO_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent `/kwaainet/info/1.0.0` streams per connection at most.
+pub const INFO_MAX_STREAMS: usize = 32;
+/// How often connected peers are pinged (the round trip shown in the node state).
+pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Records one node stores for others.
 pub const KAD_MAX_RECORDS: usize = 16 * 1024;
 /// Provider entries one node stores for others.
@@ -60,8 +74,8 @@ impl std::fmt::Debug for Behaviour {
 pub fn kad_config(config: &NodeConfig) -> kad::Config {
     let mut k = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     k.set_max_packet_size(KAD_MAX_PACKET)
-        .set_query_timeout(Duration::from_secs(30))
-        .set_substreams_timeout(Duration::from_secs(10))
+        .set_query_timeout(KAD_QUERY_TIMEOUT)
+        .set_substreams_timeout(KAD_SUBSTREAM_TIMEOUT)
         .set_record_ttl(Some(config.record_ttl()))
         .set_provider_record_ttl(Some(config.record_ttl()))
         // Our own records are re-published by the node with fresh addresses; kad's
@@ -125,10 +139,10 @@ impl Behaviour {
                 ..relay::Config::default()
             };
             // Rate limits on top of the caps: a peer cannot churn reservations/circuits.
-            if let Some(n) = NonZeroU32::new(30) {
+            if let Some(n) = NonZeroU32::new(RELAY_RATE_PER_PEER) {
                 rc = rc
-                    .reservation_rate_per_peer(n, Duration::from_secs(60))
-                    .circuit_src_per_peer(n, Duration::from_secs(60));
+                    .reservation_rate_per_peer(n, RELAY_RATE_WINDOW)
+                    .circuit_src_per_peer(n, RELAY_RATE_WINDOW);
             }
             relay::Behaviour::new(peer_id, rc)
         });
@@ -141,14 +155,14 @@ impl Behaviour {
             info::Codec,
             [(info::PROTOCOL, ProtocolSupport::Full)],
             request_response::Config::default()
-                .with_request_timeout(Duration::from_secs(10))
-                .with_max_concurrent_streams(32),
+                .with_request_timeout(INFO_REQUEST_TIMEOUT)
+                .with_max_concurrent_streams(INFO_MAX_STREAMS),
         );
 
         Self {
             limits,
             identify,
-            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(30))),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
             kad,
             relay_server: relay_server.into(),
             relay_client,

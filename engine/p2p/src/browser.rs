@@ -50,6 +50,15 @@ const EVENT_QUEUE: usize = 256;
 const MAX_IN_FLIGHT: usize = 64;
 /// First reconnect delay; doubles per failed attempt up to [`BrowserConfig::max_backoff`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Default [`BrowserConfig::dial_timeout`].
+pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default [`BrowserConfig::max_backoff`].
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Default [`BrowserConfig::reconnect_attempts`].
+pub const DEFAULT_RECONNECT_ATTEMPTS: u32 = 20;
+/// The swarm's connection timeout is the dial timeout plus this (its own default, 10 s,
+/// would cut a longer per-address dial timeout).
+const CONNECTION_TIMEOUT_SLACK: Duration = Duration::from_secs(5);
 
 /// How the page-side node connects.
 #[derive(Debug, Clone)]
@@ -71,10 +80,10 @@ impl Default for BrowserConfig {
     fn default() -> Self {
         Self {
             bootstrap: Vec::new(),
-            dial_timeout: Duration::from_secs(5),
+            dial_timeout: DEFAULT_DIAL_TIMEOUT,
             relay_listen: true,
-            reconnect_attempts: 20,
-            max_backoff: Duration::from_secs(10),
+            reconnect_attempts: DEFAULT_RECONNECT_ATTEMPTS,
+            max_backoff: DEFAULT_MAX_BACKOFF,
         }
     }
 }
@@ -222,8 +231,7 @@ pub fn build_swarm(key: Keypair, dial_timeout: Duration) -> Result<Swarm<Browser
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(Duration::from_secs(config.idle_timeout_secs))
         })
-        // The builder's own limit (10 s) would cut a longer per-address dial timeout.
-        .with_connection_timeout(dial_timeout.saturating_add(Duration::from_secs(5)))
+        .with_connection_timeout(dial_timeout.saturating_add(CONNECTION_TIMEOUT_SLACK))
         .build();
     Ok(swarm)
 }

@@ -38,6 +38,12 @@ const COMMAND_QUEUE: usize = 64;
 const LISTEN_WAIT: Duration = Duration::from_secs(10);
 /// Debounce between an address change and the re-publication of our record.
 const REPUBLISH_DEBOUNCE: Duration = Duration::from_secs(2);
+/// How often the runtime expires dials and re-publishes after address changes.
+const HOUSEKEEPING_TICK: Duration = Duration::from_secs(1);
+/// How long a stopping node lets its close frames go out.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// A peer's agent string is kept to this many characters (it is the peer's to choose).
+const MAX_AGENT_CHARS: usize = 128;
 
 /// A connected peer, as shown by `/api/v1/state` and `kwaainet peers`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -611,7 +617,7 @@ impl Runtime {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>, shutdown: Arc<tokio::sync::Notify>) {
         let mut refresh = tokio::time::interval(self.config.refresh_interval());
         refresh.tick().await; // the first tick is immediate; `start` published already
-        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_TICK);
         loop {
             tokio::select! {
                 _ = shutdown.notified() => break,
@@ -630,7 +636,7 @@ impl Runtime {
             let _ = self.swarm.disconnect_peer_id(p);
         }
         // Let the close frames go out (bounded).
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         while self.swarm.connected_peers().next().is_some() {
             match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
                 Ok(_) => {}
@@ -934,7 +940,7 @@ impl Runtime {
             return;
         };
         if let Some(p) = self.peers.get_mut(&peer_id) {
-            p.agent = Some(info.agent_version.chars().take(128).collect());
+            p.agent = Some(info.agent_version.chars().take(MAX_AGENT_CHARS).collect());
         }
         let local = self.allow_local();
         if info

@@ -16,6 +16,9 @@ use crate::behaviour::Behaviour;
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 
+/// The in-memory transport's connection upgrade (noise, yamux) gives up after this long.
+const MEMORY_UPGRADE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Which transports a node gets.
 #[derive(Debug, Clone)]
 pub enum TransportKind {
@@ -58,7 +61,7 @@ pub async fn build_swarm(
                         .upgrade(Version::V1)
                         .authenticate(noise::Config::new(key)?)
                         .multiplex(yamux_config())
-                        .timeout(Duration::from_secs(20)))
+                        .timeout(MEMORY_UPGRADE_TIMEOUT))
                 })
                 .map_err(err)?
                 .with_relay_client(noise::Config::new, yamux_config)
