@@ -2,7 +2,7 @@
 // Builds the CDN bundle into dist/cdn/v<version>/ (version: sdk-ts/package.json):
 //
 //   distributed-ai.js      IIFE behind the one-line <script> tag (window.KwaaiNet, window.kwaainet)
-//   kwaainet.mjs           the SDK as one ES module
+//   kwaainet.mjs           the SDK's public API (sdk-ts/src/index.ts) as one ES module
 //   kwaainet-worker.js     dedicated-worker engine host (classic script, engine glue inlined)
 //   kwaainet-sw.js         service-worker engine host (classic script, both engines' glue inlined)
 //   kwaainet_wasm.js       engine glue as an ES module (the in-page host imports it)   } from

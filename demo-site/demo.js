@@ -136,9 +136,9 @@
     controller = new AbortController();
     busy(true);
     try {
-      const stream = await ai.chat.completions.create({
-        messages: history, stream: true, max_tokens: 256, signal: controller.signal,
-      });
+      const stream = await ai.chat.completions.create(
+        { messages: history, stream: true, max_tokens: 256 }, { signal: controller.signal },
+      );
       for await (const chunk of stream) {
         out.textContent += chunk.choices[0]?.delta.content ?? '';
         if (chunk.usage) {

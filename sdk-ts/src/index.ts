@@ -1,35 +1,47 @@
-/** `@kwaainet/sdk`: local LLM inference in the browser behind an OpenAI-shaped API. */
+/**
+ * `@kwaainet/sdk`: local LLM inference in the browser behind an OpenAI-shaped API.
+ *
+ * This entry is the public API, and only it: the `KwaaiNet` facade, the page's P2P node
+ * (`KwaaiNetwork`), every typed error, the OpenAI shapes, and the types a site needs to
+ * configure them (README "Public API" says why each is here). What the rest of this
+ * repository shares between its parts (protocol, transports, stores, hosts) lives in
+ * `@kwaainet/sdk/internal` and may change in any release. `test/exports.test.ts` fails on a
+ * value export that is added here without being added to that list.
+ */
 
 export { KwaaiNet, GRID_G_CO2_PER_KWH, WATTS_PER_BUSY_CORE } from './kwaainet.js';
 export type {
   ChatCompletions, Completions, ContributionEvent, EnvironmentalImpactEvent, KwaaiNetEvents, KwaaiNetOptions, Status,
 } from './kwaainet.js';
-export * from './errors.js';
-export * from './openai/types.js';
-export { assembleChunks } from './openai/chat.js';
-export {
-  PROTOCOL_VERSION, parseHostMessage, parsePageMessage,
-  type Backend, type EngineInfo, type EngineLimits, type EnginePreference, type GpuInfo, type GpuLimits, type EngineSpec, type GenerateRequest, type GenerationUsage, type HostKind, type HostMessage,
-  type HostStatus, type ModelInfo, type ModelSpec, type PageMessage, type Progress, type ProgressPhase,
+// What `engineInfo()`, the 'ready' status and 'progress' events carry, and the host/engine choices.
+export type {
+  Backend, EngineInfo, EngineLimits, EnginePreference, GpuInfo, GpuLimits, HostKind, ModelInfo, Progress, ProgressPhase,
 } from './protocol.js';
-export type { Engine, GenerateOptions, GenerationResult, LoadOptions } from './engine.js';
-export { ProxyEngine, portTransport, serviceWorkerTransport, workerTransport, type Transport } from './proxy.js';
-export { startHost, type HostChoice, type HostPreference, type HostUrls } from './host.js';
-export { ASSETS, hostUrls } from './assets.js';
+export type { HostPreference } from './host.js';
+
 export {
-  CacheStorageModelStore, MemoryModelStore, type ModelStore, type PartialMeta, type StoredMeta,
-} from './cache.js';
-export { fetchModel, sha256Hex, type FetchModelOptions, type ModelBytes } from './download.js';
-export {
-  DEFAULT_MAX_RESOURCES, DutyCycle, parseMaxResources, type Clock, type MaxResources,
-} from './resources.js';
-export {
-  ConsentManager, dialogConsentPrompt, memoryConsentStorage,
-  type ConsentDecision, type ConsentPrompt, type ConsentRequest, type ConsentStorage, type PrivacyFlag, type Service,
+  AbortError, BackendLostError, ConsentRequiredError, DisposedError, EngineCrashedError, EngineError, IntegrityError,
+  InvalidArgumentError, KwaaiNetError, ModelTooLargeError, NetworkError, NotInitializedError, P2pError, ProtocolError,
+  QuotaExceededError, UnsupportedError,
+  type ErrorCode, type P2pFailure,
+} from './errors.js';
+
+export type * from './openai/types.js';
+export { assembleChunks } from './openai/chat.js';
+
+export { DEFAULT_MAX_RESOURCES, parseMaxResources, type MaxResources } from './resources.js';
+// Types only: `ai.consent` is a ConsentManager and `startContributing()` returns a
+// DutyCycle, but a site never constructs either (the classes are in ./internal).
+export type { ConsentManager } from './consent.js';
+export type { DutyCycle } from './resources.js';
+export type {
+  ConsentDecision, ConsentPrompt, ConsentRequest, ConsentStorage, PrivacyFlag, Service,
 } from './consent.js';
+
 export {
   KwaaiNetwork, MAX_MESSAGE_BYTES, fetchBootstrapAddrs,
   type CallOptions, type NetworkEvents, type NetworkMessage, type NetworkOptions, type NetworkPeerEvent, type NetworkStatus,
   type NetworkStatusEvent, type NetworkTransport, type NodeRecord,
 } from './network.js';
-export { installFromScriptTag, parseScriptTag, type ScriptTagConfig } from './script-tag.js';
+
+export type { ScriptTagConfig } from './script-tag.js';

@@ -7,7 +7,7 @@
  * const ai = new KwaaiNet({ modelUrl, modelSha256, baseUrl: 'https://cdn.example/kwaainet/v0.1.0/' });
  * ai.on('progress', (p) => bar.value = p.fraction);
  * await ai.initialize();
- * for await (const chunk of await ai.chat.completions.create({ messages, stream: true, signal })) { ... }
+ * for await (const chunk of await ai.chat.completions.create({ messages, stream: true }, { signal })) { ... }
  * ```
  */
 
@@ -29,7 +29,7 @@ import {
 import type {
   ChatCompletion, ChatCompletionChunk, ChatCompletionCreateParams, ChatCompletionCreateParamsNonStreaming,
   ChatCompletionCreateParamsStreaming, Completion, CompletionCreateParams, CompletionCreateParamsNonStreaming,
-  CompletionCreateParamsStreaming,
+  CompletionCreateParamsStreaming, RequestOptions,
 } from './openai/types.js';
 import type {
   Backend, EngineInfo, EngineLimits, EnginePreference, GpuInfo, EngineSpec, GenerateRequest, GenerationUsage, HostKind, ModelSpec, Progress,
@@ -117,17 +117,27 @@ export interface KwaaiNetEvents {
 export const WATTS_PER_BUSY_CORE = 10;
 export const GRID_G_CO2_PER_KWH = 450;
 
+/** `create(params, { signal })` as in openai-node; `params.signal` (deprecated) still works. */
 export interface ChatCompletions {
-  create(params: ChatCompletionCreateParamsStreaming): Promise<AsyncIterable<ChatCompletionChunk>>;
-  create(params: ChatCompletionCreateParamsNonStreaming): Promise<ChatCompletion>;
-  create(params: ChatCompletionCreateParams): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>>;
+  create(params: ChatCompletionCreateParamsStreaming, options?: RequestOptions): Promise<AsyncIterable<ChatCompletionChunk>>;
+  create(params: ChatCompletionCreateParamsNonStreaming, options?: RequestOptions): Promise<ChatCompletion>;
+  create(params: ChatCompletionCreateParams, options?: RequestOptions): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>>;
 }
 
 /** OpenAI's legacy Completions: a raw prompt, without the chat template. */
 export interface Completions {
-  create(params: CompletionCreateParamsStreaming): Promise<AsyncIterable<Completion>>;
-  create(params: CompletionCreateParamsNonStreaming): Promise<Completion>;
-  create(params: CompletionCreateParams): Promise<Completion | AsyncIterable<Completion>>;
+  create(params: CompletionCreateParamsStreaming, options?: RequestOptions): Promise<AsyncIterable<Completion>>;
+  create(params: CompletionCreateParamsNonStreaming, options?: RequestOptions): Promise<Completion>;
+  create(params: CompletionCreateParams, options?: RequestOptions): Promise<Completion | AsyncIterable<Completion>>;
+}
+
+/** The request's signal. Both the deprecated `params.signal` and openai-node's
+ *  `options.signal` must keep aborting it, so a caller moving to the new form one call site
+ *  at a time (or a wrapper adding its own timeout signal) never loses a cancellation. */
+function requestSignal(fromParams: AbortSignal | undefined, fromOptions: AbortSignal | undefined): AbortSignal | undefined {
+  if (!fromParams || fromParams === fromOptions) return fromOptions;
+  if (!fromOptions) return fromParams;
+  return AbortSignal.any([fromParams, fromOptions]);
 }
 
 function list<T extends string>(value: readonly T[] | string | undefined, allowed: readonly T[], what: string): T[] {
@@ -371,30 +381,32 @@ export class KwaaiNet {
     return engine;
   }
 
-  private async create(params: ChatCompletionCreateParams): Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>> {
+  private async create(params: ChatCompletionCreateParams, options?: RequestOptions):
+    Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>> {
     // Validated before anything starts: a bad request never waits for the model.
     const request = toGenerateRequest(params);
+    const signal = requestSignal(params.signal, options?.signal);
     if (params.stream === true) {
-      return this.runStream<ChatCompletionChunk>(params, request, (meta) => buildChunk(meta, { role: 'assistant', content: '' }),
+      return this.runStream<ChatCompletionChunk>(params, signal, request, (meta) => buildChunk(meta, { role: 'assistant', content: '' }),
         (meta, text, ids) => buildChunk(meta, { content: text }, null, undefined, ids),
         (meta, r) => buildChunk(meta, {}, r.finishReason, r.usage));
     }
-    return this.runOnce(params, request, (meta, r, ids) => buildCompletion(meta, r.text, r.finishReason, r.usage, ids));
+    return this.runOnce(params, signal, request, (meta, r, ids) => buildCompletion(meta, r.text, r.finishReason, r.usage, ids));
   }
 
-  private async createText(params: CompletionCreateParams): Promise<Completion | AsyncIterable<Completion>> {
+  private async createText(params: CompletionCreateParams, options?: RequestOptions): Promise<Completion | AsyncIterable<Completion>> {
     const request = toPromptRequest(params);
+    const signal = requestSignal(params.signal, options?.signal);
     if (params.stream === true) {
-      return this.runStream<Completion>(params, request, null,
+      return this.runStream<Completion>(params, signal, request, null,
         (meta, text, ids) => buildTextCompletion(meta, text, null, undefined, ids),
         (meta, r) => buildTextCompletion(meta, '', r.finishReason, r.usage));
     }
-    return this.runOnce(params, request, (meta, r, ids) => buildTextCompletion(meta, r.text, r.finishReason, r.usage, ids));
+    return this.runOnce(params, signal, request, (meta, r, ids) => buildTextCompletion(meta, r.text, r.finishReason, r.usage, ids));
   }
 
-  private async runOnce<T>(params: { signal?: AbortSignal; model?: string }, request: GenerateRequest,
+  private async runOnce<T>(params: { model?: string }, signal: AbortSignal | undefined, request: GenerateRequest,
     build: (meta: CompletionMeta, result: GenerationResult, ids: number[]) => T): Promise<T> {
-    const { signal } = params;
     throwIfAborted(signal);
     const engine = await this.engineReady(signal);
     const controller = this.track(signal);
@@ -411,11 +423,10 @@ export class KwaaiNet {
     }
   }
 
-  private async runStream<T>(params: { signal?: AbortSignal; model?: string }, request: GenerateRequest,
+  private async runStream<T>(params: { model?: string }, signal: AbortSignal | undefined, request: GenerateRequest,
     first: ((meta: CompletionMeta) => T) | null,
     piece: (meta: CompletionMeta, text: string, ids: number[]) => T,
     last: (meta: CompletionMeta, result: GenerationResult) => T): Promise<AsyncIterable<T>> {
-    const { signal } = params;
     throwIfAborted(signal);
     const engine = await this.engineReady(signal);
     throwIfAborted(signal);

@@ -33,6 +33,15 @@ export interface ChatCompletionCreateParamsBase {
   stop?: string | string[] | null;
   /** Only 1 is supported. */
   n?: number | null;
+  /** Cancels the request, like `RequestOptions.signal`.
+   *  @deprecated Pass `{ signal }` as `create()`'s second argument, as openai-node takes it;
+   *  this field still works (with both, either one aborts the request). */
+  signal?: AbortSignal;
+}
+
+/** `create()`'s second argument, as in openai-node (only the options a local engine can
+ *  honour). */
+export interface RequestOptions {
   /** Cancels the request: the promise rejects (or the stream ends) with an AbortError and
    *  the engine host stops generating. */
   signal?: AbortSignal;
