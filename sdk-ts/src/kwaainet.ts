@@ -173,7 +173,9 @@ export class KwaaiNet {
   private readonly events = new Emitter<KwaaiNetEvents>();
   private readonly model: ModelSpec | null;
   private readonly urls: HostUrls | null;
-  private readonly active = new Set<AbortController>();
+  /** Requests in flight, each with the detach of its listener on the caller's signal (a
+   *  long-lived caller signal must not gain a listener per finished request). */
+  private readonly active = new Map<AbortController, () => void>();
   private choice: HostChoice | null = null;
   private crashed: EngineCrashedError | null = null;
   private modelInfo: EngineInfo | null = null;
@@ -459,16 +461,18 @@ export class KwaaiNet {
   /** One controller per request, aborted by the caller's signal, `dispose()` or pagehide. */
   private track(signal: AbortSignal | undefined): AbortController {
     const controller = new AbortController();
+    let detach = (): void => {};
     if (signal) {
       const onAbort = (): void => controller.abort(signal.reason);
       signal.addEventListener('abort', onAbort, { once: true });
-      controller.signal.addEventListener('abort', () => signal.removeEventListener('abort', onAbort), { once: true });
+      detach = () => signal.removeEventListener('abort', onAbort);
     }
-    this.active.add(controller);
+    this.active.set(controller, detach);
     return controller;
   }
 
   private untrack(controller: AbortController): void {
+    this.active.get(controller)?.();
     this.active.delete(controller);
   }
 
@@ -494,7 +498,7 @@ export class KwaaiNet {
   }
 
   private abortAll(reason: string): void {
-    for (const c of [...this.active]) c.abort(new Error(reason));
+    for (const c of [...this.active.keys()]) c.abort(new Error(reason));
   }
 
   private recordImpact(ms: number): void {

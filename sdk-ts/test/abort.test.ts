@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { getEventListeners } from 'node:events';
 import { afterEach, describe, it } from 'node:test';
 
 import { AbortError, DisposedError } from '../src/errors.js';
@@ -147,6 +148,21 @@ for (const variant of variants()) {
       }
       await until(() => freed() === 1);
       assert.ok(steps() < 3000);
+    });
+
+    it('requests that finish leave no listener on a long-lived signal', async () => {
+      const { ai } = variant.make();
+      await ai.initialize();
+      const controller = new AbortController();
+      for (const api of APIS) {
+        for (let i = 0; i < 3; i++) {
+          assert.equal(await api.once(ai, { params: {}, options: { signal: controller.signal } }, 'hi'), 'Echo: hi');
+        }
+        let pieces = 0;
+        for await (const text of await api.stream(ai, { params: { signal: controller.signal } })) pieces += text.length;
+        assert.ok(pieces > 0);
+      }
+      assert.equal(getEventListeners(controller.signal, 'abort').length, 0);
     });
 
     it('dispose() aborts what is running and refuses new work', async () => {
