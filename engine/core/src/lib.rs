@@ -3,6 +3,7 @@
 #[cfg(feature = "burn")]
 pub mod burn_model;
 pub mod chat;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod generate;
