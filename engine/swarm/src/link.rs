@@ -1,0 +1,127 @@
+//! How a client reaches span servers: a [`Connector`] opens a [`Link`] (one stream) to a
+//! server by id; a link carries one request frame and its reply at a time.
+//!
+//! [`LocalServers`] connects to servers in this process (a node's own spans, and tests);
+//! the libp2p streams of `/kwaainet/inference/1.0.0` are another implementation.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::server::{Connection, SpanServer};
+
+/// Why a link failed: the client treats any of these as the server gone for this session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    /// No such server, or it cannot be reached.
+    #[error("server {0} unreachable")]
+    Unreachable(String),
+    /// The stream closed or broke mid-request.
+    #[error("server {0} closed the stream")]
+    Closed(String),
+    /// No reply within the step timeout.
+    #[error("server {0} did not answer in time")]
+    Timeout(String),
+}
+
+/// One stream to one server.
+pub trait Link: Send {
+    /// Sends one frame and returns the reply frame (`Ok(None)`: the server ended the stream).
+    fn exchange(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, LinkError>;
+}
+
+/// Opens links by server id.
+pub trait Connector: Send + Sync {
+    /// A new stream to `server`.
+    fn connect(&self, server: &str) -> Result<Box<dyn Link>, LinkError>;
+}
+
+/// Servers in this process, by id. A server can be killed: its links then fail, as a peer
+/// that died would.
+#[derive(Debug, Default, Clone)]
+pub struct LocalServers {
+    servers: Arc<Mutex<HashMap<String, Local>>>,
+}
+
+/// A server of [`LocalServers`] and whether it still lives.
+#[derive(Debug)]
+struct Local {
+    server: Arc<SpanServer>,
+    alive: Arc<AtomicBool>,
+}
+
+impl LocalServers {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) `server` under `id`.
+    pub fn add(&self, id: &str, server: Arc<SpanServer>) {
+        if let Ok(mut m) = self.servers.lock() {
+            let alive = Arc::new(AtomicBool::new(true));
+            m.insert(id.to_owned(), Local { server, alive });
+        }
+    }
+
+    /// Kills `id`: its open links fail from now on and no new one opens; its sessions' caches
+    /// are freed as their links are dropped.
+    pub fn kill(&self, id: &str) {
+        if let Ok(mut m) = self.servers.lock()
+            && let Some(local) = m.remove(id)
+        {
+            local.alive.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// The server under `id`, if alive.
+    pub fn get(&self, id: &str) -> Option<Arc<SpanServer>> {
+        self.servers
+            .lock()
+            .ok()?
+            .get(id)
+            .map(|l| Arc::clone(&l.server))
+    }
+}
+
+struct LocalLink {
+    id: String,
+    conn: Option<Connection>,
+    alive: Arc<AtomicBool>,
+}
+
+impl Link for LocalLink {
+    fn exchange(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, LinkError> {
+        if !self.alive.load(Ordering::SeqCst) {
+            // The peer is gone: so is its state.
+            self.conn = None;
+            return Err(LinkError::Closed(self.id.clone()));
+        }
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| LinkError::Closed(self.id.clone()))?;
+        let reply = conn.handle(frame);
+        if reply.is_none() {
+            self.conn = None;
+        }
+        Ok(reply)
+    }
+}
+
+impl Connector for LocalServers {
+    fn connect(&self, server: &str) -> Result<Box<dyn Link>, LinkError> {
+        let m = self
+            .servers
+            .lock()
+            .map_err(|_| LinkError::Unreachable(server.to_owned()))?;
+        let local = m
+            .get(server)
+            .ok_or_else(|| LinkError::Unreachable(server.to_owned()))?;
+        Ok(Box::new(LocalLink {
+            id: server.to_owned(),
+            conn: Some(local.server.connection()),
+            alive: Arc::clone(&local.alive),
+        }))
+    }
+}

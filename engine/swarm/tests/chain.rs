@@ -1,0 +1,448 @@
+//! Generation through span servers with the real default model: the route, the codecs,
+//! failover with history replay, `busy`, a missing span, and hostile clients. Servers run in
+//! this process ([`LocalServers`]); every frame still goes through the wire format.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+#[path = "../../core/tests/common/mod.rs"]
+mod common;
+
+use std::fs::File;
+use std::io::BufReader;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kwaainet_core::codec::Codec;
+use kwaainet_core::generate::{CpuSession, Session};
+use kwaainet_core::gguf::Gguf;
+use kwaainet_core::{Llama, LoadSpec};
+use kwaainet_swarm::protocol::{self, FailKind, Message, Open, Step};
+use kwaainet_swarm::{
+    ClientConfig, CodecChoice, LocalServers, ServerConfig, ServerEntry, SpanServer, SwarmError,
+    SwarmSession,
+};
+
+const MODEL_ID: &str = "smollm2-135m-q4_1";
+
+fn load(spec: LoadSpec) -> Option<Arc<Llama>> {
+    let path = common::model_path()?;
+    let mut r = BufReader::new(File::open(path).unwrap());
+    let g = Gguf::read(&mut r).unwrap();
+    Some(Arc::new(Llama::load(&g, &mut r, spec).unwrap()))
+}
+
+fn span(blocks: Range<usize>) -> LoadSpec {
+    LoadSpec {
+        blocks,
+        embed: false,
+        head: false,
+    }
+}
+
+fn server_config(cache_tokens: usize) -> ServerConfig {
+    ServerConfig {
+        model_id: MODEL_ID.into(),
+        cache_tokens,
+        max_length: 512,
+        max_sessions: 16,
+    }
+}
+
+/// Servers `(id, blocks)` in this process, and their directory entries.
+fn swarm(spans: &[(&str, Range<usize>)]) -> Option<(LocalServers, Vec<ServerEntry>)> {
+    let servers = LocalServers::new();
+    let mut entries = Vec::new();
+    for (id, blocks) in spans {
+        let model = load(span(blocks.clone()))?;
+        servers.add(id, Arc::new(SpanServer::new(model, server_config(4096))));
+        entries.push(ServerEntry {
+            id: (*id).to_owned(),
+            blocks: blocks.clone(),
+        });
+    }
+    Some((servers, entries))
+}
+
+fn client_model() -> Option<Arc<Llama>> {
+    load(LoadSpec {
+        blocks: 0..0,
+        embed: true,
+        head: true,
+    })
+}
+
+fn config(codec: Codec) -> ClientConfig {
+    ClientConfig {
+        codec: CodecChoice::Fixed(codec),
+        max_length: 256,
+        ..ClientConfig::new(MODEL_ID)
+    }
+}
+
+fn argmax(l: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in l.iter().enumerate() {
+        if v > l[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Greedy ids after `prompt`, `n` of them (no stop), through `session`; `each` runs after
+/// every token (to kill a server mid-generation).
+fn greedy(
+    session: &mut dyn Session,
+    prompt: &[u32],
+    n: usize,
+    mut each: impl FnMut(usize),
+) -> Vec<u32> {
+    let mut logits = session.forward(prompt).unwrap();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let t = argmax(&logits);
+        out.push(t);
+        each(i);
+        if i + 1 < n {
+            logits = session.forward(&[t]).unwrap();
+        }
+    }
+    out
+}
+
+fn prompts() -> Vec<Vec<u32>> {
+    common::reference()["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            c["prompt_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| u32::try_from(v.as_u64().unwrap()).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn three_spans_generate_exactly_what_the_whole_model_does_with_f32() {
+    let Some(full) = load(LoadSpec {
+        blocks: 0..30,
+        embed: true,
+        head: true,
+    }) else {
+        return;
+    };
+    let (servers, entries) = swarm(&[("a", 0..10), ("b", 10..20), ("c", 20..30)]).unwrap();
+    let local = client_model().unwrap();
+    for (k, prompt) in prompts().iter().enumerate() {
+        let mut alone = CpuSession::new(&*full, 256).unwrap();
+        let want = greedy(&mut alone, prompt, 24, |_| {});
+        let mut s = SwarmSession::new(
+            Arc::clone(&local),
+            entries.clone(),
+            Arc::new(servers.clone()),
+            config(Codec::F32),
+            format!("case-{k}"),
+        );
+        let got = greedy(&mut s, prompt, 24, |_| {});
+        assert_eq!(got, want, "case {k}");
+        assert_eq!(
+            s.route(),
+            vec![
+                ("a".into(), 0..10),
+                ("b".into(), 10..20),
+                ("c".into(), 20..30)
+            ]
+        );
+        let st = s.stats().clone();
+        assert_eq!(st.steps, 3 * 24);
+        assert_eq!((st.failovers, st.replays), (0, 0));
+        // f32: 4 bytes per value, each way.
+        let dim = full.config().dim;
+        assert_eq!(st.bytes_sent, 3 * 4 * dim * (prompt.len() + 23));
+    }
+    // Every session closed: the servers' budgets are whole again.
+    for id in ["a", "b", "c"] {
+        let s = servers.get(id).unwrap();
+        assert_eq!((s.sessions(), s.free_tokens()), (0, 4096), "{id}");
+    }
+}
+
+#[test]
+fn lossy_codecs_keep_the_greedy_answer() {
+    let Some(full) = load(LoadSpec {
+        blocks: 0..30,
+        embed: true,
+        head: true,
+    }) else {
+        return;
+    };
+    let (servers, entries) = swarm(&[("a", 0..10), ("b", 10..20), ("c", 20..30)]).unwrap();
+    let local = client_model().unwrap();
+    let prompt = &prompts()[0];
+    let mut alone = CpuSession::new(&*full, 256).unwrap();
+    let want = greedy(&mut alone, prompt, 16, |_| {});
+    for codec in [Codec::F16, Codec::Q8_0, Codec::Blockwise8] {
+        let mut s = SwarmSession::new(
+            Arc::clone(&local),
+            entries.clone(),
+            Arc::new(servers.clone()),
+            config(codec),
+            codec.name(),
+        );
+        // Teacher-forced: feed the whole model's tokens, compare the top-1 at each step.
+        let mut logits = s.forward_tokens(prompt).unwrap();
+        let mut agree = 0;
+        for (i, &t) in want.iter().enumerate() {
+            agree += usize::from(argmax(&logits) == t);
+            if i + 1 < want.len() {
+                logits = s.forward_tokens(&[t]).unwrap();
+            }
+        }
+        eprintln!(
+            "{codec}: top-1 agreement {agree}/{} , {} bytes sent",
+            want.len(),
+            s.stats().bytes_sent
+        );
+        assert!(
+            agree * 100 >= want.len() * 97,
+            "{codec}: {agree}/{}",
+            want.len()
+        );
+    }
+}
+
+#[test]
+fn a_server_killed_mid_generation_is_replaced_and_the_output_is_the_same() {
+    let Some((servers, entries)) =
+        swarm(&[("a", 0..10), ("b1", 10..20), ("b2", 10..20), ("c", 20..30)])
+    else {
+        return;
+    };
+    let local = client_model().unwrap();
+    let prompt = &prompts()[1];
+    let connector = Arc::new(servers.clone());
+    let mut calm = SwarmSession::new(
+        Arc::clone(&local),
+        entries.clone(),
+        connector.clone(),
+        config(Codec::F32),
+        "calm",
+    );
+    let want = greedy(&mut calm, prompt, 20, |_| {});
+    let in_use = calm.route()[1].0.clone();
+    drop(calm);
+
+    let mut s = SwarmSession::new(local, entries, connector, config(Codec::F32), "killed");
+    let got = greedy(&mut s, prompt, 20, |i| {
+        if i == 7 {
+            servers.kill(&in_use);
+        }
+    });
+    assert_eq!(got, want);
+    let st = s.stats();
+    assert_eq!((st.failovers, st.replays), (1, 1), "{st:?}");
+    let other = if in_use == "b1" { "b2" } else { "b1" };
+    assert_eq!(s.route()[1], (other.to_owned(), 10..20));
+    assert!(
+        s.banned()
+            .iter()
+            .any(|(id, d)| *id == in_use && *d > Duration::from_secs(10))
+    );
+}
+
+#[test]
+fn a_missing_span_fails_at_once_naming_the_blocks() {
+    let Some((servers, entries)) = swarm(&[("a", 0..10), ("c", 20..30)]) else {
+        return;
+    };
+    let mut s = SwarmSession::new(
+        client_model().unwrap(),
+        entries,
+        Arc::new(servers),
+        config(Codec::F16),
+        "gap",
+    );
+    let started = Instant::now();
+    match s.forward_tokens(&[1, 2, 3]) {
+        Err(SwarmError::NoRoute { missing }) => assert_eq!(missing, 10..20),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Through the engine's Session trait the error keeps its words.
+    let e = s.forward(&[1]).unwrap_err().to_string();
+    assert!(e.contains("no server covers blocks 10..20"), "{e}");
+}
+
+#[test]
+fn a_full_server_answers_busy_and_the_client_routes_elsewhere() {
+    let Some(local) = client_model() else {
+        return;
+    };
+    let servers = LocalServers::new();
+    // "small" can hold one session of 256 positions; "big" many.
+    let small = Arc::new(SpanServer::new(
+        load(span(0..30)).unwrap(),
+        server_config(300),
+    ));
+    let big = Arc::new(SpanServer::new(
+        load(span(0..30)).unwrap(),
+        server_config(4096),
+    ));
+    servers.add("small", Arc::clone(&small));
+    servers.add("big", Arc::clone(&big));
+    let entries = vec![
+        ServerEntry {
+            id: "small".into(),
+            blocks: 0..30,
+        },
+        ServerEntry {
+            id: "big".into(),
+            blocks: 0..30,
+        },
+    ];
+    let connector = Arc::new(servers.clone());
+    // The first session fills "small" (the planner tries servers in order on equal reach).
+    let mut first = SwarmSession::new(
+        Arc::clone(&local),
+        entries.clone(),
+        connector.clone(),
+        config(Codec::F16),
+        "1",
+    );
+    first.forward_tokens(&[1, 2]).unwrap();
+    assert_eq!(first.route()[0].0, "small");
+    assert_eq!(small.free_tokens(), 300 - 256);
+    let mut second = SwarmSession::new(local, entries, connector, config(Codec::F16), "2");
+    second.forward_tokens(&[1, 2]).unwrap();
+    assert_eq!(second.route()[0].0, "big");
+    assert!(second.banned().iter().any(|(id, _)| id == "small"));
+    drop(first);
+    assert_eq!(small.free_tokens(), 300);
+}
+
+/// Sends one frame on `conn` and decodes the reply.
+fn call(conn: &mut kwaainet_swarm::server::Connection, frame: &[u8]) -> Message {
+    let reply = conn.handle(frame).expect("a reply");
+    protocol::decode(&reply, usize::MAX).unwrap().message
+}
+
+fn fail_kind(m: &Message) -> Option<FailKind> {
+    match m {
+        Message::Fail(f) => Some(f.kind),
+        _ => None,
+    }
+}
+
+#[test]
+fn hostile_clients_get_clear_errors_and_the_server_keeps_serving() {
+    let Some(model) = load(span(0..10)) else {
+        return;
+    };
+    let dim = model.config().dim;
+    let server = Arc::new(SpanServer::new(model, server_config(1024)));
+    let open = |max_length: u32, start: u32, end: u32, codec: &str| {
+        protocol::encode(
+            &Message::Open(Open {
+                session: "x".into(),
+                model: MODEL_ID.into(),
+                start,
+                end,
+                max_length,
+                codec: codec.into(),
+            }),
+            &[],
+        )
+    };
+    let step = |id: u64, position: u32, tokens: u32, payload: &[u8]| {
+        protocol::encode(
+            &Message::Step(Step {
+                step: id,
+                position,
+                tokens,
+                codec: None,
+            }),
+            payload,
+        )
+    };
+    let mut c = server.connection();
+    // Garbage, a step before open, a message only servers send.
+    assert_eq!(
+        fail_kind(&call(&mut c, b"\x01garbage")),
+        Some(FailKind::BadRequest)
+    );
+    let one = Codec::F32.encode(&vec![0.1; dim]);
+    assert_eq!(
+        fail_kind(&call(&mut c, &step(0, 0, 1, &one))),
+        Some(FailKind::BadRequest)
+    );
+    // Absurd or foreign opens.
+    assert_eq!(
+        fail_kind(&call(&mut c, &open(1 << 30, 0, 10, "f32"))),
+        Some(FailKind::BadRequest)
+    );
+    assert_eq!(
+        fail_kind(&call(&mut c, &open(64, 5, 20, "f32"))),
+        Some(FailKind::NotServed)
+    );
+    assert_eq!(
+        fail_kind(&call(&mut c, &open(64, 0, 10, "f64"))),
+        Some(FailKind::BadRequest)
+    );
+    assert!(matches!(
+        call(&mut c, &open(64, 0, 10, "f32")),
+        Message::Opened(_)
+    ));
+    // Wrong hidden size, a gap in positions, past max_length, a NaN, an oversized payload.
+    assert_eq!(
+        fail_kind(&call(&mut c, &step(1, 0, 2, &one))),
+        Some(FailKind::BadRequest)
+    );
+    assert_eq!(
+        fail_kind(&call(&mut c, &step(2, 5, 1, &one))),
+        Some(FailKind::BadRequest)
+    );
+    assert_eq!(
+        fail_kind(&call(&mut c, &step(3, 64, 1, &one))),
+        Some(FailKind::BadRequest)
+    );
+    let nan = Codec::F32.encode(&vec![f32::NAN; dim]);
+    assert_eq!(
+        fail_kind(&call(&mut c, &step(4, 0, 1, &nan))),
+        Some(FailKind::BadRequest)
+    );
+    let mut huge = step(5, 0, 1, &[]);
+    let at = huge.len() - 4;
+    huge[at..].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(fail_kind(&call(&mut c, &huge)), Some(FailKind::BadRequest));
+    // The session still works; a repeated step id is answered from the stored output.
+    let first = c.handle(&step(6, 0, 1, &one)).unwrap();
+    assert!(matches!(
+        protocol::decode(&first, usize::MAX).unwrap().message,
+        Message::Output(_)
+    ));
+    assert_eq!(c.handle(&step(6, 0, 1, &one)).unwrap(), first);
+    // Rolling back to position 0 runs again from there: the same output.
+    let again = protocol::decode(&c.handle(&step(7, 0, 1, &one)).unwrap(), usize::MAX).unwrap();
+    assert_eq!(
+        again.payload,
+        protocol::decode(&first, usize::MAX).unwrap().payload
+    );
+    // A flood of sessions: each reserves 512 of the 1024 positions; the third is busy.
+    let mut conns: Vec<_> = (0..2).map(|_| server.connection()).collect();
+    assert!(matches!(
+        call(&mut conns[0], &open(512, 0, 10, "f16")),
+        Message::Opened(_)
+    ));
+    assert_eq!(
+        fail_kind(&call(&mut conns[1], &open(512, 0, 10, "f16"))),
+        Some(FailKind::Busy)
+    );
+    assert_eq!(server.sessions(), 2);
+    drop(conns);
+    drop(c);
+    assert_eq!((server.sessions(), server.free_tokens()), (0, 1024));
+}
