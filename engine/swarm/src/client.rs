@@ -396,7 +396,7 @@ impl SwarmSession {
             codec: default_codec.name().to_owned(),
         });
         let reply = link
-            .exchange(&protocol::encode(&open, &[]))
+            .exchange(&protocol::encode(&open, &[]), 0)
             .map_err(HopFailure::Link)?
             .ok_or_else(|| HopFailure::Protocol("stream ended on open".into()))?;
         match protocol::decode(&reply, 0).map_err(|e| HopFailure::Protocol(e.to_string()))? {
@@ -431,7 +431,10 @@ fn exchange_step(hop: &mut Hop, sent: &Sent, dim: usize) -> Result<Vec<f32>, Hop
     let values = sent.tokens as usize * dim;
     let reply = hop
         .link
-        .exchange(&protocol::encode(&step, &sent.payload))
+        .exchange(
+            &protocol::encode(&step, &sent.payload),
+            sent.codec.encoded_len(values),
+        )
         .map_err(HopFailure::Link)?
         .ok_or_else(|| HopFailure::Protocol("stream ended on a step".into()))?;
     let frame = protocol::decode(&reply, sent.codec.encoded_len(values))
@@ -483,7 +486,7 @@ impl Drop for SwarmSession {
         let close = protocol::encode(&Message::Close, &[]);
         for hop in &mut self.route {
             // Best effort: a server also frees the session when the stream goes.
-            let _ = hop.link.exchange(&close);
+            let _ = hop.link.exchange(&close, 0);
         }
     }
 }

@@ -9,6 +9,8 @@
 //!   bans, re-planning and history replay.
 //! - [`link`]: how a client reaches a server ([`Connector`], [`Link`]); [`LocalServers`]
 //!   for servers in this process.
+//! - `net` (native): the protocol over libp2p streams: `net::serve` for a node's spans,
+//!   `net::NetConnector` for clients.
 //!
 //! Hidden states travel in one of [`kwaainet_core::codec::Codec`]'s formats.
 //!
@@ -40,6 +42,8 @@
 
 pub mod client;
 pub mod link;
+#[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
+pub mod net;
 pub mod protocol;
 pub mod server;
 

@@ -22,12 +22,26 @@ pub enum LinkError {
     /// No reply within the step timeout.
     #[error("server {0} did not answer in time")]
     Timeout(String),
+    /// The reply broke the protocol's framing (a length over its limit, a bad header).
+    #[error("server {server}: {reason}")]
+    Protocol {
+        /// The server.
+        server: String,
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 /// One stream to one server.
 pub trait Link: Send {
-    /// Sends one frame and returns the reply frame (`Ok(None)`: the server ended the stream).
-    fn exchange(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, LinkError>;
+    /// Sends one frame and returns the reply frame (`Ok(None)`: the server ended the
+    /// stream). A reply whose payload would exceed `max_reply_payload` bytes is an error,
+    /// refused from its length alone.
+    fn exchange(
+        &mut self,
+        frame: &[u8],
+        max_reply_payload: usize,
+    ) -> Result<Option<Vec<u8>>, LinkError>;
 }
 
 /// Opens links by server id.
@@ -91,7 +105,9 @@ struct LocalLink {
 }
 
 impl Link for LocalLink {
-    fn exchange(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, LinkError> {
+    fn exchange(&mut self, frame: &[u8], _max: usize) -> Result<Option<Vec<u8>>, LinkError> {
+        // In-process replies come from our own server code; client.rs decodes them with
+        // the same limit.
         if !self.alive.load(Ordering::SeqCst) {
             // The peer is gone: so is its state.
             self.conn = None;
