@@ -29,8 +29,6 @@ pub mod identity;
 #[cfg(not(wasm_browser))]
 pub mod node;
 #[cfg(not(wasm_browser))]
-pub mod sim;
-#[cfg(not(wasm_browser))]
 pub mod transport;
 
 #[cfg(wasm_browser)]
