@@ -8,7 +8,9 @@
 
 #![allow(clippy::print_stdout)]
 
-use kwaainet_p2p::sim::{SimConfig, run};
+mod sim;
+
+use sim::{SimConfig, run};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -31,7 +33,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kwaainet_p2p::sim=info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("dht_scale=info")),
         )
         .with_writer(std::io::stderr)
         .init();

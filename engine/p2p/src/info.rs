@@ -5,7 +5,7 @@
 //! Request: JSON [`InfoRequest`] (at most [`MAX_REQUEST_BYTES`]). Response: the peer's
 //! signed node record as stored in the DHT (at most [`MAX_RECORD_BYTES`]). A frame over the
 //! limit is not read: the stream fails and the node disconnects the sender
-//! (see `node.rs`).
+//! (see `node/runtime.rs`).
 
 use std::io;
 

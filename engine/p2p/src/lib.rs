@@ -15,10 +15,12 @@
 //! ```
 
 pub mod behaviour;
+mod command;
 pub mod config;
 pub mod error;
 mod frame;
 pub mod info;
+mod lookup;
 pub mod msg;
 pub mod record;
 
@@ -28,8 +30,6 @@ pub mod http;
 pub mod identity;
 #[cfg(not(wasm_browser))]
 pub mod node;
-#[cfg(not(wasm_browser))]
-pub mod sim;
 #[cfg(not(wasm_browser))]
 pub mod transport;
 
@@ -43,5 +43,6 @@ mod webrtc_compat;
 pub use config::{KAD_PROTOCOL, NodeConfig, RelayReservations};
 pub use error::{Error, Result};
 pub use libp2p;
+pub use lookup::Lookup;
 #[cfg(not(wasm_browser))]
 pub use node::{KadMode, NatStatus, NodeHandle, NodeState, PeerState, spawn, spawn_memory};

@@ -1,6 +1,9 @@
 //! The scale simulation, small: 60 nodes, every lookup must succeed.
 
-use kwaainet_p2p::sim::{SimConfig, run};
+#[path = "../../benches/sim/mod.rs"]
+mod swarm;
+
+use swarm::{SimConfig, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_node_memory_swarm_finds_every_record() -> anyhow::Result<()> {

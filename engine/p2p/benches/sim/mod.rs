@@ -1,7 +1,9 @@
 //! An in-process swarm of real nodes on the memory transport (noise + yamux, the full
 //! behaviour) for measuring the DHT at scale: each node bootstraps off a few earlier
 //! nodes, publishes its signed record, then random nodes look up random records.
-//! Used by `benches/dht_scale.rs` (1,000+ nodes) and by a small test.
+//! Used by `benches/dht_scale.rs` (1,000+ nodes) and by a small test (`tests/it/sim.rs`
+//! includes this file with `#[path]`). It needs only the crate's public API, so it lives
+//! out of the library: no feature, and nothing of it in the `kwaainet` binary.
 
 use std::time::{Duration, Instant};
 
@@ -9,9 +11,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use libp2p::identity::Keypair;
 
-use crate::config::NodeConfig;
-use crate::error::Result;
-use crate::node::{NodeHandle, spawn_memory};
+use kwaainet_p2p::{NodeConfig, NodeHandle, Result, spawn_memory};
 
 /// Simulation parameters.
 #[derive(Debug, Clone)]
@@ -191,7 +191,7 @@ pub async fn run(cfg: SimConfig) -> Result<SimReport> {
             listen: vec![
                 "/memory/0"
                     .parse()
-                    .map_err(|_| crate::Error::Config("memory address".into()))?,
+                    .map_err(|_| kwaainet_p2p::Error::Config("memory address".into()))?,
             ],
             bootstrap,
             full: true,
@@ -205,7 +205,7 @@ pub async fn run(cfg: SimConfig) -> Result<SimReport> {
         } else {
             NodeConfig {
                 dht_bootstrap_secs: 0,
-                records: crate::config::RecordTimes {
+                records: kwaainet_p2p::config::RecordTimes {
                     ttl_secs: 24 * 3600,
                     refresh_secs: 12 * 3600,
                 },

@@ -1,0 +1,80 @@
+//! [`BrowserHandle`], the page's side of a running page-side node: each method is one
+//! [`Command`] over the node's bounded queue, answered on its own oneshot.
+
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+
+use super::BrowserState;
+use crate::command::{Commands, Reply};
+use crate::error::{Error, Result};
+use crate::lookup::Lookup;
+use crate::msg;
+use crate::record::NodeRecord;
+
+/// Someone waiting for the bootstrap connection.
+pub(super) type Waiter = Reply<Result<(PeerId, Multiaddr)>>;
+
+/// What a handle asks of the runtime.
+pub(super) enum Command {
+    Connected(Waiter),
+    State(Reply<BrowserState>),
+    GetRecord(PeerId, Reply<Result<Lookup>>),
+    AskInfo(PeerId, Reply<Result<NodeRecord>>),
+    Send(PeerId, Vec<u8>, Reply<Result<Duration>>),
+}
+
+/// The handle to a running page-side node. Dropping every clone stops the node.
+#[derive(Debug, Clone)]
+pub struct BrowserHandle {
+    pub(super) peer_id: PeerId,
+    pub(super) commands: Commands<Command>,
+}
+
+impl BrowserHandle {
+    /// Our peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Waits until we are connected to the bootstrap node (at once if we are); fails if
+    /// the node is offline. Returns its peer id and the address used.
+    pub async fn connected(&self) -> Result<(PeerId, Multiaddr)> {
+        self.commands.ask(Command::Connected).await?
+    }
+
+    /// A snapshot of the node.
+    pub async fn state(&self) -> Result<BrowserState> {
+        self.commands.ask(Command::State).await
+    }
+
+    /// Looks up `peer`'s signed node record in the DHT (verified; `None` if nobody has it).
+    pub async fn get_node_record(&self, peer: PeerId) -> Result<Option<NodeRecord>> {
+        let lookup = self
+            .commands
+            .ask(|tx| Command::GetRecord(peer, tx))
+            .await??;
+        Ok(lookup.record)
+    }
+
+    /// Asks a peer for its record directly (`/kwaainet/info/1.0.0`, one round trip).
+    pub async fn ask_info(&self, peer: PeerId) -> Result<NodeRecord> {
+        self.commands.ask(|tx| Command::AskInfo(peer, tx)).await?
+    }
+
+    /// Sends `data` to `peer` (another browser holding a reservation on our bootstrap node,
+    /// reached through its relay circuit) and waits for its acknowledgement; returns the
+    /// round-trip time.
+    pub async fn send(&self, peer: PeerId, data: Vec<u8>) -> Result<Duration> {
+        if data.len() > msg::MAX_MESSAGE_BYTES {
+            return Err(Error::Config(format!(
+                "message of {} bytes exceeds {}",
+                data.len(),
+                msg::MAX_MESSAGE_BYTES
+            )));
+        }
+        self.commands
+            .ask(|tx| Command::Send(peer, data, tx))
+            .await?
+    }
+}

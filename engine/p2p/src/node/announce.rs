@@ -1,0 +1,129 @@
+//! What the node announces (roles, dialable addresses, spans) and the publication of its
+//! signed record: at start, after the DHT bootstrap, every `refresh_secs`, and shortly
+//! after its announced addresses change.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use libp2p::Multiaddr;
+use libp2p::kad::{Quorum, Record};
+use libp2p::multiaddr::Protocol;
+
+use super::runtime::Runtime;
+use crate::command::Reply;
+use crate::error::{Error, Result};
+use crate::record::{
+    self, AddressEntry, MAX_ADDRESSES, NODE_RECORD_VERSION, NodeRecord, Role, is_dialable,
+    node_key, unix_now,
+};
+
+/// Debounce between an address change and the re-publication of our record.
+const REPUBLISH_DEBOUNCE: Duration = Duration::from_secs(2);
+
+impl Runtime {
+    pub(super) fn roles(&self) -> Vec<Role> {
+        let mut roles = Vec::new();
+        if self.config.full && self.config.bootstrap.is_empty() {
+            roles.push(Role::Bootstrap);
+        }
+        if self.config.relay {
+            roles.push(Role::Relay);
+        }
+        roles.push(if self.config.full {
+            Role::Full
+        } else {
+            Role::Client
+        });
+        roles
+    }
+
+    /// The addresses we announce: confirmed external ones, plus listen addresses that are
+    /// dialable (globally, or on the local network when allowed). Never `0.0.0.0`.
+    pub(super) fn announced(&self) -> Vec<AddressEntry> {
+        let local = self.allow_local();
+        let mut seen = HashSet::new();
+        self.swarm
+            .external_addresses()
+            .chain(self.swarm.listeners())
+            .filter(|a| is_dialable(a, local))
+            .filter(|a| seen.insert((*a).clone()))
+            .take(MAX_ADDRESSES)
+            .map(|a| AddressEntry::new(a.clone()))
+            .collect()
+    }
+
+    /// [`NodeState::browser_addrs`](super::NodeState::browser_addrs).
+    pub(super) fn browser_addrs(&self) -> Vec<Multiaddr> {
+        let me = *self.swarm.local_peer_id();
+        let mut ranked: Vec<(u8, Multiaddr)> = self
+            .announced()
+            .into_iter()
+            .filter(|a| !a.relayed)
+            .filter_map(|a| Some((record::browser_rank(&a.addr)?, a.addr)))
+            .collect();
+        ranked.sort_by_key(|(rank, _)| *rank);
+        ranked
+            .into_iter()
+            .map(|(_, a)| a.with(Protocol::P2p(me)))
+            .collect()
+    }
+
+    fn own_record(&self) -> NodeRecord {
+        NodeRecord {
+            v: NODE_RECORD_VERSION,
+            peer_id: *self.swarm.local_peer_id(),
+            roles: self.roles(),
+            addrs: self.announced(),
+            accelerator: self.config.accelerator,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            region: self.config.region.clone(),
+            spans: self.config.spans.clone(),
+            issued_at: unix_now(),
+        }
+    }
+
+    pub(super) fn signed_own_record(&self) -> Result<Vec<u8>> {
+        self.own_record().sign(&self.key)
+    }
+
+    /// Puts our record in the DHT; `reply` (if any) learns the outcome.
+    pub(super) fn publish(&mut self, reply: Option<Reply<Result<()>>>) {
+        let value = match self.signed_own_record() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign our own record");
+                if let Some(r) = reply {
+                    let _ = r.send(Err(e));
+                }
+                return;
+            }
+        };
+        self.last_announced = self.announced();
+        let me = *self.swarm.local_peer_id();
+        let mut record = Record::new(node_key(&me), value);
+        record.publisher = Some(me);
+        record.expires = Some(Instant::now() + self.config.record_ttl());
+        match self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .put_record(record, Quorum::One)
+        {
+            Ok(id) => self.queries.publishing(id, reply),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store our record");
+                if let Some(r) = reply {
+                    let _ = r.send(Err(Error::Query(e.to_string())));
+                }
+            }
+        }
+    }
+
+    /// Schedules a re-publication if what we announce changed (debounced: addresses
+    /// often change in bursts).
+    pub(super) fn addresses_changed(&mut self) {
+        if self.republish_at.is_none() && self.announced() != self.last_announced {
+            self.republish_at = Some(tokio::time::Instant::now() + REPUBLISH_DEBOUNCE);
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! [`NodeHandle`], the caller's side of a running node: each method is one [`Command`]
+//! over the node's bounded queue, answered on its own oneshot.
+
+use std::sync::Arc;
+
+use libp2p::{Multiaddr, PeerId};
+use prometheus_client::registry::Registry;
+
+use super::state::NodeState;
+use crate::command::{Commands, Reply};
+use crate::error::Result;
+use crate::lookup::Lookup;
+use crate::record::NodeRecord;
+
+/// What a handle asks of the runtime.
+pub(super) enum Command {
+    State(Reply<NodeState>),
+    GetRecord(PeerId, Reply<Result<Lookup>>),
+    Providers(String, Reply<Result<Vec<PeerId>>>),
+    AskInfo(PeerId, Reply<Result<NodeRecord>>),
+    Publish(Reply<Result<()>>),
+    Dial(Multiaddr, Reply<Result<()>>),
+}
+
+/// The handle to a running node. Dropping every clone stops the node; [`NodeHandle::shutdown`]
+/// stops it and waits.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    pub(super) peer_id: PeerId,
+    pub(super) listen_addrs: Arc<Vec<Multiaddr>>,
+    pub(super) commands: Commands<Command>,
+    pub(super) shutdown: Arc<tokio::sync::Notify>,
+    pub(super) done: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    pub(super) registry: Arc<Registry>,
+}
+
+impl NodeHandle {
+    /// Our peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The addresses the listeners reported at start, each ending in `/p2p/<peer id>`
+    /// (WebRTC-direct ones with their `/certhash`).
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// The Prometheus registry (libp2p metrics and ours).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The metrics in the Prometheus text (OpenMetrics) format.
+    pub fn metrics_text(&self) -> String {
+        let mut body = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        body
+    }
+
+    /// A snapshot of the node's state.
+    pub async fn state(&self) -> Result<NodeState> {
+        self.commands.ask(Command::State).await
+    }
+
+    /// Looks up `peer`'s node record in the DHT (verified; `None` if nobody has it).
+    pub async fn get_node_record(&self, peer: PeerId) -> Result<Option<NodeRecord>> {
+        Ok(self.lookup_node_record(peer).await?.record)
+    }
+
+    /// [`Self::get_node_record`] with the query's statistics.
+    pub async fn lookup_node_record(&self, peer: PeerId) -> Result<Lookup> {
+        self.commands.ask(|tx| Command::GetRecord(peer, tx)).await?
+    }
+
+    /// The peers registered as serving `model`.
+    pub async fn model_providers(&self, model: &str) -> Result<Vec<PeerId>> {
+        self.commands
+            .ask(|tx| Command::Providers(model.to_owned(), tx))
+            .await?
+    }
+
+    /// Asks a connected peer for its record directly (`/kwaainet/info/1.0.0`).
+    pub async fn ask_info(&self, peer: PeerId) -> Result<NodeRecord> {
+        self.commands.ask(|tx| Command::AskInfo(peer, tx)).await?
+    }
+
+    /// Publishes our record now and waits until at least one peer stored it.
+    pub async fn publish(&self) -> Result<()> {
+        self.commands.ask(Command::Publish).await?
+    }
+
+    /// Dials `addr` and waits for that connection: `Ok` once it is established, an error
+    /// when it fails or is not established within the config's `dial_timeout_secs`. Other
+    /// connections (inbound ones, or another dial to the same peer) do not answer it.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<()> {
+        self.commands.ask(|tx| Command::Dial(addr, tx)).await?
+    }
+
+    /// Stops the node: closes its connections and listeners, and waits for it.
+    pub async fn shutdown(&self) {
+        self.shutdown.notify_one();
+        let join = self.done.lock().await.take();
+        if let Some(join) = join {
+            let _ = join.await;
+        }
+    }
+}
