@@ -9,7 +9,7 @@ use kwaainet_core::SamplerConfig;
 use kwaainet_core::generate::{CpuSession, Event, GenerateOptions, Session, generate};
 
 /// Arguments of `kwaainet generate`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct GenerateArgs {
     /// GGUF model file (default: the default model, fetched when missing).
     #[arg(long, env = "KWAAINET_MODEL")]
@@ -53,6 +53,17 @@ pub struct GenerateArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     pub backend: Backend,
+    /// Run the blocks on the swarm's span servers (found through --bootstrap's DHT); only
+    /// the embedding and the output head run here.
+    #[arg(long)]
+    pub swarm: bool,
+    /// With --swarm: a node of the swarm to join through (repeatable, or comma-separated).
+    #[arg(long = "bootstrap", env = "KWAAINET_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Vec<kwaainet_p2p::libp2p::Multiaddr>,
+    /// With --swarm: how hidden states travel: auto (by size), f32 (exact), f16, q8_0,
+    /// blockwise8.
+    #[arg(long, default_value = "auto")]
+    pub codec: String,
 }
 
 /// Where the model runs.
@@ -67,6 +78,9 @@ pub enum Backend {
 }
 
 pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
+    if args.swarm {
+        return crate::swarm::generate(args);
+    }
     let path = crate::model::resolve(args.model.as_deref())?;
     match args.backend {
         Backend::Cpu => {
@@ -87,7 +101,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
 }
 
 /// Generates in `session` and streams the text to stdout.
-fn stream<M: Sync>(
+pub(crate) fn stream<M: Sync>(
     args: &GenerateArgs,
     loaded: &crate::model::Loaded<M>,
     session: &mut (impl Session + Send),

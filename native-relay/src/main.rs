@@ -8,6 +8,7 @@ mod fetch;
 mod generate;
 mod model;
 mod node;
+mod swarm;
 
 /// KwaaiNet node and local inference tools.
 #[derive(Debug, Parser)]

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use kwaainet_core::chat::{ChatMessage, ChatTemplate};
@@ -33,6 +34,17 @@ pub fn resolve(path: Option<&Path>) -> anyhow::Result<PathBuf> {
 pub fn load(path: &Path) -> anyhow::Result<Loaded<Llama>> {
     load_with(path, |gguf, r, config| {
         Ok(Llama::load(gguf, r, LoadSpec::full(config))?)
+    })
+}
+
+/// Reads what [`load`] reads, with only the parts `spec` chooses (from the model's config)
+/// of the weights: a span server's blocks, or a swarm client's embedding and head.
+pub fn load_spec(
+    path: &Path,
+    spec: impl FnOnce(&LlamaConfig) -> anyhow::Result<LoadSpec>,
+) -> anyhow::Result<Loaded<Arc<Llama>>> {
+    load_with(path, |gguf, r, config| {
+        Ok(Arc::new(Llama::load(gguf, r, spec(config)?)?))
     })
 }
 

@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -84,6 +85,8 @@ pub struct StartArgs {
     pub region: Option<String>,
     #[command(flatten)]
     pub id: IdentityArgs,
+    #[command(flatten)]
+    pub span: crate::swarm::SpanArgs,
 }
 
 /// Arguments of `kwaainet peers` and `kwaainet status`.
@@ -153,6 +156,8 @@ struct Settings {
     node: NodeConfig,
     identity: PathBuf,
     http: Option<(SocketAddr, HttpConfig)>,
+    /// `--blocks`: the model file, its SHA-256 and the span to serve.
+    span: Option<(PathBuf, String, std::ops::Range<usize>)>,
 }
 
 fn parse_reservations(s: &str) -> Result<RelayReservations, String> {
@@ -190,6 +195,22 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
     }
     let identity = identity_path(args.id.identity.as_deref(), file.identity.as_deref())?;
 
+    let span = match &args.span.blocks {
+        None => None,
+        Some(blocks) => {
+            let path = args
+                .model
+                .clone()
+                .or(file.http.model.clone())
+                .or_else(crate::fetch::cached_default_model)
+                .context("--blocks needs --model (or the fetched default model)")?;
+            let sha = crate::fetch::model_sha256(&path)?;
+            // A span server takes part in the DHT (its record is how clients find it).
+            node.full = true;
+            Some((path, sha, blocks.clone()))
+        }
+    };
+
     let enabled = !args.no_http && file.http.enabled.unwrap_or(true);
     let http = if enabled {
         let addr = args.http.or(file.http.listen).unwrap_or(DEFAULT_HTTP);
@@ -220,12 +241,22 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
         node,
         identity,
         http,
+        span,
     })
 }
 
 /// `kwaainet start`: runs the node until SIGINT or SIGTERM.
 pub fn start(args: &StartArgs) -> anyhow::Result<()> {
-    let s = settings(args)?;
+    let mut s = settings(args)?;
+    // The span is loaded before the node announces it.
+    let span = match &s.span {
+        Some((path, sha, blocks)) => {
+            let span = crate::swarm::load_span(path, sha, &args.span, blocks.clone())?;
+            s.node.spans = vec![span.announced.clone()];
+            Some(span)
+        }
+        None => None,
+    };
     let (key, _) = identity::load_or_create(&s.identity)?;
     let webrtc_pem = {
         let cert = s.identity.with_file_name(identity::WEBRTC_CERT_FILE);
@@ -238,13 +269,14 @@ pub fn start(args: &StartArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(run(s, key, webrtc_pem))
+    rt.block_on(run(s, key, webrtc_pem, span))
 }
 
 async fn run(
     s: Settings,
     key: kwaainet_p2p::libp2p::identity::Keypair,
     webrtc_pem: Option<String>,
+    span: Option<crate::swarm::Span>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     // Install the handlers first: a signal during start-up must not kill us half-way.
@@ -255,6 +287,9 @@ async fn run(
     let node = kwaainet_p2p::spawn(s.node, key, webrtc_pem)
         .await
         .context("starting the node")?;
+    let serving = span
+        .as_ref()
+        .map(|sp| crate::swarm::serve(&node, Arc::clone(&sp.server)));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_task = None;
     let mut http_url = None;
@@ -294,6 +329,10 @@ async fn run(
         if let Some(url) = &http_url {
             writeln!(out, "http: {url}")?;
         }
+        if let Some(sp) = &span {
+            let a = &sp.announced;
+            writeln!(out, "serving blocks {}..{} of {}", a.start, a.end, a.model)?;
+        }
         out.flush()?;
     }
 
@@ -302,6 +341,9 @@ async fn run(
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     let _ = stop_tx.send(true);
+    if let Some(t) = serving {
+        t.abort();
+    }
     let stopped = tokio::time::timeout(Duration::from_secs(10), async {
         if let Some(t) = http_task {
             match t.await {

@@ -292,3 +292,109 @@ fn a_world_readable_identity_is_refused() -> Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// The default model, if this machine has it (`KWAAINET_MODEL`); required under
+/// `KWAAINET_REQUIRE_MODEL=1`.
+fn model() -> Option<PathBuf> {
+    let p = std::env::var_os("KWAAINET_MODEL").map(PathBuf::from)?;
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("KWAAINET_REQUIRE_MODEL").as_deref() != Ok("1"),
+        "no model at {}",
+        p.display()
+    );
+    None
+}
+
+/// `kwaainet start --blocks` on three nodes, then `kwaainet generate --swarm`: the same text
+/// as `kwaainet generate` alone (f32 hidden states); with a span gone, a clear error naming
+/// its blocks, in bounded time.
+#[test]
+fn generate_through_span_servers_equals_local_generation() -> Result<()> {
+    let Some(model) = model() else {
+        return Ok(());
+    };
+    let m = model.to_str().context("model path")?;
+    let dir = temp_dir("swarm")?;
+    let sub = |name: &str| -> Result<PathBuf> {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d)?;
+        Ok(d)
+    };
+    let boot = start(&sub("boot")?, &[])?;
+    let b = boot
+        .addrs
+        .iter()
+        .find(|a| a.contains("/tcp/") && !a.contains("/ws"))
+        .context("boot TCP address")?
+        .clone();
+    let mut servers = Vec::new();
+    for (name, blocks) in [("s1", "0:10"), ("s2", "10:20"), ("s3", "20:30")] {
+        let n = start(
+            &sub(name)?,
+            &["--bootstrap", &b, "--model", m, "--blocks", blocks],
+        )?;
+        let line = n
+            .lines
+            .recv_timeout(Duration::from_secs(30))
+            .context("no serving line")?;
+        assert!(line.starts_with("serving blocks "), "{line}");
+        servers.push(n);
+    }
+    let prompt = "The capital of France is";
+    let local = run(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "16",
+    ])?;
+    let swarm = run(&[
+        "generate",
+        "--swarm",
+        "--bootstrap",
+        &b,
+        "--model",
+        m,
+        "--codec",
+        "f32",
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "16",
+    ])?;
+    assert!(!local.trim().is_empty());
+    assert_eq!(swarm, local);
+
+    // The middle span goes away: the request fails fast, naming the blocks nobody serves.
+    let s2 = servers.remove(1);
+    sigterm_and_wait(s2)?;
+    let t0 = Instant::now();
+    let out = Command::new(BIN)
+        .args([
+            "generate",
+            "--swarm",
+            "--bootstrap",
+            &b,
+            "--model",
+            m,
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "4",
+        ])
+        .stderr(Stdio::piped())
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("blocks 10..20"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(45), "{:?}", t0.elapsed());
+    drop(servers);
+    drop(boot);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -62,6 +62,9 @@ pub struct Behaviour {
     pub autonat: Toggle<autonat::Behaviour>,
     /// `/kwaainet/info/1.0.0`.
     pub info: request_response::Behaviour<info::Codec>,
+    /// Protocols that own their streams (`/kwaainet/inference/1.0.0`), through
+    /// `libp2p-stream`'s control.
+    pub streams: libp2p_stream::Behaviour,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -169,6 +172,7 @@ impl Behaviour {
             dcutr: dcutr::Behaviour::new(peer_id),
             autonat: autonat.into(),
             info,
+            streams: libp2p_stream::Behaviour::new(),
         }
     }
 }

@@ -32,12 +32,29 @@ pub struct NodeHandle {
     pub(super) shutdown: Arc<tokio::sync::Notify>,
     pub(super) done: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     pub(super) registry: Arc<Registry>,
+    pub(super) streams: Streams,
+}
+
+/// The node's `libp2p-stream` control (no `Debug` of its own).
+#[derive(Clone)]
+pub(super) struct Streams(pub(super) libp2p_stream::Control);
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Streams")
+    }
 }
 
 impl NodeHandle {
     /// Our peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Opens and accepts streams of protocols that own them (`/kwaainet/inference/1.0.0`);
+    /// opening a stream to a peer dials it when not connected.
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.streams.0.clone()
     }
 
     /// The addresses the listeners reported at start, each ending in `/p2p/<peer id>`

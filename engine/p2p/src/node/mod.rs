@@ -120,6 +120,7 @@ async fn spawn_with(config: NodeConfig, key: Keypair, kind: TransportKind) -> Re
         .map(|a| a.clone().with(Protocol::P2p(peer_id)))
         .collect();
 
+    let streams = handle::Streams(swarm.behaviour().streams.new_control());
     let (commands, rx) = crate::command::channel(COMMAND_QUEUE);
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let mut rt = Runtime::new(swarm, key, config, metrics, ours);
@@ -132,6 +133,7 @@ async fn spawn_with(config: NodeConfig, key: Keypair, kind: TransportKind) -> Re
         shutdown,
         done: Arc::new(tokio::sync::Mutex::new(Some(join))),
         registry: Arc::new(registry),
+        streams,
     })
 }
 

@@ -1,0 +1,348 @@
+//! Distributed inference from the command line: `kwaainet start --blocks A:B` serves a span
+//! of the model's blocks to the swarm (announced in the node's DHT record and as a model
+//! provider), and `kwaainet generate --swarm` generates through the spans the DHT lists,
+//! holding only the embedding and the output head. The protocol, the servers and the client
+//! live in `kwaainet-swarm`.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use kwaainet_core::LoadSpec;
+use kwaainet_core::codec::Codec;
+use kwaainet_core::gguf::{Gguf, Value};
+use kwaainet_p2p::libp2p::{Multiaddr, PeerId};
+use kwaainet_p2p::record::{ServedSpan, is_dialable};
+use kwaainet_p2p::{NodeConfig, NodeHandle};
+use kwaainet_swarm::net::{NetConfig, NetConnector};
+use kwaainet_swarm::{
+    ClientConfig, CodecChoice, ServerConfig, ServerEntry, SpanServer, SwarmSession,
+};
+
+use crate::generate::GenerateArgs;
+
+/// How long `generate --swarm` looks for servers covering the model.
+const DISCOVERY: Duration = Duration::from_secs(20);
+
+/// `kwaainet start`'s span flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SpanArgs {
+    /// Serve blocks A..B (`A:B`, B exclusive) of --model to the swarm.
+    #[arg(long, env = "KWAAINET_BLOCKS", value_parser = parse_blocks)]
+    pub blocks: Option<Range<usize>>,
+    /// Most inference sessions at once.
+    #[arg(long, env = "KWAAINET_MAX_SESSIONS", default_value_t = 16)]
+    pub max_sessions: usize,
+    /// KV-cache positions all sessions together may hold.
+    #[arg(long, env = "KWAAINET_CACHE_TOKENS", default_value_t = 8192)]
+    pub cache_tokens: usize,
+    /// Most positions one session may ask for.
+    #[arg(long, env = "KWAAINET_MAX_LENGTH", default_value_t = 2048)]
+    pub max_length: usize,
+}
+
+/// `A:B` with A < B.
+pub fn parse_blocks(s: &str) -> Result<Range<usize>, String> {
+    let (a, b) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}`: expected A:B (first block, one past the last)"))?;
+    let a: usize = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{a}` is not a block number"))?;
+    let b: usize = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{b}` is not a block number"))?;
+    if a >= b {
+        return Err(format!("`{s}`: the span is empty"));
+    }
+    Ok(a..b)
+}
+
+/// The id a model is announced and asked for under: its GGUF name and the start of its
+/// SHA-256, so two different files never mix.
+pub fn model_id(gguf: &Gguf, sha256: &str) -> String {
+    let name = match gguf.get("general.name") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        _ => match gguf.get("general.architecture") {
+            Some(Value::String(s)) => s.clone(),
+            _ => "model".into(),
+        },
+    };
+    let slug: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>()
+        .split('-')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    let hash = sha256.get(..16).unwrap_or(sha256);
+    format!("{slug}@{hash}")
+}
+
+fn read_header(path: &Path) -> anyhow::Result<Gguf> {
+    let mut r = std::io::BufReader::new(
+        std::fs::File::open(path)
+            .with_context(|| format!("cannot open model {}", path.display()))?,
+    );
+    Gguf::read(&mut r).with_context(|| format!("{} is not a usable GGUF file", path.display()))
+}
+
+/// A span ready to serve: what to announce and the server.
+pub struct Span {
+    /// The record entry.
+    pub announced: ServedSpan,
+    /// The server.
+    pub server: Arc<SpanServer>,
+}
+
+/// Loads `blocks` of the model at `path` (only those) as a span server.
+pub fn load_span(
+    path: &Path,
+    sha256: &str,
+    args: &SpanArgs,
+    blocks: Range<usize>,
+) -> anyhow::Result<Span> {
+    let id = model_id(&read_header(path)?, sha256);
+    let loaded = crate::model::load_spec(path, |config| {
+        if blocks.end > config.n_layers {
+            bail!(
+                "--blocks {}:{} past the model's {} blocks",
+                blocks.start,
+                blocks.end,
+                config.n_layers
+            );
+        }
+        Ok(LoadSpec {
+            blocks: blocks.clone(),
+            embed: false,
+            head: false,
+        })
+    })?;
+    let server = SpanServer::new(
+        loaded.model,
+        ServerConfig {
+            model_id: id.clone(),
+            cache_tokens: args.cache_tokens,
+            max_length: args.max_length,
+            max_sessions: args.max_sessions,
+        },
+    );
+    Ok(Span {
+        announced: ServedSpan {
+            model: id,
+            start: u32::try_from(blocks.start)?,
+            end: u32::try_from(blocks.end)?,
+        },
+        server: Arc::new(server),
+    })
+}
+
+/// Answers `/kwaainet/inference/1.0.0` streams on `node` with `server`.
+pub fn serve(node: &NodeHandle, server: Arc<SpanServer>) -> tokio::task::JoinHandle<()> {
+    let control = node.stream_control();
+    tokio::spawn(async move {
+        if let Err(e) = kwaainet_swarm::net::serve(control, server, NetConfig::default()).await {
+            tracing::error!(error = %e, "cannot serve the span");
+        }
+    })
+}
+
+/// `kwaainet generate --swarm`.
+pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
+    if args.bootstrap.is_empty() {
+        bail!("--swarm needs --bootstrap ADDR (a node of the swarm)");
+    }
+    let path = crate::model::resolve(args.model.as_deref())?;
+    let sha = crate::fetch::model_sha256(&path)?;
+    let id = model_id(&read_header(&path)?, &sha);
+    // The client holds the embedding and the head; every block runs on the swarm.
+    let loaded = crate::model::load_spec(&path, |_| {
+        Ok(LoadSpec {
+            blocks: 0..0,
+            embed: true,
+            head: true,
+        })
+    })?;
+    let n_layers = loaded.model.config().n_layers;
+    let codec = match args.codec.as_str() {
+        "auto" => CodecChoice::Auto,
+        name => CodecChoice::Fixed(Codec::from_name(name).with_context(|| {
+            format!("--codec {name}: expected auto, f32, f16, q8_0 or blockwise8")
+        })?),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let local = args.bootstrap.iter().all(|a| is_dialable(a, true) && !is_dialable(a, false));
+        let config = NodeConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+            bootstrap: args.bootstrap.clone(),
+            allow_local_addrs: local,
+            autonat: false,
+            ..NodeConfig::default()
+        };
+        let key = kwaainet_p2p::libp2p::identity::Keypair::generate_ed25519();
+        let node = kwaainet_p2p::spawn(config, key, None).await.context("starting the client node")?;
+        let servers = discover(&node, &id, n_layers).await;
+        let result = match servers {
+            Ok(servers) => {
+                let connector = NetConnector::new(node.stream_control(), tokio::runtime::Handle::current(), NetConfig::default());
+                let client = ClientConfig {
+                    max_length: args.ctx,
+                    codec,
+                    ..ClientConfig::new(id.clone())
+                };
+                let args = args.clone();
+                // The engine's generation loop is synchronous: off the runtime's workers.
+                tokio::task::spawn_blocking(move || {
+                    let mut session = SwarmSession::new(
+                        Arc::clone(&loaded.model),
+                        servers,
+                        Arc::new(connector),
+                        client,
+                        format!("cli-{}", std::process::id()),
+                    );
+                    let out = crate::generate::stream(&args, &loaded, &mut session);
+                    let st = session.stats().clone();
+                    tracing::info!(route = ?session.route(), steps = st.steps, failovers = st.failovers, replays = st.replays, bytes_sent = st.bytes_sent, "swarm session");
+                    out
+                })
+                .await
+                .context("the generation task")?
+            }
+            Err(e) => Err(e),
+        };
+        node.shutdown().await;
+        result
+    })
+}
+
+/// The servers of `model` the DHT lists, with their spans, once they cover all `n_layers`
+/// blocks (or the best found within [`DISCOVERY`], with an error naming what is missing).
+async fn discover(
+    node: &NodeHandle,
+    model: &str,
+    n_layers: usize,
+) -> anyhow::Result<Vec<ServerEntry>> {
+    let deadline = tokio::time::Instant::now() + DISCOVERY;
+    let mut entries: Vec<ServerEntry> = Vec::new();
+    loop {
+        let providers = node.model_providers(model).await.unwrap_or_default();
+        for peer in providers {
+            if entries.iter().any(|e| e.id == peer.to_string()) {
+                continue;
+            }
+            let Ok(Some(record)) = node.get_node_record(peer).await else {
+                continue;
+            };
+            let Some(span) = record.spans.iter().find(|s| s.model == model) else {
+                continue;
+            };
+            connect(node, peer, record.addresses.iter().map(|a| &a.addr)).await;
+            entries.push(ServerEntry {
+                id: peer.to_string(),
+                blocks: span.start as usize..span.end as usize,
+            });
+        }
+        match first_gap(&entries, n_layers) {
+            None => return Ok(entries),
+            Some(gap) if tokio::time::Instant::now() >= deadline => {
+                bail!(
+                    "no server covers blocks {}..{} of {model} ({} server(s) found in {} s)",
+                    gap.start,
+                    gap.end,
+                    entries.len(),
+                    DISCOVERY.as_secs()
+                )
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// Dials `peer` at the first of `addrs` that answers (streams to it then need no dial).
+async fn connect<'a>(node: &NodeHandle, peer: PeerId, addrs: impl Iterator<Item = &'a Multiaddr>) {
+    for a in addrs {
+        let full = a.clone().with_p2p(peer).unwrap_or_else(|a| a);
+        if node.dial(full).await.is_ok() {
+            return;
+        }
+    }
+}
+
+/// The first blocks of `0..n` no entry covers.
+fn first_gap(entries: &[ServerEntry], n: usize) -> Option<Range<usize>> {
+    let mut at = 0;
+    while at < n {
+        let reach = entries
+            .iter()
+            .filter(|e| e.blocks.start <= at && at < e.blocks.end)
+            .map(|e| e.blocks.end)
+            .max();
+        match reach {
+            Some(end) => at = end,
+            None => {
+                let next = entries
+                    .iter()
+                    .map(|e| e.blocks.start)
+                    .filter(|&s| s > at)
+                    .min()
+                    .unwrap_or(n);
+                return Some(at..next.min(n));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn blocks_parse() {
+        assert_eq!(parse_blocks("0:10"), Ok(0..10));
+        assert_eq!(parse_blocks(" 10 : 20 "), Ok(10..20));
+        for bad in ["10", "5:5", "9:3", "a:3", ":", "-1:3"] {
+            assert!(parse_blocks(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn gaps_are_found() {
+        let e = |a: usize, b: usize| ServerEntry {
+            id: format!("{a}"),
+            blocks: a..b,
+        };
+        assert_eq!(first_gap(&[e(0, 10), e(10, 30)], 30), None);
+        assert_eq!(first_gap(&[e(0, 10), e(20, 30)], 30), Some(10..20));
+        assert_eq!(first_gap(&[e(5, 30)], 30), Some(0..5));
+        assert_eq!(first_gap(&[e(0, 12), e(8, 29)], 30), Some(29..30));
+        assert_eq!(first_gap(&[], 30), Some(0..30));
+    }
+
+    #[test]
+    fn model_ids_name_the_file_and_its_hash() {
+        let g = Gguf {
+            version: 3,
+            metadata: vec![(
+                "general.name".into(),
+                Value::String("Smollm2 135M 8k".into()),
+            )],
+            tensors: vec![],
+        };
+        assert_eq!(
+            model_id(&g, "b179c9523d0e6a0f98a3"),
+            "smollm2-135m-8k@b179c9523d0e6a0f"
+        );
+    }
+}
