@@ -246,7 +246,7 @@ async fn discover(
             let Some(span) = record.spans.iter().find(|s| s.model == model) else {
                 continue;
             };
-            connect(node, peer, record.addresses.iter().map(|a| &a.addr)).await;
+            connect(node, peer, record.addrs.iter().map(|a| &a.addr)).await;
             entries.push(ServerEntry {
                 id: peer.to_string(),
                 blocks: span.start as usize..span.end as usize,
