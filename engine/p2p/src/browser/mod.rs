@@ -23,11 +23,9 @@ mod link;
 mod runtime;
 mod swarm;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::channel::mpsc;
-use futures::future::Fuse;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
@@ -35,10 +33,8 @@ use libp2p::{Multiaddr, PeerId};
 pub use self::handle::BrowserHandle;
 pub use self::swarm::{BrowserBehaviour, BrowserBehaviourEvent, build_swarm};
 
-use self::link::Link;
 use self::runtime::Runtime;
 use crate::error::{Error, Result};
-use crate::lookup::{InfoAsks, RecordLookups};
 
 /// Commands waiting in the node's queue at most.
 const COMMAND_QUEUE: usize = 32;
@@ -181,29 +177,7 @@ pub fn start(
     }
     let (commands, rx) = crate::command::channel(COMMAND_QUEUE);
     let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
-    let mut rt = Runtime {
-        swarm,
-        config,
-        bootstrap,
-        addrs,
-        link: Link::Joining,
-        conn_addr: None,
-        last_transport: None,
-        dial_started: None,
-        dial_queue: Vec::new(),
-        dial_errors: Vec::new(),
-        dialing: None,
-        relay_listener: None,
-        relay_addr: None,
-        relay_failures: 0,
-        timer: Fuse::terminated(),
-        events: events_tx,
-        waiters: Vec::new(),
-        queries: RecordLookups::default(),
-        infos: InfoAsks::default(),
-        sends: HashMap::new(),
-        peers: HashMap::new(),
-    };
+    let mut rt = Runtime::new(swarm, config, bootstrap, addrs, events_tx);
     rt.dial_bootstrap();
     Ok((BrowserHandle { peer_id, commands }, events, rt.run(rx)))
 }

@@ -27,6 +27,8 @@ use crate::info::InfoResponse;
 use crate::lookup::{InfoAsks, RecordLookups};
 use crate::msg;
 
+/// The loop's state; the link to the bootstrap node (`link.rs`) reads and updates the
+/// fields marked `pub(super)`.
 pub(super) struct Runtime {
     pub(super) swarm: Swarm<BrowserBehaviour>,
     pub(super) config: BrowserConfig,
@@ -44,20 +46,52 @@ pub(super) struct Runtime {
     /// Our dial of the bootstrap node in flight.
     pub(super) dialing: Option<ConnectionId>,
     pub(super) relay_listener: Option<ListenerId>,
-    pub(super) relay_addr: Option<Multiaddr>,
+    relay_addr: Option<Multiaddr>,
     /// Reservations refused or lost in a row while connected (backs off the next try).
-    pub(super) relay_failures: u32,
+    relay_failures: u32,
     pub(super) timer: Fuse<Delay>,
-    pub(super) events: mpsc::Sender<BrowserEvent>,
+    events: mpsc::Sender<BrowserEvent>,
     pub(super) waiters: Vec<Waiter>,
-    pub(super) queries: RecordLookups,
-    pub(super) infos: InfoAsks,
-    pub(super) sends: HashMap<OutboundRequestId, (Instant, Reply<Result<Duration>>)>,
+    queries: RecordLookups,
+    infos: InfoAsks,
+    sends: HashMap<OutboundRequestId, (Instant, Reply<Result<Duration>>)>,
     /// Connected peers, with how many connections each.
-    pub(super) peers: HashMap<PeerId, u32>,
+    peers: HashMap<PeerId, u32>,
 }
 
 impl Runtime {
+    pub(super) fn new(
+        swarm: Swarm<BrowserBehaviour>,
+        config: BrowserConfig,
+        bootstrap: PeerId,
+        addrs: Vec<Multiaddr>,
+        events: mpsc::Sender<BrowserEvent>,
+    ) -> Self {
+        Self {
+            swarm,
+            config,
+            bootstrap,
+            addrs,
+            link: Link::Joining,
+            conn_addr: None,
+            last_transport: None,
+            dial_started: None,
+            dial_queue: Vec::new(),
+            dial_errors: Vec::new(),
+            dialing: None,
+            relay_listener: None,
+            relay_addr: None,
+            relay_failures: 0,
+            timer: Fuse::terminated(),
+            events,
+            waiters: Vec::new(),
+            queries: RecordLookups::default(),
+            infos: InfoAsks::default(),
+            sends: HashMap::new(),
+            peers: HashMap::new(),
+        }
+    }
+
     pub(super) fn emit(&mut self, ev: BrowserEvent) -> bool {
         match self.events.try_send(ev) {
             Ok(()) => true,

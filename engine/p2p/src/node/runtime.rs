@@ -36,21 +36,23 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 /// A peer's agent string is kept to this many characters (it is the peer's to choose).
 const MAX_AGENT_CHARS: usize = 128;
 
+/// The loop's state; the policies beside it (`announce.rs`, `lookup.rs`, `relays.rs`) read
+/// and update the fields marked `pub(super)`.
 pub(super) struct Runtime {
     pub(super) swarm: Swarm<Behaviour>,
     pub(super) key: Keypair,
     pub(super) config: NodeConfig,
-    pub(super) started: Instant,
-    pub(super) metrics: Metrics,
+    started: Instant,
+    metrics: Metrics,
     pub(super) ours: NodeMetrics,
     pub(super) queries: Queries,
-    pub(super) info: InfoAsks,
-    pub(super) dials: Dials,
-    pub(super) peers: HashMap<PeerId, PeerState>,
+    info: InfoAsks,
+    dials: Dials,
+    peers: HashMap<PeerId, PeerState>,
     pub(super) record_published_at: Option<u64>,
     pub(super) republish_at: Option<tokio::time::Instant>,
     pub(super) last_announced: Vec<AddressEntry>,
-    pub(super) misbehaving: u64,
+    misbehaving: u64,
     pub(super) relays: Relays,
     pub(super) nat: autonat::NatStatus,
 }
