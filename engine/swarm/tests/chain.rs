@@ -3,41 +3,21 @@
 //! this process ([`LocalServers`]); every frame still goes through the wire format.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-#[path = "../../core/tests/common/mod.rs"]
-mod common;
+mod support;
 
-use std::fs::File;
-use std::io::BufReader;
+use support::{MODEL_ID, argmax, client_model, greedy, load, prompts, span, whole};
+
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kwaainet_core::codec::Codec;
 use kwaainet_core::generate::{CpuSession, Session};
-use kwaainet_core::gguf::Gguf;
-use kwaainet_core::{Llama, LoadSpec};
 use kwaainet_swarm::protocol::{self, FailKind, Message, Open, Step};
 use kwaainet_swarm::{
     ClientConfig, CodecChoice, LocalServers, ServerConfig, ServerEntry, SpanServer, SwarmError,
     SwarmSession,
 };
-
-const MODEL_ID: &str = "smollm2-135m-q4_1";
-
-fn load(spec: LoadSpec) -> Option<Arc<Llama>> {
-    let path = common::model_path()?;
-    let mut r = BufReader::new(File::open(path).unwrap());
-    let g = Gguf::read(&mut r).unwrap();
-    Some(Arc::new(Llama::load(&g, &mut r, spec).unwrap()))
-}
-
-fn span(blocks: Range<usize>) -> LoadSpec {
-    LoadSpec {
-        blocks,
-        embed: false,
-        head: false,
-    }
-}
 
 fn server_config(cache_tokens: usize) -> ServerConfig {
     ServerConfig {
@@ -63,14 +43,6 @@ fn swarm(spans: &[(&str, Range<usize>)]) -> Option<(LocalServers, Vec<ServerEntr
     Some((servers, entries))
 }
 
-fn client_model() -> Option<Arc<Llama>> {
-    load(LoadSpec {
-        blocks: 0..0,
-        embed: true,
-        head: true,
-    })
-}
-
 fn config(codec: Codec) -> ClientConfig {
     ClientConfig {
         codec: CodecChoice::Fixed(codec),
@@ -79,60 +51,9 @@ fn config(codec: Codec) -> ClientConfig {
     }
 }
 
-fn argmax(l: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in l.iter().enumerate() {
-        if v > l[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-/// Greedy ids after `prompt`, `n` of them (no stop), through `session`; `each` runs after
-/// every token (to kill a server mid-generation).
-fn greedy(
-    session: &mut dyn Session,
-    prompt: &[u32],
-    n: usize,
-    mut each: impl FnMut(usize),
-) -> Vec<u32> {
-    let mut logits = session.forward(prompt).unwrap();
-    let mut out = Vec::new();
-    for i in 0..n {
-        let t = argmax(&logits);
-        out.push(t);
-        each(i);
-        if i + 1 < n {
-            logits = session.forward(&[t]).unwrap();
-        }
-    }
-    out
-}
-
-fn prompts() -> Vec<Vec<u32>> {
-    common::reference()["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            c["prompt_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| u32::try_from(v.as_u64().unwrap()).unwrap())
-                .collect()
-        })
-        .collect()
-}
-
 #[test]
 fn three_spans_generate_exactly_what_the_whole_model_does_with_f32() {
-    let Some(full) = load(LoadSpec {
-        blocks: 0..30,
-        embed: true,
-        head: true,
-    }) else {
+    let Some(full) = whole() else {
         return;
     };
     let (servers, entries) = swarm(&[("a", 0..10), ("b", 10..20), ("c", 20..30)]).unwrap();
@@ -173,11 +94,7 @@ fn three_spans_generate_exactly_what_the_whole_model_does_with_f32() {
 
 #[test]
 fn lossy_codecs_keep_the_greedy_answer() {
-    let Some(full) = load(LoadSpec {
-        blocks: 0..30,
-        embed: true,
-        head: true,
-    }) else {
+    let Some(full) = whole() else {
         return;
     };
     let (servers, entries) = swarm(&[("a", 0..10), ("b", 10..20), ("c", 20..30)]).unwrap();

@@ -3,20 +3,18 @@
 //! mid-generation, and a server that never answers (the step timeout). Every wait is bounded.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-#[path = "../../core/tests/common/mod.rs"]
-mod common;
+mod support;
 
-use std::fs::File;
-use std::io::BufReader;
+use support::{MODEL_ID, client_model, greedy, load, prompts, span, whole};
+
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use kwaainet_core::Llama;
 use kwaainet_core::codec::Codec;
-use kwaainet_core::generate::{CpuSession, Session};
-use kwaainet_core::gguf::Gguf;
-use kwaainet_core::{Llama, LoadSpec};
+use kwaainet_core::generate::CpuSession;
 use kwaainet_swarm::net::{self, NetConfig, NetConnector};
 use kwaainet_swarm::protocol::PROTOCOL;
 use kwaainet_swarm::{
@@ -25,15 +23,6 @@ use kwaainet_swarm::{
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, SwarmBuilder, noise, tcp, yamux};
 use tokio::task::JoinHandle;
-
-const MODEL_ID: &str = "smollm2-135m-q4_1";
-
-fn load(spec: LoadSpec) -> Option<Arc<Llama>> {
-    let path = common::model_path()?;
-    let mut r = BufReader::new(File::open(path).unwrap());
-    let g = Gguf::read(&mut r).unwrap();
-    Some(Arc::new(Llama::load(&g, &mut r, spec).unwrap()))
-}
 
 type Swarm = libp2p::Swarm<libp2p_stream::Behaviour>;
 
@@ -93,12 +82,7 @@ impl Server {
 
 /// A span server node for `blocks`.
 async fn span_server(blocks: Range<usize>) -> Server {
-    let model = load(LoadSpec {
-        blocks: blocks.clone(),
-        embed: false,
-        head: false,
-    })
-    .unwrap();
+    let model = load(span(blocks.clone())).unwrap();
     let span = Arc::new(SpanServer::new(
         model,
         ServerConfig {
@@ -184,39 +168,6 @@ async fn client(
     (connector, entries, task)
 }
 
-fn argmax(l: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in l.iter().enumerate() {
-        if v > l[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-/// `n` greedy ids after `prompt`; `each(i)` after token `i`.
-fn greedy(s: &mut dyn Session, prompt: &[u32], n: usize, mut each: impl FnMut(usize)) -> Vec<u32> {
-    let mut logits = s.forward(prompt).unwrap();
-    let mut out = Vec::new();
-    for i in 0..n {
-        out.push(argmax(&logits));
-        each(i);
-        if i + 1 < n {
-            logits = s.forward(&out[i..=i]).unwrap();
-        }
-    }
-    out
-}
-
-fn prompt() -> Vec<u32> {
-    common::reference()["cases"][0]["prompt_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| u32::try_from(v.as_u64().unwrap()).unwrap())
-        .collect()
-}
-
 fn session(
     local: &Arc<Llama>,
     entries: Vec<ServerEntry>,
@@ -239,26 +190,17 @@ fn session(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generation_crosses_libp2p_nodes_and_survives_a_killed_server() {
-    let Some(full) = load(LoadSpec {
-        blocks: 0..30,
-        embed: true,
-        head: true,
-    }) else {
+    let Some(full) = whole() else {
         return;
     };
-    let local = load(LoadSpec {
-        blocks: 0..0,
-        embed: true,
-        head: true,
-    })
-    .unwrap();
+    let local = client_model().unwrap();
     let a = span_server(0..10).await;
     let b1 = span_server(10..20).await;
     let b2 = span_server(10..20).await;
     let c = span_server(20..30).await;
     let (connector, entries, client_task) =
         client(&[&a, &b1, &b2, &c], Duration::from_secs(20)).await;
-    let prompt = prompt();
+    let prompt = prompts().remove(0);
 
     let want = {
         let mut alone = CpuSession::new(&*full, 256).unwrap();
@@ -303,11 +245,7 @@ async fn generation_crosses_libp2p_nodes_and_survives_a_killed_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_never_answers_is_left_after_the_step_timeout() {
-    let Some(local) = load(LoadSpec {
-        blocks: 0..0,
-        embed: true,
-        head: true,
-    }) else {
+    let Some(local) = client_model() else {
         return;
     };
     let hole = black_hole(0..30).await;
