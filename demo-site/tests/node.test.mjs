@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import { test } from 'node:test';
 import { launch, recordEvents, within } from './browser.mjs';
-import { root, skip } from './common.mjs';
+import { avx2, root, skip } from './common.mjs';
 
 /** A TCP port free on 127.0.0.1 right now. */
 function freePort() {
@@ -108,7 +108,11 @@ test('npm start: its page downloads the model, asks consent, answers a chat and 
     assert.ok(kw.progress.some((p) => p.phase === 'verify') && kw.progress.some((p) => p.phase === 'load'));
     await page.waitForFunction(() => !document.getElementById('send').disabled, null, { timeout: 10_000 });
 
-    // A chat message, answered as a stream (the answer's text grows several times).
+    // A chat message, answered as a stream (the answer's text grows several times), with
+    // llama.cpp's greedy answer to the same chat (the tiny default model, under its own
+    // system prompt, does not say Paris here; llama.cpp does not either).
+    const reference = avx2.cases.find((c) => c.name === 'capital-chat');
+    assert.deepEqual(reference.messages, [{ role: 'user', content: 'What is the capital of France?' }]);
     await page.evaluate(() => {
       window.__growth = 0;
       new MutationObserver(() => window.__growth++).observe(document.getElementById('log'),
@@ -125,7 +129,7 @@ test('npm start: its page downloads the model, asks consent, answers a chat and 
       status: document.getElementById('status').textContent,
     }));
     assert.equal(chat.errors, 0);
-    assert.match(chat.answer, /Paris/, `answer: ${chat.answer}`);
+    assert.ok(chat.answer.startsWith(reference.output_text), `answer: ${chat.answer}`);
     assert.ok(chat.growth >= 4, `the answer arrived in ${chat.growth} updates`);
     assert.match(chat.status, /Last answer: \d+ tokens/);
 

@@ -23,6 +23,7 @@ import { ASSETS, bakedIntegrity } from './assets.js';
 import { DisposedError, InvalidArgumentError, P2pError, UnsupportedError, abortErrorFrom, throwIfAborted, type KwaaiNetError, type P2pFailure } from './errors.js';
 import { Emitter } from './events.js';
 import type { WasmP2pEvent, WasmP2pModule, WasmP2pNode } from './wasm-p2p.js';
+import { guardWebRtcHandlers } from './webrtc-guard.js';
 
 /** Largest message payload (the `/kwaainet/msg/1.0.0` limit). */
 export const MAX_MESSAGE_BYTES = 64 * 1024;
@@ -171,6 +172,7 @@ function loadModule(moduleUrl: string, wasmUrl: string, integrity: string | unde
   let p = modules.get(key);
   if (!p) {
     p = (async () => {
+      guardWebRtcHandlers();
       const mod = (await import(/* webpackIgnore: true */ moduleUrl)) as WasmP2pModule;
       let input: URL | Response = new URL(wasmUrl);
       if (integrity !== undefined) {
