@@ -3,8 +3,9 @@
 Run once, by hand, in a Python environment with Hivemind and bitsandbytes (not part of
 `npm test`: torch alone is several GB):
 
-    python3 -m venv /tmp/hm && /tmp/hm/bin/pip install hivemind==1.1.12 bitsandbytes==0.50.2 'numpy<2'
-    /tmp/hm/bin/python engine/core/tests/data/blockwise8_vectors.py > engine/core/tests/data/blockwise8-hivemind.json
+    python3 -m venv .venv-hivemind
+    .venv-hivemind/bin/pip install hivemind==1.1.12 bitsandbytes==0.50.2 'numpy<2'
+    .venv-hivemind/bin/python engine/core/tests/data/blockwise8_vectors.py > engine/core/tests/data/blockwise8-hivemind.json
 
 Each case holds the input (f32 bits, hex) and the exact buffer Hivemind serializes for it
 (`serialize_torch_tensor(x, CompressionType.BLOCKWISE_8BIT).buffer`, hex), plus what
