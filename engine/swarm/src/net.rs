@@ -237,10 +237,9 @@ impl Link for NetLink {
         let Some(stream) = self.stream.as_mut() else {
             return Err(LinkError::Closed(server));
         };
-        let is_close = matches!(
-            protocol::decode(frame, usize::MAX).map(|f| f.message),
-            Ok(Message::Close)
-        );
+        // `Close` is one fixed, tiny frame: compared as bytes, not decoded (a step's frame
+        // carries its whole payload).
+        let is_close = frame == protocol::encode(&Message::Close, &[]).as_slice();
         let result = self.runtime.block_on(async {
             tokio::time::timeout(self.timeout, async {
                 stream.write_all(frame).await?;
