@@ -64,6 +64,10 @@ pub struct GenerateArgs {
     /// blockwise8.
     #[arg(long, default_value = "auto")]
     pub codec: String,
+    /// With --swarm: every hop's output comes back through this client instead of going
+    /// straight to the next server (server-to-server push is the default).
+    #[arg(long)]
+    pub no_push: bool,
 }
 
 /// Where the model runs.

@@ -9,6 +9,7 @@ mod generate;
 mod model;
 mod node;
 mod swarm;
+mod throughput;
 
 /// KwaaiNet node and local inference tools.
 #[derive(Debug, Parser)]

@@ -251,7 +251,8 @@ pub fn start(args: &StartArgs) -> anyhow::Result<()> {
     // The span is loaded before the node announces it.
     let span = match &s.span {
         Some((path, sha, blocks)) => {
-            let span = crate::swarm::load_span(path, sha, &args.span, blocks.clone())?;
+            let data_dir = s.identity.parent().unwrap_or(Path::new("."));
+            let span = crate::swarm::load_span(path, sha, &args.span, blocks.clone(), data_dir)?;
             s.node.spans = vec![span.announced.clone()];
             Some(span)
         }
@@ -287,9 +288,12 @@ async fn run(
     let node = kwaainet_p2p::spawn(s.node, key, webrtc_pem)
         .await
         .context("starting the node")?;
-    let serving = span
-        .as_ref()
-        .map(|sp| crate::swarm::serve(&node, Arc::clone(&sp.server)));
+    let serving = span.as_ref().map(|sp| {
+        (
+            crate::swarm::serve(&node, Arc::clone(&sp.server)),
+            crate::swarm::keep_announced(&node, sp),
+        )
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_task = None;
     let mut http_url = None;
@@ -340,9 +344,13 @@ async fn run(
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
+    if let Some(sp) = &span {
+        crate::swarm::drain(&node, sp).await;
+    }
     let _ = stop_tx.send(true);
-    if let Some(t) = serving {
-        t.abort();
+    if let Some((serve, announce)) = serving {
+        serve.abort();
+        announce.abort();
     }
     let stopped = tokio::time::timeout(Duration::from_secs(10), async {
         if let Some(t) = http_task {

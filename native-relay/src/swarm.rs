@@ -14,11 +14,12 @@ use kwaainet_core::LoadSpec;
 use kwaainet_core::codec::Codec;
 use kwaainet_core::gguf::{Gguf, Value};
 use kwaainet_p2p::libp2p::{Multiaddr, PeerId};
-use kwaainet_p2p::record::{ServedSpan, is_dialable};
+use kwaainet_p2p::record::{ServedSpan, SpanState, is_dialable};
 use kwaainet_p2p::{NodeConfig, NodeHandle};
 use kwaainet_swarm::net::{NetConfig, NetConnector};
 use kwaainet_swarm::{
-    ClientConfig, CodecChoice, ServerConfig, ServerEntry, SpanServer, SwarmSession,
+    ClientConfig, CodecChoice, Connector, Link, LinkError, ServerConfig, ServerEntry, SpanServer,
+    SwarmSession,
 };
 
 use crate::generate::GenerateArgs;
@@ -101,12 +102,14 @@ pub struct Span {
     pub server: Arc<SpanServer>,
 }
 
-/// Loads `blocks` of the model at `path` (only those) as a span server.
+/// Loads `blocks` of the model at `path` (only those) as a span server, and measures its
+/// throughput (or reads it from `data_dir`'s cache for this model and machine).
 pub fn load_span(
     path: &Path,
     sha256: &str,
     args: &SpanArgs,
     blocks: Range<usize>,
+    data_dir: &Path,
 ) -> anyhow::Result<Span> {
     let id = model_id(&read_header(path)?, sha256);
     let loaded = crate::model::load_spec(path, |config| {
@@ -127,30 +130,117 @@ pub fn load_span(
     let server = SpanServer::new(
         loaded.model,
         ServerConfig {
-            model_id: id.clone(),
             cache_tokens: args.cache_tokens,
             max_length: args.max_length,
             max_sessions: args.max_sessions,
+            ..ServerConfig::new(id.clone())
         },
     );
+    let throughput =
+        crate::throughput::cached(data_dir, &id, || Ok(server.measure_throughput(16)?))?;
+    let mut announced =
+        ServedSpan::new(id, u32::try_from(blocks.start)?, u32::try_from(blocks.end)?);
+    announced.throughput = Some(throughput as f32);
+    announced.free_cache = Some(u32::try_from(server.free_tokens()).unwrap_or(u32::MAX));
     Ok(Span {
-        announced: ServedSpan {
-            model: id,
-            start: u32::try_from(blocks.start)?,
-            end: u32::try_from(blocks.end)?,
-        },
+        announced,
         server: Arc::new(server),
     })
 }
 
-/// Answers `/kwaainet/inference/1.0.0` streams on `node` with `server`.
+/// How often a span server re-announces its free cache when it changed.
+const FREE_CACHE_EVERY: Duration = Duration::from_secs(15);
+/// How long a stopping span server waits for its sessions to finish.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Keeps the span's record current: its free cache, when it changed (checked every
+/// [`FREE_CACHE_EVERY`]).
+pub fn keep_announced(node: &NodeHandle, span: &Span) -> tokio::task::JoinHandle<()> {
+    let (node, server, mut announced) = (
+        node.clone(),
+        Arc::clone(&span.server),
+        span.announced.clone(),
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(FREE_CACHE_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let free = Some(u32::try_from(server.free_tokens()).unwrap_or(u32::MAX));
+            if free != announced.free_cache {
+                announced.free_cache = free;
+                if let Err(e) = node.set_spans(vec![announced.clone()]).await {
+                    tracing::debug!(error = %e, "cannot re-announce the span");
+                }
+            }
+        }
+    })
+}
+
+/// Stops taking sessions: announces the span `draining` and waits (at most [`DRAIN`]) for
+/// the open sessions to end. The node's shutdown then withdraws the span.
+pub async fn drain(node: &NodeHandle, span: &Span) {
+    let mut announced = span.announced.clone();
+    announced.state = SpanState::Draining;
+    let _ = tokio::time::timeout(Duration::from_secs(2), node.set_spans(vec![announced])).await;
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    while span.server.sessions() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Answers `/kwaainet/inference/1.0.0` streams on `node` with `server`, which pushes its
+/// outputs to the next servers of clients' routes through `node`.
 pub fn serve(node: &NodeHandle, server: Arc<SpanServer>) -> tokio::task::JoinHandle<()> {
+    server.set_pusher(Arc::new(NodePusher {
+        node: node.clone(),
+        streams: NetConnector::new(
+            node.stream_control(),
+            tokio::runtime::Handle::current(),
+            NetConfig::default(),
+        ),
+        runtime: tokio::runtime::Handle::current(),
+    }));
     let control = node.stream_control();
     tokio::spawn(async move {
         if let Err(e) = kwaainet_swarm::net::serve(control, server, NetConfig::default()).await {
             tracing::error!(error = %e, "cannot serve the span");
         }
     })
+}
+
+/// How a span server reaches the next server of a route: by peer id, as clients name it.
+/// A peer this node has no address for is looked up in the DHT (its signed record; never
+/// an address a client supplied) and dialed, within [`RESOLVE`].
+struct NodePusher {
+    node: NodeHandle,
+    streams: NetConnector,
+    runtime: tokio::runtime::Handle,
+}
+
+/// How long a server spends finding the next server of a route.
+const RESOLVE: Duration = Duration::from_secs(5);
+
+impl Connector for NodePusher {
+    fn connect(&self, server: &str) -> Result<Box<dyn Link>, LinkError> {
+        match self.streams.connect(server) {
+            Err(LinkError::Unreachable(_)) => {}
+            other => return other,
+        }
+        let peer: PeerId = server
+            .parse()
+            .map_err(|_| LinkError::Unreachable(server.to_owned()))?;
+        // Called on the blocking pool (a step's thread): blocking on the runtime is fine.
+        let found = self.runtime.block_on(tokio::time::timeout(RESOLVE, async {
+            let record = self.node.get_node_record(peer).await.ok().flatten()?;
+            connect(&self.node, peer, record.addrs.iter().map(|a| &a.addr)).await;
+            Some(())
+        }));
+        if !matches!(found, Ok(Some(()))) {
+            return Err(LinkError::Unreachable(server.to_owned()));
+        }
+        self.streams.connect(server)
+    }
 }
 
 /// `kwaainet generate --swarm`.
@@ -198,6 +288,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
                 let client = ClientConfig {
                     max_length: args.ctx,
                     codec,
+                    push: !args.no_push,
                     ..ClientConfig::new(id.clone())
                 };
                 let args = args.clone();
@@ -212,7 +303,24 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
                     );
                     let out = crate::generate::stream(&args, &loaded, &mut session);
                     let st = session.stats().clone();
-                    tracing::info!(route = ?session.route(), steps = st.steps, failovers = st.failovers, replays = st.replays, bytes_sent = st.bytes_sent, "swarm session");
+                    let route: Vec<String> = session
+                        .route()
+                        .iter()
+                        .map(|(peer, b)| format!("{}..{} on {peer}", b.start, b.end))
+                        .collect();
+                    #[allow(clippy::print_stderr)] // the session's summary, for people
+                    {
+                        eprintln!(
+                            "swarm: {} hop(s) [{}], {} steps, {} pushed server to server, {} failover(s), {} B sent, {} B received",
+                            route.len(),
+                            route.join(", "),
+                            st.steps,
+                            st.pushed,
+                            st.failovers,
+                            st.bytes_sent,
+                            st.bytes_received
+                        );
+                    }
                     out
                 })
                 .await
@@ -243,14 +351,31 @@ async fn discover(
             let Ok(Some(record)) = node.get_node_record(peer).await else {
                 continue;
             };
-            let Some(span) = record.spans.iter().find(|s| s.model == model) else {
+            let Some(span) = record
+                .spans
+                .iter()
+                .find(|s| s.model == model && s.state == SpanState::Online)
+            else {
                 continue;
             };
             connect(node, peer, record.addrs.iter().map(|a| &a.addr)).await;
-            entries.push(ServerEntry {
-                id: peer.to_string(),
-                blocks: span.start as usize..span.end as usize,
-            });
+            let mut entry =
+                ServerEntry::new(peer.to_string(), span.start as usize..span.end as usize);
+            entry.throughput = span.throughput.map(f64::from);
+            entry.free_cache = span.free_cache.map(|f| f as usize);
+            entries.push(entry);
+        }
+        // Round trips as the node's pings measured them (none yet: the planner's default).
+        if let Ok(state) = node.state().await {
+            for e in &mut entries {
+                if let Some(p) = state
+                    .connected_peers
+                    .iter()
+                    .find(|p| p.peer_id.to_string() == e.id)
+                {
+                    e.rtt = p.rtt_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0));
+                }
+            }
         }
         match first_gap(&entries, n_layers) {
             None => return Ok(entries),
@@ -319,10 +444,7 @@ mod tests {
 
     #[test]
     fn gaps_are_found() {
-        let e = |a: usize, b: usize| ServerEntry {
-            id: format!("{a}"),
-            blocks: a..b,
-        };
+        let e = |a: usize, b: usize| ServerEntry::new(format!("{a}"), a..b);
         assert_eq!(first_gap(&[e(0, 10), e(10, 30)], 30), None);
         assert_eq!(first_gap(&[e(0, 10), e(20, 30)], 30), Some(10..20));
         assert_eq!(first_gap(&[e(5, 30)], 30), Some(0..5));

@@ -137,6 +137,16 @@ fn sigterm_and_wait(mut n: Node) -> Result<()> {
     Ok(())
 }
 
+/// Runs the binary; its stdout and stderr.
+fn run_both(args: &[&str]) -> Result<(String, String)> {
+    let out = Command::new(BIN).args(args).output()?;
+    let err = String::from_utf8(out.stderr)?;
+    if !out.status.success() {
+        bail!("kwaainet {args:?} failed: {}\n{err}", out.status);
+    }
+    Ok((String::from_utf8(out.stdout)?, err))
+}
+
 fn run(args: &[&str]) -> Result<String> {
     let out = Command::new(BIN)
         .args(args)
@@ -353,22 +363,40 @@ fn generate_through_span_servers_equals_local_generation() -> Result<()> {
         "--max-tokens",
         "16",
     ])?;
-    let swarm = run(&[
-        "generate",
-        "--swarm",
-        "--bootstrap",
-        &b,
-        "--model",
-        m,
-        "--codec",
-        "f32",
-        "--prompt",
-        prompt,
-        "--max-tokens",
-        "16",
-    ])?;
     assert!(!local.trim().is_empty());
-    assert_eq!(swarm, local);
+    // Outputs pushed from server to server (the default), and through the client.
+    for push in [true, false] {
+        let mut args = vec![
+            "generate",
+            "--swarm",
+            "--bootstrap",
+            &b,
+            "--model",
+            m,
+            "--codec",
+            "f32",
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "16",
+        ];
+        if !push {
+            args.push("--no-push");
+        }
+        let (swarm, log) = run_both(&args)?;
+        assert_eq!(swarm, local, "push {push}");
+        let summary = log
+            .lines()
+            .find(|l| l.starts_with("swarm: "))
+            .with_context(|| format!("no summary in {log}"))?;
+        assert!(
+            summary.starts_with("swarm: 3 hop(s) [0..10 on "),
+            "{summary}"
+        );
+        // 16 tokens generated: 15 steps after the prompt, two pushes per step through 3 hops.
+        let pushed = if push { "32 pushed" } else { "0 pushed" };
+        assert!(summary.contains(pushed), "{summary}");
+    }
 
     // The middle span goes away: the request fails fast, naming the blocks nobody serves.
     let s2 = servers.remove(1);

@@ -109,7 +109,7 @@ pub enum RelayReservations {
 }
 
 /// Everything a node needs to start (besides its key).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
     /// Addresses to listen on (TCP, QUIC, WebSocket, WebRTC-direct, or `/memory/N` for

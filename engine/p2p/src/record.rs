@@ -99,8 +99,24 @@ impl AddressEntry {
     }
 }
 
+/// Where a served span is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpanState {
+    /// Loading or measuring: not taking sessions yet.
+    Joining,
+    /// Taking sessions.
+    #[default]
+    Online,
+    /// Finishing its sessions before it stops or moves: takes no new ones.
+    Draining,
+    /// Something this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
 /// A contiguous range of a model's blocks that a node serves: blocks `start..end`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServedSpan {
     /// Model id (for example `SmolLM2-135M-Instruct.Q4_1`).
     pub model: String,
@@ -108,10 +124,51 @@ pub struct ServedSpan {
     pub start: u32,
     /// One past the last block served.
     pub end: u32,
+    /// Where it is in its life.
+    #[serde(default)]
+    pub state: SpanState,
+    /// Measured throughput: tokens per second through one block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<f32>,
+    /// KV-cache positions not reserved by a session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_cache: Option<u32>,
+}
+
+impl ServedSpan {
+    /// An online span of `model`'s blocks `start..end`, nothing measured.
+    pub fn new(model: impl Into<String>, start: u32, end: u32) -> Self {
+        Self {
+            model: model.into(),
+            start,
+            end,
+            state: SpanState::Online,
+            throughput: None,
+            free_cache: None,
+        }
+    }
+
+    /// Checks the bounds a peer could violate.
+    pub fn validate(&self) -> Result<()> {
+        let throughput_ok = self
+            .throughput
+            .is_none_or(|t| t.is_finite() && (0.0..=1e9).contains(&t));
+        if self.model.is_empty()
+            || self.model.len() > MAX_STRING
+            || self.start >= self.end
+            || !throughput_ok
+        {
+            return Err(Error::InvalidRecord(format!(
+                "bad span {}[{}..{}) (throughput {:?})",
+                self.model, self.start, self.end, self.throughput
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// What a node announces about itself in the DHT.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
     /// Schema version ([`NODE_RECORD_VERSION`]).
     pub v: u16,
@@ -161,9 +218,7 @@ impl NodeRecord {
             return bad("string field too long".into());
         }
         for s in &self.spans {
-            if s.model.is_empty() || s.model.len() > MAX_STRING || s.start >= s.end {
-                return bad(format!("bad span {}[{}..{})", s.model, s.start, s.end));
-            }
+            s.validate()?;
         }
         for a in &self.addrs {
             if a.relayed != is_relayed(&a.addr) {
@@ -360,11 +415,7 @@ mod tests {
             accelerator: Accelerator::Cpu,
             version: "0.1.0".into(),
             region: Some("eu-west".into()),
-            spans: vec![ServedSpan {
-                model: "m".into(),
-                start: 0,
-                end: 30,
-            }],
+            spans: vec![ServedSpan::new("m", 0, 30)],
             issued_at: 1,
         }
     }

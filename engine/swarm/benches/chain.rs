@@ -123,16 +123,13 @@ fn main() {
                 },
             );
             let config = ServerConfig {
-                model_id: "m".into(),
                 cache_tokens: 1 << 16,
                 max_length: 512,
                 max_sessions: 64,
+                ..ServerConfig::new("m")
             };
             servers.add(&format!("s{h}"), Arc::new(SpanServer::new(model, config)));
-            entries.push(ServerEntry {
-                id: format!("s{h}"),
-                blocks,
-            });
+            entries.push(ServerEntry::new(format!("s{h}"), blocks));
         }
         let connector = Arc::new(servers);
         for codec in Codec::ALL {

@@ -21,15 +21,35 @@ use kwaainet_core::generate::Session;
 use kwaainet_core::{Error as CoreError, Llama};
 
 use crate::link::{Connector, Link, LinkError};
-use crate::protocol::{self, Fail, Message, Open, Step};
+use crate::protocol::{self, Fail, FailKind, Message, Open, Push, PushTo, Step};
+use crate::route::{self, Costs};
 
 /// A server the client may route through (from the DHT's span records).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerEntry {
     /// How the [`Connector`] reaches it.
     pub id: String,
     /// The blocks it serves.
     pub blocks: Range<usize>,
+    /// Its announced throughput: tokens per second through one block (higher is faster).
+    pub throughput: Option<f64>,
+    /// The round trip to it, as this client measured it.
+    pub rtt: Option<Duration>,
+    /// Cache positions it announced free.
+    pub free_cache: Option<usize>,
+}
+
+impl ServerEntry {
+    /// A server of `blocks` with nothing measured yet.
+    pub fn new(id: impl Into<String>, blocks: Range<usize>) -> Self {
+        Self {
+            id: id.into(),
+            blocks,
+            throughput: None,
+            rtt: None,
+            free_cache: None,
+        }
+    }
 }
 
 /// Which codec hidden states travel in.
@@ -56,6 +76,11 @@ pub struct ClientConfig {
     pub max_ban: Duration,
     /// Failovers one forward pass may go through before it gives up.
     pub max_failovers: usize,
+    /// The route planner's cost model.
+    pub costs: Costs,
+    /// Servers push each output to the next server of the route (one pass along the chain
+    /// per step); off, every hop's output comes back to the client, which sends it on.
+    pub push: bool,
 }
 
 impl ClientConfig {
@@ -68,6 +93,8 @@ impl ClientConfig {
             ban: Duration::from_secs(15),
             max_ban: Duration::from_secs(600),
             max_failovers: 8,
+            costs: Costs::default(),
+            push: true,
         }
     }
 }
@@ -115,6 +142,10 @@ pub struct SwarmStats {
     pub bytes_sent: usize,
     /// Payload bytes received.
     pub bytes_received: usize,
+    /// Hop inputs that went server to server (pushed) instead of through the client.
+    pub pushed: usize,
+    /// Pushes a server could not make, which the client made instead.
+    pub client_pushes: usize,
 }
 
 /// A step as first sent to a hop: what a replacement replays.
@@ -132,6 +163,18 @@ struct Hop {
     link: Box<dyn Link>,
     next_step: u64,
     history: Vec<Sent>,
+    /// The session's push key.
+    key: String,
+    /// A `pushed` step sent and not answered yet: its id.
+    pending: Option<u64>,
+}
+
+impl Hop {
+    fn take_step_id(&mut self) -> u64 {
+        let id = self.next_step;
+        self.next_step += 1;
+        id
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -243,26 +286,32 @@ impl SwarmSession {
             let blocks = 0..self.local.config().n_layers;
             self.route = self.open_segment(blocks)?;
         }
-        let mut hidden = self.local.embed(tokens)?;
+        let hidden = self.local.embed(tokens)?;
         let codec = match self.config.codec {
             CodecChoice::Fixed(c) => c,
             CodecChoice::Auto => Codec::auto(hidden.len()),
         };
-        let (position, count) = (self.len as u32, n as u32);
+        let mut input = Sent {
+            position: self.len as u32,
+            tokens: n as u32,
+            codec,
+            payload: Arc::new(codec.encode(&hidden)),
+        };
+        if self.config.push && self.route.len() > 1 {
+            self.send_ahead(&input);
+        }
         let mut failovers = 0;
         let mut i = 0;
         while i < self.route.len() {
-            let sent = Sent {
-                position,
-                tokens: count,
-                codec,
-                payload: Arc::new(codec.encode(&hidden)),
-            };
-            match self.step(i, &sent) {
-                Ok(out) => {
-                    self.route[i].history.push(sent);
-                    hidden = out;
+            match self.step(i, &input) {
+                Ok(output) => {
+                    self.route[i].history.push(input.clone());
+                    input.payload = Arc::new(output);
                     i += 1;
+                }
+                Err(HopFailure::Refused(f)) if f.kind == FailKind::NoInput => {
+                    // The pushed input never came: the next attempt sends it.
+                    tracing::debug!(server = %self.route[i].server, "no pushed input: sending it");
                 }
                 Err(failure) => {
                     failovers += 1;
@@ -278,23 +327,117 @@ impl SwarmSession {
             }
         }
         self.len += n;
+        let values = n * self.local.config().dim;
+        let hidden = codec
+            .decode(&input.payload, values)
+            .map_err(|e| CoreError::Backend(format!("swarm: last hop's output: {e}")))?;
         Ok(self.local.logits(&hidden)?)
     }
 
-    /// One step on hop `i`; the decoded output.
-    fn step(&mut self, i: usize, sent: &Sent) -> Result<Vec<f32>, HopFailure> {
+    /// Push mode: sends the step to the first hop and a `pushed` step to every other, each
+    /// pushing its output to the next, so the input crosses the chain once. A hop whose
+    /// send fails is left without a pending step (answered the usual way, or failed over).
+    fn send_ahead(&mut self, input: &Sent) {
+        for hop in &mut self.route {
+            hop.pending = Some(hop.take_step_id());
+        }
+        for i in 0..self.route.len() {
+            let push = self.push_target(i);
+            let hop = &mut self.route[i];
+            let id = hop.pending.unwrap_or_default();
+            let frame = step_frame(id, input, i > 0, push);
+            if let Err(e) = hop.link.send(&frame) {
+                tracing::debug!(server = %hop.server, error = %e, "cannot send ahead");
+                hop.pending = None;
+            } else if i == 0 {
+                self.stats.bytes_sent += input.payload.len();
+            }
+        }
+    }
+
+    /// Where hop `i` pushes its output: the next hop, when that one waits for it.
+    fn push_target(&self, i: usize) -> Option<PushTo> {
+        let next = self.route.get(i + 1)?;
+        Some(PushTo {
+            server: next.server.clone(),
+            key: next.key.clone(),
+            step: next.pending?,
+        })
+    }
+
+    /// Hop `i`'s output for `input` (encoded): the answer to its pending step, or of a step
+    /// sent now. An output the server could not push is sent on by the client.
+    fn step(&mut self, i: usize, input: &Sent) -> Result<Vec<u8>, HopFailure> {
         let dim = self.local.config().dim;
-        let hop = &mut self.route[i];
-        let out = exchange_step(hop, sent, dim)?;
+        let was_pending = self.route[i].pending.take().is_some();
+        if !was_pending {
+            let push = self.push_target(i);
+            let hop = &mut self.route[i];
+            let frame = step_frame(hop.take_step_id(), input, false, push);
+            hop.link.send(&frame).map_err(HopFailure::Link)?;
+            self.stats.bytes_sent += input.payload.len();
+        }
+        let (output, push_error) = recv_output(&mut *self.route[i].link, input, dim)?;
         self.stats.steps += 1;
-        self.stats.bytes_sent += sent.payload.len();
-        self.stats.bytes_received += sent.codec.encoded_len(out.len());
-        Ok(out)
+        self.stats.bytes_received += output.len();
+        let Some(to) = self.push_target(i) else {
+            return Ok(output);
+        };
+        if let Some(reason) = push_error {
+            tracing::debug!(server = %self.route[i].server, %reason, "push failed: the client sends the input");
+            self.stats.client_pushes += 1;
+            let pushed = self.push(&to, input, &output);
+            if let Err(e) = pushed {
+                // The next hop cannot get its input: end its session so it fails over.
+                tracing::debug!(server = %to.server, error = %e, "cannot push either");
+                let next = &mut self.route[i + 1];
+                next.link.close();
+                next.pending = None;
+            }
+        } else {
+            self.stats.pushed += 1;
+        }
+        Ok(output)
+    }
+
+    /// Pushes `output` (the answer to `input`) to `to` from the client.
+    fn push(&mut self, to: &PushTo, input: &Sent, output: &[u8]) -> Result<(), HopFailure> {
+        let mut link = self
+            .connector
+            .connect(&to.server)
+            .map_err(HopFailure::Link)?;
+        let push = Message::Push(Push {
+            key: to.key.clone(),
+            step: to.step,
+            position: input.position,
+            tokens: input.tokens,
+            codec: input.codec.name().to_owned(),
+        });
+        let reply = link
+            .exchange(&protocol::encode(&push, output), 0)
+            .map_err(HopFailure::Link)?
+            .ok_or_else(|| HopFailure::Protocol("stream ended on a push".into()))?;
+        self.stats.bytes_sent += output.len();
+        match protocol::decode(&reply, 0).map_err(|e| HopFailure::Protocol(e.to_string()))? {
+            protocol::Frame {
+                message: Message::Pushed,
+                ..
+            } => Ok(()),
+            protocol::Frame {
+                message: Message::Fail(f),
+                ..
+            } => Err(HopFailure::Refused(f)),
+            other => Err(HopFailure::Protocol(format!(
+                "{:?} to a push",
+                other.message
+            ))),
+        }
     }
 
     /// Replaces hop `i` by a new segment over its blocks and replays its history there.
     fn fail_over(&mut self, i: usize) -> Result<(), SwarmError> {
-        let old = self.route.remove(i);
+        let mut old = self.route.remove(i);
+        old.link.close();
         self.ban(&old.server);
         self.stats.failovers += 1;
         let dim = self.local.config().dim;
@@ -340,45 +483,52 @@ impl SwarmSession {
         b.until = Instant::now() + base.saturating_mul(factor).min(max);
     }
 
-    /// Opens sessions on a route over `blocks`: at each block, the unbanned server reaching
-    /// furthest. A server that refuses or cannot be reached is banned and the plan redone.
+    /// Opens sessions on the cheapest route over `blocks` ([`crate::route::plan`]) through
+    /// the servers not banned. A server that refuses or cannot be reached is banned and the
+    /// rest re-planned from there.
     fn open_segment(&mut self, blocks: Range<usize>) -> Result<Vec<Hop>, SwarmError> {
         let mut hops = Vec::new();
         let mut at = blocks.start;
-        while at < blocks.end {
+        // Each failure bans one more server: bounded by the directory's size.
+        for _ in 0..=self.servers.len() {
+            if at >= blocks.end {
+                break;
+            }
             let now = Instant::now();
-            let best = self
-                .servers
-                .iter()
-                .filter(|s| s.blocks.start <= at && at < s.blocks.end)
-                .filter(|s| !self.is_banned(&s.id, now))
-                // Furthest reach; on a tie the first listed (min_by_key keeps the first).
-                .min_by_key(|s| std::cmp::Reverse(s.blocks.end))
-                .cloned();
-            let Some(server) = best else {
-                let next = self
-                    .servers
-                    .iter()
-                    .filter(|s| s.blocks.start > at && !self.is_banned(&s.id, now))
-                    .map(|s| s.blocks.start)
-                    .min()
-                    .unwrap_or(blocks.end)
-                    .min(blocks.end);
-                return Err(SwarmError::NoRoute { missing: at..next });
-            };
-            let span = at..server.blocks.end.min(blocks.end);
-            match self.open_hop(&server.id, span.clone()) {
-                Ok(hop) => {
-                    at = span.end;
-                    hops.push(hop);
-                }
-                Err(failure) => {
-                    tracing::warn!(server = %server.id, %failure, "open failed");
-                    self.ban(&server.id);
+            let plan = route::plan(
+                &self.servers,
+                at..blocks.end,
+                self.config.max_length,
+                &self.config.costs,
+                |s| !self.is_banned(&s.id, now),
+            )
+            .map_err(|missing| SwarmError::NoRoute { missing })?;
+            for (k, span) in plan {
+                let id = self.servers[k].id.clone();
+                match self.open_hop(&id, span.clone()) {
+                    Ok(hop) => {
+                        at = span.end;
+                        hops.push(hop);
+                    }
+                    Err(failure) => {
+                        tracing::warn!(server = %id, %failure, "open failed");
+                        self.ban(&id);
+                        break;
+                    }
                 }
             }
         }
+        if at < blocks.end {
+            return Err(SwarmError::NoRoute {
+                missing: at..blocks.end,
+            });
+        }
         Ok(hops)
+    }
+
+    /// Replaces the directory of servers (a fresher view of the DHT); the route in use stays.
+    pub fn set_servers(&mut self, servers: Vec<ServerEntry>) {
+        self.servers = servers;
     }
 
     fn open_hop(&self, server: &str, blocks: Range<usize>) -> Result<Hop, HopFailure> {
@@ -409,6 +559,8 @@ impl SwarmSession {
                 link,
                 next_step: 0,
                 history: Vec::new(),
+                key: o.key,
+                pending: None,
             }),
             protocol::Frame {
                 message: Message::Fail(f),
@@ -419,31 +571,39 @@ impl SwarmSession {
     }
 }
 
-/// Sends `sent` to `hop` as its next step; the decoded output (same rows).
-fn exchange_step(hop: &mut Hop, sent: &Sent, dim: usize) -> Result<Vec<f32>, HopFailure> {
+/// The frame of step `id` for `input` (without its payload when `pushed`).
+fn step_frame(id: u64, input: &Sent, pushed: bool, push: Option<PushTo>) -> Vec<u8> {
     let step = Message::Step(Step {
-        step: hop.next_step,
-        position: sent.position,
-        tokens: sent.tokens,
-        codec: Some(sent.codec.name().to_owned()),
+        step: id,
+        position: input.position,
+        tokens: input.tokens,
+        codec: Some(input.codec.name().to_owned()),
+        pushed,
+        push,
     });
-    hop.next_step += 1;
-    let values = sent.tokens as usize * dim;
-    let reply = hop
-        .link
-        .exchange(
-            &protocol::encode(&step, &sent.payload),
-            sent.codec.encoded_len(values),
-        )
+    protocol::encode(&step, if pushed { &[] } else { &input.payload })
+}
+
+/// Reads a hop's answer to the step of `input`: its output (encoded, checked for size) and
+/// why it could not push it, if it could not.
+fn recv_output(
+    link: &mut dyn Link,
+    input: &Sent,
+    dim: usize,
+) -> Result<(Vec<u8>, Option<String>), HopFailure> {
+    let expected = input.codec.encoded_len(input.tokens as usize * dim);
+    let reply = link
+        .recv(expected)
         .map_err(HopFailure::Link)?
         .ok_or_else(|| HopFailure::Protocol("stream ended on a step".into()))?;
-    let frame = protocol::decode(&reply, sent.codec.encoded_len(values))
-        .map_err(|e| HopFailure::Protocol(e.to_string()))?;
+    let frame =
+        protocol::decode(&reply, expected).map_err(|e| HopFailure::Protocol(e.to_string()))?;
     match frame.message {
-        Message::Output(o) if o.length == sent.position + sent.tokens => sent
-            .codec
-            .decode(&frame.payload, values)
-            .map_err(|e| HopFailure::Protocol(e.to_string())),
+        Message::Output(o)
+            if o.length == input.position + input.tokens && frame.payload.len() == expected =>
+        {
+            Ok((frame.payload, o.push_error))
+        }
         Message::Fail(f) => Err(HopFailure::Refused(f)),
         other => Err(HopFailure::Protocol(format!("{other:?} to a step"))),
     }
@@ -456,10 +616,16 @@ fn replay(hops: &mut [Hop], history: &[Sent], dim: usize) -> Result<usize, (Stri
     for sent in history {
         let mut input = sent.clone();
         for hop in hops.iter_mut() {
-            let out = exchange_step(hop, &input, dim).map_err(|f| (hop.server.clone(), f))?;
+            let frame = step_frame(hop.take_step_id(), &input, false, None);
+            let out = hop
+                .link
+                .send(&frame)
+                .map_err(HopFailure::Link)
+                .and_then(|()| recv_output(&mut *hop.link, &input, dim))
+                .map_err(|f| (hop.server.clone(), f))?;
             steps += 1;
             hop.history.push(input.clone());
-            input.payload = Arc::new(input.codec.encode(&out));
+            input.payload = Arc::new(out.0);
         }
     }
     Ok(steps)
@@ -483,10 +649,9 @@ impl Session for SwarmSession {
 
 impl Drop for SwarmSession {
     fn drop(&mut self) {
-        let close = protocol::encode(&Message::Close, &[]);
         for hop in &mut self.route {
             // Best effort: a server also frees the session when the stream goes.
-            let _ = hop.link.exchange(&close, 0);
+            hop.link.close();
         }
     }
 }

@@ -7,6 +7,7 @@
 //!   semantics, a KV-cache budget that answers `busy` when full.
 //! - [`client`]: a [`SwarmSession`], the engine's `Session` over a route of servers, with
 //!   bans, re-planning and history replay.
+//! - [`route`]: the route planner (Dijkstra over round trips, throughput and free cache).
 //! - [`link`]: how a client reaches a server ([`Connector`], [`Link`]); [`LocalServers`]
 //!   for servers in this process.
 //! - `net` (native): the protocol over libp2p streams: `net::serve` for a node's spans,
@@ -30,9 +31,9 @@
 //! let mut entries = Vec::new();
 //! for (id, blocks) in [("a", 0..15), ("b", 15..30)] {
 //!     let model = load(LoadSpec { blocks: blocks.clone(), embed: false, head: false })?;
-//!     let config = ServerConfig { model_id: "smollm2".into(), cache_tokens: 4096, max_length: 2048, max_sessions: 8 };
+//!     let config = ServerConfig { cache_tokens: 4096, ..ServerConfig::new("smollm2") };
 //!     servers.add(id, Arc::new(SpanServer::new(model, config)));
-//!     entries.push(ServerEntry { id: id.into(), blocks });
+//!     entries.push(ServerEntry::new(id, blocks));
 //! }
 //! let local = load(LoadSpec { blocks: 0..0, embed: true, head: true })?;
 //! let mut session = SwarmSession::new(local, entries, Arc::new(servers), ClientConfig::new("smollm2"), "s1");
@@ -45,6 +46,7 @@ pub mod link;
 #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 pub mod net;
 pub mod protocol;
+pub mod route;
 pub mod server;
 
 pub use client::{ClientConfig, CodecChoice, ServerEntry, SwarmError, SwarmSession, SwarmStats};

@@ -4,10 +4,11 @@
 //! [`LocalServers`] connects to servers in this process (a node's own spans, and tests);
 //! the libp2p streams of `/kwaainet/inference/1.0.0` are another implementation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
+use crate::protocol::{self, Message};
 use crate::server::{Connection, SpanServer};
 
 /// Why a link failed: the client treats any of these as the server gone for this session.
@@ -32,16 +33,30 @@ pub enum LinkError {
     },
 }
 
-/// One stream to one server.
+/// One stream to one server. Requests are answered in order, one reply each; a client may
+/// [`send`](Link::send) several before it [`recv`](Link::recv)s their replies (a pushed step
+/// is sent ahead and answered when its input arrives).
 pub trait Link: Send {
-    /// Sends one frame and returns the reply frame (`Ok(None)`: the server ended the
+    /// Sends one frame.
+    fn send(&mut self, frame: &[u8]) -> Result<(), LinkError>;
+
+    /// The reply to the oldest request not yet answered (`Ok(None)`: the server ended the
     /// stream). A reply whose payload would exceed `max_reply_payload` bytes is an error,
     /// refused from its length alone.
+    fn recv(&mut self, max_reply_payload: usize) -> Result<Option<Vec<u8>>, LinkError>;
+
+    /// Sends one frame and returns its reply.
     fn exchange(
         &mut self,
         frame: &[u8],
         max_reply_payload: usize,
-    ) -> Result<Option<Vec<u8>>, LinkError>;
+    ) -> Result<Option<Vec<u8>>, LinkError> {
+        self.send(frame)?;
+        self.recv(max_reply_payload)
+    }
+
+    /// Ends the session: sends `Close` and closes the stream, without waiting for a reply.
+    fn close(&mut self);
 }
 
 /// Opens links by server id.
@@ -70,8 +85,9 @@ impl LocalServers {
         Self::default()
     }
 
-    /// Adds (or replaces) `server` under `id`.
+    /// Adds (or replaces) `server` under `id`; it pushes to the others of this set.
     pub fn add(&self, id: &str, server: Arc<SpanServer>) {
+        server.set_pusher(Arc::new(LocalPusher(Arc::downgrade(&self.servers))));
         if let Ok(mut m) = self.servers.lock() {
             let alive = Arc::new(AtomicBool::new(true));
             m.insert(id.to_owned(), Local { server, alive });
@@ -98,46 +114,89 @@ impl LocalServers {
     }
 }
 
+/// A stream to a server of this process: frames sent wait in `queued` and the server
+/// handles each when its reply is asked for (so pushes between servers happen in the order a
+/// network would deliver them to a client reading replies in order).
 struct LocalLink {
     id: String,
     conn: Option<Connection>,
     alive: Arc<AtomicBool>,
+    queued: VecDeque<Vec<u8>>,
 }
 
 impl Link for LocalLink {
-    fn exchange(&mut self, frame: &[u8], _max: usize) -> Result<Option<Vec<u8>>, LinkError> {
-        // In-process replies come from our own server code; client.rs decodes them with
-        // the same limit.
-        if !self.alive.load(Ordering::SeqCst) {
+    fn send(&mut self, frame: &[u8]) -> Result<(), LinkError> {
+        if !self.alive.load(Ordering::SeqCst) || self.conn.is_none() {
             // The peer is gone: so is its state.
             self.conn = None;
             return Err(LinkError::Closed(self.id.clone()));
         }
+        self.queued.push_back(frame.to_vec());
+        Ok(())
+    }
+
+    fn recv(&mut self, _max: usize) -> Result<Option<Vec<u8>>, LinkError> {
+        // In-process replies come from our own server code; client.rs decodes them with
+        // the same limit.
+        if !self.alive.load(Ordering::SeqCst) {
+            self.conn = None;
+            return Err(LinkError::Closed(self.id.clone()));
+        }
+        let frame = self
+            .queued
+            .pop_front()
+            .ok_or_else(|| LinkError::Closed(self.id.clone()))?;
         let conn = self
             .conn
             .as_mut()
             .ok_or_else(|| LinkError::Closed(self.id.clone()))?;
-        let reply = conn.handle(frame);
+        let reply = conn.handle(&frame);
         if reply.is_none() {
             self.conn = None;
         }
         Ok(reply)
     }
+
+    fn close(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.handle(&protocol::encode(&Message::Close, &[]));
+        }
+    }
+}
+
+fn connect_local(
+    servers: &Mutex<HashMap<String, Local>>,
+    server: &str,
+) -> Result<Box<dyn Link>, LinkError> {
+    let m = servers
+        .lock()
+        .map_err(|_| LinkError::Unreachable(server.to_owned()))?;
+    let local = m
+        .get(server)
+        .ok_or_else(|| LinkError::Unreachable(server.to_owned()))?;
+    Ok(Box::new(LocalLink {
+        id: server.to_owned(),
+        conn: Some(local.server.connection()),
+        alive: Arc::clone(&local.alive),
+        queued: VecDeque::new(),
+    }))
 }
 
 impl Connector for LocalServers {
     fn connect(&self, server: &str) -> Result<Box<dyn Link>, LinkError> {
-        let m = self
-            .servers
-            .lock()
-            .map_err(|_| LinkError::Unreachable(server.to_owned()))?;
-        let local = m
-            .get(server)
+        connect_local(&self.servers, server)
+    }
+}
+
+/// How a server of [`LocalServers`] reaches the others (weakly: the set owns its servers).
+struct LocalPusher(Weak<Mutex<HashMap<String, Local>>>);
+
+impl Connector for LocalPusher {
+    fn connect(&self, server: &str) -> Result<Box<dyn Link>, LinkError> {
+        let servers = self
+            .0
+            .upgrade()
             .ok_or_else(|| LinkError::Unreachable(server.to_owned()))?;
-        Ok(Box::new(LocalLink {
-            id: server.to_owned(),
-            conn: Some(local.server.connection()),
-            alive: Arc::clone(&local.alive),
-        }))
+        connect_local(&servers, server)
     }
 }

@@ -227,33 +227,22 @@ struct NetLink {
     timeout: Duration,
 }
 
-impl Link for NetLink {
-    fn exchange(
+impl NetLink {
+    /// Runs `io` on the stream within the step timeout; any failure ends the stream (a late
+    /// answer would be read as the next one).
+    fn io<T>(
         &mut self,
-        frame: &[u8],
-        max_reply_payload: usize,
-    ) -> Result<Option<Vec<u8>>, LinkError> {
+        io: impl AsyncFnOnce(&mut Stream) -> Result<T, FrameError>,
+    ) -> Result<T, LinkError> {
         let server = self.server.clone();
         let Some(stream) = self.stream.as_mut() else {
             return Err(LinkError::Closed(server));
         };
-        // `Close` is one fixed, tiny frame: compared as bytes, not decoded (a step's frame
-        // carries its whole payload).
-        let is_close = frame == protocol::encode(&Message::Close, &[]).as_slice();
-        let result = self.runtime.block_on(async {
-            tokio::time::timeout(self.timeout, async {
-                stream.write_all(frame).await?;
-                stream.flush().await?;
-                if is_close {
-                    stream.close().await?;
-                    return Ok(None);
-                }
-                read_frame_bytes(stream, max_reply_payload).await.map(Some)
-            })
-            .await
-        });
+        let result = self
+            .runtime
+            .block_on(async { tokio::time::timeout(self.timeout, io(stream)).await });
         match result {
-            Ok(Ok(reply)) => Ok(reply),
+            Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 self.stream = None;
                 Err(match e {
@@ -265,10 +254,35 @@ impl Link for NetLink {
                 })
             }
             Err(_) => {
-                // A late answer would now be read as the next one: the stream is done.
                 self.stream = None;
                 Err(LinkError::Timeout(server))
             }
         }
+    }
+}
+
+impl Link for NetLink {
+    fn send(&mut self, frame: &[u8]) -> Result<(), LinkError> {
+        self.io(async |stream: &mut Stream| {
+            stream.write_all(frame).await?;
+            stream.flush().await?;
+            Ok(())
+        })
+    }
+
+    fn recv(&mut self, max_reply_payload: usize) -> Result<Option<Vec<u8>>, LinkError> {
+        self.io(async |stream: &mut Stream| {
+            read_frame_bytes(stream, max_reply_payload).await.map(Some)
+        })
+    }
+
+    fn close(&mut self) {
+        let close = protocol::encode(&Message::Close, &[]);
+        let _ = self.io(async |stream: &mut Stream| {
+            stream.write_all(&close).await?;
+            stream.close().await?;
+            Ok(())
+        });
+        self.stream = None;
     }
 }

@@ -15,7 +15,16 @@
 //!
 //! A session: the client sends [`Open`] and gets [`Opened`] (or a [`Fail`], e.g. `busy`);
 //! then each [`Step`] (with its hidden states) gets one [`Output`] (or a [`Fail`]); [`Message::Close`]
-//! ends it, as does the stream closing. Steps follow Petals' semantics: `step` ids are
+//! ends it, as does the stream closing.
+//!
+//! Server-to-server push: a step may name where its output goes next ([`PushTo`]: the next
+//! server, that session's `key` from its [`Opened`], and the step id there). The server sends
+//! its output there as a [`Push`] on a stream of its own (answered [`Message::Pushed`]) before
+//! answering the client. The next server's client sends it a step with `pushed: true` and no
+//! payload, which waits for that input: so a token crosses the chain once instead of going
+//! back to the client at every hop. The key is the only way into a session from another
+//! stream; a server that could not push says so in its [`Output`], and the client then sends
+//! the input itself. Steps follow Petals' semantics: `step` ids are
 //! unique per session and a repeated id is answered from the stored output without running
 //! again; `position` says where the step's tokens start, so a client rolls the server's
 //! cache back by sending an earlier position; `max_length` bounds the session's cache.
@@ -60,6 +69,36 @@ pub struct Opened {
     pub end: u32,
     /// The positions reserved.
     pub max_length: u32,
+    /// The session's push key (random, 128 bits in hex): whoever holds it may [`Push`] this
+    /// session's input. The client gives it only to the server before this one.
+    #[serde(default)]
+    pub key: String,
+}
+
+/// Where a step's output goes next (server-to-server push).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushTo {
+    /// The next server (a peer id on the network).
+    pub server: String,
+    /// Its session's key ([`Opened::key`]).
+    pub key: String,
+    /// The step id the output is there.
+    pub step: u64,
+}
+
+/// A step's input, pushed into a session by the server before it (or by the client).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Push {
+    /// The receiving session's key.
+    pub key: String,
+    /// The step it is the input of.
+    pub step: u64,
+    /// Position of its first token.
+    pub position: u32,
+    /// Rows in the payload.
+    pub tokens: u32,
+    /// The payload's codec.
+    pub codec: String,
 }
 
 /// Hidden states to run (`tokens` rows, in the payload).
@@ -75,6 +114,12 @@ pub struct Step {
     /// decide sends a prefill in one codec and decoding steps in another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub codec: Option<String>,
+    /// The input comes as a [`Push`] for this step (the payload is empty): wait for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pushed: bool,
+    /// Also send the output there, before answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushTo>,
 }
 
 /// The blocks' output for a [`Step`] (same rows, in the payload).
@@ -84,6 +129,9 @@ pub struct Output {
     pub step: u64,
     /// The server's cache length after it.
     pub length: u32,
+    /// Why the output could not be pushed where the step said (the client then sends it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_error: Option<String>,
 }
 
 /// Why a request was refused.
@@ -98,6 +146,8 @@ pub enum FailKind {
     NotServed,
     /// The server failed running it.
     Internal,
+    /// A `pushed` step's input did not come in time (send the step with its input).
+    NoInput,
 }
 
 /// A refusal; the session stays usable after `bad-request` on a step, not after others.
@@ -125,6 +175,10 @@ pub enum Message {
     Fail(Fail),
     /// Client → server: the session is over (its cache is freed).
     Close,
+    /// Server → server (or client → server), with hidden states: a session's input.
+    Push(Push),
+    /// The answer to a [`Push`]: queued for its step.
+    Pushed,
 }
 
 /// A decoded frame.
@@ -259,6 +313,8 @@ mod tests {
             position: 3,
             tokens: 2,
             codec: None,
+            pushed: false,
+            push: None,
         })
     }
 

@@ -6,14 +6,26 @@
 //! allocates on a client's word beyond its limits: a session reserves `max_length`
 //! positions of the node's [`ServerConfig::cache_tokens`] when it opens (else `busy`), and
 //! gives them back when it closes, fails or its connection is dropped.
+//!
+//! Pushes: each open session has a random key; a [`Push`] carrying it (on any stream) queues
+//! a step's input in that session's inbox (at most [`INBOX`] waiting, each size-checked like
+//! a step), where a `pushed` step takes it, waiting at most [`ServerConfig::push_wait`]. A
+//! step that names a next server sends its output there through the server's pusher
+//! ([`SpanServer::set_pusher`]) on one stream per session.
 
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use kwaainet_core::codec::Codec;
 use kwaainet_core::{KvCache, Llama};
 
-use crate::protocol::{self, Fail, FailKind, Message, Open, Opened, Output, Step};
+use crate::link::{Connector, Link};
+use crate::protocol::{self, Fail, FailKind, Message, Open, Opened, Output, Push, PushTo, Step};
+
+/// Most pushed inputs waiting in one session.
+pub const INBOX: usize = 4;
 
 /// What a server offers and its limits.
 #[derive(Debug, Clone)]
@@ -27,6 +39,22 @@ pub struct ServerConfig {
     pub max_length: usize,
     /// Most sessions at once.
     pub max_sessions: usize,
+    /// How long a `pushed` step waits for its input.
+    pub push_wait: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for `model_id`: 8192 cache positions, sessions of up to 2048, 16 sessions,
+    /// pushed inputs awaited 30 s.
+    pub fn new(model_id: impl Into<String>) -> Self {
+        Self {
+            model_id: model_id.into(),
+            cache_tokens: 8192,
+            max_length: 2048,
+            max_sessions: 16,
+            push_wait: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -35,13 +63,40 @@ struct Budget {
     sessions: usize,
 }
 
-/// The blocks a node serves, shared by all its connections.
+/// A pushed input waiting for its step.
 #[derive(Debug)]
+struct Pushed {
+    step: u64,
+    position: u32,
+    tokens: u32,
+    codec: Codec,
+    payload: Vec<u8>,
+}
+
+/// One session's pushed inputs.
+#[derive(Debug, Default)]
+struct Inbox {
+    queue: Mutex<VecDeque<Pushed>>,
+    arrived: Condvar,
+}
+
+/// The blocks a node serves, shared by all its connections.
 pub struct SpanServer {
     model: Arc<Llama>,
     blocks: Range<usize>,
     config: ServerConfig,
     used: Mutex<Budget>,
+    inboxes: Mutex<HashMap<String, Arc<Inbox>>>,
+    pusher: Mutex<Option<Arc<dyn Connector>>>,
+}
+
+impl std::fmt::Debug for SpanServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpanServer")
+            .field("blocks", &self.blocks)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SpanServer {
@@ -53,7 +108,26 @@ impl SpanServer {
             blocks,
             config,
             used: Mutex::new(Budget::default()),
+            inboxes: Mutex::new(HashMap::new()),
+            pusher: Mutex::new(None),
         }
+    }
+
+    /// How this server reaches the next server of a route to push outputs (without one, a
+    /// step asking for a push is answered with a `push_error`).
+    pub fn set_pusher(&self, pusher: Arc<dyn Connector>) {
+        if let Ok(mut p) = self.pusher.lock() {
+            *p = Some(pusher);
+        }
+    }
+
+    fn pusher(&self) -> Option<Arc<dyn Connector>> {
+        self.pusher.lock().ok()?.clone()
+    }
+
+    /// The model's width (values per token of hidden state).
+    pub fn dim(&self) -> usize {
+        self.model.config().dim
     }
 
     /// The blocks served.
@@ -72,6 +146,30 @@ impl SpanServer {
         self.config.cache_tokens.saturating_sub(used)
     }
 
+    /// Measures how fast this server runs a decoding step: tokens per second through one
+    /// block (what span records announce and route planners divide by), the median of
+    /// `steps` single-token steps after a warm-up, on a scratch cache of its own.
+    pub fn measure_throughput(&self, steps: usize) -> Result<f64, kwaainet_core::Error> {
+        let steps = steps.max(1);
+        let mut cache = self.model.new_cache(self.blocks.clone(), steps + 1)?;
+        let dim = self.dim();
+        // A plausible hidden state (not all zeros: norms of zeros take shortcuts nowhere,
+        // but keep the numbers ordinary).
+        let input: Vec<f32> = (0..dim).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+        let mut hidden = input.clone();
+        self.model.forward_span(&mut hidden, &mut cache)?;
+        let mut times = Vec::with_capacity(steps);
+        for _ in 0..steps {
+            hidden.copy_from_slice(&input);
+            let t = Instant::now();
+            self.model.forward_span(&mut hidden, &mut cache)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let step = times[times.len() / 2].max(1e-9);
+        Ok(self.blocks.len() as f64 / step)
+    }
+
     /// Sessions open now.
     pub fn sessions(&self) -> usize {
         self.used.lock().map_or(0, |u| u.sessions)
@@ -88,6 +186,54 @@ impl SpanServer {
             server: Arc::clone(self),
             session: None,
         }
+    }
+
+    /// Queues a pushed input in the session its key names.
+    fn accept_push(&self, push: &Push, payload: Vec<u8>) -> Result<(), Fail> {
+        let inbox = self
+            .inboxes
+            .lock()
+            .map_err(|_| fail(FailKind::Internal, "server state poisoned"))?
+            .get(&push.key)
+            .cloned()
+            .ok_or_else(|| fail(FailKind::BadRequest, "no session has that key"))?;
+        let codec = Codec::from_name(&push.codec).ok_or_else(|| {
+            fail(
+                FailKind::BadRequest,
+                format!("unknown codec {:?}", push.codec),
+            )
+        })?;
+        let values = push.tokens as usize * self.dim();
+        if push.tokens == 0 || payload.len() != codec.encoded_len(values) {
+            return Err(fail(
+                FailKind::BadRequest,
+                format!(
+                    "{} payload bytes for {} tokens in {}",
+                    payload.len(),
+                    push.tokens,
+                    codec.name()
+                ),
+            ));
+        }
+        let mut queue = inbox
+            .queue
+            .lock()
+            .map_err(|_| fail(FailKind::Internal, "server state poisoned"))?;
+        if queue.len() >= INBOX {
+            return Err(fail(
+                FailKind::Busy,
+                format!("{INBOX} pushed inputs already wait in that session"),
+            ));
+        }
+        queue.push_back(Pushed {
+            step: push.step,
+            position: push.position,
+            tokens: push.tokens,
+            codec,
+            payload,
+        });
+        inbox.arrived.notify_all();
+        Ok(())
     }
 
     fn reserve(&self, tokens: usize) -> Result<(), Fail> {
@@ -130,13 +276,34 @@ fn fail(kind: FailKind, message: impl Into<String>) -> Fail {
     }
 }
 
-#[derive(Debug)]
 struct Session {
     codec: Codec,
     max_length: usize,
     cache: KvCache,
     /// The last step answered: its id, position and reply (a repeat gets it again).
     last: Option<(u64, u32, Vec<u8>)>,
+    /// Its push key and inbox (registered in the server while the session lives).
+    key: String,
+    inbox: Arc<Inbox>,
+    /// The stream this session pushes its outputs on, and to whom.
+    push_link: Option<(String, Box<dyn Link>)>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("codec", &self.codec)
+            .field("max_length", &self.max_length)
+            .field("positions", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A fresh push key: 128 random bits in hex.
+fn new_key() -> Result<String, Fail> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| fail(FailKind::Internal, format!("no randomness: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// One stream of a [`SpanServer`].
@@ -164,6 +331,10 @@ impl Connection {
                     self.close();
                     return None;
                 }
+                Message::Push(push) => self
+                    .server
+                    .accept_push(&push, f.payload)
+                    .map(|()| (Message::Pushed, Vec::new())),
                 other => Err(fail(
                     FailKind::BadRequest,
                     format!("a client does not send {}", kind_name(&other)),
@@ -216,6 +387,7 @@ impl Connection {
                 ),
             ));
         }
+        let key = new_key()?;
         s.reserve(max_length)?;
         let cache = match s.model.new_cache(blocks, max_length) {
             Ok(c) => c,
@@ -224,16 +396,24 @@ impl Connection {
                 return Err(fail(FailKind::Internal, e.to_string()));
             }
         };
+        let inbox = Arc::new(Inbox::default());
+        if let Ok(mut m) = s.inboxes.lock() {
+            m.insert(key.clone(), Arc::clone(&inbox));
+        }
         self.session = Some(Session {
             codec,
             max_length,
             cache,
             last: None,
+            key: key.clone(),
+            inbox,
+            push_link: None,
         });
         Ok(Opened {
             start: open.start,
             end: open.end,
             max_length: open.max_length,
+            key,
         })
     }
 
@@ -248,20 +428,51 @@ impl Connection {
         {
             return reply.clone();
         }
-        match run_step(&self.server.model, session, step, payload) {
-            Ok(reply) => {
-                session.last = Some((step.step, step.position, reply.clone()));
-                reply
+        let pushed;
+        let input = if step.pushed {
+            match wait_push(&session.inbox, step, self.server.config.push_wait) {
+                Ok(p) => {
+                    pushed = p;
+                    Input {
+                        codec: Some(pushed.codec),
+                        payload: &pushed.payload,
+                    }
+                }
+                Err(f) => return failed(f),
             }
-            Err(f) => failed(f),
-        }
+        } else {
+            Input {
+                codec: None,
+                payload,
+            }
+        };
+        let (output, codec) = match run_step(&self.server.model, session, step, input) {
+            Ok(out) => out,
+            Err(f) => return failed(f),
+        };
+        let push_error = step.push.as_ref().and_then(|to| {
+            let pusher = self.server.pusher();
+            push_output(session, pusher.as_deref(), to, step, codec, &output).err()
+        });
+        let out = Output {
+            step: step.step,
+            length: session.cache.len() as u32,
+            push_error,
+        };
+        let reply = protocol::encode(&Message::Output(out), &output);
+        session.last = Some((step.step, step.position, reply.clone()));
+        reply
     }
 
     fn close(&mut self) {
-        if self.session.take().is_some_and(|s| {
+        if let Some(s) = self.session.take() {
             self.server.release(s.max_length);
-            true
-        }) {
+            if let Ok(mut m) = self.server.inboxes.lock() {
+                m.remove(&s.key);
+            }
+            if let Some((_, mut link)) = s.push_link {
+                link.close();
+            }
             tracing::debug!("inference session closed");
         }
     }
@@ -273,7 +484,110 @@ impl Drop for Connection {
     }
 }
 
-fn run_step(model: &Llama, s: &mut Session, step: &Step, payload: &[u8]) -> Result<Vec<u8>, Fail> {
+/// A step's input: its own payload, or a pushed one (in the pusher's codec).
+struct Input<'a> {
+    codec: Option<Codec>,
+    payload: &'a [u8],
+}
+
+/// Takes the pushed input of `step` from `inbox`, waiting at most `wait`. Inputs of earlier
+/// steps still there are dropped (their steps were answered another way).
+fn wait_push(inbox: &Inbox, step: &Step, wait: Duration) -> Result<Pushed, Fail> {
+    let deadline = Instant::now() + wait;
+    let poisoned = || fail(FailKind::Internal, "server state poisoned");
+    let mut queue = inbox.queue.lock().map_err(|_| poisoned())?;
+    loop {
+        queue.retain(|p| p.step >= step.step);
+        if let Some(i) = queue.iter().position(|p| p.step == step.step) {
+            let p = queue.remove(i).ok_or_else(poisoned)?;
+            if p.position != step.position || p.tokens != step.tokens {
+                return Err(fail(
+                    FailKind::BadRequest,
+                    format!(
+                        "pushed input of step {} has {} tokens at {}, the step {} at {}",
+                        step.step, p.tokens, p.position, step.tokens, step.position
+                    ),
+                ));
+            }
+            return Ok(p);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(fail(
+                FailKind::NoInput,
+                format!("no input pushed for step {} in {wait:?}", step.step),
+            ));
+        }
+        queue = inbox
+            .arrived
+            .wait_timeout(queue, left)
+            .map_err(|_| poisoned())?
+            .0;
+    }
+}
+
+/// Sends `output` (encoded in `codec`) to the next server as `to` says, on the session's push
+/// stream (opened on first use, reopened after a failure).
+fn push_output(
+    session: &mut Session,
+    pusher: Option<&dyn Connector>,
+    to: &PushTo,
+    step: &Step,
+    codec: Codec,
+    output: &[u8],
+) -> Result<(), String> {
+    let pusher = pusher.ok_or("this server does not push")?;
+    if session
+        .push_link
+        .as_ref()
+        .is_none_or(|(s, _)| *s != to.server)
+    {
+        let link = pusher.connect(&to.server).map_err(|e| e.to_string())?;
+        session.push_link = Some((to.server.clone(), link));
+    }
+    let Some((_, link)) = session.push_link.as_mut() else {
+        return Err("no push stream".into());
+    };
+    let push = Message::Push(Push {
+        key: to.key.clone(),
+        step: to.step,
+        position: step.position,
+        tokens: step.tokens,
+        codec: codec.name().to_owned(),
+    });
+    let reply = link
+        .exchange(&protocol::encode(&push, output), 0)
+        .and_then(|r| r.ok_or_else(|| crate::link::LinkError::Closed(to.server.clone())));
+    let answer = match reply {
+        Ok(bytes) => protocol::decode(&bytes, 0).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match answer {
+        Ok(protocol::Frame {
+            message: Message::Pushed,
+            ..
+        }) => Ok(()),
+        other => {
+            session.push_link = None;
+            Err(match other {
+                Ok(protocol::Frame {
+                    message: Message::Fail(f),
+                    ..
+                }) => f.message,
+                Ok(f) => format!("{:?} to a push", f.message),
+                Err(e) => e,
+            })
+        }
+    }
+}
+
+/// Runs a step; its output (encoded) and the codec it is in.
+fn run_step(
+    model: &Llama,
+    s: &mut Session,
+    step: &Step,
+    input: Input<'_>,
+) -> Result<(Vec<u8>, Codec), Fail> {
     let bad = |m: String| fail(FailKind::BadRequest, m);
     let (position, tokens) = (step.position as usize, step.tokens as usize);
     if tokens == 0 || position + tokens > s.max_length {
@@ -295,22 +609,17 @@ fn run_step(model: &Llama, s: &mut Session, step: &Step, payload: &[u8]) -> Resu
         }
     };
     let dim = model.config().dim;
-    let mut hidden = codec
-        .decode(payload, tokens * dim)
+    let mut hidden = input
+        .codec
+        .unwrap_or(codec)
+        .decode(input.payload, tokens * dim)
         .map_err(|e| bad(e.to_string()))?;
     // An earlier position rolls the cache back (a client re-running from there).
     s.cache.truncate(position);
     model
         .forward_span(&mut hidden, &mut s.cache)
         .map_err(|e| fail(FailKind::Internal, e.to_string()))?;
-    let out = Output {
-        step: step.step,
-        length: s.cache.len() as u32,
-    };
-    Ok(protocol::encode(
-        &Message::Output(out),
-        &codec.encode(&hidden),
-    ))
+    Ok((codec.encode(&hidden), codec))
 }
 
 fn kind_name(m: &Message) -> &'static str {
@@ -321,5 +630,7 @@ fn kind_name(m: &Message) -> &'static str {
         Message::Output(_) => "output",
         Message::Fail(_) => "fail",
         Message::Close => "close",
+        Message::Push(_) => "push",
+        Message::Pushed => "pushed",
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use kwaainet_core::codec::Codec;
 use kwaainet_core::generate::{CpuSession, Session};
-use kwaainet_swarm::protocol::{self, FailKind, Message, Open, Step};
+use kwaainet_swarm::protocol::{self, FailKind, Message, Open, Push, PushTo, Step};
 use kwaainet_swarm::{
     ClientConfig, CodecChoice, LocalServers, ServerConfig, ServerEntry, SpanServer, SwarmError,
     SwarmSession,
@@ -21,10 +21,10 @@ use kwaainet_swarm::{
 
 fn server_config(cache_tokens: usize) -> ServerConfig {
     ServerConfig {
-        model_id: MODEL_ID.into(),
         cache_tokens,
         max_length: 512,
-        max_sessions: 16,
+        push_wait: Duration::from_secs(1),
+        ..ServerConfig::new(MODEL_ID)
     }
 }
 
@@ -35,10 +35,7 @@ fn swarm(spans: &[(&str, Range<usize>)]) -> Option<(LocalServers, Vec<ServerEntr
     for (id, blocks) in spans {
         let model = load(span(blocks.clone()))?;
         servers.add(id, Arc::new(SpanServer::new(model, server_config(4096))));
-        entries.push(ServerEntry {
-            id: (*id).to_owned(),
-            blocks: blocks.clone(),
-        });
+        entries.push(ServerEntry::new((*id).to_owned(), blocks.clone()));
     }
     Some((servers, entries))
 }
@@ -51,6 +48,13 @@ fn config(codec: Codec) -> ClientConfig {
     }
 }
 
+fn config_push(codec: Codec, push: bool) -> ClientConfig {
+    ClientConfig {
+        push,
+        ..config(codec)
+    }
+}
+
 #[test]
 fn three_spans_generate_exactly_what_the_whole_model_does_with_f32() {
     let Some(full) = whole() else {
@@ -58,32 +62,42 @@ fn three_spans_generate_exactly_what_the_whole_model_does_with_f32() {
     };
     let (servers, entries) = swarm(&[("a", 0..10), ("b", 10..20), ("c", 20..30)]).unwrap();
     let local = client_model().unwrap();
+    let dim = full.config().dim;
     for (k, prompt) in prompts().iter().enumerate() {
         let mut alone = CpuSession::new(&*full, 256).unwrap();
         let want = greedy(&mut alone, prompt, 24, |_| {});
-        let mut s = SwarmSession::new(
-            Arc::clone(&local),
-            entries.clone(),
-            Arc::new(servers.clone()),
-            config(Codec::F32),
-            format!("case-{k}"),
-        );
-        let got = greedy(&mut s, prompt, 24, |_| {});
-        assert_eq!(got, want, "case {k}");
-        assert_eq!(
-            s.route(),
-            vec![
-                ("a".into(), 0..10),
-                ("b".into(), 10..20),
-                ("c".into(), 20..30)
-            ]
-        );
-        let st = s.stats().clone();
-        assert_eq!(st.steps, 3 * 24);
-        assert_eq!((st.failovers, st.replays), (0, 0));
-        // f32: 4 bytes per value, each way.
-        let dim = full.config().dim;
-        assert_eq!(st.bytes_sent, 3 * 4 * dim * (prompt.len() + 23));
+        // Each output back to the client and on, or pushed from server to server.
+        for push in [false, true] {
+            let mut s = SwarmSession::new(
+                Arc::clone(&local),
+                entries.clone(),
+                Arc::new(servers.clone()),
+                config_push(Codec::F32, push),
+                format!("case-{k}-{push}"),
+            );
+            let got = greedy(&mut s, prompt, 24, |_| {});
+            assert_eq!(got, want, "case {k}, push {push}");
+            assert_eq!(
+                s.route(),
+                vec![
+                    ("a".into(), 0..10),
+                    ("b".into(), 10..20),
+                    ("c".into(), 20..30)
+                ]
+            );
+            let st = s.stats().clone();
+            assert_eq!(st.steps, 3 * 24);
+            assert_eq!((st.failovers, st.replays), (0, 0));
+            // f32: 4 bytes per value. Pushed, the client sends only the first hop's input
+            // and the two others get theirs from the server before them.
+            let per_hop = 4 * dim * (prompt.len() + 23);
+            if push {
+                assert_eq!((st.bytes_sent, st.pushed), (per_hop, 2 * 24), "{st:?}");
+            } else {
+                assert_eq!((st.bytes_sent, st.pushed), (3 * per_hop, 0), "{st:?}");
+            }
+            assert_eq!(st.bytes_received, 3 * per_hop);
+        }
     }
     // Every session closed: the servers' budgets are whole again.
     for id in ["a", "b", "c"] {
@@ -150,25 +164,44 @@ fn a_server_killed_mid_generation_is_replaced_and_the_output_is_the_same() {
         "calm",
     );
     let want = greedy(&mut calm, prompt, 20, |_| {});
-    let in_use = calm.route()[1].0.clone();
+    let first = calm.route()[1].0.clone();
     drop(calm);
-
-    let mut s = SwarmSession::new(local, entries, connector, config(Codec::F32), "killed");
-    let got = greedy(&mut s, prompt, 20, |i| {
-        if i == 7 {
-            servers.kill(&in_use);
-        }
-    });
-    assert_eq!(got, want);
-    let st = s.stats();
-    assert_eq!((st.failovers, st.replays), (1, 1), "{st:?}");
-    let other = if in_use == "b1" { "b2" } else { "b1" };
-    assert_eq!(s.route()[1], (other.to_owned(), 10..20));
-    assert!(
-        s.banned()
-            .iter()
-            .any(|(id, d)| *id == in_use && *d > Duration::from_secs(10))
-    );
+    // Without push the client sends the killed hop's input; with push the server before it
+    // fails to push there, and the replacement pushes on to the next hop's waiting step.
+    for push in [false, true] {
+        let in_use = first.clone();
+        let mut s = SwarmSession::new(
+            Arc::clone(&local),
+            entries.clone(),
+            connector.clone(),
+            config_push(Codec::F32, push),
+            format!("killed-{push}"),
+        );
+        let got = greedy(&mut s, prompt, 20, |i| {
+            if i == 7 {
+                servers.kill(&in_use);
+            }
+        });
+        assert_eq!(got, want, "push {push}");
+        let st = s.stats();
+        assert_eq!((st.failovers, st.replays), (1, 1), "{st:?}");
+        let other = if in_use == "b1" { "b2" } else { "b1" };
+        assert_eq!(s.route()[1], (other.to_owned(), 10..20));
+        assert!(
+            s.banned()
+                .iter()
+                .any(|(id, d)| *id == in_use && *d > Duration::from_secs(10))
+        );
+        drop(s);
+        // Back to four servers for the second run.
+        servers.add(
+            &in_use,
+            Arc::new(SpanServer::new(
+                load(span(10..20)).unwrap(),
+                server_config(4096),
+            )),
+        );
+    }
 }
 
 #[test]
@@ -212,14 +245,8 @@ fn a_full_server_answers_busy_and_the_client_routes_elsewhere() {
     servers.add("small", Arc::clone(&small));
     servers.add("big", Arc::clone(&big));
     let entries = vec![
-        ServerEntry {
-            id: "small".into(),
-            blocks: 0..30,
-        },
-        ServerEntry {
-            id: "big".into(),
-            blocks: 0..30,
-        },
+        ServerEntry::new("small", 0..30),
+        ServerEntry::new("big", 0..30),
     ];
     let connector = Arc::new(servers.clone());
     // The first session fills "small" (the planner tries servers in order on equal reach).
@@ -245,6 +272,10 @@ fn a_full_server_answers_busy_and_the_client_routes_elsewhere() {
 fn call(conn: &mut kwaainet_swarm::server::Connection, frame: &[u8]) -> Message {
     let reply = conn.handle(frame).expect("a reply");
     protocol::decode(&reply, usize::MAX).unwrap().message
+}
+
+fn protocol_inbox() -> usize {
+    kwaainet_swarm::server::INBOX
 }
 
 fn fail_kind(m: &Message) -> Option<FailKind> {
@@ -281,6 +312,8 @@ fn hostile_clients_get_clear_errors_and_the_server_keeps_serving() {
                 position,
                 tokens,
                 codec: None,
+                pushed: false,
+                push: None,
             }),
             payload,
         )
@@ -348,6 +381,90 @@ fn hostile_clients_get_clear_errors_and_the_server_keeps_serving() {
         again.payload,
         protocol::decode(&first, usize::MAX).unwrap().payload
     );
+    // Pushes: an unknown key, a wrong size, a flooded inbox; a pushed step whose input never
+    // comes is answered `no-input` after the wait, and the session goes on.
+    let key = match call(&mut server.connection(), &open(8, 0, 10, "f32")) {
+        Message::Opened(o) => o.key,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(key.len(), 32);
+    let mut p = server.connection();
+    let Message::Opened(opened) = call(&mut p, &open(8, 0, 10, "f32")) else {
+        panic!("open");
+    };
+    let push = |key: &str, step: u64, tokens: u32, payload: &[u8]| {
+        protocol::encode(
+            &Message::Push(Push {
+                key: key.into(),
+                step,
+                position: 0,
+                tokens,
+                codec: "f32".into(),
+            }),
+            payload,
+        )
+    };
+    let mut other = server.connection();
+    assert_eq!(
+        fail_kind(&call(&mut other, &push("00", 0, 1, &one))),
+        Some(FailKind::BadRequest)
+    );
+    assert_eq!(
+        fail_kind(&call(&mut other, &push(&opened.key, 0, 2, &one))),
+        Some(FailKind::BadRequest)
+    );
+    for id in 0..protocol_inbox() as u64 {
+        assert_eq!(
+            call(&mut other, &push(&opened.key, 10 + id, 1, &one)),
+            Message::Pushed
+        );
+    }
+    assert_eq!(
+        fail_kind(&call(&mut other, &push(&opened.key, 99, 1, &one))),
+        Some(FailKind::Busy)
+    );
+    let waiting = |id: u64| {
+        protocol::encode(
+            &Message::Step(Step {
+                step: id,
+                position: 0,
+                tokens: 1,
+                codec: None,
+                pushed: true,
+                push: None,
+            }),
+            &[],
+        )
+    };
+    // Step 10's input is there; step 50's never comes (the wait is short in these tests).
+    assert!(matches!(call(&mut p, &waiting(10)), Message::Output(_)));
+    let started = Instant::now();
+    assert_eq!(
+        fail_kind(&call(&mut p, &waiting(50))),
+        Some(FailKind::NoInput)
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A push naming a server this one cannot reach: the output comes back with why.
+    let onward = protocol::encode(
+        &Message::Step(Step {
+            step: 51,
+            position: 0,
+            tokens: 1,
+            codec: None,
+            pushed: false,
+            push: Some(PushTo {
+                server: "nowhere".into(),
+                key: "k".into(),
+                step: 0,
+            }),
+        }),
+        &one,
+    );
+    match call(&mut p, &onward) {
+        Message::Output(o) => assert!(o.push_error.is_some(), "{o:?}"),
+        other => panic!("{other:?}"),
+    }
+    drop((p, other));
     // A flood of sessions: each reserves 512 of the 1024 positions; the third is busy.
     let mut conns: Vec<_> = (0..2).map(|_| server.connection()).collect();
     assert!(matches!(

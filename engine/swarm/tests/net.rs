@@ -1,6 +1,6 @@
 //! `/kwaainet/inference/1.0.0` between real libp2p nodes over loopback TCP (noise, yamux):
 //! span servers of the default model and a client generating through them, a server killed
-//! mid-generation, and a server that never answers (the step timeout). Every wait is bounded.
+//! mid-generation, outputs pushed from server to server, and a server that never answers (the step timeout). Every wait is bounded.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod support;
@@ -80,21 +80,28 @@ impl Server {
     }
 }
 
-/// A span server node for `blocks`.
-async fn span_server(blocks: Range<usize>) -> Server {
+/// A span server node for `blocks`, pushing outputs to the servers `next` (whose addresses
+/// it is given: a bare libp2p swarm has no DHT to find them).
+async fn span_server(blocks: Range<usize>, next: &[&Server]) -> Server {
     let model = load(span(blocks.clone())).unwrap();
     let span = Arc::new(SpanServer::new(
         model,
         ServerConfig {
-            model_id: MODEL_ID.into(),
             cache_tokens: 4096,
             max_length: 512,
             max_sessions: 16,
+            ..ServerConfig::new(MODEL_ID)
         },
     ));
-    let (swarm, addr) = node().await;
+    let (mut swarm, addr) = node().await;
+    dial_all(&mut swarm, next).await;
     let peer = *swarm.local_peer_id();
     let control = swarm.behaviour().new_control();
+    span.set_pusher(Arc::new(NetConnector::new(
+        control.clone(),
+        tokio::runtime::Handle::current(),
+        NetConfig::default(),
+    )));
     let node = drive(swarm);
     let serving = tokio::spawn(async move {
         let _ = net::serve(control, span, NetConfig::default()).await;
@@ -128,14 +135,9 @@ async fn black_hole(blocks: Range<usize>) -> Server {
     }
 }
 
-/// A client node that knows the servers' addresses; its connector and the directory.
-async fn client(
-    servers: &[&Server],
-    step: Duration,
-) -> (NetConnector, Vec<ServerEntry>, JoinHandle<()>) {
-    let (mut swarm, _) = node().await;
-    // Connected up front: a bare libp2p swarm keeps no peer addresses of its own (the
-    // node's Kademlia does).
+/// Connects `swarm` to `servers` up front: a bare libp2p swarm keeps no peer addresses of
+/// its own (the node's Kademlia does).
+async fn dial_all(swarm: &mut Swarm, servers: &[&Server]) {
     for s in servers {
         swarm.dial(s.addr.clone()).unwrap();
     }
@@ -151,6 +153,15 @@ async fn client(
     })
     .await
     .unwrap();
+}
+
+/// A client node that knows the servers' addresses; its connector and the directory.
+async fn client(
+    servers: &[&Server],
+    step: Duration,
+) -> (NetConnector, Vec<ServerEntry>, JoinHandle<()>) {
+    let (mut swarm, _) = node().await;
+    dial_all(&mut swarm, servers).await;
     let control = swarm.behaviour().new_control();
     let task = drive(swarm);
     let config = NetConfig {
@@ -160,10 +171,7 @@ async fn client(
     let connector = NetConnector::new(control, tokio::runtime::Handle::current(), config);
     let entries = servers
         .iter()
-        .map(|s| ServerEntry {
-            id: s.peer.to_string(),
-            blocks: s.blocks.clone(),
-        })
+        .map(|s| ServerEntry::new(s.peer.to_string(), s.blocks.clone()))
         .collect();
     (connector, entries, task)
 }
@@ -194,10 +202,10 @@ async fn generation_crosses_libp2p_nodes_and_survives_a_killed_server() {
         return;
     };
     let local = client_model().unwrap();
-    let a = span_server(0..10).await;
-    let b1 = span_server(10..20).await;
-    let b2 = span_server(10..20).await;
-    let c = span_server(20..30).await;
+    let c = span_server(20..30, &[]).await;
+    let b1 = span_server(10..20, &[&c]).await;
+    let b2 = span_server(10..20, &[&c]).await;
+    let a = span_server(0..10, &[&b1, &b2]).await;
     let (connector, entries, client_task) =
         client(&[&a, &b1, &b2, &c], Duration::from_secs(20)).await;
     let prompt = prompts().remove(0);
@@ -218,6 +226,9 @@ async fn generation_crosses_libp2p_nodes_and_survives_a_killed_server() {
             let mut s = session(&local, entries.clone(), connector.clone(), Codec::F32);
             let calm = greedy(&mut s, &prompt, 20, |_| {});
             assert_eq!(s.route()[1].0, b1_peer, "b1 is listed first");
+            // Every hop after the first got its input from the server before it.
+            let st = s.stats().clone();
+            assert_eq!((st.pushed, st.client_pushes), (2 * 20, 0), "{st:?}");
             drop(s);
             // Again, with b1 killed after 8 tokens.
             let mut s = session(&local, entries, connector, Codec::F32);
@@ -249,7 +260,7 @@ async fn a_server_that_never_answers_is_left_after_the_step_timeout() {
         return;
     };
     let hole = black_hole(0..30).await;
-    let good = span_server(0..30).await;
+    let good = span_server(0..30, &[]).await;
     let (connector, entries, client_task) = client(&[&hole, &good], Duration::from_secs(2)).await;
     let hole_peer = hole.peer.to_string();
     let started = std::time::Instant::now();

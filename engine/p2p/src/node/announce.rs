@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use libp2p::Multiaddr;
 use libp2p::kad::{Quorum, Record};
 use libp2p::multiaddr::Protocol;
@@ -13,12 +14,14 @@ use super::runtime::Runtime;
 use crate::command::Reply;
 use crate::error::{Error, Result};
 use crate::record::{
-    self, AddressEntry, MAX_ADDRESSES, NODE_RECORD_VERSION, NodeRecord, Role, is_dialable,
-    node_key, unix_now,
+    self, AddressEntry, MAX_ADDRESSES, MAX_SPANS, NODE_RECORD_VERSION, NodeRecord, Role,
+    ServedSpan, is_dialable, model_key, node_key, unix_now,
 };
 
 /// Debounce between an address change and the re-publication of our record.
 const REPUBLISH_DEBOUNCE: Duration = Duration::from_secs(2);
+/// How long a stopping node waits for its last record (without spans) to be stored.
+const WITHDRAW_GRACE: Duration = Duration::from_secs(3);
 
 impl Runtime {
     pub(super) fn roles(&self) -> Vec<Role> {
@@ -114,6 +117,59 @@ impl Runtime {
                 tracing::warn!(error = %e, "cannot store our record");
                 if let Some(r) = reply {
                     let _ = r.send(Err(Error::Query(e.to_string())));
+                }
+            }
+        }
+    }
+
+    /// Replaces the spans announced: provider registrations follow the set of models, and
+    /// the record is published (`reply` learns when a peer stored it).
+    pub(super) fn set_spans(&mut self, spans: Vec<ServedSpan>, reply: Option<Reply<Result<()>>>) {
+        let checked = if spans.len() > MAX_SPANS {
+            Err(Error::InvalidRecord(format!(
+                "{} spans (max {MAX_SPANS})",
+                spans.len()
+            )))
+        } else {
+            spans.iter().try_for_each(ServedSpan::validate)
+        };
+        if let Err(e) = checked {
+            if let Some(r) = reply {
+                let _ = r.send(Err(e));
+            }
+            return;
+        }
+        let models = |s: &[ServedSpan]| s.iter().map(|x| x.model.clone()).collect::<HashSet<_>>();
+        let (old, new) = (models(&self.config.spans), models(&spans));
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        for m in new.difference(&old) {
+            if let Err(e) = kad.start_providing(model_key(m)) {
+                tracing::warn!(model = %m, error = %e, "cannot register as provider");
+            }
+        }
+        for m in old.difference(&new) {
+            kad.stop_providing(&model_key(m));
+        }
+        self.config.spans = spans;
+        self.publish(reply);
+    }
+
+    /// On stop: a last record without spans (so clients stop routing here), waited for at
+    /// most [`WITHDRAW_GRACE`].
+    pub(super) async fn withdraw_spans(&mut self) {
+        if self.config.spans.is_empty() {
+            return;
+        }
+        let (tx, mut rx) = futures::channel::oneshot::channel();
+        self.set_spans(Vec::new(), Some(tx));
+        let deadline = tokio::time::Instant::now() + WITHDRAW_GRACE;
+        loop {
+            tokio::select! {
+                _ = &mut rx => break,
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!("no peer stored our last record in time");
+                    break;
                 }
             }
         }

@@ -10,7 +10,7 @@ use super::state::NodeState;
 use crate::command::{Commands, Reply};
 use crate::error::Result;
 use crate::lookup::Lookup;
-use crate::record::NodeRecord;
+use crate::record::{NodeRecord, ServedSpan};
 
 /// What a handle asks of the runtime.
 pub(super) enum Command {
@@ -20,6 +20,7 @@ pub(super) enum Command {
     AskInfo(PeerId, Reply<Result<NodeRecord>>),
     Publish(Reply<Result<()>>),
     Dial(Multiaddr, Reply<Result<()>>),
+    SetSpans(Vec<ServedSpan>, Reply<Result<()>>),
 }
 
 /// The handle to a running node. Dropping every clone stops the node; [`NodeHandle::shutdown`]
@@ -116,7 +117,15 @@ impl NodeHandle {
         self.commands.ask(|tx| Command::Dial(addr, tx)).await?
     }
 
-    /// Stops the node: closes its connections and listeners, and waits for it.
+    /// Replaces the spans the node announces (their state, throughput and free cache
+    /// included), registers or withdraws it as a provider of their models, and publishes
+    /// its record: `Ok` once a peer stored it. Invalid spans are refused, nothing changed.
+    pub async fn set_spans(&self, spans: Vec<ServedSpan>) -> Result<()> {
+        self.commands.ask(|tx| Command::SetSpans(spans, tx)).await?
+    }
+
+    /// Stops the node: withdraws its spans (a last record without them, when a peer can
+    /// store it within a few seconds), closes its connections and listeners, and waits.
     pub async fn shutdown(&self) {
         self.shutdown.notify_one();
         let join = self.done.lock().await.take();

@@ -157,6 +157,7 @@ impl Runtime {
             }
         }
         tracing::info!("node stopping");
+        self.withdraw_spans().await;
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for p in peers {
             let _ = self.swarm.disconnect_peer_id(p);
@@ -208,6 +209,7 @@ impl Runtime {
                 self.info.start(info, peer, Vec::new(), tx);
             }
             Command::Publish(tx) => self.publish(Some(tx)),
+            Command::SetSpans(spans, tx) => self.set_spans(spans, Some(tx)),
             Command::Dial(addr, tx) => {
                 let secs = self.config.dial_timeout_secs.max(1);
                 self.dials.start(&mut self.swarm, addr, secs, tx);
@@ -246,7 +248,7 @@ impl Runtime {
         }
     }
 
-    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+    pub(super) fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         self.metrics.record(&ev);
         match ev {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => {

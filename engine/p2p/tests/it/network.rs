@@ -71,11 +71,7 @@ async fn five_nodes_bootstrap_off_one_and_find_each_others_records() -> Result<(
     for i in 1..5 {
         let mut cfg = config(true, vec![boot_addr.clone()]);
         if i == 2 {
-            cfg.spans = vec![ServedSpan {
-                model: "smollm2-135m".into(),
-                start: 0,
-                end: 30,
-            }];
+            cfg.spans = vec![ServedSpan::new("smollm2-135m", 0, 30)];
         }
         nodes.push(start(cfg).await?);
     }
