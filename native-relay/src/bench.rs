@@ -23,6 +23,19 @@ pub struct BenchArgs {
     /// Thread counts to measure, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
     pub threads: Vec<usize>,
+    /// Generate through span servers (real nodes on loopback) instead: 1, 2 and 3 hops,
+    /// with and without server-to-server push, per codec, and the recovery after a kill.
+    #[arg(long)]
+    pub swarm: bool,
+    /// With --swarm: chains of these many hops.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 3])]
+    pub hops: Vec<usize>,
+    /// With --swarm: the codecs to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = ["f32".to_owned(), "f16".to_owned(), "q8_0".to_owned(), "blockwise8".to_owned()])]
+    pub codecs: Vec<String>,
+    /// With --swarm: milliseconds added one way to every frame (client links and pushes).
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
 }
 
 struct Sample {
@@ -71,6 +84,9 @@ fn peak_rss() -> Option<u64> {
 
 #[allow(clippy::print_stdout)]
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.swarm {
+        return crate::swarm_bench::run(args);
+    }
     anyhow::ensure!(
         args.runs > 0 && args.prompt_tokens > 0 && args.gen_tokens > 0,
         "runs and token counts must be > 0"

@@ -8,7 +8,9 @@ mod fetch;
 mod generate;
 mod model;
 mod node;
+mod serving;
 mod swarm;
+mod swarm_bench;
 mod throughput;
 
 /// KwaaiNet node and local inference tools.

@@ -7,7 +7,6 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -156,8 +155,8 @@ struct Settings {
     node: NodeConfig,
     identity: PathBuf,
     http: Option<(SocketAddr, HttpConfig)>,
-    /// `--blocks`: the model file, its SHA-256 and the span to serve.
-    span: Option<(PathBuf, String, std::ops::Range<usize>)>,
+    /// `--blocks`: the model file and the blocks to serve.
+    span: Option<(crate::serving::ModelFile, crate::serving::Blocks)>,
 }
 
 fn parse_reservations(s: &str) -> Result<RelayReservations, String> {
@@ -204,10 +203,10 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
                 .or(file.http.model.clone())
                 .or_else(crate::fetch::cached_default_model)
                 .context("--blocks needs --model (or the fetched default model)")?;
-            let sha = crate::fetch::model_sha256(&path)?;
+            let sha256 = crate::fetch::model_sha256(&path)?;
             // A span server takes part in the DHT (its record is how clients find it).
             node.full = true;
-            Some((path, sha, blocks.clone()))
+            Some((crate::serving::ModelFile { path, sha256 }, blocks.clone()))
         }
     };
 
@@ -247,17 +246,7 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
 
 /// `kwaainet start`: runs the node until SIGINT or SIGTERM.
 pub fn start(args: &StartArgs) -> anyhow::Result<()> {
-    let mut s = settings(args)?;
-    // The span is loaded before the node announces it.
-    let span = match &s.span {
-        Some((path, sha, blocks)) => {
-            let data_dir = s.identity.parent().unwrap_or(Path::new("."));
-            let span = crate::swarm::load_span(path, sha, &args.span, blocks.clone(), data_dir)?;
-            s.node.spans = vec![span.announced.clone()];
-            Some(span)
-        }
-        None => None,
-    };
+    let s = settings(args)?;
     let (key, _) = identity::load_or_create(&s.identity)?;
     let webrtc_pem = {
         let cert = s.identity.with_file_name(identity::WEBRTC_CERT_FILE);
@@ -270,14 +259,14 @@ pub fn start(args: &StartArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(run(s, key, webrtc_pem, span))
+    rt.block_on(run(s, key, webrtc_pem, &args.span))
 }
 
 async fn run(
     s: Settings,
     key: kwaainet_p2p::libp2p::identity::Keypair,
     webrtc_pem: Option<String>,
-    span: Option<crate::swarm::Span>,
+    span_args: &crate::swarm::SpanArgs,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     // Install the handlers first: a signal during start-up must not kill us half-way.
@@ -288,12 +277,15 @@ async fn run(
     let node = kwaainet_p2p::spawn(s.node, key, webrtc_pem)
         .await
         .context("starting the node")?;
-    let serving = span.as_ref().map(|sp| {
-        (
-            crate::swarm::serve(&node, Arc::clone(&sp.server)),
-            crate::swarm::keep_announced(&node, sp),
-        )
-    });
+    let data_dir = s.identity.parent().unwrap_or(Path::new(".")).to_owned();
+    let service = match &s.span {
+        Some((model, blocks)) => Some(
+            crate::serving::start(&node, model, span_args, blocks.clone(), &data_dir)
+                .await
+                .context("serving the span")?,
+        ),
+        None => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_task = None;
     let mut http_url = None;
@@ -333,8 +325,8 @@ async fn run(
         if let Some(url) = &http_url {
             writeln!(out, "http: {url}")?;
         }
-        if let Some(sp) = &span {
-            let a = &sp.announced;
+        if let Some(service) = &service {
+            let a = service.announced();
             writeln!(out, "serving blocks {}..{} of {}", a.start, a.end, a.model)?;
         }
         out.flush()?;
@@ -344,14 +336,10 @@ async fn run(
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
-    if let Some(sp) = &span {
-        crate::swarm::drain(&node, sp).await;
+    if let Some(service) = service {
+        service.drain().await;
     }
     let _ = stop_tx.send(true);
-    if let Some((serve, announce)) = serving {
-        serve.abort();
-        announce.abort();
-    }
     let stopped = tokio::time::timeout(Duration::from_secs(10), async {
         if let Some(t) = http_task {
             match t.await {

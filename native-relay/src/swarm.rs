@@ -16,13 +16,14 @@ use kwaainet_core::gguf::{Gguf, Value};
 use kwaainet_p2p::libp2p::{Multiaddr, PeerId};
 use kwaainet_p2p::record::{ServedSpan, SpanState, is_dialable};
 use kwaainet_p2p::{NodeConfig, NodeHandle};
-use kwaainet_swarm::net::{NetConfig, NetConnector};
+use kwaainet_swarm::net::{NetConfig, NetConnector, ServerSlot};
 use kwaainet_swarm::{
     ClientConfig, CodecChoice, Connector, Link, LinkError, ServerConfig, ServerEntry, SpanServer,
     SwarmSession,
 };
 
 use crate::generate::GenerateArgs;
+pub use crate::serving::Blocks;
 
 /// How long `generate --swarm` looks for servers covering the model.
 const DISCOVERY: Duration = Duration::from_secs(20);
@@ -30,9 +31,20 @@ const DISCOVERY: Duration = Duration::from_secs(20);
 /// `kwaainet start`'s span flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SpanArgs {
-    /// Serve blocks A..B (`A:B`, B exclusive) of --model to the swarm.
-    #[arg(long, env = "KWAAINET_BLOCKS", value_parser = parse_blocks)]
-    pub blocks: Option<Range<usize>>,
+    /// Serve blocks A..B (`A:B`, B exclusive) of --model to the swarm, or `auto`: the most
+    /// under-served window of --num-blocks blocks, moved when the swarm is unbalanced.
+    #[arg(long, env = "KWAAINET_BLOCKS", value_parser = parse_blocks_arg)]
+    pub blocks: Option<Blocks>,
+    /// With --blocks auto: how many blocks (default: the whole model).
+    #[arg(long, env = "KWAAINET_NUM_BLOCKS")]
+    pub num_blocks: Option<usize>,
+    /// With --blocks auto: seconds between checks of the swarm's balance (0: never move).
+    #[arg(long, env = "KWAAINET_REBALANCE_SECS", default_value_t = 120)]
+    pub rebalance_secs: u64,
+    /// With --blocks auto: move when the weakest block's coverage would rise by more than
+    /// 1 / this factor (Petals' 0.75).
+    #[arg(long, default_value_t = 0.75)]
+    pub balance_quality: f64,
     /// Most inference sessions at once.
     #[arg(long, env = "KWAAINET_MAX_SESSIONS", default_value_t = 16)]
     pub max_sessions: usize,
@@ -42,6 +54,15 @@ pub struct SpanArgs {
     /// Most positions one session may ask for.
     #[arg(long, env = "KWAAINET_MAX_LENGTH", default_value_t = 2048)]
     pub max_length: usize,
+}
+
+/// `auto`, or `A:B` with A < B.
+pub fn parse_blocks_arg(s: &str) -> Result<Blocks, String> {
+    if s.trim() == "auto" {
+        Ok(Blocks::Auto)
+    } else {
+        parse_blocks(s).map(Blocks::Pinned)
+    }
 }
 
 /// `A:B` with A < B.
@@ -84,6 +105,27 @@ pub fn model_id(gguf: &Gguf, sha256: &str) -> String {
         .join("-");
     let hash = sha256.get(..16).unwrap_or(sha256);
     format!("{slug}@{hash}")
+}
+
+/// [`model_id`] of the model file at `path` whose SHA-256 is `sha256`.
+pub fn model_id_of(path: &Path, sha256: &str) -> anyhow::Result<String> {
+    Ok(model_id(&read_header(path)?, sha256))
+}
+
+/// The number of transformer blocks of the model file at `path`.
+pub fn block_count(path: &Path) -> anyhow::Result<usize> {
+    let g = read_header(path)?;
+    let arch = match g.get("general.architecture") {
+        Some(Value::String(a)) => a.clone(),
+        _ => "llama".into(),
+    };
+    match g
+        .get(&format!("{arch}.block_count"))
+        .and_then(Value::as_u64)
+    {
+        Some(n) => Ok(usize::try_from(n)?),
+        None => bail!("{} does not say how many blocks it has", path.display()),
+    }
 }
 
 fn read_header(path: &Path) -> anyhow::Result<Gguf> {
@@ -148,51 +190,22 @@ pub fn load_span(
     })
 }
 
-/// How often a span server re-announces its free cache when it changed.
-const FREE_CACHE_EVERY: Duration = Duration::from_secs(15);
-/// How long a stopping span server waits for its sessions to finish.
-const DRAIN: Duration = Duration::from_secs(5);
-
-/// Keeps the span's record current: its free cache, when it changed (checked every
-/// [`FREE_CACHE_EVERY`]).
-pub fn keep_announced(node: &NodeHandle, span: &Span) -> tokio::task::JoinHandle<()> {
-    let (node, server, mut announced) = (
-        node.clone(),
-        Arc::clone(&span.server),
-        span.announced.clone(),
-    );
+/// Answers `/kwaainet/inference/1.0.0` streams on `node` with the server in `slot`, which
+/// pushes its outputs to the next servers of clients' routes through `node` (as does any
+/// server put in the slot later: set its pusher with [`pusher`]).
+pub fn serve(node: &NodeHandle, slot: Arc<ServerSlot>) -> tokio::task::JoinHandle<()> {
+    slot.get().set_pusher(pusher(node));
+    let control = node.stream_control();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(FREE_CACHE_EVERY);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let free = Some(u32::try_from(server.free_tokens()).unwrap_or(u32::MAX));
-            if free != announced.free_cache {
-                announced.free_cache = free;
-                if let Err(e) = node.set_spans(vec![announced.clone()]).await {
-                    tracing::debug!(error = %e, "cannot re-announce the span");
-                }
-            }
+        if let Err(e) = kwaainet_swarm::net::serve(control, slot, NetConfig::default()).await {
+            tracing::error!(error = %e, "cannot serve the span");
         }
     })
 }
 
-/// Stops taking sessions: announces the span `draining` and waits (at most [`DRAIN`]) for
-/// the open sessions to end. The node's shutdown then withdraws the span.
-pub async fn drain(node: &NodeHandle, span: &Span) {
-    let mut announced = span.announced.clone();
-    announced.state = SpanState::Draining;
-    let _ = tokio::time::timeout(Duration::from_secs(2), node.set_spans(vec![announced])).await;
-    let deadline = tokio::time::Instant::now() + DRAIN;
-    while span.server.sessions() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Answers `/kwaainet/inference/1.0.0` streams on `node` with `server`, which pushes its
-/// outputs to the next servers of clients' routes through `node`.
-pub fn serve(node: &NodeHandle, server: Arc<SpanServer>) -> tokio::task::JoinHandle<()> {
-    server.set_pusher(Arc::new(NodePusher {
+/// How a span server on `node` reaches the next server of a route (call on a runtime).
+pub fn pusher(node: &NodeHandle) -> Arc<dyn Connector> {
+    Arc::new(NodePusher {
         node: node.clone(),
         streams: NetConnector::new(
             node.stream_control(),
@@ -200,12 +213,6 @@ pub fn serve(node: &NodeHandle, server: Arc<SpanServer>) -> tokio::task::JoinHan
             NetConfig::default(),
         ),
         runtime: tokio::runtime::Handle::current(),
-    }));
-    let control = node.stream_control();
-    tokio::spawn(async move {
-        if let Err(e) = kwaainet_swarm::net::serve(control, server, NetConfig::default()).await {
-            tracing::error!(error = %e, "cannot serve the span");
-        }
     })
 }
 

@@ -426,3 +426,131 @@ fn generate_through_span_servers_equals_local_generation() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// The blocks a `serving blocks A..B of M` line names.
+fn served(line: &str) -> Option<std::ops::Range<usize>> {
+    let rest = line.strip_prefix("serving blocks ")?;
+    let (a, rest) = rest.split_once("..")?;
+    let b = rest.split_whitespace().next()?;
+    Some(a.parse().ok()?..b.parse().ok()?)
+}
+
+/// The next `serving blocks` line of `n` within `secs`.
+fn next_span(n: &Node, secs: u64) -> Result<std::ops::Range<usize>> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = n
+            .lines
+            .recv_timeout(left)
+            .context("no `serving blocks` line in time")?;
+        if let Some(r) = served(&line) {
+            return Ok(r);
+        }
+    }
+}
+
+#[test]
+fn auto_nodes_choose_the_least_served_blocks_move_when_unbalanced_and_cover_the_model() -> Result<()>
+{
+    let Some(model) = model() else {
+        return Ok(());
+    };
+    let m = model.to_str().context("model path")?;
+    let dir = temp_dir("auto")?;
+    let sub = |name: &str| -> Result<PathBuf> {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d)?;
+        Ok(d)
+    };
+    let boot = start(&sub("boot")?, &[])?;
+    let b = boot
+        .addrs
+        .iter()
+        .find(|a| a.contains("/tcp/") && !a.contains("/ws"))
+        .context("boot TCP address")?
+        .clone();
+    let auto = |name: &str, rebalance: &str| -> Result<Node> {
+        start(
+            &sub(name)?,
+            &[
+                "--bootstrap",
+                &b,
+                "--model",
+                m,
+                "--blocks",
+                "auto",
+                "--num-blocks",
+                "15",
+                "--rebalance-secs",
+                rebalance,
+            ],
+        )
+    };
+    // Alone in the swarm: the first window.
+    let a = auto("a", "2")?;
+    assert_eq!(next_span(&a, 30)?, 0..15);
+    // A pinned server on the same blocks: blocks 15..30 have nobody, so the auto server
+    // moves there; the pinned one never moves.
+    let pinned = start(
+        &sub("pinned")?,
+        &[
+            "--bootstrap",
+            &b,
+            "--model",
+            m,
+            "--blocks",
+            "0:15",
+            "--rebalance-secs",
+            "2",
+        ],
+    )?;
+    assert_eq!(next_span(&pinned, 30)?, 0..15);
+    assert_eq!(next_span(&a, 40)?, 15..30);
+    // Two more auto servers that never move: each takes a least-served half.
+    let b1 = auto("b1", "0")?;
+    let b1_span = next_span(&b1, 30)?;
+    let c1 = auto("c1", "0")?;
+    let c1_span = next_span(&c1, 30)?;
+    assert!(
+        pinned.lines.try_iter().all(|l| served(&l).is_none()),
+        "the pinned server moved"
+    );
+    // Without the pinned server, the three auto servers cover every block.
+    sigterm_and_wait(pinned)?;
+    let spans = [15..30, b1_span.clone(), c1_span.clone()];
+    for block in 0..30 {
+        assert!(
+            spans.iter().any(|s| s.contains(&block)),
+            "block {block} uncovered by {spans:?}"
+        );
+    }
+    let prompt = "The capital of France is";
+    let local = run(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "8",
+    ])?;
+    let swarm = run(&[
+        "generate",
+        "--swarm",
+        "--bootstrap",
+        &b,
+        "--model",
+        m,
+        "--codec",
+        "f32",
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "8",
+    ])?;
+    assert_eq!(swarm, local);
+    drop((a, b1, c1, boot));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -7,6 +7,7 @@
 //!   semantics, a KV-cache budget that answers `busy` when full.
 //! - [`client`]: a [`SwarmSession`], the engine's `Session` over a route of servers, with
 //!   bans, re-planning and history replay.
+//! - [`placement`]: which blocks a server should take (Petals' rule), and when to move.
 //! - [`route`]: the route planner (Dijkstra over round trips, throughput and free cache).
 //! - [`link`]: how a client reaches a server ([`Connector`], [`Link`]); [`LocalServers`]
 //!   for servers in this process.
@@ -45,6 +46,7 @@ pub mod client;
 pub mod link;
 #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 pub mod net;
+pub mod placement;
 pub mod protocol;
 pub mod route;
 pub mod server;

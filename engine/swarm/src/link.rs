@@ -6,7 +6,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak, mpsc};
+use std::time::{Duration, Instant};
 
 use crate::protocol::{self, Message};
 use crate::server::{Connection, SpanServer};
@@ -198,5 +199,90 @@ impl Connector for LocalPusher {
             .upgrade()
             .ok_or_else(|| LinkError::Unreachable(server.to_owned()))?;
         connect_local(&servers, server)
+    }
+}
+
+/// Adds a one-way delay to every frame its links carry, both ways: for benchmarks that ask
+/// what a chain costs over a wide-area network when the kernel offers no `netem`.
+///
+/// Frames are in flight concurrently, as on a network: `send` returns at once and the frame
+/// is written `one_way` later by the link's own thread, which also reads each reply as soon
+/// as it comes; `recv` hands a reply over `one_way` after it came.
+pub struct Delayed {
+    inner: Arc<dyn Connector>,
+    one_way: Duration,
+}
+
+impl std::fmt::Debug for Delayed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delayed")
+            .field("one_way", &self.one_way)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delayed {
+    /// Links of `inner`, each frame delayed by `one_way`.
+    pub fn new(inner: Arc<dyn Connector>, one_way: Duration) -> Self {
+        Self { inner, one_way }
+    }
+}
+
+impl Connector for Delayed {
+    fn connect(&self, server: &str) -> Result<Box<dyn Link>, LinkError> {
+        // Opening a stream costs a round trip.
+        std::thread::sleep(self.one_way * 2);
+        let mut inner = self.inner.connect(server)?;
+        let (to_worker, commands) = mpsc::channel::<Option<(Vec<u8>, Instant)>>();
+        let (replies, results) = mpsc::channel();
+        std::thread::spawn(move || {
+            // `None`: close. The channel closing (the link dropped) ends the thread too.
+            while let Ok(Some((frame, at))) = commands.recv() {
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                let reply = inner
+                    .send(&frame)
+                    .and_then(|()| inner.recv(protocol::MAX_PAYLOAD));
+                if replies.send((reply, Instant::now())).is_err() {
+                    return;
+                }
+            }
+            inner.close();
+        });
+        Ok(Box::new(DelayedLink {
+            server: server.to_owned(),
+            to_worker,
+            results,
+            one_way: self.one_way,
+        }))
+    }
+}
+
+type Reply = (Result<Option<Vec<u8>>, LinkError>, Instant);
+
+struct DelayedLink {
+    server: String,
+    to_worker: mpsc::Sender<Option<(Vec<u8>, Instant)>>,
+    results: mpsc::Receiver<Reply>,
+    one_way: Duration,
+}
+
+impl Link for DelayedLink {
+    fn send(&mut self, frame: &[u8]) -> Result<(), LinkError> {
+        self.to_worker
+            .send(Some((frame.to_vec(), Instant::now() + self.one_way)))
+            .map_err(|_| LinkError::Closed(self.server.clone()))
+    }
+
+    fn recv(&mut self, _max: usize) -> Result<Option<Vec<u8>>, LinkError> {
+        let (reply, came) = self
+            .results
+            .recv()
+            .map_err(|_| LinkError::Closed(self.server.clone()))?;
+        std::thread::sleep((came + self.one_way).saturating_duration_since(Instant::now()));
+        reply
+    }
+
+    fn close(&mut self) {
+        let _ = self.to_worker.send(None);
     }
 }

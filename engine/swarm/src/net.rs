@@ -92,11 +92,42 @@ pub async fn read_frame_bytes<R: AsyncRead + Unpin>(
     Ok(frame)
 }
 
-/// Answers inbound `/kwaainet/inference/1.0.0` streams with `server` until `control`'s
-/// node stops. Runs on a tokio runtime.
+/// The span server a node answers new streams with; replaced when the node moves to other
+/// blocks (sessions already open stay with the server they opened on until they end).
+#[derive(Debug)]
+pub struct ServerSlot(std::sync::RwLock<Arc<SpanServer>>);
+
+impl ServerSlot {
+    /// A slot holding `server`.
+    pub fn new(server: Arc<SpanServer>) -> Self {
+        Self(std::sync::RwLock::new(server))
+    }
+
+    /// The server new streams get.
+    pub fn get(&self) -> Arc<SpanServer> {
+        Arc::clone(
+            &self
+                .0
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Puts `server` in place for new streams; the previous one.
+    pub fn replace(&self, server: Arc<SpanServer>) -> Arc<SpanServer> {
+        let mut slot = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::replace(&mut *slot, server)
+    }
+}
+
+/// Answers inbound `/kwaainet/inference/1.0.0` streams with the server in `slot` until
+/// `control`'s node stops. Runs on a tokio runtime.
 pub async fn serve(
     mut control: Control,
-    server: Arc<SpanServer>,
+    slot: Arc<ServerSlot>,
     config: NetConfig,
 ) -> Result<(), NetError> {
     let mut incoming = control
@@ -104,14 +135,14 @@ pub async fn serve(
         .map_err(|_| NetError::AlreadyServed)?;
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_streams));
     while let Some((peer, stream)) = incoming.next().await {
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             tracing::warn!(%peer, "inference stream refused: all {} slots busy", config.max_streams);
             drop(stream);
             continue;
         };
-        let server = Arc::clone(&server);
+        let server = slot.get();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _permit = permit;
             if let Err(e) = serve_stream(&server, stream, config).await {
                 tracing::debug!(%peer, error = %e, "inference stream ended");
             }
@@ -277,12 +308,18 @@ impl Link for NetLink {
     }
 
     fn close(&mut self) {
-        let close = protocol::encode(&Message::Close, &[]);
-        let _ = self.io(async |stream: &mut Stream| {
-            stream.write_all(&close).await?;
-            stream.close().await?;
-            Ok(())
-        });
-        self.stream = None;
+        // Fire and forget, on the runtime: a link may be dropped on one of its threads (a
+        // server's session ending with its task), where blocking is not allowed.
+        if let Some(mut stream) = self.stream.take() {
+            let close = protocol::encode(&Message::Close, &[]);
+            let timeout = self.timeout;
+            self.runtime.spawn(async move {
+                let _ = tokio::time::timeout(timeout, async {
+                    stream.write_all(&close).await?;
+                    stream.close().await
+                })
+                .await;
+            });
+        }
     }
 }

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use kwaainet_core::Llama;
 use kwaainet_core::codec::Codec;
 use kwaainet_core::generate::CpuSession;
-use kwaainet_swarm::net::{self, NetConfig, NetConnector};
+use kwaainet_swarm::net::{self, NetConfig, NetConnector, ServerSlot};
 use kwaainet_swarm::protocol::PROTOCOL;
 use kwaainet_swarm::{
     ClientConfig, CodecChoice, ServerConfig, ServerEntry, SpanServer, SwarmSession,
@@ -104,7 +104,12 @@ async fn span_server(blocks: Range<usize>, next: &[&Server]) -> Server {
     )));
     let node = drive(swarm);
     let serving = tokio::spawn(async move {
-        let _ = net::serve(control, span, NetConfig::default()).await;
+        let _ = net::serve(
+            control,
+            Arc::new(ServerSlot::new(span)),
+            NetConfig::default(),
+        )
+        .await;
     });
     Server {
         peer,
