@@ -225,12 +225,21 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
             }),
             None => None,
         };
+        // The swarm health of the model this node offers is in `/api/v1/state`.
+        let watch_models = match &model {
+            Some(m) => vec![(
+                crate::swarm::model_id_of(&m.path, &m.sha256)?,
+                u32::try_from(crate::swarm::block_count(&m.path)?).ok(),
+            )],
+            None => Vec::new(),
+        };
         Some((
             addr,
             HttpConfig {
                 site_dir: args.site_dir.clone().or(file.http.site_dir),
                 cdn_dir: args.cdn_dir.clone().or(file.http.cdn_dir),
                 model,
+                watch_models,
             },
         ))
     } else {

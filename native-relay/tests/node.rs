@@ -353,6 +353,35 @@ fn generate_through_span_servers_equals_local_generation() -> Result<()> {
         assert!(line.starts_with("serving blocks "), "{line}");
         servers.push(n);
     }
+    // The swarm's health as a server's /api/v1/state shows it: three online servers, one
+    // per block, every block covered, each with its measured throughput.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let st = state(&servers[0])?;
+        let report = st["models"].as_array().and_then(|m| m.first()).cloned();
+        if let Some(r) = report.filter(|r| {
+            r["complete"] == true && r["servers"].as_array().is_some_and(|s| s.len() == 3)
+        }) {
+            break r;
+        }
+        if Instant::now() > deadline {
+            bail!("no complete health report in 30 s: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(report["blocks"], 30);
+    assert_eq!(report["coverage"], serde_json::json!(vec![1; 30]));
+    for (row, start) in report["servers"]
+        .as_array()
+        .context("servers")?
+        .iter()
+        .zip([0, 10, 20])
+    {
+        assert_eq!(row["start"], start, "{row}");
+        assert_eq!(row["state"], "online", "{row}");
+        assert_eq!(row["relayed"], false, "{row}");
+        assert!(row["throughput"].as_f64().is_some_and(|t| t > 0.0), "{row}");
+    }
     let prompt = "The capital of France is";
     let local = run(&[
         "generate",

@@ -3,7 +3,7 @@
 //!
 //! | Path | What |
 //! |---|---|
-//! | `GET /api/v1/state` | [`NodeState`](crate::node::NodeState) as JSON |
+//! | `GET /api/v1/state` | [`NodeState`](crate::node::NodeState) as JSON, with `models`: the swarm's health per model ([`crate::health::ModelReport`]) |
 //! | `GET /metrics` | Prometheus / OpenMetrics text: libp2p (connections, kad queries, relay, identify, ping, bytes) and `kwaainet_*` |
 //! | `GET /` | `demo-site/index.html` with its placeholders filled in ([`template`]): the CDN path, the bundle's SRI hash, the model URL and SHA-256 |
 //! | `GET /cdn/...` | `dist/cdn/` (CORS-enabled, as a CDN would be) |
@@ -16,6 +16,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -26,6 +28,7 @@ use axum::routing::get;
 use tower_http::services::{ServeDir, ServeFile};
 
 use crate::error::Result;
+use crate::health::Monitor;
 use crate::node::NodeHandle;
 
 pub mod template;
@@ -48,19 +51,33 @@ pub struct HttpConfig {
     pub cdn_dir: Option<PathBuf>,
     /// The model, if served.
     pub model: Option<ModelFile>,
+    /// Models whose swarm health `/api/v1/state` reports (id, blocks if known), besides
+    /// those the node serves.
+    pub watch_models: Vec<(String, Option<u32>)>,
 }
+
+/// How often the swarm's health reports are refreshed.
+const HEALTH_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 struct AppState {
     node: NodeHandle,
     config: HttpConfig,
+    health: Arc<Monitor>,
 }
 
-/// The router: API, metrics and static files.
+/// The router: API, metrics and static files. Call it on a tokio runtime (the swarm health
+/// monitor runs there until the router is dropped).
 pub fn router(node: NodeHandle, config: HttpConfig) -> Router {
+    let health = Arc::new(Monitor::spawn(
+        node.clone(),
+        config.watch_models.clone(),
+        HEALTH_EVERY,
+    ));
     let state = AppState {
         node,
         config: config.clone(),
+        health,
     };
     let mut app = Router::new()
         .route("/api/v1/state", get(api_state))
@@ -102,10 +119,20 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
 }
 
 async fn api_state(State(s): State<AppState>) -> Response {
-    match s.node.state().await {
-        Ok(state) => axum::Json(state).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-    }
+    let state = match s.node.state().await {
+        Ok(state) => state,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    };
+    // The node's state, and the swarm's health per model under `models`.
+    let mut json = match serde_json::to_value(state) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    json.insert(
+        "models".into(),
+        serde_json::to_value(s.health.reports()).unwrap_or_default(),
+    );
+    axum::Json(json).into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

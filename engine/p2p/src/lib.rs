@@ -25,6 +25,8 @@ pub mod msg;
 pub mod record;
 
 #[cfg(not(wasm_browser))]
+pub mod health;
+#[cfg(not(wasm_browser))]
 pub mod http;
 #[cfg(not(wasm_browser))]
 pub mod identity;

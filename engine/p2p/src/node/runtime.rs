@@ -245,6 +245,7 @@ impl Runtime {
             misbehaving_peers: self.misbehaving,
             relay_reservations: self.relays.reserved(),
             nat_status: (&self.nat).into(),
+            spans: self.config.spans.clone(),
         }
     }
 

@@ -114,4 +114,7 @@ pub struct NodeState {
     pub relay_reservations: Vec<PeerId>,
     /// What AutoNAT last concluded: `public`, `private` or `unknown`.
     pub nat_status: NatStatus,
+    /// The model spans this node announces.
+    #[serde(default)]
+    pub spans: Vec<crate::record::ServedSpan>,
 }

@@ -115,6 +115,7 @@ async fn state_metrics_and_static_files() -> Result<()> {
                 path: model,
                 sha256: "ab12".into(),
             }),
+            watch_models: vec![("nobody-serves-this@00".into(), Some(4))],
         },
     );
     let listener = kwaainet_p2p::http::bind("127.0.0.1:0".parse()?).await?;
@@ -138,6 +139,22 @@ async fn state_metrics_and_static_files() -> Result<()> {
     assert!(st["uptime_secs"].is_u64());
     // The same document reads back as the node's own type (as `kwaainet status` reads it).
     let typed: kwaainet_p2p::NodeState = serde_json::from_slice(&r.body)?;
+    // The swarm's health of the watched model: nobody serves it, so no block is covered.
+    let mut report = serde_json::Value::Null;
+    for _ in 0..100 {
+        let r = get(addr, "/api/v1/state", "").await?;
+        let st: serde_json::Value = serde_json::from_slice(&r.body)?;
+        if let Some(m) = st["models"].as_array().and_then(|m| m.first()) {
+            report = m.clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(report["model"], "nobody-serves-this@00", "{report}");
+    assert_eq!(report["blocks"], 4);
+    assert_eq!(report["coverage"], serde_json::json!([0, 0, 0, 0]));
+    assert_eq!(report["complete"], false);
+    assert_eq!(report["servers"], serde_json::json!([]));
     assert_eq!(typed.peer_id, node.peer_id());
     assert_eq!(typed.kad_mode, kwaainet_p2p::KadMode::Server);
 
