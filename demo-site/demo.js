@@ -228,10 +228,35 @@
   net.on('status', render);
   net.on('peerConnected', (p) => { peers.add(p.peer); render(last); });
   net.on('peerDisconnected', (p) => { peers.delete(p.peer); render(last); });
+  // The swarm's coverage of each model the node reports (/api/v1/state's `models`), as a
+  // picture (coverage.mjs), refreshed every 10 s while the node answers.
+  const models = document.getElementById('swarm-models');
+  const showModels = (reports) => {
+    if (!models || !Array.isArray(reports)) return;
+    import('./coverage.mjs').then(({ draw }) => {
+      models.replaceChildren(...reports.slice(0, 8).map((r) => {
+        const fig = document.createElement('figure');
+        const cap = document.createElement('figcaption');
+        const servers = Array.isArray(r.servers) ? r.servers.length : 0;
+        cap.textContent = String(r.model) + ': ' + servers + ' server' + (servers === 1 ? '' : 's') +
+          (r.complete ? ', every block served' : ', some blocks have no server');
+        fig.append(cap, draw(r, document));
+        return fig;
+      }));
+    }, () => {});
+  };
+  let failures = 0;
+  const refresh = setInterval(() => {
+    fetch('/api/v1/state', { cache: 'no-store' })
+      .then((r) => (r.ok ? r.json() : Promise.reject(new Error('HTTP ' + r.status))))
+      .then((st) => { failures = 0; showModels(st.models); })
+      .catch(() => { if (++failures >= 3) clearInterval(refresh); });
+  }, 10000);
   // Only a node's own HTTP side has /api/v1/state; the static demo server has not.
   fetch('/api/v1/state', { cache: 'no-store' })
     .then((r) => (r.ok ? r.json() : Promise.reject(new Error('HTTP ' + r.status))))
     .then((st) => {
+      showModels(st.models);
       if (!Array.isArray(st.browser_addrs) || st.browser_addrs.length === 0) throw new Error('the node lists no browser address');
       return net.connect(st.browser_addrs).then(() => render(last));
     })

@@ -22,6 +22,9 @@ import { dirname, extname, join, normalize, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { fillTemplate } from './template.mjs';
 
+/** Modules of this folder the page imports (every other `.mjs` is server or test code). */
+export const PAGE_MODULES = Object.freeze(['/coverage.mjs']);
+
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
 export const version = JSON.parse(readFileSync(join(root, 'sdk-ts', 'package.json'), 'utf8')).version;
@@ -224,8 +227,10 @@ export async function startDemoServer(options = {}) {
     }
     // Browsers ask for /favicon.ico where a page names no icon.
     const path = inside(here, pathname === '/favicon.ico' ? 'favicon.svg' : pathname.slice(1));
-    // Not the server, the tests or the bench themselves.
-    if (!path || path.endsWith('.mjs') || path.startsWith(join(here, 'tests') + sep)) return notFound(res);
+    // Not the server, the tests or the bench themselves (the page's own modules are served:
+    // the node's list is the same, engine/p2p/src/http.rs PAGE_MODULES).
+    const pageModule = PAGE_MODULES.includes(pathname);
+    if (!path || (path.endsWith('.mjs') && !pageModule) || path.startsWith(join(here, 'tests') + sep)) return notFound(res);
     return sendFile(req, res, path);
   });
   // Tests close the server while the browser may still hold keep-alive connections.

@@ -142,5 +142,19 @@ test('npm start: its page downloads the model, asks consent, answers a chat and 
     const state = await (await fetch(`${node.url}api/v1/state`)).json();
     assert.ok(state.connected_peers.some((p) => p.peer_id === peerId), `the node does not list the page's peer ${peerId}`);
 
+    // The swarm's coverage of the node's model, drawn: `npm start` serves no span, so every
+    // one of the model's blocks is a cell saying it has no server, and no server bar.
+    const report = state.models?.[0];
+    assert.ok(report, `no swarm report in /api/v1/state: ${JSON.stringify(state.models)}`);
+    assert.equal(report.complete, false);
+    await page.waitForFunction((n) => document.querySelectorAll('#swarm-models svg rect').length === n, report.blocks,
+      { timeout: 30_000, polling: 200 });
+    const picture = await page.evaluate(() => ({
+      caption: document.querySelector('#swarm-models figcaption').textContent,
+      first: document.querySelector('#swarm-models svg rect title').textContent,
+    }));
+    assert.equal(picture.caption, `${report.model}: 0 servers, some blocks have no server`);
+    assert.equal(picture.first, 'block 0: 0 online servers');
+
     assert.deepEqual(problems, [], 'the page logged errors or got failed responses');
   });

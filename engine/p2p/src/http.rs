@@ -254,9 +254,16 @@ async fn cors_for_assets(req: Request, next: Next) -> Response {
     res
 }
 
-/// The demo's own dev server (`serve.mjs`) is not a page asset.
+/// Modules of the demo site that are page assets (imported by the page); every other `.mjs`
+/// there is the dev server's or the tests' own code, not served.
+const PAGE_MODULES: &[&str] = &["/coverage.mjs"];
+
+/// The demo's own dev server (`serve.mjs` and its helpers) and tests are not page assets.
 async fn hide_server_files(req: Request, next: Next) -> Response {
-    if req.uri().path().ends_with(".mjs") && !req.uri().path().starts_with("/cdn/") {
+    let path = req.uri().path();
+    let hidden = path.starts_with("/tests/")
+        || (path.ends_with(".mjs") && !path.starts_with("/cdn/") && !PAGE_MODULES.contains(&path));
+    if hidden {
         return StatusCode::NOT_FOUND.into_response();
     }
     next.run(req).await

@@ -79,6 +79,7 @@ fn fixture(root: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
         r#"<script src="{{cdn}}distributed-ai.js" integrity="{{sri}}" data-model-url="{{modelUrl}}" data-model-sha256="{{modelSha256}}"></script>"#,
     )?;
     std::fs::write(site.join("serve.mjs"), "server code")?;
+    std::fs::write(site.join("coverage.mjs"), "export const page = 1;")?;
     std::fs::write(site.join("sub").join("engine.wasm"), b"\0asm\x01\0\0\0")?;
     std::fs::write(site.join("data.bin"), (0u8..=255).collect::<Vec<_>>())?;
     std::fs::write(root.join("secret.txt"), "TOP-SECRET")?;
@@ -231,6 +232,7 @@ async fn state_metrics_and_static_files() -> Result<()> {
         "/cdn/%2e%2e/secret.txt",
         "/..%5csecret.txt",
         "/serve.mjs",
+        "/tests/secret.txt",
     ] {
         let r = get(addr, path, "").await?;
         assert!(r.status >= 400, "{path}: {}", r.status);
@@ -243,6 +245,15 @@ async fn state_metrics_and_static_files() -> Result<()> {
             "{path}"
         );
     }
+    // A module the page imports is a page asset.
+    let r = get(addr, "/coverage.mjs", "").await?;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.contains("javascript")),
+        "{:?}",
+        r.header("content-type")
+    );
     let r = get(addr, "/missing.js", "").await?;
     assert_eq!(r.status, 404);
 
