@@ -227,10 +227,16 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
         };
         // The swarm health of the model this node offers is in `/api/v1/state`.
         let watch_models = match &model {
-            Some(m) => vec![(
-                crate::swarm::model_id_of(&m.path, &m.sha256)?,
-                u32::try_from(crate::swarm::block_count(&m.path)?).ok(),
-            )],
+            Some(m) => match (
+                crate::swarm::model_id_of(&m.path, &m.sha256),
+                crate::swarm::block_count(&m.path),
+            ) {
+                (Ok(id), Ok(n)) => vec![(id, u32::try_from(n).ok())],
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "no swarm report for the served model");
+                    Vec::new()
+                }
+            },
             None => Vec::new(),
         };
         Some((

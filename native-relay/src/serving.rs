@@ -93,32 +93,23 @@ async fn announce(node: &NodeHandle, current: &Mutex<ServedSpan>, span: ServedSp
 }
 
 /// The spans of `model` the swarm announces (`joining` and `online`), by server.
-pub async fn swarm_spans(node: &NodeHandle, model: &str) -> Vec<(PeerId, ServedSpan)> {
-    let mut out = Vec::new();
-    for peer in node.model_providers(model).await.unwrap_or_default() {
-        let Ok(Some(record)) = node.get_node_record(peer).await else {
-            continue;
-        };
-        out.extend(
-            record
-                .spans
-                .into_iter()
-                .filter(|s| s.model == model)
-                .filter(|s| matches!(s.state, SpanState::Online | SpanState::Joining))
-                .map(|s| (peer, s)),
-        );
-    }
-    out
-}
-
-fn placed(spans: &[(PeerId, ServedSpan)]) -> Vec<Placed> {
-    spans
-        .iter()
-        .map(|(_, s)| Placed {
-            blocks: s.start as usize..s.end as usize,
-            throughput: s.throughput.map_or(1.0, f64::from),
+pub async fn swarm_spans(node: &NodeHandle, model: &str) -> Vec<(PeerId, Placed)> {
+    kwaainet_p2p::health::servers(node, model)
+        .await
+        .into_iter()
+        .filter(|s| matches!(s.state, SpanState::Online | SpanState::Joining))
+        .map(|s| {
+            let placed = Placed {
+                blocks: s.start as usize..s.end as usize,
+                throughput: s.throughput.map_or(1.0, f64::from),
+            };
+            (s.peer_id, placed)
         })
         .collect()
+}
+
+fn placed(spans: &[(PeerId, Placed)]) -> Vec<Placed> {
+    spans.iter().map(|(_, p)| p.clone()).collect()
 }
 
 async fn load(
@@ -257,12 +248,16 @@ impl Keeper {
         let me = self.node.peer_id();
         let mine = self.current();
         // The swarm as announced, with our own span as we know it.
-        let mut spans: Vec<(PeerId, ServedSpan)> = swarm_spans(&self.node, &mine.model)
+        let mut spans: Vec<(PeerId, Placed)> = swarm_spans(&self.node, &mine.model)
             .await
             .into_iter()
             .filter(|(p, _)| *p != me)
             .collect();
-        spans.insert(0, (me, mine.clone()));
+        let own = Placed {
+            blocks: mine.start as usize..mine.end as usize,
+            throughput: mine.throughput.map_or(1.0, f64::from),
+        };
+        spans.insert(0, (me, own));
         let Some(start) =
             placement::should_move(&placed(&spans), 0, self.n, self.args.balance_quality)
         else {

@@ -350,26 +350,22 @@ async fn discover(
     let deadline = tokio::time::Instant::now() + DISCOVERY;
     let mut entries: Vec<ServerEntry> = Vec::new();
     loop {
-        let providers = node.model_providers(model).await.unwrap_or_default();
-        for peer in providers {
-            if entries.iter().any(|e| e.id == peer.to_string()) {
+        let online = kwaainet_p2p::health::servers(node, model)
+            .await
+            .into_iter()
+            .filter(|s| s.state == SpanState::Online);
+        for server in online {
+            let id = server.peer_id.to_string();
+            if entries
+                .iter()
+                .any(|e| e.id == id && e.blocks.start == server.start as usize)
+            {
                 continue;
             }
-            let Ok(Some(record)) = node.get_node_record(peer).await else {
-                continue;
-            };
-            let Some(span) = record
-                .spans
-                .iter()
-                .find(|s| s.model == model && s.state == SpanState::Online)
-            else {
-                continue;
-            };
-            connect(node, peer, record.addrs.iter().map(|a| &a.addr)).await;
-            let mut entry =
-                ServerEntry::new(peer.to_string(), span.start as usize..span.end as usize);
-            entry.throughput = span.throughput.map(f64::from);
-            entry.free_cache = span.free_cache.map(|f| f as usize);
+            connect(node, server.peer_id, server.addrs.iter()).await;
+            let mut entry = ServerEntry::new(id, server.start as usize..server.end as usize);
+            entry.throughput = server.throughput.map(f64::from);
+            entry.free_cache = server.free_cache.map(|f| f as usize);
             entries.push(entry);
         }
         // Round trips as the node's pings measured them (none yet: the planner's default).

@@ -6,7 +6,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use libp2p::PeerId;
+use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
 use crate::node::NodeHandle;
@@ -39,6 +39,10 @@ pub struct ServerRow {
     pub accelerator: Accelerator,
     /// Its software version.
     pub version: String,
+    /// Where it can be dialed (from its signed record), direct addresses first. Not shown in
+    /// reports: clients use them to connect.
+    #[serde(skip)]
+    pub addrs: Vec<Multiaddr>,
 }
 
 /// A model's coverage.
@@ -71,6 +75,11 @@ fn row(peer: PeerId, span: &ServedSpan, record: &crate::record::NodeRecord) -> S
         relayed: !record.addrs.is_empty() && record.addrs.iter().all(|a| a.relayed),
         accelerator: record.accelerator,
         version: record.version.clone(),
+        addrs: {
+            let mut a: Vec<_> = record.addrs.iter().collect();
+            a.sort_by_key(|e| e.relayed);
+            a.into_iter().map(|e| e.addr.clone()).collect()
+        },
     }
 }
 
@@ -100,8 +109,14 @@ pub fn summarize(model: &str, blocks: Option<u32>, mut rows: Vec<ServerRow>) -> 
     }
 }
 
-/// Asks the DHT for `model`'s servers and their records.
+/// Asks the DHT for `model`'s report.
 pub async fn report(node: &NodeHandle, model: &str, blocks: Option<u32>) -> ModelReport {
+    summarize(model, blocks, servers(node, model).await)
+}
+
+/// Asks the DHT for `model`'s servers (its providers) and their spans (their signed records),
+/// whatever their state: the directory clients route with and servers place themselves by.
+pub async fn servers(node: &NodeHandle, model: &str) -> Vec<ServerRow> {
     let mut rows = Vec::new();
     let providers = node.model_providers(model).await.unwrap_or_default();
     for peer in providers.into_iter().take(MAX_SERVERS) {
@@ -116,7 +131,7 @@ pub async fn report(node: &NodeHandle, model: &str, blocks: Option<u32>) -> Mode
                 .map(|s| row(peer, s, &record)),
         );
     }
-    summarize(model, blocks, rows)
+    rows
 }
 
 /// Keeps reports of the watched models fresh; stops when dropped.
@@ -184,6 +199,7 @@ mod tests {
             relayed: false,
             accelerator: Accelerator::Cpu,
             version: "0".into(),
+            addrs: Vec::new(),
         }
     }
 
