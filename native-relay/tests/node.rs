@@ -318,6 +318,27 @@ fn model() -> Option<PathBuf> {
     None
 }
 
+/// A folder of `dir` for one node.
+fn sub_dir(dir: &std::path::Path, name: &str) -> Result<PathBuf> {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// A temporary folder for a swarm's nodes and its bootstrap node (started), with the
+/// bootstrap node's TCP address.
+fn swarm_with_boot(name: &str) -> Result<(PathBuf, Node, String)> {
+    let dir = temp_dir(name)?;
+    let boot = start(&sub_dir(&dir, "boot")?, &[])?;
+    let b = boot
+        .addrs
+        .iter()
+        .find(|a| a.contains("/tcp/") && !a.contains("/ws"))
+        .context("boot TCP address")?
+        .clone();
+    Ok((dir, boot, b))
+}
+
 /// `kwaainet start --blocks` on three nodes, then `kwaainet generate --swarm`: the same text
 /// as `kwaainet generate` alone (f32 hidden states); with a span gone, a clear error naming
 /// its blocks, in bounded time.
@@ -327,19 +348,8 @@ fn generate_through_span_servers_equals_local_generation() -> Result<()> {
         return Ok(());
     };
     let m = model.to_str().context("model path")?;
-    let dir = temp_dir("swarm")?;
-    let sub = |name: &str| -> Result<PathBuf> {
-        let d = dir.join(name);
-        std::fs::create_dir_all(&d)?;
-        Ok(d)
-    };
-    let boot = start(&sub("boot")?, &[])?;
-    let b = boot
-        .addrs
-        .iter()
-        .find(|a| a.contains("/tcp/") && !a.contains("/ws"))
-        .context("boot TCP address")?
-        .clone();
+    let (dir, boot, b) = swarm_with_boot("swarm")?;
+    let sub = |name: &str| sub_dir(&dir, name);
     let mut servers = Vec::new();
     for (name, blocks) in [("s1", "0:10"), ("s2", "10:20"), ("s3", "20:30")] {
         let n = start(
@@ -486,19 +496,8 @@ fn auto_nodes_choose_the_least_served_blocks_move_when_unbalanced_and_cover_the_
         return Ok(());
     };
     let m = model.to_str().context("model path")?;
-    let dir = temp_dir("auto")?;
-    let sub = |name: &str| -> Result<PathBuf> {
-        let d = dir.join(name);
-        std::fs::create_dir_all(&d)?;
-        Ok(d)
-    };
-    let boot = start(&sub("boot")?, &[])?;
-    let b = boot
-        .addrs
-        .iter()
-        .find(|a| a.contains("/tcp/") && !a.contains("/ws"))
-        .context("boot TCP address")?
-        .clone();
+    let (dir, boot, b) = swarm_with_boot("auto")?;
+    let sub = |name: &str| sub_dir(&dir, name);
     let auto = |name: &str, rebalance: &str| -> Result<Node> {
         start(
             &sub(name)?,

@@ -124,6 +124,13 @@ pub enum SwarmError {
         /// The session's limit.
         max: usize,
     },
+    /// An earlier forward pass failed half-way through the route: the servers' caches no
+    /// longer agree, so this session ends (start a new one).
+    #[error("the session cannot go on after an earlier failure: {reason}")]
+    Broken {
+        /// The earlier failure.
+        reason: String,
+    },
     /// The local part (embedding, head) failed.
     #[error(transparent)]
     Local(#[from] CoreError),
@@ -211,6 +218,8 @@ pub struct SwarmSession {
     route: Vec<Hop>,
     len: usize,
     bans: HashMap<String, Ban>,
+    /// Why the session cannot go on (a forward pass failed half-way).
+    broken: Option<String>,
     stats: SwarmStats,
 }
 
@@ -243,6 +252,7 @@ impl SwarmSession {
             route: Vec::new(),
             len: 0,
             bans: HashMap::new(),
+            broken: None,
             stats: SwarmStats::default(),
         }
     }
@@ -273,6 +283,11 @@ impl SwarmSession {
     /// Runs `tokens` after the positions processed so far; returns the logits of the last.
     pub fn forward_tokens(&mut self, tokens: &[u32]) -> Result<Vec<f32>, SwarmError> {
         let n = tokens.len();
+        if let Some(reason) = &self.broken {
+            return Err(SwarmError::Broken {
+                reason: reason.clone(),
+            });
+        }
         if n == 0 {
             return Err(CoreError::InvalidArgument("no tokens to run".into()).into());
         }
@@ -291,12 +306,36 @@ impl SwarmSession {
             CodecChoice::Fixed(c) => c,
             CodecChoice::Auto => Codec::auto(hidden.len()),
         };
-        let mut input = Sent {
+        let input = Sent {
             position: self.len as u32,
             tokens: n as u32,
             codec,
             payload: Arc::new(codec.encode(&hidden)),
         };
+        let output = match self.run_route(input) {
+            Ok(output) => output,
+            Err(e) => {
+                // Some hops may hold this step and others not, and pushed steps may still
+                // wait: the route cannot be trusted any more. End every session now.
+                self.broken = Some(e.to_string());
+                for hop in &mut self.route {
+                    hop.link.close();
+                }
+                self.route.clear();
+                return Err(e);
+            }
+        };
+        self.len += n;
+        let values = n * self.local.config().dim;
+        let hidden = codec
+            .decode(&output.payload, values)
+            .map_err(|e| CoreError::Backend(format!("swarm: last hop's output: {e}")))?;
+        Ok(self.local.logits(&hidden)?)
+    }
+
+    /// Runs `input` through every hop of the route (failing over as needed); the last
+    /// hop's output.
+    fn run_route(&mut self, mut input: Sent) -> Result<Sent, SwarmError> {
         if self.config.push && self.route.len() > 1 {
             self.send_ahead(&input);
         }
@@ -326,12 +365,7 @@ impl SwarmSession {
                 }
             }
         }
-        self.len += n;
-        let values = n * self.local.config().dim;
-        let hidden = codec
-            .decode(&input.payload, values)
-            .map_err(|e| CoreError::Backend(format!("swarm: last hop's output: {e}")))?;
-        Ok(self.local.logits(&hidden)?)
+        Ok(input)
     }
 
     /// Push mode: sends the step to the first hop and a `pushed` step to every other, each

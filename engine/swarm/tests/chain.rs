@@ -228,6 +228,47 @@ fn a_missing_span_fails_at_once_naming_the_blocks() {
 }
 
 #[test]
+fn a_span_lost_mid_generation_ends_the_session_and_frees_every_server() {
+    let Some((servers, entries)) = swarm(&[("a", 0..10), ("b", 10..20), ("c", 20..30)]) else {
+        return;
+    };
+    for push in [false, true] {
+        let mut s = SwarmSession::new(
+            client_model().unwrap(),
+            entries.clone(),
+            Arc::new(servers.clone()),
+            config_push(Codec::F16, push),
+            "lost",
+        );
+        s.forward_tokens(&[1, 4093, 198]).unwrap();
+        servers.kill("b");
+        // Nobody else serves 10..20: the pass fails naming them, at once.
+        let started = Instant::now();
+        match s.forward_tokens(&[28]) {
+            Err(SwarmError::NoRoute { missing }) => assert_eq!(missing, 10..20),
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // Hop a ran the step and c waits for a push: the session cannot go on, and says so.
+        match s.forward_tokens(&[28]) {
+            Err(SwarmError::Broken { reason }) => assert!(reason.contains("10..20"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        for id in ["a", "c"] {
+            let server = servers.get(id).unwrap();
+            assert_eq!(server.sessions(), 0, "{id}, push {push}");
+        }
+        servers.add(
+            "b",
+            Arc::new(SpanServer::new(
+                load(span(10..20)).unwrap(),
+                server_config(4096),
+            )),
+        );
+    }
+}
+
+#[test]
 fn a_full_server_answers_busy_and_the_client_routes_elsewhere() {
     let Some(local) = client_model() else {
         return;
