@@ -143,6 +143,15 @@ fn lossy_codecs_keep_the_greedy_answer() {
             "{codec}: {agree}/{}",
             want.len()
         );
+        // Free-running: the first 16 greedy ids are the whole model's.
+        let mut s = SwarmSession::new(
+            Arc::clone(&local),
+            entries.clone(),
+            Arc::new(servers.clone()),
+            config(codec),
+            format!("{codec}-free"),
+        );
+        assert_eq!(greedy(&mut s, prompt, 16, |_| {}), want, "{codec}");
     }
 }
 
