@@ -270,7 +270,9 @@ impl Keeper {
             "the swarm is unbalanced: moving the span"
         );
         let span = load(&self.model, &self.args, start..start + len, &self.data_dir).await?;
-        // New sessions go to the new blocks; open ones finish on the old server.
+        // New sessions go to the new blocks (pushing on like the old server did); open ones
+        // finish on the old server.
+        span.server.set_pusher(crate::swarm::pusher(&self.node));
         self.slot.replace(Arc::clone(&span.server));
         announce(&self.node, &self.announced, span.announced.clone()).await;
         #[allow(clippy::print_stdout)] // the same line as at start, for operators and tests
