@@ -59,7 +59,8 @@ fn one_run(model: &Llama, prompt: &[u32], gen_tokens: usize) -> anyhow::Result<S
     })
 }
 
-fn argmax(l: &[f32]) -> u32 {
+/// The index of the largest logit (greedy decoding).
+pub(crate) fn argmax(l: &[f32]) -> u32 {
     l.iter()
         .enumerate()
         .fold(
@@ -69,7 +70,8 @@ fn argmax(l: &[f32]) -> u32 {
         .0 as u32
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (the upper one of an even count).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

@@ -57,10 +57,7 @@ pub struct Service {
 impl Service {
     /// The span announced now.
     pub fn announced(&self) -> ServedSpan {
-        self.announced
-            .lock()
-            .map(|a| a.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
+        snapshot(&self.announced)
     }
 
     /// Stops taking sessions: announces the span `draining` and waits (at most [`DRAIN`])
@@ -78,6 +75,14 @@ impl Service {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The span as last announced (a poisoned lock still holds it).
+fn snapshot(current: &Mutex<ServedSpan>) -> ServedSpan {
+    current
+        .lock()
+        .map(|a| a.clone())
+        .unwrap_or_else(|e| e.into_inner().clone())
 }
 
 /// Publishes `span` as the node's only span (bounded wait) and remembers it.
@@ -212,10 +217,7 @@ struct Keeper {
 
 impl Keeper {
     fn current(&self) -> ServedSpan {
-        self.announced
-            .lock()
-            .map(|a| a.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
+        snapshot(&self.announced)
     }
 
     async fn run(self) {

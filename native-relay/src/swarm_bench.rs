@@ -23,7 +23,7 @@ use kwaainet_swarm::link::Delayed;
 use kwaainet_swarm::net::{NetConfig, NetConnector};
 use kwaainet_swarm::{ClientConfig, CodecChoice, Connector, ServerEntry, SwarmSession};
 
-use crate::bench::BenchArgs;
+use crate::bench::{BenchArgs, argmax, median};
 
 /// A span server node of the bench.
 struct Server {
@@ -117,18 +117,6 @@ fn measure(s: &mut dyn Session, prompt: &[u32], tokens: usize) -> anyhow::Result
         logits = s.forward(&[next])?;
     }
     Ok((prefill, tokens as f64 / t.elapsed().as_secs_f64()))
-}
-
-fn argmax(l: &[f32]) -> u32 {
-    l.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i as u32)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// `kwaainet bench --swarm`.
@@ -242,29 +230,29 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                     };
                     let (local, entries, connector, prompt) = (Arc::clone(&local.model), entries.clone(), Arc::clone(&connector), prompt.clone());
                     let (runs, tokens) = (args.runs, args.gen_tokens);
-                    let (p, d, bytes) = tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64, usize)> {
+                    let (p, d) = tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
                         // One short warm-up (streams opened, pushes resolved).
                         let mut s = SwarmSession::new(Arc::clone(&local), entries.clone(), Arc::clone(&connector), config.clone(), "warm-up");
                         measure(&mut s, &prompt[..prompt.len().min(8)], 2)?;
                         drop(s);
-                        let (mut pre, mut dec, mut bytes) = (Vec::new(), Vec::new(), 0);
+                        let (mut pre, mut dec) = (Vec::new(), Vec::new());
                         for r in 0..runs {
                             let mut s = SwarmSession::new(Arc::clone(&local), entries.clone(), Arc::clone(&connector), config.clone(), format!("run-{r}"));
                             let (p, d) = measure(&mut s, &prompt, tokens)?;
                             let st = s.stats().clone();
                             anyhow::ensure!(st.failovers == 0, "a failover during the bench: {st:?}");
                             anyhow::ensure!(!push || hops == 1 || st.pushed > 0, "nothing was pushed: {st:?}");
-                            // Hidden-state bytes of one decoded token over the whole chain:
-                            // pushed, one transfer per link of the chain (client, servers,
-                            // client); not, there and back at every hop.
-                            let transfers = if push { hops + 1 } else { 2 * hops };
-                            bytes = codec.encoded_len(local.config().dim) * transfers;
                             pre.push(p);
                             dec.push(d);
                         }
-                        Ok((median(pre), median(dec), bytes))
+                        Ok((median(pre), median(dec)))
                     })
                     .await??;
+                    // Hidden-state bytes of one decoded token over the whole chain: pushed,
+                    // one transfer per link of the chain (client, servers, client); not,
+                    // there and back at every hop.
+                    let transfers = if push { hops + 1 } else { 2 * hops };
+                    let bytes = codec.encoded_len(whole.model.config().dim) * transfers;
                     let label = format!("{hops} hop(s), {codec}, {}", if push { "push" } else { "no push" });
                     println!(
                         "{label:<28} prefill {p:7.1} tok/s  decode {d:6.1} tok/s  ({:.2}x local)  {bytes} B/token on the wire",

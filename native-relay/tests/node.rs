@@ -147,6 +147,33 @@ fn run_both(args: &[&str]) -> Result<(String, String)> {
     Ok((String::from_utf8(out.stdout)?, err))
 }
 
+/// `kwaainet generate --swarm` through `boot` with f32 hidden states (exact): stdout, stderr.
+fn swarm_generate(
+    boot: &str,
+    model: &str,
+    prompt: &str,
+    max_tokens: usize,
+    extra: &[&str],
+) -> Result<(String, String)> {
+    let max = max_tokens.to_string();
+    let mut args = vec![
+        "generate",
+        "--swarm",
+        "--bootstrap",
+        boot,
+        "--model",
+        model,
+        "--codec",
+        "f32",
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        &max,
+    ];
+    args.extend_from_slice(extra);
+    run_both(&args)
+}
+
 fn run(args: &[&str]) -> Result<String> {
     let out = Command::new(BIN)
         .args(args)
@@ -405,24 +432,8 @@ fn generate_through_span_servers_equals_local_generation() -> Result<()> {
     assert!(!local.trim().is_empty());
     // Outputs pushed from server to server (the default), and through the client.
     for push in [true, false] {
-        let mut args = vec![
-            "generate",
-            "--swarm",
-            "--bootstrap",
-            &b,
-            "--model",
-            m,
-            "--codec",
-            "f32",
-            "--prompt",
-            prompt,
-            "--max-tokens",
-            "16",
-        ];
-        if !push {
-            args.push("--no-push");
-        }
-        let (swarm, log) = run_both(&args)?;
+        let extra: &[&str] = if push { &[] } else { &["--no-push"] };
+        let (swarm, log) = swarm_generate(&b, m, prompt, 16, extra)?;
         assert_eq!(swarm, local, "push {push}");
         let summary = log
             .lines()
@@ -563,20 +574,7 @@ fn auto_nodes_choose_the_least_served_blocks_move_when_unbalanced_and_cover_the_
         "--max-tokens",
         "8",
     ])?;
-    let swarm = run(&[
-        "generate",
-        "--swarm",
-        "--bootstrap",
-        &b,
-        "--model",
-        m,
-        "--codec",
-        "f32",
-        "--prompt",
-        prompt,
-        "--max-tokens",
-        "8",
-    ])?;
+    let (swarm, _) = swarm_generate(&b, m, prompt, 8, &[])?;
     assert_eq!(swarm, local);
     drop((a, b1, c1, boot));
     let _ = std::fs::remove_dir_all(&dir);

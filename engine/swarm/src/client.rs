@@ -560,11 +560,6 @@ impl SwarmSession {
         Ok(hops)
     }
 
-    /// Replaces the directory of servers (a fresher view of the DHT); the route in use stays.
-    pub fn set_servers(&mut self, servers: Vec<ServerEntry>) {
-        self.servers = servers;
-    }
-
     fn open_hop(&self, server: &str, blocks: Range<usize>) -> Result<Hop, HopFailure> {
         let mut link = self.connector.connect(server).map_err(HopFailure::Link)?;
         let default_codec = match self.config.codec {

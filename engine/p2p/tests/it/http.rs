@@ -80,6 +80,8 @@ fn fixture(root: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     )?;
     std::fs::write(site.join("serve.mjs"), "server code")?;
     std::fs::write(site.join("coverage.mjs"), "export const page = 1;")?;
+    std::fs::create_dir_all(site.join("tests"))?;
+    std::fs::write(site.join("tests/secret.txt"), "TOP-SECRET")?;
     std::fs::write(site.join("sub").join("engine.wasm"), b"\0asm\x01\0\0\0")?;
     std::fs::write(site.join("data.bin"), (0u8..=255).collect::<Vec<_>>())?;
     std::fs::write(root.join("secret.txt"), "TOP-SECRET")?;
