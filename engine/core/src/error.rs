@@ -24,6 +24,14 @@ pub enum Error {
     /// A caller passed an out-of-range argument (span, position, context overflow...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A sequence would outgrow its context: `needed` positions against `max`.
+    #[error("context full: {needed} positions needed, the context holds {max}")]
+    ContextFull {
+        /// Positions the call needs in all.
+        needed: usize,
+        /// Positions the context holds.
+        max: usize,
+    },
     /// The tensor backend failed (device lost, readback error...).
     #[error("backend: {0}")]
     Backend(String),

@@ -248,7 +248,48 @@ impl<S: AsyncSession> Generator<S> {
     }
 }
 
+/// What the model must run before a generation driven from outside can take its next step
+/// ([`Generator::needs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs<'a> {
+    /// The whole prompt (a caller may run it in chunks: only the last row's logits count).
+    Prompt(&'a [u32]),
+    /// The token sampled last.
+    Token(u32),
+    /// No model work: the next step samples from logits already held, or ends.
+    Nothing,
+}
+
+impl Generator<()> {
+    /// A generation whose model calls the caller makes (a batch of sequences sharing
+    /// passes over the weights): ask [`Generator::needs`], run it, pass the last row's
+    /// logits to [`Generator::step_with`]. Positions are counted against `max_ctx`.
+    pub fn detached(prompt: &[u32], opts: &GenerateOptions, max_ctx: usize) -> Result<Self> {
+        Self::with_context((), 0, max_ctx, prompt, opts)
+    }
+}
+
 impl<S> Generator<S> {
+    /// What the model must run before the next step.
+    pub fn needs(&self) -> Needs<'_> {
+        match self.phase {
+            Phase::Prefill => Needs::Prompt(&self.prompt),
+            Phase::Decode { feed: Some(id) } => Needs::Token(id),
+            _ => Needs::Nothing,
+        }
+    }
+
+    /// Takes the next step with the logits of what [`Self::needs`] asked for (`None` when
+    /// it asked for nothing). Like [`Generator::step`], an error leaves it finished.
+    pub fn step_with(&mut self, tokenizer: &Tokenizer, logits: Option<Vec<f32>>) -> Result<Step> {
+        self.finish_step(tokenizer, Ok(logits))
+    }
+
+    /// The logits the last token was sampled from (empty before the first).
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
     fn with_context(
         session: S,
         ctx_len: usize,
@@ -260,10 +301,10 @@ impl<S> Generator<S> {
             return Err(Error::InvalidArgument("the prompt is empty".into()));
         }
         if ctx_len + prompt.len() > max_ctx {
-            return Err(Error::InvalidArgument(format!(
-                "prompt of {} tokens does not fit the context of {max_ctx} ({ctx_len} already used)",
-                prompt.len(),
-            )));
+            return Err(Error::ContextFull {
+                needed: ctx_len + prompt.len(),
+                max: max_ctx,
+            });
         }
         Ok(Self {
             sampler: Sampler::new(opts.sampler.clone())?,

@@ -64,6 +64,16 @@ struct Head {
     output: Arc<QMatrix>,
 }
 
+/// One sequence of a batched pass ([`Llama::forward_batch`]): its cache and how many new
+/// rows of the batch are its.
+#[derive(Debug)]
+pub struct BatchSeq<'a> {
+    /// The sequence's cache (every sequence of a batch covers the same blocks).
+    pub cache: &'a mut KvCache,
+    /// Its rows in the batch.
+    pub n: usize,
+}
+
 /// The model (or the loaded part of it).
 #[derive(Debug)]
 pub struct Llama {
@@ -144,6 +154,19 @@ impl KvCache {
                 for row in vt.chunks_exact_mut(self.cap) {
                     row[len..].fill(0.0);
                 }
+            }
+        }
+    }
+
+    /// Appends keys and values (`n × kv_dim` each, after [`Self::reserve`]) of the
+    /// positions following `len` to block `ci`, f16-rounded.
+    fn append(&mut self, ci: usize, k: &[f32], v: &[f32]) {
+        let (start, cap, kv_dim) = (self.len, self.cap, self.kv_dim);
+        self.k[ci].extend(k.iter().map(|&x| round16(x)));
+        let vt = &mut self.vt[ci];
+        for (t, row) in v.chunks_exact(kv_dim).enumerate() {
+            for (d, &x) in row.iter().enumerate() {
+                vt[d * cap + start + t] = round16(x);
             }
         }
     }
@@ -370,7 +393,6 @@ impl Llama {
     /// following those already in the cache, and appends their keys and values to it.
     pub fn forward_span(&self, hidden: &mut [f32], cache: &mut KvCache) -> Result<()> {
         let dim = self.config.dim;
-        self.check_span(&cache.blocks)?;
         if hidden.is_empty() || !hidden.len().is_multiple_of(dim) {
             return Err(Error::InvalidArgument(format!(
                 "{} hidden values are not rows of {dim}",
@@ -378,24 +400,66 @@ impl Llama {
             )));
         }
         let n = hidden.len() / dim;
-        if cache.len + n > cache.max_ctx {
+        self.forward_batch(hidden, &mut [BatchSeq { cache, n }])
+    }
+
+    /// Runs several sequences through the blocks in one pass: `hidden` holds each
+    /// sequence's rows in turn (`seqs[0].n` rows, then `seqs[1].n`, ...), each run after
+    /// the positions already in its own cache. Every weight matrix is read once for all
+    /// rows (continuous batching: decode steps of many sequences and prefill chunks share
+    /// a pass); attention stays per sequence. Each row's result is the one a pass of that
+    /// sequence alone gives, bit for bit.
+    pub fn forward_batch(&self, hidden: &mut [f32], seqs: &mut [BatchSeq<'_>]) -> Result<()> {
+        let dim = self.config.dim;
+        let Some(first) = seqs.first() else {
+            return Err(Error::InvalidArgument("no sequences to run".into()));
+        };
+        let blocks = first.cache.blocks.clone();
+        let mut rows = 0;
+        for s in seqs.iter() {
+            self.check_span(&s.cache.blocks)?;
+            if s.cache.blocks != blocks {
+                return Err(Error::InvalidArgument(format!(
+                    "a batch runs one span: caches over {blocks:?} and {:?}",
+                    s.cache.blocks
+                )));
+            }
+            if s.n == 0 {
+                return Err(Error::InvalidArgument("a sequence with no rows".into()));
+            }
+            if s.cache.len + s.n > s.cache.max_ctx {
+                return Err(Error::ContextFull {
+                    needed: s.cache.len + s.n,
+                    max: s.cache.max_ctx,
+                });
+            }
+            if s.cache.kv_dim != self.config.kv_dim() {
+                return Err(Error::InvalidArgument(
+                    "cache belongs to another model".into(),
+                ));
+            }
+            rows += s.n;
+        }
+        if hidden.len() != rows * dim {
             return Err(Error::InvalidArgument(format!(
-                "context full: {} cached + {n} new positions exceed {}",
-                cache.len, cache.max_ctx
+                "{} hidden values are not {rows} rows of {dim}",
+                hidden.len()
             )));
         }
-        if cache.kv_dim != self.config.kv_dim() {
-            return Err(Error::InvalidArgument(
-                "cache belongs to another model".into(),
-            ));
+        let ropes: Vec<Rope> = seqs
+            .iter()
+            .map(|s| Rope::new(&self.config, s.cache.len, s.n))
+            .collect();
+        for s in seqs.iter_mut() {
+            s.cache.reserve(s.n);
         }
-        let rope = Rope::new(&self.config, cache.len, n);
-        cache.reserve(n);
-        for (ci, bi) in cache.blocks.clone().enumerate() {
+        for (ci, bi) in blocks.enumerate() {
             let block = &self.blocks[bi - self.spec.blocks.start];
-            self.block_forward(block, hidden, n, &rope, cache, ci)?;
+            self.block_forward(block, hidden, rows, seqs, &ropes, ci)?;
         }
-        cache.len += n;
+        for s in seqs.iter_mut() {
+            s.cache.len += s.n;
+        }
         Ok(())
     }
 
@@ -404,12 +468,12 @@ impl Llama {
         b: &Block,
         x: &mut [f32],
         n: usize,
-        rope: &Rope,
-        cache: &mut KvCache,
+        seqs: &mut [BatchSeq<'_>],
+        ropes: &[Rope],
         ci: usize,
     ) -> Result<()> {
         let c = &self.config;
-        let (dim, kv_dim, hd) = (c.dim, c.kv_dim(), c.head_dim);
+        let (dim, kv_dim) = (c.dim, c.kv_dim());
         let mut xn = vec![0f32; n * dim];
         rms_norm(x, &b.attn_norm, c.norm_eps, &mut xn);
         let mut q = vec![0f32; n * dim];
@@ -422,27 +486,56 @@ impl Llama {
                 &mut acts,
             )?;
         }
-        rope.apply(&mut q, c.n_heads, hd);
-        rope.apply(&mut k, c.n_kv_heads, hd);
-        let start = cache.len;
-        let cap = cache.cap;
-        let kc = &mut cache.k[ci];
-        kc.extend(k.iter().map(|&x| round16(x)));
-        let vt = &mut cache.vt[ci];
-        for (t, row) in v.chunks_exact(kv_dim).enumerate() {
-            for (d, &x) in row.iter().enumerate() {
-                vt[d * cap + start + t] = round16(x);
-            }
+        let mut att = vec![0f32; n * dim];
+        let mut row = 0;
+        for (s, rope) in seqs.iter_mut().zip(ropes) {
+            let (q, k, v) = (
+                &mut q[row * dim..(row + s.n) * dim],
+                &mut k[row * kv_dim..(row + s.n) * kv_dim],
+                &v[row * kv_dim..(row + s.n) * kv_dim],
+            );
+            rope.apply(q, c.n_heads, c.head_dim);
+            rope.apply(k, c.n_kv_heads, c.head_dim);
+            s.cache.append(ci, k, v);
+            self.attend(q, s.cache, ci, &mut att[row * dim..(row + s.n) * dim]);
+            row += s.n;
+        }
+        let mut o = vec![0f32; n * dim];
+        b.wo.matmul(&mut Acts::new(&att, n, dim)?, &mut o)?;
+        for (xi, oi) in x.iter_mut().zip(&o) {
+            *xi += oi;
         }
 
-        // Attention, one query row and head at a time, causal over cached + new positions.
-        // Operands are f16-rounded and reduced in llama.cpp's order (see `kernels`).
+        rms_norm(x, &b.ffn_norm, c.norm_eps, &mut xn);
+        let ffn = c.ffn_dim;
+        let mut g = vec![0f32; n * ffn];
+        let mut u = vec![0f32; n * ffn];
+        {
+            let mut acts = Acts::new(&xn, n, dim)?;
+            matmul_many(&mut [(&b.w_gate, &mut g), (&b.w_up, &mut u)], &mut acts)?;
+        }
+        swiglu(&mut g, &u);
+        b.w_down.matmul(&mut Acts::new(&g, n, ffn)?, &mut o)?;
+        for (xi, oi) in x.iter_mut().zip(&o) {
+            *xi += oi;
+        }
+        Ok(())
+    }
+
+    /// Attention of one sequence's new query rows `q` (`n × dim`, their keys and values
+    /// already appended to block `ci` of `cache`, which has not yet counted them), one row
+    /// and head at a time, causal over cached + new positions. Operands are f16-rounded and
+    /// reduced in llama.cpp's order (see `kernels`).
+    fn attend(&self, q: &[f32], cache: &KvCache, ci: usize, att: &mut [f32]) {
+        let c = &self.config;
+        let (dim, kv_dim, hd) = (c.dim, c.kv_dim(), c.head_dim);
+        let (start, cap) = (cache.len, cache.cap);
+        let (kc, vt) = (&cache.k[ci], &cache.vt[ci]);
         let group = c.n_heads / c.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut att = vec![0f32; n * dim];
-        let mut scores = Vec::with_capacity(start + n);
+        let mut scores = Vec::with_capacity(start + q.len() / dim);
         let mut qh = vec![0f32; hd];
-        for t in 0..n {
+        for t in 0..q.len() / dim {
             let ctx = start + t + 1;
             for h in 0..c.n_heads {
                 let kvh = h / group;
@@ -470,34 +563,10 @@ impl Llama {
                 }
             }
         }
-        let mut o = vec![0f32; n * dim];
-        b.wo.matmul(&mut Acts::new(&att, n, dim)?, &mut o)?;
-        for (xi, oi) in x.iter_mut().zip(&o) {
-            *xi += oi;
-        }
-
-        rms_norm(x, &b.ffn_norm, c.norm_eps, &mut xn);
-        let ffn = c.ffn_dim;
-        let mut g = vec![0f32; n * ffn];
-        let mut u = vec![0f32; n * ffn];
-        {
-            let mut acts = Acts::new(&xn, n, dim)?;
-            matmul_many(&mut [(&b.w_gate, &mut g), (&b.w_up, &mut u)], &mut acts)?;
-        }
-        swiglu(&mut g, &u);
-        b.w_down.matmul(&mut Acts::new(&g, n, ffn)?, &mut o)?;
-        for (xi, oi) in x.iter_mut().zip(&o) {
-            *xi += oi;
-        }
-        Ok(())
     }
 
     /// Logits of the last row of `hidden` (final norm + output head).
     pub fn logits(&self, hidden: &[f32]) -> Result<Vec<f32>> {
-        let h = self
-            .head
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("output head not loaded".into()))?;
         let dim = self.config.dim;
         if hidden.len() < dim || !hidden.len().is_multiple_of(dim) {
             return Err(Error::InvalidArgument(format!(
@@ -505,11 +574,35 @@ impl Llama {
                 hidden.len()
             )));
         }
-        let last = &hidden[hidden.len() - dim..];
-        let mut xn = vec![0f32; dim];
-        rms_norm(last, &h.norm, self.config.norm_eps, &mut xn);
-        let mut out = vec![0f32; self.config.vocab_size];
-        h.output.matmul(&mut Acts::new(&xn, 1, dim)?, &mut out)?;
+        self.logits_rows(hidden, &[hidden.len() / dim - 1])
+    }
+
+    /// Logits of the chosen `rows` of `hidden` (`rows.len() × vocab`, in that order), the
+    /// output head read once for all of them.
+    pub fn logits_rows(&self, hidden: &[f32], rows: &[usize]) -> Result<Vec<f32>> {
+        let h = self
+            .head
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("output head not loaded".into()))?;
+        let dim = self.config.dim;
+        if rows.is_empty() || rows.iter().any(|&r| (r + 1) * dim > hidden.len()) {
+            return Err(Error::InvalidArgument(format!(
+                "rows {rows:?} of {} hidden values of {dim}",
+                hidden.len()
+            )));
+        }
+        let mut xn = vec![0f32; rows.len() * dim];
+        for (&r, out) in rows.iter().zip(xn.chunks_exact_mut(dim)) {
+            rms_norm(
+                &hidden[r * dim..(r + 1) * dim],
+                &h.norm,
+                self.config.norm_eps,
+                out,
+            );
+        }
+        let mut out = vec![0f32; rows.len() * self.config.vocab_size];
+        h.output
+            .matmul(&mut Acts::new(&xn, rows.len(), dim)?, &mut out)?;
         Ok(out)
     }
 

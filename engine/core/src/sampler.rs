@@ -1,5 +1,5 @@
-//! Token sampling: greedy, temperature, top-k, top-p and repetition penalty, with a seeded
-//! RNG so a given seed reproduces a generation.
+//! Token sampling: greedy, temperature, top-k, top-p, and repetition, presence and
+//! frequency penalties, with a seeded RNG so a given seed reproduces a generation.
 
 use crate::{Error, Result};
 
@@ -14,7 +14,13 @@ pub struct SamplerConfig {
     pub top_p: f32,
     /// Divide positive (multiply negative) logits of recently seen tokens by this (`1` = off).
     pub repetition_penalty: f32,
-    /// How many recent tokens the repetition penalty looks at.
+    /// Subtracted from the logit of every token among the recent ones (OpenAI's
+    /// `presence_penalty`, -2..=2; `0` = off).
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per occurrence among the recent ones (OpenAI's
+    /// `frequency_penalty`, -2..=2; `0` = off).
+    pub frequency_penalty: f32,
+    /// How many recent tokens (prompt included) the penalties look at.
     pub repeat_last_n: usize,
     /// RNG seed.
     pub seed: u64,
@@ -27,6 +33,8 @@ impl Default for SamplerConfig {
             top_k: 0,
             top_p: 1.0,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             repeat_last_n: 64,
             seed: 0,
         }
@@ -54,7 +62,24 @@ impl SamplerConfig {
                 self.repetition_penalty
             )));
         }
+        for (name, v) in [
+            ("presence penalty", self.presence_penalty),
+            ("frequency penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} {v} must be in [-2, 2]"
+                )));
+            }
+        }
         Ok(())
+    }
+
+    fn penalises(&self) -> bool {
+        self.repeat_last_n > 0
+            && (self.repetition_penalty != 1.0
+                || self.presence_penalty != 0.0
+                || self.frequency_penalty != 0.0)
     }
 }
 
@@ -88,27 +113,30 @@ impl Sampler {
         if logits.is_empty() {
             return Err(Error::InvalidArgument("no logits to sample from".into()));
         }
-        let penalised: Vec<u32>;
-        let recent = if self.cfg.repetition_penalty != 1.0 && self.cfg.repeat_last_n > 0 {
+        // (token, occurrences) among the recent tokens, sorted by token.
+        let mut recent: Vec<(u32, u32)> = Vec::new();
+        if self.cfg.penalises() {
             let from = history.len().saturating_sub(self.cfg.repeat_last_n);
             let mut r = history[from..].to_vec();
             r.sort_unstable();
-            r.dedup();
-            penalised = r;
-            &penalised[..]
-        } else {
-            &[][..]
-        };
-        let penalty = |id: u32, l: f32| -> f32 {
-            if recent.binary_search(&id).is_ok() {
-                if l > 0.0 {
-                    l / self.cfg.repetition_penalty
-                } else {
-                    l * self.cfg.repetition_penalty
+            for id in r {
+                match recent.last_mut() {
+                    Some((last, count)) if *last == id => *count += 1,
+                    _ => recent.push((id, 1)),
                 }
-            } else {
-                l
             }
+        }
+        let cfg = &self.cfg;
+        let penalty = |id: u32, l: f32| -> f32 {
+            let Ok(i) = recent.binary_search_by_key(&id, |e| e.0) else {
+                return l;
+            };
+            let l = if l > 0.0 {
+                l / cfg.repetition_penalty
+            } else {
+                l * cfg.repetition_penalty
+            };
+            l - cfg.presence_penalty - cfg.frequency_penalty * recent[i].1 as f32
         };
         if self.cfg.temperature == 0.0 {
             // Ties go to the lowest id, like a stable argmax.
@@ -121,6 +149,9 @@ impl Sampler {
             }
             return Ok(best.0);
         }
+        let temperature = self.cfg.temperature;
+        let top_p = self.cfg.top_p;
+        let top_k = self.cfg.top_k;
         let c = &mut self.candidates;
         c.clear();
         c.extend(
@@ -134,24 +165,24 @@ impl Sampler {
             return Err(Error::InvalidArgument("all logits are NaN".into()));
         }
         let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if self.cfg.top_k > 0 && self.cfg.top_k < c.len() {
-            c.select_nth_unstable_by(self.cfg.top_k - 1, by_logit);
-            c.truncate(self.cfg.top_k);
+        if top_k > 0 && top_k < c.len() {
+            c.select_nth_unstable_by(top_k - 1, by_logit);
+            c.truncate(top_k);
         }
         c.sort_unstable_by(by_logit);
         // Softmax at temperature, then the top-p cut on the sorted probabilities.
         let max = c[0].1;
         let mut total = 0f64;
         for e in c.iter_mut() {
-            e.1 = ((e.1 - max) / self.cfg.temperature).exp();
+            e.1 = ((e.1 - max) / temperature).exp();
             total += f64::from(e.1);
         }
-        if self.cfg.top_p < 1.0 {
+        if top_p < 1.0 {
             let mut mass = 0f64;
             let mut keep = c.len();
             for (i, e) in c.iter().enumerate() {
                 mass += f64::from(e.1) / total;
-                if mass >= f64::from(self.cfg.top_p) {
+                if mass >= f64::from(top_p) {
                     keep = i + 1;
                     break;
                 }
@@ -213,6 +244,27 @@ mod tests {
     }
 
     #[test]
+    fn presence_and_frequency_penalties_follow_openai() {
+        // Token 1 seen twice: 3.0 - 0.5 (presence) - 2 × 0.4 (frequency) = 1.7 < 2.0.
+        let mut s = sampler(|c| {
+            c.presence_penalty = 0.5;
+            c.frequency_penalty = 0.4;
+        });
+        assert_eq!(s.sample(&[0.1, 3.0, 2.0], &[1, 1]).unwrap(), 2);
+        // Seen once: 3.0 - 0.9 = 2.1 > 2.0.
+        assert_eq!(s.sample(&[0.1, 3.0, 2.0], &[1]).unwrap(), 1);
+        // Negative penalties favour seen tokens.
+        let mut s = sampler(|c| c.presence_penalty = -1.5);
+        assert_eq!(s.sample(&[0.1, 2.0, 3.0], &[1]).unwrap(), 1);
+        // Only the last `repeat_last_n` tokens count.
+        let mut s = sampler(|c| {
+            c.presence_penalty = 2.0;
+            c.repeat_last_n = 1;
+        });
+        assert_eq!(s.sample(&[0.1, 3.0, 2.0], &[1, 2]).unwrap(), 1);
+    }
+
+    #[test]
     fn top_k_one_is_greedy_at_any_temperature() {
         let mut s = sampler(|c| {
             c.temperature = 5.0;
@@ -263,6 +315,9 @@ mod tests {
             |c| c.top_p = 1.5,
             |c| c.repetition_penalty = 0.0,
             |c| c.temperature = f32::NAN,
+            |c| c.presence_penalty = 2.5,
+            |c| c.frequency_penalty = -3.0,
+            |c| c.frequency_penalty = f32::NAN,
         ] {
             let mut c = SamplerConfig::default();
             f(&mut c);

@@ -664,7 +664,7 @@ impl Session for SwarmSession {
     fn forward(&mut self, tokens: &[u32]) -> kwaainet_core::Result<Vec<f32>> {
         self.forward_tokens(tokens).map_err(|e| match e {
             SwarmError::Local(e) => e,
-            SwarmError::ContextFull { .. } => CoreError::InvalidArgument(e.to_string()),
+            SwarmError::ContextFull { needed, max } => CoreError::ContextFull { needed, max },
             other => CoreError::Backend(format!("swarm: {other}")),
         })
     }

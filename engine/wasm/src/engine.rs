@@ -59,6 +59,7 @@ impl From<kwaainet_core::Error> for EngineError {
             E::Template(m) => Self::new("template", m),
             E::Model(m) => Self::new("model", m),
             E::InvalidArgument(m) => Self::new("options", m),
+            e @ E::ContextFull { .. } => Self::new("options", e.to_string()),
             other => Self::new("internal", other.to_string()),
         }
     }
