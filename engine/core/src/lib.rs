@@ -1,7 +1,7 @@
 #![doc = include_str!("../README.md")]
 
-#[cfg(feature = "burn")]
 pub mod batch;
+#[cfg(feature = "burn")]
 pub mod burn_model;
 pub mod chat;
 pub mod codec;
