@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod api;
 mod bench;
 mod burn_backend;
 mod fetch;
@@ -30,7 +31,7 @@ enum Command {
     /// Measure prefill and decode speed and peak memory.
     Bench(bench::BenchArgs),
     /// Run a P2P node (bootstrap / relay / full roles) with its HTTP side, until SIGINT/SIGTERM.
-    Start(node::StartArgs),
+    Start(Box<node::StartArgs>),
     /// Print this node's peer id, creating its identity key on first use.
     Identity(node::IdentityArgs),
     /// List the peers connected to the running node.

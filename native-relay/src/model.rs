@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use kwaainet_core::chat::{ChatMessage, ChatTemplate};
+use kwaainet_core::chat::{ChatMessage, ChatTemplate, Prompt, prompt_ids};
 use kwaainet_core::gguf::Gguf;
 use kwaainet_core::tokenizer::Tokenizer;
 use kwaainet_core::{Llama, LlamaConfig, LoadSpec};
@@ -98,32 +98,16 @@ impl<M> Loaded<M> {
         system: Option<&str>,
         chat: bool,
     ) -> anyhow::Result<Vec<u32>> {
-        let text = if chat {
-            let mut messages = Vec::new();
-            if let Some(s) = system {
-                messages.push(ChatMessage::new("system", s));
-            }
-            messages.push(ChatMessage::new("user", prompt));
-            let fallback;
-            let template = match &self.template {
-                Some(t) => t,
-                None => {
-                    fallback = ChatTemplate::chatml();
-                    &fallback
-                }
-            };
-            template.render(&messages, true)?
+        let messages: Vec<ChatMessage> = system
+            .map(|s| ChatMessage::new("system", s))
+            .into_iter()
+            .chain([ChatMessage::new("user", prompt)])
+            .collect();
+        let prompt = if chat {
+            Prompt::Chat(&messages)
         } else {
-            prompt.to_string()
+            Prompt::Text(prompt)
         };
-        let mut ids = Vec::new();
-        if self.tokenizer.add_bos()
-            && let Some(b) = self.tokenizer.bos_id()
-            && !(chat && text.starts_with(self.tokenizer.token_text(b).unwrap_or("\u{0}")))
-        {
-            ids.push(b);
-        }
-        ids.extend(self.tokenizer.encode(&text, true)?);
-        Ok(ids)
+        Ok(prompt_ids(&self.tokenizer, self.template.as_ref(), prompt)?)
     }
 }

@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -86,6 +87,8 @@ pub struct StartArgs {
     pub id: IdentityArgs,
     #[command(flatten)]
     pub span: crate::swarm::SpanArgs,
+    #[command(flatten)]
+    pub api: crate::api::ApiArgs,
 }
 
 /// Arguments of `kwaainet peers` and `kwaainet status`.
@@ -118,6 +121,7 @@ struct FileConfig {
     identity: Option<PathBuf>,
     node: NodeConfig,
     http: FileHttp,
+    api: crate::api::FileApi,
 }
 
 fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
@@ -155,6 +159,8 @@ struct Settings {
     node: NodeConfig,
     identity: PathBuf,
     http: Option<(SocketAddr, HttpConfig)>,
+    /// The OpenAI API on the HTTP side.
+    api: Option<crate::api::Settings>,
     /// `--blocks`: the model file and the blocks to serve.
     span: Option<(crate::serving::ModelFile, crate::serving::Blocks)>,
 }
@@ -211,8 +217,10 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
     };
 
     let enabled = !args.no_http && file.http.enabled.unwrap_or(true);
+    let mut api = None;
     let http = if enabled {
         let addr = args.http.or(file.http.listen).unwrap_or(DEFAULT_HTTP);
+        api = Some(crate::api::settings(&args.api, file.api, addr)?);
         let model_path = args
             .model
             .clone()
@@ -246,6 +254,7 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
                 cdn_dir: args.cdn_dir.clone().or(file.http.cdn_dir),
                 model,
                 watch_models,
+                registries: Vec::new(),
             },
         ))
     } else {
@@ -255,6 +264,7 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
         node,
         identity,
         http,
+        api,
         span,
     })
 }
@@ -304,13 +314,35 @@ async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_task = None;
     let mut http_url = None;
-    if let Some((addr, cfg)) = s.http {
+    let mut api = None;
+    if let Some((addr, mut cfg)) = s.http {
         let listener = kwaainet_p2p::http::bind(addr)
             .await
             .with_context(|| format!("binding HTTP on {addr}"))?;
         let bound = listener.local_addr()?;
         http_url = Some(format!("http://{bound}/"));
-        let app = kwaainet_p2p::http::router(node.clone(), cfg);
+        if let Some(settings) = &s.api {
+            let model = cfg
+                .model
+                .as_ref()
+                .map(|m| (m.path.as_path(), m.sha256.as_str()));
+            let node_for_swarm = node.clone();
+            api = crate::api::build(settings, model, |weights, id| {
+                Arc::new(crate::swarm::SwarmSessions::new(
+                    node_for_swarm,
+                    weights,
+                    id,
+                ))
+            })
+            .context("starting the OpenAI API")?;
+        }
+        if let Some((_, registry)) = &api {
+            cfg.registries.push(Arc::clone(registry));
+        }
+        let mut app = kwaainet_p2p::http::router(node.clone(), cfg);
+        if let Some((a, _)) = &api {
+            app = app.merge(kwaainet_api::router(Arc::clone(a)));
+        }
         let mut rx = stop_rx.clone();
         http_task = Some(tokio::spawn(kwaainet_p2p::http::serve(
             listener,
@@ -353,6 +385,10 @@ async fn run(
     }
     if let Some(service) = service {
         service.drain().await;
+    }
+    if let Some((a, _)) = api {
+        // Running requests end with a 503; the engine thread exits within a step.
+        let _ = tokio::task::spawn_blocking(move || a.stop()).await;
     }
     let _ = stop_tx.send(true);
     let stopped = tokio::time::timeout(Duration::from_secs(10), async {

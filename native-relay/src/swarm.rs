@@ -340,6 +340,61 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Sessions through the swarm for the node's OpenAI API: each request finds the servers
+/// of the model (DHT records, as `generate --swarm` does) and plans its own route; the node
+/// holds the embedding and the head.
+pub struct SwarmSessions {
+    node: NodeHandle,
+    local: Arc<kwaainet_core::Llama>,
+    model_id: String,
+    runtime: tokio::runtime::Handle,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl SwarmSessions {
+    /// Sessions of `model_id` through `node`, with `local` holding embedding and head
+    /// (call on the node's runtime).
+    pub fn new(node: NodeHandle, local: Arc<kwaainet_core::Llama>, model_id: String) -> Self {
+        Self {
+            node,
+            local,
+            model_id,
+            runtime: tokio::runtime::Handle::current(),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl kwaainet_api::SessionSource for SwarmSessions {
+    fn open(
+        &self,
+        max_ctx: usize,
+    ) -> Result<Box<dyn kwaainet_core::generate::Session + Send>, String> {
+        let n_layers = self.local.config().n_layers;
+        let servers = self
+            .runtime
+            .block_on(discover(&self.node, &self.model_id, n_layers))
+            .map_err(|e| e.to_string())?;
+        let connector = NetConnector::new(
+            self.node.stream_control(),
+            self.runtime.clone(),
+            NetConfig::default(),
+        );
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let config = ClientConfig {
+            max_length: max_ctx,
+            ..ClientConfig::new(self.model_id.clone())
+        };
+        Ok(Box::new(SwarmSession::new(
+            Arc::clone(&self.local),
+            servers,
+            Arc::new(connector),
+            config,
+            format!("api-{}-{n}", std::process::id()),
+        )))
+    }
+}
+
 /// The servers of `model` the DHT lists, with their spans, once they cover all `n_layers`
 /// blocks (or the best found within [`DISCOVERY`], with an error naming what is missing).
 async fn discover(

@@ -144,6 +144,43 @@ impl ChatTemplate {
     }
 }
 
+/// Token ids of a prompt, built the same way by every host (CLI, node API, browser):
+/// `messages` rendered through `template` (ChatML when the model ships none) with the
+/// assistant's generation prompt, or `text` as it is; BOS first when the model asks for it
+/// and the rendered text does not already start with it. Special-token texts in the prompt
+/// are parsed as the special tokens (as llama.cpp does).
+pub fn prompt_ids(
+    tokenizer: &crate::Tokenizer,
+    template: Option<&ChatTemplate>,
+    prompt: Prompt<'_>,
+) -> Result<Vec<u32>> {
+    let text = match prompt {
+        Prompt::Chat(messages) => match template {
+            Some(t) => t.render(messages, true)?,
+            None => ChatTemplate::chatml().render(messages, true)?,
+        },
+        Prompt::Text(text) => text.to_owned(),
+    };
+    let mut ids = Vec::new();
+    if tokenizer.add_bos()
+        && let Some(b) = tokenizer.bos_id()
+        && !text.starts_with(tokenizer.token_text(b).unwrap_or("\u{0}"))
+    {
+        ids.push(b);
+    }
+    ids.extend(tokenizer.encode(&text, true)?);
+    Ok(ids)
+}
+
+/// What a prompt is made of.
+#[derive(Debug, Clone, Copy)]
+pub enum Prompt<'a> {
+    /// Chat turns, rendered through the model's template.
+    Chat(&'a [ChatMessage]),
+    /// Text used as it is.
+    Text(&'a str),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,6 +74,18 @@ pub trait AsyncSession {
     fn max_ctx(&self) -> usize;
 }
 
+impl<S: Session + ?Sized> Session for Box<S> {
+    fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        (**self).forward(tokens)
+    }
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn max_ctx(&self) -> usize {
+        (**self).max_ctx()
+    }
+}
+
 impl<S: Session + ?Sized> Session for &mut S {
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         (**self).forward(tokens)

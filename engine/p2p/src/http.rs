@@ -54,6 +54,8 @@ pub struct HttpConfig {
     /// Models whose swarm health `/api/v1/state` reports (id, blocks if known), besides
     /// those the node serves.
     pub watch_models: Vec<(String, Option<u32>)>,
+    /// More metrics served in `/metrics` after the node's (the OpenAI API's).
+    pub registries: Vec<Arc<prometheus_client::registry::Registry>>,
 }
 
 /// How often the swarm's health reports are refreshed.
@@ -107,9 +109,13 @@ pub async fn serve(
     app: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    // Peer addresses reach the handlers (the API's per-client rate limits).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     Ok(())
 }
 
@@ -136,7 +142,7 @@ async fn api_state(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    let body = s.node.metrics_text();
+    let body = s.node.metrics_text_with(&s.config.registries);
     (
         [(
             header::CONTENT_TYPE,

@@ -71,8 +71,18 @@ impl NodeHandle {
 
     /// The metrics in the Prometheus text (OpenMetrics) format.
     pub fn metrics_text(&self) -> String {
+        self.metrics_text_with(&[])
+    }
+
+    /// The node's metrics followed by those of `more` registries, in one exposition.
+    pub fn metrics_text_with(&self, more: &[Arc<Registry>]) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut body = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &self.registry) {
+        let encoded = std::iter::once(&*self.registry)
+            .chain(more.iter().map(|r| &**r))
+            .try_for_each(|r| encode_registry(&mut body, r))
+            .and_then(|()| encode_eof(&mut body));
+        if let Err(e) = encoded {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         body

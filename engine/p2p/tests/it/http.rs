@@ -109,6 +109,14 @@ async fn state_metrics_and_static_files() -> Result<()> {
         ..NodeConfig::default()
     };
     let node = kwaainet_p2p::spawn(cfg, Keypair::generate_ed25519(), None).await?;
+    let mut extra = prometheus_client::registry::Registry::default();
+    let probe = prometheus_client::metrics::counter::Counter::<u64>::default();
+    extra.register(
+        "kwaainet_extra_probe",
+        "A metric of another registry",
+        probe.clone(),
+    );
+    probe.inc_by(3);
     let app = kwaainet_p2p::http::router(
         node.clone(),
         HttpConfig {
@@ -119,6 +127,7 @@ async fn state_metrics_and_static_files() -> Result<()> {
                 sha256: "ab12".into(),
             }),
             watch_models: vec![("nobody-serves-this@00".into(), Some(4))],
+            registries: vec![std::sync::Arc::new(extra)],
         },
     );
     let listener = kwaainet_p2p::http::bind("127.0.0.1:0".parse()?).await?;
@@ -169,6 +178,9 @@ async fn state_metrics_and_static_files() -> Result<()> {
     assert!(text.contains("libp2p_swarm"), "{text}");
     assert!(text.contains("libp2p_bandwidth"), "{text}");
     assert!(text.trim_end().ends_with("# EOF"));
+    // Other registries (the OpenAI API's) follow the node's in the same exposition.
+    assert!(text.contains("kwaainet_extra_probe_total 3"), "{text}");
+    assert_eq!(text.matches("# EOF").count(), 1);
 
     // The page with its placeholders filled in.
     let r = get(addr, "/", "").await?;
