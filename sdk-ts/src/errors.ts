@@ -19,7 +19,8 @@ export type ErrorCode =
   | 'disposed'
   | 'unsupported'
   | 'backend-lost'
-  | 'p2p';
+  | 'p2p'
+  | 'node-api';
 
 export class KwaaiNetError extends Error {
   readonly code: ErrorCode;
@@ -82,7 +83,9 @@ export class EngineCrashedError extends KwaaiNetError {
   }
 }
 
-/** A message that does not follow the page ↔ host protocol (wrong version, bad shape). */
+/** A message that does not follow the protocol: the page ↔ host messages (wrong version, bad
+ *  shape), or a node's OpenAI API answering with something that is not its wire format
+ *  (bad JSON, a malformed server-sent event, a stream that ends without `data: [DONE]`). */
 export class ProtocolError extends KwaaiNetError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('protocol', message, options);
@@ -90,7 +93,8 @@ export class ProtocolError extends KwaaiNetError {
   }
 }
 
-/** The model download failed (HTTP status, connection lost after the retries). */
+/** An HTTP request failed: the model download (HTTP status, connection lost after the
+ *  retries), or a node's API could not be reached or did not answer in time. */
 export class NetworkError extends KwaaiNetError {
   readonly status: number | undefined;
   constructor(message: string, status?: number, options?: { cause?: unknown }) {
@@ -171,10 +175,38 @@ export class P2pError extends KwaaiNetError {
   }
 }
 
+/** A node's OpenAI-compatible API (`new KwaaiNet({ endpoint })`) refused a request: an
+ *  HTTP error status, or an error event inside a stream. The OpenAI error object's fields
+ *  are kept as the node sent them (`apiCode` is its `code`: `code` is the SDK's own). */
+export class NodeApiError extends KwaaiNetError {
+  /** The HTTP status; null for an error the node reported inside a 200 stream. */
+  readonly status: number | null;
+  /** OpenAI's `error.type` (`invalid_request_error`, …), `error.param` and `error.code`. */
+  readonly type: string | null;
+  readonly param: string | null;
+  readonly apiCode: string | null;
+  /** From `Retry-After` (429, 503), in milliseconds; null when the node sent none. */
+  readonly retryAfterMs: number | null;
+  /** The same request may succeed later (429, 502, 503, 504). */
+  readonly retriable: boolean;
+  constructor(message: string, details: {
+    status?: number | null; type?: string | null; param?: string | null; apiCode?: string | null; retryAfterMs?: number | null;
+  } = {}, options?: { cause?: unknown }) {
+    super('node-api', message, options);
+    this.name = 'NodeApiError';
+    this.status = details.status ?? null;
+    this.type = details.type ?? null;
+    this.param = details.param ?? null;
+    this.apiCode = details.apiCode ?? null;
+    this.retryAfterMs = details.retryAfterMs ?? null;
+    this.retriable = this.status !== null && [429, 502, 503, 504].includes(this.status);
+  }
+}
+
 const ERROR_CODES: ReadonlySet<string> = new Set<ErrorCode>([
   'aborted', 'quota-exceeded', 'integrity', 'model-too-large', 'consent-required',
   'engine-crashed', 'protocol', 'network', 'invalid-argument', 'engine', 'not-initialized',
-  'disposed', 'unsupported', 'backend-lost', 'p2p',
+  'disposed', 'unsupported', 'backend-lost', 'p2p', 'node-api',
 ]);
 
 export function isErrorCode(value: unknown): value is ErrorCode {
@@ -199,6 +231,7 @@ export function errorFromWire(code: ErrorCode, message: string): KwaaiNetError {
     case 'unsupported': return new UnsupportedError(message);
     case 'backend-lost': return new BackendLostError(message);
     case 'p2p': return new P2pError(message);
+    case 'node-api': return new NodeApiError(message);
   }
 }
 

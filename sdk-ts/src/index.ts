@@ -21,8 +21,8 @@ export type { HostPreference } from './host.js';
 
 export {
   AbortError, BackendLostError, ConsentRequiredError, DisposedError, EngineCrashedError, EngineError, IntegrityError,
-  InvalidArgumentError, KwaaiNetError, ModelTooLargeError, NetworkError, NotInitializedError, P2pError, ProtocolError,
-  QuotaExceededError, UnsupportedError,
+  InvalidArgumentError, KwaaiNetError, ModelTooLargeError, NetworkError, NodeApiError, NotInitializedError, P2pError,
+  ProtocolError, QuotaExceededError, UnsupportedError,
   type ErrorCode, type P2pFailure,
 } from './errors.js';
 

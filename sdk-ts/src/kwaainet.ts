@@ -9,6 +9,9 @@
  * await ai.initialize();
  * for await (const chunk of await ai.chat.completions.create({ messages, stream: true }, { signal })) { ... }
  * ```
+ *
+ * With `endpoint` the same calls go to a node's OpenAI API instead (node-api.ts), with no
+ * engine host and no model download; `route` in a request's options picks either.
  */
 
 import { hostUrls } from './assets.js';
@@ -23,6 +26,7 @@ import {
 import { Emitter } from './events.js';
 import { startHost, type HostChoice, type HostPreference, type HostUrls, type StartHostOptions } from './host.js';
 import { randomId } from './local-engine.js';
+import { NodeApi } from './node-api.js';
 import {
   ChunkStream, buildChunk, buildCompletion, buildTextCompletion, toGenerateRequest, toPromptRequest, type CompletionMeta,
 } from './openai/chat.js';
@@ -35,7 +39,7 @@ import type {
   Backend, EngineInfo, EngineLimits, EnginePreference, GpuInfo, EngineSpec, GenerateRequest, GenerationUsage, HostKind, ModelSpec, Progress,
 } from './protocol.js';
 import { DutyCycle, MIB, parseMaxResources, type MaxResources } from './resources.js';
-import { SHA256_HEX } from './validate.js';
+import { SHA256_HEX, isRecord } from './validate.js';
 
 export interface KwaaiNetOptions {
   /** Services this site offers its visitors to contribute to (consent covers exactly these). */
@@ -68,6 +72,16 @@ export interface KwaaiNetOptions {
   pingTimeoutMs?: number;
   /** Replaces host selection (tests, custom hosts). */
   startHost?: (preference: HostPreference, urls: HostUrls, options: StartHostOptions) => Promise<HostChoice>;
+  /** A node's OpenAI-compatible API (`http://127.0.0.1:8080`; absolute, or relative to the
+   *  page; a trailing `/v1` is accepted). Requests then go to the node by default (see
+   *  `RequestOptions.route`); without `modelUrl` no engine host starts. */
+  endpoint?: string;
+  /** Sent to the node as `Authorization: Bearer <apiKey>`; needs `endpoint`. */
+  apiKey?: string;
+  /** The longest wait on the node: for its answer to start, then for each read of a stream
+   *  (default 120 s). A non-streamed answer comes whole at the end, so it covers the whole
+   *  generation. */
+  endpointTimeoutMs?: number;
 }
 
 export type Status =
@@ -173,6 +187,8 @@ export class KwaaiNet {
   private readonly events = new Emitter<KwaaiNetEvents>();
   private readonly model: ModelSpec | null;
   private readonly urls: HostUrls | null;
+  /** The node's API client, with `endpoint` (it holds the API key, in a private field). */
+  private readonly node: NodeApi | null;
   /** Requests in flight, each with the detach of its listener on the caller's signal (a
    *  long-lived caller signal must not gain a listener per finished request). */
   private readonly active = new Map<AbortController, () => void>();
@@ -190,6 +206,15 @@ export class KwaaiNet {
 
   constructor(options: KwaaiNetOptions = {}) {
     this.options = { ...options };
+    delete this.options.apiKey; // only the node client keeps it
+    if (options.endpoint === undefined && (options.apiKey !== undefined || options.endpointTimeoutMs !== undefined)) {
+      throw new InvalidArgumentError('apiKey and endpointTimeoutMs are for a node: pass endpoint too');
+    }
+    this.node = options.endpoint === undefined ? null : new NodeApi({
+      endpoint: options.endpoint,
+      ...(options.apiKey !== undefined && { apiKey: options.apiKey }),
+      ...(options.endpointTimeoutMs !== undefined && { timeoutMs: options.endpointTimeoutMs }),
+    });
     this.services = list(options.services, SERVICES, 'services');
     this.privacyCompliance = list(options.privacyCompliance, PRIVACY_FLAGS, 'privacyCompliance');
     this.maxResources = Object.freeze(parseMaxResources(options.maxResources));
@@ -228,7 +253,8 @@ export class KwaaiNet {
   }
 
   /** Starts the engine host and (unless `loadModelOnInit: false`) loads the model. Safe to
-   *  call more than once; a failed call can be retried. */
+   *  call more than once; a failed call can be retried. With an `endpoint` and no
+   *  `modelUrl` there is no engine to start, and requests need no `initialize()`. */
   initialize(options: { signal?: AbortSignal } = {}): Promise<void> {
     if (this.disposed) return Promise.reject(new DisposedError());
     if (!this.initPromise) {
@@ -244,16 +270,56 @@ export class KwaaiNet {
 
   private async doInitialize(signal?: AbortSignal): Promise<void> {
     throwIfAborted(signal);
-    this.events.emit('status', { state: 'starting' });
     globalThis.addEventListener?.('pagehide', this.onPageHide);
-    await this.hostReady();
-    void this.requestPersistence();
+    const withEngine = !this.nodeOnly();
+    if (withEngine) {
+      this.events.emit('status', { state: 'starting' });
+      await this.hostReady();
+      void this.requestPersistence();
+    }
     this.emitContribution();
     if (this.services.length > 0 && this.options.askConsentOnInit !== false && this.consent.decision === null) {
       void this.consent.ask().catch(() => {}); // not awaited: the model loads meanwhile
     }
     if (this.model && this.options.loadModelOnInit !== false) await this.loadModel(signal);
-    await this.emitReady();
+    if (withEngine) await this.emitReady();
+  }
+
+  /** An endpoint and no model: every request goes to the node, nothing runs here. */
+  private nodeOnly(): boolean {
+    return this.node !== null && this.model === null;
+  }
+
+  /** The node client when this request goes to the node, null when it runs here. */
+  private route(options: RequestOptions | undefined): NodeApi | null {
+    const route = options?.route ?? (this.node ? 'node' : 'local');
+    if (route === 'local') {
+      if (this.nodeOnly()) throw new NotInitializedError('route "local": no modelUrl was given (this KwaaiNet only has an endpoint)');
+      return null;
+    }
+    if (route !== 'node') throw new InvalidArgumentError('route: "local" or "node"');
+    if (!this.node) throw new InvalidArgumentError('route "node": this KwaaiNet has no endpoint (new KwaaiNet({ endpoint: \'http://…\' }))');
+    return this.node;
+  }
+
+  /** One request to the node: the params as the body (less the SDK's `signal`), the stream
+   *  asked to end with a usage chunk as the in-page engine's does, aborted by the caller's
+   *  signal, `dispose()` and pagehide. */
+  private async viaNode<Whole, Piece>(node: NodeApi, path: string, params: { stream?: boolean | null; signal?: AbortSignal },
+    signal: AbortSignal | undefined): Promise<Whole | AsyncIterable<Piece>> {
+    if (this.disposed) throw new DisposedError();
+    throwIfAborted(signal);
+    const { signal: _signal, ...body } = params as Record<string, unknown> & { signal?: AbortSignal };
+    const controller = this.track(signal);
+    if (params.stream !== true) {
+      try {
+        return await node.json<Whole>(path, body, controller.signal);
+      } finally {
+        this.untrack(controller);
+      }
+    }
+    body.stream_options ??= { include_usage: true };
+    return node.stream<Piece>(path, body, controller.signal, () => this.untrack(controller));
   }
 
   /** 'ready', with the backend of the loaded model, or (none loaded yet) the one the host
@@ -385,6 +451,12 @@ export class KwaaiNet {
 
   private async create(params: ChatCompletionCreateParams, options?: RequestOptions):
     Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>> {
+    const node = this.route(options);
+    if (node) {
+      // The node validates the rest, with its own limits.
+      if (!isRecord(params) || !Array.isArray(params.messages)) throw new InvalidArgumentError('messages: expected an array');
+      return this.viaNode<ChatCompletion, ChatCompletionChunk>(node, 'chat/completions', params, requestSignal(params.signal, options?.signal));
+    }
     // Validated before anything starts: a bad request never waits for the model.
     const request = toGenerateRequest(params);
     const signal = requestSignal(params.signal, options?.signal);
@@ -397,6 +469,11 @@ export class KwaaiNet {
   }
 
   private async createText(params: CompletionCreateParams, options?: RequestOptions): Promise<Completion | AsyncIterable<Completion>> {
+    const node = this.route(options);
+    if (node) {
+      if (!isRecord(params) || typeof params.prompt !== 'string') throw new InvalidArgumentError('prompt: expected a string');
+      return this.viaNode<Completion, Completion>(node, 'completions', params, requestSignal(params.signal, options?.signal));
+    }
     const request = toPromptRequest(params);
     const signal = requestSignal(params.signal, options?.signal);
     if (params.stream === true) {

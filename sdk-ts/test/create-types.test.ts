@@ -31,6 +31,8 @@ async function calls(ai: KwaaiNet, options: RequestOptions): Promise<void> {
 
   const explicit = await ai.chat.completions.create({ messages, stream: false }, { signal: new AbortController().signal });
   expectType<Equal<typeof explicit, ChatCompletion>>();
+  const routed = await ai.chat.completions.create({ messages }, { ...options, route: 'local' });
+  expectType<Equal<typeof routed, ChatCompletion>>();
 
   // A `stream` only known at run time gets the union, as in openai-node.
   const stream = Date.now() < 0;
@@ -58,6 +60,8 @@ export async function rejected(ai: KwaaiNet, options: RequestOptions): Promise<v
   for await (const _ of await ai.completions.create({ prompt: 'hi' }, options)) break;
   // @ts-expect-error RequestOptions.signal is an AbortSignal
   void ai.chat.completions.create({ messages }, { signal: 'stop' });
+  // @ts-expect-error RequestOptions.route is 'local' | 'node'
+  void ai.chat.completions.create({ messages }, { route: 'swarm' });
 }
 
 describe('create(params, { signal }) types', () => {

@@ -14,8 +14,8 @@ const PUBLIC = [
   'KwaaiNetwork', 'MAX_MESSAGE_BYTES', 'fetchBootstrapAddrs',
   // Every typed error.
   'AbortError', 'BackendLostError', 'ConsentRequiredError', 'DisposedError', 'EngineCrashedError', 'EngineError',
-  'IntegrityError', 'InvalidArgumentError', 'KwaaiNetError', 'ModelTooLargeError', 'NetworkError', 'NotInitializedError',
-  'P2pError', 'ProtocolError', 'QuotaExceededError', 'UnsupportedError',
+  'IntegrityError', 'InvalidArgumentError', 'KwaaiNetError', 'ModelTooLargeError', 'NetworkError', 'NodeApiError',
+  'NotInitializedError', 'P2pError', 'ProtocolError', 'QuotaExceededError', 'UnsupportedError',
   // OpenAI helper, and the `maxResources` defaults and parser.
   'assembleChunks', 'DEFAULT_MAX_RESOURCES', 'parseMaxResources',
 ];

@@ -39,12 +39,19 @@ export interface ChatCompletionCreateParamsBase {
   signal?: AbortSignal;
 }
 
+/** Where a request runs: 'local', the engine in this page (its host); 'node', the node's
+ *  OpenAI API at `KwaaiNetOptions.endpoint`. */
+export type Route = 'local' | 'node';
+
 /** `create()`'s second argument, as in openai-node (only the options a local engine can
- *  honour). */
+ *  honour), and `route`. */
 export interface RequestOptions {
   /** Cancels the request: the promise rejects (or the stream ends) with an AbortError and
-   *  the engine host stops generating. */
+   *  the engine host stops generating (or, on a node, the connection is closed). */
   signal?: AbortSignal;
+  /** Default: 'node' when the KwaaiNet has an `endpoint`, else 'local'. 'node' without an
+   *  endpoint fails with InvalidArgumentError. */
+  route?: Route;
 }
 
 export interface ChatCompletionCreateParamsNonStreaming extends ChatCompletionCreateParamsBase {
