@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STEPS=(setup fmt clippy build fetch-model rust-tests p2p wasm32 wasm-engine ts browser)
+STEPS=(setup fmt clippy build fetch-model rust-tests api p2p wasm32 wasm-engine ts browser)
 
 BIN() { printf '%s/release/kwaainet' "$CARGO_TARGET_DIR"; }
 
@@ -61,6 +61,16 @@ step_rust-tests() {
         echo "no lavapipe ($lvp): wgpu tests may skip"
     fi
     cargo test --workspace --release
+}
+
+step_api() {
+    # The node's OpenAI-compatible API: the official `openai` npm client, raw HTTP and the
+    # SDK's endpoint mode against `kwaainet start` on 127.0.0.1 with the default model.
+    if [ -z "${KWAAINET_MODEL:-}" ]; then
+        step_fetch-model
+    fi
+    npm run --silent build -w @kwaainet/sdk
+    KWAAINET_BIN="$(BIN)" node --test --test-timeout=600000 native-relay/tests/api/
 }
 
 step_p2p() {

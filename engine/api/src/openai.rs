@@ -97,6 +97,10 @@ pub struct Common {
     /// Multiplicative repetition penalty (an extension, as llama.cpp's server has it).
     #[serde(default)]
     pub repetition_penalty: Option<f32>,
+    /// Keep generating past end-of-generation tokens (an extension, as llama.cpp's server
+    /// has it: for benchmarks and reference runs).
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
     /// Stream server-sent events.
     #[serde(default)]
     pub stream: Option<bool>,
@@ -219,6 +223,8 @@ pub struct Job {
     pub top_logprobs: Option<usize>,
     /// Echo the prompt (text completions).
     pub echo: bool,
+    /// Generate past end-of-generation tokens.
+    pub ignore_eos: bool,
 }
 
 fn refuse_if_set(v: &Option<Value>, param: &str, what: &str) -> Result<(), ApiError> {
@@ -436,6 +442,7 @@ impl ChatRequest {
             include_usage: self.common.include_usage(),
             top_logprobs: (self.logprobs == Some(true)).then_some(top),
             echo: false,
+            ignore_eos: self.common.ignore_eos.unwrap_or(false),
         })
     }
 }
@@ -496,6 +503,7 @@ impl CompletionRequest {
             include_usage: self.common.include_usage(),
             top_logprobs: top,
             echo: self.echo.unwrap_or(false),
+            ignore_eos: self.common.ignore_eos.unwrap_or(false),
         })
     }
 }

@@ -328,7 +328,7 @@ async fn serve(api: &Shared, job: Job, kind: Kind, started: Instant) -> Result<R
             max_tokens,
             sampler: job.sampler.clone(),
             stop: job.stop.clone(),
-            ignore_eos: false,
+            ignore_eos: job.ignore_eos,
         },
         top_logprobs: job.top_logprobs,
         prompt_logprobs: job.echo && job.top_logprobs.is_some(),
