@@ -27,6 +27,8 @@ pub use crate::serving::Blocks;
 
 /// How long `generate --swarm` looks for servers covering the model.
 const DISCOVERY: Duration = Duration::from_secs(20);
+/// How long an API request looks for servers before it fails with 503 (its client waits).
+const API_DISCOVERY: Duration = Duration::from_secs(8);
 
 /// `kwaainet start`'s span flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -288,7 +290,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
         };
         let key = kwaainet_p2p::libp2p::identity::Keypair::generate_ed25519();
         let node = kwaainet_p2p::spawn(config, key, None).await.context("starting the client node")?;
-        let servers = discover(&node, &id, n_layers).await;
+        let servers = discover(&node, &id, n_layers, DISCOVERY).await;
         let result = match servers {
             Ok(servers) => {
                 let connector = NetConnector::new(node.stream_control(), tokio::runtime::Handle::current(), NetConfig::default());
@@ -373,7 +375,12 @@ impl kwaainet_api::SessionSource for SwarmSessions {
         let n_layers = self.local.config().n_layers;
         let servers = self
             .runtime
-            .block_on(discover(&self.node, &self.model_id, n_layers))
+            .block_on(discover(
+                &self.node,
+                &self.model_id,
+                n_layers,
+                API_DISCOVERY,
+            ))
             .map_err(|e| e.to_string())?;
         let connector = NetConnector::new(
             self.node.stream_control(),
@@ -396,13 +403,14 @@ impl kwaainet_api::SessionSource for SwarmSessions {
 }
 
 /// The servers of `model` the DHT lists, with their spans, once they cover all `n_layers`
-/// blocks (or the best found within [`DISCOVERY`], with an error naming what is missing).
+/// blocks (or the best found `within`, with an error naming what is missing).
 async fn discover(
     node: &NodeHandle,
     model: &str,
     n_layers: usize,
+    within: Duration,
 ) -> anyhow::Result<Vec<ServerEntry>> {
-    let deadline = tokio::time::Instant::now() + DISCOVERY;
+    let deadline = tokio::time::Instant::now() + within;
     let mut entries: Vec<ServerEntry> = Vec::new();
     loop {
         let online = kwaainet_p2p::health::servers(node, model)
@@ -443,7 +451,7 @@ async fn discover(
                     gap.start,
                     gap.end,
                     entries.len(),
-                    DISCOVERY.as_secs()
+                    within.as_secs()
                 )
             }
             Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,

@@ -106,6 +106,27 @@ fn get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     Ok((status, body.to_owned()))
 }
 
+/// A JSON POST; the status and the parsed body.
+fn post(
+    addr: SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<(u16, serde_json::Value)> {
+    let body = body.to_string();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(90)))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").context("no header end")?;
+    let status = head.split(' ').nth(1).context("status")?.parse()?;
+    Ok((status, serde_json::from_str(body)?))
+}
+
 fn state(n: &Node) -> Result<serde_json::Value> {
     let (status, body) = get(n.http, "/api/v1/state")?;
     if status != 200 {
@@ -448,9 +469,47 @@ fn generate_through_span_servers_equals_local_generation() -> Result<()> {
         assert!(summary.contains(pushed), "{summary}");
     }
 
+    // The OpenAI API of a node that holds only the embedding and the head: the same greedy
+    // text as a node answering from its whole model.
+    let api = start(
+        &sub("api")?,
+        &["--bootstrap", &b, "--model", m, "--api", "swarm"],
+    )?;
+    let (status, models) = get(api.http, "/v1/models")?;
+    assert_eq!(status, 200);
+    assert!(models.contains("\"backend\":\"swarm\""), "{models}");
+    let request = serde_json::json!({"prompt": prompt, "max_tokens": 12, "temperature": 0});
+    let (status, through_swarm) = post(api.http, "/v1/completions", &request)?;
+    assert_eq!(status, 200, "{through_swarm}");
+    let (status, whole) = post(servers[0].http, "/v1/completions", &request)?;
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(
+        through_swarm["choices"][0]["text"],
+        whole["choices"][0]["text"]
+    );
+    assert_eq!(through_swarm["usage"], whole["usage"]);
+    let chat = serde_json::json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "temperature": 0});
+    let (status, a) = post(api.http, "/v1/chat/completions", &chat)?;
+    let (_, b2) = post(servers[0].http, "/v1/chat/completions", &chat)?;
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["choices"][0]["message"], b2["choices"][0]["message"]);
+
     // The middle span goes away: the request fails fast, naming the blocks nobody serves.
     let s2 = servers.remove(1);
     sigterm_and_wait(s2)?;
+    // The API answers 503 with the reason, in bounded time (never a hang).
+    let t0 = Instant::now();
+    let (status, err) = post(api.http, "/v1/completions", &request)?;
+    assert_eq!(status, 503, "{err}");
+    assert_eq!(err["error"]["code"], "service_unavailable");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("blocks 10..20")),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(45), "{:?}", t0.elapsed());
+    drop(api);
     let t0 = Instant::now();
     let out = Command::new(BIN)
         .args([
