@@ -107,7 +107,7 @@ pub struct Settings {
 }
 
 /// Defaults: 16 slots of up to 2,048 tokens, a queue of 64 waiting a minute at most,
-/// 1 GiB of KV cache, 64 prompt rows per step.
+/// 1 GiB of KV cache, 32 prompt rows per step.
 pub fn settings(args: &ApiArgs, file: FileApi, http: SocketAddr) -> anyhow::Result<Settings> {
     let keys: Vec<String> = if args.keys.is_empty() {
         file.keys
@@ -136,7 +136,7 @@ pub fn settings(args: &ApiArgs, file: FileApi, http: SocketAddr) -> anyhow::Resu
             prefill_chunk: args
                 .prefill_chunk
                 .or(file.prefill_chunk)
-                .unwrap_or(64)
+                .unwrap_or(32)
                 .max(1),
             context,
             kv_budget: 0, // set from kv_mib once the model's size per position is known

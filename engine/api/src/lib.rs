@@ -1,3 +1,5 @@
+#![doc = include_str!("../README.md")]
+//!
 //! KwaaiNet's OpenAI-compatible API, served on the node's HTTP side.
 //!
 //! | Route | What |
