@@ -207,27 +207,36 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 async fn chat(State(api): State<Shared>, req: Request) -> Response {
-    let started = Instant::now();
-    let res = match body(&api, req).await {
-        Ok(b) => match parse::<ChatRequest>(&b).and_then(ChatRequest::into_job) {
-            Ok(job) => serve(&api, job, Kind::Chat, started).await,
-            Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
-    finish(&api, "chat", res)
+    complete(api, req, Kind::Chat, |b| {
+        parse::<ChatRequest>(b).and_then(ChatRequest::into_job)
+    })
+    .await
 }
 
 async fn completions(State(api): State<Shared>, req: Request) -> Response {
+    complete(api, req, Kind::Text, |b| {
+        parse::<CompletionRequest>(b).and_then(CompletionRequest::into_job)
+    })
+    .await
+}
+
+/// A completion route: the body within its limit, checked into a job, served.
+async fn complete(
+    api: Shared,
+    req: Request,
+    kind: Kind,
+    job: fn(&[u8]) -> Result<Job, ApiError>,
+) -> Response {
     let started = Instant::now();
-    let res = match body(&api, req).await {
-        Ok(b) => match parse::<CompletionRequest>(&b).and_then(CompletionRequest::into_job) {
-            Ok(job) => serve(&api, job, Kind::Text, started).await,
-            Err(e) => Err(e),
-        },
+    let res = match body(&api, req).await.and_then(|b| job(&b)) {
+        Ok(job) => serve(&api, job, kind, started).await,
         Err(e) => Err(e),
     };
-    finish(&api, "completions", res)
+    let route = match kind {
+        Kind::Chat => "chat",
+        Kind::Text => "completions",
+    };
+    finish(&api, route, res)
 }
 
 fn finish(api: &Api, route: &'static str, res: Result<Response, ApiError>) -> Response {
