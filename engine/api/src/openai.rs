@@ -101,6 +101,9 @@ pub struct Common {
     /// has it: for benchmarks and reference runs).
     #[serde(default)]
     pub ignore_eos: Option<bool>,
+    /// Name tokens `token_id:<id>` in log-probabilities (vLLM's extension).
+    #[serde(default)]
+    pub return_tokens_as_token_ids: Option<bool>,
     /// Stream server-sent events.
     #[serde(default)]
     pub stream: Option<bool>,
@@ -225,6 +228,8 @@ pub struct Job {
     pub echo: bool,
     /// Generate past end-of-generation tokens.
     pub ignore_eos: bool,
+    /// Name tokens by id in log-probabilities.
+    pub token_ids: bool,
 }
 
 fn refuse_if_set(v: &Option<Value>, param: &str, what: &str) -> Result<(), ApiError> {
@@ -443,6 +448,7 @@ impl ChatRequest {
             top_logprobs: (self.logprobs == Some(true)).then_some(top),
             echo: false,
             ignore_eos: self.common.ignore_eos.unwrap_or(false),
+            token_ids: self.common.return_tokens_as_token_ids.unwrap_or(false),
         })
     }
 }
@@ -504,6 +510,7 @@ impl CompletionRequest {
             top_logprobs: top,
             echo: self.echo.unwrap_or(false),
             ignore_eos: self.common.ignore_eos.unwrap_or(false),
+            token_ids: self.common.return_tokens_as_token_ids.unwrap_or(false),
         })
     }
 }

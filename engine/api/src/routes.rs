@@ -274,6 +274,15 @@ struct Ctx {
     prompt_text: Option<String>,
 }
 
+impl Ctx {
+    fn names(&self) -> Names<'_> {
+        Names {
+            tok: &self.tokenizer,
+            ids: self.job.token_ids,
+        }
+    }
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -406,12 +415,35 @@ fn build_prompt(
     }
 }
 
-fn token_str(tok: &kwaainet_core::Tokenizer, id: u32) -> (String, Vec<u8>) {
-    let bytes = tok
-        .token_bytes(id)
-        .map(|b| b.into_owned())
-        .unwrap_or_default();
-    (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+/// How tokens are named in log-probabilities: their text, or `token_id:<id>` when the
+/// request asked for ids (vLLM's `return_tokens_as_token_ids`, for evaluation tools that
+/// need exact ids).
+#[derive(Clone, Copy)]
+struct Names<'a> {
+    tok: &'a kwaainet_core::Tokenizer,
+    ids: bool,
+}
+
+impl Names<'_> {
+    /// The token's text (lossy UTF-8 of its bytes) and bytes.
+    fn text(&self, id: u32) -> (String, Vec<u8>) {
+        let bytes = self
+            .tok
+            .token_bytes(id)
+            .map(|b| b.into_owned())
+            .unwrap_or_default();
+        (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+    }
+
+    /// The name shown for the token, and its bytes.
+    fn name(&self, id: u32) -> (String, Vec<u8>) {
+        let (text, bytes) = self.text(id);
+        if self.ids {
+            (format!("token_id:{id}"), bytes)
+        } else {
+            (text, bytes)
+        }
+    }
 }
 
 fn finish_reason(r: FinishReason) -> &'static str {
@@ -422,9 +454,9 @@ fn finish_reason(r: FinishReason) -> &'static str {
 }
 
 /// Chat log-probability entries of tokens.
-fn chat_logprobs(tok: &kwaainet_core::Tokenizer, lps: &[TokenLogprob]) -> Value {
+fn chat_logprobs(names: Names<'_>, lps: &[TokenLogprob]) -> Value {
     let entry = |id: u32, lp: f32| {
-        let (s, b) = token_str(tok, id);
+        let (s, b) = names.name(id);
         json!({"token": s, "logprob": lp, "bytes": b})
     };
     let content: Vec<Value> = lps
@@ -442,21 +474,20 @@ fn chat_logprobs(tok: &kwaainet_core::Tokenizer, lps: &[TokenLogprob]) -> Value 
 /// `text_offset`) of `entries` (a `None` log-probability for the first prompt token),
 /// offsets counted from `offset`.
 fn text_logprobs(
-    tok: &kwaainet_core::Tokenizer,
+    names: Names<'_>,
     entries: &[(u32, Option<&TokenLogprob>)],
     mut offset: usize,
 ) -> Value {
     let (mut tokens, mut lps, mut tops, mut offs) = (vec![], vec![], vec![], vec![]);
     for &(id, lp) in entries {
-        let (s, _) = token_str(tok, id);
         offs.push(offset);
-        offset += s.len();
-        tokens.push(s);
+        offset += names.text(id).0.len();
+        tokens.push(names.name(id).0);
         lps.push(lp.map_or(Value::Null, |l| json!(l.logprob)));
         tops.push(lp.map_or(Value::Null, |l| {
             let mut m = serde_json::Map::new();
             for &(t, p) in &l.top {
-                m.entry(token_str(tok, t).0).or_insert(json!(p));
+                m.entry(names.name(t).0).or_insert(json!(p));
             }
             Value::Object(m)
         }));
@@ -572,7 +603,7 @@ async fn collect(
             "choices": [{
                 "index": 0,
                 "message": {"role": "assistant", "content": text, "refusal": null},
-                "logprobs": ctx.job.top_logprobs.map(|_| chat_logprobs(&ctx.tokenizer, &lps)),
+                "logprobs": ctx.job.top_logprobs.map(|_| chat_logprobs(ctx.names(), &lps)),
                 "finish_reason": finish_reason(reason),
             }],
             "usage": usage,
@@ -619,7 +650,7 @@ fn text_choice(
             entries.extend(ctx.prompt.iter().zip(p).map(|(&id, lp)| (id, lp.as_ref())));
         }
         entries.extend(ids.iter().zip(lps).map(|(&id, lp)| (id, Some(lp))));
-        text_logprobs(&ctx.tokenizer, &entries, 0)
+        text_logprobs(ctx.names(), &entries, 0)
     });
     (full, logprobs.unwrap_or(Value::Null))
 }
@@ -710,7 +741,7 @@ impl Streaming {
                             .collect(),
                         None => Vec::new(),
                     };
-                    text_logprobs(&self.ctx.tokenizer, &entries, 0)
+                    text_logprobs(self.ctx.names(), &entries, 0)
                 });
                 self.offset = text.len();
                 out.push(event(&self.chunk(json!({
@@ -735,12 +766,12 @@ impl Streaming {
             Kind::Chat => json!({
                 "index": 0,
                 "delta": {"content": text},
-                "logprobs": logprob.map(|l| chat_logprobs(&self.ctx.tokenizer, &[l])),
+                "logprobs": logprob.map(|l| chat_logprobs(self.ctx.names(), &[l])),
                 "finish_reason": null,
             }),
             Kind::Text => {
                 let lp = logprob
-                    .map(|l| text_logprobs(&self.ctx.tokenizer, &[(token, Some(&l))], self.offset));
+                    .map(|l| text_logprobs(self.ctx.names(), &[(token, Some(&l))], self.offset));
                 self.offset += text.len();
                 json!({"index": 0, "text": text, "logprobs": lp, "finish_reason": null})
             }

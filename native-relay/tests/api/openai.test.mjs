@@ -212,6 +212,14 @@ test('completions: echo + logprobs give the prompt\'s log-probabilities (lm-eval
   // "Paris" after "France is" is likely; the model knows it well.
   const paris = lp.tokens.indexOf(' Paris');
   assert.ok(lp.token_logprobs[paris] > -3, `logprob of " Paris": ${lp.token_logprobs[paris]}`);
+  // Token ids instead of texts (vLLM's extension), e.g. for a harness that tokenizes
+  // itself: the echoed prompt is the ids sent.
+  const ids = reference.cases[0].prompt_ids;
+  const byId = await client.completions.create({ prompt: ids, max_tokens: 1, temperature: 0, echo: true, logprobs: 1, return_tokens_as_token_ids: true });
+  const named = byId.choices[0].logprobs;
+  assert.deepEqual(named.tokens.slice(0, ids.length), ids.map((t) => `token_id:${t}`));
+  assert.equal(named.tokens.length, ids.length + 1);
+  assert.match(Object.keys(named.top_logprobs[1])[0], /^token_id:\d+$/);
   // Streamed echo starts with the prompt.
   const s = await client.completions.create({ model: 'SmolLM2-135M-Instruct.Q4_1', prompt, max_tokens: 4, temperature: 0, echo: true, stream: true });
   let text = '';
