@@ -782,9 +782,9 @@ fn attn_values(
         let ctx = start + t + 1;
         let n_kv = (ctx + 31) / 32 * 32;
         let col = (h / group * hd + d) * cap;
-        let at = t * heads * hd + h * hd + d;
+        let mut v = 0.0f32;
         if tiled == 0u32 {
-            out[at] = dot_f16_ordered(
+            v = dot_f16_ordered(
                 vc,
                 col,
                 p,
@@ -794,8 +794,9 @@ fn attn_values(
                 u32::reinterpret(probe[3]),
             );
         } else {
-            out[at] = dot_f16_tiled(vc, col, p, th * stride, n_kv, ctx);
+            v = dot_f16_tiled(vc, col, p, th * stride, n_kv, ctx);
         }
+        out[t * heads * hd + h * hd + d] = v;
     }
 }
 
