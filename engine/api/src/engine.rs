@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kwaainet_core::batch::{BatchConfig, BatchEvent, BatchRequest, Batcher, TokenLogprob};
-use kwaainet_core::generate::{FinishReason, GenerateOptions, Generator, Session, Step};
+use kwaainet_core::generate::{FinishReason, Generator, Session, Step};
 use kwaainet_core::{Llama, Tokenizer};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -47,18 +47,9 @@ pub enum Out {
     Failed(ApiError),
 }
 
-/// A request for a backend: the prompt's tokens and how to generate.
-#[derive(Debug, Clone)]
-pub struct Work {
-    /// The prompt's token ids.
-    pub prompt: Vec<u32>,
-    /// Budget, sampling and stop strings.
-    pub opts: GenerateOptions,
-    /// Per-token log-probabilities with this many alternatives.
-    pub top_logprobs: Option<usize>,
-    /// Prompt log-probabilities (echo).
-    pub prompt_logprobs: bool,
-}
+/// A request for a backend: the prompt's tokens, how to generate, which log-probabilities
+/// to report (the batch's own request type: the swarm path reads the same fields).
+pub type Work = BatchRequest;
 
 /// How long a client is told to wait before retrying when the server is full.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -305,17 +296,11 @@ fn admit(
             }
             continue;
         }
-        let req = BatchRequest {
-            prompt: front.work.prompt.clone(),
-            opts: front.work.opts.clone(),
-            top_logprobs: front.work.top_logprobs,
-            prompt_logprobs: front.work.prompt_logprobs,
-        };
-        if !batcher.can_admit(req.positions(cfg.context)) {
+        if !batcher.can_admit(front.work.positions(cfg.context)) {
             break;
         }
         let Some(job) = q.pop_front() else { break };
-        match batcher.add(job.id, req) {
+        match batcher.add(job.id, job.work) {
             Ok(()) => {
                 metrics
                     .queue_wait
@@ -466,7 +451,7 @@ impl RemoteEngine {
                 )));
                 return;
             };
-            let positions = (work.prompt.len() + work.opts.max_tokens).min(context);
+            let positions = work.positions(context);
             let done = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 metrics.active.inc();
