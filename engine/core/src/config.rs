@@ -212,22 +212,33 @@ impl LlamaConfig {
 
     /// cos and sin of the rotary angles `pos · base^(-2i/rope_dim)` for positions
     /// `start..start + n` (`n × rope_dim/2` each, row-major), computed like ggml's NORM
-    /// rope: in f32, the angle multiplied step by step rather than raised to a power, so
-    /// the values match llama.cpp's bit for bit.
+    /// rope: in f32, the angle multiplied step by step rather than raised to a power, and
+    /// the same bits on every target (see [`crate::trig`]), so the values are llama.cpp's
+    /// (x86-64 Linux) bit for bit in the browser too.
     pub fn rope_angles(&self, start: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
         let half = self.rope_dim / 2;
-        let step = self.rope_theta.powf(-2.0 / self.rope_dim as f32);
+        let step = self.rope_step();
         let mut cos = Vec::with_capacity(n * half);
         let mut sin = Vec::with_capacity(n * half);
         for p in start..start + n {
             let mut theta = p as f32;
             for _ in 0..half {
-                cos.push(theta.cos());
-                sin.push(theta.sin());
+                cos.push(crate::trig::cosf(theta));
+                sin.push(crate::trig::sinf(theta));
                 theta *= step;
             }
         }
         (cos, sin)
+    }
+
+    /// `base^(-2/rope_dim)`, the ratio of one rotary frequency to the next, as ggml's
+    /// `powf(base, -2.0f/n_dims)`: the exponent rounded to f32 first, the power computed in
+    /// double and rounded once, which is the correctly rounded value, as C libraries'
+    /// `powf` gives it, and the same on every target (Rust's `f32::powf` is the C
+    /// library's natively but its own port on wasm32).
+    pub fn rope_step(&self) -> f32 {
+        let exponent = -2.0 / self.rope_dim as f32;
+        f64::from(self.rope_theta).powf(f64::from(exponent)) as f32
     }
 
     /// Size of one key (or value) row for all KV heads.
@@ -363,6 +374,29 @@ mod tests {
         for (k, v) in bad {
             let r = LlamaConfig::from_gguf(&gguf(&[(k, v.clone())]));
             assert!(r.is_err(), "{k} = {v:?} was accepted");
+        }
+    }
+
+    /// The rotary step equals the C library's `powf` for the bases and head sizes models use
+    /// (natively, where Rust's `powf` is the C library's).
+    #[test]
+    fn rope_step_is_powf() {
+        let mut cfg = LlamaConfig::from_gguf(&gguf(&[])).unwrap();
+        for base in [
+            10_000f32,
+            100_000.0,
+            500_000.0,
+            1_000_000.0,
+            10_000_000.0,
+            50_000.0,
+            75_000.0,
+        ] {
+            for dims in (16..=256).step_by(8) {
+                cfg.rope_theta = base;
+                cfg.rope_dim = dims;
+                let want = base.powf(-2.0 / dims as f32);
+                assert_eq!(cfg.rope_step().to_bits(), want.to_bits(), "{base} {dims}");
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod model;
 pub mod quant;
 pub mod sampler;
 pub mod tokenizer;
+pub mod trig;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::LlamaConfig;
