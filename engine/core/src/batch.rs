@@ -181,6 +181,9 @@ pub struct Batcher {
 struct Part {
     seq: usize,
     tokens: Vec<u32>,
+    /// Rows of a prompt longer than one token (however it is chunked: see
+    /// [`BatchSeq::prompt`]).
+    prompt: bool,
     /// Logits wanted: every row (prompt log-probabilities) or the last (decode, or the
     /// chunk that completes a prompt), or none (an early prompt chunk).
     logits: Rows,
@@ -402,6 +405,7 @@ impl Batcher {
                 parts.push(Part {
                     seq: i,
                     tokens: vec![t],
+                    prompt: false,
                     logits: Rows::Last,
                 });
                 left = left.saturating_sub(1);
@@ -420,6 +424,7 @@ impl Batcher {
                 parts.push(Part {
                     seq: i,
                     tokens: p[s.fed..end].to_vec(),
+                    prompt: p.len() > 1,
                     logits: if s.prompt_logprobs.is_some() {
                         Rows::All
                     } else if end == p.len() {
@@ -464,6 +469,7 @@ impl Batcher {
                 seqs.push(BatchSeq {
                     cache,
                     n: p.tokens.len(),
+                    prompt: p.prompt,
                 });
             }
             self.model.forward_batch(&mut hidden, &mut seqs)?;

@@ -13,7 +13,7 @@ use half::f16;
 
 use crate::config::LlamaConfig;
 use crate::gguf::{Gguf, TensorInfo};
-use crate::kernels::{Acts, QMatrix, dot_f16_ordered, matmul_many, softmax, swiglu};
+use crate::kernels::{Acts, QMatrix, dot_f16_ordered, dot_f16_tiled, matmul_many, softmax, swiglu};
 use crate::quant::GgmlType;
 use crate::{Error, Result};
 
@@ -72,6 +72,10 @@ pub struct BatchSeq<'a> {
     pub cache: &'a mut KvCache,
     /// Its rows in the batch.
     pub n: usize,
+    /// The rows are part of a prompt of more than one token. llama.cpp runs such a prompt
+    /// as one batch, and ggml then sums attention's dot products in another order than for
+    /// a single row (see [`dot_f16_tiled`]); following it keeps the numbers llama.cpp's.
+    pub prompt: bool,
 }
 
 /// The model (or the loaded part of it).
@@ -400,7 +404,14 @@ impl Llama {
             )));
         }
         let n = hidden.len() / dim;
-        self.forward_batch(hidden, &mut [BatchSeq { cache, n }])
+        self.forward_batch(
+            hidden,
+            &mut [BatchSeq {
+                cache,
+                n,
+                prompt: n > 1,
+            }],
+        )
     }
 
     /// Runs several sequences through the blocks in one pass: `hidden` holds each
@@ -497,7 +508,13 @@ impl Llama {
             rope.apply(q, c.n_heads, c.head_dim);
             rope.apply(k, c.n_kv_heads, c.head_dim);
             s.cache.append(ci, k, v);
-            self.attend(q, s.cache, ci, &mut att[row * dim..(row + s.n) * dim]);
+            self.attend(
+                q,
+                s.cache,
+                ci,
+                s.prompt,
+                &mut att[row * dim..(row + s.n) * dim],
+            );
             row += s.n;
         }
         let mut o = vec![0f32; n * dim];
@@ -525,8 +542,13 @@ impl Llama {
     /// Attention of one sequence's new query rows `q` (`n × dim`, their keys and values
     /// already appended to block `ci` of `cache`, which has not yet counted them), one row
     /// and head at a time, causal over cached + new positions. Operands are f16-rounded and
-    /// reduced in llama.cpp's order (see `kernels`).
-    fn attend(&self, q: &[f32], cache: &KvCache, ci: usize, att: &mut [f32]) {
+    /// reduced in llama.cpp's order (see `kernels`): its batched one for prompt rows.
+    fn attend(&self, q: &[f32], cache: &KvCache, ci: usize, prompt: bool, att: &mut [f32]) {
+        let dot = if prompt {
+            dot_f16_tiled
+        } else {
+            dot_f16_ordered
+        };
         let c = &self.config;
         let (dim, kv_dim, hd) = (c.dim, c.kv_dim(), c.head_dim);
         let (start, cap) = (cache.len, cache.cap);
@@ -548,7 +570,7 @@ impl Llama {
                 scores.clear();
                 for p in 0..ctx {
                     let kr = &kc[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                    scores.push(dot_f16_ordered(kr, &qh) * scale);
+                    scores.push(dot(kr, &qh) * scale);
                 }
                 let n_kv = ctx.next_multiple_of(KV_PAD).min(cap);
                 scores.resize(n_kv, f32::NEG_INFINITY);
@@ -559,7 +581,7 @@ impl Llama {
                 let out = &mut att[t * dim + h * hd..t * dim + (h + 1) * hd];
                 for (d, o) in out.iter_mut().enumerate() {
                     let col = (kvh * hd + d) * cap;
-                    *o = dot_f16_ordered(&vt[col..col + n_kv], &scores);
+                    *o = dot(&vt[col..col + n_kv], &scores);
                 }
             }
         }
@@ -658,6 +680,12 @@ impl Rope {
     }
 
     /// Rotates adjacent pairs of the first `rope_dim` values of each head of each row.
+    ///
+    /// Each rotated value is one fused multiply-add over one rounded product
+    /// (`fma(x0, cos, -(x1·sin))`, `fma(x0, sin, x1·cos)`): the code GCC makes of ggml's
+    /// `x0*cos - x1*sin` for FMA-capable x86-64 (C compilers contract by default), and so
+    /// llama.cpp's numbers bit for bit (with two rounded products, one position in a few
+    /// differs by an ulp, which the 8-bit activation quantization can amplify to a logit).
     fn apply(&self, x: &mut [f32], n_heads: usize, hd: usize) {
         let row_len = n_heads * hd;
         for (t, row) in x.chunks_exact_mut(row_len).enumerate() {
@@ -666,8 +694,8 @@ impl Rope {
             for head in row.chunks_exact_mut(hd) {
                 for i in 0..self.half {
                     let (x0, x1) = (head[2 * i], head[2 * i + 1]);
-                    head[2 * i] = x0 * cs[i] - x1 * sn[i];
-                    head[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+                    head[2 * i] = x0.mul_add(cs[i], -(x1 * sn[i]));
+                    head[2 * i + 1] = x0.mul_add(sn[i], x1 * cs[i]);
                 }
             }
         }

@@ -172,6 +172,7 @@ impl Kernels {
                 heads,
                 hd,
                 rope_dim,
+                u32::from(self.exact),
             );
         }
         Ok(Tensor::from_primitive::<burn_cubecl::CubeBackend>(out))
@@ -243,6 +244,8 @@ impl Kernels {
             )));
         }
         let group = heads / kv_heads;
+        // Several rows are a prompt: sums in llama.cpp's batched order (as the CPU engine).
+        let tiled = u32::from(seq > 1);
         // Scores rows are as long as the last query's padded context.
         let stride = (start + seq).next_multiple_of(KV_PAD);
         let scale = 1.0 / (hd as f32).sqrt();
@@ -275,6 +278,7 @@ impl Kernels {
                     start,
                     stride,
                     scale,
+                    tiled,
                 );
                 attn_softmax::launch_unchecked(
                     &client,
@@ -305,6 +309,7 @@ impl Kernels {
                     start,
                     stride,
                     cap,
+                    tiled,
                 );
             }
         }
@@ -437,8 +442,9 @@ fn rms_apply(
     }
 }
 
-/// One thread per output value: the pair rotation of the CPU engine's RoPE (products rounded
-/// before the sum), then f16 rounding.
+/// One thread per output value: the pair rotation of the CPU engine's RoPE (one product
+/// rounded, fused into the other: `fma(x0, c, -(x1·s))`, `fma(x0, s, x1·c)`), then f16
+/// rounding.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments, clippy::manual_is_multiple_of)] // not in CubeCL's frontend
 fn rope_f16(
@@ -451,6 +457,7 @@ fn rope_f16(
     heads: usize,
     hd: usize,
     rope_dim: usize,
+    exact: u32,
 ) {
     let i = thread_index();
     if i < n {
@@ -465,10 +472,11 @@ fn rope_f16(
             let base = i - d % 2;
             let x0 = x[base];
             let x1 = x[base + 1];
+            let fused = exact == 0u32 || fma_is_fused(probe);
             if d % 2 == 0 {
-                v = opaque(x0 * c, z) - opaque(x1 * s, z);
+                v = fma_exact(x0, c, -opaque(x1 * s, z), fused, z);
             } else {
-                v = opaque(x0 * s, z) + opaque(x1 * c, z);
+                v = fma_exact(x0, s, opaque(x1 * c, z), fused, z);
             }
         }
         out[i] = round_f16(v);
@@ -504,9 +512,25 @@ fn kv_store(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn lane(a: &[f32], a0: usize, b: &[f32], b0: usize, np: usize, valid: usize, m: usize) -> f32 {
+    lane_of(a, a0, b, b0, np, valid, m, 32)
+}
+
+/// [`lane`] for `step` lanes: the products `a[m + step·s] * b[m + step·s]`, `s < np / step`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn lane_of(
+    a: &[f32],
+    a0: usize,
+    b: &[f32],
+    b0: usize,
+    np: usize,
+    valid: usize,
+    m: usize,
+    step: usize,
+) -> f32 {
     let mut acc = 0.0f32;
-    for s in 0..np / 32 {
-        let i = s * 32 + m;
+    for s in 0..np / step {
+        let i = s * step + m;
         let mut av = 0.0f32;
         if i < valid {
             av = a[a0 + i];
@@ -559,8 +583,26 @@ fn dot_f16_ordered(
     hi + lo
 }
 
+/// `Σ a[a0 + i] * b[b0 + i]` for `i < len` (a multiple of 8; `a` zero from `valid` on) in
+/// the order of llama.cpp's batched prompt path (tinyBLAS): eight lanes over 8-value steps,
+/// then [`hsum8`] (see `kernels::dot_f16_tiled`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn dot_f16_tiled(a: &[f32], a0: usize, b: &[f32], b0: usize, len: usize, valid: usize) -> f32 {
+    hsum8(
+        lane_of(a, a0, b, b0, len, valid, 0, 8),
+        lane_of(a, a0, b, b0, len, valid, 1, 8),
+        lane_of(a, a0, b, b0, len, valid, 2, 8),
+        lane_of(a, a0, b, b0, len, valid, 3, 8),
+        lane_of(a, a0, b, b0, len, valid, 4, 8),
+        lane_of(a, a0, b, b0, len, valid, 5, 8),
+        lane_of(a, a0, b, b0, len, valid, 6, 8),
+        lane_of(a, a0, b, b0, len, valid, 7, 8),
+    )
+}
+
 /// One thread per (query row, head, position): the scaled score, or `-inf` past the row's
-/// context (causal mask and padding).
+/// context (causal mask and padding). `tiled`: a prompt's rows (see `dot_f16_tiled`).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn attn_scores(
@@ -576,6 +618,7 @@ fn attn_scores(
     start: usize,
     stride: usize,
     scale: f32,
+    tiled: u32,
 ) {
     let i = thread_index();
     if i < rows * heads * stride {
@@ -590,7 +633,11 @@ fn attn_scores(
             let kvh = h / group;
             let qa = t * heads * hd + h * hd;
             let ka = p * kv_dim + kvh * hd;
-            v = dot_f16_ordered(kc, ka, q, qa, hd, hd, z) * scale;
+            if tiled == 0u32 {
+                v = dot_f16_ordered(kc, ka, q, qa, hd, hd, z) * scale;
+            } else {
+                v = dot_f16_tiled(kc, ka, q, qa, hd, hd) * scale;
+            }
         }
         s[i] = v;
     }
@@ -724,6 +771,7 @@ fn attn_values(
     start: usize,
     stride: usize,
     cap: usize,
+    tiled: u32,
 ) {
     let i = thread_index();
     if i < rows * heads * hd {
@@ -734,15 +782,21 @@ fn attn_values(
         let ctx = start + t + 1;
         let n_kv = (ctx + 31) / 32 * 32;
         let col = (h / group * hd + d) * cap;
-        out[t * heads * hd + h * hd + d] = dot_f16_ordered(
-            vc,
-            col,
-            p,
-            th * stride,
-            n_kv,
-            ctx,
-            u32::reinterpret(probe[3]),
-        );
+        let mut v = 0.0f32;
+        if tiled == 0u32 {
+            v = dot_f16_ordered(
+                vc,
+                col,
+                p,
+                th * stride,
+                n_kv,
+                ctx,
+                u32::reinterpret(probe[3]),
+            );
+        } else {
+            v = dot_f16_tiled(vc, col, p, th * stride, n_kv, ctx);
+        }
+        out[t * heads * hd + h * hd + d] = v;
     }
 }
 
@@ -932,6 +986,8 @@ mod tests {
 
         let scale = 1.0 / (hd as f32).sqrt();
         let group = heads / kv_heads;
+        // Three rows: a prompt, summed in llama.cpp's batched order.
+        let dot = crate::kernels::dot_f16_tiled;
         let mut want = vec![0f32; seq * heads * hd];
         for t in 0..seq {
             let ctx = start + t + 1;
@@ -942,7 +998,7 @@ mod tests {
                 let mut s: Vec<f32> = (0..ctx)
                     .map(|p| {
                         let kr = &keys[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                        crate::kernels::dot_f16_ordered(kr, qh) * scale
+                        dot(kr, qh) * scale
                     })
                     .collect();
                 s.resize(n_kv, f32::NEG_INFINITY);
@@ -958,7 +1014,7 @@ mod tests {
                             }
                         })
                         .collect();
-                    want[(t * heads + h) * hd + d] = crate::kernels::dot_f16_ordered(&col, &s);
+                    want[(t * heads + h) * hd + d] = dot(&col, &s);
                 }
             }
         }

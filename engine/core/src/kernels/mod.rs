@@ -449,8 +449,36 @@ pub fn swiglu(x: &mut [f32], g: &[f32]) {
     }
 }
 
+/// Dot product of f16-valued vectors (attention) in the order of llama.cpp's batched
+/// prompt path on x86-64 (llamafile's tinyBLAS, which ggml uses for matrix products of two
+/// or more rows): eight lane accumulators over 8-value steps, then one fixed reduction tree
+/// (`((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`). Products of f16 values are exact
+/// in f32, so these plain adds equal its fused ones on every target.
+pub fn dot_f16_tiled(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let n8 = n - n % 8;
+    let mut acc = [0f32; 8];
+    for (ca, cb) in a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += ca[l] * cb[l];
+        }
+    }
+    let t = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
+    let mut s = (t[0] + t[2]) + (t[1] + t[3]);
+    for i in n8..n {
+        s += a[i] * b[i];
+    }
+    s
+}
+
 /// Dot product of f16-valued vectors (attention), summed in llama.cpp's (AVX2) order on
-/// x86-64 and wasm32 with simd128.
+/// x86-64 and wasm32 with simd128: ggml's `vec_dot_f16`, which it uses for one row at a
+/// time (decoding).
 #[allow(unreachable_code)] // on wasm32 the SIMD path always returns
 pub fn dot_f16_ordered(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
