@@ -782,9 +782,9 @@ fn attn_values(
         let ctx = start + t + 1;
         let n_kv = (ctx + 31) / 32 * 32;
         let col = (h / group * hd + d) * cap;
-        let mut v = 0.0f32;
+        let at = t * heads * hd + h * hd + d;
         if tiled == 0u32 {
-            v = dot_f16_ordered(
+            out[at] = dot_f16_ordered(
                 vc,
                 col,
                 p,
@@ -794,9 +794,8 @@ fn attn_values(
                 u32::reinterpret(probe[3]),
             );
         } else {
-            v = dot_f16_tiled(vc, col, p, th * stride, n_kv, ctx);
+            out[at] = dot_f16_tiled(vc, col, p, th * stride, n_kv, ctx);
         }
-        out[t * heads * hd + h * hd + d] = v;
     }
 }
 
