@@ -381,7 +381,7 @@ mod tests {
     /// (natively, where Rust's `powf` is the C library's).
     #[test]
     fn rope_step_is_powf() {
-        let mut cfg = LlamaConfig::from_gguf(&gguf(&[])).unwrap();
+        let mut cfg = LlamaConfig::from_gguf(&gguf(&[])).unwrap_or_else(|e| panic!("{e}"));
         for base in [
             10_000f32,
             100_000.0,

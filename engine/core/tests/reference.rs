@@ -217,16 +217,18 @@ fn context_limit_and_bad_tokens_are_errors() {
 }
 
 /// Text neither engine was tuned on (the first 1,024 tokens of a public-domain novel's chapter)
-/// and four new chat prompts, against llama.cpp built for plain AVX2 (`scripts/dev/llamacpp/`,
-/// the prompt run as one batch, as llama.cpp runs it, then one token at a time). Not bit for
-/// bit: llama.cpp's x86-64 build fuses RoPE's multiply-add and sums a batched prompt's
-/// attention in tinyBLAS's order, both of which this engine's browser build cannot follow yet
-/// (see `engine/core/README.md`); measured here 95.9% top-1 agreement (llama.cpp's own two
-/// prompt paths agree on 96.4%), perplexity within 0.2%, and the chat answers equal for their
-/// first 3 tokens at least. The bounds below hold that line.
+/// and four new chat prompts, against llama.cpp built for plain AVX2 (`scripts/dev/llamacpp/`):
+/// on x86-64 with AVX2 the log-probability of every next token and every greedy token are
+/// llama.cpp's (the prompt run as one batch, as llama.cpp runs it, then one token at a time).
+/// Other kernels round differently: 95% top-1 agreement, perplexity within 1% and the first
+/// 3 greedy tokens there.
 #[test]
-fn unseen_text_and_chats_stay_close_to_llama_cpp() {
+fn unseen_text_and_chats_match_llama_cpp() {
     let Some(model) = load(None) else { return };
+    #[cfg(target_arch = "x86_64")]
+    let exact = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let exact = false;
     let r: Value =
         serde_json::from_str(include_str!("data/persuasion.llamacpp-avx2.json")).unwrap();
     let tf = &r["teacher_forced"];
@@ -243,7 +245,7 @@ fn unseen_text_and_chats_stay_close_to_llama_cpp() {
     let mut cache = model.new_cache(0..30, tokens.len()).unwrap();
     let mut hidden = model.embed(&tokens).unwrap();
     model.forward_span(&mut hidden, &mut cache).unwrap();
-    let (mut agree, mut nll, mut want_nll) = (0, 0f64, 0f64);
+    let (mut agree, mut worst, mut nll, mut want_nll) = (0, 0f64, 0f64, 0f64);
     let n = tokens.len() - 1;
     for start in (0..n).step_by(128) {
         let rows: Vec<usize> = (start..(start + 128).min(n)).collect();
@@ -251,23 +253,33 @@ fn unseen_text_and_chats_stay_close_to_llama_cpp() {
         for (row, l) in rows.iter().zip(logits.chunks_exact(vocab)) {
             let lp = kwaainet_core::batch::token_logprob(l, tokens[row + 1], 1);
             agree += usize::from(lp.top[0].0 == want_argmax[*row]);
+            worst = worst.max((f64::from(lp.logprob) - want_lp[*row]).abs());
             nll -= f64::from(lp.logprob);
             want_nll -= want_lp[*row];
         }
     }
     let (ppl, want_ppl) = ((nll / n as f64).exp(), (want_nll / n as f64).exp());
     eprintln!(
-        "unseen text: top-1 agreement {agree}/{n}, perplexity {ppl:.4} (llama.cpp {want_ppl:.4})"
+        "unseen text: top-1 agreement {agree}/{n}, max |Δ logprob| {worst:.2e}, perplexity {ppl:.4} (llama.cpp {want_ppl:.4})"
     );
-    assert!(agree * 1000 >= n * 950, "top-1 agreement {agree}/{n}");
-    assert!(
-        (ppl / want_ppl - 1.0).abs() < 0.01,
-        "perplexity {ppl} vs llama.cpp's {want_ppl}"
-    );
+    if exact {
+        assert_eq!(agree, n, "top-1 agreement with llama.cpp");
+        assert!(
+            worst < 1e-4,
+            "log-probabilities differ from llama.cpp's by {worst}"
+        );
+    } else {
+        assert!(agree * 1000 >= n * 950, "top-1 agreement {agree}/{n}");
+        assert!(
+            (ppl / want_ppl - 1.0).abs() < 0.01,
+            "perplexity {ppl} vs llama.cpp's {want_ppl}"
+        );
+    }
     for case in r["chat"]["cases"].as_array().unwrap() {
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["output_ids"]);
         let (got, _) = greedy_and_agreement(&model, &prompt, &want, want.len(), false);
-        assert_eq!(got[..3], want[..3], "{}", case["prompt"]);
+        let k = if exact { want.len() } else { 3 };
+        assert_eq!(got[..k], want[..k], "{}", case["prompt"]);
     }
 }
