@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kwaainet_core::Llama;
+use kwaainet_core::model::BatchSeq;
 
 /// Arguments of `kwaainet bench`.
 #[derive(Debug, clap::Args)]
@@ -36,6 +37,11 @@ pub struct BenchArgs {
     /// With --swarm: milliseconds added one way to every frame (client links and pushes).
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// Also decode this many sequences together (comma-separated batch sizes), one batched
+    /// pass over the weights per step as the API's continuous batching runs them, and print
+    /// the aggregate decode rate beside the single-sequence one.
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
 }
 
 struct Sample {
@@ -57,6 +63,42 @@ fn one_run(model: &Llama, prompt: &[u32], gen_tokens: usize) -> anyhow::Result<S
         prefill,
         decode: t1.elapsed(),
     })
+}
+
+/// `batch` sequences, each prefilled with `prompt`, decoded `gen_tokens` steps together
+/// (greedy): the time of the decode steps.
+fn batch_run(
+    model: &Llama,
+    prompt: &[u32],
+    batch: usize,
+    gen_tokens: usize,
+) -> anyhow::Result<Duration> {
+    let n_layers = model.config().n_layers;
+    let mut caches = (0..batch)
+        .map(|_| model.new_cache(0..n_layers, prompt.len() + gen_tokens + 1))
+        .collect::<kwaainet_core::Result<Vec<_>>>()?;
+    let mut next = Vec::with_capacity(batch);
+    for cache in &mut caches {
+        next.push(argmax(&model.forward(prompt, cache)?));
+    }
+    let rows: Vec<usize> = (0..batch).collect();
+    let vocab = model.config().vocab_size;
+    let t = Instant::now();
+    for _ in 0..gen_tokens {
+        let mut hidden = model.embed(&next)?;
+        let mut seqs: Vec<BatchSeq<'_>> = caches
+            .iter_mut()
+            .map(|cache| BatchSeq {
+                cache,
+                n: 1,
+                prompt: false,
+            })
+            .collect();
+        model.forward_batch(&mut hidden, &mut seqs)?;
+        let logits = model.logits_rows(&hidden, &rows)?;
+        next = logits.chunks_exact(vocab).map(argmax).collect();
+    }
+    Ok(t.elapsed())
 }
 
 /// The index of the largest logit (greedy decoding).
@@ -146,6 +188,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 .collect(),
         );
         println!("{threads:>8} {pf:>16.1} {dc:>16.1}");
+        for &b in &args.batch {
+            anyhow::ensure!(b > 0, "batch sizes must be > 0");
+            let rates = pool.install(|| {
+                batch_run(model, &prompt, b, args.gen_tokens.min(8))?;
+                (0..args.runs)
+                    .map(|_| {
+                        batch_run(model, &prompt, b, args.gen_tokens)
+                            .map(|d| (b * args.gen_tokens) as f64 / d.as_secs_f64())
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()
+            })?;
+            let agg = median(rates);
+            println!(
+                "{threads:>8} batch {b:>3}: aggregate decode {agg:.1} tok/s ({:.2}x one sequence), {:.1} tok/s per sequence",
+                agg / dc,
+                agg / b as f64
+            );
+        }
     }
     if let Some(rss) = peak_rss() {
         println!(

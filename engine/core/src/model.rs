@@ -497,7 +497,6 @@ impl Llama {
                 &mut acts,
             )?;
         }
-        let mut att = vec![0f32; n * dim];
         let mut row = 0;
         for (s, rope) in seqs.iter_mut().zip(ropes) {
             let (q, k, v) = (
@@ -508,14 +507,30 @@ impl Llama {
             rope.apply(q, c.n_heads, c.head_dim);
             rope.apply(k, c.n_kv_heads, c.head_dim);
             s.cache.append(ci, k, v);
-            self.attend(
-                q,
-                s.cache,
-                ci,
-                s.prompt,
-                &mut att[row * dim..(row + s.n) * dim],
-            );
             row += s.n;
+        }
+        // Attention is independent per sequence and per query row: pieces of rows, spread
+        // over the threads (each piece's numbers are what one pass would give).
+        let mut att = vec![0f32; n * dim];
+        {
+            let per_task = n.div_ceil(4 * crate::kernels::threads()).max(1);
+            let mut tasks = Vec::new();
+            let (mut q_left, mut att_left) = (&q[..], &mut att[..]);
+            for s in seqs.iter() {
+                let (qs, qr) = q_left.split_at(s.n * dim);
+                let (atts, ar) = att_left.split_at_mut(s.n * dim);
+                (q_left, att_left) = (qr, ar);
+                for (i, (qc, ac)) in qs
+                    .chunks(per_task * dim)
+                    .zip(atts.chunks_mut(per_task * dim))
+                    .enumerate()
+                {
+                    tasks.push((&*s.cache, s.prompt, i * per_task, qc, ac));
+                }
+            }
+            crate::kernels::run_tasks(&mut tasks, |(cache, prompt, first, qc, ac)| {
+                self.attend(qc, cache, ci, *first, *prompt, ac)
+            });
         }
         let mut o = vec![0f32; n * dim];
         b.wo.matmul(&mut Acts::new(&att, n, dim)?, &mut o)?;
@@ -539,11 +554,20 @@ impl Llama {
         Ok(())
     }
 
-    /// Attention of one sequence's new query rows `q` (`n × dim`, their keys and values
-    /// already appended to block `ci` of `cache`, which has not yet counted them), one row
-    /// and head at a time, causal over cached + new positions. Operands are f16-rounded and
-    /// reduced in llama.cpp's order (see `kernels`): its batched one for prompt rows.
-    fn attend(&self, q: &[f32], cache: &KvCache, ci: usize, prompt: bool, att: &mut [f32]) {
+    /// Attention of query rows `q` (rows `first..` of one sequence's new rows, their keys
+    /// and values already appended to block `ci` of `cache`, which has not yet counted them),
+    /// one row and head at a time, causal over cached + new positions. Operands are
+    /// f16-rounded and reduced in llama.cpp's order (see `kernels`): its batched one for
+    /// prompt rows.
+    fn attend(
+        &self,
+        q: &[f32],
+        cache: &KvCache,
+        ci: usize,
+        first: usize,
+        prompt: bool,
+        att: &mut [f32],
+    ) {
         let dot = if prompt {
             dot_f16_tiled
         } else {
@@ -558,7 +582,7 @@ impl Llama {
         let mut scores = Vec::with_capacity(start + q.len() / dim);
         let mut qh = vec![0f32; hd];
         for t in 0..q.len() / dim {
-            let ctx = start + t + 1;
+            let ctx = start + first + t + 1;
             for h in 0..c.n_heads {
                 let kvh = h / group;
                 for (dst, &src) in qh

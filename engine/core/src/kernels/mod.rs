@@ -3,7 +3,11 @@
 //! (Q8_0 for Q4_0/Q8_0 weights, Q8_1 for Q4_1), so results track the reference closely.
 //!
 //! SIMD paths: AVX2+FMA on x86-64 (picked at run time), simd128 on wasm32 (when the
-//! module is built with `+simd128`), portable scalar code elsewhere. Types without a fused
+//! module is built with `+simd128`), portable scalar code elsewhere. Batches of 8 tokens or
+//! more (prompts, batched decoding) run Q4_1 and Q8_0 weights through 8-token x86-64
+//! kernels that form the 8-bit products with one VNNI instruction where the CPU has AVX-VNNI
+//! or AVX-512 VNNI (`KWAAINET_NO_VNNI=1` keeps AVX2's two) and move the per-token scale work
+//! out of the inner loop; every path gives the same bits. Types without a fused
 //! kernel (K-quants, F16, BF16) dequantize one row at a time into a small scratch buffer
 //! and use an f32 dot, so memory still holds only the quantized weights.
 
@@ -122,9 +126,20 @@ impl QMatrix {
     /// Rows `r0..r0 + buf.len() / n` against every token, into `buf` (`[row][token]`).
     fn compute_rows(&self, acts: &ActView<'_>, n: usize, r0: usize, buf: &mut [f32]) {
         let mut scratch = Vec::new();
+        let nb = self.cols / QK;
         for (i, dst) in buf.chunks_exact_mut(n).enumerate() {
             let w = self.row(r0 + i);
             let mut t = 0;
+            // Eight tokens at a time where a kernel for them exists (x86-64: Q4_1, Q8_0).
+            while t + 8 <= n && !acts.dt.is_empty() {
+                let ys = &acts.q[t * nb..(t + 8) * nb];
+                let Some(v) = simd::dot_x8(self.dtype, w, ys, &acts.dt[t..], &acts.st[t..], n)
+                else {
+                    break;
+                };
+                dst[t..t + 8].copy_from_slice(&v);
+                t += 8;
+            }
             while t + 4 <= n {
                 let v: [f32; 4] = dot_rows(self.dtype, w, acts, t, self.cols, &mut scratch);
                 dst[t..t + 4].copy_from_slice(&v);
@@ -203,8 +218,17 @@ fn pick_chunk(rows: usize) -> usize {
     rows.div_ceil(parts).max(16)
 }
 
+/// Threads of the current pool (1 without the `threads` feature).
+pub(crate) fn threads() -> usize {
+    #[cfg(feature = "threads")]
+    return rayon::current_num_threads();
+    #[cfg(not(feature = "threads"))]
+    1
+}
+
+/// Runs `f` on every task, spread over the current pool's threads.
 #[cfg(feature = "threads")]
-fn run_tasks<T: Send, F>(tasks: &mut [T], f: F)
+pub(crate) fn run_tasks<T: Send, F>(tasks: &mut [T], f: F)
 where
     F: Fn(&mut T) + Sync + Send,
 {
@@ -216,8 +240,9 @@ where
     }
 }
 
+/// Runs `f` on every task (one thread: the `threads` feature is off).
 #[cfg(not(feature = "threads"))]
-fn run_tasks<T, F: Fn(&mut T)>(tasks: &mut [T], f: F) {
+pub(crate) fn run_tasks<T, F: Fn(&mut T)>(tasks: &mut [T], f: F) {
     tasks.iter_mut().for_each(f);
 }
 
@@ -252,11 +277,18 @@ pub struct Acts<'a> {
     q8_1: Vec<BlockQ8>,
     have_q8_0: bool,
     have_q8_1: bool,
+    /// Block-major scales (see [`ActView`]) of `q8_0` and of `q8_1` (`d`, then `s`).
+    t8_0: Vec<f32>,
+    t8_1: (Vec<f32>, Vec<f32>),
 }
 
 struct ActView<'a> {
     x: &'a [f32],
     q: &'a [BlockQ8],
+    /// The blocks' scales `d` (and `s`) block-major (`[block * n + token]`), for the
+    /// many-token kernels; empty for a single token.
+    dt: &'a [f32],
+    st: &'a [f32],
 }
 
 impl<'a> Acts<'a> {
@@ -276,6 +308,8 @@ impl<'a> Acts<'a> {
             q8_1: Vec::new(),
             have_q8_0: false,
             have_q8_1: false,
+            t8_0: Vec::new(),
+            t8_1: (Vec::new(), Vec::new()),
         })
     }
 
@@ -284,23 +318,49 @@ impl<'a> Acts<'a> {
             ActKind::F32 => {}
             ActKind::Q8_0 if !self.have_q8_0 => {
                 self.q8_0 = quantize_q8(self.x, false);
+                self.t8_0 = self.block_major(&self.q8_0, |b| b.d);
                 self.have_q8_0 = true;
             }
             ActKind::Q8_1 if !self.have_q8_1 => {
                 self.q8_1 = quantize_q8(self.x, true);
+                self.t8_1 = (
+                    self.block_major(&self.q8_1, |b| b.d),
+                    self.block_major(&self.q8_1, |b| b.s),
+                );
                 self.have_q8_1 = true;
             }
             _ => {}
         }
     }
 
+    /// One field of every block, block-major (`[block * n + token]`), when the many-token
+    /// kernels will read it (8 tokens or more); empty otherwise.
+    fn block_major(&self, q: &[BlockQ8], field: impl Fn(&BlockQ8) -> f32) -> Vec<f32> {
+        if self.n < 8 || !simd::has_x8() {
+            return Vec::new();
+        }
+        let nb = self.cols / QK;
+        let mut out = vec![0f32; q.len()];
+        for (t, row) in q.chunks_exact(nb).enumerate() {
+            for (i, b) in row.iter().enumerate() {
+                out[i * self.n + t] = field(b);
+            }
+        }
+        out
+    }
+
     fn view(&self, kind: ActKind) -> ActView<'_> {
-        let q = match kind {
-            ActKind::Q8_0 => &self.q8_0[..],
-            ActKind::Q8_1 => &self.q8_1[..],
-            ActKind::F32 => &[][..],
+        let (q, dt, st) = match kind {
+            ActKind::Q8_0 => (&self.q8_0[..], &self.t8_0[..], &self.t8_0[..]),
+            ActKind::Q8_1 => (&self.q8_1[..], &self.t8_1.0[..], &self.t8_1.1[..]),
+            ActKind::F32 => (&[][..], &[][..], &[][..]),
         };
-        ActView { x: self.x, q }
+        ActView {
+            x: self.x,
+            q,
+            dt,
+            st,
+        }
     }
 }
 
@@ -357,6 +417,7 @@ fn dot_rows<const N: usize>(
 /// so a weight block is unpacked once for several tokens (prefill).
 mod simd {
     use super::BlockQ8;
+    use crate::quant::GgmlType;
 
     macro_rules! dispatch_n {
         ($name:ident, $single:ident) => {
@@ -374,6 +435,51 @@ mod simd {
             }
         };
     }
+    /// Whether [`dot_x8`] has kernels on this CPU.
+    pub fn has_x8() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return super::x86::has_avx2();
+        #[allow(unreachable_code)]
+        false
+    }
+
+    /// Weight row `w` against 8 activation vectors (`ys`: their blocks, token after
+    /// token), whose block scales (and Q4_1 offsets) `d` and `s` are block-major with
+    /// `stride`: `None` where no such kernel exists for `dtype` on this CPU (the caller
+    /// falls back to the `*_n` kernels, which give the same results).
+    #[allow(unused_variables)]
+    pub fn dot_x8(
+        dtype: GgmlType,
+        w: &[u8],
+        ys: &[BlockQ8],
+        d: &[f32],
+        s: &[f32],
+        stride: usize,
+    ) -> Option<[f32; 8]> {
+        #[cfg(target_arch = "x86_64")]
+        if super::x86::has_avx2() {
+            let form = super::x86::best_dot8();
+            let nb = ys.len() / 8;
+            let fits = nb > 0
+                && ys.len() == 8 * nb
+                && stride >= 8
+                && d.len() >= (nb - 1) * stride + 8
+                && s.len() >= (nb - 1) * stride + 8;
+            // SAFETY: AVX2, FMA, F16C and `form`'s features were detected at run time;
+            // `ys` holds 8 tokens of the row's blocks and `d`, `s` enough scales (checked).
+            return match dtype {
+                GgmlType::Q4_1 if fits && nb * 20 == w.len() => {
+                    Some(unsafe { super::x86::dot_q4_1_x8(form, w, ys, d, s, stride) })
+                }
+                GgmlType::Q8_0 if fits && nb * 34 == w.len() => {
+                    Some(unsafe { super::x86::dot_q8_0_x8(form, w, ys, d, stride) })
+                }
+                _ => None,
+            };
+        }
+        None
+    }
+
     dispatch_n!(dot_q4_1_n, dot_q4_1);
     dispatch_n!(dot_q4_0_n, dot_q4_0);
     dispatch_n!(dot_q8_0_n, dot_q8_0);

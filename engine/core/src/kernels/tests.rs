@@ -207,3 +207,124 @@ fn types_without_a_fused_kernel_match_dequantize_then_dot() {
         }
     }
 }
+
+/// The 8-token kernels give the many-token kernels' results bit for bit, in every
+/// instruction form this CPU has, for Q4_1 and Q8_0 (and matmul over 8+ tokens uses them).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn eight_token_kernels_equal_the_others() {
+    use super::x86::{self, Dot8};
+    if !x86::has_avx2() {
+        return;
+    }
+    let mut forms = vec![Dot8::Avx2];
+    if is_x86_feature_detected!("avxvnni") {
+        forms.push(Dot8::AvxVnni);
+    }
+    if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+        forms.push(Dot8::Avx512Vnni);
+    }
+    let mut rng = Rng(7);
+    let (nb, n) = (48, 11);
+    let x: Vec<f32> = (0..n * nb * QK).map(|_| rng.f() * 4.0).collect();
+    for dtype in [GgmlType::Q4_1, GgmlType::Q8_0] {
+        let w = random_blocks(&mut rng, dtype, nb);
+        let acts = {
+            let mut a = Acts::new(&x, n, nb * QK).unwrap();
+            a.prepare(
+                QMatrix::new(dtype, 1, nb * QK, w.clone())
+                    .unwrap()
+                    .act_kind(),
+            );
+            a
+        };
+        let view = acts.view(
+            QMatrix::new(dtype, 1, nb * QK, w.clone())
+                .unwrap()
+                .act_kind(),
+        );
+        assert_eq!(view.dt.len(), n * nb);
+        for t0 in [0, 3] {
+            let ys = &view.q[t0 * nb..(t0 + 8) * nb];
+            let want: Vec<f32> = (0..8)
+                .map(|k| {
+                    let y = &ys[k * nb..(k + 1) * nb];
+                    let [v] = match dtype {
+                        GgmlType::Q4_1 => simd::dot_q4_1_n(&w, [y]),
+                        _ => simd::dot_q8_0_n(&w, [y]),
+                    };
+                    v
+                })
+                .collect();
+            for &form in &forms {
+                // SAFETY: the features of `form` were detected above; shapes match.
+                let got = unsafe {
+                    match dtype {
+                        GgmlType::Q4_1 => {
+                            x86::dot_q4_1_x8(form, &w, ys, &view.dt[t0..], &view.st[t0..], n)
+                        }
+                        _ => x86::dot_q8_0_x8(form, &w, ys, &view.dt[t0..], n),
+                    }
+                };
+                let (g, e): (Vec<u32>, Vec<u32>) = (
+                    got.iter().map(|v| v.to_bits()).collect(),
+                    want.iter().map(|v| v.to_bits()).collect(),
+                );
+                assert_eq!(g, e, "{dtype:?} {form:?} from token {t0}");
+            }
+        }
+    }
+}
+
+/// Speed of the 8-token kernels against the 4-token ones (`cargo test --release -p
+/// kwaainet-core --lib x8_speed -- --ignored --nocapture`): one thread, a 1536 × 576 Q4_1
+/// matrix (the default model's FFN shape) against 16 tokens, best of 15 alternating runs.
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore = "a benchmark; prints numbers"]
+#[allow(clippy::print_stderr)]
+fn x8_speed() {
+    use std::time::Instant;
+    if !super::x86::has_avx2() {
+        return;
+    }
+    let mut rng = Rng(11);
+    let (rows, cols, n) = (1536, 576, 16);
+    let nb = cols / QK;
+    let w = random_blocks(&mut rng, GgmlType::Q4_1, rows * nb);
+    let x: Vec<f32> = (0..n * cols).map(|_| rng.f()).collect();
+    let mut acts = Acts::new(&x, n, cols).unwrap();
+    acts.prepare(ActKind::Q8_1);
+    let v = acts.view(ActKind::Q8_1);
+    let (mut best4, mut best8) = (f64::MAX, f64::MAX);
+    let mut sink = 0f32;
+    for _ in 0..15 {
+        let t = Instant::now();
+        for r in 0..rows {
+            let wr = &w[r * nb * 20..(r + 1) * nb * 20];
+            for t0 in (0..n).step_by(4) {
+                let ys: [&[BlockQ8]; 4] =
+                    std::array::from_fn(|k| &v.q[(t0 + k) * nb..(t0 + k + 1) * nb]);
+                sink += simd::dot_q4_1_n(wr, ys)[0];
+            }
+        }
+        best4 = best4.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for r in 0..rows {
+            let wr = &w[r * nb * 20..(r + 1) * nb * 20];
+            for t0 in (0..n).step_by(8) {
+                let ys = &v.q[t0 * nb..(t0 + 8) * nb];
+                sink +=
+                    simd::dot_x8(GgmlType::Q4_1, wr, ys, &v.dt[t0..], &v.st[t0..], n).unwrap()[0];
+            }
+        }
+        best8 = best8.min(t.elapsed().as_secs_f64());
+    }
+    let gmac = (rows * cols * n) as f64 / 1e9;
+    eprintln!(
+        "Q4_1 {rows}x{cols} x {n} tokens: 4-token kernels {:.1} GMAC/s, 8-token ({:?}) {:.1} GMAC/s ({sink})",
+        gmac / best4,
+        super::x86::best_dot8(),
+        gmac / best8
+    );
+}

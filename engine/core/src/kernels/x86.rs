@@ -150,6 +150,220 @@ pub unsafe fn dot_q8_0_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32;
     acc.map(|a| hsum(a))
 }
 
+/// Which instruction forms the 8-bit products: AVX2's `vpmaddubsw` + `vpmaddwd`, or one
+/// `vpdpbusd` (AVX-VNNI, or AVX-512 VNNI on 256-bit registers). All three give the same
+/// 32-bit lane sums (four u8×i8 products each; no 16-bit saturation is possible with
+/// 4-bit or sign-folded 8-bit weights), so results are equal whichever runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dot8 {
+    Avx2,
+    AvxVnni,
+    Avx512Vnni,
+}
+
+/// The fastest [`Dot8`] this CPU has (AVX2 assumed: see [`has_avx2`]).
+pub fn best_dot8() -> Dot8 {
+    static BEST: OnceLock<Dot8> = OnceLock::new();
+    *BEST.get_or_init(|| {
+        if std::env::var_os("KWAAINET_NO_VNNI").is_some() {
+            Dot8::Avx2
+        } else if is_x86_feature_detected!("avxvnni") {
+            Dot8::AvxVnni
+        } else if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            Dot8::Avx512Vnni
+        } else {
+            Dot8::Avx2
+        }
+    })
+}
+
+/// Tokens per call of the `*_x8` kernels.
+pub const X8: usize = 8;
+
+/// Defines the 8-token kernels for one [`Dot8`] form: `$dot(u, s)` is Σ u8×i8 of 32 lanes
+/// as 8 i32 lanes.
+///
+/// They compute exactly what [`dot_q4_1_n`] and [`dot_q8_0_n`] compute, token by token
+/// (same products, same roundings, same accumulation order), with the per-token scalar work
+/// moved out of the inner loop: the eight tokens' block scales `d_w · d_y` (and Q4_1's
+/// offsets `m_w · s_y`) are one vector multiply per block, from the activation scales laid out
+/// block-major (`d[i * stride + t]`), and each token's scale is then a broadcast load.
+macro_rules! kernels_x8 {
+    ($features:literal, $q41:ident, $q80:ident, $dot:ident) => {
+        /// Q4_1 weights against 8 activation vectors (`y`: their blocks, token after
+        /// token); `d`/`s` hold their scales and offsets block-major with `stride`.
+        ///
+        /// # Safety
+        /// The CPU must support the target features named; `y` holds `8 * w.len() / 20`
+        /// blocks, and `d`, `s` hold `(blocks - 1) * stride + 8` values.
+        #[target_feature(enable = $features)]
+        pub unsafe fn $q41(
+            w: &[u8],
+            y: &[BlockQ8],
+            d: &[f32],
+            s: &[f32],
+            stride: usize,
+        ) -> [f32; X8] {
+            let nb = w.len() / 20;
+            debug_assert!(y.len() >= X8 * nb);
+            debug_assert!(nb == 0 || (d.len().min(s.len()) >= (nb - 1) * stride + X8));
+            let mut acc = [_mm256_setzero_ps(); X8];
+            let mut summs = _mm256_setzero_ps();
+            let mut scale = [0f32; X8];
+            for (i, blk) in w.chunks_exact(20).enumerate() {
+                let dm = header(blk);
+                let q = unpack_nibbles(&blk[4..20]);
+                // SAFETY: the caller guarantees 8 scales and offsets at `i * stride` and
+                // `nb` blocks per token in `y`; `scale` holds 8 values.
+                unsafe {
+                    let dy = _mm256_loadu_ps(d.as_ptr().add(i * stride));
+                    let sy = _mm256_loadu_ps(s.as_ptr().add(i * stride));
+                    let sc = _mm256_mul_ps(_mm256_broadcastss_ps(dm), dy);
+                    let off = _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), sy);
+                    summs = _mm256_add_ps(summs, off);
+                    _mm256_storeu_ps(scale.as_mut_ptr(), sc);
+                    let scale = broadcast_source(&scale);
+                    let yb = y.as_ptr().add(i);
+                    for t in 0..X8 {
+                        let p = _mm256_cvtepi32_ps($dot(q, load_qs(&*yb.add(t * nb))));
+                        acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scale[t]), p, acc[t]);
+                    }
+                }
+            }
+            let mut offs = [0f32; X8];
+            // SAFETY: `offs` holds 8 values.
+            unsafe { _mm256_storeu_ps(offs.as_mut_ptr(), summs) };
+            std::array::from_fn(|t| hsum(acc[t]) + offs[t])
+        }
+
+        /// Q8_0 weights against 8 activation vectors (`y`: their blocks, token after
+        /// token); `d` holds their scales block-major with `stride`.
+        ///
+        /// # Safety
+        /// The CPU must support the target features named; `y` holds `8 * w.len() / 34`
+        /// blocks, and `d` holds `(blocks - 1) * stride + 8` values.
+        #[target_feature(enable = $features)]
+        pub unsafe fn $q80(w: &[u8], y: &[BlockQ8], d: &[f32], stride: usize) -> [f32; X8] {
+            let nb = w.len() / 34;
+            debug_assert!(y.len() >= X8 * nb);
+            debug_assert!(nb == 0 || d.len() >= (nb - 1) * stride + X8);
+            let mut acc = [_mm256_setzero_ps(); X8];
+            let mut scale = [0f32; X8];
+            for (i, blk) in w.chunks_exact(34).enumerate() {
+                let dw = header(blk);
+                let qb = &blk[2..34];
+                // SAFETY: `qb` is exactly 32 bytes; the caller guarantees 8 scales at
+                // `i * stride` and `nb` blocks per token in `y`; `scale` holds 8 values.
+                unsafe {
+                    let q = _mm256_loadu_si256(qb.as_ptr().cast());
+                    let aq = _mm256_sign_epi8(q, q);
+                    let dy = _mm256_loadu_ps(d.as_ptr().add(i * stride));
+                    _mm256_storeu_ps(
+                        scale.as_mut_ptr(),
+                        _mm256_mul_ps(_mm256_broadcastss_ps(dw), dy),
+                    );
+                    let scale = broadcast_source(&scale);
+                    let yb = y.as_ptr().add(i);
+                    for t in 0..X8 {
+                        let sy = _mm256_sign_epi8(load_qs(&*yb.add(t * nb)), q);
+                        let p = _mm256_cvtepi32_ps($dot(aq, sy));
+                        acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scale[t]), p, acc[t]);
+                    }
+                }
+            }
+            acc.map(|a| hsum(a))
+        }
+    };
+}
+
+/// `v` as the compiler must read it back from memory: the eight scales are stored once and
+/// each broadcast straight from memory (a load-port operation), where the compiler would
+/// otherwise extract them lane by lane with shuffles, all on one execution port.
+#[inline(always)]
+fn broadcast_source(v: &[f32; X8]) -> &[f32; X8] {
+    std::hint::black_box(v)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn dot8_avx2(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,avxvnni")]
+fn dot8_avxvnni(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+fn dot8_avx512vnni(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+}
+
+kernels_x8!(
+    "avx2,fma,f16c",
+    dot_q4_1_x8_avx2,
+    dot_q8_0_x8_avx2,
+    dot8_avx2
+);
+kernels_x8!(
+    "avx2,fma,f16c,avxvnni",
+    dot_q4_1_x8_avxvnni,
+    dot_q8_0_x8_avxvnni,
+    dot8_avxvnni
+);
+kernels_x8!(
+    "avx2,fma,f16c,avx512vnni,avx512vl",
+    dot_q4_1_x8_avx512vnni,
+    dot_q8_0_x8_avx512vnni,
+    dot8_avx512vnni
+);
+
+/// Q4_1 weights against 8 activation vectors with the given [`Dot8`] form.
+///
+/// # Safety
+/// As the `dot_q4_1_x8_*` kernels, and the CPU must have `form`'s features.
+pub unsafe fn dot_q4_1_x8(
+    form: Dot8,
+    w: &[u8],
+    ys: &[BlockQ8],
+    d: &[f32],
+    s: &[f32],
+    stride: usize,
+) -> [f32; X8] {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match form {
+            Dot8::Avx2 => dot_q4_1_x8_avx2(w, ys, d, s, stride),
+            Dot8::AvxVnni => dot_q4_1_x8_avxvnni(w, ys, d, s, stride),
+            Dot8::Avx512Vnni => dot_q4_1_x8_avx512vnni(w, ys, d, s, stride),
+        }
+    }
+}
+
+/// Q8_0 weights against 8 activation vectors with the given [`Dot8`] form.
+///
+/// # Safety
+/// As the `dot_q8_0_x8_*` kernels, and the CPU must have `form`'s features.
+pub unsafe fn dot_q8_0_x8(
+    form: Dot8,
+    w: &[u8],
+    ys: &[BlockQ8],
+    d: &[f32],
+    stride: usize,
+) -> [f32; X8] {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match form {
+            Dot8::Avx2 => dot_q8_0_x8_avx2(w, ys, d, stride),
+            Dot8::AvxVnni => dot_q8_0_x8_avxvnni(w, ys, d, stride),
+            Dot8::Avx512Vnni => dot_q8_0_x8_avx512vnni(w, ys, d, stride),
+        }
+    }
+}
+
 /// Quantizes 32-value blocks to 8 bits like llama.cpp's AVX2 quantizer: scale
 /// `amax / 127`, multiplier `127 / amax`, round half to even; `d` (and `s`) kept at f16
 /// precision.
