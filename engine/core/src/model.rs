@@ -509,27 +509,38 @@ impl Llama {
             s.cache.append(ci, k, v);
             row += s.n;
         }
-        // Attention is independent per sequence and per query row: pieces of rows, spread
-        // over the threads (each piece's numbers are what one pass would give).
+        // Attention is independent per sequence, query row and head: pieces of rows (or,
+        // with fewer rows than threads to share them, single heads of a row) spread over the
+        // threads; each piece's numbers are what one pass would give.
         let mut att = vec![0f32; n * dim];
         {
-            let per_task = n.div_ceil(4 * crate::kernels::threads()).max(1);
+            let threads = crate::kernels::threads();
+            let (hd, n_heads) = (c.head_dim, c.n_heads);
+            let rows_per_task = n.div_ceil(4 * threads).max(1);
             let mut tasks = Vec::new();
             let (mut q_left, mut att_left) = (&q[..], &mut att[..]);
             for s in seqs.iter() {
                 let (qs, qr) = q_left.split_at(s.n * dim);
                 let (atts, ar) = att_left.split_at_mut(s.n * dim);
                 (q_left, att_left) = (qr, ar);
-                for (i, (qc, ac)) in qs
-                    .chunks(per_task * dim)
-                    .zip(atts.chunks_mut(per_task * dim))
-                    .enumerate()
-                {
-                    tasks.push((&*s.cache, s.prompt, i * per_task, qc, ac));
+                if n >= 2 * threads {
+                    for (i, (qc, ac)) in qs
+                        .chunks(rows_per_task * dim)
+                        .zip(atts.chunks_mut(rows_per_task * dim))
+                        .enumerate()
+                    {
+                        tasks.push((&*s.cache, s.prompt, i * rows_per_task, 0, qc, ac));
+                    }
+                } else {
+                    for (t, (qc, ac)) in qs.chunks(dim).zip(atts.chunks_mut(dim)).enumerate() {
+                        for (h, ah) in ac.chunks_mut(hd).enumerate().take(n_heads) {
+                            tasks.push((&*s.cache, s.prompt, t, h, qc, ah));
+                        }
+                    }
                 }
             }
-            crate::kernels::run_tasks(&mut tasks, |(cache, prompt, first, qc, ac)| {
-                self.attend(qc, cache, ci, *first, *prompt, ac)
+            crate::kernels::run_tasks(&mut tasks, |(cache, prompt, first, h0, qc, ac)| {
+                self.attend(qc, cache, ci, *first, *h0, *prompt, ac)
             });
         }
         let mut o = vec![0f32; n * dim];
@@ -556,15 +567,18 @@ impl Llama {
 
     /// Attention of query rows `q` (rows `first..` of one sequence's new rows, their keys
     /// and values already appended to block `ci` of `cache`, which has not yet counted them),
-    /// one row and head at a time, causal over cached + new positions. Operands are
-    /// f16-rounded and reduced in llama.cpp's order (see `kernels`): its batched one for
-    /// prompt rows.
+    /// one row and head at a time, causal over cached + new positions, into `att`: every
+    /// head of those rows, or (when `att` is shorter than a row) heads `h0..` of one row.
+    /// Operands are f16-rounded and reduced in llama.cpp's order (see `kernels`): its
+    /// batched one for prompt rows.
+    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         q: &[f32],
         cache: &KvCache,
         ci: usize,
         first: usize,
+        h0: usize,
         prompt: bool,
         att: &mut [f32],
     ) {
@@ -581,9 +595,12 @@ impl Llama {
         let scale = 1.0 / (hd as f32).sqrt();
         let mut scores = Vec::with_capacity(start + q.len() / dim);
         let mut qh = vec![0f32; hd];
+        // The output's row width: whole rows, or the heads asked for of a single row.
+        let width = att.len().min(dim);
+        let heads = h0..h0 + width / hd;
         for t in 0..q.len() / dim {
             let ctx = start + first + t + 1;
-            for h in 0..c.n_heads {
+            for h in heads.clone() {
                 let kvh = h / group;
                 for (dst, &src) in qh
                     .iter_mut()
@@ -602,7 +619,7 @@ impl Llama {
                 for w in scores.iter_mut() {
                     *w = round16(*w);
                 }
-                let out = &mut att[t * dim + h * hd..t * dim + (h + 1) * hd];
+                let out = &mut att[t * width + (h - h0) * hd..t * width + (h - h0 + 1) * hd];
                 for (d, o) in out.iter_mut().enumerate() {
                     let col = (kvh * hd + d) * cap;
                     *o = dot(&vt[col..col + n_kv], &scores);
