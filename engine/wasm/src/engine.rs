@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 #[cfg(feature = "webgpu")]
 use kwaainet_core::burn_model::{BurnLlama, BurnSession};
-use kwaainet_core::chat::{ChatMessage, ChatTemplate};
+use kwaainet_core::chat::{ChatMessage, ChatTemplate, Prompt};
 use kwaainet_core::generate::{CpuSession, FinishReason, GenerateOptions, Generator, Step};
 use kwaainet_core::gguf::Gguf;
 
@@ -791,12 +791,19 @@ fn render(l: &Loaded, messages: &[Message], add_generation_prompt: bool) -> Resu
     Ok(text)
 }
 
-/// The prompt's token ids: BOS as the GGUF asks (unless a rendered template already
-/// starts with it), then the text with special tokens parsed, like `kwaainet generate`.
+/// The prompt's token ids, built by `kwaainet_core::chat::prompt_ids` as the CLI and the
+/// node's API build them (template, BOS rule, special tokens), or the caller's own ids.
 fn prompt_ids(l: &Loaded, req: &Request) -> Result<Vec<u32>> {
-    let (text, chat) = match (&req.prompt, &req.messages, &req.tokens) {
-        (Some(p), None, None) => (p.clone(), false),
-        (None, Some(m), None) => (render(l, m, true)?, true),
+    let messages: Vec<ChatMessage>;
+    let prompt = match (&req.prompt, &req.messages, &req.tokens) {
+        (Some(p), None, None) => Prompt::Text(p),
+        (None, Some(m), None) => {
+            messages = m
+                .iter()
+                .map(|m| ChatMessage::new(m.role.as_str(), m.content.as_str()))
+                .collect();
+            Prompt::Chat(&messages)
+        }
         (None, None, Some(t)) => {
             let vocab = l.tokenizer.vocab_size();
             if let Some(bad) = t.iter().find(|&&t| t as usize >= vocab) {
@@ -817,15 +824,7 @@ fn prompt_ids(l: &Loaded, req: &Request) -> Result<Vec<u32>> {
             ));
         }
     };
-    let tok = &l.tokenizer;
-    let mut ids = Vec::new();
-    if tok.add_bos()
-        && let Some(b) = tok.bos_id()
-        && !(chat && tok.token_text(b).is_some_and(|bos| text.starts_with(bos)))
-    {
-        ids.push(b);
-    }
-    ids.extend(tok.encode(&text, true)?);
+    let ids = kwaainet_core::chat::prompt_ids(&l.tokenizer, l.template.as_ref(), prompt)?;
     if ids.is_empty() {
         return Err(EngineError::new("options", "the prompt is empty"));
     }
