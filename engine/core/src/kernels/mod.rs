@@ -336,10 +336,10 @@ impl<'a> Acts<'a> {
     /// One field of every block, block-major (`[block * n + token]`), when the many-token
     /// kernels will read it (8 tokens or more); empty otherwise.
     fn block_major(&self, q: &[BlockQ8], field: impl Fn(&BlockQ8) -> f32) -> Vec<f32> {
-        if self.n < 8 || !simd::has_x8() {
+        let nb = self.cols / QK;
+        if self.n < 8 || nb == 0 || !simd::has_x8() {
             return Vec::new();
         }
-        let nb = self.cols / QK;
         let mut out = vec![0f32; q.len()];
         for (t, row) in q.chunks_exact(nb).enumerate() {
             for (i, b) in row.iter().enumerate() {
