@@ -233,9 +233,10 @@ impl LlamaConfig {
 
     /// `base^(-2/rope_dim)`, the ratio of one rotary frequency to the next, as ggml's
     /// `powf(base, -2.0f/n_dims)`: the exponent rounded to f32 first, the power computed in
-    /// double and rounded once, which is the correctly rounded value, as C libraries'
-    /// `powf` gives it, and the same on every target (Rust's `f32::powf` is the C
-    /// library's natively but its own port on wasm32).
+    /// double and rounded once (the correctly rounded value but in rare double-rounding
+    /// cases; equal to glibc's `powf` for the bases and sizes tested below), and the same on
+    /// every target (Rust's `f32::powf` is the C library's natively but its own port on
+    /// wasm32).
     pub fn rope_step(&self) -> f32 {
         let exponent = -2.0 / self.rope_dim as f32;
         f64::from(self.rope_theta).powf(f64::from(exponent)) as f32
