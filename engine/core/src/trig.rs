@@ -177,7 +177,6 @@ mod tests {
             + f64::from(TWO_OVER_PI[7]) / 4_294_967_296.0 / 4_294_967_296.0;
         assert!((v - std::f64::consts::FRAC_2_PI).abs() < 1e-15);
         assert!((HALF_PI_INV_2P24 / 16_777_216.0 - std::f64::consts::FRAC_2_PI).abs() < 1e-16);
-        assert_eq!(HALF_PI.to_bits(), 0x3ff9_21fb_5444_2d18);
     }
 
     #[test]
