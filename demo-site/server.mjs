@@ -102,6 +102,8 @@ const CORS = { 'access-control-allow-origin': '*', 'cross-origin-resource-policy
  *                 bytes (the socket is destroyed), once: a connection lost mid-download
  *   crossOriginIsolated  send COOP/COEP (wllama's threads need them; bench only)
  *   wllamaDir     folder served at /wllama/ (bench only)
+ *   appDir        a built app (sdk-ts/test/package/): its files at every path but the
+ *                 model's (index.html for /), instead of the demo's
  * Returns { url, port, model, stats, close() }; `stats.model` lists every model response as
  * { range, status, bytes } (bytes: body bytes written to the connection).
  */
@@ -196,6 +198,10 @@ export async function startDemoServer(options = {}) {
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD' }).end();
       return;
+    }
+    if (options.appDir && pathname !== '/models/model.gguf') {
+      const path = inside(options.appDir, pathname === '/' ? 'index.html' : pathname.slice(1));
+      return path ? sendFile(req, res, path) : notFound(res);
     }
     if (pathname === '/' || pathname === '/index.html' || pathname === '/bench.html') {
       let body;

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STEPS=(setup fmt clippy build fetch-model rust-tests api p2p wasm32 wasm-engine ts browser)
+STEPS=(setup fmt clippy build fetch-model rust-tests api p2p wasm32 wasm-engine ts browser package)
 
 BIN() { printf '%s/release/kwaainet' "$CARGO_TARGET_DIR"; }
 
@@ -136,6 +136,20 @@ step_browser() {
     fi
     node cdn/build.mjs >/dev/null
     node --test --test-timeout=300000 demo-site/tests/
+}
+
+step_package() {
+    # `npm import` as a user meets it: `npm pack` of @kwaainet/sdk (its prepack builds the
+    # SDK and the CDN bundle and copies every engine in: sdk-ts/scripts/pack-assets.mjs),
+    # `npm publish --dry-run`, then a minimal Vite app (Vite from the npm registry) on the
+    # packed tarball, built and served on 127.0.0.1, and under `vite` dev, streaming
+    # llama.cpp's tokens in headless Chromium (sdk-ts/test/package/). Needs the three
+    # engine modules: built by the p2p, wasm32 and wasm-engine steps.
+    export KWAAINET_REQUIRE_MODEL=1
+    if [ -z "${KWAAINET_MODEL:-}" ]; then # run without the fetch-model step
+        step_fetch-model
+    fi
+    node --test --test-timeout=900000 sdk-ts/test/package/
 }
 
 # ---------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 /**
- * The files the SDK loads next to itself (cdn/ builds them into one versioned folder), and
- * their SRI hashes, which the CDN build bakes into distributed-ai.js / kwaainet.mjs so that
- * the integrity on the script tag extends to the worker and the .wasm.
+ * The files the SDK loads next to itself (cdn/ builds them into one versioned folder; the
+ * npm package carries the same files: packaged.ts), and their SRI hashes, which the CDN
+ * build bakes into distributed-ai.js / kwaainet.mjs so that the integrity on the script tag
+ * extends to the worker and the .wasm.
  */
 
 import type { HostUrls } from './host.js';
+import { packagedAssets, packagedWasmIntegrity } from './packaged.js';
 
 export const ASSETS = {
   worker: 'kwaainet-worker.js',
@@ -19,6 +21,8 @@ export const ASSETS = {
   p2pGlue: 'kwaainet_p2p.js',
 } as const;
 
+export type AssetName = keyof typeof ASSETS;
+
 // Replaced by the CDN build (esbuild `define`); absent in the plain npm build.
 declare const __KWAAINET_ASSET_SRI__: Record<string, string> | undefined;
 
@@ -28,17 +32,39 @@ export function bakedIntegrity(): Record<string, string> {
 
 /** Where the engine files are, relative to `baseUrl` (the folder holding distributed-ai.js). */
 export function hostUrls(baseUrl: string, serviceWorkerUrl: string | null | undefined, integrity = bakedIntegrity()): HostUrls {
-  const at = (name: string): string => new URL(name, baseUrl).href;
   // A CDN build bakes the hash of every engine file it ships (the worker's always): there,
   // a WebGPU engine without a hash is one the build does not have.
-  const built = integrity[ASSETS.worker] !== undefined;
+  return urlsOf((name) => new URL(ASSETS[name], baseUrl).href, serviceWorkerUrl, integrity, integrity[ASSETS.worker] !== undefined);
+}
+
+/**
+ * The engine files next to the SDK's own module (packaged.ts): the npm package's copies, as
+ * the app's bundler rewrote their URLs, or the CDN folder for kwaainet.mjs. Null where the
+ * module has no URL (the script tag's IIFE, which passes `baseUrl`).
+ */
+export function packagedHostUrls(serviceWorkerUrl: string | null | undefined): HostUrls | null {
+  const files = packagedAssets();
+  if (!files) return null;
+  const baked = bakedIntegrity();
+  if (baked[ASSETS.worker] !== undefined) return urlsOf((name) => files[name], serviceWorkerUrl, baked, true);
+  // The npm package: hashes of the .wasm files only. Bundlers copy binary assets as they
+  // are, but may rewrite a .js one; and without a hash the same-origin worker starts from
+  // its URL, so a site's `worker-src 'self'` CSP needs no `blob:`.
+  const packed = packagedWasmIntegrity();
+  return urlsOf((name) => files[name], serviceWorkerUrl, packed, packed[ASSETS.wasm] !== undefined);
+}
+
+function urlsOf(
+  at: (name: AssetName) => string, serviceWorkerUrl: string | null | undefined, integrity: Readonly<Record<string, string>>,
+  complete: boolean,
+): HostUrls {
   const urls: HostUrls = {
-    worker: at(ASSETS.worker),
-    serviceWorker: serviceWorkerUrl === undefined ? at(ASSETS.serviceWorker) : serviceWorkerUrl,
-    wasm: at(ASSETS.wasm),
-    glue: at(ASSETS.glue),
-    webgpuWasm: built && integrity[ASSETS.webgpuWasm] === undefined ? null : at(ASSETS.webgpuWasm),
-    webgpuGlue: at(ASSETS.webgpuGlue),
+    worker: at('worker'),
+    serviceWorker: serviceWorkerUrl === undefined ? at('serviceWorker') : serviceWorkerUrl,
+    wasm: at('wasm'),
+    glue: at('glue'),
+    webgpuWasm: complete && integrity[ASSETS.webgpuWasm] === undefined ? null : at('webgpuWasm'),
+    webgpuGlue: at('webgpuGlue'),
   };
   const w = integrity[ASSETS.worker];
   if (w) urls.workerIntegrity = w;

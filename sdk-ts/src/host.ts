@@ -68,9 +68,17 @@ function sameOrigin(url: string): boolean {
   }
 }
 
-function serviceWorkerUsable(url: string | null): url is string {
+/** Why the service-worker host cannot be tried here, or null when it can. */
+function serviceWorkerProblem(url: string | null): string | null {
+  if (url === null) return 'no service-worker URL';
   const nav = globalThis.navigator as Navigator | undefined;
-  return url !== null && nav !== undefined && 'serviceWorker' in nav && globalThis.isSecureContext === true && sameOrigin(url);
+  if (nav === undefined || !('serviceWorker' in nav) || globalThis.isSecureContext !== true) {
+    return 'service workers are not usable here (no navigator.serviceWorker, or not a secure context)';
+  }
+  if (!sameOrigin(url)) {
+    return `service workers are not usable here: ${url} is on another origin (serve kwaainet-sw.js from this site and pass serviceWorkerUrl)`;
+  }
+  return null;
 }
 
 function timeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
@@ -169,7 +177,8 @@ export function startInPageHost(urls: HostUrls, options: StartHostOptions = {}):
 export async function startHost(preference: HostPreference, urls: HostUrls, options: StartHostOptions = {}): Promise<HostChoice> {
   const notes: string[] = [];
   if (preference === 'auto' || preference === 'service-worker') {
-    if (serviceWorkerUsable(urls.serviceWorker)) {
+    const problem = serviceWorkerProblem(urls.serviceWorker);
+    if (problem === null && urls.serviceWorker !== null) {
       try {
         const { engine, status } = await startServiceWorkerHost(urls.serviceWorker, options);
         if (preference === 'service-worker') return { engine, host: 'service-worker', reason: 'requested' };
@@ -181,9 +190,9 @@ export async function startHost(preference: HostPreference, urls: HostUrls, opti
         notes.push(`service worker unavailable (${toKwaaiNetError(err).message})`);
       }
     } else if (preference === 'service-worker') {
-      throw new UnsupportedError('a service-worker host needs a same-origin serviceWorkerUrl in a secure context');
+      throw new UnsupportedError(`a service-worker host needs a same-origin serviceWorkerUrl in a secure context: ${problem ?? 'none'}`);
     } else {
-      notes.push(urls.serviceWorker === null ? 'no service-worker URL' : 'service workers are not usable here');
+      notes.push(problem ?? 'no service-worker URL');
     }
   }
   if ((preference === 'auto' || preference === 'worker') && typeof Worker === 'function') {

@@ -4,7 +4,7 @@
  * request, enforces `maxResources`, and gates contribution on consent.
  *
  * ```ts
- * const ai = new KwaaiNet({ modelUrl, modelSha256, baseUrl: 'https://cdn.example/kwaainet/v0.1.0/' });
+ * const ai = new KwaaiNet({ modelUrl, modelSha256 }); // engine files: from the npm package (or pass baseUrl)
  * ai.on('progress', (p) => bar.value = p.fraction);
  * await ai.initialize();
  * for await (const chunk of await ai.chat.completions.create({ messages, stream: true }, { signal })) { ... }
@@ -14,7 +14,7 @@
  * engine host and no model download; `route` in a request's options picks either.
  */
 
-import { hostUrls } from './assets.js';
+import { hostUrls, packagedHostUrls } from './assets.js';
 import {
   ConsentManager, PRIVACY_FLAGS, SERVICES, type ConsentPrompt, type ConsentStorage, type PrivacyFlag, type Service,
 } from './consent.js';
@@ -56,10 +56,13 @@ export interface KwaaiNetOptions {
   /** Which engine: 'auto' (default: WebGPU in the service-worker host when it has an
    *  adapter, else the CPU engine), 'cpu', or 'webgpu' (fails where it cannot run). */
   engine?: EnginePreference;
-  /** Folder with the engine files (worker, service worker, wasm); default: next to this module. */
+  /** Folder with the engine files (worker, service worker, wasm): a CDN or self-hosted
+   *  copy of the CDN folder. Default: the files the npm package ships, wherever the app's
+   *  bundler put them (or the CDN folder of kwaainet.mjs). The script tag sets it. */
   baseUrl?: string;
   /** Same-origin service-worker script; null disables the service-worker host. Default:
-   *  `kwaainet-sw.js` in `baseUrl` (used only when same-origin). */
+   *  `kwaainet-sw.js` next to the other engine files (used only when same-origin).
+   *  `npx kwaainet-sw public/` copies it into an app's static folder (README "npm"). */
   serviceWorkerUrl?: string | null;
   /** Download the model during `initialize()` (default true; else on the first request). */
   loadModelOnInit?: boolean;
@@ -165,16 +168,6 @@ function list<T extends string>(value: readonly T[] | string | undefined, allowe
   return [...new Set(items)] as T[];
 }
 
-function defaultBaseUrl(): string | undefined {
-  try {
-    // In the IIFE build import.meta is empty: the script tag passes baseUrl instead.
-    const url = (import.meta as { url?: string }).url;
-    return url ? new URL('./', url).href : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 export class KwaaiNet {
   readonly services: readonly Service[];
   readonly privacyCompliance: readonly PrivacyFlag[];
@@ -233,8 +226,11 @@ export class KwaaiNet {
       memoryLimitBytes: this.maxResources.memory * MIB,
       storageLimitBytes: this.maxResources.storage * MIB,
     };
-    const base = options.baseUrl ?? defaultBaseUrl();
-    this.urls = base === undefined ? null : hostUrls(new URL(base, (globalThis as { location?: Location }).location?.href).href, options.serviceWorkerUrl);
+    // An explicit baseUrl (the script tag's folder, a CDN, self-hosting) wins; else the files
+    // next to the SDK's module: the npm package's, as the app's bundler placed them.
+    this.urls = options.baseUrl === undefined
+      ? packagedHostUrls(options.serviceWorkerUrl)
+      : hostUrls(new URL(options.baseUrl, (globalThis as { location?: Location }).location?.href).href, options.serviceWorkerUrl);
     this.consent = new ConsentManager({
       services: this.services,
       privacyCompliance: this.privacyCompliance,

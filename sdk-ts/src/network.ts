@@ -7,7 +7,7 @@
  * circuit, and reconnects with a bounded back-off when the node restarts.
  *
  * ```ts
- * const net = new KwaaiNetwork({ moduleUrl: '/p2p/kwaainet_wasm.js' });
+ * const net = new KwaaiNetwork(); // the npm package's module (or { moduleUrl }, or KwaaiNetwork.fromCdn(baseUrl))
  * net.on('status', (s) => badge.textContent = s.status);
  * net.on('message', (m) => console.log(m.from, m.text()));
  * await net.connect(await fetchBootstrapAddrs(location.origin), { signal });
@@ -20,6 +20,7 @@
  */
 
 import { ASSETS, bakedIntegrity } from './assets.js';
+import { packagedAssets, packagedWasmIntegrity } from './packaged.js';
 import { DisposedError, InvalidArgumentError, P2pError, UnsupportedError, abortErrorFrom, throwIfAborted, type KwaaiNetError, type P2pFailure } from './errors.js';
 import { Emitter } from './events.js';
 import type { WasmP2pEvent, WasmP2pModule, WasmP2pNode } from './wasm-p2p.js';
@@ -86,8 +87,9 @@ export interface NodeRecord {
 }
 
 export interface NetworkOptions {
-  /** URL of the P2P module's ES glue (`dist/p2p/kwaainet_wasm.js`). */
-  moduleUrl: string | URL;
+  /** URL of the P2P module's ES glue (`dist/p2p/kwaainet_wasm.js`). Default: the module
+   *  the npm package ships (`kwaainet_p2p.js` next to the SDK, with its .wasm and hash). */
+  moduleUrl?: string | URL;
   /** URL of its .wasm (default: `kwaainet_wasm_bg.wasm` next to the glue). */
   wasmUrl?: string | URL;
   /** SRI hash the .wasm must match (`sha384-...`); checked by `fetch`. */
@@ -164,6 +166,23 @@ function bounded<T>(promise: Promise<T>, ms: number, what: string, signal?: Abor
   });
 }
 
+/**
+ * The P2P module next to the SDK (packaged.ts): null where the SDK has no module URL (the
+ * IIFE bundle); throws `UnsupportedError` where the build is known to lack it.
+ */
+function packagedP2p(): Pick<NetworkOptions, 'moduleUrl' | 'wasmUrl' | 'wasmIntegrity'> | null {
+  const files = packagedAssets();
+  if (!files) return null;
+  const baked = bakedIntegrity();
+  const hashes = baked[ASSETS.worker] !== undefined ? baked : packagedWasmIntegrity();
+  const integrity = hashes[ASSETS.p2pWasm];
+  // A CDN build hashes every file it ships, a packed npm build every .wasm.
+  if ((hashes[ASSETS.worker] !== undefined || hashes[ASSETS.wasm] !== undefined) && integrity === undefined) {
+    throw new UnsupportedError('this build was made without the P2P module (dist/p2p/)');
+  }
+  return { moduleUrl: files.p2pGlue, wasmUrl: files.p2pWasm, ...(integrity !== undefined && { wasmIntegrity: integrity }) };
+}
+
 const modules = new Map<string, Promise<WasmP2pModule>>();
 
 /** Loads (once per URL) and initializes the P2P module. */
@@ -173,7 +192,7 @@ function loadModule(moduleUrl: string, wasmUrl: string, integrity: string | unde
   if (!p) {
     p = (async () => {
       guardWebRtcHandlers();
-      const mod = (await import(/* webpackIgnore: true */ moduleUrl)) as WasmP2pModule;
+      const mod = (await import(/* webpackIgnore: true */ /* @vite-ignore */ moduleUrl)) as WasmP2pModule;
       let input: URL | Response = new URL(wasmUrl);
       if (integrity !== undefined) {
         input = await fetch(input, { integrity }).catch((e: unknown) => {
@@ -205,9 +224,16 @@ export class KwaaiNetwork {
   private current: NetworkStatus = 'idle';
   private bootstrapId: string | null = null;
 
-  constructor(options: NetworkOptions) {
-    if (!options || (typeof options.moduleUrl !== 'string' && !(options.moduleUrl instanceof URL))) {
-      throw new InvalidArgumentError('moduleUrl is required');
+  constructor(options: NetworkOptions = {}) {
+    if (options === null || typeof options !== 'object') throw new InvalidArgumentError('options must be an object');
+    if (options.moduleUrl === undefined) {
+      // The npm package's own P2P module; the other options still apply.
+      const packaged = packagedP2p();
+      if (!packaged) throw new InvalidArgumentError('moduleUrl is required here (no packaged P2P module: use KwaaiNetwork.fromCdn)');
+      options = { ...options, ...packaged };
+    }
+    if (typeof options.moduleUrl !== 'string' && !(options.moduleUrl instanceof URL)) {
+      throw new InvalidArgumentError('moduleUrl must be a URL');
     }
     const base = typeof location === 'undefined' ? undefined : location.href;
     const moduleUrl = new URL(options.moduleUrl, base).href;

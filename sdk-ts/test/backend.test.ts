@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { hostUrls } from '../src/assets.js';
+import { ASSETS, hostUrls, packagedHostUrls } from '../src/assets.js';
 import { MemoryModelStore } from '../src/cache.js';
 import { UnsupportedError } from '../src/errors.js';
 import type { GpuProbe } from '../src/host/glue.js';
@@ -202,5 +202,22 @@ describe('engine selection seen from the page', () => {
     });
     assert.equal(both.webgpuWasm, `${base}kwaainet_wasm_webgpu_bg.wasm`);
     assert.equal(both.webgpuWasmIntegrity, 'sha384-g');
+  });
+
+  it('packagedHostUrls: the files next to the SDK module, the service-worker URL as given', () => {
+    // Here the module is a file (dist/ts-test/src/packaged.js); in an app, where its bundler
+    // put the package's copies. A workspace build bakes no hashes, so none are claimed.
+    const urls = packagedHostUrls(undefined);
+    assert.ok(urls);
+    const dir = new URL('../src/', import.meta.url).href;
+    assert.equal(urls.worker, `${dir}${ASSETS.worker}`);
+    assert.equal(urls.serviceWorker, `${dir}${ASSETS.serviceWorker}`);
+    assert.equal(urls.wasm, `${dir}${ASSETS.wasm}`);
+    assert.equal(urls.webgpuWasm, `${dir}${ASSETS.webgpuWasm}`, 'unknown build: try it');
+    assert.equal(urls.glue, `${dir}${ASSETS.glue}`);
+    assert.equal(urls.workerIntegrity, undefined);
+    assert.equal(urls.wasmIntegrity, undefined);
+    assert.equal(packagedHostUrls(null)?.serviceWorker, null);
+    assert.equal(packagedHostUrls('/sw.js')?.serviceWorker, '/sw.js');
   });
 });
