@@ -86,7 +86,10 @@ test('npm pack: the package carries its engines, hosts, P2P module and types', {
       assert.ok(files.has(path.replace(/^\.\//, '')), `${entry}: ${path} is not in the tarball`);
     }
   }
+  // No module runs anything on import; the one that does (the script tag's entry, for the
+  // CDN's IIFE) is left out of the package.
   assert.equal(pkg.sideEffects, false);
+  assert.deepEqual([...files].filter((f) => f.startsWith('dist/entries/')), []);
   assert.ok(files.has(pkg.bin['kwaainet-sw']), 'the bin is packed');
 
   // What a bundler reads: the literal URLs, each naming a packed file; and the baked
@@ -191,6 +194,12 @@ test('in headless Chromium the bundled app loads the model and streams llama.cpp
   const url = (q) => `${server.url}?sha=${server.model.sha256}&${q}`;
   const requested = (re) => server.stats.requests.filter((p) => re.test(p));
 
+  // 0. README's three lines, as written there: the default host (the worker here: no
+  // WebGPU adapter in the service worker), the model loaded on the first request.
+  const three = await openApp(page, `${server.url}?three&sha=${server.model.sha256}`);
+  assert.deepEqual(three.answer.ids, chatCase.output_ids);
+  assert.equal(three.answer.text, chatCase.output_text);
+
   // 1. The dedicated worker, from the URL the bundler gave the packaged script.
   await openApp(page, url('host=worker'));
   let info = await page.evaluate(() => window.kwaainet.engineInfo());
@@ -201,10 +210,16 @@ test('in headless Chromium the bundled app loads the model and streams llama.cpp
   assert.ok(raw.chunks > 1, 'streamed');
   const chat = await generate(page, { messages: chatCase.messages, maxTokens: chatCase.max_tokens });
   assert.deepEqual(chat.ids, chatCase.output_ids);
-  assert.equal(requested(/^\/assets\/kwaainet-worker-[\w-]+\.js$/).length, 1, 'the worker came from the app\'s assets');
-  assert.equal(requested(/^\/assets\/kwaainet_wasm_bg-[\w-]+\.wasm$/).length, 1, 'the engine came from the app\'s assets');
+  assert.equal(requested(/^\/assets\/kwaainet-worker-[\w-]+\.js$/).length, 2, 'the workers (two pages) came from the app\'s assets');
+  assert.equal(requested(/^\/assets\/kwaainet_wasm_bg-[\w-]+\.wasm$/).length, 2, 'the engine came from the app\'s assets');
   assert.deepEqual(requested(/node_modules|^\/cdn\//), [], 'nothing outside the app\'s build');
-  assert.equal(server.stats.model.length, 1);
+  assert.equal(server.stats.model.length, 1, 'downloaded once, then from the cache');
+
+  // The in-page host imports the engine's ES glue from the URL the bundler gave it.
+  await openApp(page, url('host=in-page'));
+  assert.equal((await page.evaluate(() => window.kwaainet.engineInfo())).host, 'in-page');
+  assert.deepEqual((await generate(page, { prompt: capitalRaw.prompt, maxTokens: capitalRaw.max_tokens })).ids, capitalRaw.output_ids);
+  assert.equal(requested(/^\/assets\/kwaainet_wasm-[\w-]+\.js$/).length, 1, 'the glue came from the app\'s assets');
 
   // 2. The service worker the bundler placed (/assets/kwaainet-sw-<hash>.js): no setup.
   await openApp(page, url('host=service-worker'));
