@@ -2,6 +2,7 @@
 // (Debian's /usr/bin/chromium, or $CHROMIUM) driven by playwright-core, with a fresh
 // profile each launch, and bounded waits.
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -15,6 +16,18 @@ const FLAGS = [
   '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
   '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage',
 ];
+
+/** A TCP port free on 127.0.0.1 right now (for a server that takes a number, not 0). */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
 
 /** Rejects with a clear message when `promise` takes longer than `ms`. */
 export function within(ms, promise, what) {

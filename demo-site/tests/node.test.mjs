@@ -7,22 +7,9 @@
 // response (the favicon included).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
 import { test } from 'node:test';
-import { launch, recordEvents, within } from './browser.mjs';
+import { freePort, launch, recordEvents, within } from './browser.mjs';
 import { avx2, root, skip } from './common.mjs';
-
-/** A TCP port free on 127.0.0.1 right now. */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /** Runs `npm start`'s script; resolves once its node answers /api/v1/state with browser addresses. */
 async function npmStart(t) {

@@ -23,11 +23,10 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startDemoServer } from '../../../demo-site/server.mjs';
-import { generate, launch, within } from '../../../demo-site/tests/browser.mjs';
+import { freePort, generate, launch, within } from '../../../demo-site/tests/browser.mjs';
 import { avx2, capitalRaw, skip } from '../../../demo-site/tests/common.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -263,18 +262,6 @@ test('in headless Chromium the bundled app loads the model and streams llama.cpp
   assert.equal(p2p.reason, 'unreachable', `the module loaded and dialed: ${p2p.message}`);
   assert.equal(requested(/^\/assets\/kwaainet_p2p_bg-[\w-]+\.wasm$/).length, 1, 'the P2P module came from the app\'s assets');
 });
-
-/** A free TCP port on 127.0.0.1 (for a server that takes a port number, not 0). */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 test('`vite` dev server: the same app runs with no configuration (pre-bundled dependency)', { skip, timeout: 300_000 }, async (t) => {
   assert.ok(existsSync(join(appDir, 'node_modules', 'vite')), 'the app was installed');
