@@ -145,8 +145,12 @@ test('a Vite app on the packed tarball builds, with every engine file in its out
     devDependencies: { vite: VITE },
   };
   writeFileSync(join(appDir, 'package.json'), `${JSON.stringify(app, null, 2)}\n`);
-  // The tarball changes with every build: never let an old lock pin the old one.
-  rmSync(join(appDir, 'package-lock.json'), { force: true });
+  // The tarball changes with every build but keeps its version, and npm takes an installed
+  // copy of the same version as satisfied: drop it, the locks that pin it, and Vite's
+  // pre-bundle of it, so the app always gets this tarball (Vite stays installed).
+  for (const stale of ['package-lock.json', 'node_modules/.package-lock.json', 'node_modules/@kwaainet', 'node_modules/.vite']) {
+    rmSync(join(appDir, stale), { recursive: true, force: true });
+  }
   run('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', '--loglevel=error'], { cwd: appDir, timeoutMs: 480_000 });
 
   // The one-step service-worker setup of README "npm", through the package's bin.
