@@ -104,11 +104,21 @@ export class NetworkError extends KwaaiNetError {
   }
 }
 
-/** A caller passed an option the SDK or the engine rejects. */
+/** A prompt (with the tokens asked for) that outgrows the context: positions needed, and
+ *  positions the context holds (`contextLength`). */
+export interface ContextFull {
+  needed: number;
+  max: number;
+}
+
+/** A caller passed an option the SDK or the engine rejects; `contextFull` is set when the
+ *  prompt does not fit the context. */
 export class InvalidArgumentError extends KwaaiNetError {
-  constructor(message: string, options?: { cause?: unknown }) {
+  readonly contextFull: ContextFull | null;
+  constructor(message: string, options?: { cause?: unknown }, details: { contextFull?: ContextFull } = {}) {
     super('invalid-argument', message, options);
     this.name = 'InvalidArgumentError';
+    this.contextFull = details.contextFull ?? null;
   }
 }
 
@@ -151,6 +161,9 @@ export class BackendLostError extends KwaaiNetError {
     this.name = 'BackendLostError';
   }
 }
+
+/** Every `P2pFailure`, for validation. */
+export const P2P_FAILURES = ['unreachable', 'query', 'record', 'timeout', 'stopped'] as const;
 
 /** Why a P2P operation failed (`P2pError.reason`). */
 export type P2pFailure =
@@ -213,24 +226,47 @@ export function isErrorCode(value: unknown): value is ErrorCode {
   return typeof value === 'string' && ERROR_CODES.has(value);
 }
 
-/** The typed error for a `{ code, message }` that crossed the protocol. */
-export function errorFromWire(code: ErrorCode, message: string): KwaaiNetError {
+/** What a typed error carries besides its code and message, as it crosses the page ⇄ host
+ *  protocol (`WireError.fields`): each class's own fields, so none is lost on the way. */
+export interface ErrorFields {
+  /** QuotaExceededError.limit */
+  limit?: 'browser' | 'maxResources';
+  /** NetworkError.status */
+  status?: number;
+  /** P2pError.reason */
+  reason?: P2pFailure;
+  /** InvalidArgumentError.contextFull */
+  contextFull?: ContextFull;
+}
+
+/** The fields of `err` that `errorFromWire` restores. */
+export function errorFields(err: KwaaiNetError): ErrorFields {
+  if (err instanceof QuotaExceededError) return { limit: err.limit };
+  if (err instanceof NetworkError) return err.status === undefined ? {} : { status: err.status };
+  if (err instanceof P2pError) return { reason: err.reason };
+  if (err instanceof InvalidArgumentError) return err.contextFull === null ? {} : { contextFull: { ...err.contextFull } };
+  return {};
+}
+
+/** The typed error for a `{ code, message, fields }` that crossed the protocol. */
+export function errorFromWire(code: ErrorCode, message: string, fields: ErrorFields = {}): KwaaiNetError {
   switch (code) {
     case 'aborted': return new AbortError(message);
-    case 'quota-exceeded': return new QuotaExceededError(message);
+    case 'quota-exceeded': return new QuotaExceededError(message, fields.limit);
     case 'integrity': return new IntegrityError(message);
     case 'model-too-large': return new ModelTooLargeError(message);
     case 'consent-required': return new ConsentRequiredError(message);
     case 'engine-crashed': return new EngineCrashedError(message);
     case 'protocol': return new ProtocolError(message);
-    case 'network': return new NetworkError(message);
-    case 'invalid-argument': return new InvalidArgumentError(message);
+    case 'network': return new NetworkError(message, fields.status);
+    case 'invalid-argument':
+      return new InvalidArgumentError(message, undefined, fields.contextFull ? { contextFull: fields.contextFull } : {});
     case 'engine': return new EngineError(message);
     case 'not-initialized': return new NotInitializedError(message);
     case 'disposed': return new DisposedError(message);
     case 'unsupported': return new UnsupportedError(message);
     case 'backend-lost': return new BackendLostError(message);
-    case 'p2p': return new P2pError(message);
+    case 'p2p': return new P2pError(message, fields.reason);
     case 'node-api': return new NodeApiError(message);
   }
 }

@@ -23,7 +23,7 @@ export {
   AbortError, BackendLostError, ConsentRequiredError, DisposedError, EngineCrashedError, EngineError, IntegrityError,
   InvalidArgumentError, KwaaiNetError, ModelTooLargeError, NetworkError, NodeApiError, NotInitializedError, P2pError,
   ProtocolError, QuotaExceededError, UnsupportedError,
-  type ErrorCode, type P2pFailure,
+  type ContextFull, type ErrorCode, type P2pFailure,
 } from './errors.js';
 
 export type * from './openai/types.js';

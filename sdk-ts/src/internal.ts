@@ -24,5 +24,11 @@ export {
 export { fetchModel, sha256Hex, type FetchModelOptions, type ModelBytes } from './download.js';
 export { DutyCycle, type Clock } from './resources.js';
 export { ConsentManager, dialogConsentPrompt, memoryConsentStorage, type ConsentOptions } from './consent.js';
-export { abortErrorFrom, errorFromWire, isErrorCode, throwIfAborted, toKwaaiNetError } from './errors.js';
+export {
+  abortErrorFrom, errorFields, errorFromWire, isErrorCode, throwIfAborted, toKwaaiNetError, type ErrorFields,
+} from './errors.js';
+export {
+  WASM_ERROR_CODES, WASM_P2P_ERROR_CODES, describeWasmError, fromWasmError, fromWasmP2pError, wasmErrorCode,
+  type WasmErrorCode, type WasmP2pErrorCode,
+} from './wasm-errors.js';
 export { installFromScriptTag, parseScriptTag, type ScriptLike } from './script-tag.js';

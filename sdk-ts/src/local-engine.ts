@@ -5,7 +5,7 @@
  *
  * Two engine modules: the CPU one, and the WebGPU one where the host has it
  * (`loadWebGpuModule`). 'auto' tries WebGPU only where `autoWebGpu` says so (the service
- * worker) and an adapter is there; when the WebGPU module cannot start (`webgpu: ...`: no
+ * worker) and an adapter is there; when the WebGPU module cannot start (code `webgpu`: no
  * adapter or device after all) the same load falls back to the CPU module, and
  * `info().backendReason` says why.
  *
@@ -16,9 +16,10 @@
  */
 
 import {
-  AbortError, BackendLostError, EngineError, InvalidArgumentError, KwaaiNetError, UnsupportedError, abortErrorFrom,
-  throwIfAborted, toKwaaiNetError,
+  AbortError, BackendLostError, EngineError, KwaaiNetError, UnsupportedError, abortErrorFrom, throwIfAborted,
+  toKwaaiNetError,
 } from './errors.js';
+import { describeWasmError, fromWasmError, wasmErrorCode } from './wasm-errors.js';
 import type { Engine, GenerateOptions, GenerationResult, LoadOptions } from './engine.js';
 import { fetchModel, progressEvent, sha256Hex } from './download.js';
 import { defaultModelStore, type ModelStore } from './cache.js';
@@ -170,12 +171,13 @@ function checkStep(raw: unknown): WasmStepResult {
   return raw as unknown as WasmStepResult;
 }
 
-/** Engine errors start with a stable code ("gguf: ...", "model: ...", "request: ..."). */
+/** An engine module's error (its `code`: wasm-errors.ts) as a typed error; anything else
+ *  (a trap, a JS error) as an EngineError. `during` says what the SDK was doing. */
 function engineError(err: unknown, during: string): KwaaiNetError {
   if (err instanceof KwaaiNetError) return err;
-  const message = err instanceof Error ? err.message : String(err);
-  if (/^(request|options?|sampling|prompt)\b/i.test(message)) return new InvalidArgumentError(message, { cause: err });
-  return new EngineError(`${during}: ${message}`, { cause: err });
+  const code = wasmErrorCode(err);
+  if (code !== null) return fromWasmError(code, err, during);
+  return new EngineError(`${during}: ${describeWasmError(err)}`, { cause: err });
 }
 
 interface Loaded {
@@ -199,12 +201,18 @@ interface Plan {
   reason: string;
 }
 
-const isWebGpuError = (err: unknown): boolean => err instanceof Error && /^webgpu:/.test(err.message);
-const messageOf = (err: unknown): string => (err instanceof Error ? err.message : String(err));
-/** A WebGPU step that failed on the device: a lost device, or burn's runtime failing to run
- *  or read back ("internal: backend: readback: ... the staging buffer could not be mapped",
- *  seen in Chromium when the device is destroyed mid-step, before its `lost` promise settles). */
-const isGpuFailure = (err: unknown): boolean => err instanceof Error && /^(webgpu:|internal: backend\b)/.test(err.message);
+/** The WebGPU module has no adapter or device (code `webgpu`). */
+const isWebGpuError = (err: unknown): boolean => wasmErrorCode(err) === 'webgpu';
+/** Text for reasons and messages, the engine's code in front where it has one. */
+const messageOf = describeWasmError;
+/** A WebGPU step that failed on the device: a lost device (`webgpu`), or burn's runtime
+ *  failing to run or read back (`backend`: "readback: ... the staging buffer could not be
+ *  mapped", seen in Chromium when the device is destroyed mid-step, before its `lost`
+ *  promise settles). */
+const isGpuFailure = (err: unknown): boolean => {
+  const code = wasmErrorCode(err);
+  return code === 'webgpu' || code === 'backend';
+};
 /** A wasm trap (a panic in the engine, e.g. on a device that went away). */
 const isTrap = (err: unknown): boolean => typeof WebAssembly !== 'undefined' && err instanceof WebAssembly.RuntimeError;
 

@@ -21,7 +21,8 @@
 
 import { ASSETS, bakedIntegrity } from './assets.js';
 import { packagedAssets, packagedWasmIntegrity } from './packaged.js';
-import { DisposedError, InvalidArgumentError, P2pError, UnsupportedError, abortErrorFrom, throwIfAborted, type KwaaiNetError, type P2pFailure } from './errors.js';
+import { fromWasmP2pError } from './wasm-errors.js';
+import { DisposedError, InvalidArgumentError, P2pError, UnsupportedError, abortErrorFrom, throwIfAborted } from './errors.js';
 import { Emitter } from './events.js';
 import type { WasmP2pEvent, WasmP2pModule, WasmP2pNode } from './wasm-p2p.js';
 import { guardWebRtcHandlers } from './webrtc-guard.js';
@@ -129,17 +130,8 @@ function checkMs(name: string, v: number | undefined, min: number, max: number):
   return Math.round(v);
 }
 
-/** The module's `code: message` errors as typed errors. */
-function fromModule(err: unknown): KwaaiNetError {
-  const message = err instanceof Error ? err.message : String(err);
-  const m = /^([a-z]+): /.exec(message);
-  const code = m?.[1];
-  if (code === 'options') return new InvalidArgumentError(message, { cause: err });
-  const reasons: Record<string, P2pFailure> = {
-    unreachable: 'unreachable', query: 'query', record: 'record', stopped: 'stopped',
-  };
-  return new P2pError(message, (code && reasons[code]) || 'stopped', { cause: err });
-}
+/** The module's errors (a `code`: wasm-errors.ts) as typed errors. */
+const fromModule = fromWasmP2pError;
 
 /** Settles with `promise`, or rejects on timeout / abort (the underlying work is bounded
  *  by the module's own time limits). */

@@ -17,7 +17,7 @@
  *   has-model / delete-model (url)       model-state
  */
 
-import { ProtocolError, isErrorCode, type ErrorCode } from './errors.js';
+import { P2P_FAILURES, ProtocolError, isErrorCode, type ErrorCode, type ErrorFields } from './errors.js';
 import {
   SHA256_HEX, array, boolean, integer, number, oneOf, optional, record, string, type Fail,
 } from './validate.js';
@@ -26,7 +26,9 @@ import {
  *  3: the WebGPU engine: `load` names its .wasm and the backend wanted; `info` reports the
  *  adapter and why that backend.
  *  4: `info` carries the engine's limits and the WebGPU device's (`limits`, `gpu`); error
- *  code 'backend-lost' (the WebGPU device was lost: the host moved to the CPU engine). */
+ *  code 'backend-lost' (the WebGPU device was lost: the host moved to the CPU engine).
+ *  Since then, additively (a side that does not know it ignores it): `error.fields`, the
+ *  error class's own fields (ErrorFields), validated when present. */
 export const PROTOCOL_VERSION = 4;
 
 /** Size limits on what a message may carry. */
@@ -197,6 +199,8 @@ export interface GenerationUsage {
 export interface WireError {
   code: ErrorCode;
   message: string;
+  /** The error class's own fields (`ErrorFields`); absent when it has none. */
+  fields?: ErrorFields;
 }
 
 type Envelope<T extends string, B = object> = { v: typeof PROTOCOL_VERSION; type: T; id: string } & B;
@@ -457,10 +461,27 @@ function usage(value: unknown): GenerationUsage {
   };
 }
 
+function errorFieldsOf(value: unknown): ErrorFields {
+  const r = record(value, 'error.fields', fail);
+  const out: ErrorFields = {};
+  if (r.limit !== undefined) out.limit = oneOf(r.limit, 'error.fields.limit', fail, ['browser', 'maxResources'] as const);
+  if (r.status !== undefined) out.status = integer(r.status, 'error.fields.status', fail, 0, 999);
+  if (r.reason !== undefined) out.reason = oneOf(r.reason, 'error.fields.reason', fail, P2P_FAILURES);
+  if (r.contextFull !== undefined) {
+    const c = record(r.contextFull, 'error.fields.contextFull', fail);
+    out.contextFull = {
+      needed: integer(c.needed, 'error.fields.contextFull.needed', fail, 0, Number.MAX_SAFE_INTEGER),
+      max: integer(c.max, 'error.fields.contextFull.max', fail, 0, Number.MAX_SAFE_INTEGER),
+    };
+  }
+  return out;
+}
+
 function wireError(value: unknown): WireError {
   const r = record(value, 'error', fail);
   if (!isErrorCode(r.code)) throw new ProtocolError('error.code: unknown error code');
-  return { code: r.code, message: string(r.message, 'error.message', fail, LIMITS.errorMessage) };
+  const message = string(r.message, 'error.message', fail, LIMITS.errorMessage);
+  return r.fields === undefined ? { code: r.code, message } : { code: r.code, message, fields: errorFieldsOf(r.fields) };
 }
 
 /** Validates a message received by the page from the engine host. Throws ProtocolError. */
@@ -499,7 +520,9 @@ export function hostMessage(m: WithoutV<HostMessage>): HostMessage {
   return { ...m, v: PROTOCOL_VERSION } as HostMessage;
 }
 
-/** Truncates an error message so it always fits the protocol. */
-export function wireErrorOf(code: ErrorCode, message: string): WireError {
-  return { code, message: message.length > LIMITS.errorMessage ? `${message.slice(0, LIMITS.errorMessage - 1)}…` : message };
+/** Truncates an error message so it always fits the protocol; `fields` go as they are
+ *  (`errorFields(err)`), left out when empty. */
+export function wireErrorOf(code: ErrorCode, message: string, fields: ErrorFields = {}): WireError {
+  const m = message.length > LIMITS.errorMessage ? `${message.slice(0, LIMITS.errorMessage - 1)}…` : message;
+  return Object.keys(fields).length === 0 ? { code, message: m } : { code, message: m, fields };
 }

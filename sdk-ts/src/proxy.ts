@@ -202,7 +202,7 @@ export class ProxyEngine implements Engine {
         onMessage: (m) => {
           if (m.type === 'error') {
             cleanup();
-            reject(errorFromWire(m.error.code, m.error.message));
+            reject(errorFromWire(m.error.code, m.error.message, m.error.fields));
             return;
           }
           let value: T | undefined;

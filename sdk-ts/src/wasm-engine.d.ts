@@ -13,7 +13,18 @@
  * the mirror can drift from the real module.
  */
 
+import type { WasmErrorCode } from './wasm-errors.js';
+
 export type InitInput = RequestInfo | URL | Response | BufferSource | WebAssembly.Module;
+
+/** What every engine call throws or rejects with (engine/wasm/src/error.rs): an Error named
+ *  `KwaaiNetEngineError` with a stable `code`; a context overflow adds its numbers. */
+export interface WasmEngineError extends Error {
+  code: WasmErrorCode;
+  /** `context-full`: positions needed, and positions the context holds. */
+  needed?: number;
+  max?: number;
+}
 export type SyncInitInput = BufferSource | WebAssembly.Module;
 
 export interface WasmChatMessage {
@@ -142,9 +153,9 @@ export interface GgufLoaderStatic {
 }
 
 export interface WasmEngineStatic {
-  /** Throws (CPU) or rejects (WebGPU) with an Error whose message starts with a stable
-   *  code ("gguf: ...", "model: ..."); the WebGPU module rejects with "webgpu: ..." when it
-   *  gets no adapter or device. */
+  /** Throws (CPU) or rejects (WebGPU) with a `WasmEngineError` (`code` "gguf", "model",
+   *  "unsupported", …); the WebGPU module rejects with code "webgpu" when it gets no
+   *  adapter or device. */
   load(bytes: Uint8Array, maxCtx: number): WasmEngine | Promise<WasmEngine>;
 }
 

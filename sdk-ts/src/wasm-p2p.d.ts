@@ -2,8 +2,16 @@
  * Hand-written mirror of the page-side P2P module's JS API (engine/wasm with the `p2p`
  * feature, built by `FEATURES=p2p OUT=dist/p2p scripts/build-wasm.sh`: `kwaainet_wasm.js`
  * + `kwaainet_wasm_bg.wasm`). `network.ts` codes against these types only and validates
- * what the module returns at run time.
+ * what the module returns at run time. Every call throws or rejects with a
+ * `WasmP2pError`.
  */
+
+import type { WasmP2pErrorCode } from './wasm-errors.js';
+
+/** An Error named `KwaaiNetP2pError` with a stable `code` (engine/wasm/src/error.rs `P2pCode`). */
+export interface WasmP2pError extends Error {
+  code: WasmP2pErrorCode;
+}
 
 export type P2pInitInput = RequestInfo | URL | Response | BufferSource | WebAssembly.Module;
 

@@ -5,7 +5,7 @@
  *
  * `webgpu: true` makes it the WebGPU module: `load` and `step` return promises (settled
  * after a timer, like a GPU readback), a second `step` while one runs rejects with
- * "internal: engine is busy", info says backend "webgpu" with an adapter, and `loadError`
+ * code `internal` ("engine is busy"), info says backend "webgpu" with an adapter, and `loadError`
  * (e.g. "webgpu: no adapter") makes `load` reject.
  *
  * The module has the streaming `GgufLoader` (unless `noStreaming`): chunks are checked
@@ -16,6 +16,7 @@
  */
 
 import { createHash, type Hash } from 'node:crypto';
+import { WASM_ERROR_CODES } from '../src/wasm-errors.js';
 import type {
   GgufLoader, WasmEngine, WasmEngineInfo, WasmEngineModule, WasmGeneration, WasmStartRequest, WasmStepResult,
 } from '../src/wasm-engine.js';
@@ -64,6 +65,18 @@ export interface DoubleStats {
   pushes: number;
 }
 
+/** An error as the engine modules throw it: `code` (wasm-errors.ts) and the message. The
+ *  double's "code: message" strings (its own and `loadError`) are split that way; text
+ *  without a known code stays a plain Error, as a JS failure in the glue would be. */
+export function wasmError(text: string): Error {
+  const m = /^([a-z-]+): ([\s\S]*)$/.exec(text);
+  const code = m?.[1];
+  if (!m || code === undefined || !(WASM_ERROR_CODES as readonly string[]).includes(code)) return new Error(text);
+  const err = new Error(m[2]);
+  err.name = 'KwaaiNetEngineError';
+  return Object.assign(err, { code });
+}
+
 function busyWait(ms: number): void {
   const end = performance.now() + ms;
   while (performance.now() < end) {
@@ -101,7 +114,7 @@ export function engineDouble(options: DoubleOptions = {}): {
       if (options.lostStepRejects === 'readback') {
         losing = true;
         for (const reject of pendingSteps) {
-          reject(new Error('internal: backend: readback: An error happened during execution\nCaused by:\n  the staging buffer could not be mapped'));
+          reject(wasmError('backend: readback: An error happened during execution\nCaused by:\n  the staging buffer could not be mapped'));
         }
         setTimeout(() => {
           lost = why;
@@ -109,7 +122,7 @@ export function engineDouble(options: DoubleOptions = {}): {
         return;
       }
       lost = why;
-      if (options.lostStepRejects) for (const reject of pendingSteps) reject(new Error(`webgpu: device lost (${why})`));
+      if (options.lostStepRejects) for (const reject of pendingSteps) reject(wasmError(`webgpu: device lost (${why})`));
     },
   };
   const later = <T>(f: () => T): Promise<T> => new Promise((resolve, reject) => {
@@ -137,13 +150,13 @@ export function engineDouble(options: DoubleOptions = {}): {
       this.promptTokens = (req.messages ?? []).reduce((n, m) => n + m.content.length, 0) + (req.prompt?.length ?? 0);
       this.maxTokens = req.max_tokens ?? 256;
       this.stop = req.stop ?? [];
-      if (req.temperature !== undefined && req.temperature < 0) throw new Error('request: temperature < 0');
+      if (req.temperature !== undefined && req.temperature < 0) throw wasmError('invalid-argument: temperature < 0');
     }
 
     step(maxTokens: number): WasmStepResult | Promise<WasmStepResult> {
       if (!options.webgpu) return this.stepNow(maxTokens);
-      if (lost !== undefined) return Promise.reject(new Error(`webgpu: device lost (${lost})`));
-      if (stepping > 0) return Promise.reject(new Error('internal: engine is busy'));
+      if (lost !== undefined) return Promise.reject(wasmError(`webgpu: device lost (${lost})`));
+      if (stepping > 0) return Promise.reject(wasmError('internal: engine is busy'));
       stepping++;
       stats.maxConcurrentSteps = Math.max(stats.maxConcurrentSteps, stepping);
       return new Promise<WasmStepResult>((resolve, reject) => {
@@ -164,7 +177,7 @@ export function engineDouble(options: DoubleOptions = {}): {
     }
 
     private stepNow(maxTokens: number): WasmStepResult {
-      if (this.finished) throw new Error('generation: already finished');
+      if (this.finished) throw wasmError('generation: already finished');
       stats.steps++;
       if (!this.prefilled && options.prefillMs) busyWait(options.prefillMs);
       this.prefilled = true;
@@ -223,9 +236,9 @@ export function engineDouble(options: DoubleOptions = {}): {
     private static loadNow(bytes: Uint8Array, maxCtx: number): Engine {
       stats.loadCalls++;
       if (!initialised) throw new Error('engine: not initialised');
-      if (options.loadError) throw new Error(options.loadError);
+      if (options.loadError) throw wasmError(options.loadError);
       if (bytes.byteLength < 4 || String.fromCharCode(...bytes.subarray(0, 4)) !== 'GGUF') {
-        throw new Error('gguf: bad magic at offset 0');
+        throw wasmError('gguf: bad magic at offset 0');
       }
       stats.loads++;
       return new Engine(bytes.byteLength, maxCtx);
@@ -260,7 +273,7 @@ export function engineDouble(options: DoubleOptions = {}): {
       return lost;
     }
     debugLoseDevice(): void {
-      if (!options.webgpu) throw new Error('options: no WebGPU device to lose');
+      if (!options.webgpu) throw wasmError('invalid-argument: no WebGPU device to lose');
       control.loseDevice();
     }
     tokenize(text: string): Uint32Array {
@@ -290,18 +303,18 @@ export function engineDouble(options: DoubleOptions = {}): {
     private used = false;
     constructor(totalBytes: number) {
       if (!initialised) throw new Error('engine: not initialised');
-      if (!(Number.isInteger(totalBytes) && totalBytes > 0)) throw new Error(`options: bad size ${totalBytes}`);
+      if (!(Number.isInteger(totalBytes) && totalBytes > 0)) throw wasmError(`invalid-argument: bad size ${totalBytes}`);
       this.total = totalBytes;
     }
     push(chunk: Uint8Array): void {
-      if (this.used) throw new Error('internal: the loader was already used');
+      if (this.used) throw wasmError('internal: the loader was already used');
       if (this.got + chunk.byteLength > this.total) {
-        throw new Error(`gguf: the stream holds more than the ${this.total} bytes announced`);
+        throw wasmError(`gguf: the stream holds more than the ${this.total} bytes announced`);
       }
       stats.pushes++;
       for (let i = 0; i < chunk.byteLength && this.head.length < 4; i++) this.head.push(chunk[i] ?? 0);
       if (this.head.length === 4 && String.fromCharCode(...this.head) !== 'GGUF') {
-        throw new Error('gguf: not a GGUF file: bad magic');
+        throw wasmError('gguf: not a GGUF file: bad magic');
       }
       this.hash.update(chunk);
       this.got += chunk.byteLength;
@@ -313,16 +326,16 @@ export function engineDouble(options: DoubleOptions = {}): {
       return this.total;
     }
     sha256(): string {
-      if (this.got !== this.total) throw new Error('gguf: the SHA-256 needs the whole file');
+      if (this.got !== this.total) throw wasmError('gguf: the SHA-256 needs the whole file');
       return this.hash.copy().digest('hex');
     }
     finish(maxCtx: number): Engine | Promise<Engine> {
       const now = (): Engine => {
-        if (this.used) throw new Error('internal: the loader was already used');
+        if (this.used) throw wasmError('internal: the loader was already used');
         this.used = true;
         stats.loadCalls++;
-        if (options.loadError) throw new Error(options.loadError);
-        if (this.got !== this.total) throw new Error(`gguf: the stream ended after ${this.got} of ${this.total} bytes`);
+        if (options.loadError) throw wasmError(options.loadError);
+        if (this.got !== this.total) throw wasmError(`gguf: the stream ended after ${this.got} of ${this.total} bytes`);
         stats.loads++;
         stats.streamedLoads++;
         return new Engine(this.total, maxCtx);

@@ -20,9 +20,11 @@ const NODE = '12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN';
 const PAGE = '12D3KooWRBhwfeP2Y4TCx1SM6s9rUoHhR5STiGwxBhgFRcw3UERE';
 
 // The double: `start` reports a WebRTC-direct connection after 10 ms; getRecord answers
-// for NODE, never for anyone else; send fails with the module's 'query:' code for PAGE.
+// for NODE, never for anyone else; send fails with the module's 'query' code for PAGE.
+// Errors are the module's: an Error with a \`code\` (wasm-errors.ts).
 const fake = join(tmp, 'fake-p2p.mjs');
 writeFileSync(fake, `
+const coded = (code, message) => Object.assign(new Error(message), { name: 'KwaaiNetP2pError', code });
 export default async function init() {}
 export function maxMessageBytes() { return ${MAX_MESSAGE_BYTES}; }
 export function p2pVersion() { return 'fake'; }
@@ -31,7 +33,7 @@ export class WasmP2pNode {
     if (options.bootstrap.some((a) => a.includes('/dead/'))) {
       setTimeout(() => onEvent({ type: 'offline', reason: 'cannot reach the node' }), 5);
       const n = new WasmP2pNode(options);
-      n.connected = () => Promise.reject(new Error('unreachable: cannot reach the node'));
+      n.connected = () => Promise.reject(coded('unreachable', 'cannot reach the node'));
       return n;
     }
     globalThis.__started = options;
@@ -48,7 +50,7 @@ export class WasmP2pNode {
     return new Promise(() => {});
   }
   askInfo() { return Promise.resolve({ bogus: true }); }
-  send(id) { return id === '${PAGE}' ? Promise.reject(new Error('query: the receiver refused the message')) : Promise.resolve(3.5); }
+  send(id) { return id === '${PAGE}' ? Promise.reject(coded('query', 'the receiver refused the message')) : Promise.resolve(3.5); }
   free() { this.freed = true; }
 }
 `);

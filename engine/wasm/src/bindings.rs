@@ -3,7 +3,7 @@
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
-use crate::engine::{Engine, EngineError, Generation, Message, Request};
+use crate::engine::{Engine, EngineError, ErrorCode, Generation, Message, Request};
 use crate::stream::StreamLoader;
 
 /// The crate version.
@@ -19,20 +19,34 @@ pub fn simd128() -> bool {
     crate::has_simd128()
 }
 
-fn js_err(e: EngineError) -> JsError {
-    JsError::new(&e.to_string())
+/// The JavaScript error for `e`: an `Error` named `KwaaiNetEngineError` whose message is the
+/// human part and whose `code` is the [`ErrorCode`]'s name, with `needed` and `max` (numbers)
+/// for a context overflow. The SDK maps `code` to its typed errors (`sdk-ts/src/local-engine.ts`).
+fn js_err(e: EngineError) -> JsValue {
+    let err = js_sys::Error::new(&e.message);
+    err.set_name("KwaaiNetEngineError");
+    let set = |key: &str, value: JsValue| {
+        // Setting a property on a fresh Error object cannot fail.
+        let _ = js_sys::Reflect::set(&err, &JsValue::from_str(key), &value);
+    };
+    set("code", JsValue::from_str(e.code.as_str()));
+    if let Some((needed, max)) = e.context {
+        set("needed", JsValue::from_f64(needed as f64));
+        set("max", JsValue::from_f64(max as f64));
+    }
+    err.into()
 }
 
-fn options_err(what: &str, e: impl std::fmt::Display) -> JsError {
-    js_err(EngineError {
-        code: "options",
-        message: format!("{what}: {e}"),
-    })
+fn options_err(what: &str, e: impl std::fmt::Display) -> JsValue {
+    js_err(EngineError::new(
+        ErrorCode::InvalidArgument,
+        format!("{what}: {e}"),
+    ))
 }
 
 /// Rejects keys of `obj` outside `allowed`: serde-wasm-bindgen reads only the fields a
 /// struct declares, so a misspelt option (`maxTokens`) would otherwise be ignored.
-fn check_keys(what: &str, obj: &JsValue, allowed: &[&str]) -> Result<(), JsError> {
+fn check_keys(what: &str, obj: &JsValue, allowed: &[&str]) -> Result<(), JsValue> {
     let Some(obj) = obj.dyn_ref::<js_sys::Object>() else {
         return Err(options_err(what, "expected an object"));
     };
@@ -55,14 +69,10 @@ fn check_keys(what: &str, obj: &JsValue, allowed: &[&str]) -> Result<(), JsError
 }
 
 /// Plain objects with `null` (not `undefined`) for absent values.
-fn to_js(v: &impl Serialize) -> Result<JsValue, JsError> {
+fn to_js(v: &impl Serialize) -> Result<JsValue, JsValue> {
     let ser = serde_wasm_bindgen::Serializer::new().serialize_missing_as_null(true);
-    v.serialize(&ser).map_err(|e| {
-        js_err(EngineError {
-            code: "internal",
-            message: e.to_string(),
-        })
-    })
+    v.serialize(&ser)
+        .map_err(|e| js_err(EngineError::new(ErrorCode::Internal, e.to_string())))
 }
 
 /// A model loaded into wasm memory.
@@ -79,20 +89,18 @@ impl WasmEngine {
     pub fn load(
         bytes: &[u8],
         #[wasm_bindgen(js_name = maxCtx)] max_ctx: f64,
-    ) -> Result<WasmEngine, JsError> {
+    ) -> Result<WasmEngine, JsValue> {
         Ok(Self {
             inner: Engine::load(bytes, max_ctx).map_err(js_err)?,
         })
     }
 
     /// Parses a GGUF held in memory and loads it onto a WebGPU device; resolves to the
-    /// engine, or rejects with `webgpu: ...` when the browser has no usable adapter.
+    /// engine, or rejects with code `webgpu` when the browser has no usable adapter.
     #[cfg(feature = "webgpu")]
     pub fn load(bytes: Vec<u8>, #[wasm_bindgen(js_name = maxCtx)] max_ctx: f64) -> js_sys::Promise {
         wasm_bindgen_futures::future_to_promise(async move {
-            let inner = Engine::load_webgpu(&bytes, max_ctx)
-                .await
-                .map_err(|e| JsValue::from(js_err(e)))?;
+            let inner = Engine::load_webgpu(&bytes, max_ctx).await.map_err(js_err)?;
             Ok(JsValue::from(WasmEngine { inner }))
         })
     }
@@ -106,14 +114,14 @@ impl WasmEngine {
     }
 
     /// Test support, not part of the host contract: destroys the WebGPU device, as a driver
-    /// reset would (`options:` error on the CPU).
+    /// reset would (an `invalid-argument` error on the CPU).
     #[wasm_bindgen(js_name = debugLoseDevice)]
-    pub fn debug_lose_device(&self) -> Result<(), JsError> {
+    pub fn debug_lose_device(&self) -> Result<(), JsValue> {
         self.inner.debug_lose_device().map_err(js_err)
     }
 
     /// Model and engine facts.
-    pub fn info(&self) -> Result<JsValue, JsError> {
+    pub fn info(&self) -> Result<JsValue, JsValue> {
         to_js(&self.inner.info().map_err(js_err)?)
     }
 
@@ -122,12 +130,12 @@ impl WasmEngine {
         &self,
         text: &str,
         #[wasm_bindgen(js_name = parseSpecial)] parse_special: bool,
-    ) -> Result<Vec<u32>, JsError> {
+    ) -> Result<Vec<u32>, JsValue> {
         self.inner.tokenize(text, parse_special).map_err(js_err)
     }
 
     /// Text of `ids`, special tokens included.
-    pub fn detokenize(&self, ids: &[u32]) -> Result<String, JsError> {
+    pub fn detokenize(&self, ids: &[u32]) -> Result<String, JsValue> {
         self.inner.detokenize(ids).map_err(js_err)
     }
 
@@ -137,7 +145,7 @@ impl WasmEngine {
         &self,
         messages: JsValue,
         #[wasm_bindgen(js_name = addGenerationPrompt)] add_generation_prompt: bool,
-    ) -> Result<String, JsError> {
+    ) -> Result<String, JsValue> {
         let messages: Vec<Message> =
             serde_wasm_bindgen::from_value(messages).map_err(|e| options_err("messages", e))?;
         self.inner
@@ -146,7 +154,7 @@ impl WasmEngine {
     }
 
     /// Starts a generation (ending this engine's previous one).
-    pub fn start(&self, request: JsValue) -> Result<WasmGeneration, JsError> {
+    pub fn start(&self, request: JsValue) -> Result<WasmGeneration, JsValue> {
         check_keys("request", &request, Request::FIELDS)?;
         let req: Request =
             serde_wasm_bindgen::from_value(request).map_err(|e| options_err("request", e))?;
@@ -157,7 +165,7 @@ impl WasmEngine {
 
     /// Test support, not part of the host contract: the logits after `tokens`.
     #[wasm_bindgen(js_name = promptLogits)]
-    pub fn prompt_logits(&self, tokens: &[u32]) -> Result<Vec<f32>, JsError> {
+    pub fn prompt_logits(&self, tokens: &[u32]) -> Result<Vec<f32>, JsValue> {
         self.inner.prompt_logits(tokens).map_err(js_err)
     }
 
@@ -168,7 +176,7 @@ impl WasmEngine {
         &self,
         prompt: &[u32],
         forced: &[u32],
-    ) -> Result<Vec<u32>, JsError> {
+    ) -> Result<Vec<u32>, JsValue> {
         self.inner
             .teacher_forced_argmax(prompt, forced)
             .map_err(js_err)
@@ -190,7 +198,7 @@ impl WasmGeneration {
     pub fn step(
         &self,
         #[wasm_bindgen(js_name = maxTokens)] max_tokens: f64,
-    ) -> Result<JsValue, JsError> {
+    ) -> Result<JsValue, JsValue> {
         let n = step_count(max_tokens)?;
         to_js(&self.inner.step(n).map_err(js_err)?)
     }
@@ -200,18 +208,15 @@ impl WasmGeneration {
     pub fn step(&self, #[wasm_bindgen(js_name = maxTokens)] max_tokens: f64) -> js_sys::Promise {
         let inner = self.inner.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let n = step_count(max_tokens).map_err(JsValue::from)?;
-            let r = inner
-                .step_async(n)
-                .await
-                .map_err(|e| JsValue::from(js_err(e)))?;
-            to_js(&r).map_err(JsValue::from)
+            let n = step_count(max_tokens)?;
+            let r = inner.step_async(n).await.map_err(js_err)?;
+            to_js(&r)
         })
     }
 }
 
 /// `maxTokens` as a step count: a whole number >= 0; huge counts mean "until done".
-fn step_count(max_tokens: f64) -> Result<u32, JsError> {
+fn step_count(max_tokens: f64) -> Result<u32, JsValue> {
     if !(max_tokens >= 0.0 && max_tokens.fract() == 0.0) {
         return Err(options_err(
             "maxTokens",
@@ -237,14 +242,14 @@ impl GgufLoader {
     #[wasm_bindgen(constructor)]
     pub fn new(
         #[wasm_bindgen(js_name = totalBytes)] total_bytes: f64,
-    ) -> Result<GgufLoader, JsError> {
+    ) -> Result<GgufLoader, JsValue> {
         Ok(Self {
             inner: StreamLoader::new(total_bytes).map_err(js_err)?,
         })
     }
 
     /// The next bytes of the file (copied in; the caller may reuse the chunk).
-    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsError> {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsValue> {
         self.inner.push(chunk).map_err(js_err)
     }
 
@@ -260,7 +265,7 @@ impl GgufLoader {
     }
 
     /// SHA-256 of the bytes pushed (lower-case hex), once all of them are in.
-    pub fn sha256(&self) -> Result<String, JsError> {
+    pub fn sha256(&self) -> Result<String, JsValue> {
         self.inner.sha256().map_err(js_err)
     }
 
@@ -269,23 +274,23 @@ impl GgufLoader {
     pub fn finish(
         &mut self,
         #[wasm_bindgen(js_name = maxCtx)] max_ctx: f64,
-    ) -> Result<WasmEngine, JsError> {
+    ) -> Result<WasmEngine, JsValue> {
         let streamed = self.inner.finish().map_err(js_err)?;
         Ok(WasmEngine {
             inner: Engine::load_streamed(streamed, max_ctx).map_err(js_err)?,
         })
     }
 
-    /// Loads the model onto a WebGPU device; rejects with `webgpu: ...` without one. The
+    /// Loads the model onto a WebGPU device; rejects with code `webgpu` without one. The
     /// loader is used up.
     #[cfg(feature = "webgpu")]
     pub fn finish(&mut self, #[wasm_bindgen(js_name = maxCtx)] max_ctx: f64) -> js_sys::Promise {
         let streamed = self.inner.finish();
         wasm_bindgen_futures::future_to_promise(async move {
-            let streamed = streamed.map_err(|e| JsValue::from(js_err(e)))?;
+            let streamed = streamed.map_err(js_err)?;
             let inner = Engine::load_webgpu_streamed(streamed, max_ctx)
                 .await
-                .map_err(|e| JsValue::from(js_err(e)))?;
+                .map_err(js_err)?;
             Ok(JsValue::from(WasmEngine { inner }))
         })
     }

@@ -17,53 +17,7 @@ use crate::stream::Streamed;
 use kwaainet_core::{Llama, LlamaConfig, LoadSpec, SamplerConfig, Tokenizer};
 use serde::{Deserialize, Serialize};
 
-/// An error for JavaScript: `code: message`, where `code` is one of `gguf`, `model`,
-/// `tokenizer`, `template`, `options`, `context`, `generation`, `webgpu`, `memory`,
-/// `internal`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EngineError {
-    /// Stable, machine-readable kind.
-    pub code: &'static str,
-    /// Human-readable detail.
-    pub message: String,
-}
-
-impl EngineError {
-    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for EngineError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
-    }
-}
-
-impl std::error::Error for EngineError {}
-
-impl From<kwaainet_core::Error> for EngineError {
-    fn from(e: kwaainet_core::Error) -> Self {
-        use kwaainet_core::Error as E;
-        match e {
-            E::Gguf(e) => Self::new("gguf", e.to_string()),
-            // The only reader here is the in-memory file: an I/O error means it is cut short.
-            E::Io(e) => Self::new("gguf", e.to_string()),
-            // Only the model file can ask for something unsupported (an architecture, a
-            // tensor type): "model: unsupported architecture `x` ...".
-            E::Unsupported(m) => Self::new("model", format!("unsupported {m}")),
-            E::Tokenizer(m) => Self::new("tokenizer", m),
-            E::Template(m) => Self::new("template", m),
-            E::Model(m) => Self::new("model", m),
-            E::InvalidArgument(m) => Self::new("options", m),
-            e @ E::ContextFull { .. } => Self::new("options", e.to_string()),
-            other => Self::new("internal", other.to_string()),
-        }
-    }
-}
+pub use crate::error::{EngineError, ErrorCode};
 
 type Result<T, E = EngineError> = std::result::Result<T, E>;
 
@@ -227,7 +181,7 @@ impl Model {
             Self::Cpu(m) => Ok(m),
             #[cfg(feature = "webgpu")]
             Self::Gpu(_) => Err(EngineError::new(
-                "options",
+                ErrorCode::InvalidArgument,
                 "not available on the webgpu backend",
             )),
         }
@@ -267,7 +221,7 @@ fn parse(bytes: &[u8], max_ctx: f64) -> Result<(Gguf, LlamaConfig, usize)> {
 fn check_max_ctx(max_ctx: f64) -> Result<()> {
     if !(max_ctx >= 1.0 && max_ctx.fract() == 0.0 && max_ctx <= f64::from(u32::MAX)) {
         return Err(EngineError::new(
-            "options",
+            ErrorCode::InvalidArgument,
             format!("maxCtx must be a positive whole number, got {max_ctx}"),
         ));
     }
@@ -281,7 +235,7 @@ fn config(gguf: &Gguf, max_ctx: f64) -> Result<(LlamaConfig, usize)> {
     let max_ctx = max_ctx as usize;
     if max_ctx > config.context_length {
         return Err(EngineError::new(
-            "options",
+            ErrorCode::InvalidArgument,
             format!(
                 "maxCtx {max_ctx} exceeds the model's training context of {}",
                 config.context_length
@@ -327,7 +281,7 @@ impl std::fmt::Debug for Generation {
 }
 
 fn busy() -> EngineError {
-    EngineError::new("internal", "engine is busy (re-entrant call)")
+    EngineError::new(ErrorCode::Internal, "engine is busy (re-entrant call)")
 }
 
 impl Engine {
@@ -433,7 +387,7 @@ impl Engine {
     }
 
     /// Test support: destroys the WebGPU device under the engine (as a driver reset would).
-    /// Fails with `options:` on the CPU.
+    /// Fails with `invalid-argument` on the CPU.
     pub fn debug_lose_device(&self) -> Result<()> {
         self.with(|_l| {
             #[cfg(feature = "webgpu")]
@@ -441,7 +395,10 @@ impl Engine {
                 g.destroy();
                 return Ok(());
             }
-            Err(EngineError::new("options", "no WebGPU device to lose"))
+            Err(EngineError::new(
+                ErrorCode::InvalidArgument,
+                "no WebGPU device to lose",
+            ))
         })
     }
 
@@ -450,7 +407,7 @@ impl Engine {
         let loaded = shared
             .loaded
             .as_ref()
-            .ok_or_else(|| EngineError::new("internal", "the engine was freed"))?;
+            .ok_or_else(|| EngineError::new(ErrorCode::Internal, "the engine was freed"))?;
         f(loaded)
     }
 
@@ -510,7 +467,7 @@ impl Engine {
             let vocab = l.tokenizer.vocab_size();
             if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
                 return Err(EngineError::new(
-                    "options",
+                    ErrorCode::InvalidArgument,
                     format!("token id {bad} outside the vocabulary of {vocab}"),
                 ));
             }
@@ -536,18 +493,15 @@ impl Engine {
         let loaded = shared
             .loaded
             .as_ref()
-            .ok_or_else(|| EngineError::new("internal", "the engine was freed"))?;
+            .ok_or_else(|| EngineError::new(ErrorCode::Internal, "the engine was freed"))?;
         let prompt = prompt_ids(loaded, &req)?;
         let opts = options(&req)?;
         if prompt.len() > loaded.max_ctx {
-            return Err(EngineError::new(
-                "context",
-                format!(
-                    "prompt of {} tokens does not fit maxCtx {}",
-                    prompt.len(),
-                    loaded.max_ctx
-                ),
-            ));
+            return Err(kwaainet_core::Error::ContextFull {
+                needed: prompt.len(),
+                max: loaded.max_ctx,
+            }
+            .into());
         }
         let active = match &loaded.model {
             Model::Cpu(m) => {
@@ -575,7 +529,10 @@ impl Engine {
     pub fn prompt_logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         self.with(|l| {
             if tokens.is_empty() {
-                return Err(EngineError::new("options", "tokens is empty"));
+                return Err(EngineError::new(
+                    ErrorCode::InvalidArgument,
+                    "tokens is empty",
+                ));
             }
             let mut session = CpuSession::new(Rc::clone(l.model.cpu()?), tokens.len())?;
             use kwaainet_core::generate::Session;
@@ -589,7 +546,10 @@ impl Engine {
     pub fn teacher_forced_argmax(&self, prompt: &[u32], forced: &[u32]) -> Result<Vec<u32>> {
         self.with(|l| {
             if prompt.is_empty() {
-                return Err(EngineError::new("options", "the prompt is empty"));
+                return Err(EngineError::new(
+                    ErrorCode::InvalidArgument,
+                    "the prompt is empty",
+                ));
             }
             let mut session =
                 CpuSession::new(Rc::clone(l.model.cpu()?), prompt.len() + forced.len())?;
@@ -624,14 +584,14 @@ impl Generation {
         let Shared { loaded, active, .. } = &mut *shared;
         let tokenizer = &loaded
             .as_ref()
-            .ok_or_else(|| EngineError::new("generation", "the engine was freed"))?
+            .ok_or_else(|| EngineError::new(ErrorCode::Generation, "the engine was freed"))?
             .tokenizer;
         let generator = match active {
             Some((id, Active::Cpu(g))) if *id == self.id => g,
             #[cfg(feature = "webgpu")]
             Some((id, Active::Gpu(_))) if *id == self.id => {
                 return Err(EngineError::new(
-                    "internal",
+                    ErrorCode::Internal,
                     "a WebGPU generation steps asynchronously",
                 ));
             }
@@ -664,7 +624,7 @@ impl Generation {
             let Shared { loaded, active, .. } = &mut *shared;
             let l = loaded
                 .as_ref()
-                .ok_or_else(|| EngineError::new("generation", "the engine was freed"))?;
+                .ok_or_else(|| EngineError::new(ErrorCode::Generation, "the engine was freed"))?;
             if let Some(why) = l.gpu.as_ref().and_then(Gpu::lost) {
                 return Err(device_lost(&why));
             }
@@ -719,12 +679,12 @@ impl Generation {
 
 #[cfg(feature = "webgpu")]
 fn device_lost(why: &str) -> EngineError {
-    EngineError::new("webgpu", format!("device lost ({why})"))
+    EngineError::new(ErrorCode::Webgpu, format!("device lost ({why})"))
 }
 
 fn replaced() -> EngineError {
     EngineError::new(
-        "generation",
+        ErrorCode::Generation,
         "ended: a newer start() on the same engine replaced it",
     )
 }
@@ -808,25 +768,31 @@ fn prompt_ids(l: &Loaded, req: &Request) -> Result<Vec<u32>> {
             let vocab = l.tokenizer.vocab_size();
             if let Some(bad) = t.iter().find(|&&t| t as usize >= vocab) {
                 return Err(EngineError::new(
-                    "options",
+                    ErrorCode::InvalidArgument,
                     format!("token id {bad} outside the vocabulary of {vocab}"),
                 ));
             }
             if t.is_empty() {
-                return Err(EngineError::new("options", "tokens is empty"));
+                return Err(EngineError::new(
+                    ErrorCode::InvalidArgument,
+                    "tokens is empty",
+                ));
             }
             return Ok(t.clone());
         }
         _ => {
             return Err(EngineError::new(
-                "options",
+                ErrorCode::InvalidArgument,
                 "give exactly one of prompt, messages or tokens",
             ));
         }
     };
     let ids = kwaainet_core::chat::prompt_ids(&l.tokenizer, l.template.as_ref(), prompt)?;
     if ids.is_empty() {
-        return Err(EngineError::new("options", "the prompt is empty"));
+        return Err(EngineError::new(
+            ErrorCode::InvalidArgument,
+            "the prompt is empty",
+        ));
     }
     Ok(ids)
 }
@@ -857,11 +823,14 @@ mod tests {
     #[test]
     fn bad_bytes_and_bad_sizes_are_errors() {
         let e = Engine::load(b"GGUF\x03\x00", 64.0).unwrap_err();
-        assert_eq!(e.code, "gguf", "{e}");
+        assert_eq!(e.code, ErrorCode::Gguf, "{e}");
         let e = Engine::load(b"not a model at all", 64.0).unwrap_err();
-        assert_eq!(e.code, "gguf", "{e}");
+        assert_eq!(e.code, ErrorCode::Gguf, "{e}");
         for bad in [0.0, -1.0, 1.5, f64::NAN, f64::INFINITY] {
-            assert_eq!(Engine::load(b"", bad).unwrap_err().code, "options");
+            assert_eq!(
+                Engine::load(b"", bad).unwrap_err().code,
+                ErrorCode::InvalidArgument
+            );
         }
     }
 
@@ -878,6 +847,6 @@ mod tests {
         assert!(req(|r| r.top_p = Some(1.5)).is_err());
         assert!(req(|r| r.repeat_penalty = Some(0.0)).is_err());
         let e = req(|r| r.temperature = Some(f32::NAN)).unwrap_err();
-        assert!(e.to_string().starts_with("options: "), "{e}");
+        assert_eq!(e.code, ErrorCode::InvalidArgument, "{e}");
     }
 }

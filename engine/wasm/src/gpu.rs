@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use burn::tensor::Device;
 use burn::tensor::wgpu::wgpu;
 
-use crate::engine::{EngineError, GpuInfo, GpuLimits};
+use crate::engine::{EngineError, ErrorCode, GpuInfo, GpuLimits};
 
 /// The device burn's runtime runs on, and whether it is still there.
 #[derive(Clone)]
@@ -34,7 +34,7 @@ impl Gpu {
         let (device, setup) = Device::wgpu_options()
             .init_with_setup_async()
             .await
-            .map_err(|e| EngineError::new("webgpu", format!("no WebGPU device: {e:?}")))?;
+            .map_err(|e| EngineError::new(ErrorCode::Webgpu, format!("no WebGPU device: {e:?}")))?;
         let adapter = setup.adapter.get_info();
         let l = setup.device.limits();
         let info = GpuInfo {

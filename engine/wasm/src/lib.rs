@@ -3,14 +3,16 @@
 //!
 //! The JavaScript API (`WasmEngine`, `WasmGeneration`, `engineVersion`, `simd128`) is the
 //! contract in the crate README. This file only converts values; the logic is in
-//! [`engine`], which is plain Rust. Errors reach JavaScript as `Error`s whose message starts
-//! with a stable code (`gguf: ...`, `options: ...`; see [`engine::EngineError`]).
+//! [`engine`], which is plain Rust. Errors reach JavaScript as `Error`s with a stable `code`
+//! (`gguf`, `invalid-argument`, `context-full` with `needed` and `max`, …: see
+//! [`engine::ErrorCode`]) and a human-readable message.
 //!
 //! Build with `scripts/build-wasm.sh` (wasm32 with simd128, then `wasm-bindgen --target
 //! web` and `wasm-opt`). The bindings (and their JavaScript dependencies) exist only on wasm32; natively the
 //! crate is the plain-Rust [`engine`], which its tests run against the real model.
 
 pub mod engine;
+pub mod error;
 #[cfg(feature = "webgpu")]
 mod gpu;
 pub mod stream;

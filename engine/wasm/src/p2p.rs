@@ -1,10 +1,11 @@
 //! The page-side P2P node's JavaScript surface (feature `p2p`, module `dist/p2p/`):
 //! converts values for `kwaainet_p2p::browser`, which holds the logic.
 //!
-//! Errors reach JavaScript as `Error`s whose message starts with a stable code:
-//! `options:` (bad arguments), `unreachable:` (dial failed, node offline), `query:` (a
-//! lookup or message failed or timed out), `record:` (an invalid record), `stopped:`
-//! (the node was freed), `internal:`.
+//! Errors reach JavaScript as `Error`s named `KwaaiNetP2pError` with a stable `code`
+//! ([`crate::error::P2pCode`]): `invalid-argument` (bad arguments), `unreachable` (dial failed, node
+//! offline), `query` (a lookup or message failed or timed out), `record` (an invalid
+//! record), `stopped` (the node was freed), `internal`. The SDK maps them to `P2pError`
+//! (its `reason`) and `InvalidArgumentError` (`sdk-ts/src/network.ts`).
 
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ use kwaainet_p2p::libp2p::identity::Keypair;
 use kwaainet_p2p::libp2p::{Multiaddr, PeerId};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
+
+use crate::error::P2pCode;
 use wasm_bindgen_futures::{future_to_promise, spawn_local};
 
 /// Upper bounds on the options a page may pass.
@@ -23,25 +26,34 @@ const MAX_DIAL_TIMEOUT_MS: u64 = 60_000;
 const MAX_RECONNECT_ATTEMPTS: u32 = 1_000;
 const MAX_BACKOFF_MS: u64 = 5 * 60_000;
 
-fn err(code: &str, e: impl std::fmt::Display) -> JsError {
-    JsError::new(&format!("{code}: {e}"))
+/// An `Error` named `KwaaiNetP2pError` with the message and `code`.
+fn err(code: P2pCode, e: impl std::fmt::Display) -> JsValue {
+    let error = js_sys::Error::new(&e.to_string());
+    error.set_name("KwaaiNetP2pError");
+    // Setting a property on a fresh Error object cannot fail.
+    let _ = js_sys::Reflect::set(
+        &error,
+        &JsValue::from_str("code"),
+        &JsValue::from_str(code.as_str()),
+    );
+    error.into()
 }
 
 fn p2p_err(e: Error) -> JsValue {
     let code = match &e {
-        Error::Transport(_) => "unreachable",
-        Error::Query(_) => "query",
-        Error::InvalidRecord(_) => "record",
-        Error::Config(_) => "options",
-        Error::NodeStopped => "stopped",
-        _ => "internal",
+        Error::Transport(_) => P2pCode::Unreachable,
+        Error::Query(_) => P2pCode::Query,
+        Error::InvalidRecord(_) => P2pCode::Record,
+        Error::Config(_) => P2pCode::InvalidArgument,
+        Error::NodeStopped => P2pCode::Stopped,
+        _ => P2pCode::Internal,
     };
-    err(code, e).into()
+    err(code, e)
 }
 
 fn peer(s: &str) -> Result<PeerId, JsValue> {
     s.parse()
-        .map_err(|e| err("options", format_args!("peer id {s:?}: {e}")).into())
+        .map_err(|e| err(P2pCode::InvalidArgument, format_args!("peer id {s:?}: {e}")))
 }
 
 fn set(obj: &js_sys::Object, key: &str, value: impl Into<JsValue>) {
@@ -94,7 +106,7 @@ fn event_to_js(ev: BrowserEvent) -> JsValue {
 }
 
 fn json_to_js(v: &impl serde::Serialize) -> Result<JsValue, JsValue> {
-    let text = serde_json::to_string(v).map_err(|e| err("internal", e))?;
+    let text = serde_json::to_string(v).map_err(|e| err(P2pCode::Internal, e))?;
     js_sys::JSON::parse(&text)
 }
 
@@ -122,12 +134,12 @@ impl WasmP2pNode {
     /// `options = { bootstrap: string[], dialTimeoutMs?, relayListen?, reconnectAttempts?,
     /// maxBackoffMs? }`. `onEvent(event)` receives `{ type: 'connected' | 'disconnected' |
     /// 'reconnecting' | 'offline' | 'relay-ready' | 'message', ... }`.
-    pub fn start(options: JsValue, on_event: js_sys::Function) -> Result<WasmP2pNode, JsError> {
-        let o: StartOptions =
-            serde_wasm_bindgen::from_value(options).map_err(|e| err("options", e))?;
+    pub fn start(options: JsValue, on_event: js_sys::Function) -> Result<WasmP2pNode, JsValue> {
+        let o: StartOptions = serde_wasm_bindgen::from_value(options)
+            .map_err(|e| err(P2pCode::InvalidArgument, e))?;
         if o.bootstrap.is_empty() || o.bootstrap.len() > MAX_BOOTSTRAP_ADDRS {
             return Err(err(
-                "options",
+                P2pCode::InvalidArgument,
                 format_args!("bootstrap: 1 to {MAX_BOOTSTRAP_ADDRS} addresses"),
             ));
         }
@@ -136,7 +148,7 @@ impl WasmP2pNode {
             .iter()
             .map(|a| {
                 a.parse::<Multiaddr>()
-                    .map_err(|e| err("options", format_args!("address {a:?}: {e}")))
+                    .map_err(|e| err(P2pCode::InvalidArgument, format_args!("address {a:?}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let d = BrowserConfig::default();
@@ -153,8 +165,8 @@ impl WasmP2pNode {
                 Duration::from_millis(ms.clamp(100, MAX_BACKOFF_MS))
             }),
         };
-        let (handle, mut events, run) =
-            browser::start(Keypair::generate_ed25519(), config).map_err(|e| err("options", e))?;
+        let (handle, mut events, run) = browser::start(Keypair::generate_ed25519(), config)
+            .map_err(|e| err(P2pCode::InvalidArgument, e))?;
         spawn_local(run);
         spawn_local(async move {
             while let Some(ev) = events.next().await {

@@ -11,16 +11,16 @@
 //! It also computes the file's SHA-256 on the way, so a host can verify a cached model
 //! without a second pass over it.
 //!
-//! Every error is an [`EngineError`]: `gguf:` (size overflow or underflow, malformed bytes),
-//! `memory:` (wasm memory exhausted), `options:` (a bad argument), `internal:` (a call after
-//! an error or after `finish`).
+//! Every error is an [`EngineError`]: `gguf` (size overflow or underflow, malformed bytes),
+//! `memory` (wasm memory exhausted), `invalid-argument` (a bad argument), `internal` (a call
+//! after an error or after `finish`).
 
 use std::io::{self, Read, Seek, SeekFrom};
 
 use kwaainet_core::gguf::Gguf;
 use sha2::{Digest, Sha256};
 
-use crate::engine::EngineError;
+use crate::engine::{EngineError, ErrorCode};
 
 /// The buffered header is first parsed at this length, then each time it doubles.
 const FIRST_HEADER_TRY: usize = 1 << 20;
@@ -28,7 +28,7 @@ const FIRST_HEADER_TRY: usize = 1 << 20;
 /// MiB (a 150k-token vocabulary with its merges), and the reader has its own limits inside.
 const MAX_HEADER_BYTES: usize = 256 << 20;
 
-fn err(code: &'static str, message: impl Into<String>) -> EngineError {
+fn err(code: ErrorCode, message: impl Into<String>) -> EngineError {
     EngineError::new(code, message)
 }
 
@@ -100,7 +100,7 @@ impl StreamLoader {
     pub fn new(total: f64) -> Result<Self, EngineError> {
         if !(total >= 1.0 && total.fract() == 0.0 && total <= 9_007_199_254_740_991.0) {
             return Err(err(
-                "options",
+                ErrorCode::InvalidArgument,
                 format!("the GGUF size must be a positive whole number of bytes, got {total}"),
             ));
         }
@@ -157,7 +157,7 @@ impl StreamLoader {
             .filter(|&e| e <= self.total)
             .ok_or_else(|| {
                 err(
-                    "gguf",
+                    ErrorCode::Gguf,
                     format!(
                         "the stream holds more than the {} bytes announced ({} + {})",
                         self.total,
@@ -182,7 +182,7 @@ impl StreamLoader {
             State::Data {
                 segments, filling, ..
             } => fill(segments, filling, at, chunk),
-            State::Done => Err(err("internal", "the loader was already used")),
+            State::Done => Err(err(ErrorCode::Internal, "the loader was already used")),
         }
     }
 
@@ -203,7 +203,7 @@ impl StreamLoader {
             Err(_) if prefix.short && buf.len() < MAX_HEADER_BYTES => return Ok(()), // wait
             Err(_) if prefix.short => {
                 return Err(err(
-                    "gguf",
+                    ErrorCode::Gguf,
                     format!("the GGUF header is larger than {MAX_HEADER_BYTES} bytes"),
                 ));
             }
@@ -214,7 +214,7 @@ impl StreamLoader {
             let end = t.offset.checked_add(t.n_bytes as u64);
             if end.is_none_or(|e| e > self.total) {
                 return Err(err(
-                    "gguf",
+                    ErrorCode::Gguf,
                     format!(
                         "tensor '{}' ({} bytes at offset {}) runs past the end of the {}-byte file",
                         t.name, t.n_bytes, t.offset, self.total
@@ -232,7 +232,7 @@ impl StreamLoader {
         segments.sort_by_key(|s| s.offset);
         if let Some(w) = segments.windows(2).find(|w| w[0].end() > w[1].offset) {
             return Err(err(
-                "gguf",
+                ErrorCode::Gguf,
                 format!(
                     "tensor data overlaps (bytes {}..{} and {}..{})",
                     w[0].offset,
@@ -258,7 +258,7 @@ impl StreamLoader {
     pub fn sha256(&self) -> Result<String, EngineError> {
         if self.received != self.total {
             return Err(err(
-                "gguf",
+                ErrorCode::Gguf,
                 format!(
                     "the SHA-256 needs the whole file: {} of {} bytes pushed",
                     self.received, self.total
@@ -277,7 +277,7 @@ impl StreamLoader {
         }
         if self.received != self.total {
             let e = err(
-                "gguf",
+                ErrorCode::Gguf,
                 format!(
                     "the stream ended after {} of the {} bytes announced",
                     self.received, self.total
@@ -298,8 +298,8 @@ impl StreamLoader {
             }),
             // Not reached: the push that completes the file parses the header or fails (with
             // every byte buffered, the parser cannot run short of them).
-            State::Header { .. } => Err(err("gguf", "the GGUF header did not parse")),
-            State::Done => Err(err("internal", "the loader was already used")),
+            State::Header { .. } => Err(err(ErrorCode::Gguf, "the GGUF header did not parse")),
+            State::Done => Err(err(ErrorCode::Internal, "the loader was already used")),
         }
     }
 }
@@ -307,7 +307,7 @@ impl StreamLoader {
 fn try_reserve(v: &mut Vec<u8>, extra: usize, what: &str) -> Result<(), EngineError> {
     v.try_reserve_exact(extra).map_err(|_| {
         err(
-            "memory",
+            ErrorCode::Memory,
             format!(
                 "out of memory: {extra} more bytes for {what} do not fit in wasm memory ({} bytes in use)",
                 crate::wasm_memory_bytes()
@@ -341,7 +341,7 @@ fn fill(
         }
         let filled = (from - s.offset) as usize;
         if filled != s.data.len() {
-            return Err(err("internal", "stream bytes out of order"));
+            return Err(err(ErrorCode::Internal, "stream bytes out of order"));
         }
         s.data
             .extend_from_slice(&chunk[(from - at) as usize..(to - at) as usize]);
@@ -509,11 +509,11 @@ mod tests {
     #[test]
     fn sha256_of_the_stream() {
         let mut l = StreamLoader::new(3.0).unwrap();
-        assert_eq!(l.sha256().unwrap_err().code, "gguf");
+        assert_eq!(l.sha256().unwrap_err().code, ErrorCode::Gguf);
         l.push(b"a").unwrap();
         // Not a GGUF, but the hash does not care; the header fails only at the end.
         let e = l.push(b"bc").unwrap_err();
-        assert_eq!(e.code, "gguf", "{e}");
+        assert_eq!(e.code, ErrorCode::Gguf, "{e}");
         assert_eq!(
             l.sha256().unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -536,10 +536,13 @@ mod tests {
 
         let mut l = StreamLoader::new(8.0).unwrap();
         let e = l.push(b"NOTGGUF!").unwrap_err();
-        assert_eq!(e.code, "gguf", "{e}");
+        assert_eq!(e.code, ErrorCode::Gguf, "{e}");
 
         for bad in [0.0, -1.0, 0.5, f64::NAN, f64::INFINITY] {
-            assert_eq!(StreamLoader::new(bad).unwrap_err().code, "options");
+            assert_eq!(
+                StreamLoader::new(bad).unwrap_err().code,
+                ErrorCode::InvalidArgument
+            );
         }
     }
 
@@ -549,6 +552,6 @@ mod tests {
         file.truncate(file.len() - 4);
         let mut l = StreamLoader::new(file.len() as f64).unwrap();
         let e = l.push(&file).unwrap_err();
-        assert_eq!(e.code, "gguf", "{e}");
+        assert_eq!(e.code, ErrorCode::Gguf, "{e}");
     }
 }

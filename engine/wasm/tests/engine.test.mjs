@@ -82,8 +82,8 @@ function agreement(c, got) {
   return argmax.reduce((n, t, i) => n + (t === c.output_ids[i] ? 1 : 0), 0);
 }
 
-/** An assert.throws validator: an Error whose message starts with `code: `. */
-const code = (c) => (e) => e instanceof Error && e.message.startsWith(`${c}: `);
+/** An assert.throws validator: the module's Error with this `code` (engine/wasm/src/error.rs). */
+const code = (c) => (e) => e instanceof Error && e.name === 'KwaaiNetEngineError' && e.code === c;
 
 function firstDiff(a, b) {
   const n = Math.min(a.length, b.length);
@@ -122,7 +122,7 @@ test('malformed GGUF bytes are clean errors', () => {
   for (const bytes of cases) {
     assert.throws(
       () => WasmEngine.load(bytes, 64),
-      (e) => e instanceof Error && /^(gguf|model|tokenizer|template): /.test(e.message),
+      (e) => ['gguf', 'model', 'tokenizer', 'template'].some((c) => code(c)(e)),
     );
   }
   // A well-formed GGUF of an architecture the engine does not run.
@@ -139,7 +139,7 @@ test('malformed GGUF bytes are clean errors', () => {
   const gpt9 = Buffer.concat([Buffer.from(header(3)), counts, kv]);
   assert.throws(
     () => WasmEngine.load(new Uint8Array(gpt9), 64),
-    (e) => e instanceof Error && e.message.startsWith('model: unsupported architecture `gpt9`'),
+    (e) => code('unsupported')(e) && e.message.startsWith('unsupported architecture `gpt9`'),
   );
   // The module is still usable after all of that (no trap left it poisoned).
   assert.equal(wasm.simd128(), true);
@@ -225,8 +225,8 @@ test('chat template renders the reference prompt', { skip }, () => {
     assert.equal(g.step(0).prompt_tokens, c.prompt_ids.length);
   }
   assert.ok(!engine.applyChatTemplate([{ role: 'user', content: 'hi' }], false).endsWith('assistant\n'));
-  assert.throws(() => engine.applyChatTemplate([{ role: 'user' }], true), code('options'));
-  assert.throws(() => engine.applyChatTemplate('nope', true), code('options'));
+  assert.throws(() => engine.applyChatTemplate([{ role: 'user' }], true), code('invalid-argument'));
+  assert.throws(() => engine.applyChatTemplate('nope', true), code('invalid-argument'));
 });
 
 test('tokenize / detokenize round trip', { skip }, () => {
@@ -245,7 +245,7 @@ test('tokenize / detokenize round trip', { skip }, () => {
   // Without parseSpecial, special-token text is ordinary text.
   assert.ok(engine.tokenize('<|im_start|>', false).length > 1);
   assert.deepEqual(Array.from(engine.tokenize('<|im_start|>', true)), [1]);
-  assert.throws(() => engine.detokenize(Uint32Array.from([49152])), code('options'));
+  assert.throws(() => engine.detokenize(Uint32Array.from([49152])), code('invalid-argument'));
 });
 
 test('max_tokens ends with "length"', { skip }, () => {
@@ -318,14 +318,19 @@ test('bad options are errors', { skip }, () => {
   for (const req of bad) {
     assert.throws(
       () => engine.start(req),
-      (e) => e instanceof Error && /^(options|context): /.test(e.message),
+      (e) => code('invalid-argument')(e) || code('context-full')(e),
       JSON.stringify(req).slice(0, 80),
     );
   }
-  assert.throws(() => engine.start('prompt'), code('options'));
-  assert.throws(() => engine.start({ tokens: c.prompt_ids }).step(-1), code('options'));
-  assert.throws(() => WasmEngine.load(modelBytes, 0), code('options'));
-  assert.throws(() => WasmEngine.load(modelBytes, 8193), code('options'));
+  // A prompt longer than the context is its own code, with the numbers.
+  assert.throws(() => engine.start({ tokens: new Array(2049).fill(1) }),
+    (e) => code('context-full')(e) && e.needed === 2049 && e.max === 2048 && /2049/.test(e.message));
+  assert.throws(() => engine.start({ tokens: c.prompt_ids, max_tokens: 8, bogus: 1 }),
+    (e) => code('invalid-argument')(e) && /unknown field `bogus`/.test(e.message));
+  assert.throws(() => engine.start('prompt'), code('invalid-argument'));
+  assert.throws(() => engine.start({ tokens: c.prompt_ids }).step(-1), code('invalid-argument'));
+  assert.throws(() => WasmEngine.load(modelBytes, 0), code('invalid-argument'));
+  assert.throws(() => WasmEngine.load(modelBytes, 8193), code('invalid-argument'));
   // Sampling options are accepted and seeded sampling is reproducible.
   const sample = () =>
     run(engine.start({ prompt: 'Once upon a time', max_tokens: 8, temperature: 0.9, top_k: 40, top_p: 0.95, repeat_penalty: 1.1, seed: 7 })).tokens;
@@ -337,7 +342,7 @@ test('a second start ends the first', { skip }, () => {
   const g1 = engine.start({ tokens: c.prompt_ids, max_tokens: 8 });
   g1.step(1);
   const g2 = engine.start({ tokens: c.prompt_ids, max_tokens: 8 });
-  assert.throws(() => g1.step(1), (e) => e instanceof Error && /^generation: /.test(e.message));
+  assert.throws(() => g1.step(1), code('generation'));
   const r = run(g2, 8);
   assert.deepEqual(r.tokens, c.output_ids);
   g1.free();

@@ -10,7 +10,7 @@
  * `heartbeatTimeoutMs`, or whose `alive()` (service worker: `clients.get(id)`) says it is gone.
  */
 
-import { ProtocolError, toKwaaiNetError } from '../errors.js';
+import { ProtocolError, errorFields, toKwaaiNetError } from '../errors.js';
 import type { LocalEngine } from '../local-engine.js';
 import {
   LIMITS, hostMessage, parsePageMessage, wireErrorOf, type HostMessage, type PageMessage,
@@ -82,7 +82,7 @@ export class EngineHostHandler {
     this.lastSeen.set(connectionKey, this.now());
     return this.dispatch(message, connection, connectionKey).catch((err: unknown) => {
       const e = toKwaaiNetError(err);
-      this.safeSend(connection, hostMessage({ type: 'error', id: message.id, error: wireErrorOf(e.code, e.message) }));
+      this.safeSend(connection, hostMessage({ type: 'error', id: message.id, error: wireErrorOf(e.code, e.message, errorFields(e)) }));
     });
   }
 

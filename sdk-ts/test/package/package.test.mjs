@@ -218,6 +218,20 @@ test('in headless Chromium the bundled app loads the model and streams llama.cpp
   assert.deepEqual(requested(/node_modules|^\/cdn\//), [], 'nothing outside the app\'s build');
   assert.equal(server.stats.model.length, 1, 'downloaded once, then from the cache');
 
+  // A prompt longer than the context (contextLength 512 in the app) is an
+  // InvalidArgumentError with the engine's numbers, carried across the worker boundary.
+  const full = await within(60_000, page.evaluate(async () => {
+    try {
+      await window.kwaainet.completions.create({ prompt: 'hello '.repeat(700), max_tokens: 4 });
+      return null;
+    } catch (e) {
+      return { name: e.name, contextFull: e.contextFull, message: e.message };
+    }
+  }), 'an over-long prompt');
+  assert.equal(full?.name, 'InvalidArgumentError', JSON.stringify(full));
+  assert.equal(full.contextFull?.max, 512, JSON.stringify(full));
+  assert.ok(full.contextFull.needed > 512, JSON.stringify(full));
+
   // The in-page host imports the engine's ES glue from the URL the bundler gave it.
   await openApp(page, url('host=in-page'));
   assert.equal((await page.evaluate(() => window.kwaainet.engineInfo())).host, 'in-page');
