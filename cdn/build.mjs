@@ -175,7 +175,7 @@ if (!haveEngine) {
   console.log(`cdn: note: no engine in ${relative(root, engineDir) || engineDir}/ (${GLUE} + ${WASM}); the hosts report it missing until it is built`);
 }
 if (!haveP2p) {
-  console.log(`cdn: note: no P2P module in ${relative(root, p2pDir) || p2pDir}/ (FEATURES=p2p OUT=dist/p2p bash scripts/build-wasm.sh): pages cannot join the network`);
+  console.log(`cdn: note: no P2P module in ${relative(root, p2pDir) || p2pDir}/ (MODULE=p2p bash scripts/build-wasm.sh): pages cannot join the network`);
 }
 if (!haveWebgpu) {
   console.log(`cdn: note: no WebGPU engine in ${relative(root, webgpuDir) || webgpuDir}/ (FEATURES=webgpu OUT=dist/engine-webgpu bash scripts/build-wasm.sh): this bundle is CPU-only`);

@@ -10,10 +10,12 @@
 #                                         the WebGPU engine (burn's wgpu backend + our CubeCL
 #                                         kernels): profile `release` (LTO over the burn
 #                                         stack costs many minutes), wasm-opt -O1
-#   FEATURES=p2p OUT=dist/p2p bash scripts/build-wasm.sh
-#                                         the page-side P2P node (rust-libp2p: WebRTC-direct,
-#                                         WebSocket, Kademlia client, relay client): profile
-#                                         `wasm-p2p` (opt-level "z", LTO), wasm-opt -Oz
+#   MODULE=p2p bash scripts/build-wasm.sh the page-side P2P node (crate engine/wasm-p2p:
+#                                         rust-libp2p over WebRTC-direct and WebSocket, a
+#                                         Kademlia client, a relay client) into dist/p2p/:
+#                                         profile `wasm-p2p` (opt-level "z", LTO), wasm-opt -Oz
+#
+# Every module's files are named kwaainet_wasm.js / kwaainet_wasm_bg.wasm in its folder.
 #
 # Needs what scripts/setup.sh installs: the wasm32 target, wasm-bindgen-cli at the
 # version in Cargo.lock, and node_modules (binaryen's wasm-opt; skipped when absent).
@@ -22,12 +24,24 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kwaainet/target}"
 FEATURES="${FEATURES:-}"
+MODULE="${MODULE:-engine}"
+CRATE=kwaainet-wasm
+say() { printf 'build-wasm: %s\n' "$*" >&2; }
+if [ "$FEATURES" = p2p ]; then
+    say "the P2P node is its own crate now: MODULE=p2p bash scripts/build-wasm.sh"
+    exit 2
+fi
 # Size budgets (gzip -9 of the optimized .wasm): an engine module 4 MiB, the P2P module
 # 1 MiB. A build over its budget fails (npm test builds all three modules).
-if [ "$FEATURES" = p2p ]; then
+if [ "$MODULE" = p2p ]; then
+    CRATE=kwaainet-wasm-p2p
     PROFILE="${WASM_PROFILE:-wasm-p2p}"
     OPT_LEVEL="${WASM_OPT_LEVEL:--Oz}"
     BUDGET=$((1024 * 1024))
+    OUT="${OUT:-dist/p2p}"
+elif [ "$MODULE" != engine ]; then
+    say "MODULE is engine (default) or p2p, not $MODULE"
+    exit 2
 elif [ -n "$FEATURES" ]; then
     PROFILE="${WASM_PROFILE:-release}"
     OPT_LEVEL="${WASM_OPT_LEVEL:--O1}"
@@ -40,15 +54,13 @@ fi
 OUT="${OUT:-dist/engine}"
 target=wasm32-unknown-unknown
 
-say() { printf 'build-wasm: %s\n' "$*" >&2; }
-
 # .cargo/config.toml turns on simd128 for this target.
-cargo build -p kwaainet-wasm --target "$target" --profile "$PROFILE" ${FEATURES:+--features "$FEATURES"}
-wasm="$CARGO_TARGET_DIR/$target/$PROFILE/kwaainet_wasm.wasm"
+cargo build -p "$CRATE" --target "$target" --profile "$PROFILE" ${FEATURES:+--features "$FEATURES"}
+wasm="$CARGO_TARGET_DIR/$target/$PROFILE/${CRATE//-/_}.wasm"
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
-wasm-bindgen --target web --out-dir "$OUT" "$wasm"
+wasm-bindgen --target web --out-name kwaainet_wasm --out-dir "$OUT" "$wasm"
 # Lets node load the glue as the ES module it is (no "type" warning, no re-parse).
 printf '{ "type": "module" }\n' >"$OUT/package.json"
 

@@ -29,7 +29,7 @@ if [ ! -f dist/engine/kwaainet_wasm_bg.wasm ]; then
     rebuild_cdn=1
 fi
 if [ ! -f dist/p2p/kwaainet_wasm_bg.wasm ]; then
-    FEATURES=p2p OUT=dist/p2p bash scripts/build-wasm.sh
+    MODULE=p2p bash scripts/build-wasm.sh
     rebuild_cdn=1
 fi
 if [ "$rebuild_cdn" = 1 ] || ! compgen -G 'dist/cdn/v*/distributed-ai.js' >/dev/null; then

@@ -30,10 +30,10 @@ step_fmt() {
 step_clippy() {
     # A check build in the dev profile: its artifacts are separate from the release ones.
     cargo clippy --workspace --all-targets -- -D warnings
-    # engine/wasm's JavaScript bindings compile on wasm32 only; with `p2p` they are the
-    # page-side P2P node's (and kwaainet-p2p's cfg(wasm_browser) code is checked with them).
+    # The JavaScript bindings compile on wasm32 only: the engine's (engine/wasm) and the
+    # page-side P2P node's (engine/wasm-p2p, with kwaainet-p2p's cfg(wasm_browser) code).
     cargo clippy -p kwaainet-wasm --target wasm32-unknown-unknown -- -D warnings
-    cargo clippy -p kwaainet-wasm --target wasm32-unknown-unknown --features p2p -- -D warnings
+    cargo clippy -p kwaainet-wasm-p2p --target wasm32-unknown-unknown -- -D warnings
 }
 
 step_build() {
@@ -82,7 +82,7 @@ step_p2p() {
     # SDK's KwaaiNetwork in headless Chromium, against `kwaainet start` on 127.0.0.1:
     # WebRTC-direct, WebSocket fallback, DHT lookup, page-to-page messages through the
     # relay, reconnect after a node restart.
-    FEATURES=p2p OUT=dist/p2p bash scripts/build-wasm.sh
+    MODULE=p2p bash scripts/build-wasm.sh
     npm run --silent build -w @kwaainet/sdk
     KWAAINET_BIN="$(BIN)" node --test --test-timeout=300000 engine/p2p/tests/browser/
 }

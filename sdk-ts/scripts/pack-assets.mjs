@@ -36,7 +36,7 @@ const WASM = ['kwaainet_wasm_bg.wasm', 'kwaainet_wasm_webgpu_bg.wasm', 'kwaainet
 const HOW = {
   engine: 'bash scripts/build-wasm.sh',
   webgpu: 'FEATURES=webgpu OUT=dist/engine-webgpu bash scripts/build-wasm.sh',
-  p2p: 'FEATURES=p2p OUT=dist/p2p bash scripts/build-wasm.sh',
+  p2p: 'MODULE=p2p bash scripts/build-wasm.sh',
 };
 
 if (!existsSync(join(out, 'index.js')) || !existsSync(join(out, 'packaged.js'))) {

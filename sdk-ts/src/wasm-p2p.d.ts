@@ -1,6 +1,6 @@
 /**
- * Hand-written mirror of the page-side P2P module's JS API (engine/wasm with the `p2p`
- * feature, built by `FEATURES=p2p OUT=dist/p2p scripts/build-wasm.sh`: `kwaainet_wasm.js`
+ * Hand-written mirror of the page-side P2P module's JS API (engine/wasm-p2p, built by
+ * `MODULE=p2p bash scripts/build-wasm.sh` into dist/p2p/: `kwaainet_wasm.js`
  * + `kwaainet_wasm_bg.wasm`). `network.ts` codes against these types only and validates
  * what the module returns at run time. Every call throws or rejects with a
  * `WasmP2pError`.

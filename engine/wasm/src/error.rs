@@ -1,7 +1,8 @@
-//! The errors the modules throw to JavaScript, as Rust types: [`ErrorCode`] and
-//! [`EngineError`] for the engine, [`P2pCode`] for the page-side P2P node. The bindings
-//! turn them into `Error`s with a `code`; `sdk-ts/src/wasm-errors.ts` lists the same codes
-//! (a test here reads it and fails when the lists disagree) and maps each to a typed error.
+//! The errors the engine throws to JavaScript, as Rust types: [`ErrorCode`] and
+//! [`EngineError`]. The bindings turn them into `Error`s with a `code`;
+//! `sdk-ts/src/wasm-errors.ts` lists the same codes (a test here reads it and fails when the
+//! lists disagree) and maps each to a typed error. The page-side P2P node's codes are in
+//! `kwaainet-wasm-p2p` (`P2pCode`).
 
 /// What kind of failure an [`EngineError`] is: the stable, machine-readable part, thrown to
 /// JavaScript as the error's `code` (the kebab-case names of [`ErrorCode::as_str`];
@@ -126,48 +127,6 @@ impl From<kwaainet_core::Error> for EngineError {
     }
 }
 
-/// What kind of failure a P2P module error is: its `code` in JavaScript
-/// (`WASM_P2P_ERROR_CODES` in `sdk-ts/src/wasm-errors.ts`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum P2pCode {
-    /// Bad arguments (options, a peer id, an address).
-    InvalidArgument,
-    /// A dial failed or the node is offline.
-    Unreachable,
-    /// A lookup or message failed or timed out.
-    Query,
-    /// A record failed verification.
-    Record,
-    /// The node was freed.
-    Stopped,
-    /// Anything else.
-    Internal,
-}
-
-impl P2pCode {
-    /// Every code.
-    pub const ALL: [P2pCode; 6] = [
-        Self::InvalidArgument,
-        Self::Unreachable,
-        Self::Query,
-        Self::Record,
-        Self::Stopped,
-        Self::Internal,
-    ];
-
-    /// The name JavaScript sees.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidArgument => "invalid-argument",
-            Self::Unreachable => "unreachable",
-            Self::Query => "query",
-            Self::Record => "record",
-            Self::Stopped => "stopped",
-            Self::Internal => "internal",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,8 +154,6 @@ mod tests {
             .map(|c| c.as_str().to_owned())
             .collect();
         assert_eq!(ts_list("WASM_ERROR_CODES"), engine);
-        let p2p: Vec<String> = P2pCode::ALL.iter().map(|c| c.as_str().to_owned()).collect();
-        assert_eq!(ts_list("WASM_P2P_ERROR_CODES"), p2p);
     }
 
     #[test]

@@ -17,16 +17,10 @@ pub mod error;
 mod gpu;
 pub mod stream;
 
-#[cfg(all(target_arch = "wasm32", not(feature = "p2p")))]
+#[cfg(target_arch = "wasm32")]
 mod bindings;
-#[cfg(all(target_arch = "wasm32", not(feature = "p2p")))]
+#[cfg(target_arch = "wasm32")]
 pub use bindings::*;
-
-// The P2P module (feature `p2p`) exports the page-side node instead of the engine.
-#[cfg(all(target_arch = "wasm32", feature = "p2p"))]
-mod p2p;
-#[cfg(all(target_arch = "wasm32", feature = "p2p"))]
-pub use p2p::*;
 
 pub(crate) fn engine_version_str() -> &'static str {
     env!("CARGO_PKG_VERSION")

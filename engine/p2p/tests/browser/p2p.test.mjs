@@ -11,7 +11,7 @@
 //   node --test engine/p2p/tests/browser/
 //
 // Needs the kwaainet binary ($KWAAINET_BIN, else $CARGO_TARGET_DIR/release/kwaainet), the
-// P2P module (FEATURES=p2p OUT=dist/p2p bash scripts/build-wasm.sh) and the SDK's build
+// P2P module (MODULE=p2p bash scripts/build-wasm.sh) and the SDK's build
 // (npm run build -w @kwaainet/sdk). Loopback only; every wait is bounded.
 import { spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
@@ -156,7 +156,7 @@ let browser;
 
 before(async () => {
   assert.ok(existsSync(bin), `no kwaainet binary at ${bin} (cargo build --release -p kwaainet)`);
-  assert.ok(existsSync(join(p2pDir, 'kwaainet_wasm_bg.wasm')), 'no dist/p2p (FEATURES=p2p OUT=dist/p2p bash scripts/build-wasm.sh)');
+  assert.ok(existsSync(join(p2pDir, 'kwaainet_wasm_bg.wasm')), 'no dist/p2p (MODULE=p2p bash scripts/build-wasm.sh)');
   assert.ok(existsSync(join(sdkDir, 'index.js')), 'no sdk-ts/dist (npm run build -w @kwaainet/sdk)');
   dir = mkdtempSync(join(tmpdir(), 'kwaainet-p2p-browser-'));
   site = join(dir, 'site');

@@ -1,8 +1,8 @@
-//! The page-side P2P node's JavaScript surface (feature `p2p`, module `dist/p2p/`):
-//! converts values for `kwaainet_p2p::browser`, which holds the logic.
+//! The page-side P2P node's JavaScript surface (module `dist/p2p/`): converts values for
+//! `kwaainet_p2p::browser`, which holds the logic.
 //!
 //! Errors reach JavaScript as `Error`s named `KwaaiNetP2pError` with a stable `code`
-//! ([`crate::error::P2pCode`]): `invalid-argument` (bad arguments), `unreachable` (dial failed, node
+//! ([`crate::P2pCode`]): `invalid-argument` (bad arguments), `unreachable` (dial failed, node
 //! offline), `query` (a lookup or message failed or timed out), `record` (an invalid
 //! record), `stopped` (the node was freed), `internal`. The SDK maps them to `P2pError`
 //! (its `reason`) and `InvalidArgumentError` (`sdk-ts/src/network.ts`).
@@ -17,7 +17,7 @@ use kwaainet_p2p::libp2p::{Multiaddr, PeerId};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
-use crate::error::P2pCode;
+use crate::P2pCode;
 use wasm_bindgen_futures::{future_to_promise, spawn_local};
 
 /// Upper bounds on the options a page may pass.
@@ -273,7 +273,7 @@ pub fn max_message_bytes() -> usize {
 /// The crate version.
 #[wasm_bindgen(js_name = p2pVersion)]
 pub fn p2p_version() -> String {
-    crate::engine_version_str().to_owned()
+    env!("CARGO_PKG_VERSION").to_owned()
 }
 
 #[wasm_bindgen]
