@@ -7,9 +7,10 @@
 // 1. `npm pack` (its prepack builds the SDK and the CDN bundle and copies the engines in:
 //    sdk-ts/scripts/pack-assets.mjs): every engine file, host and type entry is in the
 //    tarball, the .wasm hashes it bakes are right; `npm publish --dry-run` is clean.
-// 2. app/ (index.html + main.js) with the tarball and Vite from the npm registry: `vite build`
-//    copies every engine file into the app's build through the package's
-//    `new URL(…, import.meta.url)` references, with no configuration.
+// 2. app/ (index.html + main.js) with the tarball and Vite from the npm registry: the
+//    package's types resolve for the app's TypeScript (app/types.ts, bundler and nodenext
+//    resolution), and `vite build` copies every engine file into the app's build through
+//    the package's `new URL(…, import.meta.url)` references, with no configuration.
 // 3. That build served on 127.0.0.1 and opened in headless Chromium: the model loads and
 //    llama.cpp's reference tokens stream in the dedicated-worker host, in the service
 //    worker the bundler placed, and in one copied by `npx kwaainet-sw public`; a missing
@@ -133,7 +134,7 @@ test('npm publish --dry-run: publishable as is, without a warning', { skip, time
   assert.equal(info.version, pkg.version);
 });
 
-test('a Vite app on the packed tarball builds, with every engine file in its output', { skip, timeout: 600_000 }, () => {
+test('a Vite app on the packed tarball type-checks and builds, with every engine file in its output', { skip, timeout: 600_000 }, () => {
   assert.ok(packed, 'npm pack ran');
   mkdirSync(appDir, { recursive: true });
   for (const name of ['index.html', 'main.js']) copyFileSync(join(here, 'app', name), join(appDir, name));
@@ -158,6 +159,18 @@ test('a Vite app on the packed tarball builds, with every engine file in its out
   const bin = join(appDir, 'node_modules', '.bin', 'kwaainet-sw');
   const copied = run(bin, ['public'], { cwd: appDir });
   assert.match(copied.stdout, /wrote .*kwaainet-sw\.js/);
+
+  // The package's types, as an app's TypeScript resolves them through the exports map
+  // (the repository's own tsc; the library's .d.ts checked too: skipLibCheck off).
+  copyFileSync(join(here, 'app', 'types.ts'), join(appDir, 'types.ts'));
+  for (const [module, resolution] of [['esnext', 'bundler'], ['nodenext', 'nodenext']]) {
+    const compilerOptions = {
+      module, moduleResolution: resolution, target: 'es2022', strict: true, noEmit: true, skipLibCheck: false,
+      lib: ['ES2022', 'DOM', 'DOM.Iterable'], types: [],
+    };
+    writeFileSync(join(appDir, `tsconfig.${resolution}.json`), JSON.stringify({ compilerOptions, files: ['types.ts'] }, null, 2));
+    run(join(root, 'node_modules', '.bin', 'tsc'), ['-p', `tsconfig.${resolution}.json`], { cwd: appDir });
+  }
 
   rmSync(join(appDir, 'dist'), { recursive: true, force: true });
   const built = run(join(appDir, 'node_modules', '.bin', 'vite'), ['build'], { cwd: appDir, env: { NO_COLOR: '1' } });
