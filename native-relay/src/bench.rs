@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use kwaainet_core::BatchSeq;
 use kwaainet_core::Llama;
-use kwaainet_core::model::BatchSeq;
 
 /// Arguments of `kwaainet bench`.
 #[derive(Debug, clap::Args)]

@@ -52,9 +52,14 @@ pub fn load_spec(
 pub fn load_burn(
     path: &Path,
     device: &burn::tensor::Device,
-) -> anyhow::Result<Loaded<kwaainet_core::burn_model::BurnLlama>> {
-    load_with(path, |gguf, r, _| {
-        Ok(kwaainet_core::burn_model::BurnLlama::load(gguf, r, device)?)
+) -> anyhow::Result<Loaded<kwaainet_core::models::llama::burn::BurnLlama>> {
+    load_with(path, |gguf, r, config| {
+        Ok(kwaainet_core::models::llama::burn::BurnLlama::load(
+            gguf,
+            r,
+            device,
+            LoadSpec::full(config),
+        )?)
     })
 }
 

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use crate::generate::{FinishReason, GenerateOptions, Generator, Needs, Step};
-use crate::model::{BatchSeq, KvCache, Llama};
+use crate::models::llama::cpu::{BatchSeq, KvCache, Llama};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 

@@ -3,7 +3,8 @@
 
 use std::ops::Deref;
 
-use crate::model::{KvCache, Llama};
+use crate::models::llama::cpu::Llama;
+use crate::models::llama::{SpanCache, SpanModel};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 use crate::{Error, Result};
@@ -23,32 +24,68 @@ pub trait Session {
     fn max_ctx(&self) -> usize;
 }
 
-/// A [`Session`] of the CPU model over all of its blocks.
+/// A session of any [`SpanModel`] over all of its blocks: its cache, and the model it runs.
 ///
-/// `M` is how the session holds the model: a borrow (`&Llama`) for a scoped session, or a
-/// shared owner (`Rc<Llama>`, `Arc<Llama>`) for one that must outlive the caller's frame,
-/// as the browser engine's generation objects do.
-#[derive(Debug)]
-pub struct CpuSession<M: Deref<Target = Llama>> {
-    model: M,
-    cache: KvCache,
+/// `P` is how the session holds the model: a borrow (`&Llama`) for a scoped session, or a
+/// shared owner (`Rc<BurnLlama>`, `Arc<Llama>`) for one that must outlive the caller's frame,
+/// as the browser engine's generation objects do. Every model is an [`AsyncSession`]; the CPU
+/// model, whose results are ready at once, is also a [`Session`].
+pub struct SpanSession<P: Deref<Target: SpanModel>> {
+    model: P,
+    cache: <P::Target as SpanModel>::Cache,
 }
 
-impl<M: Deref<Target = Llama>> CpuSession<M> {
-    /// A fresh session holding up to `max_ctx` positions.
-    pub fn new(model: M, max_ctx: usize) -> Result<Self> {
+/// A session of the CPU model ([`Session`]: synchronous).
+pub type CpuSession<P> = SpanSession<P>;
+
+impl<P: Deref<Target: SpanModel>> std::fmt::Debug for SpanSession<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpanSession")
+            .field("spec", self.model.spec())
+            .field("len", &self.cache.len())
+            .field("max_ctx", &self.cache.max_ctx())
+            .finish()
+    }
+}
+
+impl<P: Deref<Target: SpanModel>> SpanSession<P> {
+    /// A fresh session holding up to `max_ctx` positions (at most the training context).
+    pub fn new(model: P, max_ctx: usize) -> Result<Self> {
         let cache = model.new_cache(0..model.config().n_layers, max_ctx)?;
         Ok(Self { model, cache })
     }
+
     /// The KV cache (e.g. to truncate it for re-use of a shared prefix).
-    pub fn cache_mut(&mut self) -> &mut KvCache {
+    pub fn cache_mut(&mut self) -> &mut <P::Target as SpanModel>::Cache {
         &mut self.cache
+    }
+
+    /// Runs `tokens` after the cached positions; resolves to the logits of the last one.
+    pub async fn forward_async(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::InvalidArgument("no tokens to run".into()));
+        }
+        let h = self.model.embed(tokens)?;
+        let h = self.model.forward_span(h, &mut self.cache)?;
+        self.model.last_logits(h).await
     }
 }
 
-impl<M: Deref<Target = Llama>> Session for CpuSession<M> {
+impl<P: Deref<Target = Llama>> Session for SpanSession<P> {
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         self.model.forward(tokens, &mut self.cache)
+    }
+    fn len(&self) -> usize {
+        self.cache.len()
+    }
+    fn max_ctx(&self) -> usize {
+        self.cache.max_ctx()
+    }
+}
+
+impl<P: Deref<Target: SpanModel>> AsyncSession for SpanSession<P> {
+    async fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.forward_async(tokens).await
     }
     fn len(&self) -> usize {
         self.cache.len()

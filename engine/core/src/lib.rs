@@ -1,16 +1,15 @@
 #![doc = include_str!("../README.md")]
 
 pub mod batch;
-#[cfg(feature = "burn")]
-pub mod burn_model;
 pub mod chat;
 pub mod codec;
 pub mod config;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod gguf_stream;
 pub mod kernels;
-pub mod model;
+pub mod models;
 pub mod quant;
 pub mod sampler;
 pub mod tokenizer;
@@ -19,6 +18,7 @@ pub mod trig;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::LlamaConfig;
 pub use error::{Error, Result};
-pub use model::{KvCache, Llama, LoadSpec};
+pub use models::llama::cpu::{BatchSeq, KvCache, Llama};
+pub use models::llama::{LoadSpec, SpanCache, SpanModel};
 pub use sampler::{Sampler, SamplerConfig};
 pub use tokenizer::{StreamDecoder, TokenType, Tokenizer};

@@ -17,8 +17,9 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use burn::tensor::Device;
-use kwaainet_core::burn_model::{BurnKvCache, BurnLlama, read_f32};
 use kwaainet_core::gguf::Gguf;
+use kwaainet_core::models::llama::burn::{BurnKvCache, BurnLlama, read_f32};
+use kwaainet_core::{Error, LlamaConfig, LoadSpec, SpanModel};
 
 struct Case {
     name: String,
@@ -51,14 +52,43 @@ fn reference_cases() -> Vec<Case> {
 
 /// The model on `device`, plus its EOS id; `None` (with a note) when the file is absent.
 fn load(device: &Device) -> Option<(BurnLlama, u32)> {
-    let path = common::model_path()?;
     let t = Instant::now();
+    let (model, eos) = load_spec(device, LoadSpec::full)?;
+    println!("loaded on {device:?} in {:.1?}", t.elapsed());
+    Some((model, eos))
+}
+
+/// The part of the model `spec` names, on `device`, plus its EOS id.
+fn load_spec(
+    device: &Device,
+    spec: impl FnOnce(&LlamaConfig) -> LoadSpec,
+) -> Option<(BurnLlama, u32)> {
+    let path = common::model_path()?;
     let mut r = BufReader::new(File::open(&path).unwrap());
     let gguf = Gguf::read(&mut r).unwrap();
     let eos = gguf.get_u32("tokenizer.ggml.eos_token_id").unwrap();
-    let model = BurnLlama::load(&gguf, &mut r, device).unwrap();
-    println!("loaded on {device:?} in {:.1?}", t.elapsed());
-    Some((model, eos))
+    let spec = spec(&LlamaConfig::from_gguf(&gguf).unwrap());
+    Some((BurnLlama::load(&gguf, &mut r, device, spec).unwrap(), eos))
+}
+
+/// Three peers' parts of the model on `device`: embedding and blocks 0..10, blocks 10..20,
+/// blocks 20..30 and the head.
+fn load_peers(device: &Device) -> Vec<BurnLlama> {
+    [
+        (0..10, true, false),
+        (10..20, false, false),
+        (20..30, false, true),
+    ]
+    .into_iter()
+    .map(|(blocks, embed, head)| {
+        let spec = |_: &LlamaConfig| LoadSpec {
+            blocks,
+            embed,
+            head,
+        };
+        load_spec(device, spec).unwrap().0
+    })
+    .collect()
 }
 
 /// burn's wgpu runtime can be initialized once per process: share it between tests.
@@ -106,7 +136,7 @@ async fn greedy(
     )
     .unwrap();
     let h = model.embed(prompt).unwrap();
-    let h = model.forward_span(0..n, h, &mut cache, 0).unwrap();
+    let h = model.forward_span(h, &mut cache).unwrap();
     let mut logits = model.last_logits(h).await.unwrap();
     let mut out = Vec::new();
     loop {
@@ -116,8 +146,7 @@ async fn greedy(
             return out;
         }
         let h = model.embed(&[t]).unwrap();
-        let pos = cache.len();
-        let h = model.forward_span(0..n, h, &mut cache, pos).unwrap();
+        let h = model.forward_span(h, &mut cache).unwrap();
         logits = model.last_logits(h).await.unwrap();
     }
 }
@@ -130,7 +159,7 @@ async fn teacher_forced_agreement(model: &BurnLlama, case: &Case) -> f64 {
     ids.extend_from_slice(&out[..out.len() - 1]);
     let mut cache = BurnKvCache::new(model.config(), 0..n, ids.len(), model.device()).unwrap();
     let h = model.embed(&ids).unwrap();
-    let h = model.forward_span(0..n, h, &mut cache, 0).unwrap();
+    let h = model.forward_span(h, &mut cache).unwrap();
     let logits = read_f32(model.head(h).unwrap()).await.unwrap();
     let vocab = model.config().vocab_size;
     let first = case.prompt_ids.len() - 1;
@@ -185,35 +214,43 @@ async fn check_long_cases(model: &BurnLlama, backend: &str) {
     assert!(failures.is_empty(), "{backend}: {failures:#?}");
 }
 
-/// Blocks [0,10), [10,20), [20,30) with three caches give the logits of [0,30) in one go,
-/// through a prefill and a few decode steps: bit-identical when `rel_tol` is 0, else within
-/// `rel_tol` of the largest logit.
-async fn check_spans(model: &BurnLlama, backend: &str, rel_tol: f32) {
+/// Three peers holding only their parts of the model (embedding and blocks [0,10), blocks
+/// [10,20), blocks [20,30) and the head), each with its own cache, give the logits of the
+/// whole model, through a prefill and a few decode steps, with hidden states crossing between
+/// them as host rows (as they cross the network): bit-identical when `rel_tol` is 0, else
+/// within `rel_tol` of the largest logit.
+async fn check_spans(model: &BurnLlama, peers: &[BurnLlama], backend: &str, rel_tol: f32) {
     let n = model.config().n_layers;
     assert_eq!(n, 30, "span test is written for the 30-block default model");
     let cases = reference_cases();
     let prompt = &cases[0].prompt_ids;
     let steps = [prompt.clone(), vec![504], vec![3575], vec![282]];
     let cap = 32;
-    let dev = model.device();
-    let mut whole = BurnKvCache::new(model.config(), 0..n, cap, dev).unwrap();
-    let spans = [0..10, 10..20, 20..30];
-    let mut parts: Vec<BurnKvCache> = spans
+    let mut whole = model.new_cache(0..n, cap).unwrap();
+    let mut parts: Vec<_> = peers
         .iter()
-        .map(|s| BurnKvCache::new(model.config(), s.clone(), cap, dev).unwrap())
+        .map(|p| p.new_cache(p.spec().blocks.clone(), cap).unwrap())
         .collect();
     for ids in &steps {
         let pos = whole.len();
-        let h = model.embed(ids).unwrap();
-        let a = model
-            .forward_span(0..n, h.clone(), &mut whole, pos)
-            .unwrap();
-        let mut b = h;
-        for (span, cache) in spans.iter().zip(&mut parts) {
-            b = model.forward_span(span.clone(), b, cache, pos).unwrap();
+        let a = model.embed(ids).unwrap();
+        let a = model.forward_span(a, &mut whole).unwrap();
+        let la = model.last_logits(a).await.unwrap();
+        let mut rows = None;
+        let mut lb = None;
+        for (i, (peer, cache)) in peers.iter().zip(&mut parts).enumerate() {
+            let h = match rows.take() {
+                None => peer.embed(ids).unwrap(),
+                Some(r) => peer.hidden_from_rows(r).unwrap(),
+            };
+            let h = peer.forward_span(h, cache).unwrap();
+            if i + 1 == peers.len() {
+                lb = Some(peer.last_logits(h).await.unwrap());
+            } else {
+                rows = Some(peer.hidden_into_rows(h).await.unwrap());
+            }
         }
-        let la = read_f32(model.head(a).unwrap()).await.unwrap();
-        let lb = read_f32(model.head(b).unwrap()).await.unwrap();
+        let lb = lb.unwrap();
         if rel_tol == 0.0 {
             assert!(
                 la == lb,
@@ -237,26 +274,36 @@ async fn check_spans(model: &BurnLlama, backend: &str, rel_tol: f32) {
     assert!(parts.iter().all(|c| c.len() == whole.len()));
 
     // Misuse is an error, not a panic or a silent wrong answer.
-    let h = model.embed(&[1]).unwrap();
+    let (first, middle) = (&peers[0], &peers[1]);
+    assert!(
+        middle.embed(&[1]).is_err(),
+        "the middle peer has no embedding"
+    );
+    let h = first.embed(&[1]).unwrap();
+    assert!(
+        first.last_logits(h.clone()).await.is_err(),
+        "nor the first a head"
+    );
+    assert!(
+        first.new_cache(10..20, cap).is_err(),
+        "blocks it does not hold"
+    );
+    let mut foreign = BurnKvCache::new(model.config(), 10..20, cap, model.device()).unwrap();
+    assert!(first.forward_span(h, &mut foreign).is_err());
     let pos = whole.len();
-    assert!(
-        model
-            .forward_span(0..10, h.clone(), &mut whole, pos)
-            .is_err()
-    );
-    assert!(
-        model
-            .forward_span(0..n, h.clone(), &mut whole, pos + 1)
-            .is_err()
-    );
     let h_long = model.embed(&vec![1; cap - pos + 1]).unwrap();
-    assert!(model.forward_span(0..n, h_long, &mut whole, pos).is_err());
+    match model.forward_span(h_long, &mut whole) {
+        Err(Error::ContextFull { needed, max }) => assert_eq!((needed, max), (cap + 1, cap)),
+        other => panic!("context overflow gave {other:?}"),
+    }
+    assert_eq!(whole.len(), pos, "a refused call changes nothing");
+    assert!(model.hidden_from_rows(vec![0.0; 7]).is_err());
     assert!(model.embed(&[u32::MAX]).is_err());
     whole.truncate(3);
     assert_eq!(whole.len(), 3);
     whole.clear();
     assert!(whole.is_empty());
-    println!("{backend}: span-wise logits match the whole model (tolerance {rel_tol})");
+    println!("{backend}: three peers' partial models match the whole model (tolerance {rel_tol})");
 }
 
 #[test]
@@ -268,7 +315,7 @@ fn flex_matches_llama_cpp_and_spans() {
     pollster::block_on(async {
         check_capital_raw(&model, eos, "flex").await;
         // Same backend, same kernels, same shapes, same order of operations: bit-identical.
-        check_spans(&model, "flex", 0.0).await;
+        check_spans(&model, &load_peers(&device), "flex", 0.0).await;
     });
 }
 
@@ -290,9 +337,23 @@ fn wgpu_matches_llama_cpp_and_spans() {
     // Every step of a block runs in this crate's CubeCL kernels, each output formed by one
     // thread in a fixed order: results are reproducible, so the spans must give the same bits.
     model.set_exact_fma(true);
+    let mut peers = load_peers(&device);
+    // Each peer holds its part only: the middle one a third of the blocks, the first and
+    // the last that plus the embedding (the head is tied to it), so together they hold the
+    // model and one more embedding.
+    let whole = model.weight_bytes();
+    let bytes: Vec<usize> = peers.iter().map(BurnLlama::weight_bytes).collect();
+    println!("peers' weights: {bytes:?} bytes, whole model {whole}");
+    assert!(bytes[1] < whole / 3, "{bytes:?}");
+    assert!(bytes.iter().all(|&b| b < whole), "{bytes:?}");
+    assert!(bytes.iter().sum::<usize>() > whole, "{bytes:?}");
+    for p in &mut peers {
+        assert!(p.is_quantized());
+        p.set_exact_fma(true);
+    }
     pollster::block_on(async {
         check_capital_raw(&model, eos, "wgpu").await;
-        check_spans(&model, "wgpu", 0.0).await;
+        check_spans(&model, &peers, "wgpu", 0.0).await;
     });
 }
 
@@ -342,9 +403,7 @@ fn wgpu_logits_equal_the_cpu_engine() {
         for ids in &steps {
             let want = cpu.forward(ids, &mut cc).unwrap();
             let pos = gc.len();
-            let h = gpu
-                .forward_span(0..n, gpu.embed(ids).unwrap(), &mut gc, pos)
-                .unwrap();
+            let h = gpu.forward_span(gpu.embed(ids).unwrap(), &mut gc).unwrap();
             let got = gpu.last_logits(h).await.unwrap();
             let differ = got
                 .iter()
@@ -447,14 +506,13 @@ async fn speed_once(model: &BurnLlama, backend: &str) {
     let _ = greedy(model, &prompt[..8], 2, None).await;
     let t = Instant::now();
     let h = model.embed(prompt).unwrap();
-    let h = model.forward_span(0..n, h, &mut cache, 0).unwrap();
+    let h = model.forward_span(h, &mut cache).unwrap();
     let mut logits = model.last_logits(h).await.unwrap();
     let prefill = t.elapsed();
     let t = Instant::now();
     for _ in 0..decode {
         let h = model.embed(&[argmax(&logits)]).unwrap();
-        let pos = cache.len();
-        let h = model.forward_span(0..n, h, &mut cache, pos).unwrap();
+        let h = model.forward_span(h, &mut cache).unwrap();
         logits = model.last_logits(h).await.unwrap();
     }
     let dec = t.elapsed();

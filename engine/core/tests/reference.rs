@@ -167,7 +167,7 @@ fn spans_compose_to_the_whole_model() {
         let expect = model.forward(&step, &mut whole).unwrap();
         let mut h = model.embed(&step).unwrap();
         for c in &mut spans {
-            model.forward_span(&mut h, c).unwrap();
+            model.forward_span_in_place(&mut h, c).unwrap();
         }
         assert_eq!(model.logits(&h).unwrap(), expect, "span-wise logits differ");
     }
@@ -195,10 +195,10 @@ fn a_peer_can_load_only_its_span() {
     ];
     let mut c_mid = middle.new_cache(10..20, 8).unwrap();
     let mut h = full.embed(&prompt).unwrap();
-    full.forward_span(&mut h, &mut c_full[0]).unwrap();
+    full.forward_span_in_place(&mut h, &mut c_full[0]).unwrap();
     let mut h2 = h.clone();
-    full.forward_span(&mut h, &mut c_full[1]).unwrap();
-    middle.forward_span(&mut h2, &mut c_mid).unwrap();
+    full.forward_span_in_place(&mut h, &mut c_full[1]).unwrap();
+    middle.forward_span_in_place(&mut h2, &mut c_mid).unwrap();
     assert_eq!(h, h2);
 }
 
@@ -244,7 +244,9 @@ fn unseen_text_and_chats_match_llama_cpp() {
     let vocab = model.config().vocab_size;
     let mut cache = model.new_cache(0..30, tokens.len()).unwrap();
     let mut hidden = model.embed(&tokens).unwrap();
-    model.forward_span(&mut hidden, &mut cache).unwrap();
+    model
+        .forward_span_in_place(&mut hidden, &mut cache)
+        .unwrap();
     let (mut agree, mut worst, mut nll, mut want_nll) = (0, 0f64, 0f64, 0f64);
     let n = tokens.len() - 1;
     for start in (0..n).step_by(128) {

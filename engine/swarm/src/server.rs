@@ -157,12 +157,12 @@ impl SpanServer {
         // but keep the numbers ordinary).
         let input: Vec<f32> = (0..dim).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
         let mut hidden = input.clone();
-        self.model.forward_span(&mut hidden, &mut cache)?;
+        self.model.forward_span_in_place(&mut hidden, &mut cache)?;
         let mut times = Vec::with_capacity(steps);
         for _ in 0..steps {
             hidden.copy_from_slice(&input);
             let t = Instant::now();
-            self.model.forward_span(&mut hidden, &mut cache)?;
+            self.model.forward_span_in_place(&mut hidden, &mut cache)?;
             times.push(t.elapsed().as_secs_f64());
         }
         times.sort_by(f64::total_cmp);
@@ -617,7 +617,7 @@ fn run_step(
     // An earlier position rolls the cache back (a client re-running from there).
     s.cache.truncate(position);
     model
-        .forward_span(&mut hidden, &mut s.cache)
+        .forward_span_in_place(&mut hidden, &mut s.cache)
         .map_err(|e| fail(FailKind::Internal, e.to_string()))?;
     Ok((codec.encode(&hidden), codec))
 }

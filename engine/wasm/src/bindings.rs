@@ -4,7 +4,7 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use crate::engine::{Engine, EngineError, ErrorCode, Generation, Message, Request};
-use crate::stream::StreamLoader;
+use kwaainet_core::gguf_stream::GgufStream;
 
 /// The crate version.
 #[wasm_bindgen(js_name = engineVersion)]
@@ -233,7 +233,7 @@ fn step_count(max_tokens: f64) -> Result<u32, JsValue> {
 #[wasm_bindgen]
 #[derive(Debug)]
 pub struct GgufLoader {
-    inner: StreamLoader,
+    inner: GgufStream,
 }
 
 #[wasm_bindgen]
@@ -244,13 +244,14 @@ impl GgufLoader {
         #[wasm_bindgen(js_name = totalBytes)] total_bytes: f64,
     ) -> Result<GgufLoader, JsValue> {
         Ok(Self {
-            inner: StreamLoader::new(total_bytes).map_err(js_err)?,
+            inner: GgufStream::new(crate::engine::stream_size(total_bytes).map_err(js_err)?)
+                .map_err(|e| js_err(e.into()))?,
         })
     }
 
     /// The next bytes of the file (copied in; the caller may reuse the chunk).
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsValue> {
-        self.inner.push(chunk).map_err(js_err)
+        self.inner.push(chunk).map_err(|e| js_err(e.into()))
     }
 
     /// Bytes pushed so far.
@@ -266,7 +267,7 @@ impl GgufLoader {
 
     /// SHA-256 of the bytes pushed (lower-case hex), once all of them are in.
     pub fn sha256(&self) -> Result<String, JsValue> {
-        self.inner.sha256().map_err(js_err)
+        self.inner.sha256().map_err(|e| js_err(e.into()))
     }
 
     /// Loads the model from the bytes pushed; the loader is used up.
@@ -275,7 +276,7 @@ impl GgufLoader {
         &mut self,
         #[wasm_bindgen(js_name = maxCtx)] max_ctx: f64,
     ) -> Result<WasmEngine, JsValue> {
-        let streamed = self.inner.finish().map_err(js_err)?;
+        let streamed = self.inner.finish().map_err(|e| js_err(e.into()))?;
         Ok(WasmEngine {
             inner: Engine::load_streamed(streamed, max_ctx).map_err(js_err)?,
         })
@@ -287,7 +288,7 @@ impl GgufLoader {
     pub fn finish(&mut self, #[wasm_bindgen(js_name = maxCtx)] max_ctx: f64) -> js_sys::Promise {
         let streamed = self.inner.finish();
         wasm_bindgen_futures::future_to_promise(async move {
-            let streamed = streamed.map_err(js_err)?;
+            let streamed = streamed.map_err(|e| js_err(e.into()))?;
             let inner = Engine::load_webgpu_streamed(streamed, max_ctx)
                 .await
                 .map_err(js_err)?;

@@ -5,15 +5,15 @@ use std::cell::RefCell;
 use std::io::Cursor;
 use std::rc::Rc;
 
-#[cfg(feature = "webgpu")]
-use kwaainet_core::burn_model::{BurnLlama, BurnSession};
 use kwaainet_core::chat::{ChatMessage, ChatTemplate, Prompt};
 use kwaainet_core::generate::{CpuSession, FinishReason, GenerateOptions, Generator, Step};
 use kwaainet_core::gguf::Gguf;
+#[cfg(feature = "webgpu")]
+use kwaainet_core::models::llama::burn::{BurnLlama, BurnSession};
 
 #[cfg(feature = "webgpu")]
 use crate::gpu::Gpu;
-use crate::stream::Streamed;
+use kwaainet_core::gguf_stream::Streamed;
 use kwaainet_core::{Llama, LlamaConfig, LoadSpec, SamplerConfig, Tokenizer};
 use serde::{Deserialize, Serialize};
 
@@ -228,6 +228,18 @@ fn check_max_ctx(max_ctx: f64) -> Result<()> {
     Ok(())
 }
 
+/// A streamed file's size from JavaScript: a whole number of bytes, at least 1 and at most
+/// `Number.MAX_SAFE_INTEGER`.
+pub fn stream_size(total: f64) -> Result<u64> {
+    if !(total >= 1.0 && total.fract() == 0.0 && total <= 9_007_199_254_740_991.0) {
+        return Err(EngineError::new(
+            ErrorCode::InvalidArgument,
+            format!("the GGUF size must be a positive whole number of bytes, got {total}"),
+        ));
+    }
+    Ok(total as u64)
+}
+
 /// The model's hyper-parameters, and `max_ctx` checked against them.
 fn config(gguf: &Gguf, max_ctx: f64) -> Result<(LlamaConfig, usize)> {
     check_max_ctx(max_ctx)?;
@@ -298,7 +310,7 @@ impl Engine {
         )
     }
 
-    /// [`Engine::load`] from a GGUF that arrived through a [`crate::stream::StreamLoader`]:
+    /// [`Engine::load`] from a GGUF that arrived through a [`kwaainet_core::gguf_stream::GgufStream`]:
     /// each tensor's bytes are freed as soon as the model holds them.
     pub fn load_streamed(streamed: Streamed, max_ctx: f64) -> Result<Self> {
         let Streamed {
@@ -316,9 +328,14 @@ impl Engine {
     /// kernels). Fails with code `webgpu` when the browser has no usable adapter.
     #[cfg(feature = "webgpu")]
     pub async fn load_webgpu(bytes: &[u8], max_ctx: f64) -> Result<Self> {
-        let (gguf, _, max_ctx) = parse(bytes, max_ctx)?;
+        let (gguf, config, max_ctx) = parse(bytes, max_ctx)?;
         let (device, gpu) = Gpu::open().await?;
-        let model = BurnLlama::load(&gguf, &mut Cursor::new(bytes), &device)?;
+        let model = BurnLlama::load(
+            &gguf,
+            &mut Cursor::new(bytes),
+            &device,
+            LoadSpec::full(&config),
+        )?;
         Self::new_gpu(&gguf, model, max_ctx, bytes.len() as u64, gpu)
     }
 
@@ -330,9 +347,9 @@ impl Engine {
             mut reader,
             size,
         } = streamed;
-        let (_, max_ctx) = config(&gguf, max_ctx)?;
+        let (config, max_ctx) = config(&gguf, max_ctx)?;
         let (device, gpu) = Gpu::open().await?;
-        let model = BurnLlama::load(&gguf, &mut reader, &device)?;
+        let model = BurnLlama::load(&gguf, &mut reader, &device, LoadSpec::full(&config))?;
         drop(reader);
         Self::new_gpu(&gguf, model, max_ctx, size, gpu)
     }
@@ -832,6 +849,13 @@ mod tests {
                 ErrorCode::InvalidArgument
             );
         }
+        for bad in [0.0, -1.0, 0.5, f64::NAN, f64::INFINITY, 2f64.powi(53)] {
+            assert_eq!(
+                stream_size(bad).unwrap_err().code,
+                ErrorCode::InvalidArgument
+            );
+        }
+        assert_eq!(stream_size(4096.0).unwrap(), 4096);
     }
 
     #[test]

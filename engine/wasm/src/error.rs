@@ -103,6 +103,25 @@ impl std::fmt::Display for EngineError {
 
 impl std::error::Error for EngineError {}
 
+impl From<kwaainet_core::gguf_stream::StreamError> for EngineError {
+    fn from(e: kwaainet_core::gguf_stream::StreamError) -> Self {
+        use kwaainet_core::gguf_stream::StreamErrorKind as K;
+        match e.kind {
+            K::Malformed => Self::new(ErrorCode::Gguf, e.message),
+            K::OutOfMemory => Self::new(
+                ErrorCode::Memory,
+                format!(
+                    "{} ({} bytes of wasm memory in use)",
+                    e.message,
+                    crate::wasm_memory_bytes()
+                ),
+            ),
+            K::InvalidArgument => Self::new(ErrorCode::InvalidArgument, e.message),
+            K::Used => Self::new(ErrorCode::Internal, e.message),
+        }
+    }
+}
+
 impl From<kwaainet_core::Error> for EngineError {
     fn from(e: kwaainet_core::Error) -> Self {
         use kwaainet_core::Error as E;

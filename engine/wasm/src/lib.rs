@@ -15,7 +15,6 @@ pub mod engine;
 pub mod error;
 #[cfg(feature = "webgpu")]
 mod gpu;
-pub mod stream;
 
 #[cfg(target_arch = "wasm32")]
 mod bindings;

@@ -82,7 +82,7 @@ fn a_streamed_load_gives_the_same_logits() {
     let bytes = std::fs::read(path).unwrap();
     let whole = Engine::load(&bytes, 64.0).unwrap();
     // Chunks that split the header, tensors and padding alike.
-    let streamed = kwaainet_wasm::stream::load_in_chunks(&bytes, 999_983).unwrap();
+    let streamed = kwaainet_core::gguf_stream::load_in_chunks(&bytes, 999_983).unwrap();
     let streamed = Engine::load_streamed(streamed, 64.0).unwrap();
     let tokens = [1, 504, 3458, 282, 4649, 314];
     let a = whole.prompt_logits(&tokens).unwrap();

@@ -13,6 +13,8 @@
 //! results are those of the native engine and of llama.cpp, bit for bit, wherever the device
 //! rounds `+`, `*`, `/` and `fma` correctly (true of lavapipe; GPUs may approximate division).
 
+pub(super) mod block;
+
 use burn::backend::DispatchDevice;
 use burn::tensor::{DType, Device, Shape, Tensor};
 use burn_cubecl::cubecl;
@@ -748,7 +750,7 @@ pub(super) mod tests {
     use crate::sampler::SplitMix64;
 
     /// burn's wgpu runtime is initialized once per process: tests share it.
-    pub(in crate::burn_model) fn shared_device() -> Option<Device> {
+    pub(in crate::models::llama) fn shared_device() -> Option<Device> {
         static DEVICE: std::sync::OnceLock<Option<Device>> = std::sync::OnceLock::new();
         DEVICE
             .get_or_init(
@@ -826,9 +828,12 @@ pub(super) mod tests {
 
         let gpu = QMatrix::upload(format, &raw, rows, cols, &cube).unwrap();
         let xt = Tensor::<2>::from_data(burn::tensor::TensorData::new(x, [tokens, cols]), &device);
-        let fast = pollster::block_on(super::super::read_f32(gpu.matmul(xt.clone()).unwrap()));
+        let fast = pollster::block_on(super::super::burn::read_f32(
+            gpu.matmul(xt.clone()).unwrap(),
+        ));
         let gpu = gpu.with_exact_fma(true);
-        let got = pollster::block_on(super::super::read_f32(gpu.matmul(xt).unwrap())).unwrap();
+        let got =
+            pollster::block_on(super::super::burn::read_f32(gpu.matmul(xt).unwrap())).unwrap();
 
         assert_eq!(got.len(), want.len());
         let exact = cpu_is_reference();
@@ -852,7 +857,8 @@ pub(super) mod tests {
 
         // The embedding lookup returns exactly the dequantized rows.
         let ids = [0u32, (rows - 1) as u32, (rows / 2) as u32, 0];
-        let got = pollster::block_on(super::super::read_f32(gpu.rows(&ids).unwrap())).unwrap();
+        let got =
+            pollster::block_on(super::super::burn::read_f32(gpu.rows(&ids).unwrap())).unwrap();
         let mut row = vec![0f32; cols];
         for (k, &id) in ids.iter().enumerate() {
             cpu.dequantize_row(id as usize, &mut row).unwrap();

@@ -5,64 +5,22 @@
 //! operands, f64 sums in RMSNorm and softmax, iterative RoPE angles) so greedy decoding
 //! reproduces its tokens.
 
+use std::future::{Future, ready};
 use std::io::{Read, Seek};
 use std::ops::Range;
-use std::sync::Arc;
 
 use half::f16;
 
+use super::{
+    BlockWeights, KV_PAD, LoadSpec, SpanCache, SpanModel, WeightSource, Weights, check_blocks,
+    check_rows, matrix_info, read_norm,
+};
 use crate::config::LlamaConfig;
-use crate::gguf::{Gguf, TensorInfo};
+use crate::gguf::Gguf;
 use crate::kernels::{Acts, QMatrix, dot_f16_ordered, dot_f16_tiled, matmul_many, softmax, swiglu};
-use crate::quant::GgmlType;
 use crate::{Error, Result};
 
-/// Attention runs over the cache padded to a multiple of this many positions (masked
-/// scores, zero values), as llama.cpp does: the padding moves its dot products onto their
-/// SIMD reduction order, which results must follow to match it bit for bit. Any multiple
-/// of 32 gives the same numbers; 32 is the cheapest.
-const KV_PAD: usize = 32;
-
-/// Which parts of a model to load.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoadSpec {
-    /// Transformer blocks to load.
-    pub blocks: Range<usize>,
-    /// Load the token embedding (first peer of a chain).
-    pub embed: bool,
-    /// Load the final norm and output head (last peer of a chain).
-    pub head: bool,
-}
-
-impl LoadSpec {
-    /// Everything: a standalone model.
-    pub fn full(config: &LlamaConfig) -> Self {
-        Self {
-            blocks: 0..config.n_layers,
-            embed: true,
-            head: true,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Block {
-    attn_norm: Vec<f32>,
-    wq: QMatrix,
-    wk: QMatrix,
-    wv: QMatrix,
-    wo: QMatrix,
-    ffn_norm: Vec<f32>,
-    w_gate: QMatrix,
-    w_up: QMatrix,
-    w_down: QMatrix,
-}
-
-#[derive(Debug)]
-struct Head {
-    norm: Vec<f32>,
-    output: Arc<QMatrix>,
-}
+type Block = BlockWeights<Vec<f32>, QMatrix>;
 
 /// One sequence of a batched pass ([`Llama::forward_batch`]): its cache and how many new
 /// rows of the batch are its.
@@ -82,10 +40,7 @@ pub struct BatchSeq<'a> {
 #[derive(Debug)]
 pub struct Llama {
     config: LlamaConfig,
-    spec: LoadSpec,
-    embed: Option<Arc<QMatrix>>,
-    blocks: Vec<Block>,
-    head: Option<Head>,
+    weights: Weights<Vec<f32>, QMatrix>,
 }
 
 /// Keys and values of past positions for one session over a span of blocks.
@@ -108,12 +63,7 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `blocks` holding at most `max_ctx` positions.
     pub fn new(config: &LlamaConfig, blocks: Range<usize>, max_ctx: usize) -> Result<Self> {
-        if blocks.start > blocks.end || blocks.end > config.n_layers {
-            return Err(Error::InvalidArgument(format!(
-                "blocks {blocks:?} outside 0..{}",
-                config.n_layers
-            )));
-        }
+        check_blocks(config, &blocks)?;
         if max_ctx == 0 {
             return Err(Error::InvalidArgument(
                 "context size must be at least 1".into(),
@@ -208,46 +158,24 @@ impl KvCache {
     }
 }
 
-fn load_matrix<R: Read + Seek>(
-    g: &Gguf,
-    r: &mut R,
-    name: &str,
-    rows: usize,
-    cols: usize,
-) -> Result<QMatrix> {
-    let info = tensor(g, name)?;
-    if info.shape.len() != 2 || info.shape[0] != cols || info.shape[1] != rows {
-        return Err(Error::Model(format!(
-            "{name}: shape {:?}, expected [{cols}, {rows}]",
-            info.shape
-        )));
-    }
-    QMatrix::new(info.dtype, rows, cols, g.read_tensor(r, info)?)
+/// Reads weights for the CPU: matrices stay in their GGML blocks, norms become f32.
+struct Source<'a, R> {
+    g: &'a Gguf,
+    r: &'a mut R,
 }
 
-fn load_vector<R: Read + Seek>(g: &Gguf, r: &mut R, name: &str, len: usize) -> Result<Vec<f32>> {
-    let info = tensor(g, name)?;
-    if info.shape.iter().product::<usize>() != len {
-        return Err(Error::Model(format!(
-            "{name}: shape {:?}, expected [{len}]",
-            info.shape
-        )));
-    }
-    if !matches!(info.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
-        return Err(Error::Unsupported(format!(
-            "{name}: norm weights of type {:?}",
-            info.dtype
-        )));
-    }
-    let bytes = g.read_tensor(r, info)?;
-    let mut out = vec![0f32; len];
-    crate::quant::dequantize(info.dtype, &bytes, &mut out)?;
-    Ok(out)
-}
+impl<R: Read + Seek> WeightSource for Source<'_, R> {
+    type Norm = Vec<f32>;
+    type Matrix = QMatrix;
 
-fn tensor<'a>(g: &'a Gguf, name: &str) -> Result<&'a TensorInfo> {
-    g.tensor(name)
-        .ok_or_else(|| Error::Model(format!("tensor {name} missing")))
+    fn norm(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
+        read_norm(self.g, self.r, name, len)
+    }
+
+    fn matrix(&mut self, name: &str, n_in: usize, n_out: usize) -> Result<QMatrix> {
+        let info = matrix_info(self.g, name, n_in, n_out)?;
+        QMatrix::new(info.dtype, n_out, n_in, self.g.read_tensor(self.r, info)?)
+    }
 }
 
 impl Llama {
@@ -255,65 +183,8 @@ impl Llama {
     /// (the bytes of unloaded parts are never read).
     pub fn load<R: Read + Seek>(g: &Gguf, r: &mut R, spec: LoadSpec) -> Result<Self> {
         let config = LlamaConfig::from_gguf(g)?;
-        if spec.blocks.start > spec.blocks.end || spec.blocks.end > config.n_layers {
-            return Err(Error::InvalidArgument(format!(
-                "blocks {:?} outside 0..{}",
-                spec.blocks, config.n_layers
-            )));
-        }
-        let (dim, kv, ffn, vocab) = (
-            config.dim,
-            config.kv_dim(),
-            config.ffn_dim,
-            config.vocab_size,
-        );
-        let tied = g.tensor("output.weight").is_none();
-        let embed = if spec.embed || (spec.head && tied) {
-            Some(Arc::new(load_matrix(
-                g,
-                r,
-                "token_embd.weight",
-                vocab,
-                dim,
-            )?))
-        } else {
-            None
-        };
-        let mut blocks = Vec::with_capacity(spec.blocks.len());
-        for i in spec.blocks.clone() {
-            let p = |n: &str| format!("blk.{i}.{n}.weight");
-            blocks.push(Block {
-                attn_norm: load_vector(g, r, &p("attn_norm"), dim)?,
-                wq: load_matrix(g, r, &p("attn_q"), dim, dim)?,
-                wk: load_matrix(g, r, &p("attn_k"), kv, dim)?,
-                wv: load_matrix(g, r, &p("attn_v"), kv, dim)?,
-                wo: load_matrix(g, r, &p("attn_output"), dim, dim)?,
-                ffn_norm: load_vector(g, r, &p("ffn_norm"), dim)?,
-                w_gate: load_matrix(g, r, &p("ffn_gate"), ffn, dim)?,
-                w_up: load_matrix(g, r, &p("ffn_up"), ffn, dim)?,
-                w_down: load_matrix(g, r, &p("ffn_down"), dim, ffn)?,
-            });
-        }
-        let head = if spec.head {
-            let output = match (&embed, tied) {
-                (Some(e), true) => Arc::clone(e),
-                _ => Arc::new(load_matrix(g, r, "output.weight", vocab, dim)?),
-            };
-            Some(Head {
-                norm: load_vector(g, r, "output_norm.weight", dim)?,
-                output,
-            })
-        } else {
-            None
-        };
-        let embed = if spec.embed { embed } else { None };
-        Ok(Self {
-            config,
-            spec,
-            embed,
-            blocks,
-            head,
-        })
+        let weights = Weights::load(g, &config, spec, &mut Source { g, r })?;
+        Ok(Self { config, weights })
     }
 
     /// Hyper-parameters.
@@ -323,35 +194,17 @@ impl Llama {
 
     /// What was loaded.
     pub fn spec(&self) -> &LoadSpec {
-        &self.spec
+        self.weights.spec()
     }
 
     /// Bytes of weights held in memory.
     pub fn weight_bytes(&self) -> usize {
-        let mats = |b: &Block| {
-            [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down]
-                .iter()
-                .map(|m| m.n_bytes())
-                .sum::<usize>()
-                + (b.attn_norm.len() + b.ffn_norm.len()) * 4
-        };
-        let mut n: usize = self.blocks.iter().map(mats).sum();
-        if let Some(e) = &self.embed {
-            n += e.n_bytes();
-        }
-        if let Some(h) = &self.head {
-            let shared = self
-                .embed
-                .as_ref()
-                .is_some_and(|e| Arc::ptr_eq(e, &h.output));
-            n += h.norm.len() * 4 + if shared { 0 } else { h.output.n_bytes() };
-        }
-        n
+        self.weights.bytes(|n| n.len() * 4, QMatrix::n_bytes)
     }
 
     /// A cache for this model's loaded blocks (or a sub-span of them).
     pub fn new_cache(&self, blocks: Range<usize>, max_ctx: usize) -> Result<KvCache> {
-        self.check_span(&blocks)?;
+        self.spec().check_holds(&blocks)?;
         KvCache::new(
             &self.config,
             blocks,
@@ -359,25 +212,9 @@ impl Llama {
         )
     }
 
-    fn check_span(&self, blocks: &Range<usize>) -> Result<()> {
-        if blocks.start < self.spec.blocks.start
-            || blocks.end > self.spec.blocks.end
-            || blocks.start > blocks.end
-        {
-            return Err(Error::InvalidArgument(format!(
-                "blocks {blocks:?} not loaded (this peer holds {:?})",
-                self.spec.blocks
-            )));
-        }
-        Ok(())
-    }
-
     /// Hidden states (`tokens.len() × dim`, row-major) for `tokens`.
     pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let e = self
-            .embed
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("embedding not loaded".into()))?;
+        let e = self.weights.embedding()?;
         let dim = self.config.dim;
         let mut out = vec![0f32; tokens.len() * dim];
         for (&t, row) in tokens.iter().zip(out.chunks_exact_mut(dim)) {
@@ -395,15 +232,9 @@ impl Llama {
 
     /// Runs the blocks of `cache` over `hidden` (`n × dim`) in place, for the `n` positions
     /// following those already in the cache, and appends their keys and values to it.
-    pub fn forward_span(&self, hidden: &mut [f32], cache: &mut KvCache) -> Result<()> {
-        let dim = self.config.dim;
-        if hidden.is_empty() || !hidden.len().is_multiple_of(dim) {
-            return Err(Error::InvalidArgument(format!(
-                "{} hidden values are not rows of {dim}",
-                hidden.len()
-            )));
-        }
-        let n = hidden.len() / dim;
+    /// ([`SpanModel::forward_span`] is the same pass on owned rows.)
+    pub fn forward_span_in_place(&self, hidden: &mut [f32], cache: &mut KvCache) -> Result<()> {
+        let n = check_rows(hidden.len(), self.config.dim)?;
         self.forward_batch(
             hidden,
             &mut [BatchSeq {
@@ -428,7 +259,7 @@ impl Llama {
         let blocks = first.cache.blocks.clone();
         let mut rows = 0;
         for s in seqs.iter() {
-            self.check_span(&s.cache.blocks)?;
+            self.spec().check_holds(&s.cache.blocks)?;
             if s.cache.blocks != blocks {
                 return Err(Error::InvalidArgument(format!(
                     "a batch runs one span: caches over {blocks:?} and {:?}",
@@ -465,7 +296,7 @@ impl Llama {
             s.cache.reserve(s.n);
         }
         for (ci, bi) in blocks.enumerate() {
-            let block = &self.blocks[bi - self.spec.blocks.start];
+            let block = self.weights.block(bi)?;
             self.block_forward(block, hidden, rows, seqs, &ropes, ci)?;
         }
         for s in seqs.iter_mut() {
@@ -643,10 +474,7 @@ impl Llama {
     /// Logits of the chosen `rows` of `hidden` (`rows.len() × vocab`, in that order), the
     /// output head read once for all of them.
     pub fn logits_rows(&self, hidden: &[f32], rows: &[usize]) -> Result<Vec<f32>> {
-        let h = self
-            .head
-            .as_ref()
-            .ok_or_else(|| Error::InvalidArgument("output head not loaded".into()))?;
+        let (norm, output) = self.weights.head()?;
         let dim = self.config.dim;
         if rows.is_empty() || rows.iter().any(|&r| (r + 1) * dim > hidden.len()) {
             return Err(Error::InvalidArgument(format!(
@@ -658,14 +486,13 @@ impl Llama {
         for (&r, out) in rows.iter().zip(xn.chunks_exact_mut(dim)) {
             rms_norm(
                 &hidden[r * dim..(r + 1) * dim],
-                &h.norm,
+                norm,
                 self.config.norm_eps,
                 out,
             );
         }
         let mut out = vec![0f32; rows.len() * self.config.vocab_size];
-        h.output
-            .matmul(&mut Acts::new(&xn, rows.len(), dim)?, &mut out)?;
+        output.matmul(&mut Acts::new(&xn, rows.len(), dim)?, &mut out)?;
         Ok(out)
     }
 
@@ -681,8 +508,55 @@ impl Llama {
             ));
         }
         let mut h = self.embed(tokens)?;
-        self.forward_span(&mut h, cache)?;
+        self.forward_span_in_place(&mut h, cache)?;
         self.logits(&h)
+    }
+}
+
+impl SpanCache for KvCache {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn max_ctx(&self) -> usize {
+        self.max_ctx
+    }
+    fn blocks(&self) -> Range<usize> {
+        self.blocks.clone()
+    }
+    fn truncate(&mut self, len: usize) {
+        KvCache::truncate(self, len);
+    }
+}
+
+impl SpanModel for Llama {
+    type Hidden = Vec<f32>;
+    type Cache = KvCache;
+
+    fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+    fn spec(&self) -> &LoadSpec {
+        self.weights.spec()
+    }
+    fn new_cache(&self, blocks: Range<usize>, max_ctx: usize) -> Result<KvCache> {
+        Llama::new_cache(self, blocks, max_ctx)
+    }
+    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        Llama::embed(self, tokens)
+    }
+    fn forward_span(&self, mut hidden: Vec<f32>, cache: &mut KvCache) -> Result<Vec<f32>> {
+        self.forward_span_in_place(&mut hidden, cache)?;
+        Ok(hidden)
+    }
+    fn last_logits(&self, hidden: Vec<f32>) -> impl Future<Output = Result<Vec<f32>>> {
+        ready(self.logits(&hidden))
+    }
+    fn hidden_from_rows(&self, rows: Vec<f32>) -> Result<Vec<f32>> {
+        check_rows(rows.len(), self.config.dim)?;
+        Ok(rows)
+    }
+    fn hidden_into_rows(&self, hidden: Vec<f32>) -> impl Future<Output = Result<Vec<f32>>> {
+        ready(Ok(hidden))
     }
 }
 

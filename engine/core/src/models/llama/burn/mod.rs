@@ -33,18 +33,19 @@
 //! weight types, and every matrix on other backends, are dequantized to f32 at load and stored
 //! transposed (`[in, out]`) so each projection is a plain `x @ W`.
 
-#[cfg(feature = "wgpu")]
-mod cube;
-#[cfg(feature = "wgpu")]
-mod cube_block;
-
 use std::io::{Read, Seek};
 use std::ops::Range;
 
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::gguf::{Gguf, TensorInfo};
+#[cfg(feature = "wgpu")]
+use super::cube;
+use super::{
+    BlockWeights, KV_PAD, LoadSpec, SpanCache, SpanModel, WeightSource, Weights, check_blocks,
+    check_rows, matrix_info, read_norm,
+};
+use crate::gguf::Gguf;
 use crate::quant::GgmlType;
 use crate::{Error, LlamaConfig, Result};
 
@@ -126,47 +127,38 @@ impl Linear {
     }
 }
 
-/// Weights of one transformer block.
-#[derive(Debug)]
-struct Block {
-    attn_norm: Tensor<2>,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
-    wo: Linear,
-    ffn_norm: Tensor<2>,
-    w_gate: Linear,
-    w_up: Linear,
-    w_down: Linear,
-}
+type Block = BlockWeights<Tensor<2>, Linear>;
 
-/// A Llama-family model resident on one burn [`Device`].
+/// A Llama-family model (or the part of it a [`LoadSpec`] names) resident on one burn
+/// [`Device`].
 #[derive(Debug)]
 pub struct BurnLlama {
     config: LlamaConfig,
     device: Device,
-    /// `token_embd` transposed to `[dim, vocab]`: embedding lookup selects columns, and when
-    /// the head is tied it is the head's `[in, out]` matrix, so one copy serves both.
-    embd_t: Linear,
-    /// `output.weight` as `[dim, vocab]`; `None` when tied to the embeddings.
-    output: Option<Linear>,
+    /// Norms as `[1, dim]` rows; matrices as [`Linear`] (the token embedding as `[dim,
+    /// vocab]`: embedding lookup selects columns, and when the head is tied it is the head's
+    /// `[in, out]` matrix, so one copy serves both).
+    weights: Weights<Tensor<2>, Linear>,
     /// Round activations before matmuls the way llama.cpp's CPU kernels do.
     llama_cpp_rounding: bool,
-    output_norm: Tensor<2>,
-    blocks: Vec<Block>,
     /// On a CubeCL device: the kernels that run the rest of each block (norms, RoPE, cache,
     /// attention, SwiGLU) in llama.cpp's arithmetic, used while `llama_cpp_rounding` is on.
     #[cfg(feature = "wgpu")]
-    kernels: Option<cube_block::Kernels>,
+    kernels: Option<cube::block::Kernels>,
 }
 
 impl BurnLlama {
-    /// Loads every weight of the model from `gguf` (whose tensor bytes `r` holds) onto
-    /// `device`. On a CubeCL device (burn's wgpu backend, with this crate's `wgpu` feature)
-    /// `Q4_0`/`Q4_1`/`Q8_0` matrices stay quantized and run through this crate's kernels;
-    /// everything else is dequantized to f32.
-    pub fn load<R: Read + Seek>(gguf: &Gguf, r: &mut R, device: &Device) -> Result<Self> {
-        Self::load_with(gguf, r, device, true)
+    /// Loads the parts of the model `spec` names from `gguf` (whose tensor bytes `r` holds)
+    /// onto `device`; the bytes of other parts are never read. On a CubeCL device (burn's
+    /// wgpu backend, with this crate's `wgpu` feature) `Q4_0`/`Q4_1`/`Q8_0` matrices stay
+    /// quantized and run through this crate's kernels; everything else is dequantized to f32.
+    pub fn load<R: Read + Seek>(
+        gguf: &Gguf,
+        r: &mut R,
+        device: &Device,
+        spec: LoadSpec,
+    ) -> Result<Self> {
+        Self::load_with(gguf, r, device, spec, true)
     }
 
     /// Like [`BurnLlama::load`], but with every matrix dequantized to f32 even where a
@@ -175,23 +167,19 @@ impl BurnLlama {
         gguf: &Gguf,
         r: &mut R,
         device: &Device,
+        spec: LoadSpec,
     ) -> Result<Self> {
-        Self::load_with(gguf, r, device, false)
+        Self::load_with(gguf, r, device, spec, false)
     }
 
     fn load_with<R: Read + Seek>(
         gguf: &Gguf,
         r: &mut R,
         device: &Device,
+        spec: LoadSpec,
         quantized: bool,
     ) -> Result<Self> {
         let config = LlamaConfig::from_gguf(gguf)?;
-        let (dim, kv_dim, ffn, vocab) = (
-            config.dim,
-            config.kv_dim(),
-            config.ffn_dim,
-            config.vocab_size,
-        );
         let mut loader = Loader {
             gguf,
             r,
@@ -205,39 +193,15 @@ impl BurnLlama {
         };
         #[cfg(not(feature = "wgpu"))]
         let _ = quantized;
-        let embd_t = loader.matrix("token_embd.weight", dim, vocab)?;
-        let output = if gguf.tensor("output.weight").is_some() {
-            Some(loader.matrix("output.weight", dim, vocab)?)
-        } else {
-            None
-        };
-        let output_norm = loader.vector("output_norm.weight", dim)?;
-        let mut blocks = Vec::with_capacity(config.n_layers);
-        for i in 0..config.n_layers {
-            let name = |t: &str| format!("blk.{i}.{t}.weight");
-            blocks.push(Block {
-                attn_norm: loader.vector(&name("attn_norm"), dim)?,
-                wq: loader.matrix(&name("attn_q"), dim, dim)?,
-                wk: loader.matrix(&name("attn_k"), dim, kv_dim)?,
-                wv: loader.matrix(&name("attn_v"), dim, kv_dim)?,
-                wo: loader.matrix(&name("attn_output"), dim, dim)?,
-                ffn_norm: loader.vector(&name("ffn_norm"), dim)?,
-                w_gate: loader.matrix(&name("ffn_gate"), dim, ffn)?,
-                w_up: loader.matrix(&name("ffn_up"), dim, ffn)?,
-                w_down: loader.matrix(&name("ffn_down"), ffn, dim)?,
-            });
-        }
-        tracing::debug!(blocks = config.n_layers, dim, vocab, "burn model loaded");
+        let weights = Weights::load(gguf, &config, spec, &mut loader)?;
+        tracing::debug!(spec = ?weights.spec(), dim = config.dim, "burn model loaded");
         #[cfg(feature = "wgpu")]
-        let kernels = loader.cube.as_ref().map(cube_block::Kernels::new);
+        let kernels = loader.cube.as_ref().map(cube::block::Kernels::new);
         Ok(Self {
             config,
             device: device.clone(),
-            embd_t,
-            output,
+            weights,
             llama_cpp_rounding: true,
-            output_norm,
-            blocks,
             #[cfg(feature = "wgpu")]
             kernels,
         })
@@ -261,21 +225,7 @@ impl BurnLlama {
             if let Some(k) = &mut self.kernels {
                 k.set_exact(on);
             }
-            let blocks = self.blocks.iter_mut().flat_map(|b| {
-                [
-                    &mut b.wq,
-                    &mut b.wk,
-                    &mut b.wv,
-                    &mut b.wo,
-                    &mut b.w_gate,
-                    &mut b.w_up,
-                    &mut b.w_down,
-                ]
-            });
-            for l in blocks
-                .chain(std::iter::once(&mut self.embd_t))
-                .chain(self.output.as_mut())
-            {
+            for l in self.weights.matrices_mut() {
                 if let Linear::Quant(m) = l {
                     m.set_exact_fma(on);
                 }
@@ -290,29 +240,24 @@ impl BurnLlama {
         &self.config
     }
 
+    /// What was loaded.
+    pub fn spec(&self) -> &LoadSpec {
+        self.weights.spec()
+    }
+
     /// Bytes of the weights on the device.
     pub fn weight_bytes(&self) -> usize {
-        let norms = (self.blocks.len() * 2 + 1) * self.config.dim * 4;
-        let matrices: usize = self
-            .blocks
-            .iter()
-            .flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down])
-            .chain(std::iter::once(&self.embd_t))
-            .chain(self.output.as_ref())
-            .map(Linear::device_bytes)
-            .sum();
-        norms + matrices
+        let dim = self.config.dim;
+        self.weights.bytes(|_| dim * 4, Linear::device_bytes)
     }
 
     /// Whether any matrix is held quantized on the device (and runs through the fused kernels).
     pub fn is_quantized(&self) -> bool {
         #[cfg(feature = "wgpu")]
         {
-            matches!(self.embd_t, Linear::Quant(_))
-                || self
-                    .blocks
-                    .iter()
-                    .any(|b| matches!(b.w_down, Linear::Quant(_)))
+            self.weights
+                .matrices()
+                .any(|m| matches!(m, Linear::Quant(_)))
         }
         #[cfg(not(feature = "wgpu"))]
         false
@@ -323,8 +268,9 @@ impl BurnLlama {
         &self.device
     }
 
-    /// Hidden states `[tokens.len(), dim]` for `tokens`.
+    /// Hidden states `[tokens.len(), dim]` for `tokens` (the spec must embed).
     pub fn embed(&self, tokens: &[u32]) -> Result<Tensor<2>> {
+        let embedding = self.weights.embedding()?;
         if tokens.is_empty() {
             return Err(Error::InvalidArgument("no tokens to embed".into()));
         }
@@ -334,32 +280,15 @@ impl BurnLlama {
                 "token id {t} outside the vocabulary ({vocab})"
             )));
         }
-        self.embd_t.rows(tokens, &self.device)
+        embedding.rows(tokens, &self.device)
     }
 
-    /// Runs blocks `blocks` over `hidden` (`[seq, dim]`, positions `start_pos..start_pos +
-    /// seq`), appending their keys and values to `cache`, which must cover exactly `blocks`
-    /// and hold `start_pos` positions already.
-    pub fn forward_span(
-        &self,
-        blocks: Range<usize>,
-        hidden: Tensor<2>,
-        cache: &mut BurnKvCache,
-        start_pos: usize,
-    ) -> Result<Tensor<2>> {
+    /// Runs the blocks of `cache` over `hidden` (`[seq, dim]`), for the `seq` positions
+    /// following those already in the cache, and appends their keys and values to it.
+    pub fn forward_span(&self, hidden: Tensor<2>, cache: &mut BurnKvCache) -> Result<Tensor<2>> {
         let c = &self.config;
-        if blocks.start > blocks.end || blocks.end > c.n_layers {
-            return Err(Error::InvalidArgument(format!(
-                "block span {blocks:?} outside 0..{}",
-                c.n_layers
-            )));
-        }
-        if cache.blocks != blocks {
-            return Err(Error::InvalidArgument(format!(
-                "cache holds blocks {:?}, span is {blocks:?}",
-                cache.blocks
-            )));
-        }
+        let blocks = cache.blocks.clone();
+        self.spec().check_holds(&blocks)?;
         let [seq, dim] = hidden.dims();
         if dim != c.dim || seq == 0 {
             return Err(Error::InvalidArgument(format!(
@@ -367,18 +296,13 @@ impl BurnLlama {
                 c.dim
             )));
         }
-        if start_pos != cache.len {
-            return Err(Error::InvalidArgument(format!(
-                "start position {start_pos} but the cache holds {} positions",
-                cache.len
-            )));
-        }
+        let start_pos = cache.len;
         let total = start_pos + seq;
         if total > cache.max_ctx {
-            return Err(Error::InvalidArgument(format!(
-                "context overflow: {total} positions exceed the cache capacity {}",
-                cache.max_ctx
-            )));
+            return Err(Error::ContextFull {
+                needed: total,
+                max: cache.max_ctx,
+            });
         }
         let pass = Pass {
             start_pos,
@@ -389,7 +313,7 @@ impl BurnLlama {
         };
         let mut x = hidden;
         for (slot, i) in blocks.enumerate() {
-            x = self.block(i, x, cache, slot, &pass)?;
+            x = self.block(self.weights.block(i)?, x, cache, slot, &pass)?;
         }
         cache.len = total;
         Ok(x)
@@ -397,15 +321,13 @@ impl BurnLlama {
 
     /// Logits `[seq, vocab]` for every row of `hidden` (final norm, then the output head).
     pub fn head(&self, hidden: Tensor<2>) -> Result<Tensor<2>> {
+        let (norm, output) = self.weights.head()?;
         let x = match self.block_kernels() {
             #[cfg(feature = "wgpu")]
-            Some(k) => k.rms_norm(hidden, &self.output_norm, self.config.norm_eps)?,
-            _ => rms_norm(hidden, &self.output_norm, self.config.norm_eps),
+            Some(k) => k.rms_norm(hidden, norm, self.config.norm_eps)?,
+            _ => rms_norm(hidden, norm, self.config.norm_eps),
         };
-        self.output
-            .as_ref()
-            .unwrap_or(&self.embd_t)
-            .forward(x, self.llama_cpp_rounding)
+        output.forward(x, self.llama_cpp_rounding)
     }
 
     /// Logits of the last row of `hidden`, read back to the host.
@@ -420,7 +342,7 @@ impl BurnLlama {
 
     fn block(
         &self,
-        i: usize,
+        b: &Block,
         x: Tensor<2>,
         cache: &mut BurnKvCache,
         slot: usize,
@@ -428,10 +350,9 @@ impl BurnLlama {
     ) -> Result<Tensor<2>> {
         #[cfg(feature = "wgpu")]
         if let Some(k) = self.block_kernels() {
-            return self.block_kernels_path(k, i, x, cache, slot, pass);
+            return self.block_kernels_path(k, b, x, cache, slot, pass);
         }
         let c = &self.config;
-        let b = &self.blocks[i];
         let [seq, _] = x.dims();
         let (n_heads, n_kv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
         let group = n_heads / n_kv;
@@ -483,7 +404,7 @@ impl BurnLlama {
 
     /// The CubeCL block kernels, when this model has them and rounds as llama.cpp does.
     #[cfg(feature = "wgpu")]
-    fn block_kernels(&self) -> Option<&cube_block::Kernels> {
+    fn block_kernels(&self) -> Option<&cube::block::Kernels> {
         self.kernels.as_ref().filter(|_| self.llama_cpp_rounding)
     }
 
@@ -496,15 +417,14 @@ impl BurnLlama {
     #[cfg(feature = "wgpu")]
     fn block_kernels_path(
         &self,
-        k: &cube_block::Kernels,
-        i: usize,
+        k: &cube::block::Kernels,
+        b: &Block,
         x: Tensor<2>,
         cache: &mut BurnKvCache,
         slot: usize,
         pass: &Pass,
     ) -> Result<Tensor<2>> {
         let c = &self.config;
-        let b = &self.blocks[i];
         let (cos, sin) = (&pass.rope.cos, &pass.rope.sin);
         let h = k.rms_norm(x.clone(), &b.attn_norm, c.norm_eps)?;
         let q = b.wq.forward(h.clone(), true)?;
@@ -675,19 +595,16 @@ impl BurnKvCache {
         max_ctx: usize,
         device: &Device,
     ) -> Result<Self> {
-        if blocks.start > blocks.end || blocks.end > config.n_layers {
-            return Err(Error::InvalidArgument(format!(
-                "block span {blocks:?} outside 0..{}",
-                config.n_layers
-            )));
-        }
+        check_blocks(config, &blocks)?;
         if max_ctx == 0 {
-            return Err(Error::InvalidArgument("cache capacity of 0".into()));
+            return Err(Error::InvalidArgument(
+                "context size must be at least 1".into(),
+            ));
         }
-        // Room for attention's padding to 32 positions (read by the CubeCL kernels).
+        // Room for attention's padding (read by the CubeCL kernels).
         let shape = [
             config.n_kv_heads,
-            max_ctx.next_multiple_of(32),
+            max_ctx.next_multiple_of(KV_PAD),
             config.head_dim,
         ];
         let n = blocks.len();
@@ -711,7 +628,7 @@ impl BurnKvCache {
     }
 
     /// Capacity in positions.
-    pub fn capacity(&self) -> usize {
+    pub fn max_ctx(&self) -> usize {
         self.max_ctx
     }
 
@@ -752,53 +669,64 @@ impl BurnKvCache {
     }
 }
 
-/// An [`AsyncSession`](crate::generate::AsyncSession) of a [`BurnLlama`] over all of its
-/// blocks: what [`Generator::step_async`](crate::generate::Generator::step_async) drives in a
-/// browser, where readback is asynchronous.
-///
-/// `M` is how the session holds the model: a borrow, or a shared owner (`Rc`) for a session
-/// that must outlive the caller's frame.
-#[derive(Debug)]
-pub struct BurnSession<M: std::ops::Deref<Target = BurnLlama>> {
-    model: M,
-    cache: BurnKvCache,
-}
+/// A session of a [`BurnLlama`] over all of its blocks: what
+/// [`Generator::step_async`](crate::generate::Generator::step_async) drives in a browser,
+/// where readback is asynchronous.
+pub type BurnSession<M> = crate::generate::SpanSession<M>;
 
-impl<M: std::ops::Deref<Target = BurnLlama>> BurnSession<M> {
-    /// A fresh session holding up to `max_ctx` positions (at most the training context).
-    pub fn new(model: M, max_ctx: usize) -> Result<Self> {
-        let c = model.config();
-        let cache = BurnKvCache::new(
-            c,
-            0..c.n_layers,
-            max_ctx.min(c.context_length),
-            model.device(),
-        )?;
-        Ok(Self { model, cache })
-    }
-
-    /// Runs `tokens` after the cached positions; the logits of the last one.
-    pub async fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(Error::InvalidArgument("no tokens to run".into()));
-        }
-        let start = self.cache.len();
-        let n = self.model.config().n_layers;
-        let h = self.model.embed(tokens)?;
-        let h = self.model.forward_span(0..n, h, &mut self.cache, start)?;
-        self.model.last_logits(h).await
-    }
-}
-
-impl<M: std::ops::Deref<Target = BurnLlama>> crate::generate::AsyncSession for BurnSession<M> {
-    async fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        BurnSession::forward(self, tokens).await
-    }
+impl SpanCache for BurnKvCache {
     fn len(&self) -> usize {
-        self.cache.len()
+        self.len
     }
     fn max_ctx(&self) -> usize {
-        self.cache.capacity()
+        self.max_ctx
+    }
+    fn blocks(&self) -> Range<usize> {
+        self.blocks.clone()
+    }
+    fn truncate(&mut self, len: usize) {
+        BurnKvCache::truncate(self, len);
+    }
+}
+
+impl SpanModel for BurnLlama {
+    type Hidden = Tensor<2>;
+    type Cache = BurnKvCache;
+
+    fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+    fn spec(&self) -> &LoadSpec {
+        self.weights.spec()
+    }
+    fn new_cache(&self, blocks: Range<usize>, max_ctx: usize) -> Result<BurnKvCache> {
+        self.spec().check_holds(&blocks)?;
+        BurnKvCache::new(
+            &self.config,
+            blocks,
+            max_ctx.min(self.config.context_length),
+            &self.device,
+        )
+    }
+    fn embed(&self, tokens: &[u32]) -> Result<Tensor<2>> {
+        BurnLlama::embed(self, tokens)
+    }
+    fn forward_span(&self, hidden: Tensor<2>, cache: &mut BurnKvCache) -> Result<Tensor<2>> {
+        BurnLlama::forward_span(self, hidden, cache)
+    }
+    async fn last_logits(&self, hidden: Tensor<2>) -> Result<Vec<f32>> {
+        BurnLlama::last_logits(self, hidden).await
+    }
+    fn hidden_from_rows(&self, rows: Vec<f32>) -> Result<Tensor<2>> {
+        let dim = self.config.dim;
+        let n = check_rows(rows.len(), dim)?;
+        Ok(Tensor::from_data(
+            TensorData::new(rows, [n, dim]),
+            &self.device,
+        ))
+    }
+    async fn hidden_into_rows(&self, hidden: Tensor<2>) -> Result<Vec<f32>> {
+        read_f32(hidden).await
     }
 }
 
@@ -812,57 +740,32 @@ struct Loader<'a, R> {
     cube: Option<burn_cubecl::CubeDevice>,
 }
 
-impl<R: Read + Seek> Loader<'_, R> {
-    fn info(&self, name: &str, shape: &[usize]) -> Result<&TensorInfo> {
-        let info = self
-            .gguf
-            .tensor(name)
-            .ok_or_else(|| Error::Model(format!("missing tensor {name}")))?;
-        let trimmed: Vec<usize> = {
-            // GGML pads shapes with trailing 1s.
-            let mut s = info.shape.clone();
-            while s.len() > shape.len() && s.last() == Some(&1) {
-                s.pop();
-            }
-            s
-        };
-        if trimmed != shape {
-            return Err(Error::Model(format!(
-                "tensor {name} has shape {:?}, expected {shape:?}",
-                info.shape
-            )));
-        }
-        Ok(info)
-    }
+impl<R: Read + Seek> WeightSource for Loader<'_, R> {
+    type Norm = Tensor<2>;
+    type Matrix = Linear;
 
-    fn f32s(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let info = self.info(name, shape)?.clone();
-        self.gguf.read_tensor_f32(self.r, &info)
-    }
-
-    /// A `[1, n]` row (norm weights).
-    fn vector(&mut self, name: &str, n: usize) -> Result<Tensor<2>> {
-        let v = self.f32s(name, &[n])?;
+    /// A `[1, n]` row.
+    fn norm(&mut self, name: &str, n: usize) -> Result<Tensor<2>> {
+        let v = read_norm(self.gguf, self.r, name, n)?;
         Ok(Tensor::from_data(TensorData::new(v, [1, n]), self.device))
     }
 
-    /// A GGML matrix with rows of `n_in` (i.e. `[n_out, n_in]` row-major), stored transposed
-    /// as `[n_in, n_out]` so that `y = x @ W`.
+    /// Stored transposed as `[n_in, n_out]` so that `y = x @ W` (or, on a CubeCL device with
+    /// a kernel for its type, quantized as the file holds it).
     fn matrix(&mut self, name: &str, n_in: usize, n_out: usize) -> Result<Linear> {
-        let dtype = self.info(name, &[n_in, n_out])?.dtype;
+        let info = matrix_info(self.gguf, name, n_in, n_out)?;
         #[cfg(feature = "wgpu")]
-        if let (Some(dev), Some(format)) = (&self.cube, cube::QFormat::of(dtype)) {
-            let info = self.info(name, &[n_in, n_out])?.clone();
-            let raw = self.gguf.read_tensor(self.r, &info)?;
+        if let (Some(dev), Some(format)) = (&self.cube, cube::QFormat::of(info.dtype)) {
+            let raw = self.gguf.read_tensor(self.r, info)?;
             return Ok(Linear::Quant(cube::QMatrix::upload(
                 format, &raw, n_out, n_in, dev,
             )?));
         }
-        let w = self.f32s(name, &[n_in, n_out])?;
+        let w = self.gguf.read_tensor_f32(self.r, info)?;
         let t = transpose(&w, n_out, n_in);
         Ok(Linear::Dense {
             w: Tensor::from_data(TensorData::new(t, [n_in, n_out]), self.device),
-            act: ActRounding::for_weight(dtype),
+            act: ActRounding::for_weight(info.dtype),
         })
     }
 }

@@ -1,26 +1,27 @@
-//! Loading a GGUF from a stream of chunks (`GgufLoader` in JavaScript), so that the whole
-//! file never has to sit in one JavaScript buffer, nor twice in wasm memory.
+//! A GGUF file arriving in chunks (a download, a `Response` body in a browser), loaded
+//! without ever holding the whole file in one buffer, nor twice in memory.
 //!
-//! The loader is created with the file's total size and fed its bytes in order, in chunks of
-//! any size. It buffers the header until the GGUF reader can parse it (tried again each time
-//! the buffered length doubles, so a multi-megabyte vocabulary costs O(n), not O(n²)), then
-//! stores each tensor's bytes in a buffer of its own (padding between tensors is dropped).
-//! [`StreamLoader::finish`] hands the model loader a reader over those buffers that frees
-//! each tensor's bytes as soon as they have been read: the peak is the file plus its largest
-//! tensor, where loading from one buffer holds the file and every loaded weight at once.
-//! It also computes the file's SHA-256 on the way, so a host can verify a cached model
+//! [`GgufStream`] is created with the file's total size and fed its bytes in order, in chunks
+//! of any size. It buffers the header until the GGUF reader can parse it (tried again each
+//! time the buffered length doubles, so a multi-megabyte vocabulary costs O(n), not O(n²)),
+//! then stores each tensor's bytes in a buffer of its own (padding between tensors is
+//! dropped). [`GgufStream::finish`] hands the model loaders a reader over those buffers that
+//! frees each tensor's bytes as soon as they have been read: the peak is the file plus its
+//! largest tensor, where loading from one buffer holds the file and every loaded weight at
+//! once. It also computes the file's SHA-256 on the way, so a host can verify a cached model
 //! without a second pass over it.
 //!
-//! Every error is an [`EngineError`]: `gguf` (size overflow or underflow, malformed bytes),
-//! `memory` (wasm memory exhausted), `invalid-argument` (a bad argument), `internal` (a call
-//! after an error or after `finish`).
+//! Every error is a [`StreamError`] of a [`StreamErrorKind`]: `Malformed` (more or fewer
+//! bytes than announced, a header that does not parse, a tensor past the end), `OutOfMemory`
+//! (an allocation failed: in a browser, wasm memory is exhausted), `InvalidArgument`, `Used`
+//! (a call after an error or after `finish`). After an error the stream is dead and repeats
+//! it.
 
 use std::io::{self, Read, Seek, SeekFrom};
 
-use kwaainet_core::gguf::Gguf;
 use sha2::{Digest, Sha256};
 
-use crate::engine::{EngineError, ErrorCode};
+use crate::gguf::{Gguf, GgufError};
 
 /// The buffered header is first parsed at this length, then each time it doubles.
 const FIRST_HEADER_TRY: usize = 1 << 20;
@@ -28,8 +29,48 @@ const FIRST_HEADER_TRY: usize = 1 << 20;
 /// MiB (a 150k-token vocabulary with its merges), and the reader has its own limits inside.
 const MAX_HEADER_BYTES: usize = 256 << 20;
 
-fn err(code: ErrorCode, message: impl Into<String>) -> EngineError {
-    EngineError::new(code, message)
+/// What went wrong with a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamErrorKind {
+    /// The bytes are not a loadable GGUF of the announced size.
+    Malformed,
+    /// An allocation failed.
+    OutOfMemory,
+    /// A bad argument (a size of 0).
+    InvalidArgument,
+    /// A call after an error or after `finish`, or bytes out of order.
+    Used,
+}
+
+/// A stream's error: its kind and what happened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StreamError {
+    /// What kind of failure.
+    pub kind: StreamErrorKind,
+    /// What happened, for people.
+    pub message: String,
+}
+
+fn err(kind: StreamErrorKind, message: impl Into<String>) -> StreamError {
+    StreamError {
+        kind,
+        message: message.into(),
+    }
+}
+
+impl From<StreamError> for crate::Error {
+    fn from(e: StreamError) -> Self {
+        match e.kind {
+            StreamErrorKind::Malformed => Self::Gguf(GgufError::Other(e.message)),
+            StreamErrorKind::OutOfMemory => {
+                Self::Io(io::Error::new(io::ErrorKind::OutOfMemory, e.message))
+            }
+            StreamErrorKind::InvalidArgument | StreamErrorKind::Used => {
+                Self::InvalidArgument(e.message)
+            }
+        }
+    }
 }
 
 /// One tensor's bytes, filled as the stream passes over them.
@@ -67,25 +108,25 @@ enum State {
 }
 
 /// A GGUF file arriving in chunks. See the module documentation.
-pub struct StreamLoader {
+pub struct GgufStream {
     total: u64,
     received: u64,
     state: State,
     hasher: Sha256,
     /// The error that ended the stream, repeated by later calls.
-    failed: Option<EngineError>,
+    failed: Option<StreamError>,
 }
 
-impl std::fmt::Debug for StreamLoader {
+impl std::fmt::Debug for GgufStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamLoader")
+        f.debug_struct("GgufStream")
             .field("total", &self.total)
             .field("received", &self.received)
             .finish_non_exhaustive()
     }
 }
 
-/// The parsed header and a reader over the tensors' bytes: what [`StreamLoader::finish`]
+/// The parsed header and a reader over the tensors' bytes: what [`GgufStream::finish`]
 /// hands to the model loaders.
 #[derive(Debug)]
 pub struct Streamed {
@@ -95,17 +136,17 @@ pub struct Streamed {
     pub size: u64,
 }
 
-impl StreamLoader {
-    /// A loader for a file of `total` bytes (a whole number > 0).
-    pub fn new(total: f64) -> Result<Self, EngineError> {
-        if !(total >= 1.0 && total.fract() == 0.0 && total <= 9_007_199_254_740_991.0) {
+impl GgufStream {
+    /// A stream for a file of `total` bytes (at least 1).
+    pub fn new(total: u64) -> Result<Self, StreamError> {
+        if total == 0 {
             return Err(err(
-                ErrorCode::InvalidArgument,
-                format!("the GGUF size must be a positive whole number of bytes, got {total}"),
+                StreamErrorKind::InvalidArgument,
+                "the GGUF size must be at least 1 byte",
             ));
         }
         Ok(Self {
-            total: total as u64,
+            total,
             received: 0,
             state: State::Header {
                 buf: Vec::new(),
@@ -121,7 +162,7 @@ impl StreamLoader {
         self.received
     }
 
-    /// The file's size, as given to [`StreamLoader::new`].
+    /// The file's size, as given to [`GgufStream::new`].
     pub fn total(&self) -> u64 {
         self.total
     }
@@ -133,7 +174,7 @@ impl StreamLoader {
 
     /// Feeds the next bytes of the file. After an error the loader is dead: every later call
     /// returns the same error.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<(), EngineError> {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), StreamError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -144,20 +185,20 @@ impl StreamLoader {
         r
     }
 
-    fn fail(&mut self, e: EngineError) {
+    fn fail(&mut self, e: StreamError) {
         self.failed = Some(e);
         // Release what was buffered now: the caller may not free the loader at once.
         self.state = State::Done;
     }
 
-    fn push_inner(&mut self, chunk: &[u8]) -> Result<(), EngineError> {
+    fn push_inner(&mut self, chunk: &[u8]) -> Result<(), StreamError> {
         let at = self.received;
         let end = at
             .checked_add(chunk.len() as u64)
             .filter(|&e| e <= self.total)
             .ok_or_else(|| {
                 err(
-                    ErrorCode::Gguf,
+                    StreamErrorKind::Malformed,
                     format!(
                         "the stream holds more than the {} bytes announced ({} + {})",
                         self.total,
@@ -182,13 +223,13 @@ impl StreamLoader {
             State::Data {
                 segments, filling, ..
             } => fill(segments, filling, at, chunk),
-            State::Done => Err(err(ErrorCode::Internal, "the loader was already used")),
+            State::Done => Err(err(StreamErrorKind::Used, "the loader was already used")),
         }
     }
 
     /// Parses the buffered header; on success moves to [`State::Data`] and files the bytes
     /// already buffered past it.
-    fn try_header(&mut self) -> Result<(), EngineError> {
+    fn try_header(&mut self) -> Result<(), StreamError> {
         let State::Header { buf, .. } = &mut self.state else {
             return Ok(());
         };
@@ -203,18 +244,23 @@ impl StreamLoader {
             Err(_) if prefix.short && buf.len() < MAX_HEADER_BYTES => return Ok(()), // wait
             Err(_) if prefix.short => {
                 return Err(err(
-                    ErrorCode::Gguf,
+                    StreamErrorKind::Malformed,
                     format!("the GGUF header is larger than {MAX_HEADER_BYTES} bytes"),
                 ));
             }
-            Err(e) => return Err(EngineError::from(kwaainet_core::Error::from(e))),
+            Err(e) => {
+                return Err(err(
+                    StreamErrorKind::Malformed,
+                    format!("malformed GGUF: {e}"),
+                ));
+            }
         };
         let mut segments = Vec::with_capacity(gguf.tensors.len());
         for t in &gguf.tensors {
             let end = t.offset.checked_add(t.n_bytes as u64);
             if end.is_none_or(|e| e > self.total) {
                 return Err(err(
-                    ErrorCode::Gguf,
+                    StreamErrorKind::Malformed,
                     format!(
                         "tensor '{}' ({} bytes at offset {}) runs past the end of the {}-byte file",
                         t.name, t.n_bytes, t.offset, self.total
@@ -232,7 +278,7 @@ impl StreamLoader {
         segments.sort_by_key(|s| s.offset);
         if let Some(w) = segments.windows(2).find(|w| w[0].end() > w[1].offset) {
             return Err(err(
-                ErrorCode::Gguf,
+                StreamErrorKind::Malformed,
                 format!(
                     "tensor data overlaps (bytes {}..{} and {}..{})",
                     w[0].offset,
@@ -255,10 +301,10 @@ impl StreamLoader {
     }
 
     /// The SHA-256 of the bytes pushed, lower-case hex; only once the whole file is in.
-    pub fn sha256(&self) -> Result<String, EngineError> {
+    pub fn sha256(&self) -> Result<String, StreamError> {
         if self.received != self.total {
             return Err(err(
-                ErrorCode::Gguf,
+                StreamErrorKind::Malformed,
                 format!(
                     "the SHA-256 needs the whole file: {} of {} bytes pushed",
                     self.received, self.total
@@ -271,13 +317,13 @@ impl StreamLoader {
 
     /// Ends the stream: the parsed header and a reader over the tensors. Fails when bytes
     /// are missing or the header never parsed. The loader is used up either way.
-    pub fn finish(&mut self) -> Result<Streamed, EngineError> {
+    pub fn finish(&mut self) -> Result<Streamed, StreamError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
         if self.received != self.total {
             let e = err(
-                ErrorCode::Gguf,
+                StreamErrorKind::Malformed,
                 format!(
                     "the stream ended after {} of the {} bytes announced",
                     self.received, self.total
@@ -298,20 +344,20 @@ impl StreamLoader {
             }),
             // Not reached: the push that completes the file parses the header or fails (with
             // every byte buffered, the parser cannot run short of them).
-            State::Header { .. } => Err(err(ErrorCode::Gguf, "the GGUF header did not parse")),
-            State::Done => Err(err(ErrorCode::Internal, "the loader was already used")),
+            State::Header { .. } => Err(err(
+                StreamErrorKind::Malformed,
+                "the GGUF header did not parse",
+            )),
+            State::Done => Err(err(StreamErrorKind::Used, "the loader was already used")),
         }
     }
 }
 
-fn try_reserve(v: &mut Vec<u8>, extra: usize, what: &str) -> Result<(), EngineError> {
+fn try_reserve(v: &mut Vec<u8>, extra: usize, what: &str) -> Result<(), StreamError> {
     v.try_reserve_exact(extra).map_err(|_| {
         err(
-            ErrorCode::Memory,
-            format!(
-                "out of memory: {extra} more bytes for {what} do not fit in wasm memory ({} bytes in use)",
-                crate::wasm_memory_bytes()
-            ),
+            StreamErrorKind::OutOfMemory,
+            format!("out of memory: {extra} more bytes for {what} could not be allocated"),
         )
     })
 }
@@ -322,7 +368,7 @@ fn fill(
     filling: &mut usize,
     at: u64,
     chunk: &[u8],
-) -> Result<(), EngineError> {
+) -> Result<(), StreamError> {
     let end = at + chunk.len() as u64;
     // Bounded: each pass either completes a segment (advancing `filling`) or uses the rest
     // of the chunk.
@@ -341,7 +387,7 @@ fn fill(
         }
         let filled = (from - s.offset) as usize;
         if filled != s.data.len() {
-            return Err(err(ErrorCode::Internal, "stream bytes out of order"));
+            return Err(err(StreamErrorKind::Used, "stream bytes out of order"));
         }
         s.data
             .extend_from_slice(&chunk[(from - at) as usize..(to - at) as usize]);
@@ -451,8 +497,8 @@ impl Seek for SegmentReader {
 }
 
 /// For tests and the bytes path: the whole file from one buffer, pushed in `chunk` pieces.
-pub fn load_in_chunks(bytes: &[u8], chunk: usize) -> Result<Streamed, EngineError> {
-    let mut l = StreamLoader::new(bytes.len() as f64)?;
+pub fn load_in_chunks(bytes: &[u8], chunk: usize) -> Result<Streamed, StreamError> {
+    let mut l = GgufStream::new(bytes.len() as u64)?;
     for c in bytes.chunks(chunk.max(1)) {
         l.push(c)?;
     }
@@ -508,12 +554,12 @@ mod tests {
 
     #[test]
     fn sha256_of_the_stream() {
-        let mut l = StreamLoader::new(3.0).unwrap();
-        assert_eq!(l.sha256().unwrap_err().code, ErrorCode::Gguf);
+        let mut l = GgufStream::new(3).unwrap();
+        assert_eq!(l.sha256().unwrap_err().kind, StreamErrorKind::Malformed);
         l.push(b"a").unwrap();
         // Not a GGUF, but the hash does not care; the header fails only at the end.
         let e = l.push(b"bc").unwrap_err();
-        assert_eq!(e.code, ErrorCode::Gguf, "{e}");
+        assert_eq!(e.kind, StreamErrorKind::Malformed, "{e}");
         assert_eq!(
             l.sha256().unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -523,35 +569,39 @@ mod tests {
     #[test]
     fn overflow_underflow_and_garbage_are_errors() {
         let file = tiny();
-        let mut l = StreamLoader::new((file.len() - 1) as f64).unwrap();
+        let mut l = GgufStream::new((file.len() - 1) as u64).unwrap();
         let e = l.push(&file).unwrap_err();
         assert!(e.message.contains("more than"), "{e}");
         // Dead after an error.
         assert_eq!(l.push(b"x").unwrap_err(), e);
 
-        let mut l = StreamLoader::new((file.len() + 10) as f64).unwrap();
+        let mut l = GgufStream::new((file.len() + 10) as u64).unwrap();
         l.push(&file).unwrap();
         let e = l.finish().unwrap_err();
         assert!(e.message.contains("ended after"), "{e}");
+        assert_eq!(l.finish().unwrap_err().kind, StreamErrorKind::Malformed);
+        // Used up by a successful finish too.
+        let mut l = GgufStream::new(file.len() as u64).unwrap();
+        l.push(&file).unwrap();
+        l.finish().unwrap();
+        assert_eq!(l.finish().unwrap_err().kind, StreamErrorKind::Used);
 
-        let mut l = StreamLoader::new(8.0).unwrap();
+        let mut l = GgufStream::new(8).unwrap();
         let e = l.push(b"NOTGGUF!").unwrap_err();
-        assert_eq!(e.code, ErrorCode::Gguf, "{e}");
+        assert_eq!(e.kind, StreamErrorKind::Malformed, "{e}");
 
-        for bad in [0.0, -1.0, 0.5, f64::NAN, f64::INFINITY] {
-            assert_eq!(
-                StreamLoader::new(bad).unwrap_err().code,
-                ErrorCode::InvalidArgument
-            );
-        }
+        assert_eq!(
+            GgufStream::new(0).unwrap_err().kind,
+            StreamErrorKind::InvalidArgument
+        );
     }
 
     #[test]
     fn a_tensor_past_the_end_is_an_error() {
         let mut file = tiny();
         file.truncate(file.len() - 4);
-        let mut l = StreamLoader::new(file.len() as f64).unwrap();
+        let mut l = GgufStream::new(file.len() as u64).unwrap();
         let e = l.push(&file).unwrap_err();
-        assert_eq!(e.code, ErrorCode::Gguf, "{e}");
+        assert_eq!(e.kind, StreamErrorKind::Malformed, "{e}");
     }
 }

@@ -2,7 +2,7 @@
 //! RoPE, the f16 KV cache, attention (scores, softmax, weighted sum of values) and SwiGLU.
 //!
 //! Together with the quantized matrix-vector kernels of `cube`, a block computes what the
-//! native CPU engine (`crate::model`) and llama.cpp's AVX2 build compute, operation for
+//! native CPU engine (`super::super::cpu`) and llama.cpp's AVX2 build compute, operation for
 //! operation: the same f16 rounding of Q, K, V and the attention weights, the same polynomial
 //! `exp` (with its range reduction and its slow path), the same reduction trees for the f16 dot
 //! products and the softmax sums. Every output is formed by one thread in a fixed order, so
@@ -27,22 +27,19 @@ use burn_cubecl::cubecl::server::Handle;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
-use super::cube::{
+use super::{
     CUBE, FMA_PROBE, cube_count, cube_tensor, fma_exact, fma_is_fused, hsum8, opaque, round_f16,
     thread_index,
 };
+use crate::models::llama::KV_PAD;
 use crate::{Error, Result};
-
-/// Attention runs over the cache padded to a multiple of this many positions, as the CPU
-/// engine and llama.cpp do (see `model::KV_PAD`): the padding decides the reduction order.
-pub(super) const KV_PAD: usize = 32;
 
 /// Most f32 scores held at once by one attention launch (64 MiB, half of WebGPU's default
 /// storage-buffer binding limit): longer prompts run in chunks of query rows.
 const MAX_SCORES: usize = 16 << 20;
 
 /// The block kernels of one model on one device.
-pub(super) struct Kernels {
+pub(in crate::models::llama) struct Kernels {
     device: CubeDevice,
     /// [`FMA_PROBE`] on the device.
     probe: Handle,
@@ -59,7 +56,7 @@ impl std::fmt::Debug for Kernels {
 }
 
 impl Kernels {
-    pub(super) fn new(device: &CubeDevice) -> Self {
+    pub(in crate::models::llama) fn new(device: &CubeDevice) -> Self {
         Self {
             device: device.clone(),
             probe: device.client().create_from_slice(f32::as_bytes(&FMA_PROBE)),
@@ -67,7 +64,7 @@ impl Kernels {
         }
     }
 
-    pub(super) fn set_exact(&mut self, on: bool) {
+    pub(in crate::models::llama) fn set_exact(&mut self, on: bool) {
         self.exact = on;
     }
 
@@ -86,7 +83,12 @@ impl Kernels {
     }
 
     /// `x / sqrt(mean(x²) + eps) * w` row by row; `w` is `[1, dim]`.
-    pub(super) fn rms_norm(&self, x: Tensor<2>, w: &Tensor<2>, eps: f32) -> Result<Tensor<2>> {
+    pub(in crate::models::llama) fn rms_norm(
+        &self,
+        x: Tensor<2>,
+        w: &Tensor<2>,
+        eps: f32,
+    ) -> Result<Tensor<2>> {
         let [rows, dim] = x.dims();
         if w.dims() != [1, dim] {
             return Err(Error::InvalidArgument(format!(
@@ -134,7 +136,7 @@ impl Kernels {
     /// Rotates adjacent pairs of the first `rope_dim` values of each head of `x`
     /// (`[seq, heads * hd]`) by the angles in `cos`, `sin` (`[seq, 1, rope_dim / 2]`), and
     /// rounds the result to f16 (the form in which attention uses Q and K).
-    pub(super) fn rope_f16(
+    pub(in crate::models::llama) fn rope_f16(
         &self,
         x: Tensor<2>,
         cos: &Tensor<3>,
@@ -181,7 +183,7 @@ impl Kernels {
     /// Writes `k` and `v` (`[seq, kv_dim]`) rounded to f16 at positions `start..start + seq`
     /// of one block's cache: `kc` holds keys position-major (`[cap, kv_dim]`), `vc` values
     /// transposed (`[kv_dim, cap]`), both stored in `[n_kv_heads, cap, head_dim]` tensors.
-    pub(super) fn kv_store(
+    pub(in crate::models::llama) fn kv_store(
         &self,
         k: Tensor<2>,
         v: Tensor<2>,
@@ -220,7 +222,7 @@ impl Kernels {
     /// Causal grouped-query attention of `q` (`[seq, heads * hd]`, f16-valued, positions
     /// `start..start + seq`) over the cache, which already holds those positions.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn attention(
+    pub(in crate::models::llama) fn attention(
         &self,
         q: Tensor<2>,
         kc: &Tensor<3>,
@@ -317,7 +319,7 @@ impl Kernels {
     }
 
     /// `silu(g) * u`, elementwise over `[rows, ffn]`.
-    pub(super) fn swiglu(&self, g: Tensor<2>, u: Tensor<2>) -> Result<Tensor<2>> {
+    pub(in crate::models::llama) fn swiglu(&self, g: Tensor<2>, u: Tensor<2>) -> Result<Tensor<2>> {
         let [rows, cols] = g.dims();
         if u.dims() != [rows, cols] {
             return Err(Error::InvalidArgument(format!(
@@ -828,12 +830,12 @@ mod tests {
     use burn::tensor::{Device, TensorData};
 
     use super::*;
-    use crate::burn_model::read_f32;
+    use crate::models::llama::burn::read_f32;
     use crate::sampler::SplitMix64;
 
     fn setup() -> Option<(Device, Kernels)> {
-        let device = super::super::cube::tests::shared_device()?;
-        let cube = super::super::cube::cube_device(&device).unwrap();
+        let device = super::super::tests::shared_device()?;
+        let cube = super::super::cube_device(&device).unwrap();
         let mut k = Kernels::new(&cube);
         k.set_exact(true);
         Some((device, k))
@@ -930,7 +932,7 @@ mod tests {
             .unwrap();
         let got = pollster::block_on(read_f32(out)).unwrap();
         let mut want = vec![0f32; x.len()];
-        crate::model::rms_norm(&x, &w, eps, &mut want);
+        crate::models::llama::cpu::rms_norm(&x, &w, eps, &mut want);
         assert_same(&got, &want, "rms_norm");
     }
 
