@@ -19,7 +19,7 @@ use std::time::Instant;
 use burn::tensor::Device;
 use kwaainet_core::gguf::Gguf;
 use kwaainet_core::models::llama::burn::{BurnKvCache, BurnLlama, read_f32};
-use kwaainet_core::{Error, LlamaConfig, LoadSpec, SpanModel};
+use kwaainet_core::{Error, LlamaConfig, LoadSpec, SpanCache, SpanModel};
 
 struct Case {
     name: String,

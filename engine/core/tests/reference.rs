@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::BufReader;
 
 use kwaainet_core::gguf::Gguf;
-use kwaainet_core::{Llama, LoadSpec};
+use kwaainet_core::{Llama, LoadSpec, SpanCache};
 use serde_json::Value;
 
 fn load(spec: Option<LoadSpec>) -> Option<Llama> {

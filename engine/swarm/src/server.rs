@@ -18,6 +18,7 @@ use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use kwaainet_core::SpanCache;
 use kwaainet_core::codec::Codec;
 use kwaainet_core::{KvCache, Llama};
 

@@ -80,38 +80,6 @@ impl KvCache {
             cap: 0,
         })
     }
-    /// Positions stored.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    /// True when nothing is stored.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    /// Capacity in positions.
-    pub fn max_ctx(&self) -> usize {
-        self.max_ctx
-    }
-    /// Blocks this cache serves.
-    pub fn blocks(&self) -> Range<usize> {
-        self.blocks.clone()
-    }
-    /// Forgets every position from `len` on (e.g. to re-run a suffix or to roll back).
-    pub fn truncate(&mut self, len: usize) {
-        if len < self.len {
-            self.len = len;
-            for k in &mut self.k {
-                k.truncate(len * self.kv_dim);
-            }
-            // Padded attention reads past `len`: stale values must read as zero.
-            for vt in &mut self.vt {
-                for row in vt.chunks_exact_mut(self.cap) {
-                    row[len..].fill(0.0);
-                }
-            }
-        }
-    }
-
     /// Appends keys and values (`n × kv_dim` each, after [`Self::reserve`]) of the
     /// positions following `len` to block `ci`, f16-rounded.
     fn append(&mut self, ci: usize, k: &[f32], v: &[f32]) {
@@ -148,10 +116,6 @@ impl KvCache {
         self.cap = cap;
     }
 
-    /// Forgets everything.
-    pub fn clear(&mut self) {
-        self.truncate(0);
-    }
     /// Bytes held by stored positions.
     pub fn n_bytes(&self) -> usize {
         self.k.iter().chain(&self.vt).map(|b| b.len() * 4).sum()
@@ -524,7 +488,18 @@ impl SpanCache for KvCache {
         self.blocks.clone()
     }
     fn truncate(&mut self, len: usize) {
-        KvCache::truncate(self, len);
+        if len < self.len {
+            self.len = len;
+            for k in &mut self.k {
+                k.truncate(len * self.kv_dim);
+            }
+            // Padded attention reads past `len`: stale values must read as zero.
+            for vt in &mut self.vt {
+                for row in vt.chunks_exact_mut(self.cap) {
+                    row[len..].fill(0.0);
+                }
+            }
+        }
     }
 }
 

@@ -617,36 +617,6 @@ impl BurnKvCache {
         })
     }
 
-    /// Positions held.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether no position is held.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Capacity in positions.
-    pub fn max_ctx(&self) -> usize {
-        self.max_ctx
-    }
-
-    /// The blocks this cache belongs to.
-    pub fn blocks(&self) -> Range<usize> {
-        self.blocks.clone()
-    }
-
-    /// Forgets every position.
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-
-    /// Keeps only the first `n` positions (no-op when `n >= len()`).
-    pub fn truncate(&mut self, n: usize) {
-        self.len = self.len.min(n);
-    }
-
     /// Writes `k`, `v` (`[n_kv, seq, hd]`) at `start_pos` for block `slot` and returns the
     /// keys and values of positions `0..start_pos + seq`.
     fn append(
@@ -685,7 +655,7 @@ impl SpanCache for BurnKvCache {
         self.blocks.clone()
     }
     fn truncate(&mut self, len: usize) {
-        BurnKvCache::truncate(self, len);
+        self.len = self.len.min(len);
     }
 }
 
