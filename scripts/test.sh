@@ -113,6 +113,11 @@ step_wasm-engine() {
         step_fetch-model
     fi
     bash scripts/build-wasm.sh
+    # Both modules' generated declarations satisfy the SDK's engine contract, their values
+    # typed by the Rust-generated engine-types.ts (the WebGPU module: the wasm32 step).
+    if [ -f dist/engine-webgpu/kwaainet_wasm.d.ts ]; then
+        node_modules/.bin/tsc -p engine/wasm/tests/types
+    fi
     node --test engine/wasm/tests/
 }
 

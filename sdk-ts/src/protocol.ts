@@ -118,47 +118,10 @@ export interface ModelInfo {
   hasChatTemplate: boolean;
 }
 
-/** What the loaded engine can hold and holds (both engines). Bytes unless named otherwise. */
-export interface EngineLimits {
-  /** KV-cache positions (the load's maxCtx). */
-  maxCtxTokens: number;
-  /** The largest maxCtx the model accepts (its training context). */
-  ctxLimitTokens: number;
-  kvCacheBytes: number;
-  /** The GGUF file. */
-  modelBytes: number;
-  /** The loaded weights (on the GPU for the WebGPU engine). */
-  weightBytes: number;
-  /** The engine module's linear memory (never shrinks: also its high-water mark). */
-  wasmMemoryBytes: number;
-  /** The most a wasm32 module can address (4 GiB; browsers may grant less). */
-  wasmMemoryMaxBytes: number;
-  simd128: boolean;
-}
-
-/** The WebGPU device limits the engine got (the ones that bound its buffers and kernels). */
-export interface GpuLimits {
-  maxBufferSize: number;
-  maxStorageBufferBindingSize: number;
-  maxUniformBufferBindingSize: number;
-  maxStorageBuffersPerShaderStage: number;
-  maxComputeWorkgroupStorageSize: number;
-  maxComputeInvocationsPerWorkgroup: number;
-  maxComputeWorkgroupSizeX: number;
-  maxComputeWorkgroupSizeY: number;
-  maxComputeWorkgroupSizeZ: number;
-  maxComputeWorkgroupsPerDimension: number;
-}
-
-export interface GpuInfo {
-  /** The adapter's description as the engine's device reports it (may be empty). */
-  adapter: string;
-  /** A software adapter (SwiftShader). */
-  fallbackAdapter: boolean;
-  /** wgpu's name for the API (`BrowserWebGpu`). */
-  backend: string;
-  limits: GpuLimits;
-}
+// What the loaded engine can hold and holds, and the WebGPU device it got: the engine
+// module's own types, generated from its Rust definitions (engine-types.ts).
+import type { EngineLimits, GpuInfo, GpuLimits } from './engine-types.js';
+export type { EngineLimits, GpuInfo, GpuLimits };
 
 export interface EngineInfo {
   host: HostKind;
@@ -381,6 +344,8 @@ const GPU_LIMIT_KEYS = [
   'maxComputeWorkgroupStorageSize', 'maxComputeInvocationsPerWorkgroup', 'maxComputeWorkgroupSizeX',
   'maxComputeWorkgroupSizeY', 'maxComputeWorkgroupSizeZ', 'maxComputeWorkgroupsPerDimension',
 ] as const satisfies readonly (keyof GpuLimits)[];
+/** Compiles only while GPU_LIMIT_KEYS names every generated GpuLimits key. */
+const GPU_LIMIT_KEYS_COMPLETE: Exclude<keyof GpuLimits, (typeof GPU_LIMIT_KEYS)[number]> extends never ? true : never = true;
 
 function engineLimits(value: unknown): EngineLimits {
   const r = record(value, 'info.limits', fail);

@@ -1,19 +1,23 @@
 /**
- * Hand-written mirror of the browser engine's JS API (engine/wasm, built by
- * `wasm-bindgen --target web`: `kwaainet_wasm.js` + `kwaainet_wasm_bg.wasm`), as its
- * contract states it. The engine host codes against these types only; when the generated
- * `kwaainet_wasm.d.ts` exists, a type test can assert that it satisfies `WasmEngineModule`.
+ * The browser engine's JS API (engine/wasm, built by `wasm-bindgen --target web`:
+ * `kwaainet_wasm.js` + `kwaainet_wasm_bg.wasm`), as its contract states it. The engine host
+ * codes against these types only. The values that cross (info, requests, step results) are
+ * typed by engine-types.ts, generated from the Rust types and kept equal to them by a Rust
+ * test; the classes and methods are declared here.
  *
  * Two modules share this API: the CPU engine (`dist/engine/`, synchronous `load` and
  * `step`) and the WebGPU engine (`dist/engine-webgpu/`, the crate's `webgpu` feature:
  * `load` and `step` return promises, since they wait for the GPU). The host awaits both
  * the same way.
- *
- * Values returned by the engine are still validated at run time (host/local-engine.ts):
- * the mirror can drift from the real module.
  */
 
+import type { WasmChatMessage, WasmEngineInfo, WasmStartRequest, WasmStepResult } from './engine-types.js';
 import type { WasmErrorCode } from './wasm-errors.js';
+
+export type {
+  EngineLimits as WasmEngineLimits, GpuInfo as WasmGpuInfo, GpuLimits as WasmGpuLimits, WasmBackend, WasmChatMessage,
+  WasmEngineInfo, WasmFinishReason, WasmStartRequest, WasmStepResult,
+} from './engine-types.js';
 
 export type InitInput = RequestInfo | URL | Response | BufferSource | WebAssembly.Module;
 
@@ -26,91 +30,6 @@ export interface WasmEngineError extends Error {
   max?: number;
 }
 export type SyncInitInput = BufferSource | WebAssembly.Module;
-
-export interface WasmChatMessage {
-  role: string;
-  content: string;
-}
-
-export interface WasmEngineInfo {
-  backend: 'cpu-wasm' | 'webgpu';
-  /** False for the WebGPU module. */
-  simd128: boolean;
-  /** WebGPU module only: the adapter (vendor, architecture, device, description; may be empty). */
-  adapter?: string;
-  engine_version: string;
-  architecture: string;
-  name: string | null;
-  n_layers: number;
-  n_embd: number;
-  n_ctx_train: number;
-  max_ctx: number;
-  vocab_size: number;
-  weight_bytes: number;
-  kv_cache_bytes: number;
-  has_chat_template: boolean;
-  /** What the engine can hold and holds (both modules). */
-  limits: WasmEngineLimits;
-  /** The WebGPU module: the adapter and the device limits it got; null on the CPU. */
-  gpu: WasmGpuInfo | null;
-}
-
-export interface WasmEngineLimits {
-  max_ctx_tokens: number;
-  ctx_limit_tokens: number;
-  kv_cache_bytes: number;
-  model_bytes: number;
-  weight_bytes: number;
-  /** Linear memory now (it never shrinks: also its high-water mark). */
-  wasm_memory_bytes: number;
-  wasm_memory_max_bytes: number;
-  simd128: boolean;
-}
-
-export interface WasmGpuLimits {
-  max_buffer_size: number;
-  max_storage_buffer_binding_size: number;
-  max_uniform_buffer_binding_size: number;
-  max_storage_buffers_per_shader_stage: number;
-  max_compute_workgroup_storage_size: number;
-  max_compute_invocations_per_workgroup: number;
-  max_compute_workgroup_size_x: number;
-  max_compute_workgroup_size_y: number;
-  max_compute_workgroup_size_z: number;
-  max_compute_workgroups_per_dimension: number;
-}
-
-export interface WasmGpuInfo {
-  adapter: string;
-  fallback_adapter: boolean;
-  backend: string;
-  limits: WasmGpuLimits;
-}
-
-/** Exactly one of prompt, messages or tokens. Defaults: max_tokens 256, temperature 0
- *  (greedy), top_k 0 (off), top_p 1, repeat_penalty 1, seed 0. */
-export interface WasmStartRequest {
-  prompt?: string;
-  messages?: WasmChatMessage[];
-  tokens?: number[];
-  max_tokens?: number;
-  temperature?: number;
-  top_k?: number;
-  top_p?: number;
-  repeat_penalty?: number;
-  seed?: number;
-  stop?: string[];
-}
-
-export interface WasmStepResult {
-  text: string;
-  tokens: number[];
-  done: boolean;
-  /** null while !done. "stop" = EOS/EOG or a stop string; "length" = max_tokens or context full. */
-  finish_reason: 'stop' | 'length' | null;
-  prompt_tokens: number;
-  completion_tokens: number;
-}
 
 export interface WasmGeneration {
   /** First call runs the prefill; every call then runs up to maxTokens decode steps.

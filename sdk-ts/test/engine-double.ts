@@ -248,22 +248,22 @@ export function engineDouble(options: DoubleOptions = {}): {
       return {
         backend: options.webgpu ? 'webgpu' : 'cpu-wasm', simd128: !options.webgpu,
         ...(options.webgpu && { adapter: 'double-vendor double-gpu' }),
-        engine_version: '0.0.0-double', architecture: 'llama', name: 'double',
-        n_layers: 2, n_embd: 8, n_ctx_train: 8192, max_ctx: this.maxCtx, vocab_size: 256,
-        weight_bytes: this.size, kv_cache_bytes: kv, has_chat_template: true,
+        engineVersion: '0.0.0-double', architecture: 'llama', name: 'double',
+        nLayers: 2, nEmbd: 8, nCtxTrain: 8192, maxCtx: this.maxCtx, vocabSize: 256,
+        weightBytes: this.size, kvCacheBytes: kv, hasChatTemplate: true,
         limits: {
-          max_ctx_tokens: this.maxCtx, ctx_limit_tokens: 8192, kv_cache_bytes: kv, model_bytes: this.size,
-          weight_bytes: this.size, wasm_memory_bytes: 65536 * 32, wasm_memory_max_bytes: 2 ** 32, simd128: !options.webgpu,
+          maxCtxTokens: this.maxCtx, ctxLimitTokens: 8192, kvCacheBytes: kv, modelBytes: this.size,
+          weightBytes: this.size, wasmMemoryBytes: 65536 * 32, wasmMemoryMaxBytes: 2 ** 32, simd128: !options.webgpu,
         },
         gpu: options.webgpu
           ? {
-            adapter: 'double-gpu', fallback_adapter: true, backend: 'BrowserWebGpu',
+            adapter: 'double-gpu', fallbackAdapter: true, backend: 'BrowserWebGpu',
             limits: {
-              max_buffer_size: 268435456, max_storage_buffer_binding_size: 134217728,
-              max_uniform_buffer_binding_size: 65536, max_storage_buffers_per_shader_stage: 8,
-              max_compute_workgroup_storage_size: 16384, max_compute_invocations_per_workgroup: 256,
-              max_compute_workgroup_size_x: 256, max_compute_workgroup_size_y: 256, max_compute_workgroup_size_z: 64,
-              max_compute_workgroups_per_dimension: 65535,
+              maxBufferSize: 268435456, maxStorageBufferBindingSize: 134217728,
+              maxUniformBufferBindingSize: 65536, maxStorageBuffersPerShaderStage: 8,
+              maxComputeWorkgroupStorageSize: 16384, maxComputeInvocationsPerWorkgroup: 256,
+              maxComputeWorkgroupSizeX: 256, maxComputeWorkgroupSizeY: 256, maxComputeWorkgroupSizeZ: 64,
+              maxComputeWorkgroupsPerDimension: 65535,
             },
           }
           : null,

@@ -326,9 +326,6 @@ async fn serve(api: &Shared, job: Job, kind: Kind, started: Instant) -> Result<R
             .await
             .map_err(|e| ApiError::internal(format!("prompt task: {e}")))??
     };
-    if prompt.is_empty() {
-        return Err(ApiError::invalid(Some("prompt"), "the prompt is empty"));
-    }
     let room = model.context.saturating_sub(prompt.len());
     let max_tokens = match job.max_tokens {
         Some(n) => n,
@@ -392,27 +389,17 @@ fn build_prompt(
     tok: &kwaainet_core::Tokenizer,
     template: Option<&kwaainet_core::ChatTemplate>,
 ) -> Result<(Vec<u32>, Option<String>), ApiError> {
-    let bad = |e: kwaainet_core::Error| ApiError::invalid(Some("messages"), e.to_string());
-    match spec {
-        PromptSpec::Chat(m) => Ok((
-            prompt_ids(tok, template, Prompt::Chat(m)).map_err(bad)?,
-            None,
-        )),
-        PromptSpec::Text(t) => Ok((
-            prompt_ids(tok, template, Prompt::Text(t)).map_err(bad)?,
-            Some(t.clone()),
-        )),
-        PromptSpec::Tokens(ids) => {
-            let vocab = tok.vocab_size();
-            if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-                return Err(ApiError::invalid(
-                    Some("prompt"),
-                    format!("token id {bad} is outside the vocabulary of {vocab}"),
-                ));
-            }
-            Ok((ids.clone(), None))
-        }
-    }
+    let (prompt, param, text) = match spec {
+        PromptSpec::Chat(m) => (Prompt::Chat(m), "messages", None),
+        PromptSpec::Text(t) => (Prompt::Text(t), "prompt", Some(t.clone())),
+        PromptSpec::Tokens(ids) => (Prompt::Tokens(ids), "prompt", None),
+    };
+    let ids = prompt_ids(tok, template, prompt).map_err(|e| match e {
+        // The prompt's own fault (empty, a token outside the vocabulary): its message alone.
+        kwaainet_core::Error::InvalidArgument(m) => ApiError::invalid(Some(param), m),
+        e => ApiError::invalid(Some(param), e.to_string()),
+    })?;
+    Ok((ids, text))
 }
 
 /// How tokens are named in log-probabilities: their text, or `token_id:<id>` when the

@@ -148,7 +148,9 @@ impl ChatTemplate {
 /// `messages` rendered through `template` (ChatML when the model ships none) with the
 /// assistant's generation prompt, or `text` as it is; BOS first when the model asks for it
 /// and the rendered text does not already start with it. Special-token texts in the prompt
-/// are parsed as the special tokens (as llama.cpp does).
+/// are parsed as the special tokens (as llama.cpp does). The caller's own token ids are
+/// taken as they are, once checked against the vocabulary. An empty prompt is an
+/// `InvalidArgument` error: there is nothing to continue.
 pub fn prompt_ids(
     tokenizer: &crate::Tokenizer,
     template: Option<&ChatTemplate>,
@@ -160,6 +162,15 @@ pub fn prompt_ids(
             None => ChatTemplate::chatml().render(messages, true)?,
         },
         Prompt::Text(text) => text.to_owned(),
+        Prompt::Tokens(ids) => {
+            let vocab = tokenizer.vocab_size();
+            if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                return Err(Error::InvalidArgument(format!(
+                    "token id {bad} is outside the vocabulary of {vocab}"
+                )));
+            }
+            return non_empty(ids.to_vec());
+        }
     };
     let mut ids = Vec::new();
     if tokenizer.add_bos()
@@ -169,6 +180,13 @@ pub fn prompt_ids(
         ids.push(b);
     }
     ids.extend(tokenizer.encode(&text, true)?);
+    non_empty(ids)
+}
+
+fn non_empty(ids: Vec<u32>) -> Result<Vec<u32>> {
+    if ids.is_empty() {
+        return Err(Error::InvalidArgument("the prompt is empty".into()));
+    }
     Ok(ids)
 }
 
@@ -179,6 +197,8 @@ pub enum Prompt<'a> {
     Chat(&'a [ChatMessage]),
     /// Text used as it is.
     Text(&'a str),
+    /// Token ids used as they are.
+    Tokens(&'a [u32]),
 }
 
 #[cfg(test)]

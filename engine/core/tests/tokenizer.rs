@@ -562,3 +562,40 @@ fn chat_template_from_metadata() {
         Err(Error::Template(_))
     ));
 }
+
+#[test]
+fn prompt_ids_of_every_form() {
+    use kwaainet_core::chat::{Prompt, prompt_ids};
+    let Some(tok) = smollm() else { return };
+    let tmpl = ChatTemplate::from_gguf(model().unwrap()).unwrap();
+    let text = "The capital of France is";
+    let from_text = prompt_ids(tok, tmpl.as_ref(), Prompt::Text(text)).unwrap();
+    assert_eq!(
+        from_text,
+        tok.encode(text, true).unwrap(),
+        "SmolLM2 adds no BOS"
+    );
+    // The caller's own ids are taken as they are.
+    let from_ids = prompt_ids(tok, tmpl.as_ref(), Prompt::Tokens(&from_text)).unwrap();
+    assert_eq!(from_ids, from_text);
+    let chat = [ChatMessage::new("user", "Hi")];
+    let from_chat = prompt_ids(tok, tmpl.as_ref(), Prompt::Chat(&chat)).unwrap();
+    let rendered = tmpl.as_ref().unwrap().render(&chat, true).unwrap();
+    assert_eq!(from_chat, tok.encode(&rendered, true).unwrap());
+    // Nothing to continue, or an id the model does not have: the caller's error.
+    for bad in [
+        Prompt::Text(""),
+        Prompt::Tokens(&[]),
+        Prompt::Tokens(&[1, 49_152]),
+    ] {
+        match prompt_ids(tok, tmpl.as_ref(), bad) {
+            Err(Error::InvalidArgument(m)) => {
+                assert!(
+                    m.contains("empty") || m.contains("outside the vocabulary of 49152"),
+                    "{m}"
+                )
+            }
+            other => panic!("{bad:?} gave {other:?}"),
+        }
+    }
+}

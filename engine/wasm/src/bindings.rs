@@ -6,6 +6,11 @@ use wasm_bindgen::prelude::*;
 use crate::engine::{Engine, EngineError, ErrorCode, Generation, Message, Request};
 use kwaainet_core::gguf_stream::GgufStream;
 
+// The value types (`WasmEngineInfo`, `WasmStartRequest`, …) in the module's own
+// declarations: generated from the Rust types in `engine.rs` (see `engine_types.rs`).
+#[wasm_bindgen(typescript_custom_section)]
+const ENGINE_TYPES: &str = include_str!("../../../sdk-ts/src/engine-types.ts");
+
 /// The crate version.
 #[wasm_bindgen(js_name = engineVersion)]
 pub fn engine_version() -> String {
@@ -98,6 +103,7 @@ impl WasmEngine {
     /// Parses a GGUF held in memory and loads it onto a WebGPU device; resolves to the
     /// engine, or rejects with code `webgpu` when the browser has no usable adapter.
     #[cfg(feature = "webgpu")]
+    #[wasm_bindgen(unchecked_return_type = "Promise<WasmEngine>")]
     pub fn load(bytes: Vec<u8>, #[wasm_bindgen(js_name = maxCtx)] max_ctx: f64) -> js_sys::Promise {
         wasm_bindgen_futures::future_to_promise(async move {
             let inner = Engine::load_webgpu(&bytes, max_ctx).await.map_err(js_err)?;
@@ -121,6 +127,7 @@ impl WasmEngine {
     }
 
     /// Model and engine facts.
+    #[wasm_bindgen(unchecked_return_type = "WasmEngineInfo")]
     pub fn info(&self) -> Result<JsValue, JsValue> {
         to_js(&self.inner.info().map_err(js_err)?)
     }
@@ -143,7 +150,7 @@ impl WasmEngine {
     #[wasm_bindgen(js_name = applyChatTemplate)]
     pub fn apply_chat_template(
         &self,
-        messages: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "WasmChatMessage[]")] messages: JsValue,
         #[wasm_bindgen(js_name = addGenerationPrompt)] add_generation_prompt: bool,
     ) -> Result<String, JsValue> {
         let messages: Vec<Message> =
@@ -154,7 +161,10 @@ impl WasmEngine {
     }
 
     /// Starts a generation (ending this engine's previous one).
-    pub fn start(&self, request: JsValue) -> Result<WasmGeneration, JsValue> {
+    pub fn start(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "WasmStartRequest")] request: JsValue,
+    ) -> Result<WasmGeneration, JsValue> {
         check_keys("request", &request, Request::FIELDS)?;
         let req: Request =
             serde_wasm_bindgen::from_value(request).map_err(|e| options_err("request", e))?;
@@ -195,6 +205,7 @@ impl WasmGeneration {
     /// Runs the prefill on the first call, then up to `maxTokens` decode steps; returns
     /// what they produced (`step(0)` on the first call runs only the prefill).
     #[cfg(not(feature = "webgpu"))]
+    #[wasm_bindgen(unchecked_return_type = "WasmStepResult")]
     pub fn step(
         &self,
         #[wasm_bindgen(js_name = maxTokens)] max_tokens: f64,
@@ -205,6 +216,7 @@ impl WasmGeneration {
 
     /// As in the CPU engine, but resolves once the device has produced the tokens.
     #[cfg(feature = "webgpu")]
+    #[wasm_bindgen(unchecked_return_type = "Promise<WasmStepResult>")]
     pub fn step(&self, #[wasm_bindgen(js_name = maxTokens)] max_tokens: f64) -> js_sys::Promise {
         let inner = self.inner.clone();
         wasm_bindgen_futures::future_to_promise(async move {
@@ -285,6 +297,7 @@ impl GgufLoader {
     /// Loads the model onto a WebGPU device; rejects with code `webgpu` without one. The
     /// loader is used up.
     #[cfg(feature = "webgpu")]
+    #[wasm_bindgen(unchecked_return_type = "Promise<WasmEngine>")]
     pub fn finish(&mut self, #[wasm_bindgen(js_name = maxCtx)] max_ctx: f64) -> js_sys::Promise {
         let streamed = self.inner.finish();
         wasm_bindgen_futures::future_to_promise(async move {

@@ -21,15 +21,35 @@ pub use crate::error::{EngineError, ErrorCode};
 
 type Result<T, E = EngineError> = std::result::Result<T, E>;
 
+// The shapes below cross to JavaScript. Their TypeScript types are generated from these
+// definitions (ts-rs, in this crate's tests) into `sdk-ts/src/engine-types.ts`, and a test
+// fails when that file differs: change a shape here, then regenerate it (`KWAAINET_BLESS=1`).
+
+/// Which engine module runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(test, derive(ts_rs::TS), ts(rename = "WasmBackend"))]
+pub enum Backend {
+    /// The CPU module (simd128 kernels).
+    CpuWasm,
+    /// The WebGPU module (burn's wgpu backend and the CubeCL kernels).
+    Webgpu,
+}
+
 /// What `WasmEngine.info()` returns.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(test, derive(ts_rs::TS), ts(rename = "WasmEngineInfo"))]
 pub struct Info {
-    pub backend: &'static str,
-    /// The WebGPU adapter, when known (the page can describe it from `navigator.gpu`).
+    pub backend: Backend,
+    /// WebGPU module only: the adapter (vendor, architecture, device, description; may be
+    /// empty).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, ts(optional))]
     pub adapter: Option<String>,
+    /// False for the WebGPU module.
     pub simd128: bool,
-    pub engine_version: &'static str,
+    pub engine_version: String,
     pub architecture: String,
     pub name: Option<String>,
     pub n_layers: u32,
@@ -47,14 +67,17 @@ pub struct Info {
     pub gpu: Option<GpuInfo>,
 }
 
-/// The engine's limits, for both modules. Byte counts are `f64` (JavaScript numbers).
+/// What the loaded engine can hold and holds (both engines). Bytes unless named otherwise
+/// (`f64`: JavaScript numbers).
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(test, derive(ts_rs::TS), ts(rename = "EngineLimits"))]
 pub struct EngineLimits {
     /// Positions the KV cache holds (`maxCtx` of the load).
     pub max_ctx_tokens: u32,
     /// The largest `maxCtx` this model accepts (its training context).
     pub ctx_limit_tokens: u32,
-    /// The KV cache at `max_ctx_tokens`.
+    /// The KV cache at `maxCtxTokens`.
     pub kv_cache_bytes: f64,
     /// The GGUF file's size.
     pub model_bytes: f64,
@@ -70,6 +93,8 @@ pub struct EngineLimits {
 
 /// The WebGPU adapter and device limits, as the engine's device got them.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(test, derive(ts_rs::TS), ts(rename = "GpuInfo"))]
 pub struct GpuInfo {
     /// The adapter's description (browsers may leave it empty).
     pub adapter: String,
@@ -80,8 +105,10 @@ pub struct GpuInfo {
     pub limits: GpuLimits,
 }
 
-/// The device limits that bound the engine's buffers and kernels.
+/// The WebGPU device limits the engine got (the ones that bound its buffers and kernels).
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(test, derive(ts_rs::TS), ts(rename = "GpuLimits"))]
 pub struct GpuLimits {
     pub max_buffer_size: f64,
     pub max_storage_buffer_binding_size: f64,
@@ -98,6 +125,7 @@ pub struct GpuLimits {
 /// One chat message as JavaScript passes it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(rename = "WasmChatMessage"))]
 pub struct Message {
     pub role: String,
     pub content: String,
@@ -106,8 +134,17 @@ pub struct Message {
 /// The argument of `WasmEngine.start()`. Unknown fields are rejected (see
 /// [`Request::FIELDS`]) so that a misspelt option (`maxTokens`) fails loudly instead of
 /// being ignored.
+///
+/// Exactly one of `prompt`, `messages` or `tokens`. Defaults: `max_tokens` 256,
+/// `temperature` 0 (greedy), `top_k` 0 (off), `top_p` 1, `repeat_penalty` 1, `seed` 0. The
+/// names are the OpenAI API's.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(
+    test,
+    derive(ts_rs::TS),
+    ts(rename = "WasmStartRequest", optional_fields)
+)]
 pub struct Request {
     pub prompt: Option<String>,
     pub messages: Option<Vec<Message>>,
@@ -117,6 +154,8 @@ pub struct Request {
     pub top_k: Option<u32>,
     pub top_p: Option<f32>,
     pub repeat_penalty: Option<f32>,
+    /// A whole number below 2^53 from JavaScript.
+    #[cfg_attr(test, ts(type = "number", optional))]
     pub seed: Option<u64>,
     pub stop: Option<Vec<String>>,
 }
@@ -137,13 +176,26 @@ impl Request {
     ];
 }
 
-/// What `WasmGeneration.step()` returns.
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(test, derive(ts_rs::TS), ts(rename = "WasmFinishReason"))]
+pub enum Finish {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens`, or the context is full.
+    Length,
+}
+
+/// What `WasmGeneration.step()` returns: the text and tokens produced by this call.
 #[derive(Debug, Clone, Default, Serialize)]
+#[cfg_attr(test, derive(ts_rs::TS), ts(rename = "WasmStepResult"))]
 pub struct StepResult {
     pub text: String,
     pub tokens: Vec<u32>,
     pub done: bool,
-    pub finish_reason: Option<&'static str>,
+    /// `null` while not `done`.
+    pub finish_reason: Option<Finish>,
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
 }
@@ -434,9 +486,9 @@ impl Engine {
             let c = l.model.config();
             let kv_bytes = 2 * c.n_layers * l.max_ctx * c.kv_dim() * size_of::<f32>();
             let (backend, simd128) = match l.model {
-                Model::Cpu(_) => ("cpu-wasm", crate::has_simd128()),
+                Model::Cpu(_) => (Backend::CpuWasm, crate::has_simd128()),
                 #[cfg(feature = "webgpu")]
-                Model::Gpu(_) => ("webgpu", false),
+                Model::Gpu(_) => (Backend::Webgpu, false),
             };
             #[cfg(feature = "webgpu")]
             let gpu = l.gpu.as_ref().map(|g| g.info().clone());
@@ -457,7 +509,7 @@ impl Engine {
                 backend,
                 adapter: l.adapter.clone(),
                 simd128,
-                engine_version: crate::engine_version_str(),
+                engine_version: crate::engine_version_str().to_owned(),
                 architecture: c.arch.clone(),
                 name: l.name.clone(),
                 n_layers: to_u32(c.n_layers),
@@ -733,8 +785,8 @@ impl Collect {
             tokens: g.tokens()[self.before..].to_vec(),
             done: finish.is_some(),
             finish_reason: finish.map(|r| match r {
-                FinishReason::Length => "length",
-                FinishReason::Stop | FinishReason::Cancelled => "stop",
+                FinishReason::Length => Finish::Length,
+                FinishReason::Stop | FinishReason::Cancelled => Finish::Stop,
             }),
             prompt_tokens: to_u32(g.prompt_tokens()),
             completion_tokens: to_u32(g.tokens().len()),
@@ -769,7 +821,7 @@ fn render(l: &Loaded, messages: &[Message], add_generation_prompt: bool) -> Resu
 }
 
 /// The prompt's token ids, built by `kwaainet_core::chat::prompt_ids` as the CLI and the
-/// node's API build them (template, BOS rule, special tokens), or the caller's own ids.
+/// node's API build them (template, BOS rule, special tokens, the caller's own ids checked).
 fn prompt_ids(l: &Loaded, req: &Request) -> Result<Vec<u32>> {
     let messages: Vec<ChatMessage>;
     let prompt = match (&req.prompt, &req.messages, &req.tokens) {
@@ -781,22 +833,7 @@ fn prompt_ids(l: &Loaded, req: &Request) -> Result<Vec<u32>> {
                 .collect();
             Prompt::Chat(&messages)
         }
-        (None, None, Some(t)) => {
-            let vocab = l.tokenizer.vocab_size();
-            if let Some(bad) = t.iter().find(|&&t| t as usize >= vocab) {
-                return Err(EngineError::new(
-                    ErrorCode::InvalidArgument,
-                    format!("token id {bad} outside the vocabulary of {vocab}"),
-                ));
-            }
-            if t.is_empty() {
-                return Err(EngineError::new(
-                    ErrorCode::InvalidArgument,
-                    "tokens is empty",
-                ));
-            }
-            return Ok(t.clone());
-        }
+        (None, None, Some(t)) => Prompt::Tokens(t),
         _ => {
             return Err(EngineError::new(
                 ErrorCode::InvalidArgument,
@@ -804,14 +841,11 @@ fn prompt_ids(l: &Loaded, req: &Request) -> Result<Vec<u32>> {
             ));
         }
     };
-    let ids = kwaainet_core::chat::prompt_ids(&l.tokenizer, l.template.as_ref(), prompt)?;
-    if ids.is_empty() {
-        return Err(EngineError::new(
-            ErrorCode::InvalidArgument,
-            "the prompt is empty",
-        ));
-    }
-    Ok(ids)
+    Ok(kwaainet_core::chat::prompt_ids(
+        &l.tokenizer,
+        l.template.as_ref(),
+        prompt,
+    )?)
 }
 
 fn options(req: &Request) -> Result<GenerateOptions> {

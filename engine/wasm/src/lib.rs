@@ -12,6 +12,8 @@
 //! crate is the plain-Rust [`engine`], which its tests run against the real model.
 
 pub mod engine;
+#[cfg(test)]
+mod engine_types;
 pub mod error;
 #[cfg(feature = "webgpu")]
 mod gpu;

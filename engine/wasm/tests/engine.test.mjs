@@ -150,14 +150,14 @@ test('info', { skip }, () => {
   assert.equal(info.backend, 'cpu-wasm');
   assert.equal(info.simd128, true);
   assert.equal(info.architecture, 'llama');
-  assert.equal(info.n_layers, 30);
-  assert.equal(info.n_embd, 576);
-  assert.equal(info.vocab_size, 49152);
-  assert.equal(info.max_ctx, 2048);
-  assert.equal(info.n_ctx_train, 8192);
-  assert.equal(info.has_chat_template, true);
-  assert.ok(info.weight_bytes > 90e6 && info.weight_bytes < modelBytes.length);
-  assert.ok(info.kv_cache_bytes > 0);
+  assert.equal(info.nLayers, 30);
+  assert.equal(info.nEmbd, 576);
+  assert.equal(info.vocabSize, 49152);
+  assert.equal(info.maxCtx, 2048);
+  assert.equal(info.nCtxTrain, 8192);
+  assert.equal(info.hasChatTemplate, true);
+  assert.ok(info.weightBytes > 90e6 && info.weightBytes < modelBytes.length);
+  assert.ok(info.kvCacheBytes > 0);
   assert.ok(info.name === null || typeof info.name === 'string');
 });
 

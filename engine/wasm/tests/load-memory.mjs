@@ -44,9 +44,9 @@ process.stdout.write(`${JSON.stringify({
   mode,
   ms: Math.round(ms),
   wasmMemoryBytes: exports.memory.buffer.byteLength,
-  limitsWasmMemoryBytes: info.limits.wasm_memory_bytes,
+  limitsWasmMemoryBytes: info.limits.wasmMemoryBytes,
   jsPeakBytes: Math.max(0, jsPeak),
   maxRssBytes: process.resourceUsage().maxRSS * 1024,
-  modelBytes: info.limits.model_bytes,
-  weightBytes: info.limits.weight_bytes,
+  modelBytes: info.limits.modelBytes,
+  weightBytes: info.limits.weightBytes,
 })}\n`);

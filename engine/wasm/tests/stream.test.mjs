@@ -71,20 +71,20 @@ test('streamed load: same tokens as llama.cpp, SHA-256 of the file, limits', { s
   const info = engine.info();
   const l = info.limits;
   assert.equal(info.gpu, null);
-  assert.deepEqual([l.max_ctx_tokens, l.ctx_limit_tokens, l.model_bytes, l.simd128], [2048, 8192, modelBytes.length, true]);
-  assert.equal(l.kv_cache_bytes, info.kv_cache_bytes);
-  assert.equal(l.weight_bytes, info.weight_bytes);
-  assert.ok(l.weight_bytes > 90e6 && l.weight_bytes < modelBytes.length);
-  assert.equal(l.wasm_memory_bytes, exports.memory.buffer.byteLength);
-  assert.equal(l.wasm_memory_max_bytes, 2 ** 32);
+  assert.deepEqual([l.maxCtxTokens, l.ctxLimitTokens, l.modelBytes, l.simd128], [2048, 8192, modelBytes.length, true]);
+  assert.equal(l.kvCacheBytes, info.kvCacheBytes);
+  assert.equal(l.weightBytes, info.weightBytes);
+  assert.ok(l.weightBytes > 90e6 && l.weightBytes < modelBytes.length);
+  assert.equal(l.wasmMemoryBytes, exports.memory.buffer.byteLength);
+  assert.equal(l.wasmMemoryMaxBytes, 2 ** 32);
   engine.free();
 });
 
 test('the limits of a load from one buffer', { skip }, () => {
   const engine = WasmEngine.load(modelBytes, 64);
   const l = engine.info().limits;
-  assert.deepEqual([l.max_ctx_tokens, l.model_bytes], [64, modelBytes.length]);
-  assert.ok(l.wasm_memory_bytes >= 2 * l.weight_bytes, 'the file and the weights were both in wasm memory');
+  assert.deepEqual([l.maxCtxTokens, l.modelBytes], [64, modelBytes.length]);
+  assert.ok(l.wasmMemoryBytes >= 2 * l.weightBytes, 'the file and the weights were both in wasm memory');
   engine.free();
 });
 

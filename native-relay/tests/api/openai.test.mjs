@@ -254,6 +254,8 @@ test('bad requests get OpenAI-shaped errors with the right status, and the node 
     ['context exceeded', '/v1/chat/completions', { body: { messages: msg, max_tokens: 5000 } }, 400, 'context_length_exceeded'],
     ['prompt beyond the context', '/v1/completions', { body: { prompt: 'word '.repeat(3000), max_tokens: 1 } }, 400, 'context_length_exceeded'],
     ['token outside the vocabulary', '/v1/completions', { body: { prompt: [1, 2, 999999] } }, 400, null],
+    ['empty text prompt', '/v1/completions', { body: { prompt: '' } }, 400, null],
+    ['empty token prompt', '/v1/completions', { body: { prompt: [] } }, 400, null],
     ['two prompts', '/v1/completions', { body: { prompt: ['a', 'b'] } }, 400, null],
     ['oversized body', '/v1/chat/completions', { body: { messages: [{ role: 'user', content: 'x'.repeat(70_000) }] } }, 413, 'request_too_large'],
     ['no key', '/v1/chat/completions', { body: { messages: msg }, headers: { authorization: '' } }, 401, 'invalid_api_key'],
