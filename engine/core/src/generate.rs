@@ -278,6 +278,25 @@ impl<S: Session> Generator<S> {
         };
         self.finish_step(tokenizer, logits)
     }
+
+    /// Runs the prefill when it has not run yet, then up to `max_tokens` decode steps, then
+    /// the end when nothing is left to compute (rather than on the next call): what a host
+    /// that streams in chunks runs per chunk (`run_steps(.., 0)` on a new generation runs only the
+    /// prefill).
+    pub fn run_steps(&mut self, tokenizer: &Tokenizer, max_tokens: usize) -> Result<StepBatch> {
+        let mut out = StepBatch::start(self);
+        if !self.is_prefilled() {
+            out.push(self.step(tokenizer)?);
+        }
+        let mut n = 0;
+        while n < max_tokens && self.finish_reason().is_none() {
+            n += out.push(self.step(tokenizer)?);
+        }
+        if self.is_ending() {
+            out.push(self.step(tokenizer)?);
+        }
+        Ok(out.end(self))
+    }
 }
 
 impl<S: AsyncSession> Generator<S> {
@@ -294,6 +313,75 @@ impl<S: AsyncSession> Generator<S> {
             None => Ok(None),
         };
         self.finish_step(tokenizer, logits)
+    }
+
+    /// [`Generator::run_steps`] for an [`AsyncSession`].
+    pub async fn run_steps_async(
+        &mut self,
+        tokenizer: &Tokenizer,
+        max_tokens: usize,
+    ) -> Result<StepBatch> {
+        let mut out = StepBatch::start(self);
+        if !self.is_prefilled() {
+            out.push(self.step_async(tokenizer).await?);
+        }
+        let mut n = 0;
+        while n < max_tokens && self.finish_reason().is_none() {
+            n += out.push(self.step_async(tokenizer).await?);
+        }
+        if self.is_ending() {
+            out.push(self.step_async(tokenizer).await?);
+        }
+        Ok(out.end(self))
+    }
+}
+
+/// What one [`Generator::run_steps`] call produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepBatch {
+    /// The text that became final during the call.
+    pub text: String,
+    /// The tokens sampled during the call.
+    pub tokens: Vec<u32>,
+    /// Set once the generation is over.
+    pub finish: Option<FinishReason>,
+    /// Tokens generated so far, this call's included.
+    pub completion_tokens: usize,
+    /// The prompt's length.
+    pub prompt_tokens: usize,
+    /// How many of the generation's tokens came before this call.
+    before: usize,
+}
+
+impl StepBatch {
+    fn start<S>(g: &Generator<S>) -> Self {
+        Self {
+            before: g.tokens().len(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a step's text; counts 1 for a token.
+    fn push(&mut self, step: Step) -> usize {
+        match step {
+            Step::Token { text, .. } => {
+                self.text.push_str(&text);
+                1
+            }
+            Step::Finished { text, .. } => {
+                self.text.push_str(&text);
+                0
+            }
+            Step::Prefilled => 0,
+        }
+    }
+
+    fn end<S>(mut self, g: &Generator<S>) -> Self {
+        self.tokens = g.tokens()[self.before..].to_vec();
+        self.finish = g.finish_reason();
+        self.completion_tokens = g.tokens().len();
+        self.prompt_tokens = g.prompt_tokens();
+        self
     }
 }
 

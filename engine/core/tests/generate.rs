@@ -158,3 +158,39 @@ fn prompts_that_do_not_fit_are_rejected() {
     assert!(generate(&mut session, &f.tok, &[], &opts, |_| true).is_err());
     assert!(session.is_empty());
 }
+
+/// `run_steps` in chunks (prefill alone, then a few tokens per call) gives what `generate`
+/// gives, and reports the end in the call that reaches it.
+#[test]
+fn run_steps_in_chunks_equals_the_whole_loop() {
+    use kwaainet_core::generate::Generator;
+    let Some(f) = fixture() else { return };
+    let opts = GenerateOptions {
+        max_tokens: 64,
+        ..Default::default()
+    };
+    let (whole, _) = run(&f, &opts, None);
+    let session = CpuSession::new(&f.model, 256).unwrap();
+    let mut g = Generator::new(session, &f.prompt, &opts).unwrap();
+    let first = g.run_steps(&f.tok, 0).unwrap();
+    assert!(first.tokens.is_empty() && first.text.is_empty() && first.finish.is_none());
+    assert_eq!(first.prompt_tokens, f.prompt.len());
+    let (mut text, mut tokens, mut calls) = (String::new(), Vec::new(), 0);
+    loop {
+        let b = g.run_steps(&f.tok, 3).unwrap();
+        calls += 1;
+        assert!(b.tokens.len() <= 3);
+        text.push_str(&b.text);
+        tokens.extend(&b.tokens);
+        assert_eq!(b.completion_tokens, tokens.len());
+        if let Some(reason) = b.finish {
+            assert_eq!(reason, whole.finish);
+            break;
+        }
+        assert!(calls < 64, "never finished");
+    }
+    assert_eq!((text, tokens), (whole.text, whole.tokens));
+    // Over: later calls produce nothing.
+    let after = g.run_steps(&f.tok, 3).unwrap();
+    assert!(after.tokens.is_empty() && after.text.is_empty() && after.finish.is_some());
+}

@@ -6,7 +6,7 @@ use std::io::Cursor;
 use std::rc::Rc;
 
 use kwaainet_core::chat::{ChatMessage, ChatTemplate, Prompt};
-use kwaainet_core::generate::{CpuSession, FinishReason, GenerateOptions, Generator, Step};
+use kwaainet_core::generate::{CpuSession, FinishReason, GenerateOptions, Generator, StepBatch};
 use kwaainet_core::gguf::Gguf;
 #[cfg(feature = "webgpu")]
 use kwaainet_core::models::llama::burn::{BurnLlama, BurnSession};
@@ -666,21 +666,7 @@ impl Generation {
             }
             _ => return Err(replaced()),
         };
-        let mut out = Collect::new(generator);
-        if !generator.is_prefilled() {
-            out.push(generator.step(tokenizer)?);
-        }
-        let mut n = 0;
-        while n < max_tokens && generator.finish_reason().is_none() {
-            let step = generator.step(tokenizer)?;
-            n += u32::from(matches!(step, Step::Token { .. }));
-            out.push(step);
-        }
-        // Report the end now rather than on the next call when nothing is left to compute.
-        if generator.is_ending() {
-            out.push(generator.step(tokenizer)?);
-        }
-        Ok(out.finish(generator))
+        Ok(report(generator.run_steps(tokenizer, max_tokens as usize)?))
     }
 
     /// [`Generation::step`] for the WebGPU engine (the CPU one runs synchronously). While a
@@ -709,23 +695,11 @@ impl Generation {
                 _ => return Err(replaced()),
             }
         };
-        let result = async {
-            let mut out = Collect::new(&generator);
-            if !generator.is_prefilled() {
-                out.push(generator.step_async(&tokenizer).await?);
-            }
-            let mut n = 0;
-            while n < max_tokens && generator.finish_reason().is_none() {
-                let step = generator.step_async(&tokenizer).await?;
-                n += u32::from(matches!(step, Step::Token { .. }));
-                out.push(step);
-            }
-            if generator.is_ending() {
-                out.push(generator.step_async(&tokenizer).await?);
-            }
-            Ok(out.finish(&generator))
-        }
-        .await;
+        let result = generator
+            .run_steps_async(&tokenizer, max_tokens as usize)
+            .await
+            .map(report)
+            .map_err(EngineError::from);
         // Put the generation back unless it was replaced or the engine freed meanwhile.
         let mut shared = self.shared.try_borrow_mut().map_err(|_| busy())?;
         // A step that failed because the device went away says so.
@@ -758,39 +732,18 @@ fn replaced() -> EngineError {
     )
 }
 
-/// What one `step` call reports: the text and tokens produced since it began.
-struct Collect {
-    before: usize,
-    text: String,
-}
-
-impl Collect {
-    fn new<S>(g: &Generator<S>) -> Self {
-        Self {
-            before: g.tokens().len(),
-            text: String::new(),
-        }
-    }
-
-    fn push(&mut self, step: Step) {
-        if let Step::Token { text, .. } | Step::Finished { text, .. } = step {
-            self.text.push_str(&text);
-        }
-    }
-
-    fn finish<S>(self, g: &Generator<S>) -> StepResult {
-        let finish = g.finish_reason();
-        StepResult {
-            text: self.text,
-            tokens: g.tokens()[self.before..].to_vec(),
-            done: finish.is_some(),
-            finish_reason: finish.map(|r| match r {
-                FinishReason::Length => Finish::Length,
-                FinishReason::Stop | FinishReason::Cancelled => Finish::Stop,
-            }),
-            prompt_tokens: to_u32(g.prompt_tokens()),
-            completion_tokens: to_u32(g.tokens().len()),
-        }
+/// A core [`StepBatch`] as `step()` reports it.
+fn report(a: StepBatch) -> StepResult {
+    StepResult {
+        text: a.text,
+        tokens: a.tokens,
+        done: a.finish.is_some(),
+        finish_reason: a.finish.map(|r| match r {
+            FinishReason::Length => Finish::Length,
+            FinishReason::Stop | FinishReason::Cancelled => Finish::Stop,
+        }),
+        prompt_tokens: to_u32(a.prompt_tokens),
+        completion_tokens: to_u32(a.completion_tokens),
     }
 }
 

@@ -84,7 +84,7 @@ enum Linear {
     /// GGML blocks on a CubeCL device, used by our fused kernels (which always round the
     /// activations as llama.cpp does).
     #[cfg(feature = "wgpu")]
-    Quant(cube::QMatrix),
+    Quant(cube::DeviceQMatrix),
 }
 
 impl Linear {
@@ -727,7 +727,7 @@ impl<R: Read + Seek> WeightSource for Loader<'_, R> {
         #[cfg(feature = "wgpu")]
         if let (Some(dev), Some(format)) = (&self.cube, cube::QFormat::of(info.dtype)) {
             let raw = self.gguf.read_tensor(self.r, info)?;
-            return Ok(Linear::Quant(cube::QMatrix::upload(
+            return Ok(Linear::Quant(cube::DeviceQMatrix::upload(
                 format, &raw, n_out, n_in, dev,
             )?));
         }

@@ -94,7 +94,7 @@ impl QFormat {
 }
 
 /// A `[rows, cols]` GGML matrix (`cols` values per row) resident on a CubeCL device.
-pub(super) struct QMatrix {
+pub(super) struct DeviceQMatrix {
     format: QFormat,
     rows: usize,
     cols: usize,
@@ -109,9 +109,9 @@ pub(super) struct QMatrix {
     device: CubeDevice,
 }
 
-impl std::fmt::Debug for QMatrix {
+impl std::fmt::Debug for DeviceQMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QMatrix")
+        f.debug_struct("DeviceQMatrix")
             .field("format", &self.format)
             .field("rows", &self.rows)
             .field("cols", &self.cols)
@@ -119,7 +119,7 @@ impl std::fmt::Debug for QMatrix {
     }
 }
 
-impl QMatrix {
+impl DeviceQMatrix {
     /// Uploads `raw` (the tensor's bytes as stored in the GGUF: `rows` rows of `cols / 32`
     /// blocks) to `device`.
     pub(super) fn upload(
@@ -826,7 +826,7 @@ pub(super) mod tests {
         cpu.matmul(&mut Acts::new(&x, tokens, cols).unwrap(), &mut want)
             .unwrap();
 
-        let gpu = QMatrix::upload(format, &raw, rows, cols, &cube).unwrap();
+        let gpu = DeviceQMatrix::upload(format, &raw, rows, cols, &cube).unwrap();
         let xt = Tensor::<2>::from_data(burn::tensor::TensorData::new(x, [tokens, cols]), &device);
         let fast = pollster::block_on(super::super::burn::read_f32(
             gpu.matmul(xt.clone()).unwrap(),
@@ -895,9 +895,9 @@ pub(super) mod tests {
             return;
         };
         let cube = cube_device(&device).unwrap();
-        assert!(QMatrix::upload(QFormat::Q4_1, &[0; 20], 1, 33, &cube).is_err());
-        assert!(QMatrix::upload(QFormat::Q4_1, &[0; 19], 1, 32, &cube).is_err());
-        let m = QMatrix::upload(QFormat::Q4_1, &[0; 40], 2, 32, &cube).unwrap();
+        assert!(DeviceQMatrix::upload(QFormat::Q4_1, &[0; 20], 1, 33, &cube).is_err());
+        assert!(DeviceQMatrix::upload(QFormat::Q4_1, &[0; 19], 1, 32, &cube).is_err());
+        let m = DeviceQMatrix::upload(QFormat::Q4_1, &[0; 40], 2, 32, &cube).unwrap();
         let x = Tensor::<2>::zeros([1, 64], &device);
         assert!(m.matmul(x).is_err());
     }
