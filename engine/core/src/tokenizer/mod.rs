@@ -2,7 +2,7 @@
 //!
 //! Two vocabulary kinds are supported, matching llama.cpp's ids:
 //! - `gpt2`: byte-level BPE with ranked merges, after a pre-tokenizer split chosen by
-//!   `tokenizer.ggml.pre` (see [`pretok`]);
+//!   `tokenizer.ggml.pre` (see `pretok`);
 //! - `llama`: SentencePiece-style BPE over scored pieces, `▁` for spaces and `<0xNN>`
 //!   byte fallback.
 //!

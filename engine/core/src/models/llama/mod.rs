@@ -2,7 +2,7 @@
 //!
 //! | Module | Backend | Block math |
 //! |---|---|---|
-//! | this one | all | what a peer loads ([`LoadSpec`]), the weights by their GGUF names ([`Weights`]), the span seam ([`SpanModel`], [`SpanCache`]) |
+//! | this one | all | what a peer loads ([`LoadSpec`]), the weights by their GGUF names (`Weights`), the span seam ([`SpanModel`], [`SpanCache`]) |
 //! | [`cpu`] | the CPU, native and wasm32 | fused dequantize × dot kernels on quantized weights (`crate::kernels`), llama.cpp's numbers bit for bit |
 //! | `burn` (feature `burn`) | any burn backend (wgpu, flex) | burn tensor ops, with llama.cpp's activation rounding emulated |
 //! | `cube` (feature `wgpu`) | burn's wgpu backend | CubeCL kernels that run the burn model's blocks in the CPU engine's order |
