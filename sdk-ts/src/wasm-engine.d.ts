@@ -14,10 +14,7 @@
 import type { WasmChatMessage, WasmEngineInfo, WasmStartRequest, WasmStepResult } from './engine-types.js';
 import type { WasmErrorCode } from './wasm-errors.js';
 
-export type {
-  EngineLimits as WasmEngineLimits, GpuInfo as WasmGpuInfo, GpuLimits as WasmGpuLimits, WasmBackend, WasmChatMessage,
-  WasmEngineInfo, WasmFinishReason, WasmStartRequest, WasmStepResult,
-} from './engine-types.js';
+export type { WasmChatMessage, WasmEngineInfo, WasmStartRequest, WasmStepResult };
 
 export type InitInput = RequestInfo | URL | Response | BufferSource | WebAssembly.Module;
 

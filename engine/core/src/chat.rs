@@ -144,6 +144,18 @@ impl ChatTemplate {
     }
 }
 
+/// `messages` rendered through `template`, or through ChatML when the model ships none.
+pub fn render(
+    template: Option<&ChatTemplate>,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+) -> Result<String> {
+    match template {
+        Some(t) => t.render(messages, add_generation_prompt),
+        None => ChatTemplate::chatml().render(messages, add_generation_prompt),
+    }
+}
+
 /// Token ids of a prompt, built the same way by every host (CLI, node API, browser):
 /// `messages` rendered through `template` (ChatML when the model ships none) with the
 /// assistant's generation prompt, or `text` as it is; BOS first when the model asks for it
@@ -157,10 +169,7 @@ pub fn prompt_ids(
     prompt: Prompt<'_>,
 ) -> Result<Vec<u32>> {
     let text = match prompt {
-        Prompt::Chat(messages) => match template {
-            Some(t) => t.render(messages, true)?,
-            None => ChatTemplate::chatml().render(messages, true)?,
-        },
+        Prompt::Chat(messages) => render(template, messages, true)?,
         Prompt::Text(text) => text.to_owned(),
         Prompt::Tokens(ids) => {
             let vocab = tokenizer.vocab_size();

@@ -281,8 +281,8 @@ impl<S: Session> Generator<S> {
 
     /// Runs the prefill when it has not run yet, then up to `max_tokens` decode steps, then
     /// the end when nothing is left to compute (rather than on the next call): what a host
-    /// that streams in chunks runs per chunk (`run_steps(.., 0)` on a new generation runs only the
-    /// prefill).
+    /// that streams in chunks runs per chunk. `run_steps(.., 0)` on a new generation runs
+    /// only the prefill.
     pub fn run_steps(&mut self, tokenizer: &Tokenizer, max_tokens: usize) -> Result<StepBatch> {
         let mut out = StepBatch::start(self);
         if !self.is_prefilled() {

@@ -550,7 +550,14 @@ impl Engine {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String> {
-        self.with(|l| render(l, messages, add_generation_prompt))
+        self.with(|l| {
+            let messages = chat_messages(messages);
+            Ok(kwaainet_core::chat::render(
+                l.template.as_ref(),
+                &messages,
+                add_generation_prompt,
+            )?)
+        })
     }
 
     /// Starts a generation, ending the previous one of this engine.
@@ -761,16 +768,11 @@ fn argmax(l: &[f32]) -> u32 {
     to_u32(best)
 }
 
-fn render(l: &Loaded, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-    let messages: Vec<ChatMessage> = messages
+fn chat_messages(messages: &[Message]) -> Vec<ChatMessage> {
+    messages
         .iter()
         .map(|m| ChatMessage::new(m.role.as_str(), m.content.as_str()))
-        .collect();
-    let text = match &l.template {
-        Some(t) => t.render(&messages, add_generation_prompt)?,
-        None => ChatTemplate::chatml().render(&messages, add_generation_prompt)?,
-    };
-    Ok(text)
+        .collect()
 }
 
 /// The prompt's token ids, built by `kwaainet_core::chat::prompt_ids` as the CLI and the
@@ -780,10 +782,7 @@ fn prompt_ids(l: &Loaded, req: &Request) -> Result<Vec<u32>> {
     let prompt = match (&req.prompt, &req.messages, &req.tokens) {
         (Some(p), None, None) => Prompt::Text(p),
         (None, Some(m), None) => {
-            messages = m
-                .iter()
-                .map(|m| ChatMessage::new(m.role.as_str(), m.content.as_str()))
-                .collect();
+            messages = chat_messages(m);
             Prompt::Chat(&messages)
         }
         (None, None, Some(t)) => Prompt::Tokens(t),
