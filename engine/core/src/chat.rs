@@ -172,12 +172,7 @@ pub fn prompt_ids(
         Prompt::Chat(messages) => render(template, messages, true)?,
         Prompt::Text(text) => text.to_owned(),
         Prompt::Tokens(ids) => {
-            let vocab = tokenizer.vocab_size();
-            if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-                return Err(Error::InvalidArgument(format!(
-                    "token id {bad} is outside the vocabulary of {vocab}"
-                )));
-            }
+            tokenizer.check_ids(ids)?;
             return non_empty(ids.to_vec());
         }
     };

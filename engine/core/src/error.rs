@@ -35,6 +35,14 @@ pub enum Error {
     /// The tensor backend failed (device lost, readback error...).
     #[error("backend: {0}")]
     Backend(String),
+    /// The generation a call is about has ended: a newer one replaced it, or its runtime
+    /// was freed.
+    #[error("the generation has ended: a newer start replaced it")]
+    Ended,
+    /// The generation is in the middle of a step (a re-entrant call while it awaits the
+    /// device).
+    #[error("busy: the generation is in the middle of a step")]
+    Busy,
 }
 
 /// Shorthand for `Result<T, kwaainet_core::Error>`.

@@ -11,6 +11,7 @@ pub mod gguf_stream;
 pub mod kernels;
 pub mod models;
 pub mod quant;
+pub mod runtime;
 pub mod sampler;
 pub mod tokenizer;
 pub mod trig;

@@ -5,16 +5,17 @@ use std::cell::RefCell;
 use std::io::Cursor;
 use std::rc::Rc;
 
-use kwaainet_core::chat::{ChatMessage, ChatTemplate, Prompt};
-use kwaainet_core::generate::{CpuSession, FinishReason, GenerateOptions, Generator, StepBatch};
+use kwaainet_core::chat::{ChatMessage, Prompt};
+use kwaainet_core::generate::{FinishReason, GenerateOptions, StepBatch};
 use kwaainet_core::gguf::Gguf;
 #[cfg(feature = "webgpu")]
-use kwaainet_core::models::llama::burn::{BurnLlama, BurnSession};
+use kwaainet_core::models::llama::burn::BurnLlama;
+use kwaainet_core::runtime::{GenerationId, Runtime, check_context};
 
 #[cfg(feature = "webgpu")]
 use crate::gpu::Gpu;
 use kwaainet_core::gguf_stream::Streamed;
-use kwaainet_core::{Llama, LlamaConfig, LoadSpec, SamplerConfig, Tokenizer};
+use kwaainet_core::{Llama, LlamaConfig, LoadSpec, SamplerConfig};
 use serde::{Deserialize, Serialize};
 
 pub use crate::error::{EngineError, ErrorCode};
@@ -200,63 +201,29 @@ pub struct StepResult {
     pub completion_tokens: u32,
 }
 
-type CpuGenerator = Generator<CpuSession<Rc<Llama>>>;
-#[cfg(feature = "webgpu")]
-type GpuGenerator = Generator<BurnSession<Rc<BurnLlama>>>;
-
-/// The model, on the CPU (simd128 kernels) or, in the `webgpu` build, on a WebGPU device.
-enum Model {
-    Cpu(Rc<Llama>),
+/// The model's runtime (`kwaainet_core::runtime`): on the CPU (simd128 kernels) or, in the
+/// `webgpu` build, on a WebGPU device.
+enum Rt {
+    Cpu(Runtime<Rc<Llama>>),
     #[cfg(feature = "webgpu")]
-    Gpu(Rc<BurnLlama>),
+    Gpu(Runtime<Rc<BurnLlama>>),
 }
 
-impl Model {
-    fn config(&self) -> &LlamaConfig {
-        match self {
-            Self::Cpu(m) => m.config(),
+/// `$body` with `$r` bound to the runtime, whichever backend it runs on.
+macro_rules! on_runtime {
+    ($rt:expr, $r:ident => $body:expr) => {
+        match $rt {
+            Rt::Cpu($r) => $body,
             #[cfg(feature = "webgpu")]
-            Self::Gpu(m) => m.config(),
+            Rt::Gpu($r) => $body,
         }
-    }
-
-    fn weight_bytes(&self) -> usize {
-        match self {
-            Self::Cpu(m) => m.weight_bytes(),
-            #[cfg(feature = "webgpu")]
-            Self::Gpu(m) => m.weight_bytes(),
-        }
-    }
-
-    fn cpu(&self) -> Result<&Rc<Llama>> {
-        match self {
-            Self::Cpu(m) => Ok(m),
-            #[cfg(feature = "webgpu")]
-            Self::Gpu(_) => Err(EngineError::new(
-                ErrorCode::InvalidArgument,
-                "not available on the webgpu backend",
-            )),
-        }
-    }
+    };
 }
 
-/// The running generation. A GPU generation is taken out while a step awaits the device
-/// (`None`), so that no borrow of the shared state is held across the await.
-enum Active {
-    Cpu(Box<CpuGenerator>),
-    #[cfg(feature = "webgpu")]
-    Gpu(Option<Box<GpuGenerator>>),
-}
-
+/// A loaded model: the runtime and what this host adds to it.
 struct Loaded {
-    model: Model,
-    tokenizer: Rc<Tokenizer>,
-    template: Option<ChatTemplate>,
-    name: Option<String>,
-    max_ctx: usize,
+    rt: Rt,
     adapter: Option<String>,
-    /// The GGUF file's size in bytes.
-    model_bytes: u64,
     #[cfg(feature = "webgpu")]
     gpu: Option<Gpu>,
 }
@@ -292,20 +259,13 @@ pub fn stream_size(total: f64) -> Result<u64> {
     Ok(total as u64)
 }
 
-/// The model's hyper-parameters, and `max_ctx` checked against them.
+/// The model's hyper-parameters, and `max_ctx` checked against them before any weight is
+/// read.
 fn config(gguf: &Gguf, max_ctx: f64) -> Result<(LlamaConfig, usize)> {
     check_max_ctx(max_ctx)?;
     let config = LlamaConfig::from_gguf(gguf)?;
     let max_ctx = max_ctx as usize;
-    if max_ctx > config.context_length {
-        return Err(EngineError::new(
-            ErrorCode::InvalidArgument,
-            format!(
-                "maxCtx {max_ctx} exceeds the model's training context of {}",
-                config.context_length
-            ),
-        ));
-    }
+    check_context(&config, max_ctx)?;
     Ok((config, max_ctx))
 }
 
@@ -313,9 +273,6 @@ fn config(gguf: &Gguf, max_ctx: f64) -> Result<(LlamaConfig, usize)> {
 struct Shared {
     /// `None` once the engine has been freed.
     loaded: Option<Loaded>,
-    /// The one running generation and its id.
-    active: Option<(u64, Active)>,
-    next_id: u64,
 }
 
 /// A loaded model: the state behind `WasmEngine`.
@@ -333,7 +290,7 @@ impl std::fmt::Debug for Engine {
 #[derive(Clone)]
 pub struct Generation {
     shared: Rc<RefCell<Shared>>,
-    id: u64,
+    id: GenerationId,
 }
 
 impl std::fmt::Debug for Generation {
@@ -345,7 +302,11 @@ impl std::fmt::Debug for Generation {
 }
 
 fn busy() -> EngineError {
-    EngineError::new(ErrorCode::Internal, "engine is busy (re-entrant call)")
+    kwaainet_core::Error::Busy.into()
+}
+
+fn freed() -> EngineError {
+    EngineError::new(ErrorCode::Generation, "the engine was freed")
 }
 
 impl Engine {
@@ -354,12 +315,8 @@ impl Engine {
     pub fn load(bytes: &[u8], max_ctx: f64) -> Result<Self> {
         let (gguf, config, max_ctx) = parse(bytes, max_ctx)?;
         let model = Llama::load(&gguf, &mut Cursor::new(bytes), LoadSpec::full(&config))?;
-        Self::new(
-            &gguf,
-            Model::Cpu(Rc::new(model)),
-            max_ctx,
-            bytes.len() as u64,
-        )
+        let rt = Runtime::new(&gguf, Rc::new(model), max_ctx, bytes.len() as u64)?;
+        Ok(Self::new(Rt::Cpu(rt)))
     }
 
     /// [`Engine::load`] from a GGUF that arrived through a [`kwaainet_core::gguf_stream::GgufStream`]:
@@ -373,7 +330,8 @@ impl Engine {
         let (config, max_ctx) = config(&gguf, max_ctx)?;
         let model = Llama::load(&gguf, &mut reader, LoadSpec::full(&config))?;
         drop(reader);
-        Self::new(&gguf, Model::Cpu(Rc::new(model)), max_ctx, size)
+        let rt = Runtime::new(&gguf, Rc::new(model), max_ctx, size)?;
+        Ok(Self::new(Rt::Cpu(rt)))
     }
 
     /// [`Engine::load`] onto a WebGPU device (burn's wgpu backend, this crate's CubeCL
@@ -388,7 +346,8 @@ impl Engine {
             &device,
             LoadSpec::full(&config),
         )?;
-        Self::new_gpu(&gguf, model, max_ctx, bytes.len() as u64, gpu)
+        let rt = Runtime::new(&gguf, Rc::new(model), max_ctx, bytes.len() as u64)?;
+        Ok(Self::new_gpu(rt, gpu))
     }
 
     /// [`Engine::load_webgpu`] from a streamed GGUF.
@@ -403,44 +362,35 @@ impl Engine {
         let (device, gpu) = Gpu::open().await?;
         let model = BurnLlama::load(&gguf, &mut reader, &device, LoadSpec::full(&config))?;
         drop(reader);
-        Self::new_gpu(&gguf, model, max_ctx, size, gpu)
+        let rt = Runtime::new(&gguf, Rc::new(model), max_ctx, size)?;
+        Ok(Self::new_gpu(rt, gpu))
     }
 
     #[cfg(feature = "webgpu")]
-    fn new_gpu(gguf: &Gguf, model: BurnLlama, max_ctx: usize, size: u64, gpu: Gpu) -> Result<Self> {
-        let engine = Self::new(gguf, Model::Gpu(Rc::new(model)), max_ctx, size)?;
-        if let Some(l) = engine.shared.borrow_mut().loaded.as_mut() {
-            let name = gpu.info().adapter.trim();
-            l.adapter = (!name.is_empty()).then(|| name.to_owned());
-            l.gpu = Some(gpu);
-        }
-        Ok(engine)
+    fn new_gpu(rt: Runtime<Rc<BurnLlama>>, gpu: Gpu) -> Self {
+        let name = gpu.info().adapter.trim();
+        Self::with_loaded(Loaded {
+            rt: Rt::Gpu(rt),
+            adapter: (!name.is_empty()).then(|| name.to_owned()),
+            gpu: Some(gpu),
+        })
     }
 
-    fn new(gguf: &Gguf, model: Model, max_ctx: usize, model_bytes: u64) -> Result<Self> {
-        let tokenizer = Tokenizer::from_gguf(gguf)?;
-        let template = ChatTemplate::from_gguf(gguf)?;
-        let name = gguf
-            .get("general.name")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
-        Ok(Self {
-            shared: Rc::new(RefCell::new(Shared {
-                loaded: Some(Loaded {
-                    model,
-                    tokenizer: Rc::new(tokenizer),
-                    template,
-                    name,
-                    max_ctx,
-                    adapter: None,
-                    model_bytes,
-                    #[cfg(feature = "webgpu")]
-                    gpu: None,
-                }),
-                active: None,
-                next_id: 0,
-            })),
+    fn new(rt: Rt) -> Self {
+        Self::with_loaded(Loaded {
+            rt,
+            adapter: None,
+            #[cfg(feature = "webgpu")]
+            gpu: None,
         })
+    }
+
+    fn with_loaded(loaded: Loaded) -> Self {
+        Self {
+            shared: Rc::new(RefCell::new(Shared {
+                loaded: Some(loaded),
+            })),
+        }
     }
 
     /// The WebGPU module: why its device was lost, or `None` while it is there (and always
@@ -480,46 +430,61 @@ impl Engine {
         f(loaded)
     }
 
+    /// The CPU runtime, for what only the CPU engine does.
+    fn with_cpu<T>(&self, f: impl FnOnce(&Runtime<Rc<Llama>>) -> Result<T>) -> Result<T> {
+        self.with(|l| match &l.rt {
+            Rt::Cpu(r) => f(r),
+            #[cfg(feature = "webgpu")]
+            Rt::Gpu(_) => Err(EngineError::new(
+                ErrorCode::InvalidArgument,
+                "not available on the webgpu backend",
+            )),
+        })
+    }
+
     /// Model and engine facts.
     pub fn info(&self) -> Result<Info> {
         self.with(|l| {
-            let c = l.model.config();
-            let kv_bytes = 2 * c.n_layers * l.max_ctx * c.kv_dim() * size_of::<f32>();
-            let (backend, simd128) = match l.model {
-                Model::Cpu(_) => (Backend::CpuWasm, crate::has_simd128()),
+            let (backend, simd128) = match l.rt {
+                Rt::Cpu(_) => (Backend::CpuWasm, crate::has_simd128()),
                 #[cfg(feature = "webgpu")]
-                Model::Gpu(_) => (Backend::Webgpu, false),
+                Rt::Gpu(_) => (Backend::Webgpu, false),
             };
             #[cfg(feature = "webgpu")]
             let gpu = l.gpu.as_ref().map(|g| g.info().clone());
             #[cfg(not(feature = "webgpu"))]
             let gpu = None;
-            Ok(Info {
-                limits: EngineLimits {
-                    max_ctx_tokens: to_u32(l.max_ctx),
-                    ctx_limit_tokens: to_u32(c.context_length),
-                    kv_cache_bytes: kv_bytes as f64,
-                    model_bytes: l.model_bytes as f64,
-                    weight_bytes: l.model.weight_bytes() as f64,
-                    wasm_memory_bytes: crate::wasm_memory_bytes() as f64,
-                    wasm_memory_max_bytes: crate::WASM_MEMORY_MAX_BYTES as f64,
+            on_runtime!(&l.rt, r => {
+                let c = r.config();
+                let kv_bytes = r.kv_cache_bytes() as f64;
+                let weight_bytes = r.model().weight_bytes() as f64;
+                Ok(Info {
+                    limits: EngineLimits {
+                        max_ctx_tokens: to_u32(r.max_ctx()),
+                        ctx_limit_tokens: to_u32(c.context_length),
+                        kv_cache_bytes: kv_bytes,
+                        model_bytes: r.model_bytes() as f64,
+                        weight_bytes,
+                        wasm_memory_bytes: crate::wasm_memory_bytes() as f64,
+                        wasm_memory_max_bytes: crate::WASM_MEMORY_MAX_BYTES as f64,
+                        simd128,
+                    },
+                    gpu,
+                    backend,
+                    adapter: l.adapter.clone(),
                     simd128,
-                },
-                gpu,
-                backend,
-                adapter: l.adapter.clone(),
-                simd128,
-                engine_version: crate::engine_version_str().to_owned(),
-                architecture: c.arch.clone(),
-                name: l.name.clone(),
-                n_layers: to_u32(c.n_layers),
-                n_embd: to_u32(c.dim),
-                n_ctx_train: to_u32(c.context_length),
-                max_ctx: to_u32(l.max_ctx),
-                vocab_size: to_u32(c.vocab_size),
-                weight_bytes: l.model.weight_bytes() as f64,
-                kv_cache_bytes: kv_bytes as f64,
-                has_chat_template: l.template.is_some(),
+                    engine_version: crate::engine_version_str().to_owned(),
+                    architecture: c.arch.clone(),
+                    name: r.name().map(str::to_owned),
+                    n_layers: to_u32(c.n_layers),
+                    n_embd: to_u32(c.dim),
+                    n_ctx_train: to_u32(c.context_length),
+                    max_ctx: to_u32(r.max_ctx()),
+                    vocab_size: to_u32(c.vocab_size),
+                    weight_bytes,
+                    kv_cache_bytes: kv_bytes,
+                    has_chat_template: r.template().is_some(),
+                })
             })
         })
     }
@@ -527,21 +492,12 @@ impl Engine {
     /// Token ids of `text` (no BOS added); `parse_special` turns special-token texts such
     /// as `<|im_start|>` into their ids.
     pub fn tokenize(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
-        self.with(|l| Ok(l.tokenizer.encode(text, parse_special)?))
+        self.with(|l| on_runtime!(&l.rt, r => Ok(r.tokenize(text, parse_special)?)))
     }
 
     /// Text of `ids`, special tokens included (the inverse of `tokenize(.., true)`).
     pub fn detokenize(&self, ids: &[u32]) -> Result<String> {
-        self.with(|l| {
-            let vocab = l.tokenizer.vocab_size();
-            if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-                return Err(EngineError::new(
-                    ErrorCode::InvalidArgument,
-                    format!("token id {bad} outside the vocabulary of {vocab}"),
-                ));
-            }
-            Ok(l.tokenizer.decode(ids, false))
-        })
+        self.with(|l| on_runtime!(&l.rt, r => Ok(r.detokenize(ids)?)))
     }
 
     /// `messages` rendered with the model's chat template (ChatML when it has none).
@@ -550,51 +506,36 @@ impl Engine {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String> {
-        self.with(|l| {
-            let messages = chat_messages(messages);
-            Ok(kwaainet_core::chat::render(
-                l.template.as_ref(),
-                &messages,
-                add_generation_prompt,
-            )?)
-        })
+        let messages = chat_messages(messages);
+        self.with(|l| on_runtime!(&l.rt, r => Ok(r.render(&messages, add_generation_prompt)?)))
     }
 
-    /// Starts a generation, ending the previous one of this engine.
+    /// Starts a generation, ending the previous one of this engine (whether or not this
+    /// request is valid).
     pub fn start(&self, req: Request) -> Result<Generation> {
         let mut shared = self.shared.try_borrow_mut().map_err(|_| busy())?;
-        // The previous generation ends whether or not this request is valid, and its KV
-        // cache is released before the new one is allocated.
-        shared.active = None;
         let loaded = shared
             .loaded
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| EngineError::new(ErrorCode::Internal, "the engine was freed"))?;
-        let prompt = prompt_ids(loaded, &req)?;
+        on_runtime!(&mut loaded.rt, r => r.end());
         let opts = options(&req)?;
-        if prompt.len() > loaded.max_ctx {
-            return Err(kwaainet_core::Error::ContextFull {
-                needed: prompt.len(),
-                max: loaded.max_ctx,
+        let messages: Vec<ChatMessage>;
+        let prompt = match (&req.prompt, &req.messages, &req.tokens) {
+            (Some(p), None, None) => Prompt::Text(p),
+            (None, Some(m), None) => {
+                messages = chat_messages(m);
+                Prompt::Chat(&messages)
             }
-            .into());
-        }
-        let active = match &loaded.model {
-            Model::Cpu(m) => {
-                let session = CpuSession::new(Rc::clone(m), loaded.max_ctx)?;
-                Active::Cpu(Box::new(Generator::new(session, &prompt, &opts)?))
-            }
-            #[cfg(feature = "webgpu")]
-            Model::Gpu(m) => {
-                let session = BurnSession::new(Rc::clone(m), loaded.max_ctx)?;
-                Active::Gpu(Some(Box::new(Generator::new_async(
-                    session, &prompt, &opts,
-                )?)))
+            (None, None, Some(t)) => Prompt::Tokens(t),
+            _ => {
+                return Err(EngineError::new(
+                    ErrorCode::InvalidArgument,
+                    "give exactly one of prompt, messages or tokens",
+                ));
             }
         };
-        let id = shared.next_id;
-        shared.next_id += 1;
-        shared.active = Some((id, active));
+        let id = on_runtime!(&mut loaded.rt, r => r.start(prompt, &opts)?);
         Ok(Generation {
             shared: Rc::clone(&self.shared),
             id,
@@ -603,41 +544,14 @@ impl Engine {
 
     /// For conformance tests: the logits after running `tokens` in a fresh KV cache.
     pub fn prompt_logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
-        self.with(|l| {
-            if tokens.is_empty() {
-                return Err(EngineError::new(
-                    ErrorCode::InvalidArgument,
-                    "tokens is empty",
-                ));
-            }
-            let mut session = CpuSession::new(Rc::clone(l.model.cpu()?), tokens.len())?;
-            use kwaainet_core::generate::Session;
-            Ok(session.forward(tokens)?)
-        })
+        self.with_cpu(|r| Ok(r.prompt_logits(tokens)?))
     }
 
     /// For conformance tests: runs `prompt`, then feeds `forced` one token at a time and
     /// returns the argmax of the logits before each forced token (teacher forcing). Uses
     /// its own KV cache; a running generation is not disturbed.
     pub fn teacher_forced_argmax(&self, prompt: &[u32], forced: &[u32]) -> Result<Vec<u32>> {
-        self.with(|l| {
-            if prompt.is_empty() {
-                return Err(EngineError::new(
-                    ErrorCode::InvalidArgument,
-                    "the prompt is empty",
-                ));
-            }
-            let mut session =
-                CpuSession::new(Rc::clone(l.model.cpu()?), prompt.len() + forced.len())?;
-            use kwaainet_core::generate::Session;
-            let mut logits = session.forward(prompt)?;
-            let mut out = Vec::with_capacity(forced.len());
-            for &t in forced {
-                out.push(argmax(&logits));
-                logits = session.forward(&[t])?;
-            }
-            Ok(out)
-        })
+        self.with_cpu(|r| Ok(r.teacher_forced_argmax(prompt, forced)?))
     }
 }
 
@@ -646,7 +560,6 @@ impl Drop for Engine {
         // `free()` from JavaScript: release the model and any running generation's cache
         // now, even if a generation object is still referenced.
         if let Ok(mut shared) = self.shared.try_borrow_mut() {
-            shared.active = None;
             shared.loaded = None;
         }
     }
@@ -657,23 +570,17 @@ impl Generation {
     /// the WebGPU one steps with [`Generation::step_async`]).
     pub fn step(&self, max_tokens: u32) -> Result<StepResult> {
         let mut shared = self.shared.try_borrow_mut().map_err(|_| busy())?;
-        let Shared { loaded, active, .. } = &mut *shared;
-        let tokenizer = &loaded
-            .as_ref()
-            .ok_or_else(|| EngineError::new(ErrorCode::Generation, "the engine was freed"))?
-            .tokenizer;
-        let generator = match active {
-            Some((id, Active::Cpu(g))) if *id == self.id => g,
+        let loaded = shared.loaded.as_mut().ok_or_else(freed)?;
+        match &mut loaded.rt {
+            Rt::Cpu(r) => Ok(report(r.step(self.id, max_tokens as usize)?)),
             #[cfg(feature = "webgpu")]
-            Some((id, Active::Gpu(_))) if *id == self.id => {
-                return Err(EngineError::new(
-                    ErrorCode::Internal,
-                    "a WebGPU generation steps asynchronously",
-                ));
-            }
-            _ => return Err(replaced()),
-        };
-        Ok(report(generator.run_steps(tokenizer, max_tokens as usize)?))
+            Rt::Gpu(r) if r.is_running(self.id) => Err(EngineError::new(
+                ErrorCode::Internal,
+                "a WebGPU generation steps asynchronously",
+            )),
+            #[cfg(feature = "webgpu")]
+            Rt::Gpu(_) => Err(kwaainet_core::Error::Ended.into()),
+        }
     }
 
     /// [`Generation::step`] for the WebGPU engine (the CPU one runs synchronously). While a
@@ -683,23 +590,16 @@ impl Generation {
     pub async fn step_async(&self, max_tokens: u32) -> Result<StepResult> {
         let (mut generator, tokenizer) = {
             let mut shared = self.shared.try_borrow_mut().map_err(|_| busy())?;
-            let Shared { loaded, active, .. } = &mut *shared;
-            let l = loaded
-                .as_ref()
-                .ok_or_else(|| EngineError::new(ErrorCode::Generation, "the engine was freed"))?;
-            if let Some(why) = l.gpu.as_ref().and_then(Gpu::lost) {
+            let loaded = shared.loaded.as_mut().ok_or_else(freed)?;
+            if let Some(why) = loaded.gpu.as_ref().and_then(Gpu::lost) {
                 return Err(device_lost(&why));
             }
-            let tokenizer = Rc::clone(&l.tokenizer);
-            match active {
-                Some((id, Active::Gpu(g))) if *id == self.id => {
-                    (g.take().ok_or_else(busy)?, tokenizer)
-                }
-                Some((id, Active::Cpu(_))) if *id == self.id => {
+            match &mut loaded.rt {
+                Rt::Gpu(r) => (r.take(self.id)?, std::sync::Arc::clone(r.tokenizer())),
+                Rt::Cpu(_) => {
                     drop(shared);
                     return self.step(max_tokens);
                 }
-                _ => return Err(replaced()),
             }
         };
         let result = generator
@@ -709,19 +609,15 @@ impl Generation {
             .map_err(EngineError::from);
         // Put the generation back unless it was replaced or the engine freed meanwhile.
         let mut shared = self.shared.try_borrow_mut().map_err(|_| busy())?;
+        let loaded = shared.loaded.as_mut().ok_or_else(freed)?;
         // A step that failed because the device went away says so.
-        let lost = shared
-            .loaded
-            .as_ref()
-            .and_then(|l| l.gpu.as_ref())
-            .and_then(Gpu::lost);
-        let result = match (result, lost) {
+        let result = match (result, loaded.gpu.as_ref().and_then(Gpu::lost)) {
             (Err(_), Some(why)) => Err(device_lost(&why)),
             (r, _) => r,
         };
-        match &mut shared.active {
-            Some((id, Active::Gpu(slot))) if *id == self.id => *slot = Some(generator),
-            _ => return Err(replaced()),
+        match &mut loaded.rt {
+            Rt::Gpu(r) => r.restore(self.id, generator)?,
+            Rt::Cpu(_) => return Err(kwaainet_core::Error::Ended.into()),
         }
         result
     }
@@ -730,13 +626,6 @@ impl Generation {
 #[cfg(feature = "webgpu")]
 fn device_lost(why: &str) -> EngineError {
     EngineError::new(ErrorCode::Webgpu, format!("device lost ({why})"))
-}
-
-fn replaced() -> EngineError {
-    EngineError::new(
-        ErrorCode::Generation,
-        "ended: a newer start() on the same engine replaced it",
-    )
 }
 
 /// A core [`StepBatch`] as `step()` reports it.
@@ -758,16 +647,6 @@ fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn argmax(l: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in l.iter().enumerate() {
-        if v > l[best] {
-            best = i;
-        }
-    }
-    to_u32(best)
-}
-
 fn chat_messages(messages: &[Message]) -> Vec<ChatMessage> {
     messages
         .iter()
@@ -775,31 +654,7 @@ fn chat_messages(messages: &[Message]) -> Vec<ChatMessage> {
         .collect()
 }
 
-/// The prompt's token ids, built by `kwaainet_core::chat::prompt_ids` as the CLI and the
-/// node's API build them (template, BOS rule, special tokens, the caller's own ids checked).
-fn prompt_ids(l: &Loaded, req: &Request) -> Result<Vec<u32>> {
-    let messages: Vec<ChatMessage>;
-    let prompt = match (&req.prompt, &req.messages, &req.tokens) {
-        (Some(p), None, None) => Prompt::Text(p),
-        (None, Some(m), None) => {
-            messages = chat_messages(m);
-            Prompt::Chat(&messages)
-        }
-        (None, None, Some(t)) => Prompt::Tokens(t),
-        _ => {
-            return Err(EngineError::new(
-                ErrorCode::InvalidArgument,
-                "give exactly one of prompt, messages or tokens",
-            ));
-        }
-    };
-    Ok(kwaainet_core::chat::prompt_ids(
-        &l.tokenizer,
-        l.template.as_ref(),
-        prompt,
-    )?)
-}
-
+/// The request's sampling and length options (validated when the generation starts).
 fn options(req: &Request) -> Result<GenerateOptions> {
     let sampler = SamplerConfig {
         temperature: req.temperature.unwrap_or(0.0),

@@ -142,6 +142,11 @@ impl From<kwaainet_core::Error> for EngineError {
                 context: Some((needed, max)),
             },
             E::Backend(m) => Self::new(ErrorCode::Backend, m),
+            E::Ended => Self::new(
+                ErrorCode::Generation,
+                "ended: a newer start() on the same engine replaced it",
+            ),
+            E::Busy => Self::new(ErrorCode::Internal, "engine is busy (re-entrant call)"),
         }
     }
 }

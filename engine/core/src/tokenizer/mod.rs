@@ -496,6 +496,18 @@ impl Tokenizer {
         true
     }
 
+    /// Checks that every id is in the vocabulary (`InvalidArgument` naming the first that
+    /// is not): for ids that come from a caller rather than from this tokenizer.
+    pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        let vocab = self.vocab_size();
+        match ids.iter().find(|&&t| t as usize >= vocab) {
+            Some(bad) => Err(Error::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Token ids back to text. Invalid UTF-8 becomes U+FFFD; ids outside the vocabulary
     /// are ignored. `skip_special` leaves out control, unknown and unused tokens.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> String {
