@@ -130,10 +130,7 @@ fn run_batch(
 }
 
 fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    kwaainet_core::kernels::bit_exact_with_avx2()
 }
 
 #[test]

@@ -120,10 +120,7 @@ fn cpu_runtime_gives_llama_cpp_tokens_in_chunks() {
 
     // Chat turns through the model's template: llama.cpp's prompt and tokens (all of them
     // on AVX2, else up to the near-tie at token 7).
-    #[cfg(target_arch = "x86_64")]
-    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    let avx2 = false;
+    let avx2 = kwaainet_core::kernels::bit_exact_with_avx2();
     let (prompt, output, turns) = case("capital-chat", avx2);
     assert_eq!(rt.prompt_ids(Prompt::Chat(&turns)).unwrap(), prompt);
     let id = rt

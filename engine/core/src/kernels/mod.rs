@@ -2,8 +2,10 @@
 //! inside the dot product, against activations quantized the way llama.cpp does it
 //! (Q8_0 for Q4_0/Q8_0 weights, Q8_1 for Q4_1), so results track the reference closely.
 //!
-//! SIMD paths: AVX2+FMA on x86-64 (picked at run time), simd128 on wasm32 (when the
-//! module is built with `+simd128`), portable scalar code elsewhere. Batches of 8 tokens or
+//! SIMD paths: AVX2+FMA on x86-64 (picked at run time), NEON on aarch64 (part of every
+//! AArch64 CPU), simd128 on wasm32 (when the module is built with `+simd128`), portable
+//! scalar code elsewhere; all three SIMD sets give the same bits (llama.cpp's on AVX2), and
+//! `KWAAINET_SCALAR_KERNELS=1` picks the portable kernels at run time (for benchmarks). Batches of 8 tokens or
 //! more (prompts, batched decoding) run Q4_1 and Q8_0 weights through 8-token x86-64
 //! kernels that form the 8-bit products with one VNNI instruction where the CPU has AVX-VNNI
 //! or AVX-512 VNNI (`KWAAINET_NO_VNNI=1` keeps AVX2's two) and move the per-token scale work
@@ -14,11 +16,39 @@
 use crate::quant::{self, GgmlType};
 use crate::{Error, Result};
 
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod scalar;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod wasm;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+/// Whether `KWAAINET_SCALAR_KERNELS=1` asks for the portable kernels instead of the SIMD
+/// ones (read once).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) fn scalar_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("KWAAINET_SCALAR_KERNELS").as_deref() == Ok("1"))
+}
+
+/// Whether the NEON kernels run (always, unless the portable ones were asked for).
+#[cfg(target_arch = "aarch64")]
+fn has_neon() -> bool {
+    !scalar_forced()
+}
+
+/// Whether the kernels that run here reproduce llama.cpp's AVX2 arithmetic bit for bit:
+/// AVX2+FMA on x86-64, NEON on aarch64, simd128 on wasm32 (unless the portable kernels were
+/// asked for). Where they do, the model's tokens and logits are llama.cpp's own.
+#[allow(unreachable_code)]
+pub fn bit_exact_with_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return x86::has_avx2();
+    #[cfg(target_arch = "aarch64")]
+    return has_neon();
+    cfg!(all(target_arch = "wasm32", target_feature = "simd128"))
+}
 
 /// Elements per block of the 8-bit activation formats.
 pub const QK: usize = 32;
@@ -424,6 +454,10 @@ mod simd {
             pub fn $name<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
                 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
                 return super::wasm::$name(w, ys);
+                #[cfg(target_arch = "aarch64")]
+                if super::has_neon() {
+                    return super::neon::$name(w, ys);
+                }
                 #[cfg(target_arch = "x86_64")]
                 if super::x86::has_avx2() {
                     // SAFETY: AVX2, FMA and F16C were detected at run time; callers pass
@@ -487,6 +521,10 @@ mod simd {
     pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         return super::wasm::dot_f32(a, b);
+        #[cfg(target_arch = "aarch64")]
+        if super::has_neon() {
+            return super::neon::dot_f32(a, b);
+        }
         #[cfg(target_arch = "x86_64")]
         if super::x86::has_avx2() {
             // SAFETY: AVX2 and FMA were detected at run time.
@@ -517,12 +555,16 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests;
 
-/// In-place softmax. On x86-64 with AVX2 and on wasm32 with simd128 it reproduces
-/// llama.cpp's (AVX2) arithmetic exactly.
+/// In-place softmax. On x86-64 with AVX2, aarch64 (NEON) and wasm32 with simd128 it
+/// reproduces llama.cpp's (AVX2) arithmetic exactly.
 #[allow(unreachable_code)] // on wasm32 the SIMD path always returns
 pub fn softmax(s: &mut [f32]) {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     return wasm::softmax(s);
+    #[cfg(target_arch = "aarch64")]
+    if has_neon() {
+        return neon::softmax(s);
+    }
     #[cfg(target_arch = "x86_64")]
     if x86::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time.
@@ -545,6 +587,10 @@ pub fn softmax(s: &mut [f32]) {
 pub fn swiglu(x: &mut [f32], g: &[f32]) {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     return wasm::swiglu(x, g);
+    #[cfg(target_arch = "aarch64")]
+    if has_neon() {
+        return neon::swiglu(x, g);
+    }
     #[cfg(target_arch = "x86_64")]
     if x86::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time.
@@ -583,12 +629,16 @@ pub fn dot_f16_tiled(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Dot product of f16-valued vectors (attention), summed in llama.cpp's (AVX2) order on
-/// x86-64 and wasm32 with simd128: ggml's `vec_dot_f16`, which it uses for one row at a
+/// x86-64, aarch64 and wasm32 with simd128: ggml's `vec_dot_f16`, which it uses for one row at a
 /// time (decoding).
 #[allow(unreachable_code)] // on wasm32 the SIMD path always returns
 pub fn dot_f16_ordered(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     return wasm::dot_f16_ordered(a, b);
+    #[cfg(target_arch = "aarch64")]
+    if has_neon() {
+        return neon::dot_f16_ordered(a, b);
+    }
     #[cfg(target_arch = "x86_64")]
     if x86::has_avx2() {
         // SAFETY: AVX2 and FMA were detected at run time.
