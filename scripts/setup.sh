@@ -5,7 +5,9 @@
 #   bash scripts/setup.sh     check and install
 #   . scripts/setup.sh        the same, and also export CARGO_TARGET_DIR into this shell
 #
-# - the Rust toolchain pinned in rust-toolchain.toml, with the wasm32-unknown-unknown target;
+# - the Rust toolchain pinned in rust-toolchain.toml, with the wasm32-unknown-unknown,
+#   aarch64-unknown-linux-gnu and x86_64-pc-windows-gnu targets, and Debian's cross
+#   toolchains and qemu-user for the latter two (npm test's `arm` step);
 # - mesa-vulkan-drivers (lavapipe: Vulkan on the CPU), so the wgpu backend runs natively
 #   without a GPU, and chromium, for the browser tests; installed with apt-get where that
 #   exists (required when CI=true);
@@ -29,8 +31,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
-# Rust toolchain + wasm32 target.
-target=wasm32-unknown-unknown
+# Rust toolchain + its targets: wasm32 (the browser modules), aarch64 Linux (the ARM node,
+# run under qemu-user in npm test's `arm` step) and Windows (mingw; compile-checked there).
 channel=$(sed -n 's/^channel *= *"\(.*\)".*/\1/p' rust-toolchain.toml)
 if ! command -v rustup >/dev/null 2>&1; then
     say "rustup not found; using the cargo on PATH as is (install rustup: https://rustup.rs)"
@@ -39,10 +41,13 @@ else
         say "installing Rust ${channel} (pinned in rust-toolchain.toml)"
         rustup toolchain install # reads rust-toolchain.toml: channel, components, targets
     fi
-    if ! rustup target list --installed --toolchain "$channel" | grep -qx "$target"; then
-        say "adding the ${target} target to Rust ${channel}"
-        rustup target add --toolchain "$channel" "$target"
-    fi
+    installed=$(rustup target list --installed --toolchain "$channel")
+    for target in wasm32-unknown-unknown aarch64-unknown-linux-gnu x86_64-pc-windows-gnu; do
+        if ! grep -qx "$target" <<<"$installed"; then
+            say "adding the ${target} target to Rust ${channel}"
+            rustup target add --toolchain "$channel" "$target"
+        fi
+    done
 fi
 
 # Debian packages, installed with apt-get when missing (required when CI=true): lavapipe
@@ -79,6 +84,13 @@ apt_install() { # package, what it is for
 }
 apt_install mesa-vulkan-drivers "lavapipe, for the wgpu backend on the CPU"
 apt_install chromium "headless Chromium, for the browser tests"
+# The cross builds of npm test's `arm` step: Debian's aarch64 and mingw-w64 C toolchains
+# (linkers, and C code such as ring's), and qemu-user to run the aarch64 binaries here.
+apt_install gcc-aarch64-linux-gnu "the aarch64 cross linker"
+apt_install libc6-dev-arm64-cross "the aarch64 C library, to link against"
+apt_install qemu-user "qemu-aarch64, to run the ARM node and tests"
+apt_install gcc-mingw-w64-x86-64 "the Windows (mingw-w64) cross compiler"
+apt_install wine64 "Wine, to run the Windows build"
 
 # wasm-bindgen-cli matching the wasm-bindgen crate in Cargo.lock.
 wb_want=$(awk '$0 == "name = \"wasm-bindgen\"" { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)

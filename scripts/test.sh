@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STEPS=(setup fmt clippy build fetch-model rust-tests api p2p wasm32 wasm-engine ts browser package)
+STEPS=(setup fmt clippy build fetch-model rust-tests api p2p wasm32 wasm-engine ts browser package arm)
 
 BIN() { printf '%s/release/kwaainet' "$CARGO_TARGET_DIR"; }
 
@@ -155,6 +155,48 @@ step_package() {
         step_fetch-model
     fi
     node --test --test-timeout=900000 sdk-ts/test/package/
+}
+
+step_arm() {
+    # Other platforms (README "Running a node"). The lean kwaainet (no GPU stack) built for
+    # aarch64 with Debian's cross toolchain and run under qemu-user: the NEON kernels' unit
+    # tests, llama.cpp's AVX2 greedy tokens and teacher-forced argmaxes through the NEON
+    # kernels (they reproduce AVX2 bit for bit), `generate` there equal to this machine's,
+    # and an ARM node serving a span in a swarm of x86-64 nodes. Then the lean Windows build,
+    # cross-compiled with mingw-w64, under Wine where it is installed: `generate` equal to
+    # this machine's, and a node that a native node reaches.
+    export KWAAINET_REQUIRE_MODEL=1
+    if [ -z "${KWAAINET_MODEL:-}" ]; then # run without the fetch-model step
+        step_fetch-model
+    fi
+    local arm=aarch64-unknown-linux-gnu core=(-p kwaainet-core --no-default-features --features threads)
+    export QEMU_LD_PREFIX=/usr/aarch64-linux-gnu
+    cargo test --release --target "$arm" "${core[@]}" --lib kernels
+    cargo test --release --target "$arm" "${core[@]}" --test reference -- \
+        --exact greedy_matches_llama_cpp_on_avx2
+    cargo build --release --target "$arm" -p kwaainet --no-default-features
+    KWAAINET_ARM_BIN="$CARGO_TARGET_DIR/$arm/release/kwaainet" \
+        cargo test --workspace --release --test node -- --exact an_arm_node_serves_a_span_in_an_x86_swarm
+    local win=x86_64-pc-windows-gnu
+    cargo build --release --target "$win" -p kwaainet --no-default-features
+    local exe="$CARGO_TARGET_DIR/$win/release/kwaainet.exe" wine=
+    wine=$(command -v wine64 || command -v wine || { [ -x /usr/lib/wine/wine64 ] && echo /usr/lib/wine/wine64; } || true)
+    if [ -z "$wine" ]; then
+        echo "no Wine: the Windows build is compile-checked only"
+        return 0
+    fi
+    # Wine 8 (Debian 12) lacks bcryptprimitives.dll, which Rust's std imports: a stand-in
+    # beside the exe (native-relay/tests/wine/bcryptprimitives.c; test support, never shipped).
+    x86_64-w64-mingw32-gcc -O2 -shared -o "$(dirname "$exe")/bcryptprimitives.dll" \
+        native-relay/tests/wine/bcryptprimitives.c -ladvapi32
+    export WINEPREFIX="${WINEPREFIX:-$HOME/.cache/kwaainet/wine}" WINEDEBUG=-all
+    local prompt="The capital of France is" want got
+    want=$("$(BIN)" generate --model "$KWAAINET_MODEL" --prompt "$prompt" --max-tokens 8)
+    got=$(timeout 300 "$wine" "$exe" generate --model "$KWAAINET_MODEL" --prompt "$prompt" --max-tokens 8)
+    [ "$got" = "$want" ] || { echo "kwaainet.exe under Wine: '$got', expected '$want'"; return 1; }
+    echo "kwaainet.exe under Wine generates what this machine's build does: $got"
+    KWAAINET_WINDOWS_BIN="$exe" KWAAINET_WINE="$wine" \
+        cargo test --workspace --release --test node -- --exact a_windows_node_is_reached_by_a_native_peer
 }
 
 # ---------------------------------------------------------------------------------------

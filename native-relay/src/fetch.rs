@@ -70,18 +70,22 @@ pub fn run(args: &FetchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The user's home directory: `HOME`, or on Windows (which sets none) `USERPROFILE`.
+fn home() -> Option<std::ffi::OsString> {
+    let env = |key: &str| std::env::var_os(key).filter(|v| !v.is_empty());
+    let home = env("HOME");
+    #[cfg(windows)]
+    let home = home.or_else(|| env("USERPROFILE"));
+    home
+}
+
 /// Returns the path of the default model, downloading it first if it is not cached.
 ///
 /// `dir` overrides the cache directory; without it `KWAAINET_MODEL` may name a local GGUF
 /// file, returned as is (see the module docs for the order).
 pub fn ensure_default_model(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     let env = |key: &str| std::env::var_os(key).filter(|v| !v.is_empty());
-    match locate(
-        dir,
-        env("KWAAINET_MODEL"),
-        env("KWAAINET_CACHE"),
-        env("HOME"),
-    )? {
+    match locate(dir, env("KWAAINET_MODEL"), env("KWAAINET_CACHE"), home())? {
         Location::Override(path) => {
             if path.is_file() {
                 Ok(path)
@@ -100,14 +104,7 @@ pub fn ensure_default_model(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// `KWAAINET_MODEL` wins when it names a file.
 pub fn cached_default_model() -> Option<PathBuf> {
     let env = |key: &str| std::env::var_os(key).filter(|v| !v.is_empty());
-    match locate(
-        None,
-        env("KWAAINET_MODEL"),
-        env("KWAAINET_CACHE"),
-        env("HOME"),
-    )
-    .ok()?
-    {
+    match locate(None, env("KWAAINET_MODEL"), env("KWAAINET_CACHE"), home()).ok()? {
         Location::Override(path) => path.is_file().then_some(path),
         Location::CacheDir(dir) => {
             let target = dir.join(DEFAULT_MODEL.file_name);

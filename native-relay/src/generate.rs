@@ -92,6 +92,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
             let mut session = CpuSession::new(&loaded.model, args.ctx)?;
             stream(args, &loaded, &mut session)
         }
+        #[cfg(feature = "gpu")]
         Backend::Wgpu | Backend::BurnCpu => {
             let device = match args.backend {
                 Backend::Wgpu => crate::burn_backend::wgpu_device()?,
@@ -101,6 +102,15 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<()> {
             let mut session = crate::burn_backend::BurnSession::new(&loaded.model, args.ctx)?;
             stream(args, &loaded, &mut session)
         }
+        #[cfg(not(feature = "gpu"))]
+        Backend::Wgpu | Backend::BurnCpu => anyhow::bail!(
+            "this kwaainet is the lean build, without the GPU stack: use --backend cpu, or a \
+             build with the default features (`gpu`) for --backend {}",
+            match args.backend {
+                Backend::Wgpu => "wgpu",
+                _ => "burn-cpu",
+            }
+        ),
     }
 }
 

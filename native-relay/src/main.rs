@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod api;
 mod bench;
+#[cfg(feature = "gpu")]
 mod burn_backend;
 mod fetch;
 mod generate;

@@ -49,6 +49,7 @@ pub fn load_spec(
 }
 
 /// Like [`load`], with the weights put on a burn device.
+#[cfg(feature = "gpu")]
 pub fn load_burn(
     path: &Path,
     device: &burn::tensor::Device,

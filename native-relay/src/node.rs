@@ -287,16 +287,69 @@ pub fn start(args: &StartArgs) -> anyhow::Result<()> {
     rt.block_on(run(s, key, webrtc_pem, &args.span))
 }
 
+/// What stops a node: SIGTERM or SIGINT on Unix (systemd, launchd, Ctrl-C); Ctrl-C, Ctrl-Break,
+/// the console closing or the system shutting down on Windows.
+struct StopSignals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    c: tokio::signal::windows::CtrlC,
+    #[cfg(windows)]
+    brk: tokio::signal::windows::CtrlBreak,
+    #[cfg(windows)]
+    close: tokio::signal::windows::CtrlClose,
+    #[cfg(windows)]
+    shutdown: tokio::signal::windows::CtrlShutdown,
+}
+
+impl StopSignals {
+    #[cfg(unix)]
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
+    }
+
+    #[cfg(windows)]
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::windows;
+        Ok(Self {
+            c: windows::ctrl_c().context("Ctrl-C handler")?,
+            brk: windows::ctrl_break().context("Ctrl-Break handler")?,
+            close: windows::ctrl_close().context("console-close handler")?,
+            shutdown: windows::ctrl_shutdown().context("shutdown handler")?,
+        })
+    }
+
+    /// Waits for the first stop signal and names it.
+    async fn wait(&mut self) -> &'static str {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+        #[cfg(windows)]
+        tokio::select! {
+            _ = self.c.recv() => "Ctrl-C",
+            _ = self.brk.recv() => "Ctrl-Break",
+            _ = self.close.recv() => "console closed",
+            _ = self.shutdown.recv() => "system shutdown",
+        }
+    }
+}
+
 async fn run(
     s: Settings,
     key: kwaainet_p2p::libp2p::identity::Keypair,
     webrtc_pem: Option<String>,
     span_args: &crate::swarm::SpanArgs,
 ) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
     // Install the handlers first: a signal during start-up must not kill us half-way.
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut stop = StopSignals::install()?;
 
     let roles = s.node.clone();
     let node = kwaainet_p2p::spawn(s.node, key, webrtc_pem)
@@ -379,10 +432,8 @@ async fn run(
         out.flush()?;
     }
 
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
+    let why = stop.wait().await;
+    tracing::info!("{why}: shutting down");
     if let Some(service) = service {
         service.drain().await;
     }
@@ -566,6 +617,21 @@ listen = "127.0.0.1:9999"
         std::fs::write(&cfg, "[node]\nnot_a_key = 1\n").unwrap();
         assert!(settings(&T::parse_from(["x", "--config", cfg.to_str().unwrap()]).a).is_err());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The sample config shipped in the release archives (`packaging/kwaainet.toml`) is one
+    /// the node accepts, and says what it claims to.
+    #[test]
+    fn the_packaged_sample_config_is_valid() {
+        let file: FileConfig =
+            toml::from_str(include_str!("../../packaging/kwaainet.toml")).unwrap();
+        assert!(file.node.full && file.node.relay);
+        assert_eq!(file.node.limits.max_established, 512);
+        assert_eq!(
+            file.http.listen,
+            Some("127.0.0.1:8080".parse::<SocketAddr>().unwrap())
+        );
+        assert!(file.identity.is_none());
     }
 
     #[test]

@@ -38,8 +38,14 @@ impl Drop for Node {
 }
 
 fn start(dir: &Path, extra: &[&str]) -> Result<Node> {
+    start_with(Command::new(BIN), dir, extra, Duration::from_secs(30))
+}
+
+/// [`start`] with `cmd` as the binary (another target's build through an emulator, say),
+/// waiting up to `ready` for its HTTP side.
+fn start_with(mut cmd: Command, dir: &Path, extra: &[&str], ready: Duration) -> Result<Node> {
     let t0 = Instant::now();
-    let mut child = Command::new(BIN)
+    let mut child = cmd
         .args([
             "start",
             "--host",
@@ -72,8 +78,8 @@ fn start(dir: &Path, extra: &[&str]) -> Result<Node> {
     let mut addrs = Vec::new();
     let http = loop {
         let line = lines
-            .recv_timeout(Duration::from_secs(30))
-            .context("no `http:` line within 30 s")?;
+            .recv_timeout(ready)
+            .with_context(|| format!("no `http:` line within {ready:?}"))?;
         if let Some(p) = line.strip_prefix("kwaainet node ") {
             peer_id = Some(p.to_owned());
         } else if let Some(a) = line.strip_prefix("  /") {
@@ -532,6 +538,146 @@ fn generate_through_span_servers_equals_local_generation() -> Result<()> {
     assert!(t0.elapsed() < Duration::from_secs(45), "{:?}", t0.elapsed());
     drop(servers);
     drop(boot);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The aarch64 build of `kwaainet` (the lean one) run through qemu-user, when
+/// `KWAAINET_ARM_BIN` names it (npm test's `arm` step, which also sets `QEMU_LD_PREFIX` to
+/// the aarch64 C library).
+fn arm_kwaainet() -> Option<Command> {
+    let bin = std::env::var_os("KWAAINET_ARM_BIN")?;
+    let mut cmd = Command::new("qemu-aarch64");
+    cmd.arg(bin);
+    Some(cmd)
+}
+
+/// A node built for aarch64 (NEON kernels, no GPU stack), run under qemu-user, in a swarm of
+/// x86-64 nodes: it joins through the x86 bootstrap node and serves blocks 15..30 while an
+/// x86 node serves 0..15. `generate` on the ARM build, and `generate --swarm` through the
+/// mixed chain, both give the x86 engine's text exactly: the NEON kernels reproduce the
+/// AVX2 ones bit for bit. Skipped unless `KWAAINET_ARM_BIN` is set.
+#[test]
+fn an_arm_node_serves_a_span_in_an_x86_swarm() -> Result<()> {
+    let Some(mut arm_generate) = arm_kwaainet() else {
+        #[allow(clippy::print_stderr)] // why the test did nothing, for the test log
+        {
+            eprintln!("skipping: KWAAINET_ARM_BIN is not set (npm test's arm step sets it)");
+        }
+        return Ok(());
+    };
+    let Some(model) = model() else {
+        return Ok(());
+    };
+    let m = model.to_str().context("model path")?;
+    let prompt = "The capital of France is";
+    let generate = [
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "8",
+    ];
+    let local = run(&generate)?;
+    assert!(!local.trim().is_empty());
+    let out = arm_generate
+        .args(generate)
+        .stderr(Stdio::inherit())
+        .output()?;
+    assert!(out.status.success(), "ARM generate: {}", out.status);
+    assert_eq!(String::from_utf8(out.stdout)?, local, "ARM generate");
+
+    let (dir, boot, b) = swarm_with_boot("arm")?;
+    let x86 = start(
+        &sub_dir(&dir, "x86")?,
+        &["--bootstrap", &b, "--model", m, "--blocks", "0:15"],
+    )?;
+    assert_eq!(next_span(&x86, 30)?, 0..15);
+    let arm = start_with(
+        arm_kwaainet().context("ARM binary")?,
+        &sub_dir(&dir, "arm")?,
+        &["--bootstrap", &b, "--model", m, "--blocks", "15:30"],
+        Duration::from_secs(120),
+    )?;
+    assert_eq!(next_span(&arm, 120)?, 15..30);
+    let (swarm, log) = swarm_generate(&b, m, prompt, 8, &[])?;
+    assert_eq!(swarm, local, "through the mixed chain");
+    let summary = log
+        .lines()
+        .find(|l| l.starts_with("swarm: "))
+        .with_context(|| format!("no summary in {log}"))?;
+    assert!(
+        summary.starts_with("swarm: 2 hop(s) [0..15 on ")
+            && summary.contains(&format!("15..30 on {}", arm.peer_id)),
+        "{summary}"
+    );
+    sigterm_and_wait(arm)?;
+    drop(x86);
+    drop(boot);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The Windows build of `kwaainet` (mingw-w64, the lean one) run through Wine, when
+/// `KWAAINET_WINDOWS_BIN` names it and `KWAAINET_WINE` the Wine loader (npm test's `arm` step).
+fn windows_kwaainet() -> Option<Command> {
+    let bin = std::env::var_os("KWAAINET_WINDOWS_BIN")?;
+    let mut cmd = Command::new(std::env::var_os("KWAAINET_WINE")?);
+    cmd.arg(bin).env("WINEDEBUG", "-all");
+    Some(cmd)
+}
+
+/// The Windows build under Wine as a node: it starts (identity, listeners, its HTTP side),
+/// a native node bootstraps off it, and each sees the other. It listens on TCP and
+/// WebSocket only: Wine 8 refuses the UDP socket options QUIC and WebRTC set
+/// (`WSAEOPNOTSUPP`), which Windows itself has. Skipped unless `KWAAINET_WINDOWS_BIN` and
+/// `KWAAINET_WINE` are set.
+#[test]
+fn a_windows_node_is_reached_by_a_native_peer() -> Result<()> {
+    let Some(cmd) = windows_kwaainet() else {
+        #[allow(clippy::print_stderr)] // why the test did nothing, for the test log
+        {
+            eprintln!("skipping: KWAAINET_WINDOWS_BIN / KWAAINET_WINE are not set (the arm step)");
+        }
+        return Ok(());
+    };
+    let dir = temp_dir("windows")?;
+    let tcp_only = [
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0/ws",
+    ];
+    let win = start_with(
+        cmd,
+        &sub_dir(&dir, "win")?,
+        &tcp_only,
+        Duration::from_secs(120),
+    )?;
+    let tcp = win
+        .addrs
+        .iter()
+        .find(|x| x.contains("/tcp/") && !x.contains("/ws"))
+        .context("the Windows node's TCP address")?
+        .clone();
+    let native = start(&sub_dir(&dir, "native")?, &["--bootstrap", &tcp])?;
+    let connected = |n: &Node, peer: &str| -> Result<bool> {
+        let st = state(n)?;
+        Ok(st["connected_peers"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["peer_id"] == peer)))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(connected(&native, &win.peer_id)? && connected(&win, &native.peer_id)?) {
+        if Instant::now() > deadline {
+            bail!("the native and Windows nodes never saw each other");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(native);
+    drop(win);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -25,9 +25,13 @@ pub fn default_config_dir() -> Option<PathBuf> {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    env("KWAAINET_CONFIG_DIR")
+    let dir = env("KWAAINET_CONFIG_DIR")
         .or_else(|| env("XDG_CONFIG_HOME").map(|d| d.join("kwaainet")))
-        .or_else(|| env("HOME").map(|h| h.join(".config").join("kwaainet")))
+        .or_else(|| env("HOME").map(|h| h.join(".config").join("kwaainet")));
+    // Windows sets no HOME: the user's roaming application data.
+    #[cfg(windows)]
+    let dir = dir.or_else(|| env("APPDATA").map(|d| d.join("kwaainet")));
+    dir
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
