@@ -30,6 +30,17 @@ struct Node {
     startup: Duration,
 }
 
+impl Node {
+    /// The node's plain TCP address (not WebSocket), with its `/p2p/` peer id.
+    fn tcp_addr(&self) -> Result<String> {
+        self.addrs
+            .iter()
+            .find(|a| a.contains("/tcp/") && !a.contains("/ws"))
+            .cloned()
+            .context("no TCP address")
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -280,12 +291,7 @@ fn start_serves_http_joins_peers_and_stops_on_sigterm() -> Result<()> {
 
     // A second node bootstraps off the first; both see each other.
     let dir_b = temp_dir("start-b")?;
-    let tcp = a
-        .addrs
-        .iter()
-        .find(|x| x.contains("/tcp/") && !x.contains("/ws"))
-        .context("tcp address")?
-        .clone();
+    let tcp = a.tcp_addr()?;
     let b = start(&dir_b, &["--bootstrap", &tcp])?;
     assert_ne!(b.peer_id, a.peer_id);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -384,12 +390,7 @@ fn sub_dir(dir: &std::path::Path, name: &str) -> Result<PathBuf> {
 fn swarm_with_boot(name: &str) -> Result<(PathBuf, Node, String)> {
     let dir = temp_dir(name)?;
     let boot = start(&sub_dir(&dir, "boot")?, &[])?;
-    let b = boot
-        .addrs
-        .iter()
-        .find(|a| a.contains("/tcp/") && !a.contains("/ws"))
-        .context("boot TCP address")?
-        .clone();
+    let b = boot.tcp_addr()?;
     Ok((dir, boot, b))
 }
 
@@ -656,12 +657,7 @@ fn a_windows_node_is_reached_by_a_native_peer() -> Result<()> {
         &tcp_only,
         Duration::from_secs(120),
     )?;
-    let tcp = win
-        .addrs
-        .iter()
-        .find(|x| x.contains("/tcp/") && !x.contains("/ws"))
-        .context("the Windows node's TCP address")?
-        .clone();
+    let tcp = win.tcp_addr()?;
     let native = start(&sub_dir(&dir, "native")?, &["--bootstrap", &tcp])?;
     let connected = |n: &Node, peer: &str| -> Result<bool> {
         let st = state(n)?;

@@ -2,8 +2,10 @@
 //! read (0600 on Unix), created on first use.
 //!
 //! Default location: `$KWAAINET_CONFIG_DIR`, else `$XDG_CONFIG_HOME/kwaainet`, else
-//! `~/.config/kwaainet`, file `identity.key` (libp2p's protobuf key encoding). A file
-//! that others can read is refused rather than silently used, like ssh does.
+//! `~/.config/kwaainet`, else (Windows, which sets no `HOME`) `%APPDATA%\kwaainet`, file
+//! `identity.key` (libp2p's protobuf key encoding). On Unix a file that others can read is
+//! refused rather than silently used, like ssh does; on Windows the file takes the ACL of
+//! the user's profile folder it is created in (the user, SYSTEM and Administrators).
 
 use std::fs;
 use std::io::Write;

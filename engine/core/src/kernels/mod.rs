@@ -5,13 +5,14 @@
 //! SIMD paths: AVX2+FMA on x86-64 (picked at run time), NEON on aarch64 (part of every
 //! AArch64 CPU), simd128 on wasm32 (when the module is built with `+simd128`), portable
 //! scalar code elsewhere; all three SIMD sets give the same bits (llama.cpp's on AVX2), and
-//! `KWAAINET_SCALAR_KERNELS=1` picks the portable kernels at run time (for benchmarks). Batches of 8 tokens or
-//! more (prompts, batched decoding) run Q4_1 and Q8_0 weights through 8-token x86-64
-//! kernels that form the 8-bit products with one VNNI instruction where the CPU has AVX-VNNI
-//! or AVX-512 VNNI (`KWAAINET_NO_VNNI=1` keeps AVX2's two) and move the per-token scale work
-//! out of the inner loop; every path gives the same bits. Types without a fused
-//! kernel (K-quants, F16, BF16) dequantize one row at a time into a small scratch buffer
-//! and use an f32 dot, so memory still holds only the quantized weights.
+//! `KWAAINET_SCALAR_KERNELS=1` picks the portable kernels at run time (for benchmarks).
+//! Batches of 8 tokens or more (prompts, batched decoding) run Q4_1 and Q8_0 weights
+//! through 8-token x86-64 kernels that form the 8-bit products with one VNNI instruction
+//! where the CPU has AVX-VNNI or AVX-512 VNNI (`KWAAINET_NO_VNNI=1` keeps AVX2's two) and
+//! move the per-token scale work out of the inner loop; every path gives the same bits.
+//! Types without a fused kernel (K-quants, F16, BF16) dequantize one row at a time into a
+//! small scratch buffer and use an f32 dot, so memory still holds only the quantized
+//! weights.
 
 use crate::quant::{self, GgmlType};
 use crate::{Error, Result};
@@ -629,8 +630,8 @@ pub fn dot_f16_tiled(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Dot product of f16-valued vectors (attention), summed in llama.cpp's (AVX2) order on
-/// x86-64, aarch64 and wasm32 with simd128: ggml's `vec_dot_f16`, which it uses for one row at a
-/// time (decoding).
+/// x86-64, aarch64 and wasm32 with simd128: ggml's `vec_dot_f16`, which it uses for one row
+/// at a time (decoding).
 #[allow(unreachable_code)] // on wasm32 the SIMD path always returns
 pub fn dot_f16_ordered(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
