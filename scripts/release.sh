@@ -10,8 +10,8 @@
 # README.md, the licences, a sample config (kwaainet.toml), the systemd unit and the launchd
 # plist. The x86-64 Linux target also gets `kwaainet-<version>-<target>-lean.tar.gz`, built
 # without the GPU stack (`--no-default-features`); the cross targets are lean builds (their
-# GPU backends are not built here). Binaries come from the `dist` profile (stripped, thin
-# LTO: Cargo.toml), built in $CARGO_TARGET_DIR like every other build.
+# GPU backends are not built here). Binaries come from the `dist` profile (stripped,
+# LTO, size-optimized but for the engine: Cargo.toml), built in $CARGO_TARGET_DIR like every other build.
 #
 # Cross toolchains (Debian): gcc-aarch64-linux-gnu + libc6-dev-arm64-cross for aarch64,
 # gcc-mingw-w64-x86-64 for Windows, and the Rust targets (`rustup target add ...`).
