@@ -39,6 +39,32 @@ impl Node {
             .cloned()
             .context("no TCP address")
     }
+
+    /// Waits until `peer` is among this node's connected peers (its `/api/v1/state`).
+    fn wait_connected(&self, peer: &str, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let st = state(self)?;
+            let peers = st["connected_peers"].as_array();
+            if peers.is_some_and(|p| p.iter().any(|p| p["peer_id"] == peer)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{peer} never connected to {} in {within:?}: {st}",
+                    self.peer_id
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The `swarm: N hop(s) [...]` summary line `generate --swarm` writes to stderr.
+fn swarm_summary(log: &str) -> Result<&str> {
+    log.lines()
+        .find(|l| l.starts_with("swarm: "))
+        .with_context(|| format!("no summary in {log}"))
 }
 
 impl Drop for Node {
@@ -294,21 +320,7 @@ fn start_serves_http_joins_peers_and_stops_on_sigterm() -> Result<()> {
     let tcp = a.tcp_addr()?;
     let b = start(&dir_b, &["--bootstrap", &tcp])?;
     assert_ne!(b.peer_id, a.peer_id);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let st = state(&a)?;
-        let peers = st["connected_peers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if peers.iter().any(|p| p["peer_id"] == b.peer_id.as_str()) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("node B never connected to A: {st}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    a.wait_connected(&b.peer_id, Duration::from_secs(20))?;
     let http_a = a.http.to_string();
     let peers = run(&["peers", "--http", &http_a])?;
     assert!(peers.contains(&b.peer_id), "{peers}");
@@ -463,10 +475,7 @@ fn generate_through_span_servers_equals_local_generation() -> Result<()> {
         let extra: &[&str] = if push { &[] } else { &["--no-push"] };
         let (swarm, log) = swarm_generate(&b, m, prompt, 16, extra)?;
         assert_eq!(swarm, local, "push {push}");
-        let summary = log
-            .lines()
-            .find(|l| l.starts_with("swarm: "))
-            .with_context(|| format!("no summary in {log}"))?;
+        let summary = swarm_summary(&log)?;
         assert!(
             summary.starts_with("swarm: 3 hop(s) [0..10 on "),
             "{summary}"
@@ -605,10 +614,7 @@ fn an_arm_node_serves_a_span_in_an_x86_swarm() -> Result<()> {
     assert_eq!(next_span(&arm, 120)?, 15..30);
     let (swarm, log) = swarm_generate(&b, m, prompt, 8, &[])?;
     assert_eq!(swarm, local, "through the mixed chain");
-    let summary = log
-        .lines()
-        .find(|l| l.starts_with("swarm: "))
-        .with_context(|| format!("no summary in {log}"))?;
+    let summary = swarm_summary(&log)?;
     assert!(
         summary.starts_with("swarm: 2 hop(s) [0..15 on ")
             && summary.contains(&format!("15..30 on {}", arm.peer_id)),
@@ -659,19 +665,8 @@ fn a_windows_node_is_reached_by_a_native_peer() -> Result<()> {
     )?;
     let tcp = win.tcp_addr()?;
     let native = start(&sub_dir(&dir, "native")?, &["--bootstrap", &tcp])?;
-    let connected = |n: &Node, peer: &str| -> Result<bool> {
-        let st = state(n)?;
-        Ok(st["connected_peers"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|p| p["peer_id"] == peer)))
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(connected(&native, &win.peer_id)? && connected(&win, &native.peer_id)?) {
-        if Instant::now() > deadline {
-            bail!("the native and Windows nodes never saw each other");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    native.wait_connected(&win.peer_id, Duration::from_secs(30))?;
+    win.wait_connected(&native.peer_id, Duration::from_secs(30))?;
     drop(native);
     drop(win);
     let _ = std::fs::remove_dir_all(&dir);

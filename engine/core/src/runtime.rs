@@ -165,8 +165,9 @@ impl<P: Deref<Target: SpanModel> + Clone> Runtime<P> {
     }
 
     /// Starts a generation, ending the previous one whether or not this request is valid
-    /// (its KV cache is released before the new one is allocated). Nothing runs until the
-    /// first step.
+    /// (its KV cache is released before the new one is allocated). The sampler settings and
+    /// the prompt's length are checked before the new cache is allocated (the generator
+    /// checks them again, cheaply). Nothing runs until the first step.
     pub fn start(&mut self, prompt: Prompt<'_>, opts: &GenerateOptions) -> Result<GenerationId> {
         self.active = None;
         opts.sampler.validate()?;

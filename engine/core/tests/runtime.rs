@@ -157,18 +157,20 @@ fn a_new_start_ends_the_running_generation() {
     assert!(matches!(rt.restore(second, g), Err(Error::Ended)));
     assert_eq!(rt.step(third, 1).unwrap().tokens, r.output[..1]);
 
-    // A refused request still ends the one before it, and its cache is released.
-    let bad = GenerateOptions {
-        sampler: SamplerConfig {
-            temperature: -1.0,
-            ..SamplerConfig::default()
-        },
-        ..greedy(8)
-    };
-    assert!(matches!(
-        rt.start(prompt, &bad),
-        Err(Error::InvalidArgument(_))
-    ));
+    // Bad sampler settings are refused, and a refused request still ends the one before it.
+    let bad: [fn(&mut SamplerConfig); 5] = [
+        |c| c.temperature = -0.5,
+        |c| c.temperature = f32::NAN,
+        |c| c.top_p = 0.0,
+        |c| c.top_p = 1.5,
+        |c| c.repetition_penalty = 0.0,
+    ];
+    for set in bad {
+        let mut opts = greedy(8);
+        set(&mut opts.sampler);
+        let e = rt.start(prompt, &opts).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    }
     assert!(matches!(rt.step(third, 1), Err(Error::Ended)));
     rt.end();
     assert!(!rt.is_running(third));
