@@ -15,8 +15,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{StreamProtocol, autonat, connection_limits, dcutr, identify, kad, ping, relay};
 
 use crate::config::{IDENTIFY_PROTOCOL, KAD_PROTOCOL, NodeConfig};
-use crate::info;
 use crate::record::MAX_RECORD_BYTES;
+use crate::{host, info};
 
 /// Largest Kademlia message (libp2p's default is 16 KiB; ours carry up to 20 signed records
 /// of [`MAX_RECORD_BYTES`] in a GET_VALUE/FIND_NODE reply, so a little more).
@@ -62,6 +62,9 @@ pub struct Behaviour {
     pub autonat: Toggle<autonat::Behaviour>,
     /// `/kwaainet/info/1.0.0`.
     pub info: request_response::Behaviour<info::Codec>,
+    /// `/kwaainet/host/1.0.0`: relays store their clients' records (inbound only on
+    /// relays; every node may ask).
+    pub host: request_response::Behaviour<host::Codec>,
     /// Protocols that own their streams (`/kwaainet/inference/1.0.0`), through
     /// `libp2p-stream`'s control.
     pub streams: libp2p_stream::Behaviour,
@@ -162,6 +165,21 @@ impl Behaviour {
                 .with_max_concurrent_streams(INFO_MAX_STREAMS),
         );
 
+        let host = request_response::Behaviour::with_codec(
+            host::Codec,
+            [(
+                host::PROTOCOL,
+                if config.relay {
+                    ProtocolSupport::Full
+                } else {
+                    ProtocolSupport::Outbound
+                },
+            )],
+            request_response::Config::default()
+                .with_request_timeout(host::TIMEOUT)
+                .with_max_concurrent_streams(INFO_MAX_STREAMS),
+        );
+
         Self {
             limits,
             identify,
@@ -172,6 +190,7 @@ impl Behaviour {
             dcutr: dcutr::Behaviour::new(peer_id),
             autonat: autonat.into(),
             info,
+            host,
             streams: libp2p_stream::Behaviour::new(),
         }
     }

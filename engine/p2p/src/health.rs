@@ -116,22 +116,43 @@ pub async fn report(node: &NodeHandle, model: &str, blocks: Option<u32>) -> Mode
 
 /// Asks the DHT for `model`'s servers (its providers) and their spans (their signed records),
 /// whatever their state: the directory clients route with and servers place themselves by.
+/// The clients a provider hosts (browser pages behind its relay) are read from their own
+/// signed records, kept only while the relay lists them and if they route through it.
 pub async fn servers(node: &NodeHandle, model: &str) -> Vec<ServerRow> {
     let mut rows = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let providers = node.model_providers(model).await.unwrap_or_default();
     for peer in providers.into_iter().take(MAX_SERVERS) {
         let Ok(Some(record)) = node.get_node_record(peer).await else {
             continue;
         };
-        rows.extend(
-            record
-                .spans
-                .iter()
-                .filter(|s| s.model == model)
-                .map(|s| row(peer, s, &record)),
-        );
+        if seen.insert(peer) {
+            rows.extend(spans_of(model, &record));
+        }
+        for &hosted in record.hosted.iter().take(crate::record::MAX_HOSTED) {
+            if rows.len() >= MAX_SERVERS || !seen.insert(hosted) {
+                continue;
+            }
+            match node.get_node_record(hosted).await {
+                Ok(Some(h)) if crate::host::check_hostable(&h, peer).is_ok() => {
+                    rows.extend(spans_of(model, &h));
+                }
+                _ => tracing::debug!(%hosted, relay = %peer, "hosted record missing or invalid"),
+            }
+        }
     }
     rows
+}
+
+fn spans_of<'a>(
+    model: &'a str,
+    record: &'a crate::record::NodeRecord,
+) -> impl Iterator<Item = ServerRow> + 'a {
+    record
+        .spans
+        .iter()
+        .filter(move |s| s.model == model)
+        .map(|s| row(record.peer_id, s, record))
 }
 
 /// Keeps reports of the watched models fresh; stops when dropped.

@@ -19,6 +19,7 @@ mod command;
 pub mod config;
 pub mod error;
 mod frame;
+pub mod host;
 pub mod info;
 mod lookup;
 pub mod msg;

@@ -13,6 +13,7 @@
 //! readers reject versions they do not know ([`decode_node_record`]).
 //! Every field a peer controls is bounded ([`MAX_RECORD_BYTES`], [`MAX_ADDRESSES`], ...).
 
+#[cfg(not(wasm_browser))]
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use libp2p::core::SignedEnvelope;
@@ -34,6 +35,8 @@ pub const MAX_ADDRESSES: usize = 16;
 pub const MAX_SPANS: usize = 32;
 /// Longest free-form string (version, region, model id).
 pub const MAX_STRING: usize = 128;
+/// Most hosted peers one node record lists ([`NodeRecord::hosted`]).
+pub const MAX_HOSTED: usize = 64;
 
 const NODE_KEY_PREFIX: &str = "/kwaainet/node/";
 const MODEL_KEY_PREFIX: &str = "/kwaainet/model/";
@@ -189,6 +192,11 @@ pub struct NodeRecord {
     /// Model spans it serves.
     #[serde(default)]
     pub spans: Vec<ServedSpan>,
+    /// Peers that cannot be DHT servers (browser pages, reached through this node's relay)
+    /// whose own signed records this node stores for them: their spans are found through
+    /// this node's provider registrations (`/kwaainet/host/1.0.0`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosted: Vec<PeerId>,
     /// When it was issued (seconds since the Unix epoch); newer wins.
     pub issued_at: u64,
 }
@@ -208,6 +216,12 @@ impl NodeRecord {
         }
         if self.spans.len() > MAX_SPANS {
             return bad(format!("{} spans (max {MAX_SPANS})", self.spans.len()));
+        }
+        if self.hosted.len() > MAX_HOSTED {
+            return bad(format!(
+                "{} hosted peers (max {MAX_HOSTED})",
+                self.hosted.len()
+            ));
         }
         if self.roles.len() > 8 {
             return bad("too many roles".into());
@@ -388,6 +402,9 @@ pub fn browser_rank(addr: &Multiaddr) -> Option<u8> {
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {
+    // std's clock panics in a page: the browser's through `web-time` there.
+    #[cfg(wasm_browser)]
+    use web_time::{SystemTime, UNIX_EPOCH};
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -416,6 +433,7 @@ mod tests {
             version: "0.1.0".into(),
             region: Some("eu-west".into()),
             spans: vec![ServedSpan::new("m", 0, 30)],
+            hosted: vec![],
             issued_at: 1,
         }
     }

@@ -10,7 +10,7 @@ use crate::command::{Commands, Reply};
 use crate::error::{Error, Result};
 use crate::lookup::Lookup;
 use crate::msg;
-use crate::record::NodeRecord;
+use crate::record::{Accelerator, NodeRecord, ServedSpan};
 
 /// Someone waiting for the bootstrap connection.
 pub(super) type Waiter = Reply<Result<(PeerId, Multiaddr)>>;
@@ -22,19 +22,55 @@ pub(super) enum Command {
     GetRecord(PeerId, Reply<Result<Lookup>>),
     AskInfo(PeerId, Reply<Result<NodeRecord>>),
     Send(PeerId, Vec<u8>, Reply<Result<Duration>>),
+    Host(Vec<ServedSpan>, Accelerator, Reply<Result<()>>),
 }
 
 /// The handle to a running page-side node. Dropping every clone stops the node.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BrowserHandle {
     pub(super) peer_id: PeerId,
     pub(super) commands: Commands<Command>,
+    pub(super) streams: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for BrowserHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrowserHandle")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BrowserHandle {
     /// Our peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Opens and accepts streams of protocols that own them (`/kwaainet/inference/1.0.0`).
+    pub fn stream_control(&self) -> libp2p_stream::Control {
+        self.streams.clone()
+    }
+
+    /// Asks the bootstrap node (our relay) to host our signed record announcing `spans`
+    /// (`/kwaainet/host/1.0.0`), so DHT clients find them through it; `Ok` once it stored
+    /// it. Kept and sent again each time the relay reservation comes back (after a
+    /// reconnect). An empty list withdraws our spans. Fails while we have no relayed
+    /// address, or when the relay refuses (the error says why).
+    pub async fn host(&self, spans: Vec<ServedSpan>, accelerator: Accelerator) -> Result<()> {
+        if spans.len() > crate::record::MAX_SPANS {
+            return Err(Error::Config(format!(
+                "{} spans (max {})",
+                spans.len(),
+                crate::record::MAX_SPANS
+            )));
+        }
+        for s in &spans {
+            s.validate()?;
+        }
+        self.commands
+            .ask(|tx| Command::Host(spans, accelerator, tx))
+            .await?
     }
 
     /// Waits until we are connected to the bootstrap node (at once if we are); fails if

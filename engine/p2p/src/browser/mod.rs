@@ -164,7 +164,7 @@ pub fn start(
         .filter(|a| a.iter().last() == Some(Protocol::P2p(bootstrap)))
         .cloned()
         .collect();
-    let mut swarm = build_swarm(key, config.dial_timeout)?;
+    let mut swarm = build_swarm(key.clone(), config.dial_timeout)?;
     let peer_id = *swarm.local_peer_id();
     for a in &addrs {
         let mut transport_addr = a.clone();
@@ -175,9 +175,15 @@ pub fn start(
             .kad
             .add_address(&bootstrap, transport_addr);
     }
+    let streams = swarm.behaviour().node.streams.new_control();
     let (commands, rx) = crate::command::channel(COMMAND_QUEUE);
     let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
-    let mut rt = Runtime::new(swarm, config, bootstrap, addrs, events_tx);
+    let mut rt = Runtime::new(swarm, key, config, bootstrap, addrs, events_tx);
     rt.dial_bootstrap();
-    Ok((BrowserHandle { peer_id, commands }, events, rt.run(rx)))
+    let handle = BrowserHandle {
+        peer_id,
+        commands,
+        streams,
+    };
+    Ok((handle, events, rt.run(rx)))
 }

@@ -9,6 +9,7 @@ use futures::future::{Fuse, FusedFuture};
 use futures::{FutureExt, StreamExt};
 use futures_timer::Delay;
 use libp2p::core::transport::ListenerId;
+use libp2p::identity::Keypair;
 use libp2p::kad::{self, QueryResult};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
@@ -23,14 +24,19 @@ use super::{BrowserConfig, BrowserEvent, BrowserState, COMMAND_QUEUE, MAX_IN_FLI
 use crate::behaviour::BehaviourEvent;
 use crate::command::Reply;
 use crate::error::{Error, Result};
+use crate::host::{self, HostAsks, HostResponse};
 use crate::info::InfoResponse;
 use crate::lookup::{InfoAsks, RecordLookups};
 use crate::msg;
+use crate::record::{
+    Accelerator, AddressEntry, NODE_RECORD_VERSION, NodeRecord, Role, ServedSpan, unix_now,
+};
 
 /// The loop's state; the link to the bootstrap node (`link.rs`) reads and updates the
 /// fields marked `pub(super)`.
 pub(super) struct Runtime {
     pub(super) swarm: Swarm<BrowserBehaviour>,
+    key: Keypair,
     pub(super) config: BrowserConfig,
     pub(super) bootstrap: PeerId,
     pub(super) addrs: Vec<Multiaddr>,
@@ -57,11 +63,15 @@ pub(super) struct Runtime {
     sends: HashMap<OutboundRequestId, (Instant, Reply<Result<Duration>>)>,
     /// Connected peers, with how many connections each.
     peers: HashMap<PeerId, u32>,
+    /// The spans our relay hosts for us (sent again when the reservation comes back).
+    hosting: Option<(Vec<ServedSpan>, Accelerator)>,
+    hosts: HostAsks,
 }
 
 impl Runtime {
     pub(super) fn new(
         swarm: Swarm<BrowserBehaviour>,
+        key: Keypair,
         config: BrowserConfig,
         bootstrap: PeerId,
         addrs: Vec<Multiaddr>,
@@ -69,6 +79,7 @@ impl Runtime {
     ) -> Self {
         Self {
             swarm,
+            key,
             config,
             bootstrap,
             addrs,
@@ -89,6 +100,8 @@ impl Runtime {
             infos: InfoAsks::default(),
             sends: HashMap::new(),
             peers: HashMap::new(),
+            hosting: None,
+            hosts: HostAsks::default(),
         }
     }
 
@@ -103,7 +116,7 @@ impl Runtime {
     }
 
     fn in_flight(&self) -> usize {
-        self.queries.len() + self.infos.len() + self.sends.len()
+        self.queries.len() + self.infos.len() + self.sends.len() + self.hosts.len()
     }
 
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
@@ -183,6 +196,51 @@ impl Runtime {
                 );
                 self.sends.insert(id, (Instant::now(), tx));
             }
+            Command::Host(spans, accelerator, tx) => {
+                if self.in_flight() >= MAX_IN_FLIGHT {
+                    let _ = tx.send(Err(busy()));
+                    return;
+                }
+                self.hosting = (!spans.is_empty()).then(|| (spans.clone(), accelerator));
+                self.send_host(spans, accelerator, tx);
+            }
+        }
+    }
+
+    /// Sends our signed record with `spans` to the bootstrap node (our relay) to host.
+    fn send_host(
+        &mut self,
+        spans: Vec<ServedSpan>,
+        accelerator: Accelerator,
+        tx: Reply<Result<()>>,
+    ) {
+        let Some(addr) = self.relay_addr.clone() else {
+            let _ = tx.send(Err(Error::Transport(
+                "no relayed address yet: the relay reservation is not ready".into(),
+            )));
+            return;
+        };
+        let record = NodeRecord {
+            v: NODE_RECORD_VERSION,
+            peer_id: *self.swarm.local_peer_id(),
+            roles: vec![Role::Client],
+            addrs: vec![AddressEntry::new(addr)],
+            accelerator,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            region: None,
+            spans,
+            hosted: Vec::new(),
+            issued_at: unix_now(),
+        };
+        match record.sign(&self.key) {
+            Ok(bytes) => {
+                let bootstrap = self.bootstrap;
+                let host = &mut self.swarm.behaviour_mut().node.host;
+                self.hosts.start(host, bootstrap, bytes, tx);
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
         }
     }
 
@@ -206,6 +264,9 @@ impl Runtime {
             }
             SwarmEvent::Behaviour(BrowserBehaviourEvent::Node(BehaviourEvent::Info(e))) => {
                 self.on_info(e)
+            }
+            SwarmEvent::Behaviour(BrowserBehaviourEvent::Node(BehaviourEvent::Host(e))) => {
+                self.on_host(e)
             }
             SwarmEvent::Behaviour(BrowserBehaviourEvent::Msg(e)) => self.on_msg(e),
             SwarmEvent::Behaviour(other) => tracing::trace!(?other, "behaviour event"),
@@ -293,6 +354,12 @@ impl Runtime {
                 self.relay_addr = Some(addr.clone());
                 self.relay_failures = 0;
                 self.emit(BrowserEvent::RelayReady { addr });
+                // A new reservation (after a reconnect): the relay hosts us again.
+                if let Some((spans, accelerator)) = self.hosting.clone() {
+                    // Nobody waits for this answer: a refusal shows in the relay's state.
+                    let (tx, _) = futures::channel::oneshot::channel();
+                    self.send_host(spans, accelerator, tx);
+                }
             }
             SwarmEvent::ListenerClosed {
                 listener_id,
@@ -352,6 +419,23 @@ impl Runtime {
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => self.infos.on_failure(request_id, &error),
+            _ => {}
+        }
+    }
+
+    fn on_host(&mut self, e: request_response::Event<host::Request, HostResponse>) {
+        match e {
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => self.hosts.on_response(request_id, response),
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => self.hosts.on_failure(request_id, &error),
             _ => {}
         }
     }

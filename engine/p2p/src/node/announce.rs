@@ -15,7 +15,7 @@ use crate::command::Reply;
 use crate::error::{Error, Result};
 use crate::record::{
     self, AddressEntry, MAX_ADDRESSES, MAX_SPANS, NODE_RECORD_VERSION, NodeRecord, Role,
-    ServedSpan, is_dialable, model_key, node_key, unix_now,
+    ServedSpan, is_dialable, node_key, unix_now,
 };
 
 /// Debounce between an address change and the re-publication of our record.
@@ -71,7 +71,7 @@ impl Runtime {
             .collect()
     }
 
-    fn own_record(&self) -> NodeRecord {
+    pub(super) fn own_record(&self) -> NodeRecord {
         NodeRecord {
             v: NODE_RECORD_VERSION,
             peer_id: *self.swarm.local_peer_id(),
@@ -81,6 +81,7 @@ impl Runtime {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             region: self.config.region.clone(),
             spans: self.config.spans.clone(),
+            hosted: self.hosted.peers(),
             issued_at: unix_now(),
         }
     }
@@ -139,18 +140,9 @@ impl Runtime {
             }
             return;
         }
-        let models = |s: &[ServedSpan]| s.iter().map(|x| x.model.clone()).collect::<HashSet<_>>();
-        let (old, new) = (models(&self.config.spans), models(&spans));
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        for m in new.difference(&old) {
-            if let Err(e) = kad.start_providing(model_key(m)) {
-                tracing::warn!(model = %m, error = %e, "cannot register as provider");
-            }
-        }
-        for m in old.difference(&new) {
-            kad.stop_providing(&model_key(m));
-        }
+        let before = self.provided_models();
         self.config.spans = spans;
+        self.update_providers(&before);
         self.publish(reply);
     }
 

@@ -21,6 +21,7 @@ pub(super) enum Command {
     Publish(Reply<Result<()>>),
     Dial(Multiaddr, Reply<Result<()>>),
     SetSpans(Vec<ServedSpan>, Reply<Result<()>>),
+    HostOn(PeerId, Reply<Result<()>>),
 }
 
 /// The handle to a running node. Dropping every clone stops the node; [`NodeHandle::shutdown`]
@@ -125,6 +126,14 @@ impl NodeHandle {
     /// connections (inbound ones, or another dial to the same peer) do not answer it.
     pub async fn dial(&self, addr: Multiaddr) -> Result<()> {
         self.commands.ask(|tx| Command::Dial(addr, tx)).await?
+    }
+
+    /// Asks `relay`, which holds a reservation for us, to host our record
+    /// (`/kwaainet/host/1.0.0`): for a client that cannot be a DHT server, its spans become
+    /// findable through the relay. Fails if we have no circuit address through it yet or
+    /// the relay refuses (the error says why).
+    pub async fn host_on(&self, relay: PeerId) -> Result<()> {
+        self.commands.ask(|tx| Command::HostOn(relay, tx)).await?
     }
 
     /// Replaces the spans the node announces (their state, throughput and free cache

@@ -97,6 +97,7 @@ impl Runtime {
                 }
             }
             QueryResult::GetProviders(res) => self.queries.on_providers(id, res, last),
+            QueryResult::PutRecord(_) if self.hosted.is_put(id, last) => {}
             QueryResult::PutRecord(res) => {
                 if !last {
                     return;

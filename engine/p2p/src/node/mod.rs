@@ -13,12 +13,14 @@
 //! | `store.rs` | what others may store with us |
 //! | `routing.rs` | which identified peers enter the routing table |
 //! | `relays.rs` | relay-reservation policy (reachable behind a NAT) |
+//! | `hosted.rs` | records a relay stores for its clients (`/kwaainet/host/1.0.0`) |
 //! | `dials.rs` | [`NodeHandle::dial`]s by connection id, with their timeout |
 //! | `metrics.rs` | our Prometheus metrics |
 
 mod announce;
 mod dials;
 mod handle;
+mod hosted;
 mod lookup;
 mod metrics;
 mod relays;

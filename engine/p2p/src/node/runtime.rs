@@ -18,6 +18,7 @@ use libp2p::{PeerId, Swarm, autonat, identify};
 
 use super::dials::Dials;
 use super::handle::Command;
+use super::hosted::Hosted;
 use super::lookup::Queries;
 use super::metrics::NodeMetrics;
 use super::relays::Relays;
@@ -55,6 +56,7 @@ pub(super) struct Runtime {
     misbehaving: u64,
     pub(super) relays: Relays,
     pub(super) nat: autonat::NatStatus,
+    pub(super) hosted: Hosted,
 }
 
 impl Runtime {
@@ -82,6 +84,7 @@ impl Runtime {
             misbehaving: 0,
             relays: Relays::default(),
             nat: autonat::NatStatus::Unknown,
+            hosted: Hosted::default(),
         }
     }
 
@@ -210,6 +213,7 @@ impl Runtime {
             }
             Command::Publish(tx) => self.publish(Some(tx)),
             Command::SetSpans(spans, tx) => self.set_spans(spans, Some(tx)),
+            Command::HostOn(relay, tx) => self.host_on(relay, tx),
             Command::Dial(addr, tx) => {
                 let secs = self.config.dial_timeout_secs.max(1);
                 self.dials.start(&mut self.swarm, addr, secs, tx);
@@ -246,6 +250,7 @@ impl Runtime {
             relay_reservations: self.relays.reserved(),
             nat_status: (&self.nat).into(),
             spans: self.config.spans.clone(),
+            hosted: self.hosted.peers(),
         }
     }
 
@@ -275,6 +280,7 @@ impl Runtime {
                 tracing::debug!(?e, "dcutr");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Info(e)) => self.on_info(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Host(e)) => self.on_host(e),
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(e)) => self.on_autonat(e),
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => self.on_relay_client(e),
             SwarmEvent::ListenerClosed { listener_id, .. } => self.on_listener_closed(listener_id),
@@ -300,6 +306,7 @@ impl Runtime {
                 ..
             } => {
                 self.peers.remove(&peer_id);
+                self.unhost(peer_id);
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id,
@@ -339,7 +346,7 @@ impl Runtime {
         routing::on_identify(&mut self.swarm.behaviour_mut().kad, peer_id, info, local);
     }
 
-    fn misbehaved(&mut self, peer: PeerId, why: &str) {
+    pub(super) fn misbehaved(&mut self, peer: PeerId, why: &str) {
         tracing::warn!(%peer, why, "protocol violation: disconnecting");
         self.misbehaving += 1;
         self.ours.misbehaving_peers.inc();

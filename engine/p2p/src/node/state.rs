@@ -117,4 +117,7 @@ pub struct NodeState {
     /// The model spans this node announces.
     #[serde(default)]
     pub spans: Vec<crate::record::ServedSpan>,
+    /// Clients (browser pages) whose records this relay hosts (`/kwaainet/host/1.0.0`).
+    #[serde(default)]
+    pub hosted: Vec<PeerId>,
 }

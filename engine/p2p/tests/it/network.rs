@@ -325,6 +325,7 @@ async fn forged_and_foreign_records_pushed_over_kad_are_not_stored() -> Result<(
         version: "evil".into(),
         region: None,
         spans: vec![],
+        hosted: vec![],
         issued_at: 1,
     };
     // A record in the victim's name signed by Mallory (the API refuses to make one).
@@ -521,5 +522,98 @@ async fn a_dial_answers_for_its_own_connection_and_fails_in_bounded_time() -> Re
     held.abort();
     node.shutdown().await;
     other.shutdown().await;
+    Ok(())
+}
+
+/// A client that cannot be a DHT server (what a browser page is) serves a span: it holds a
+/// reservation on a relay and asks it to host its signed record (`/kwaainet/host/1.0.0`).
+/// A third peer finds the span among the model's servers through the relay's provider
+/// registration, with the circuit address, and reaches the client through it. Withdrawing
+/// the spans, or disconnecting, ends the hosting; a client sends one record per second at
+/// most. (Records that are not the sender's own, or not a client's, or that name direct
+/// addresses are refused: `host.rs`'s unit tests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_hosts_its_clients_span_records() -> Result<()> {
+    use kwaainet_p2p::RelayReservations;
+    use kwaainet_p2p::health;
+
+    let mut rcfg = config(true, vec![]);
+    rcfg.relay = true;
+    let relay = start(rcfg).await?;
+    let relay_addr = tcp_addr(&relay)?;
+
+    let mut pcfg = config(false, vec![relay_addr.clone()]);
+    pcfg.relay_reservations = RelayReservations::Always;
+    pcfg.spans = vec![ServedSpan::new("m@1", 10, 20)];
+    let page = start(pcfg).await?;
+    let finder = start(config(true, vec![relay_addr.clone()])).await?;
+
+    // Hosted once the reservation gives the client a circuit address.
+    eventually(20, "the relay hosts the client", || async {
+        page.host_on(relay.peer_id()).await.ok()
+    })
+    .await?;
+    assert_eq!(relay.state().await?.hosted, vec![page.peer_id()]);
+
+    let row = eventually(20, "the hosted span among the model's servers", || async {
+        health::servers(&finder, "m@1")
+            .await
+            .into_iter()
+            .find(|r| r.peer_id == page.peer_id())
+    })
+    .await?;
+    assert_eq!((row.start, row.end), (10, 20));
+    assert!(row.relayed, "a hosted span is relayed");
+    let circuit = row.addrs.first().context("no address")?.clone();
+    assert!(circuit.to_string().contains("/p2p-circuit"), "{circuit}");
+    within(
+        20,
+        "dial the client through the relay",
+        finder.dial(circuit),
+    )
+    .await??;
+    let info = within(15, "info over the circuit", finder.ask_info(page.peer_id())).await??;
+    assert_eq!(info.spans, vec![ServedSpan::new("m@1", 10, 20)]);
+
+    // Withdrawn: the relay stops listing it, and the finder with it.
+    let _ = within(20, "spans withdrawn", page.set_spans(Vec::new())).await;
+    within(10, "withdraw", page.host_on(relay.peer_id())).await??;
+    assert!(relay.state().await?.hosted.is_empty());
+    eventually(20, "the withdrawn span gone", || async {
+        let rows = health::servers(&finder, "m@1").await;
+        rows.iter()
+            .all(|r| r.peer_id != page.peer_id())
+            .then_some(())
+    })
+    .await?;
+
+    // Hosted again, then the client goes: hosting ends with its connection.
+    let _ = within(
+        20,
+        "spans again",
+        page.set_spans(vec![ServedSpan::new("m@1", 10, 20)]),
+    )
+    .await;
+    eventually(20, "hosted again", || async {
+        page.host_on(relay.peer_id()).await.ok()
+    })
+    .await?;
+    // A client may not flood its relay: one record per second (withdrawals excepted).
+    let flood = within(10, "a second record at once", page.host_on(relay.peer_id())).await?;
+    assert!(
+        flood
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("one record per")),
+        "{flood:?}"
+    );
+    within(10, "shutdown", page.shutdown()).await?;
+    eventually(20, "hosting ends with the connection", || async {
+        relay.state().await.ok()?.hosted.is_empty().then_some(())
+    })
+    .await?;
+
+    for n in [&finder, &relay] {
+        within(10, "shutdown", n.shutdown()).await?;
+    }
     Ok(())
 }
