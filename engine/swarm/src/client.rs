@@ -14,7 +14,9 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use kwaainet_core::codec::Codec;
 use kwaainet_core::generate::Session;

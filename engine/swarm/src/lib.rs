@@ -53,4 +53,4 @@ pub mod server;
 
 pub use client::{ClientConfig, CodecChoice, ServerEntry, SwarmError, SwarmSession, SwarmStats};
 pub use link::{Connector, Link, LinkError, LocalServers};
-pub use server::{ServerConfig, SpanServer};
+pub use server::{ServerConfig, ServerStats, SpanServer};

@@ -10,12 +10,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use libp2p_stream::Control;
 
 use crate::link::{Connector, Link, LinkError};
-use crate::protocol::{self, Fail, FailKind, FrameError, MAX_HEADER, Message, PROTOCOL, VERSION};
+use crate::protocol::{self, Fail, FailKind, FrameError, Message, PROTOCOL, read_frame_bytes};
 use crate::server::SpanServer;
 
 /// Timeouts and caps of the network side.
@@ -52,44 +52,6 @@ pub enum NetError {
 
 fn protocol_id() -> StreamProtocol {
     StreamProtocol::new(PROTOCOL)
-}
-
-/// Reads one whole frame's bytes (as [`protocol::decode`] takes them), refusing lengths over
-/// [`MAX_HEADER`] and `max_payload` before reading them.
-pub async fn read_frame_bytes<R: AsyncRead + Unpin>(
-    r: &mut R,
-    max_payload: usize,
-) -> Result<Vec<u8>, FrameError> {
-    let mut head = [0u8; 5];
-    r.read_exact(&mut head).await?;
-    if head[0] != VERSION {
-        return Err(FrameError::Version(head[0]));
-    }
-    let header_len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if header_len > MAX_HEADER {
-        return Err(FrameError::TooLarge {
-            what: "header",
-            got: header_len,
-            limit: MAX_HEADER,
-        });
-    }
-    let mut frame = head.to_vec();
-    frame.resize(5 + header_len + 4, 0);
-    r.read_exact(&mut frame[5..]).await?;
-    let at = 5 + header_len;
-    let payload_len =
-        u32::from_le_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]]) as usize;
-    let limit = max_payload.min(protocol::MAX_PAYLOAD);
-    if payload_len > limit {
-        return Err(FrameError::TooLarge {
-            what: "payload",
-            got: payload_len,
-            limit,
-        });
-    }
-    frame.resize(at + 4 + payload_len, 0);
-    r.read_exact(&mut frame[at + 4..]).await?;
-    Ok(frame)
 }
 
 /// The span server a node answers new streams with; replaced when the node moves to other

@@ -31,6 +31,8 @@
 
 use std::io::Read;
 
+use futures::{AsyncRead, AsyncReadExt};
+
 use serde::{Deserialize, Serialize};
 
 /// The protocol id on libp2p streams.
@@ -277,6 +279,44 @@ pub fn decode(bytes: &[u8], max_payload: usize) -> Result<Frame, FrameError> {
         message: parse_header(header)?,
         payload: rest[at + 4..].to_vec(),
     })
+}
+
+/// Reads one whole frame's bytes (as [`protocol::decode`] takes them), refusing lengths over
+/// [`MAX_HEADER`] and `max_payload` before reading them.
+pub async fn read_frame_bytes<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_payload: usize,
+) -> Result<Vec<u8>, FrameError> {
+    let mut head = [0u8; 5];
+    r.read_exact(&mut head).await?;
+    if head[0] != VERSION {
+        return Err(FrameError::Version(head[0]));
+    }
+    let header_len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if header_len > MAX_HEADER {
+        return Err(FrameError::TooLarge {
+            what: "header",
+            got: header_len,
+            limit: MAX_HEADER,
+        });
+    }
+    let mut frame = head.to_vec();
+    frame.resize(5 + header_len + 4, 0);
+    r.read_exact(&mut frame[5..]).await?;
+    let at = 5 + header_len;
+    let payload_len =
+        u32::from_le_bytes([frame[at], frame[at + 1], frame[at + 2], frame[at + 3]]) as usize;
+    let limit = max_payload.min(MAX_PAYLOAD);
+    if payload_len > limit {
+        return Err(FrameError::TooLarge {
+            what: "payload",
+            got: payload_len,
+            limit,
+        });
+    }
+    frame.resize(at + 4 + payload_len, 0);
+    r.read_exact(&mut frame[at + 4..]).await?;
+    Ok(frame)
 }
 
 /// Reads one frame from a stream, with payloads up to `max_payload`; nothing is allocated

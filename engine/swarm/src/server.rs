@@ -15,8 +15,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use web_time::Instant;
 
 use kwaainet_core::SpanCache;
 use kwaainet_core::codec::Codec;
@@ -40,7 +43,9 @@ pub struct ServerConfig {
     pub max_length: usize,
     /// Most sessions at once.
     pub max_sessions: usize,
-    /// How long a `pushed` step waits for its input.
+    /// How long a `pushed` step waits for its input. Zero where the serving thread must not
+    /// block (a page's worker): a `pushed` step whose input is not there yet is answered
+    /// `no-input` at once, and the client sends the input itself.
     pub push_wait: Duration,
 }
 
@@ -89,6 +94,58 @@ pub struct SpanServer {
     used: Mutex<Budget>,
     inboxes: Mutex<HashMap<String, Arc<Inbox>>>,
     pusher: Mutex<Option<Arc<dyn Connector>>>,
+    counters: Counters,
+}
+
+/// What a server has served since it started: the figures a contributor sees (a page's
+/// `contribution` event, the node's metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerStats {
+    /// Sessions opened.
+    pub sessions: u64,
+    /// Steps run (repeats answered from the stored output not counted).
+    pub steps: u64,
+    /// Token positions run through the span.
+    pub tokens: u64,
+    /// Tokens times blocks: the work done, comparable across span sizes.
+    pub block_tokens: u64,
+    /// Time spent running steps, in microseconds.
+    pub busy_us: u64,
+    /// Hidden-state bytes received (step and push payloads).
+    pub bytes_in: u64,
+    /// Hidden-state bytes sent back.
+    pub bytes_out: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    sessions: AtomicU64,
+    steps: AtomicU64,
+    tokens: AtomicU64,
+    block_tokens: AtomicU64,
+    busy_us: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> ServerStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ServerStats {
+            sessions: get(&self.sessions),
+            steps: get(&self.steps),
+            tokens: get(&self.tokens),
+            block_tokens: get(&self.block_tokens),
+            busy_us: get(&self.busy_us),
+            bytes_in: get(&self.bytes_in),
+            bytes_out: get(&self.bytes_out),
+        }
+    }
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
 }
 
 impl std::fmt::Debug for SpanServer {
@@ -111,7 +168,13 @@ impl SpanServer {
             used: Mutex::new(Budget::default()),
             inboxes: Mutex::new(HashMap::new()),
             pusher: Mutex::new(None),
+            counters: Counters::default(),
         }
+    }
+
+    /// What this server has served since it started.
+    pub fn stats(&self) -> ServerStats {
+        self.counters.snapshot()
     }
 
     /// How this server reaches the next server of a route to push outputs (without one, a
@@ -410,6 +473,7 @@ impl Connection {
             inbox,
             push_link: None,
         });
+        add(&s.counters.sessions, 1);
         Ok(Opened {
             start: open.start,
             end: open.end,
@@ -447,10 +511,20 @@ impl Connection {
                 payload,
             }
         };
+        let started = Instant::now();
+        let bytes_in = input.payload.len() as u64;
         let (output, codec) = match run_step(&self.server.model, session, step, input) {
             Ok(out) => out,
             Err(f) => return failed(f),
         };
+        let c = &self.server.counters;
+        let tokens = u64::from(step.tokens);
+        add(&c.steps, 1);
+        add(&c.tokens, tokens);
+        add(&c.block_tokens, tokens * self.server.blocks.len() as u64);
+        add(&c.busy_us, started.elapsed().as_micros() as u64);
+        add(&c.bytes_in, bytes_in);
+        add(&c.bytes_out, output.len() as u64);
         let push_error = step.push.as_ref().and_then(|to| {
             let pusher = self.server.pusher();
             push_output(session, pusher.as_deref(), to, step, codec, &output).err()

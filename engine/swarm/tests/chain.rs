@@ -63,9 +63,11 @@ fn three_spans_generate_exactly_what_the_whole_model_does_with_f32() {
     let (servers, entries) = swarm(&[("a", 0..10), ("b", 10..20), ("c", 20..30)]).unwrap();
     let local = client_model().unwrap();
     let dim = full.config().dim;
+    let mut positions = 0u64;
     for (k, prompt) in prompts().iter().enumerate() {
         let mut alone = CpuSession::new(&*full, 256).unwrap();
         let want = greedy(&mut alone, prompt, 24, |_| {});
+        positions += 2 * (prompt.len() as u64 + 23);
         // Each output back to the client and on, or pushed from server to server.
         for push in [false, true] {
             let mut s = SwarmSession::new(
@@ -100,10 +102,56 @@ fn three_spans_generate_exactly_what_the_whole_model_does_with_f32() {
         }
     }
     // Every session closed: the servers' budgets are whole again.
+    let cases = prompts().len() as u64;
     for id in ["a", "b", "c"] {
         let s = servers.get(id).unwrap();
         assert_eq!((s.sessions(), s.free_tokens()), (0, 4096), "{id}");
+        // What each served, counted as a contributor sees it.
+        let st = s.stats();
+        let bytes = 4 * dim as u64 * positions;
+        assert_eq!(
+            (st.sessions, st.steps, st.tokens, st.block_tokens),
+            (2 * cases, 2 * cases * 24, positions, 10 * positions),
+            "{id}"
+        );
+        assert_eq!((st.bytes_in, st.bytes_out), (bytes, bytes), "{id}");
+        assert!(st.busy_us > 0, "{id}");
     }
+}
+
+/// A server that must not block waiting for a pushed input (a page's worker: `push_wait`
+/// zero) answers such a step `no-input` when the input is not there yet, and the client
+/// sends it: the tokens are the same.
+#[test]
+fn a_server_that_cannot_wait_for_pushes_gives_the_same_tokens() {
+    let Some(full) = whole() else {
+        return;
+    };
+    let servers = LocalServers::new();
+    let mut entries = Vec::new();
+    for (id, blocks, wait) in [("a", 0..10, 1), ("page", 10..20, 0), ("c", 20..30, 1)] {
+        let model = load(span(blocks.clone())).unwrap();
+        let config = ServerConfig {
+            push_wait: Duration::from_secs(wait),
+            ..server_config(4096)
+        };
+        servers.add(id, Arc::new(SpanServer::new(model, config)));
+        entries.push(ServerEntry::new(id.to_owned(), blocks));
+    }
+    let local = client_model().unwrap();
+    let prompt = &prompts()[0];
+    let mut alone = CpuSession::new(&*full, 256).unwrap();
+    let want = greedy(&mut alone, prompt, 16, |_| {});
+    let mut s = SwarmSession::new(
+        local,
+        entries,
+        Arc::new(servers.clone()),
+        config_push(Codec::F32, true),
+        "no-wait",
+    );
+    assert_eq!(greedy(&mut s, prompt, 16, |_| {}), want);
+    assert_eq!(s.stats().failovers, 0);
+    assert_eq!(servers.get("page").unwrap().stats().steps, 16);
 }
 
 #[test]
