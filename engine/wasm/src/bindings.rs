@@ -309,3 +309,99 @@ impl GgufLoader {
         })
     }
 }
+
+/// Options of [`WasmSpanServer`]'s constructor (camelCase in JavaScript).
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SpanServerOptions {
+    model_id: String,
+    start: u32,
+    end: u32,
+    cache_tokens: Option<u32>,
+    max_length: Option<u32>,
+    max_sessions: Option<u32>,
+}
+
+/// A span of a model's blocks served to the swarm from this page (the same server a native
+/// node runs: `kwaainet-swarm`). `new WasmSpanServer(ggufBytes, { modelId, start, end,
+/// cacheTokens?, maxLength?, maxSessions? })` loads only those blocks; the page's P2P node
+/// feeds each inbound `/kwaainet/inference/1.0.0` stream's frames to `handle(stream, frame)`
+/// and sends back what it returns (`undefined`: end the stream), and `close(stream)` when a
+/// stream ends.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct WasmSpanServer {
+    inner: crate::span::SpanHost,
+}
+
+#[wasm_bindgen]
+impl WasmSpanServer {
+    /// Loads blocks `start..end` of the GGUF file `bytes` (defaults: 2048 cache positions,
+    /// sessions of up to 1024, 8 sessions).
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        bytes: &[u8],
+        #[wasm_bindgen(
+            unchecked_param_type = "{ modelId: string, start: number, end: number, cacheTokens?: number, maxLength?: number, maxSessions?: number }"
+        )]
+        options: JsValue,
+    ) -> Result<WasmSpanServer, JsValue> {
+        check_keys(
+            "span options",
+            &options,
+            &[
+                "modelId",
+                "start",
+                "end",
+                "cacheTokens",
+                "maxLength",
+                "maxSessions",
+            ],
+        )?;
+        let o: SpanServerOptions =
+            serde_wasm_bindgen::from_value(options).map_err(|e| options_err("span options", e))?;
+        let cache_tokens = o.cache_tokens.unwrap_or(2048) as usize;
+        let options = crate::span::SpanOptions {
+            model_id: o.model_id,
+            blocks: o.start as usize..o.end as usize,
+            cache_tokens,
+            max_length: o.max_length.map_or(cache_tokens.min(1024), |n| n as usize),
+            max_sessions: o.max_sessions.unwrap_or(8) as usize,
+        };
+        Ok(Self {
+            inner: crate::span::SpanHost::load(bytes, options).map_err(js_err)?,
+        })
+    }
+
+    /// Handles one frame of stream `stream`; the reply to send, or `undefined` to end the
+    /// stream.
+    pub fn handle(&mut self, stream: u32, frame: &[u8]) -> Option<Vec<u8>> {
+        self.inner.handle(stream, frame)
+    }
+
+    /// Stream `stream` ended: its session goes.
+    pub fn close(&mut self, stream: u32) {
+        self.inner.close(stream);
+    }
+
+    /// Ends every stream's session (the span is withdrawn).
+    #[wasm_bindgen(js_name = closeAll)]
+    pub fn close_all(&mut self) {
+        self.inner.close_all();
+    }
+
+    /// Tokens per second through one block, measured over `steps` one-token steps.
+    #[wasm_bindgen(js_name = measureThroughput)]
+    pub fn measure_throughput(&self, steps: u32) -> Result<f64, JsValue> {
+        self.inner
+            .measure_throughput(steps as usize)
+            .map_err(js_err)
+    }
+
+    /// `{ sessions, steps, tokens, blockTokens, busyUs, bytesIn, bytesOut, sessionsOpen,
+    /// freeCache, connections, modelBytes, start, end }`: what this span has served, and
+    /// its state now.
+    pub fn stats(&self) -> Result<JsValue, JsValue> {
+        to_js(&self.inner.stats())
+    }
+}

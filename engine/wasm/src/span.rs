@@ -1,0 +1,188 @@
+//! A page serves a span of a model's blocks to the swarm: [`SpanHost`] holds
+//! `kwaainet-swarm`'s [`SpanServer`] (the same sessions, step semantics, limits and codecs as
+//! a native node's) and one protocol connection per inbound stream, fed frame by frame by
+//! the page's P2P node (`/kwaainet/inference/1.0.0` through the relay circuit).
+//!
+//! A page's worker must not block: pushed steps are never waited for (`push_wait` zero:
+//! the client sends the input itself) and the server pushes nothing on (no pusher: the
+//! client carries the output to the next hop).
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kwaainet_core::gguf::Gguf;
+use kwaainet_core::{Llama, LlamaConfig, LoadSpec};
+use kwaainet_swarm::server::Connection;
+use kwaainet_swarm::{ServerConfig, ServerStats, SpanServer};
+
+use crate::error::{EngineError, ErrorCode};
+
+type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Protocol connections (inbound streams) one page serves at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The most KV-cache positions a page may offer (all sessions together).
+pub const MAX_CACHE_TOKENS: usize = 1 << 16;
+
+/// What the page asks for: which blocks and within which limits.
+#[derive(Debug, Clone)]
+pub struct SpanOptions {
+    /// The id the span is announced under (name and content hash).
+    pub model_id: String,
+    /// The blocks, `start..end`.
+    pub blocks: Range<usize>,
+    /// KV-cache positions all sessions together may hold.
+    pub cache_tokens: usize,
+    /// Most positions one session may ask for.
+    pub max_length: usize,
+    /// Most sessions at once.
+    pub max_sessions: usize,
+}
+
+/// A page's span server and its open connections.
+pub struct SpanHost {
+    server: Arc<SpanServer>,
+    conns: HashMap<u32, Connection>,
+    bytes: u64,
+}
+
+impl std::fmt::Debug for SpanHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpanHost")
+            .field("server", &self.server)
+            .field("connections", &self.conns.len())
+            .finish()
+    }
+}
+
+fn invalid(m: impl Into<String>) -> EngineError {
+    EngineError::new(ErrorCode::InvalidArgument, m)
+}
+
+impl SpanHost {
+    /// Loads only the blocks `options` names from the GGUF file `bytes` (no embedding, no
+    /// head) and serves them.
+    pub fn load(bytes: &[u8], options: SpanOptions) -> Result<Self> {
+        let gguf = Gguf::read(&mut Cursor::new(bytes)).map_err(kwaainet_core::Error::from)?;
+        let config = LlamaConfig::from_gguf(&gguf)?;
+        let SpanOptions {
+            model_id,
+            blocks,
+            cache_tokens,
+            max_length,
+            max_sessions,
+        } = options;
+        if blocks.start >= blocks.end || blocks.end > config.n_layers {
+            return Err(invalid(format!(
+                "blocks {}..{} of a model with {} blocks",
+                blocks.start, blocks.end, config.n_layers
+            )));
+        }
+        if model_id.is_empty() || model_id.len() > 128 {
+            return Err(invalid("modelId: 1 to 128 characters"));
+        }
+        if !(1..=MAX_CACHE_TOKENS).contains(&cache_tokens) {
+            return Err(invalid(format!(
+                "cacheTokens: 1 to {MAX_CACHE_TOKENS}, got {cache_tokens}"
+            )));
+        }
+        if max_length == 0 || max_length > cache_tokens || max_length > config.context_length {
+            return Err(invalid(format!(
+                "maxLength: 1 to the cache ({cache_tokens}) and the model's context ({}), got {max_length}",
+                config.context_length
+            )));
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&max_sessions) {
+            return Err(invalid(format!(
+                "maxSessions: 1 to {MAX_CONNECTIONS}, got {max_sessions}"
+            )));
+        }
+        let spec = LoadSpec {
+            blocks,
+            embed: false,
+            head: false,
+        };
+        let model = Llama::load(&gguf, &mut Cursor::new(bytes), spec)?;
+        let config = ServerConfig {
+            cache_tokens,
+            max_length,
+            max_sessions,
+            push_wait: Duration::ZERO,
+            ..ServerConfig::new(model_id)
+        };
+        Ok(Self {
+            server: Arc::new(SpanServer::new(Arc::new(model), config)),
+            conns: HashMap::new(),
+            bytes: bytes.len() as u64,
+        })
+    }
+
+    /// Handles one frame of stream `stream` (its connection opened on its first frame);
+    /// returns the reply, or `None` when the stream should end (the client closed the
+    /// session, or too many streams are open).
+    pub fn handle(&mut self, stream: u32, frame: &[u8]) -> Option<Vec<u8>> {
+        if !self.conns.contains_key(&stream) {
+            if self.conns.len() >= MAX_CONNECTIONS {
+                return None;
+            }
+            self.conns.insert(stream, self.server.connection());
+        }
+        let reply = self.conns.get_mut(&stream)?.handle(frame);
+        if reply.is_none() {
+            self.conns.remove(&stream);
+        }
+        reply
+    }
+
+    /// Stream `stream` ended: its session (and the cache it held) goes.
+    pub fn close(&mut self, stream: u32) {
+        self.conns.remove(&stream);
+    }
+
+    /// Ends every connection (the page withdraws its span).
+    pub fn close_all(&mut self) {
+        self.conns.clear();
+    }
+
+    /// Tokens per second through one block, measured here over `steps` one-token steps.
+    pub fn measure_throughput(&self, steps: usize) -> Result<f64> {
+        Ok(self.server.measure_throughput(steps.clamp(1, 64))?)
+    }
+
+    /// The server's counters and its state now.
+    pub fn stats(&self) -> SpanStats {
+        SpanStats {
+            served: self.server.stats(),
+            sessions_open: self.server.sessions() as u64,
+            free_cache: self.server.free_tokens() as u64,
+            connections: self.conns.len() as u64,
+            model_bytes: self.bytes,
+            start: self.server.blocks().start as u64,
+            end: self.server.blocks().end as u64,
+        }
+    }
+}
+
+/// [`SpanHost::stats`]: what was served, and the state now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpanStats {
+    /// What the server has served since it started.
+    #[serde(flatten)]
+    pub served: ServerStats,
+    /// Sessions open now.
+    pub sessions_open: u64,
+    /// KV-cache positions not reserved.
+    pub free_cache: u64,
+    /// Streams open now.
+    pub connections: u64,
+    /// Size of the model file the span was loaded from.
+    pub model_bytes: u64,
+    /// First block served.
+    pub start: u64,
+    /// One past the last.
+    pub end: u64,
+}
