@@ -158,7 +158,7 @@ impl Behaviour {
             .then(|| autonat::Behaviour::new(peer_id, autonat::Config::default()));
 
         let info = request_response::Behaviour::with_codec(
-            info::Codec,
+            info::Codec::default(),
             [(info::PROTOCOL, ProtocolSupport::Full)],
             request_response::Config::default()
                 .with_request_timeout(INFO_REQUEST_TIMEOUT)
@@ -166,7 +166,7 @@ impl Behaviour {
         );
 
         let host = request_response::Behaviour::with_codec(
-            host::Codec,
+            host::Codec::default(),
             [(
                 host::PROTOCOL,
                 if config.relay {

@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
 
-use futures::{AsyncRead, AsyncWrite};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::{PeerId, StreamProtocol};
@@ -24,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::Reply;
 use crate::error::{Error, Result};
-use crate::frame::{read_frame, write_frame};
+use crate::frame::{Framed, invalid};
 use crate::record::{MAX_RECORD_BYTES, NodeRecord, Role, decode_node_record};
 
 /// The protocol id.
@@ -179,62 +178,41 @@ impl HostAsks {
     }
 }
 
-/// Length-prefixed frames with a hard size limit per direction.
+/// `/kwaainet/host/1.0.0` on [`crate::frame`]'s frames.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Codec;
+pub struct HostWire;
 
-#[async_trait::async_trait]
-impl libp2p::request_response::Codec for Codec {
-    type Protocol = StreamProtocol;
+/// The protocol's codec.
+pub type Codec = crate::frame::Codec<HostWire>;
+
+impl Framed for HostWire {
     type Request = Request;
     type Response = HostResponse;
+    const MAX_REQUEST: usize = MAX_RECORD_BYTES;
+    const MAX_RESPONSE: usize = MAX_RESPONSE_BYTES;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        Ok(match read_frame(io, MAX_RECORD_BYTES).await? {
+    fn decode_request(frame: Result<Vec<u8>, String>) -> Request {
+        match frame {
             Ok(b) => Request::Record(b),
             Err(why) => Request::Malformed(why),
-        })
+        }
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<HostResponse>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let bytes = read_frame(io, MAX_RESPONSE_BYTES)
-            .await?
-            .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))?;
-        serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    fn encode_request(req: Request) -> io::Result<Vec<u8>> {
+        match req {
+            Request::Record(bytes) => Ok(bytes),
+            Request::Malformed(_) => {
+                Err(io::Error::new(io::ErrorKind::InvalidInput, "not a request"))
+            }
+        }
     }
 
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Request,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        let Request::Record(bytes) = req else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a request"));
-        };
-        write_frame(io, &bytes).await
+    fn decode_response(frame: Vec<u8>) -> io::Result<HostResponse> {
+        serde_json::from_slice(&frame).map_err(|e| invalid(e.to_string()))
     }
 
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: HostResponse,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        let bytes = serde_json::to_vec(&res).map_err(io::Error::other)?;
-        write_frame(io, &bytes).await
+    fn encode_response(res: HostResponse) -> io::Result<Vec<u8>> {
+        serde_json::to_vec(&res).map_err(io::Error::other)
     }
 }
 
@@ -261,6 +239,49 @@ mod tests {
             hosted: vec![],
             issued_at: 1,
         }
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_records_are_flagged_unread() {
+        use futures::io::Cursor;
+        use libp2p::request_response::Codec as _;
+
+        let mut c = Codec::default();
+        let mut wire = Vec::new();
+        c.write_request(&PROTOCOL, &mut wire, Request::Record(vec![7; 100]))
+            .await
+            .unwrap();
+        let got = c.read_request(&PROTOCOL, &mut Cursor::new(wire)).await;
+        assert_eq!(got.unwrap(), Request::Record(vec![7; 100]));
+        // Over the record limit: malformed, its body never read.
+        let mut wire = Vec::new();
+        c.write_request(
+            &PROTOCOL,
+            &mut wire,
+            Request::Record(vec![0; MAX_RECORD_BYTES + 1]),
+        )
+        .await
+        .unwrap();
+        let got = c.read_request(&PROTOCOL, &mut Cursor::new(wire)).await;
+        assert!(matches!(got, Ok(Request::Malformed(_))), "{got:?}");
+        for res in [HostResponse::accepted(), HostResponse::refused("full")] {
+            let mut wire = Vec::new();
+            c.write_response(&PROTOCOL, &mut wire, res.clone())
+                .await
+                .unwrap();
+            let got = c.read_response(&PROTOCOL, &mut Cursor::new(wire)).await;
+            assert_eq!(got.unwrap(), res);
+        }
+        // A response that is not one: an error, not a panic.
+        let mut wire = Vec::new();
+        crate::frame::write_frame(&mut wire, b"not json")
+            .await
+            .unwrap();
+        assert!(
+            c.read_response(&PROTOCOL, &mut Cursor::new(wire))
+                .await
+                .is_err()
+        );
     }
 
     #[test]

@@ -9,12 +9,11 @@
 
 use std::io;
 
-use futures::{AsyncRead, AsyncWrite};
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::frame::{read_frame, write_frame};
+use crate::frame::{Framed, invalid};
 use crate::record::{MAX_RECORD_BYTES, NodeRecord, decode_node_record};
 
 /// The protocol id.
@@ -61,68 +60,44 @@ impl InfoResponse {
     }
 }
 
-/// Length-prefixed frames with a hard size limit per direction.
+/// `/kwaainet/info/1.0.0` on [`crate::frame`]'s frames.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Codec;
+pub struct InfoWire;
 
-#[async_trait::async_trait]
-impl libp2p::request_response::Codec for Codec {
-    type Protocol = StreamProtocol;
+/// The protocol's codec.
+pub type Codec = crate::frame::Codec<InfoWire>;
+
+impl Framed for InfoWire {
     type Request = Request;
     type Response = InfoResponse;
+    const MAX_REQUEST: usize = MAX_REQUEST_BYTES;
+    const MAX_RESPONSE: usize = MAX_RECORD_BYTES;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let bytes = match read_frame(io, MAX_REQUEST_BYTES).await? {
+    fn decode_request(frame: Result<Vec<u8>, String>) -> Request {
+        let bytes = match frame {
             Ok(b) => b,
-            Err(why) => return Ok(Request::Malformed(why)),
+            Err(why) => return Request::Malformed(why),
         };
-        Ok(match serde_json::from_slice::<InfoRequest>(&bytes) {
+        match serde_json::from_slice::<InfoRequest>(&bytes) {
             Ok(req) if req.v == 0 => Request::Malformed("version 0".into()),
             Ok(req) => Request::Info(req),
             Err(e) => Request::Malformed(format!("undecodable request: {e}")),
-        })
+        }
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<InfoResponse>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        read_frame(io, MAX_RECORD_BYTES)
-            .await?
-            .map(InfoResponse)
-            .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))
-    }
-
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Request,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
+    fn encode_request(req: Request) -> io::Result<Vec<u8>> {
         let Request::Info(req) = req else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a request"));
         };
-        let bytes =
-            serde_json::to_vec(&req).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        write_frame(io, &bytes).await
+        serde_json::to_vec(&req).map_err(|e| invalid(e.to_string()))
     }
 
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: InfoResponse,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
-        write_frame(io, &res.0).await
+    fn decode_response(frame: Vec<u8>) -> io::Result<InfoResponse> {
+        Ok(InfoResponse(frame))
+    }
+
+    fn encode_response(res: InfoResponse) -> io::Result<Vec<u8>> {
+        Ok(res.0)
     }
 }
 
@@ -139,7 +114,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_round_trip_and_bad_ones_are_flagged_unread() {
-        let mut c = Codec;
+        let mut c = Codec::default();
         let mut buf = Cursor::new(Vec::new());
         c.write_request(&PROTOCOL, &mut buf, Request::Info(InfoRequest { v: 1 }))
             .await

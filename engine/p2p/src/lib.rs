@@ -18,7 +18,7 @@ pub mod behaviour;
 mod command;
 pub mod config;
 pub mod error;
-mod frame;
+pub mod frame;
 pub mod host;
 pub mod info;
 mod lookup;

@@ -11,10 +11,9 @@
 use std::io;
 use std::time::Duration;
 
-use futures::{AsyncRead, AsyncWrite};
 use libp2p::StreamProtocol;
 
-use crate::frame::{read_frame, write_frame};
+use crate::frame::{Framed, invalid};
 
 /// The protocol id.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/kwaainet/msg/1.0.0");
@@ -43,56 +42,32 @@ pub enum Response {
     Refused,
 }
 
-/// The codec (stateless).
+/// `/kwaainet/msg/1.0.0` on [`crate::frame`]'s frames.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Codec;
+pub struct MsgWire;
 
-fn invalid(why: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, why.into())
-}
+/// The protocol's codec.
+pub type Codec = crate::frame::Codec<MsgWire>;
 
-#[async_trait::async_trait]
-impl libp2p::request_response::Codec for Codec {
-    type Protocol = StreamProtocol;
+impl Framed for MsgWire {
     type Request = Request;
     type Response = Response;
+    const MAX_REQUEST: usize = MAX_MESSAGE_BYTES + 1;
+    const MAX_RESPONSE: usize = 2;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let bytes = match read_frame(io, MAX_MESSAGE_BYTES + 1).await? {
+    fn decode_request(frame: Result<Vec<u8>, String>) -> Request {
+        let bytes = match frame {
             Ok(b) => b,
-            Err(why) => return Ok(Request::Malformed(why)),
+            Err(why) => return Request::Malformed(why),
         };
-        Ok(match bytes.split_first() {
+        match bytes.split_first() {
             Some((&MSG_VERSION, payload)) => Request::Message(payload.to_vec()),
             Some((v, _)) => Request::Malformed(format!("message version {v}")),
             None => Request::Malformed("empty frame".into()),
-        })
-    }
-
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Response>
-    where
-        T: AsyncRead + Unpin + Send,
-    {
-        let bytes = read_frame(io, 2).await?.map_err(invalid)?;
-        match bytes.as_slice() {
-            [MSG_VERSION, 0] => Ok(Response::Accepted),
-            [MSG_VERSION, 1] => Ok(Response::Refused),
-            _ => Err(invalid("malformed acknowledgement")),
         }
     }
 
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Request,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
+    fn encode_request(req: Request) -> io::Result<Vec<u8>> {
         let Request::Message(payload) = req else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a message"));
         };
@@ -108,23 +83,23 @@ impl libp2p::request_response::Codec for Codec {
         let mut frame = Vec::with_capacity(payload.len() + 1);
         frame.push(MSG_VERSION);
         frame.extend_from_slice(&payload);
-        write_frame(io, &frame).await
+        Ok(frame)
     }
 
-    async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: Response,
-    ) -> io::Result<()>
-    where
-        T: AsyncWrite + Unpin + Send,
-    {
+    fn decode_response(frame: Vec<u8>) -> io::Result<Response> {
+        match frame.as_slice() {
+            [MSG_VERSION, 0] => Ok(Response::Accepted),
+            [MSG_VERSION, 1] => Ok(Response::Refused),
+            _ => Err(invalid("malformed acknowledgement")),
+        }
+    }
+
+    fn encode_response(res: Response) -> io::Result<Vec<u8>> {
         let status = match res {
             Response::Accepted => 0,
             Response::Refused => 1,
         };
-        write_frame(io, &[MSG_VERSION, status]).await
+        Ok(vec![MSG_VERSION, status])
     }
 }
 
@@ -137,7 +112,7 @@ mod tests {
 
     #[tokio::test]
     async fn messages_round_trip_within_limits() {
-        let mut c = Codec;
+        let mut c = Codec::default();
         for payload in [Vec::new(), b"hello".to_vec(), vec![7u8; MAX_MESSAGE_BYTES]] {
             let mut buf = Cursor::new(Vec::new());
             c.write_request(&PROTOCOL, &mut buf, Request::Message(payload.clone()))
@@ -159,7 +134,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_messages_are_refused_before_reading_them() {
-        let mut c = Codec;
+        let mut c = Codec::default();
         let mut out = Cursor::new(Vec::new());
         let big = Request::Message(vec![0; MAX_MESSAGE_BYTES + 1]);
         assert!(c.write_request(&PROTOCOL, &mut out, big).await.is_err());

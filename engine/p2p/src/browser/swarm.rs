@@ -69,7 +69,7 @@ pub fn build_swarm(key: Keypair, dial_timeout: Duration) -> Result<Swarm<Browser
         .with_behaviour(|key, relay| BrowserBehaviour {
             node: Behaviour::new(key, relay, &config),
             msg: request_response::Behaviour::with_codec(
-                msg::Codec,
+                msg::Codec::default(),
                 [(msg::PROTOCOL, ProtocolSupport::Full)],
                 request_response::Config::default()
                     .with_request_timeout(msg::TIMEOUT)
