@@ -10,6 +10,9 @@
 #                                         the WebGPU engine (burn's wgpu backend + our CubeCL
 #                                         kernels): profile `release` (LTO over the burn
 #                                         stack costs many minutes), wasm-opt -O1
+#   FEATURES=serve OUT=dist/engine-serve bash scripts/build-wasm.sh
+#                                         the CPU engine with a page's span server
+#                                         (WasmSpanServer), as the default build otherwise
 #   MODULE=p2p bash scripts/build-wasm.sh the page-side P2P node (crate engine/wasm-p2p:
 #                                         rust-libp2p over WebRTC-direct and WebSocket, a
 #                                         Kademlia client, a relay client) into dist/p2p/:
@@ -42,7 +45,7 @@ if [ "$MODULE" = p2p ]; then
 elif [ "$MODULE" != engine ]; then
     say "MODULE is engine (default) or p2p, not $MODULE"
     exit 2
-elif [ -n "$FEATURES" ]; then
+elif [[ "$FEATURES" == *webgpu* ]]; then
     PROFILE="${WASM_PROFILE:-release}"
     OPT_LEVEL="${WASM_OPT_LEVEL:--O1}"
     BUDGET=$((4 * 1024 * 1024))

@@ -33,6 +33,9 @@ step_clippy() {
     # The JavaScript bindings compile on wasm32 only: the engine's (engine/wasm) and the
     # page-side P2P node's (engine/wasm-p2p, with kwaainet-p2p's cfg(wasm_browser) code).
     cargo clippy -p kwaainet-wasm --target wasm32-unknown-unknown -- -D warnings
+    # The span server a page runs (feature `serve`), natively (its test) and on wasm32.
+    cargo clippy -p kwaainet-wasm --features serve --all-targets -- -D warnings
+    cargo clippy -p kwaainet-wasm --features serve --target wasm32-unknown-unknown -- -D warnings
     cargo clippy -p kwaainet-wasm-p2p --target wasm32-unknown-unknown -- -D warnings
 }
 
@@ -61,6 +64,8 @@ step_rust-tests() {
         echo "no lavapipe ($lvp): wgpu tests may skip"
     fi
     cargo test --workspace --release
+    # A page's span server between native spans (kwaainet-wasm's `serve` feature).
+    cargo test --release -p kwaainet-wasm --features serve --test span
 }
 
 step_api() {

@@ -311,6 +311,7 @@ impl GgufLoader {
 }
 
 /// Options of [`WasmSpanServer`]'s constructor (camelCase in JavaScript).
+#[cfg(feature = "serve")]
 #[derive(Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SpanServerOptions {
@@ -328,12 +329,14 @@ struct SpanServerOptions {
 /// feeds each inbound `/kwaainet/inference/1.0.0` stream's frames to `handle(stream, frame)`
 /// and sends back what it returns (`undefined`: end the stream), and `close(stream)` when a
 /// stream ends.
+#[cfg(feature = "serve")]
 #[wasm_bindgen]
 #[derive(Debug)]
 pub struct WasmSpanServer {
     inner: crate::span::SpanHost,
 }
 
+#[cfg(feature = "serve")]
 #[wasm_bindgen]
 impl WasmSpanServer {
     /// Loads blocks `start..end` of the GGUF file `bytes` (defaults: 2048 cache positions,

@@ -17,6 +17,7 @@ mod engine_types;
 pub mod error;
 #[cfg(feature = "webgpu")]
 mod gpu;
+#[cfg(feature = "serve")]
 pub mod span;
 
 #[cfg(target_arch = "wasm32")]
