@@ -86,28 +86,7 @@ pub fn parse_blocks(s: &str) -> Result<Range<usize>, String> {
     Ok(a..b)
 }
 
-/// The id a model is announced and asked for under: its GGUF name and the start of its
-/// SHA-256, so two different files never mix.
-pub fn model_id(gguf: &Gguf, sha256: &str) -> String {
-    let name = match gguf.get("general.name") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-        _ => match gguf.get("general.architecture") {
-            Some(Value::String(s)) => s.clone(),
-            _ => "model".into(),
-        },
-    };
-    let slug: String = name
-        .to_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect::<String>()
-        .split('-')
-        .filter(|p| !p.is_empty())
-        .collect::<Vec<_>>()
-        .join("-");
-    let hash = sha256.get(..16).unwrap_or(sha256);
-    format!("{slug}@{hash}")
-}
+pub use kwaainet_swarm::model_id;
 
 /// [`model_id`] of the model file at `path` whose SHA-256 is `sha256`.
 pub fn model_id_of(path: &Path, sha256: &str) -> anyhow::Result<String> {

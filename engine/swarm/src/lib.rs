@@ -54,3 +54,28 @@ pub mod server;
 pub use client::{ClientConfig, CodecChoice, ServerEntry, SwarmError, SwarmSession, SwarmStats};
 pub use link::{Connector, Link, LinkError, LocalServers};
 pub use server::{ServerConfig, ServerStats, SpanServer};
+
+use kwaainet_core::gguf::{Gguf, Value};
+
+/// The id a model is announced and asked for under: its GGUF name and the start of its
+/// SHA-256, so two different files never mix.
+pub fn model_id(gguf: &Gguf, sha256: &str) -> String {
+    let name = match gguf.get("general.name") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        _ => match gguf.get("general.architecture") {
+            Some(Value::String(s)) => s.clone(),
+            _ => "model".into(),
+        },
+    };
+    let slug: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>()
+        .split('-')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    let hash = sha256.get(..16).unwrap_or(sha256);
+    format!("{slug}@{hash}")
+}

@@ -315,7 +315,8 @@ impl GgufLoader {
 #[derive(Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SpanServerOptions {
-    model_id: String,
+    model_id: Option<String>,
+    sha256: Option<String>,
     start: u32,
     end: u32,
     cache_tokens: Option<u32>,
@@ -324,7 +325,7 @@ struct SpanServerOptions {
 }
 
 /// A span of a model's blocks served to the swarm from this page (the same server a native
-/// node runs: `kwaainet-swarm`). `new WasmSpanServer(ggufBytes, { modelId, start, end,
+/// node runs: `kwaainet-swarm`). `new WasmSpanServer(ggufBytes, { modelId | sha256, start, end,
 /// cacheTokens?, maxLength?, maxSessions? })` loads only those blocks; the page's P2P node
 /// feeds each inbound `/kwaainet/inference/1.0.0` stream's frames to `handle(stream, frame)`
 /// and sends back what it returns (`undefined`: end the stream), and `close(stream)` when a
@@ -340,12 +341,12 @@ pub struct WasmSpanServer {
 #[wasm_bindgen]
 impl WasmSpanServer {
     /// Loads blocks `start..end` of the GGUF file `bytes` (defaults: 2048 cache positions,
-    /// sessions of up to 1024, 8 sessions).
+    /// sessions as long as the cache, 8 sessions).
     #[wasm_bindgen(constructor)]
     pub fn new(
         bytes: &[u8],
         #[wasm_bindgen(
-            unchecked_param_type = "{ modelId: string, start: number, end: number, cacheTokens?: number, maxLength?: number, maxSessions?: number }"
+            unchecked_param_type = "{ modelId?: string, sha256?: string, start: number, end: number, cacheTokens?: number, maxLength?: number, maxSessions?: number }"
         )]
         options: JsValue,
     ) -> Result<WasmSpanServer, JsValue> {
@@ -354,6 +355,7 @@ impl WasmSpanServer {
             &options,
             &[
                 "modelId",
+                "sha256",
                 "start",
                 "end",
                 "cacheTokens",
@@ -364,16 +366,32 @@ impl WasmSpanServer {
         let o: SpanServerOptions =
             serde_wasm_bindgen::from_value(options).map_err(|e| options_err("span options", e))?;
         let cache_tokens = o.cache_tokens.unwrap_or(2048) as usize;
+        let model = match (o.model_id, o.sha256) {
+            (Some(id), None) => crate::span::ModelName::Id(id),
+            (None, Some(hex)) => crate::span::ModelName::Sha256(hex),
+            _ => {
+                return Err(js_err(EngineError::new(
+                    ErrorCode::InvalidArgument,
+                    "span options: give either modelId or sha256 (the file's SHA-256, from which the id is derived as a native node does)",
+                )));
+            }
+        };
         let options = crate::span::SpanOptions {
-            model_id: o.model_id,
+            model,
             blocks: o.start as usize..o.end as usize,
             cache_tokens,
-            max_length: o.max_length.map_or(cache_tokens.min(1024), |n| n as usize),
+            max_length: o.max_length.map(|n| n as usize),
             max_sessions: o.max_sessions.unwrap_or(8) as usize,
         };
         Ok(Self {
             inner: crate::span::SpanHost::load(bytes, options).map_err(js_err)?,
         })
+    }
+
+    /// The id the span is announced under (`name@sha256-prefix`).
+    #[wasm_bindgen(getter, js_name = modelId)]
+    pub fn model_id(&self) -> String {
+        self.inner.model_id().to_owned()
     }
 
     /// Handles one frame of stream `stream`; the reply to send, or `undefined` to end the
@@ -405,6 +423,11 @@ impl WasmSpanServer {
     /// freeCache, connections, modelBytes, start, end }`: what this span has served, and
     /// its state now.
     pub fn stats(&self) -> Result<JsValue, JsValue> {
-        to_js(&self.inner.stats())
+        // A plain object (the counters are flattened in, which would otherwise make a Map).
+        let ser = serde_wasm_bindgen::Serializer::new().serialize_maps_as_objects(true);
+        self.inner
+            .stats()
+            .serialize(&ser)
+            .map_err(|e| js_err(EngineError::new(ErrorCode::Internal, e.to_string())))
     }
 }

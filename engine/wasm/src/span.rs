@@ -30,16 +30,28 @@ pub const MAX_CACHE_TOKENS: usize = 1 << 16;
 /// What the page asks for: which blocks and within which limits.
 #[derive(Debug, Clone)]
 pub struct SpanOptions {
-    /// The id the span is announced under (name and content hash).
-    pub model_id: String,
+    /// The id the span is announced under: the file's GGUF name and the start of its
+    /// SHA-256 ([`kwaainet_swarm::model_id`], as a native node names it).
+    pub model: ModelName,
     /// The blocks, `start..end`.
     pub blocks: Range<usize>,
     /// KV-cache positions all sessions together may hold.
     pub cache_tokens: usize,
-    /// Most positions one session may ask for.
-    pub max_length: usize,
+    /// Most positions one session may ask for (default: the cache, within the model's
+    /// context, so a client asking for its whole context is served).
+    pub max_length: Option<usize>,
     /// Most sessions at once.
     pub max_sessions: usize,
+}
+
+/// How the page names the model it serves.
+#[derive(Debug, Clone)]
+pub enum ModelName {
+    /// An id given as it is.
+    Id(String),
+    /// The file's SHA-256 (64 hex digits): the id is derived from it and the GGUF name,
+    /// exactly as a native node derives it, so the page joins the same swarm.
+    Sha256(String),
 }
 
 /// A page's span server and its open connections.
@@ -69,7 +81,7 @@ impl SpanHost {
         let gguf = Gguf::read(&mut Cursor::new(bytes)).map_err(kwaainet_core::Error::from)?;
         let config = LlamaConfig::from_gguf(&gguf)?;
         let SpanOptions {
-            model_id,
+            model,
             blocks,
             cache_tokens,
             max_length,
@@ -81,6 +93,15 @@ impl SpanHost {
                 blocks.start, blocks.end, config.n_layers
             )));
         }
+        let model_id = match model {
+            ModelName::Id(id) => id,
+            ModelName::Sha256(hex) => {
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid("sha256: 64 hexadecimal digits"));
+                }
+                kwaainet_swarm::model_id(&gguf, &hex.to_ascii_lowercase())
+            }
+        };
         if model_id.is_empty() || model_id.len() > 128 {
             return Err(invalid("modelId: 1 to 128 characters"));
         }
@@ -89,6 +110,7 @@ impl SpanHost {
                 "cacheTokens: 1 to {MAX_CACHE_TOKENS}, got {cache_tokens}"
             )));
         }
+        let max_length = max_length.unwrap_or(cache_tokens.min(config.context_length));
         if max_length == 0 || max_length > cache_tokens || max_length > config.context_length {
             return Err(invalid(format!(
                 "maxLength: 1 to the cache ({cache_tokens}) and the model's context ({}), got {max_length}",
@@ -150,6 +172,11 @@ impl SpanHost {
     /// Tokens per second through one block, measured here over `steps` one-token steps.
     pub fn measure_throughput(&self, steps: usize) -> Result<f64> {
         Ok(self.server.measure_throughput(steps.clamp(1, 64))?)
+    }
+
+    /// The id the span is announced under.
+    pub fn model_id(&self) -> &str {
+        self.server.model_id()
     }
 
     /// The server's counters and its state now.

@@ -18,7 +18,7 @@ use kwaainet_swarm::{
     SpanServer, SwarmSession,
 };
 use kwaainet_wasm::error::ErrorCode;
-use kwaainet_wasm::span::{SpanHost, SpanOptions};
+use kwaainet_wasm::span::{ModelName, SpanHost, SpanOptions};
 use support::{MODEL_ID, client_model, greedy, load, prompts, span, whole};
 
 /// Servers of this process, with `page` answered by a [`SpanHost`] through frames.
@@ -87,10 +87,10 @@ impl Connector for Route {
 
 fn options(blocks: std::ops::Range<usize>) -> SpanOptions {
     SpanOptions {
-        model_id: MODEL_ID.into(),
+        model: ModelName::Id(MODEL_ID.into()),
         blocks,
         cache_tokens: 2048,
-        max_length: 512,
+        max_length: Some(512),
         max_sessions: 8,
     }
 }
@@ -171,7 +171,15 @@ fn bad_span_options_are_clear_errors() {
         options(10..10),
         options(20..31),
         SpanOptions {
-            model_id: String::new(),
+            model: ModelName::Id(String::new()),
+            ..options(0..1)
+        },
+        SpanOptions {
+            model: ModelName::Sha256("abc".into()),
+            ..options(0..1)
+        },
+        SpanOptions {
+            model: ModelName::Sha256("g".repeat(64)),
             ..options(0..1)
         },
         SpanOptions {
@@ -179,7 +187,7 @@ fn bad_span_options_are_clear_errors() {
             ..options(0..1)
         },
         SpanOptions {
-            max_length: 4096,
+            max_length: Some(4096),
             ..options(0..1)
         },
         SpanOptions {
@@ -193,4 +201,33 @@ fn bad_span_options_are_clear_errors() {
     }
     let e = SpanHost::load(&bytes[..1000], options(0..1)).unwrap_err();
     assert_eq!(e.code, ErrorCode::Gguf, "{e}");
+}
+
+/// A page names its span from the file's SHA-256 exactly as a native node does, so clients
+/// looking for the node's model id find the page too.
+#[test]
+fn a_span_named_by_its_sha256_gets_the_native_nodes_model_id() {
+    let Some(path) = support::common::model_path() else {
+        return;
+    };
+    let bytes = std::fs::read(path).unwrap();
+    let gguf = kwaainet_core::gguf::Gguf::read(&mut std::io::Cursor::new(&bytes[..])).unwrap();
+    let hex = "0123456789ABCDEF".repeat(4);
+    let host = SpanHost::load(
+        &bytes,
+        SpanOptions {
+            model: ModelName::Sha256(hex.clone()),
+            ..options(0..1)
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        host.model_id(),
+        kwaainet_swarm::model_id(&gguf, &hex.to_ascii_lowercase())
+    );
+    assert!(
+        host.model_id().ends_with("@0123456789abcdef"),
+        "{}",
+        host.model_id()
+    );
 }
