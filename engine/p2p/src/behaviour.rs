@@ -33,8 +33,13 @@ pub const RELAY_RATE_WINDOW: Duration = Duration::from_secs(60);
 pub const INFO_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent `/kwaainet/info/1.0.0` streams per connection at most.
 pub const INFO_MAX_STREAMS: usize = 32;
-/// How often connected peers are pinged (the round trip shown in the node state).
-pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// How often connected peers are pinged (the round trip shown in the node state). A peer
+/// that does not answer within [`PING_TIMEOUT`] is disconnected: a closed tab's WebRTC
+/// connection is otherwise never noticed by an ICE-lite node, and a relay would keep
+/// hosting the span records of a page that is gone.
+pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// See [`PING_INTERVAL`] (libp2p's default: generous for a busy machine).
+pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Records one node stores for others.
 pub const KAD_MAX_RECORDS: usize = 16 * 1024;
 /// Provider entries one node stores for others.
@@ -183,7 +188,11 @@ impl Behaviour {
         Self {
             limits,
             identify,
-            ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(PING_INTERVAL)
+                    .with_timeout(PING_TIMEOUT),
+            ),
             kad,
             relay_server: relay_server.into(),
             relay_client,

@@ -14,6 +14,7 @@ use kwaainet_p2p::Error;
 use kwaainet_p2p::browser::{self, BrowserConfig, BrowserEvent, BrowserHandle};
 use kwaainet_p2p::libp2p::identity::Keypair;
 use kwaainet_p2p::libp2p::{Multiaddr, PeerId};
+use kwaainet_p2p::record::{Accelerator, ServedSpan, SpanState};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
@@ -25,6 +26,7 @@ const MAX_BOOTSTRAP_ADDRS: usize = 16;
 const MAX_DIAL_TIMEOUT_MS: u64 = 60_000;
 const MAX_RECONNECT_ATTEMPTS: u32 = 1_000;
 const MAX_BACKOFF_MS: u64 = 5 * 60_000;
+const MAX_SERVE_WAIT_MS: u64 = 10 * 60_000;
 
 /// An `Error` named `KwaaiNetP2pError` with the message and `code`.
 fn err(code: P2pCode, e: impl std::fmt::Display) -> JsValue {
@@ -121,11 +123,34 @@ struct StartOptions {
     max_backoff_ms: Option<u64>,
 }
 
+/// A span the page announces (`host`), camelCase in JavaScript.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SpanArg {
+    model: String,
+    start: u32,
+    end: u32,
+    state: Option<SpanState>,
+    throughput: Option<f32>,
+    free_cache: Option<u32>,
+}
+
+/// Options of [`WasmP2pNode::serve_inference`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ServeOptions {
+    max_streams: Option<usize>,
+    idle_ms: Option<u64>,
+    reply_ms: Option<u64>,
+    max_payload_bytes: Option<usize>,
+}
+
 /// The page-side libp2p node.
 #[wasm_bindgen]
 #[derive(Debug)]
 pub struct WasmP2pNode {
     handle: BrowserHandle,
+    serving: Option<crate::serve::Serving>,
 }
 
 #[wasm_bindgen]
@@ -175,7 +200,106 @@ impl WasmP2pNode {
                 }
             }
         });
-        Ok(WasmP2pNode { handle })
+        Ok(WasmP2pNode {
+            handle,
+            serving: None,
+        })
+    }
+
+    /// Answers `/kwaainet/inference/1.0.0` streams that reach this page (through its relay
+    /// circuit): `handler(streamId, frame, peer)` gets each frame (`Uint8Array`) and returns
+    /// the reply bytes (or a Promise of them), or `null` to end the stream; it is called
+    /// with `frame === null` once when a stream ends. `options = { maxStreams? (1-64),
+    /// idleMs?, replyMs?, maxPayloadBytes? }`. Bad frames, a throwing or silent handler and
+    /// idle streams end with a Fail frame or a close, never a hang.
+    #[wasm_bindgen(js_name = serveInference)]
+    pub fn serve_inference(
+        &mut self,
+        handler: js_sys::Function,
+        options: JsValue,
+    ) -> Result<(), JsValue> {
+        let o: ServeOptions = if options.is_undefined() || options.is_null() {
+            ServeOptions::default()
+        } else {
+            serde_wasm_bindgen::from_value(options).map_err(|e| err(P2pCode::InvalidArgument, e))?
+        };
+        let d = crate::serve::ServeConfig::default();
+        let config = crate::serve::ServeConfig {
+            max_streams: o.max_streams.map_or(d.max_streams, |n| n.clamp(1, 64)),
+            idle: o.idle_ms.map_or(d.idle, |ms| {
+                Duration::from_millis(ms.clamp(1_000, MAX_SERVE_WAIT_MS))
+            }),
+            reply: o.reply_ms.map_or(d.reply, |ms| {
+                Duration::from_millis(ms.clamp(1_000, MAX_SERVE_WAIT_MS))
+            }),
+            max_payload: o
+                .max_payload_bytes
+                .map_or(d.max_payload, |n| n.clamp(1 << 10, 64 << 20)),
+        };
+        if let Some(old) = self.serving.take() {
+            old.stop();
+        }
+        let mut control = self.handle.stream_control();
+        let serving = crate::serve::start(&mut control, handler, config)
+            .map_err(|e| err(P2pCode::InvalidArgument, e))?;
+        self.serving = Some(serving);
+        Ok(())
+    }
+
+    /// Stops answering inference streams and ends the open ones (new ones are refused, so
+    /// clients fail over).
+    #[wasm_bindgen(js_name = stopServing)]
+    pub fn stop_serving(&mut self) {
+        if let Some(s) = self.serving.take() {
+            s.stop();
+        }
+    }
+
+    /// `{ open, accepted }`: inference streams open now and accepted since serving began.
+    #[wasm_bindgen(js_name = servingState)]
+    pub fn serving_state(&self) -> JsValue {
+        match &self.serving {
+            None => JsValue::NULL,
+            Some(s) => {
+                let o = js_sys::Object::new();
+                set(&o, "open", s.open_streams() as u32);
+                set(&o, "accepted", s.accepted() as f64);
+                o.into()
+            }
+        }
+    }
+
+    /// Announces `spans` (`[{ model, start, end, state?, throughput?, freeCache? }]`) in our
+    /// signed record, stored and published by our relay (`/kwaainet/host/1.0.0`); an empty
+    /// list withdraws them. `accelerator`: `'cpu'` (default) or `'webgpu'`. Resolves once
+    /// the relay stored it; rejects with its reason.
+    pub fn host(&self, spans: JsValue, accelerator: Option<String>) -> js_sys::Promise {
+        let h = self.handle.clone();
+        future_to_promise(async move {
+            let spans: Vec<SpanArg> = serde_wasm_bindgen::from_value(spans)
+                .map_err(|e| err(P2pCode::InvalidArgument, format_args!("spans: {e}")))?;
+            let accelerator = match accelerator.as_deref() {
+                None | Some("cpu") => Accelerator::Cpu,
+                Some("webgpu") => Accelerator::Webgpu,
+                Some(other) => {
+                    return Err(err(
+                        P2pCode::InvalidArgument,
+                        format_args!("accelerator {other:?}: 'cpu' or 'webgpu'"),
+                    ));
+                }
+            };
+            let spans = spans
+                .into_iter()
+                .map(|s| ServedSpan {
+                    state: s.state.unwrap_or_default(),
+                    throughput: s.throughput,
+                    free_cache: s.free_cache,
+                    ..ServedSpan::new(s.model, s.start, s.end)
+                })
+                .collect();
+            h.host(spans, accelerator).await.map_err(p2p_err)?;
+            Ok(JsValue::UNDEFINED)
+        })
     }
 
     /// Our peer id.

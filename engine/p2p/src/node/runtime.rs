@@ -267,8 +267,20 @@ impl Runtime {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
                 self.metrics.record(&e);
-                if let (Ok(rtt), Some(p)) = (e.result, self.peers.get_mut(&e.peer)) {
-                    p.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                match e.result {
+                    Ok(rtt) => {
+                        if let Some(p) = self.peers.get_mut(&e.peer) {
+                            p.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                        }
+                    }
+                    // A peer without ping keeps its connection.
+                    Err(libp2p::ping::Failure::Unsupported) => {}
+                    // A peer that stopped answering (a closed tab, a dead link) goes, with
+                    // what it was hosted for (behaviour::PING_INTERVAL).
+                    Err(err) => {
+                        tracing::debug!(peer = %e.peer, error = %err, "ping failed: disconnecting");
+                        self.swarm.close_connection(e.connection);
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::RelayServer(e)) => {
