@@ -43,5 +43,8 @@ export {
   type CallOptions, type NetworkEvents, type NetworkMessage, type NetworkOptions, type NetworkPeerEvent, type NetworkStatus,
   type NetworkStatusEvent, type NetworkTransport, type NodeRecord,
 } from './network.js';
+export type {
+  ConsentGate, ServeSpanOptions, SpanContribution, SpanService, SpanServiceEvents, WithdrawReason,
+} from './serve.js';
 
 export type { ScriptTagConfig } from './script-tag.js';

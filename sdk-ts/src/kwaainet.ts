@@ -39,6 +39,8 @@ import type {
   Backend, EngineInfo, EngineLimits, EnginePreference, GpuInfo, EngineSpec, GenerateRequest, GenerationUsage, HostKind, ModelSpec, Progress,
 } from './protocol.js';
 import { DutyCycle, MIB, parseMaxResources, type MaxResources } from './resources.js';
+import type { KwaaiNetwork } from './network.js';
+import type { ServeSpanOptions, SpanContribution, SpanService } from './serve.js';
 import { SHA256_HEX, isRecord } from './validate.js';
 
 export interface KwaaiNetOptions {
@@ -103,12 +105,14 @@ export type Status =
   | { state: 'disposed' };
 
 export interface ContributionEvent {
-  /** 'idle': consent given, waiting for work (the P2P network is not wired in yet). */
-  state: 'consent-needed' | 'declined' | 'idle';
+  /** 'idle': consent given, nothing served now; 'serving': a span is served (`served`). */
+  state: 'consent-needed' | 'declined' | 'idle' | 'serving';
   consent: boolean;
   services: Service[];
   cpuPercent: number;
   contributedMs: number;
+  /** The span this page serves or served last: its server's own counters. */
+  served?: SpanContribution;
 }
 
 export interface EnvironmentalImpactEvent {
@@ -172,6 +176,8 @@ export class KwaaiNet {
   readonly services: readonly Service[];
   readonly privacyCompliance: readonly PrivacyFlag[];
   readonly maxResources: Readonly<MaxResources>;
+  /** The last counters of the span this page serves (serveSpan). */
+  private served: SpanContribution | undefined;
   readonly consent: ConsentManager;
   readonly chat: { completions: ChatCompletions };
   readonly completions: Completions;
@@ -593,12 +599,15 @@ export class KwaaiNet {
     const consent = d?.granted === true;
     if (consent) this.scheduler ??= new DutyCycle(this.maxResources.cpu);
     else this.scheduler = null;
+    const served = this.served;
+    const serving = consent && served?.state === 'serving';
     this.events.emit('contribution', {
-      state: d === null ? 'consent-needed' : consent ? 'idle' : 'declined',
+      state: d === null ? 'consent-needed' : serving ? 'serving' : consent ? 'idle' : 'declined',
       consent,
       services: [...this.services],
       cpuPercent: this.maxResources.cpu,
-      contributedMs: this.scheduler?.busyMs ?? 0,
+      contributedMs: (this.scheduler?.busyMs ?? 0) + (served ? served.busySeconds * 1000 : 0),
+      ...(served && { served }),
     });
   }
 
@@ -607,6 +616,30 @@ export class KwaaiNet {
    * run through: it holds CPU use to `maxResources.cpu`. Throws ConsentRequiredError when
    * the visitor declines. (The P2P network that supplies the work is the next milestone.)
    */
+  /**
+   * Serves blocks of a model to the swarm from this page through `network` (connected):
+   * asks for consent first (unless decided), holds the span to this instance's
+   * `maxResources`, withdraws it when consent is withdrawn, and reports what it served in
+   * `contribution` events (`state: 'serving'`, `served`). See `KwaaiNetwork.serveSpan`.
+   */
+  async serveSpan(
+    network: KwaaiNetwork, options: Omit<ServeSpanOptions, 'consent' | 'maxResources'>,
+  ): Promise<SpanService> {
+    if (!this.services.includes('compute')) {
+      throw new InvalidArgumentError('serving a span is contributing compute: add \'compute\' to services');
+    }
+    await this.consent.ask(options.signal);
+    this.consent.assertGranted();
+    const span = await network.serveSpan({ ...options, consent: this.consent, maxResources: this.maxResources });
+    const forward = (served: SpanContribution): void => {
+      this.served = served;
+      this.emitContribution();
+    };
+    span.on('contribution', forward);
+    forward(span.contribution);
+    return span;
+  }
+
   async startContributing(signal?: AbortSignal): Promise<DutyCycle> {
     if (this.services.length === 0) throw new InvalidArgumentError('no services were declared, so there is nothing to contribute');
     await this.consent.ask(signal);

@@ -25,6 +25,7 @@ import { fromWasmP2pError } from './wasm-errors.js';
 import { DisposedError, InvalidArgumentError, P2pError, UnsupportedError, abortErrorFrom, throwIfAborted } from './errors.js';
 import { Emitter } from './events.js';
 import type { WasmP2pEvent, WasmP2pModule, WasmP2pNode } from './wasm-p2p.js';
+import { serveSpan, type ServeSpanOptions, type SpanService } from './serve.js';
 import { guardWebRtcHandlers } from './webrtc-guard.js';
 
 /** Largest message payload (the `/kwaainet/msg/1.0.0` limit). */
@@ -213,6 +214,7 @@ export class KwaaiNetwork {
     moduleUrl: string; wasmUrl: string; wasmIntegrity: string | undefined;
   };
   private node: WasmP2pNode | null = null;
+  private span: SpanService | null = null;
   private current: NetworkStatus = 'idle';
   private bootstrapId: string | null = null;
 
@@ -396,12 +398,51 @@ export class KwaaiNetwork {
     return { rttMs };
   }
 
+  /**
+   * Serves blocks `start..end` of a model to the swarm from this page (serve.ts): needs the
+   * visitor's consent (`options.consent`) and stays within `options.maxResources`. Waits
+   * for our relayed address (other peers reach us through it), loads the span in a serving
+   * worker of its own, answers inference streams, and has the relay publish our signed span
+   * record. One span per page at a time.
+   */
+  async serveSpan(options: ServeSpanOptions): Promise<SpanService> {
+    const node = this.live();
+    if (this.span?.serving) throw new InvalidArgumentError('this page already serves a span (withdraw it first)');
+    const deadline = performance.now() + (options?.timeoutMs ?? this.options.requestTimeoutMs);
+    for (let i = 0; ; i++) {
+      throwIfAborted(options?.signal);
+      const st = await this.state();
+      if (st.relayAddr !== null) break;
+      if (performance.now() > deadline) {
+        throw new P2pError('no relayed address: the node did not give this page a relay reservation (relayListen must be on)', 'unreachable');
+      }
+      await new Promise((r) => setTimeout(r, Math.min(50 * 2 ** i, 500)));
+    }
+    let span: SpanService | null = null;
+    span = await serveSpan(node, options, () => {
+      if (span !== null && this.span === span) this.span = null;
+    });
+    if (this.node !== node) {
+      await span.stop('network-closed');
+      throw new DisposedError('This KwaaiNetwork was closed');
+    }
+    this.span = span;
+    return span;
+  }
+
+  /** The span this page serves, if any. */
+  get servedSpan(): SpanService | null {
+    return this.span;
+  }
+
   /** The node's view: our peer id, the bootstrap connection, our relayed address, peers. */
   async state(opts: CallOptions = {}): Promise<Awaited<ReturnType<WasmP2pNode['state']>>> {
     return bounded(this.live().state(), opts.timeoutMs ?? 5_000, 'state', opts.signal);
   }
 
   private release(): void {
+    void this.span?.stop('network-closed');
+    this.span = null;
     const node = this.node;
     this.node = null;
     this.bootstrapId = null;

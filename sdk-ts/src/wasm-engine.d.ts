@@ -85,3 +85,48 @@ export interface WasmEngineModule {
   /** Absent from engines built before the streaming loader. */
   GgufLoader?: GgufLoaderStatic;
 }
+
+/** What a span server has served (`WasmSpanServer.stats()`), and its state now. */
+export interface WasmSpanStats {
+  sessions: number;
+  steps: number;
+  tokens: number;
+  blockTokens: number;
+  busyUs: number;
+  bytesIn: number;
+  bytesOut: number;
+  sessionsOpen: number;
+  freeCache: number;
+  connections: number;
+  modelBytes: number;
+  start: number;
+  end: number;
+}
+
+export interface WasmSpanServerOptions {
+  /** The id to announce, or … */
+  modelId?: string;
+  /** … the file's SHA-256 (hex), from which the id is derived as a native node derives it. */
+  sha256?: string;
+  start: number;
+  end: number;
+  cacheTokens?: number;
+  maxLength?: number;
+  maxSessions?: number;
+}
+
+/** A span of blocks served to the swarm (engine/wasm `WasmSpanServer`, `serve` builds only). */
+export interface WasmSpanServer {
+  readonly modelId: string;
+  handle(stream: number, frame: Uint8Array): Uint8Array | undefined;
+  close(stream: number): void;
+  closeAll(): void;
+  measureThroughput(steps: number): number;
+  stats(): WasmSpanStats;
+  free(): void;
+}
+
+/** The engine module built with the span server (`FEATURES=serve OUT=dist/engine-serve`). */
+export interface WasmServeModule extends WasmEngineModule {
+  WasmSpanServer: new (bytes: Uint8Array, options: WasmSpanServerOptions) => WasmSpanServer;
+}

@@ -39,6 +39,15 @@ export interface WasmP2pState {
   peers: string[];
 }
 
+export interface WasmHostedSpan {
+  model: string;
+  start: number;
+  end: number;
+  state?: 'joining' | 'online' | 'draining';
+  throughput?: number;
+  freeCache?: number;
+}
+
 export interface WasmP2pNode {
   peerId(): string;
   connected(): Promise<{ peer: string; addr: string }>;
@@ -46,6 +55,16 @@ export interface WasmP2pNode {
   getRecord(peerId: string): Promise<unknown>;
   askInfo(peerId: string): Promise<unknown>;
   send(peerId: string, data: Uint8Array): Promise<number>;
+  /** Answers `/kwaainet/inference/1.0.0` streams: `handler(stream, frame, peer)` returns the
+   *  reply (or null to end the stream); `frame === null` says the stream ended. */
+  serveInference(
+    handler: (stream: number, frame: Uint8Array | null, peer: string) => Promise<Uint8Array | null> | Uint8Array | null,
+    options?: { maxStreams?: number; idleMs?: number; replyMs?: number; maxPayloadBytes?: number },
+  ): void;
+  stopServing(): void;
+  servingState(): { open: number; accepted: number } | null;
+  /** Announces spans through the relay (an empty list withdraws them). */
+  host(spans: WasmHostedSpan[], accelerator?: 'cpu' | 'webgpu'): Promise<void>;
   free(): void;
 }
 

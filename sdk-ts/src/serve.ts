@@ -1,0 +1,359 @@
+/**
+ * A page serves a span of a model's blocks to the swarm (`KwaaiNetwork.serveSpan`): with the
+ * visitor's consent and within `maxResources`, a serving worker of its own (host/span-worker.ts)
+ * loads blocks `start..end` into the engine's span server — the same sessions, step
+ * semantics, limits and codecs as a native node — the page's P2P node answers
+ * `/kwaainet/inference/1.0.0` streams that reach it through its relay's circuit with it, and
+ * the relay publishes the page's signed span record so clients find it.
+ *
+ * ```ts
+ * const span = await net.serveSpan({
+ *   modelUrl: '/models/model.gguf', start: 10, end: 20,
+ *   engine: { moduleUrl: '/engine-serve/kwaainet_wasm.js' },
+ *   consent: kwaainetConsent, maxResources: { cpu: 30, memory: 512 },
+ * });
+ * span.on('contribution', (c) => meter.textContent = `${c.tokens} tokens served`);
+ * // later, or when the visitor withdraws consent / closes the tab (both automatic):
+ * await span.withdraw();
+ * ```
+ *
+ * Withdrawal stops serving at once (open streams end, so clients fail over and replay their
+ * history elsewhere), withdraws the record through the relay, and ends the worker. It
+ * happens by itself when consent is withdrawn, when the page is hidden for good (`pagehide`),
+ * when the network closes, and when the span server fails.
+ */
+
+import {
+  AbortError, ConsentRequiredError, InvalidArgumentError, KwaaiNetError, ModelTooLargeError, abortErrorFrom, throwIfAborted,
+} from './errors.js';
+import { Emitter } from './events.js';
+import { fromWasmP2pError } from './wasm-errors.js';
+import type { SpanWorkerReply, SpanWorkerRequest } from './host/span-worker.js';
+import { DEFAULT_MAX_RESOURCES, DutyCycle, MIB, type MaxResources } from './resources.js';
+import type { WasmSpanStats } from './wasm-engine.js';
+import type { WasmP2pNode } from './wasm-p2p.js';
+
+/** What `serveSpan` needs to know about the visitor's consent (`ConsentManager` fits). */
+export interface ConsentGate {
+  readonly granted: boolean;
+  onChange(listener: (decision: { granted: boolean } | null) => void): () => void;
+}
+
+export interface ServeSpanOptions {
+  /** The GGUF file (fetched by the serving worker). */
+  modelUrl: string | URL;
+  /** Its SHA-256 (hex): checked when given; the span's model id is derived from it as a
+   *  native node derives it (`name@hash-prefix`), so the page joins the node's swarm. */
+  sha256?: string;
+  /** Blocks `start..end`. */
+  start: number;
+  end: number;
+  /** The engine module built with the span server (`FEATURES=serve OUT=dist/engine-serve`). */
+  engine: { moduleUrl: string | URL; wasmUrl?: string | URL; wasmIntegrity?: string };
+  /** The serving worker's script (default: `host/span-worker.js` next to the SDK). */
+  workerUrl?: string | URL;
+  /** The visitor's answer: serving needs a yes, and stops when it becomes a no. */
+  consent: ConsentGate;
+  /** cpu: the share of time the span server may be busy (%); memory: the model file must
+   *  fit (MiB). Defaults: the SDK's. */
+  maxResources?: Partial<MaxResources>;
+  /** KV-cache positions all sessions together (default 2048), one session's most (the cache),
+   *  sessions at once (8). */
+  cacheTokens?: number;
+  maxLength?: number;
+  maxSessions?: number;
+  /** How long loading may take (default 120 s). */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** What the page has served: the span server's own counters (the ones a node shows). */
+export interface SpanContribution {
+  state: 'serving' | 'withdrawn';
+  model: string;
+  start: number;
+  end: number;
+  sessions: number;
+  steps: number;
+  tokens: number;
+  /** Tokens × blocks: the work done. */
+  blockTokens: number;
+  busySeconds: number;
+  bytesIn: number;
+  bytesOut: number;
+  sessionsOpen: number;
+  streamsOpen: number;
+}
+
+export type WithdrawReason = 'withdrawn' | 'consent-withdrawn' | 'page-closed' | 'network-closed' | 'failed';
+
+export interface SpanServiceEvents {
+  /** At most once a second while serving, and once when withdrawn. */
+  contribution: SpanContribution;
+  withdrawn: { reason: WithdrawReason; error?: KwaaiNetError };
+}
+
+/** Most frames in flight to the worker at once (one per open stream at most). */
+const MAX_IN_FLIGHT = 64;
+
+/** A span this page serves. */
+export class SpanService {
+  readonly modelId: string;
+  readonly start: number;
+  readonly end: number;
+  /** Tokens per second through one block, measured when it loaded. */
+  readonly throughput: number;
+  private readonly events = new Emitter<SpanServiceEvents>();
+  private last: WasmSpanStats;
+  private lastEmit = 0;
+  private ended: WithdrawReason | null = null;
+  private readonly cleanups: (() => void)[] = [];
+  private readonly pending = new Map<number, { resolve: (f: Uint8Array | null) => void; reject: (e: Error) => void }>();
+  private seq = 0;
+
+  /** @internal Use `KwaaiNetwork.serveSpan`. */
+  constructor(
+    private readonly node: WasmP2pNode,
+    private readonly worker: Worker,
+    loaded: Extract<SpanWorkerReply, { type: 'loaded' }>,
+    private readonly duty: DutyCycle,
+    private readonly onEnd: () => void,
+  ) {
+    this.modelId = loaded.modelId;
+    this.start = loaded.stats.start;
+    this.end = loaded.stats.end;
+    this.throughput = loaded.throughput;
+    this.last = loaded.stats;
+    worker.onmessage = (e: MessageEvent<SpanWorkerReply>) => this.onReply(e.data);
+    worker.onerror = (e) => void this.fail(`the serving worker failed: ${e.message}`);
+  }
+
+  on<K extends keyof SpanServiceEvents>(name: K, listener: (value: SpanServiceEvents[K]) => void): () => void {
+    return this.events.on(name, listener);
+  }
+
+  /** Whether it still serves. */
+  get serving(): boolean {
+    return this.ended === null;
+  }
+
+  /** Why it stopped, once it has. */
+  get withdrawnBecause(): WithdrawReason | null {
+    return this.ended;
+  }
+
+  /** What it has served so far. */
+  get contribution(): SpanContribution {
+    const s = this.last;
+    return {
+      state: this.ended === null ? 'serving' : 'withdrawn',
+      model: this.modelId,
+      start: this.start,
+      end: this.end,
+      sessions: s.sessions,
+      steps: s.steps,
+      tokens: s.tokens,
+      blockTokens: s.blockTokens,
+      busySeconds: s.busyUs / 1e6,
+      bytesIn: s.bytesIn,
+      bytesOut: s.bytesOut,
+      sessionsOpen: this.ended === null ? s.sessionsOpen : 0,
+      streamsOpen: this.ended === null ? s.connections : 0,
+    };
+  }
+
+  /** @internal Starts answering streams and announces the span. */
+  async announce(): Promise<void> {
+    this.node.serveInference((stream, frame) => this.onFrame(stream, frame), { maxStreams: MAX_IN_FLIGHT });
+    await this.node.host([{ model: this.modelId, start: this.start, end: this.end, throughput: this.throughput, freeCache: this.last.freeCache }]);
+  }
+
+  /** @internal Runs `cleanup` when the span is withdrawn. */
+  addCleanup(cleanup: () => void): void {
+    this.cleanups.push(cleanup);
+  }
+
+  private onFrame(stream: number, frame: Uint8Array | null): Promise<Uint8Array | null> | null {
+    if (frame === null) {
+      if (this.ended === null) this.post({ type: 'close', stream });
+      return null;
+    }
+    if (this.ended !== null) return null;
+    if (this.pending.size >= MAX_IN_FLIGHT) return null;
+    // Busy time counts against maxResources.cpu: the reply waits out what the step owes.
+    return this.duty.run(() => new Promise<Uint8Array | null>((resolve, reject) => {
+      const seq = this.seq++;
+      this.pending.set(seq, { resolve, reject });
+      this.post({ type: 'frame', seq, stream, frame }, [frame.buffer]);
+    }));
+  }
+
+  private post(m: SpanWorkerRequest, transfer: Transferable[] = []): void {
+    this.worker.postMessage(m, transfer);
+  }
+
+  private onReply(m: SpanWorkerReply): void {
+    if (m.type !== 'reply' && m.type !== 'reply-error') return;
+    const p = this.pending.get(m.seq);
+    this.pending.delete(m.seq);
+    if (m.type === 'reply-error') {
+      p?.reject(new Error(m.message));
+      void this.fail(`the span server failed: ${m.message}`);
+      return;
+    }
+    this.last = m.stats;
+    p?.resolve(m.frame);
+    const now = performance.now();
+    if (now - this.lastEmit >= 1000) {
+      this.lastEmit = now;
+      this.events.emit('contribution', this.contribution);
+    }
+  }
+
+  private async fail(message: string): Promise<void> {
+    await this.stop('failed', new KwaaiNetError('engine', message));
+  }
+
+  /** Stops serving and withdraws the span (idempotent). */
+  async withdraw(): Promise<void> {
+    await this.stop('withdrawn');
+  }
+
+  /** @internal */
+  async stop(reason: WithdrawReason, error?: KwaaiNetError): Promise<void> {
+    if (this.ended !== null) return;
+    this.ended = reason;
+    // No further step: open streams end now (clients fail over and replay elsewhere), new
+    // ones are refused by protocol negotiation.
+    try {
+      this.node.stopServing();
+    } catch {
+      // the node is gone already
+    }
+    for (const [, p] of this.pending) p.resolve(null);
+    this.pending.clear();
+    this.post({ type: 'closeAll' });
+    this.worker.terminate();
+    for (const c of this.cleanups.splice(0)) c();
+    this.onEnd();
+    // The record goes too (the relay also drops it when our connection ends).
+    if (reason !== 'network-closed') {
+      await this.node.host([]).catch(() => undefined);
+    }
+    this.events.emit('contribution', this.contribution);
+    this.events.emit('withdrawn', error ? { reason, error } : { reason });
+    this.events.clear();
+  }
+}
+
+function checkInt(name: string, v: number | undefined, min: number, max: number): number | undefined {
+  if (v === undefined) return undefined;
+  if (!Number.isInteger(v) || v < min || v > max) throw new InvalidArgumentError(`${name} must be an integer in [${min}, ${max}], got ${v}`);
+  return v;
+}
+
+function defaultWorkerUrl(): URL {
+  return new URL('./host/span-worker.js', import.meta.url);
+}
+
+/** @internal `KwaaiNetwork.serveSpan`'s work, on the node it holds. */
+export async function serveSpan(node: WasmP2pNode, options: ServeSpanOptions, onEnd: () => void): Promise<SpanService> {
+  if (options === null || typeof options !== 'object') throw new InvalidArgumentError('options must be an object');
+  const start = checkInt('start', options.start, 0, 1 << 16) as number;
+  const end = checkInt('end', options.end, 1, 1 << 16) as number;
+  if (start === undefined || end === undefined || start >= end) throw new InvalidArgumentError(`blocks ${start}..${end}: start must be below end`);
+  const cacheTokens = checkInt('cacheTokens', options.cacheTokens, 1, 1 << 16);
+  const maxLength = checkInt('maxLength', options.maxLength, 1, 1 << 16);
+  const maxSessions = checkInt('maxSessions', options.maxSessions, 1, 64);
+  if (options.sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(options.sha256)) {
+    throw new InvalidArgumentError('sha256: 64 hexadecimal digits');
+  }
+  if (!options.engine || options.engine.moduleUrl === undefined) {
+    throw new InvalidArgumentError('engine.moduleUrl: the engine module built with the span server (dist/engine-serve/kwaainet_wasm.js)');
+  }
+  const consent = options.consent;
+  if (!consent || typeof consent.onChange !== 'function') throw new InvalidArgumentError('consent: the visitor\'s consent (a ConsentManager)');
+  if (!consent.granted) throw new ConsentRequiredError('Serving a span to the network needs the visitor\'s consent');
+  const limits = { ...DEFAULT_MAX_RESOURCES, ...options.maxResources };
+  const duty = new DutyCycle(limits.cpu);
+  if (!Number.isFinite(limits.memory) || limits.memory < 64) throw new InvalidArgumentError(`maxResources.memory: ${limits.memory} MiB is below 64`);
+  throwIfAborted(options.signal);
+
+  const base = typeof location === 'undefined' ? undefined : location.href;
+  const glueUrl = new URL(options.engine.moduleUrl, base).href;
+  const wasmUrl = new URL(options.engine.wasmUrl ?? 'kwaainet_wasm_bg.wasm', options.engine.wasmUrl === undefined ? glueUrl : base).href;
+  const worker = new Worker(options.workerUrl === undefined ? defaultWorkerUrl() : new URL(options.workerUrl, base), { type: 'module' });
+  const timeoutMs = options.timeoutMs ?? 120_000;
+  let loaded: Extract<SpanWorkerReply, { type: 'loaded' }>;
+  try {
+    loaded = await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new KwaaiNetError('engine', `the span did not load within ${timeoutMs} ms`)), timeoutMs);
+      const onAbort = (): void => reject(abortErrorFrom(options.signal as AbortSignal));
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+      const done = (): void => {
+        clearTimeout(timer);
+        options.signal?.removeEventListener('abort', onAbort);
+      };
+      worker.onerror = (e) => {
+        done();
+        reject(new KwaaiNetError('engine', `the serving worker failed to start: ${e.message}`));
+      };
+      worker.onmessage = (e: MessageEvent<SpanWorkerReply>) => {
+        const m = e.data;
+        if (m.type === 'loaded') {
+          done();
+          resolve(m);
+        } else if (m.type === 'load-error') {
+          done();
+          const message = `loading blocks ${start}..${end}: ${m.message}`;
+          reject(
+            m.code === 'model-too-large' ? new ModelTooLargeError(message)
+              : m.code === 'invalid-argument' ? new InvalidArgumentError(message)
+                : new KwaaiNetError(m.code === 'integrity' ? 'integrity' : m.code === 'network' ? 'network' : 'engine', message),
+          );
+        }
+      };
+      const load: SpanWorkerRequest = {
+        type: 'load', glueUrl, wasmUrl, modelUrl: new URL(options.modelUrl, base).href,
+        maxBytes: limits.memory * MIB, start, end,
+        ...(options.engine.wasmIntegrity !== undefined && { wasmIntegrity: options.engine.wasmIntegrity }),
+        ...(options.sha256 !== undefined && { sha256: options.sha256 }),
+        ...(cacheTokens !== undefined && { cacheTokens }),
+        ...(maxLength !== undefined && { maxLength }),
+        ...(maxSessions !== undefined && { maxSessions }),
+      };
+      worker.postMessage(load);
+    });
+  } catch (err) {
+    worker.terminate();
+    throw err;
+  }
+  // Consent may have changed while it loaded.
+  if (!consent.granted) {
+    worker.terminate();
+    throw new ConsentRequiredError('Consent was withdrawn while the span loaded');
+  }
+  const service = new SpanService(node, worker, loaded, duty, onEnd);
+  service.addCleanup(consent.onChange((d) => {
+    if (d?.granted !== true) void service.stop('consent-withdrawn');
+  }));
+  if (typeof addEventListener === 'function') {
+    const onHide = (e: Event): void => {
+      if (!(e as PageTransitionEvent).persisted) void service.stop('page-closed');
+    };
+    addEventListener('pagehide', onHide);
+    service.addCleanup(() => removeEventListener('pagehide', onHide));
+  }
+  try {
+    await service.announce();
+  } catch (err) {
+    await service.stop('failed');
+    if (err instanceof KwaaiNetError) throw err;
+    throw fromWasmP2pError(err);
+  }
+  if (options.signal?.aborted) {
+    await service.stop('withdrawn');
+    throw new AbortError();
+  }
+  return service;
+}
