@@ -1,0 +1,320 @@
+// A page serves a span of the model to the swarm: real `kwaainet start` nodes on 127.0.0.1
+// serve blocks 0..10 and 20..30, a page in headless Chromium serves 10..20 through the
+// SDK (`KwaaiNetwork.serveSpan`: the engine's span server in a serving worker, inference
+// streams through the relay circuit, its signed record published by the relay), and a
+// native client (`kwaainet generate --swarm`) generates through the three:
+//   - the tokens equal local generation (f32 hidden states between hops), the route names
+//     the page, and the page's counters say exactly what it served;
+//   - consent withdrawn mid-generation: the page stops at once (no further step), the
+//     relay drops its record, and the client fails over to a native replica without a
+//     lost token;
+//   - the serving page is closed mid-generation: the same;
+//   - two pages serve 0..15 and 15..30, the only servers of the model: the client generates
+//     through the two browsers.
+//
+//   node --test engine/p2p/tests/browser/serve.test.mjs
+//
+// Needs what p2p.test.mjs needs, the engine module with the span server
+// (FEATURES=serve OUT=dist/engine-serve bash scripts/build-wasm.sh) and the model
+// ($KWAAINET_MODEL). Loopback only; every wait is bounded.
+import { spawn } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { launch, within } from '../../../../demo-site/tests/browser.mjs';
+import {
+  TEST_PAGE, WEBRTC_FLAGS, bin, freePorts, nodeState, openNetwork, p2pDir, root, sdkDir, startNode, stopNode, until,
+} from './support.mjs';
+
+const serveDir = join(root, 'dist', 'engine-serve');
+const model = process.env.KWAAINET_MODEL;
+const PROMPT = 'The capital of France is';
+
+/** Runs the binary to the end (bounded); its stdout, stderr and exit code. */
+function run(args, ms = 120_000) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { err += d; });
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`kwaainet ${args.join(' ')}: no end within ${ms} ms\n${err}`));
+    }, ms);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ out, err, code });
+    });
+  });
+}
+
+const swarmArgs = (tokens, bootstrap = bootAddr) => ['generate', '--swarm', '--bootstrap', bootstrap, '--model', model, '--codec', 'f32',
+  '--prompt', PROMPT, '--max-tokens', String(tokens)];
+
+/** A node's TCP address with its peer id, for native peers to join through. */
+function tcpAddr(node) {
+  const tcp = node.state.listen_addrs.find((a) => a.includes('/tcp/') && !a.includes('/ws'));
+  assert.ok(tcp, `no TCP listen address: ${JSON.stringify(node.state.listen_addrs)}`);
+  return `${tcp}/p2p/${node.state.peer_id}`;
+}
+
+/** The client's route summary line (`swarm: 3 hop(s) [...]`). */
+const summary = (err) => err.split('\n').find((l) => l.startsWith('swarm: ')) ?? `(no summary in: ${err})`;
+
+let dir;
+let site;
+let boot;
+let bootAddr;
+const servers = [];
+let browser;
+let local16;
+let local64;
+
+/** Starts a native span server. `slow`: it announces 0.5 tokens/s per block (its measured
+ *  throughput is cached in its data directory: measured by a first start, then rewritten),
+ *  so routes prefer any other server of its blocks and use it only to fail over. */
+async function startServer(name, blocks, { slow = false } = {}) {
+  const d = join(dir, name);
+  mkdirSync(d, { recursive: true });
+  const start = async () => startNode({
+    dir: d, site, ...(await freePorts()), ready: 60_000,
+    extra: ['--bootstrap', bootAddr, '--model', model, '--blocks', blocks],
+  });
+  let node = await start();
+  if (slow) {
+    const cache = join(d, 'span-throughput.json');
+    await until(30_000, 'the measured throughput in the cache', () => existsSync(cache));
+    await stopNode(node);
+    const entries = JSON.parse(readFileSync(cache, 'utf8'));
+    assert.ok(Object.keys(entries).length > 0, 'a cached throughput');
+    for (const k of Object.keys(entries)) entries[k] = 0.5;
+    writeFileSync(cache, JSON.stringify(entries));
+    node = await start();
+  }
+  servers.push(node);
+  return node;
+}
+
+/** The model's health report as a server sees it, once `check(report)` holds. */
+async function health(server, what, check, ms = 60_000) {
+  let last = null;
+  try {
+    return await until(ms, what, async () => {
+      const st = await nodeState(server.url);
+      last = st.models;
+      const r = st.models?.[0];
+      return r && check(r) ? r : null;
+    });
+  } catch (err) {
+    throw new Error(`${err.message}; last report: ${JSON.stringify(last)}`);
+  }
+}
+
+/** Starts serving blocks `start..end` from `page` (connected); resolves with its peer id. */
+async function serveFromPage(page, start = 10, end = 20, via = boot) {
+  const r = await openNetwork(page, via.url);
+  await within(90_000, page.evaluate(async ({ start, end }) => {
+    const { ConsentManager, memoryConsentStorage } = await import('./sdk/internal.js');
+    const consent = new ConsentManager({
+      services: ['compute'], privacyCompliance: [], maxResources: { cpu: 100, memory: 1024, storage: 0 },
+      storage: memoryConsentStorage(), prompt: async () => true,
+    });
+    consent.record(true);
+    window.consent = consent;
+    window.contributions = [];
+    window.withdrawals = [];
+    const span = await window.net.serveSpan({
+      modelUrl: './model.gguf', start, end,
+      engine: { moduleUrl: new URL('./engine-serve/kwaainet_wasm.js', location.href) },
+      consent, maxResources: { cpu: 100, memory: 1024 },
+    });
+    window.span = span;
+    span.on('contribution', (c) => window.contributions.push(c));
+    span.on('withdrawn', (w) => window.withdrawals.push(w.reason));
+    return { modelId: span.modelId, throughput: span.throughput };
+  }, { start, end }), `serving blocks ${start}..${end} from the page`);
+  return r.peerId;
+}
+
+before(async () => {
+  assert.ok(existsSync(bin), `no kwaainet binary at ${bin} (cargo build --release -p kwaainet)`);
+  assert.ok(existsSync(join(p2pDir, 'kwaainet_wasm_bg.wasm')), 'no dist/p2p (MODULE=p2p bash scripts/build-wasm.sh)');
+  assert.ok(existsSync(join(serveDir, 'kwaainet_wasm_bg.wasm')), 'no dist/engine-serve (FEATURES=serve OUT=dist/engine-serve bash scripts/build-wasm.sh)');
+  assert.ok(existsSync(join(sdkDir, 'host', 'span-worker.js')), 'no sdk-ts/dist (npm run build -w @kwaainet/sdk)');
+  assert.ok(model && existsSync(model), 'KWAAINET_MODEL must name the model file');
+  dir = mkdtempSync(join(tmpdir(), 'kwaainet-serve-browser-'));
+  site = join(dir, 'site');
+  mkdirSync(site);
+  writeFileSync(join(site, 'test.html'), TEST_PAGE);
+  cpSync(sdkDir, join(site, 'sdk'), { recursive: true });
+  cpSync(p2pDir, join(site, 'p2p'), { recursive: true });
+  cpSync(serveDir, join(site, 'engine-serve'), { recursive: true });
+  cpSync(model, join(site, 'model.gguf'));
+  boot = await startNode({ dir: join(dir, 'boot'), site, ...(await freePorts()) });
+  bootAddr = tcpAddr(boot);
+  await startServer('s1', '0:10');
+  await startServer('s3', '20:30');
+  const [a, b] = await Promise.all([
+    run(['generate', '--model', model, '--prompt', PROMPT, '--max-tokens', '16']),
+    run(['generate', '--model', model, '--prompt', PROMPT, '--max-tokens', '64']),
+  ]);
+  assert.equal(a.code, 0, a.err);
+  assert.equal(b.code, 0, b.err);
+  local16 = a.out;
+  local64 = b.out;
+  browser = await launch({ args: WEBRTC_FLAGS });
+});
+
+after(async () => {
+  await browser?.close();
+  for (const s of servers) await stopNode(s);
+  await stopNode(boot);
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+test('a route native → page → native gives local generation\'s tokens, and the page counts what it served', { timeout: 240_000 }, async () => {
+  const { page } = browser;
+  const pageId = await serveFromPage(page);
+  const id = await page.evaluate(() => window.span.modelId);
+  assert.match(id, /@[0-9a-f]{16}$/, 'the page names the model as a native node does');
+
+  // The swarm sees the page's span, relayed, through the relay's hosting.
+  const report = await health(servers[0], 'the page among the model\'s servers',
+    (r) => r.complete === true && r.servers?.some((s) => s.peer_id === pageId));
+  const row = report.servers.find((s) => s.peer_id === pageId);
+  assert.equal(row.start, 10);
+  assert.equal(row.end, 20);
+  assert.equal(row.relayed, true, JSON.stringify(row));
+  assert.equal(report.model, id);
+
+  const before = await page.evaluate(() => window.span.contribution);
+  assert.equal(before.steps, 0);
+  const { out, err, code } = await run(swarmArgs(16));
+  assert.equal(code, 0, err);
+  assert.equal(out, local16, 'the same text as local generation');
+  const line = summary(err);
+  assert.match(line, /^swarm: 3 hop\(s\)/, line);
+  assert.ok(line.includes(`10..20 on ${pageId}`), `the route runs 10..20 on the page: ${line}`);
+
+  // The page's counters: every token of the prompt and of each step went through its 10
+  // blocks; hidden states came in and went out.
+  const c = await until(10_000, 'the final counters', () => page.evaluate(() => {
+    const c = window.span.contribution;
+    return c.sessionsOpen === 0 ? c : null;
+  }));
+  assert.equal(c.state, 'serving');
+  // One session; 16 tokens: the prompt's step, then 15 one-token steps.
+  assert.equal(c.sessions, 1, JSON.stringify(c));
+  assert.equal(c.steps, 16, JSON.stringify(c));
+  assert.ok(c.tokens > c.steps, JSON.stringify(c));
+  assert.equal(c.blockTokens, c.tokens * 10, JSON.stringify(c));
+  // f32 hidden states of 576 values in and out, one per token.
+  assert.equal(c.bytesIn, c.tokens * 576 * 4, JSON.stringify(c));
+  assert.equal(c.bytesOut, c.tokens * 576 * 4, JSON.stringify(c));
+  assert.ok(c.busySeconds > 0, JSON.stringify(c));
+  const events = await page.evaluate(() => window.contributions);
+  assert.ok(events.length >= 1 && events.every((e) => e.model === id), 'contribution events carry the counters');
+});
+
+test('consent withdrawn mid-generation: the page stops at once, the relay drops its record, the client fails over without a lost token', { timeout: 240_000 }, async () => {
+  const { page } = browser;
+  const pageId = await page.evaluate(() => window.net.peerId);
+  // A native replica of 10..20 that announces itself as very slow, so routes go through
+  // the page until it leaves.
+  const s2 = await startServer('s2', '10:20', { slow: true });
+  await health(servers[0], 'the replica and the page', (r) => r.servers?.filter((s) => s.start === 10).length === 2);
+  await page.evaluate(() => { window.stepsAtRevoke = null; });
+
+  const generation = run(swarmArgs(64));
+  // Withdraw consent once the page has served a few steps of it.
+  const base = await page.evaluate(() => window.span.contribution.steps);
+  await until(60_000, 'the page serving the generation', () => page.evaluate((b) => {
+    if (window.span.contribution.steps < b + 4) return false;
+    window.stepsAtRevoke = window.span.contribution.steps;
+    window.consent.revoke();
+    return true;
+  }, base));
+  const { out, err, code } = await generation;
+  assert.equal(code, 0, err);
+  assert.equal(out, local64, 'not a token lost or changed');
+  const line = summary(err);
+  assert.ok(line.includes(' 1 failover(s)'), `one replay: ${line}`);
+
+  const after = await page.evaluate(() => ({
+    serving: window.span.serving, because: window.span.withdrawnBecause, withdrawals: window.withdrawals,
+    steps: window.span.contribution.steps, atRevoke: window.stepsAtRevoke, state: window.span.contribution.state,
+  }));
+  assert.equal(after.serving, false);
+  assert.equal(after.because, 'consent-withdrawn');
+  assert.deepEqual(after.withdrawals, ['consent-withdrawn']);
+  assert.equal(after.state, 'withdrawn');
+  assert.equal(after.steps, after.atRevoke, 'no step served after consent was withdrawn');
+  await health(servers[0], 'the page gone from the model\'s servers', (r) => !r.servers?.some((s) => s.peer_id === pageId));
+
+  // Serving again needs consent again.
+  const refused = await page.evaluate(async () => {
+    try {
+      await window.net.serveSpan({
+        modelUrl: './model.gguf', start: 10, end: 20,
+        engine: { moduleUrl: new URL('./engine-serve/kwaainet_wasm.js', location.href) }, consent: window.consent,
+      });
+      return null;
+    } catch (e) {
+      return e.code;
+    }
+  });
+  assert.equal(refused, 'consent-required');
+});
+
+test('the serving page is closed mid-generation: the client fails over to the replica without a lost token', { timeout: 240_000 }, async () => {
+  const { page } = browser;
+  // Consent given again: the same page serves 10..20 again (a new serving worker).
+  await within(90_000, page.evaluate(async () => {
+    window.consent.record(true);
+    window.span = await window.net.serveSpan({
+      modelUrl: './model.gguf', start: 10, end: 20,
+      engine: { moduleUrl: new URL('./engine-serve/kwaainet_wasm.js', location.href) },
+      consent: window.consent, maxResources: { cpu: 100, memory: 1024 },
+    });
+  }), 'serving again');
+  const pageId = await page.evaluate(() => window.net.peerId);
+  await health(servers[0], 'the page back among the servers', (r) => r.servers?.some((s) => s.peer_id === pageId));
+
+  const generation = run(swarmArgs(64));
+  await until(60_000, 'the page serving the generation', () => page.evaluate(() => window.span.contribution.steps >= 4));
+  await page.close();
+  const { out, err, code } = await generation;
+  assert.equal(code, 0, err);
+  assert.equal(out, local64, 'not a token lost or changed');
+  const line = summary(err);
+  assert.ok(line.includes(' 1 failover(s)'), `one replay: ${line}`);
+  assert.ok(line.includes('10..20 on '), line);
+  assert.ok(!line.includes(`10..20 on ${pageId}`), `the route ends on the replica: ${line}`);
+  // The relay drops the record of a page whose connection closed.
+  await health(servers[0], 'the closed page gone from the servers', (r) => !r.servers?.some((s) => s.peer_id === pageId));
+});
+
+test('two pages serve 0..15 and 15..30: a native client generates through the two browsers alone', { timeout: 240_000 }, async () => {
+  // A swarm of its own: a fresh node (it watches the model: KWAAINET_MODEL) and two pages.
+  const boot2 = await startNode({ dir: join(dir, 'boot2'), site, ...(await freePorts()) });
+  servers.push(boot2);
+  const addr2 = tcpAddr(boot2);
+  const pages = [await browser.context.newPage(), await browser.context.newPage()];
+  const ids = [await serveFromPage(pages[0], 0, 15, boot2), await serveFromPage(pages[1], 15, 30, boot2)];
+  await health(boot2, 'the two pages as the only servers', (r) => r.complete === true &&
+    r.servers.length === 2 && ids.every((id) => r.servers.some((s) => s.peer_id === id && s.relayed)));
+  const { out, err, code } = await run(swarmArgs(16, addr2));
+  assert.equal(code, 0, err);
+  assert.equal(out, local16, 'the same text as local generation');
+  const line = summary(err);
+  assert.ok(line.includes(`0..15 on ${ids[0]}`) && line.includes(`15..30 on ${ids[1]}`), line);
+  for (const [i, blocks] of [[0, 15], [1, 15]]) {
+    const c = await pages[i].evaluate(() => window.span.contribution);
+    assert.equal(c.steps, 16, JSON.stringify(c));
+    assert.equal(c.blockTokens, c.tokens * blocks, JSON.stringify(c));
+  }
+});
