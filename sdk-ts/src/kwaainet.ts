@@ -612,11 +612,6 @@ export class KwaaiNet {
   }
 
   /**
-   * Asks for consent (if not decided) and returns the scheduler that contributed work must
-   * run through: it holds CPU use to `maxResources.cpu`. Throws ConsentRequiredError when
-   * the visitor declines. (The P2P network that supplies the work is the next milestone.)
-   */
-  /**
    * Serves blocks of a model to the swarm from this page through `network` (connected):
    * asks for consent first (unless decided), holds the span to this instance's
    * `maxResources`, withdraws it when consent is withdrawn, and reports what it served in
@@ -640,6 +635,11 @@ export class KwaaiNet {
     return span;
   }
 
+  /**
+   * Asks for consent (if not decided) and returns the scheduler that contributed work must
+   * run through: it holds CPU use to `maxResources.cpu`. Throws ConsentRequiredError when
+   * the visitor declines. (A span served to the network goes through `serveSpan`.)
+   */
   async startContributing(signal?: AbortSignal): Promise<DutyCycle> {
     if (this.services.length === 0) throw new InvalidArgumentError('no services were declared, so there is nothing to contribute');
     await this.consent.ask(signal);

@@ -215,6 +215,8 @@ export class KwaaiNetwork {
   };
   private node: WasmP2pNode | null = null;
   private span: SpanService | null = null;
+  /** A serveSpan call is under way (one span per page). */
+  private spanStarting = false;
   private current: NetworkStatus = 'idle';
   private bootstrapId: string | null = null;
 
@@ -407,7 +409,18 @@ export class KwaaiNetwork {
    */
   async serveSpan(options: ServeSpanOptions): Promise<SpanService> {
     const node = this.live();
-    if (this.span?.serving) throw new InvalidArgumentError('this page already serves a span (withdraw it first)');
+    if (this.span?.serving || this.spanStarting) {
+      throw new InvalidArgumentError('this page already serves a span (withdraw it first)');
+    }
+    this.spanStarting = true;
+    try {
+      return await this.startSpan(node, options);
+    } finally {
+      this.spanStarting = false;
+    }
+  }
+
+  private async startSpan(node: WasmP2pNode, options: ServeSpanOptions): Promise<SpanService> {
     const deadline = performance.now() + (options?.timeoutMs ?? this.options.requestTimeoutMs);
     for (let i = 0; ; i++) {
       throwIfAborted(options?.signal);

@@ -5,8 +5,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
+import { memoryConsentStorage } from '../src/consent.js';
 import { ConsentRequiredError, InvalidArgumentError } from '../src/errors.js';
-import { serveSpan, type ConsentGate, type ServeSpanOptions } from '../src/serve.js';
+import { KwaaiNet, type ContributionEvent } from '../src/kwaainet.js';
+import type { KwaaiNetwork } from '../src/network.js';
+import {
+  serveSpan, type ConsentGate, type ServeSpanOptions, type SpanContribution, type SpanService,
+} from '../src/serve.js';
 import type { WasmP2pNode } from '../src/wasm-p2p.js';
 
 /** A node that fails the test if serveSpan reaches it. */
@@ -56,5 +61,73 @@ describe('serveSpan refuses before it starts anything', () => {
     } finally {
       (globalThis as { Worker?: unknown }).Worker = Worker0;
     }
+  });
+});
+
+/** A network whose serveSpan records what it was given and returns a span double whose
+ *  counters the test moves. */
+function networkDouble(): { network: KwaaiNetwork; given: ServeSpanOptions[]; emit(c: Partial<SpanContribution>): void } {
+  const given: ServeSpanOptions[] = [];
+  const listeners: ((c: SpanContribution) => void)[] = [];
+  let current: SpanContribution = {
+    state: 'serving', model: 'm@0123456789abcdef', start: 10, end: 20, sessions: 0, steps: 0, tokens: 0, blockTokens: 0,
+    busySeconds: 0, bytesIn: 0, bytesOut: 0, sessionsOpen: 0, streamsOpen: 0,
+  };
+  const span = {
+    get contribution() {
+      return current;
+    },
+    on(name: string, l: (c: SpanContribution) => void) {
+      if (name === 'contribution') listeners.push(l);
+      return () => {};
+    },
+  } as unknown as SpanService;
+  const network = {
+    serveSpan: async (o: ServeSpanOptions) => {
+      given.push(o);
+      return span;
+    },
+  } as unknown as KwaaiNetwork;
+  return {
+    network,
+    given,
+    emit(c) {
+      current = { ...current, ...c };
+      for (const l of listeners) l(current);
+    },
+  };
+}
+
+describe('KwaaiNet.serveSpan', () => {
+  const options = { modelUrl: 'http://127.0.0.1:1/model.gguf', start: 10, end: 20, engine: { moduleUrl: 'http://127.0.0.1:1/e.js' } };
+
+  it('asks consent first, passes its consent and caps, and reports what the span served', async () => {
+    const ai = new KwaaiNet({
+      services: ['compute'], maxResources: 'cpu:30,memory:512', consentPrompt: async () => true, consentStorage: memoryConsentStorage(),
+    });
+    const events: ContributionEvent[] = [];
+    ai.on('contribution', (e) => events.push(e));
+    const d = networkDouble();
+    await ai.serveSpan(d.network, options);
+    assert.equal(d.given.length, 1);
+    assert.equal(d.given[0]?.consent, ai.consent);
+    assert.deepEqual(d.given[0]?.maxResources, ai.maxResources);
+    assert.equal(events.at(-1)?.state, 'serving');
+    d.emit({ steps: 16, tokens: 20, blockTokens: 200, busySeconds: 0.25 });
+    const last = events.at(-1);
+    assert.equal(last?.state, 'serving');
+    assert.equal(last?.served?.blockTokens, 200);
+    assert.equal(last?.contributedMs, 250);
+    d.emit({ state: 'withdrawn' });
+    assert.equal(events.at(-1)?.state, 'idle');
+  });
+
+  it('refuses without consent or without the compute service, and never reaches the network', async () => {
+    const d = networkDouble();
+    const declined = new KwaaiNet({ services: ['compute'], consentPrompt: async () => false, consentStorage: memoryConsentStorage() });
+    await assert.rejects(declined.serveSpan(d.network, options), ConsentRequiredError);
+    const storageOnly = new KwaaiNet({ services: ['storage'], consentPrompt: async () => true, consentStorage: memoryConsentStorage() });
+    await assert.rejects(storageOnly.serveSpan(d.network, options), InvalidArgumentError);
+    assert.equal(d.given.length, 0);
   });
 });
