@@ -110,6 +110,10 @@ export class SpanService {
   private readonly cleanups: (() => void)[] = [];
   private readonly pending = new Map<number, { resolve: (f: Uint8Array | null) => void; reject: (e: Error) => void }>();
   private seq = 0;
+  /** The previous frame's work and the rest it owes: the next frame waits for it. */
+  private gate: Promise<unknown> = Promise.resolve();
+  /** Frames waiting or running. */
+  private queued = 0;
 
   /** @internal Use `KwaaiNetwork.serveSpan`. */
   constructor(
@@ -178,14 +182,36 @@ export class SpanService {
       if (this.ended === null) this.post({ type: 'close', stream });
       return null;
     }
-    if (this.ended !== null) return null;
-    if (this.pending.size >= MAX_IN_FLIGHT) return null;
-    // Busy time counts against maxResources.cpu: the reply waits out what the step owes.
-    return this.duty.run(() => new Promise<Uint8Array | null>((resolve, reject) => {
-      const seq = this.seq++;
-      this.pending.set(seq, { resolve, reject });
-      this.post({ type: 'frame', seq, stream, frame }, [frame.buffer]);
-    }));
+    if (this.ended !== null || this.queued >= MAX_IN_FLIGHT) return null;
+    // One frame at a time (the worker runs one anyway), through the duty cycle: a step's
+    // reply goes out as soon as it is computed, and the rest it owes to maxResources.cpu is
+    // taken before the next frame starts, while the client works on the other hops.
+    this.queued++;
+    return new Promise<Uint8Array | null>((resolve, reject) => {
+      const run = this.gate.then(() => {
+        if (this.ended !== null) {
+          resolve(null);
+          return undefined;
+        }
+        return this.duty.run(() => new Promise<Uint8Array | null>((done, failed) => {
+          const seq = this.seq++;
+          this.pending.set(seq, { resolve: done, reject: failed });
+          this.post({ type: 'frame', seq, stream, frame }, [frame.buffer]);
+        }).then(
+          (reply) => {
+            resolve(reply);
+            return reply;
+          },
+          (err: unknown) => {
+            reject(err instanceof Error ? err : new Error(String(err)));
+            throw err;
+          },
+        ));
+      });
+      this.gate = run.catch(() => undefined).finally(() => {
+        this.queued--;
+      });
+    });
   }
 
   private post(m: SpanWorkerRequest, transfer: Transferable[] = []): void {
