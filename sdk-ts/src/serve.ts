@@ -278,8 +278,14 @@ function checkInt(name: string, v: number | undefined, min: number, max: number)
   return v;
 }
 
+/** `host/span-worker.js` next to this module; the script tag's bundle has no module URL
+ *  (and does not ship the worker yet): there the page passes `workerUrl`. */
 function defaultWorkerUrl(): URL {
-  return new URL('./host/span-worker.js', import.meta.url);
+  try {
+    return new URL('./host/span-worker.js', import.meta.url);
+  } catch (err) {
+    throw new InvalidArgumentError('workerUrl is required here: this build of the SDK has no URL of its own to find the serving worker next to', { cause: err });
+  }
 }
 
 /** @internal `KwaaiNetwork.serveSpan`'s work, on the node it holds. */
