@@ -24,7 +24,7 @@
  */
 
 import {
-  AbortError, ConsentRequiredError, InvalidArgumentError, KwaaiNetError, ModelTooLargeError, abortErrorFrom, throwIfAborted,
+  AbortError, ConsentRequiredError, InvalidArgumentError, KwaaiNetError, abortErrorFrom, errorFromWire, throwIfAborted,
 } from './errors.js';
 import { Emitter } from './events.js';
 import { fromWasmP2pError } from './wasm-errors.js';
@@ -55,7 +55,7 @@ export interface ServeSpanOptions {
   /** The visitor's answer: serving needs a yes, and stops when it becomes a no. */
   consent: ConsentGate;
   /** cpu: the share of time the span server may be busy (%); memory: the model file must
-   *  fit (MiB). Defaults: the SDK's. */
+   *  fit (MiB); storage: the model cache, this model included (MiB). Defaults: the SDK's. */
   maxResources?: Partial<MaxResources>;
   /** KV-cache positions all sessions together (default 2048), one session's most (the cache),
    *  sessions at once (8). */
@@ -337,17 +337,12 @@ export async function serveSpan(node: WasmP2pNode, options: ServeSpanOptions, on
           resolve(m);
         } else if (m.type === 'load-error') {
           done();
-          const message = `loading blocks ${start}..${end}: ${m.message}`;
-          reject(
-            m.code === 'model-too-large' ? new ModelTooLargeError(message)
-              : m.code === 'invalid-argument' ? new InvalidArgumentError(message)
-                : new KwaaiNetError(m.code === 'integrity' ? 'integrity' : m.code === 'network' ? 'network' : 'engine', message),
-          );
+          reject(errorFromWire(m.code, `loading blocks ${start}..${end}: ${m.message}`));
         }
       };
       const load: SpanWorkerRequest = {
         type: 'load', glueUrl, wasmUrl, modelUrl: new URL(options.modelUrl, base).href,
-        maxBytes: limits.memory * MIB, start, end,
+        maxBytes: limits.memory * MIB, maxStorageBytes: limits.storage * MIB, start, end,
         ...(options.engine.wasmIntegrity !== undefined && { wasmIntegrity: options.engine.wasmIntegrity }),
         ...(options.sha256 !== undefined && { sha256: options.sha256 }),
         ...(cacheTokens !== undefined && { cacheTokens }),

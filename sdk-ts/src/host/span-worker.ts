@@ -8,12 +8,17 @@
  * Messages out (`SpanWorkerReply`): `loaded` or `load-error`, then one `reply` per `frame`,
  * each with the server's counters.
  *
- * The model is fetched here (never copied through the page), held only while the span's
- * blocks are read from it, checked against `sha256` when one is given, and refused before
- * reading when it is larger than `maxBytes`.
+ * The model is fetched here (never copied through the page) with the SDK's download
+ * (`fetchModel`: the shared model cache, resumed transfers, `sha256` checked when given, a
+ * file over `maxBytes` or the storage cap refused before it is read), and held in memory only
+ * while the span's blocks are read from it.
  */
 
+import { defaultModelStore } from '../cache.js';
+import { fetchModel, sha256Hex } from '../download.js';
+import { UnsupportedError, toKwaaiNetError, type ErrorCode, type KwaaiNetError } from '../errors.js';
 import type { WasmServeModule, WasmSpanServer, WasmSpanStats } from '../wasm-engine.js';
+import { fromWasmError, wasmErrorCode } from '../wasm-errors.js';
 
 export type SpanWorkerRequest =
   | {
@@ -24,6 +29,7 @@ export type SpanWorkerRequest =
     modelUrl: string;
     sha256?: string;
     maxBytes: number;
+    maxStorageBytes: number;
     start: number;
     end: number;
     cacheTokens?: number;
@@ -36,7 +42,7 @@ export type SpanWorkerRequest =
 
 export type SpanWorkerReply =
   | { type: 'loaded'; modelId: string; sha256: string; throughput: number; stats: WasmSpanStats }
-  | { type: 'load-error'; code: string; message: string }
+  | { type: 'load-error'; code: ErrorCode; message: string }
   | { type: 'reply'; seq: number; frame: Uint8Array | null; stats: WasmSpanStats }
   | { type: 'reply-error'; seq: number; message: string };
 
@@ -49,47 +55,10 @@ const scope = globalThis as unknown as WorkerScope;
 let server: WasmSpanServer | null = null;
 let loading = false;
 
-const hex = (bytes: ArrayBuffer): string =>
-  Array.from(new Uint8Array(bytes), (b) => b.toString(16).padStart(2, '0')).join('');
-
-function codeOf(err: unknown): string {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? code : 'engine';
-}
-
-/** The model's bytes, at most `maxBytes` (refused before reading when the server says more). */
-async function fetchModel(url: string, maxBytes: number): Promise<Uint8Array<ArrayBuffer>> {
-  const res = await fetch(url, { credentials: 'same-origin' });
-  if (!res.ok || !res.body) throw Object.assign(new Error(`${url}: HTTP ${res.status}`), { code: 'network' });
-  const declared = Number(res.headers.get('content-length') ?? NaN);
-  const tooLarge = (n: number): Error => Object.assign(
-    new Error(`the model file is ${(n / 2 ** 20).toFixed(1)} MiB, more than maxResources.memory allows (${(maxBytes / 2 ** 20).toFixed(1)} MiB)`),
-    { code: 'model-too-large' },
-  );
-  if (Number.isFinite(declared) && declared > maxBytes) {
-    await res.body.cancel();
-    throw tooLarge(declared);
-  }
-  const reader = res.body.getReader();
-  const parts: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.byteLength;
-    if (total > maxBytes) {
-      await reader.cancel();
-      throw tooLarge(total);
-    }
-    parts.push(value);
-  }
-  const bytes = new Uint8Array(total);
-  let at = 0;
-  for (const p of parts) {
-    bytes.set(p, at);
-    at += p.byteLength;
-  }
-  return bytes;
+/** A failure as the SDK's typed error: the engine module's codes through fromWasmError. */
+function typed(err: unknown): KwaaiNetError {
+  const code = wasmErrorCode(err);
+  return code === null ? toKwaaiNetError(err) : fromWasmError(code, err, 'loading the span');
 }
 
 async function load(m: Extract<SpanWorkerRequest, { type: 'load' }>): Promise<void> {
@@ -101,16 +70,22 @@ async function load(m: Extract<SpanWorkerRequest, { type: 'load' }>): Promise<vo
   try {
     const glue = (await import(/* webpackIgnore: true */ /* @vite-ignore */ m.glueUrl)) as WasmServeModule;
     if (typeof glue.WasmSpanServer !== 'function') {
-      throw Object.assign(new Error(`${m.glueUrl} is an engine built without the span server (FEATURES=serve)`), { code: 'unsupported' });
+      throw new UnsupportedError(`${m.glueUrl} is an engine built without the span server (FEATURES=serve)`);
     }
     const init: RequestInit = { credentials: 'same-origin' };
     if (m.wasmIntegrity) init.integrity = m.wasmIntegrity;
     await glue.default({ module_or_path: fetch(m.wasmUrl, init) });
-    const bytes = await fetchModel(m.modelUrl, m.maxBytes);
-    const sha256 = hex(await crypto.subtle.digest('SHA-256', bytes));
-    if (m.sha256 !== undefined && m.sha256.toLowerCase() !== sha256) {
-      throw Object.assign(new Error(`the model's SHA-256 is ${sha256}, not ${m.sha256}`), { code: 'integrity' });
-    }
+    // The SDK's model download: the cache the visitor's own chat fills (so a model already
+    // there is not fetched again), resumed transfers, the memory and storage caps.
+    const model = await fetchModel({
+      url: m.modelUrl,
+      store: defaultModelStore(),
+      memoryLimitBytes: m.maxBytes,
+      storageLimitBytes: m.maxStorageBytes,
+      ...(m.sha256 !== undefined && { sha256: m.sha256.toLowerCase() }),
+    });
+    const bytes = model.bytes;
+    const sha256 = model.sha256 ?? (await sha256Hex(bytes));
     const s = new glue.WasmSpanServer(bytes, {
       sha256,
       start: m.start,
@@ -124,7 +99,8 @@ async function load(m: Extract<SpanWorkerRequest, { type: 'load' }>): Promise<vo
     server = s;
     scope.postMessage({ type: 'loaded', modelId: s.modelId, sha256, throughput, stats: s.stats() });
   } catch (err) {
-    scope.postMessage({ type: 'load-error', code: codeOf(err), message: err instanceof Error ? err.message : String(err) });
+    const e = typed(err);
+    scope.postMessage({ type: 'load-error', code: e.code, message: e.message });
   } finally {
     loading = false;
   }
@@ -136,7 +112,8 @@ function isRequest(d: unknown): d is SpanWorkerRequest {
   switch (m.type) {
     case 'load':
       return typeof m.glueUrl === 'string' && typeof m.wasmUrl === 'string' && typeof m.modelUrl === 'string' &&
-        Number.isInteger(m.start) && Number.isInteger(m.end) && typeof m.maxBytes === 'number';
+        Number.isInteger(m.start) && Number.isInteger(m.end) && typeof m.maxBytes === 'number' &&
+        typeof m.maxStorageBytes === 'number';
     case 'frame':
       return Number.isInteger(m.seq) && Number.isInteger(m.stream) && m.frame instanceof Uint8Array;
     case 'close':
