@@ -13,6 +13,11 @@
 #   FEATURES=serve OUT=dist/engine-serve bash scripts/build-wasm.sh
 #                                         the CPU engine with a page's span server
 #                                         (WasmSpanServer), as the default build otherwise
+#   FEATURES=threads OUT=dist/engine-mt bash scripts/build-wasm.sh
+#                                         the multi-threaded CPU engine (rayon on web workers
+#                                         over shared memory, wasm-bindgen-rayon): nightly
+#                                         with atomics and `-Z build-std`, profile
+#                                         `wasm-threads`; its worker helper is in snippets/
 #   MODULE=p2p bash scripts/build-wasm.sh the page-side P2P node (crate engine/wasm-p2p:
 #                                         rust-libp2p over WebRTC-direct and WebSocket, a
 #                                         Kademlia client, a relay client) into dist/p2p/:
@@ -49,6 +54,10 @@ elif [[ "$FEATURES" == *webgpu* ]]; then
     PROFILE="${WASM_PROFILE:-release}"
     OPT_LEVEL="${WASM_OPT_LEVEL:--O1}"
     BUDGET=$((4 * 1024 * 1024))
+elif [[ "$FEATURES" == *threads* ]]; then
+    PROFILE="${WASM_PROFILE:-wasm-threads}"
+    OPT_LEVEL="${WASM_OPT_LEVEL:--O3}"
+    BUDGET=$((4 * 1024 * 1024))
 else
     PROFILE="${WASM_PROFILE:-wasm-release}"
     OPT_LEVEL="${WASM_OPT_LEVEL:--O3}"
@@ -57,8 +66,25 @@ fi
 OUT="${OUT:-dist/engine}"
 target=wasm32-unknown-unknown
 
-# .cargo/config.toml turns on simd128 for this target.
-cargo build -p "$CRATE" --target "$target" --profile "$PROFILE" ${FEATURES:+--features "$FEATURES"}
+if [[ "$FEATURES" == *threads* ]]; then
+    # Threads need wasm32 atomics, and std rebuilt with them: nightly's build-std (setup.sh
+    # installs nightly's rust-src and wasm32 target). RUSTFLAGS replaces the config's flags,
+    # so simd128 is named again. The linker is told to make the memory shared and imported
+    # (each worker instantiates the module over the same memory), to declare a maximum (the
+    # whole 4 GiB), and to export the thread-local-storage hooks wasm-bindgen's thread start
+    # calls.
+    link=""
+    for a in --shared-memory --import-memory --max-memory=4294967296 --export=__wasm_init_tls \
+        --export=__tls_size --export=__tls_align --export=__tls_base; do
+        link="$link -C link-arg=$a"
+    done
+    RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals$link" \
+        cargo +nightly build -Z build-std=panic_abort,std -p "$CRATE" --target "$target" \
+        --profile "$PROFILE" --features "$FEATURES"
+else
+    # .cargo/config.toml turns on simd128 for this target.
+    cargo build -p "$CRATE" --target "$target" --profile "$PROFILE" ${FEATURES:+--features "$FEATURES"}
+fi
 wasm="$CARGO_TARGET_DIR/$target/$PROFILE/${CRATE//-/_}.wasm"
 
 rm -rf "$OUT"
@@ -69,6 +95,8 @@ printf '{ "type": "module" }\n' >"$OUT/package.json"
 
 # npm's binaryen (Debian's wasm-opt 108 breaks wasm-bindgen's init code: see ENVIRONMENT).
 opt=node_modules/.bin/wasm-opt
+THREADS_OPT=""
+[[ "$FEATURES" == *threads* ]] && THREADS_OPT="--enable-threads"
 bg="$OUT/kwaainet_wasm_bg.wasm"
 if [ "${WASM_OPT:-1}" = 0 ]; then
     say "WASM_OPT=0: not optimizing with wasm-opt"
@@ -79,7 +107,7 @@ elif [ -x "$opt" ]; then
     "$opt" "$OPT_LEVEL" --strip-debug --strip-producers \
         --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
         --enable-sign-ext --enable-mutable-globals --enable-multivalue \
-        --enable-reference-types \
+        --enable-reference-types ${THREADS_OPT:-} \
         "$bg" -o "$bg.opt"
     mv "$bg.opt" "$bg"
 else

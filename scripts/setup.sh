@@ -48,6 +48,21 @@ else
             rustup target add --toolchain "$channel" "$target"
         fi
     done
+    # Nightly, for one module only: the multi-threaded CPU engine needs wasm32 atomics and
+    # std rebuilt with them (`-Z build-std`, scripts/build-wasm.sh FEATURES=threads), so
+    # nightly's rust-src and wasm32 target. Everything else builds on the pinned stable.
+    if ! rustup toolchain list | grep -q "^nightly-"; then
+        say "installing Rust nightly (the multi-threaded browser engine's build-std)"
+        rustup toolchain install nightly --profile minimal
+    fi
+    if ! rustup component list --installed --toolchain nightly | grep -q "^rust-src"; then
+        say "adding rust-src to Rust nightly"
+        rustup component add --toolchain nightly rust-src
+    fi
+    if ! rustup target list --installed --toolchain nightly | grep -qx wasm32-unknown-unknown; then
+        say "adding the wasm32-unknown-unknown target to Rust nightly"
+        rustup target add --toolchain nightly wasm32-unknown-unknown
+    fi
 fi
 
 # Debian packages, installed with apt-get when missing (required when CI=true): lavapipe

@@ -17,6 +17,7 @@ BIN() { printf '%s/release/kwaainet' "$CARGO_TARGET_DIR"; }
 # Whether engine/wasm has the `webgpu` feature (the WebGPU engine module, dist/engine-webgpu/).
 has_webgpu_engine() { grep -q '^webgpu' engine/wasm/Cargo.toml; }
 build_webgpu_engine() { FEATURES=webgpu OUT=dist/engine-webgpu bash scripts/build-wasm.sh; }
+build_threads_engine() { FEATURES=threads OUT=dist/engine-mt bash scripts/build-wasm.sh; }
 
 step_setup() {
     # Sourced so that CARGO_TARGET_DIR reaches the later steps.
@@ -37,6 +38,11 @@ step_clippy() {
     cargo clippy -p kwaainet-wasm --features serve --all-targets -- -D warnings
     cargo clippy -p kwaainet-wasm --features serve --target wasm32-unknown-unknown -- -D warnings
     cargo clippy -p kwaainet-wasm-p2p --target wasm32-unknown-unknown -- -D warnings
+    # The multi-threaded engine (feature `threads`): wasm32 with atomics, so nightly and
+    # build-std, as scripts/build-wasm.sh builds it.
+    RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals" \
+        cargo +nightly clippy -Z build-std=panic_abort,std -p kwaainet-wasm --features threads \
+        --target wasm32-unknown-unknown -- -D warnings
 }
 
 step_build() {
@@ -123,6 +129,9 @@ step_wasm-engine() {
         step_fetch-model
     fi
     bash scripts/build-wasm.sh
+    # The multi-threaded CPU engine (nightly, build-std): run in Chromium by the browser
+    # step, in a cross-origin-isolated page (node cannot start its web workers).
+    build_threads_engine
     # Both modules' generated declarations satisfy the SDK's engine contract, their values
     # typed by the Rust-generated engine-types.ts (the WebGPU module: the wasm32 step).
     if [ -f dist/engine-webgpu/kwaainet_wasm.d.ts ]; then
@@ -148,6 +157,9 @@ step_browser() {
     fi
     if has_webgpu_engine && [ ! -f dist/engine-webgpu/kwaainet_wasm_bg.wasm ]; then
         build_webgpu_engine
+    fi
+    if [ ! -f dist/engine-mt/kwaainet_wasm_bg.wasm ]; then
+        build_threads_engine
     fi
     node cdn/build.mjs >/dev/null
     node --test --test-timeout=300000 demo-site/tests/

@@ -24,6 +24,22 @@ pub fn simd128() -> bool {
     crate::has_simd128()
 }
 
+/// The threads the CPU engine's matmuls run on: rayon's pool once `initThreadPool(n)` has
+/// started it (the `threads` module), 1 otherwise.
+#[wasm_bindgen(js_name = engineThreads)]
+pub fn engine_threads() -> u32 {
+    #[cfg(feature = "threads")]
+    return rayon::current_num_threads() as u32;
+    #[cfg(not(feature = "threads"))]
+    1
+}
+
+/// Starts `n` web workers sharing this module's memory as rayon's pool (the `threads` module
+/// only; the page must be cross-origin isolated). Resolves once every worker is running; call
+/// it once, before the first load.
+#[cfg(feature = "threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
 /// The JavaScript error for `e`: an `Error` named `KwaaiNetEngineError` whose message is the
 /// human part and whose `code` is the [`ErrorCode`]'s name, with `needed` and `max` (numbers)
 /// for a context overflow. The SDK maps `code` to its typed errors (`sdk-ts/src/local-engine.ts`).
@@ -211,7 +227,7 @@ impl WasmGeneration {
         #[wasm_bindgen(js_name = maxTokens)] max_tokens: f64,
     ) -> Result<JsValue, JsValue> {
         let n = step_count(max_tokens)?;
-        to_js(&self.inner.step(n).map_err(js_err)?)
+        to_js(&in_pool(|| self.inner.step(n)).map_err(js_err)?)
     }
 
     /// As in the CPU engine, but resolves once the device has produced the tokens.
@@ -226,6 +242,62 @@ impl WasmGeneration {
         })
     }
 }
+
+/// Runs `f` on a thread of the engine's pool (the `threads` module): every matmul it starts
+/// is then split with rayon's `join` between that thread and the others, which steal their
+/// half, instead of being injected from outside and waited for — one wake-up of the
+/// calling thread per step rather than one per matmul, which is what decode's small matmuls
+/// could not afford. Without threads, `f` runs here.
+#[cfg(not(feature = "webgpu"))]
+fn in_pool<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(feature = "threads")]
+    if rayon::current_num_threads() > 1 {
+        let f = Handover(f);
+        return rayon::scope(move |s| {
+            use std::sync::atomic::{AtomicBool, Ordering};
+            let owner = rayon::current_thread_index();
+            let done = std::sync::Arc::new(AtomicBool::new(false));
+            let flag = std::sync::Arc::clone(&done);
+            s.spawn_broadcast(move |_, ctx| {
+                if Some(ctx.index()) == owner {
+                    return;
+                }
+                while !flag.load(Ordering::Acquire) {
+                    let _ = rayon::yield_now();
+                }
+            });
+            let r = Handover((f.into_inner())());
+            done.store(true, Ordering::Release);
+            r
+        })
+        .into_inner();
+    }
+    f()
+}
+
+/// A value handed to one pool thread and back while its owner waits: the engine's state is
+/// `Rc`-shared (`engine::Shared`), so not `Send`, but during `in_pool` only one thread
+/// touches it at a time.
+#[cfg(feature = "threads")]
+struct Handover<T>(T);
+
+#[cfg(feature = "threads")]
+impl<T> Handover<T> {
+    /// Taking the value by a method makes closures capture the whole `Handover` (edition
+    /// 2021's disjoint captures would otherwise capture the non-`Send` field alone).
+    fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+// SAFETY: `rayon::scope` blocks the calling thread until the closure has returned, and the
+// closure runs on exactly one pool thread; the scope's latch orders every write of that
+// thread before the caller resumes. So the value (the step closure, which reaches the
+// engine's `Rc<RefCell<..>>` through `&self`, and its result) is only ever used by one
+// thread at a time, with happens-before edges at each handover, and none of it is bound to a
+// thread (the engine's state is plain Rust: no `JsValue`).
+#[cfg(feature = "threads")]
+unsafe impl<T> Send for Handover<T> {}
 
 /// `maxTokens` as a step count: a whole number >= 0; huge counts mean "until done".
 fn step_count(max_tokens: f64) -> Result<u32, JsValue> {
