@@ -11,12 +11,18 @@
 //   kwaainet_wasm_webgpu_bg.wasm  the WebGPU engine                      } (renamed), when built
 //   kwaainet_p2p.js        the page-side P2P node's glue (ES module)   } from dist/p2p/
 //   kwaainet_p2p_bg.wasm   the page-side P2P node                      } (renamed), when built
+//   kwaainet_wasm_mt.js          the multi-threaded CPU engine's glue   } from dist/engine-mt/
+//   kwaainet_wasm_mt_bg.wasm     the multi-threaded CPU engine          } (renamed), when built;
+//   kwaainet_wasm_mt_workers.js  its pool's worker helper (a wasm-bindgen snippet, moved
+//                                out of snippets/ so the folder stays flat; the glue's
+//                                import of it is rewritten to match)
 //   sri-manifest.json      sha384 SRI hash and size of every file above
 //
 // The SRI hashes of the worker and the .wasm files are baked into distributed-ai.js and
 // kwaainet.mjs, so the `integrity` on the script tag covers what they load in turn.
 //
-//   node cdn/build.mjs [--out DIR] [--engine-dir DIR] [--webgpu-dir DIR] [--p2p-dir DIR] [--check-deterministic]
+//   node cdn/build.mjs [--out DIR] [--engine-dir DIR] [--webgpu-dir DIR] [--p2p-dir DIR] [--threads-dir DIR]
+//                      [--check-deterministic]
 //
 // --check-deterministic builds twice into temporary folders and fails unless every byte
 // matches. Without dist/engine/ the hosts are built against a stub that reports the
@@ -40,6 +46,7 @@ const { values: args } = parseArgs({
     'engine-dir': { type: 'string' },
     'webgpu-dir': { type: 'string' },
     'p2p-dir': { type: 'string' },
+    'threads-dir': { type: 'string' },
     'check-deterministic': { type: 'boolean', default: false },
   },
 });
@@ -47,6 +54,7 @@ const outDir = args.out ?? join(root, 'dist', 'cdn', `v${version}`);
 const engineDir = args['engine-dir'] ?? join(root, 'dist', 'engine');
 const webgpuDir = args['webgpu-dir'] ?? join(root, 'dist', 'engine-webgpu');
 const p2pDir = args['p2p-dir'] ?? join(root, 'dist', 'p2p');
+const threadsDir = args['threads-dir'] ?? join(root, 'dist', 'engine-mt');
 const GLUE = 'kwaainet_wasm.js';
 const WASM = 'kwaainet_wasm_bg.wasm';
 // Both wasm-bindgen builds name their files alike: the WebGPU ones are renamed here
@@ -55,6 +63,24 @@ const WEBGPU_GLUE = 'kwaainet_wasm_webgpu.js';
 const WEBGPU_WASM = 'kwaainet_wasm_webgpu_bg.wasm';
 const P2P_GLUE = 'kwaainet_p2p.js';
 const P2P_WASM = 'kwaainet_p2p_bg.wasm';
+const MT_GLUE = 'kwaainet_wasm_mt.js';
+const MT_WASM = 'kwaainet_wasm_mt_bg.wasm';
+const MT_WORKERS = 'kwaainet_wasm_mt_workers.js';
+
+/**
+ * The multi-threaded engine's files, or null when it was not built: its glue with the
+ * import of wasm-bindgen-rayon's worker helper (under snippets/<crate-hash>/) pointed at the
+ * helper's flat name, and the helper itself. The helper starts each pool worker from its
+ * own URL and the glue's, so both only have to sit side by side.
+ */
+function threadedEngine() {
+  if (!existsSync(join(threadsDir, GLUE)) || !existsSync(join(threadsDir, WASM))) return null;
+  const glue = readFileSync(join(threadsDir, GLUE), 'utf8');
+  const imports = [...glue.matchAll(/from '(\.\/snippets\/wasm-bindgen-rayon-[0-9a-f]+\/src\/workerHelpers\.no-bundler\.js)'/g)];
+  if (imports.length !== 1) throw new Error(`cdn: ${join(threadsDir, GLUE)}: expected one import of wasm-bindgen-rayon's worker helper, found ${imports.length}`);
+  const helper = readFileSync(join(threadsDir, imports[0][1]));
+  return { glue: glue.replace(imports[0][1], `./${MT_WORKERS}`), helper };
+}
 
 export const sri = (bytes) => `sha384-${createHash('sha384').update(bytes).digest('base64')}`;
 
@@ -115,6 +141,13 @@ async function buildInto(dir) {
     copyFileSync(join(p2pDir, WASM), join(dir, P2P_WASM));
     copyFileSync(join(p2pDir, GLUE), join(dir, P2P_GLUE));
   }
+  const mt = threadedEngine();
+  const haveThreads = mt !== null;
+  if (mt) {
+    copyFileSync(join(threadsDir, WASM), join(dir, MT_WASM));
+    writeFileSync(join(dir, MT_GLUE), mt.glue);
+    writeFileSync(join(dir, MT_WORKERS), mt.helper);
+  }
 
   // 1. The hosts.
   for (const [entry, out] of [['worker.ts', 'kwaainet-worker.js'], ['sw.ts', 'kwaainet-sw.js']]) {
@@ -126,6 +159,7 @@ async function buildInto(dir) {
   if (haveEngine) baked[WASM] = sri(readFileSync(join(dir, WASM)));
   if (haveWebgpu) baked[WEBGPU_WASM] = sri(readFileSync(join(dir, WEBGPU_WASM)));
   if (haveP2p) baked[P2P_WASM] = sri(readFileSync(join(dir, P2P_WASM)));
+  if (haveThreads) baked[MT_WASM] = sri(readFileSync(join(dir, MT_WASM)));
   const define = { __KWAAINET_ASSET_SRI__: JSON.stringify(baked) };
   await emit({ entryPoints: [join(root, 'sdk-ts', 'src', 'entries', 'distributed-ai.ts')], format: 'iife', define }, dir, 'distributed-ai.js');
   await emit({ entryPoints: [join(root, 'sdk-ts', 'src', 'index.ts')], format: 'esm', define }, dir, 'kwaainet.mjs');
@@ -136,9 +170,9 @@ async function buildInto(dir) {
     const bytes = readFileSync(join(dir, name));
     files[name] = { integrity: sri(bytes), size: bytes.byteLength };
   }
-  const manifest = { name: '@kwaainet/sdk', version, path: `v${version}/`, engine: haveEngine, webgpu: haveWebgpu, p2p: haveP2p, files };
+  const manifest = { name: '@kwaainet/sdk', version, path: `v${version}/`, engine: haveEngine, webgpu: haveWebgpu, p2p: haveP2p, threads: haveThreads, files };
   writeFileSync(join(dir, 'sri-manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
-  return { haveEngine, haveWebgpu, haveP2p, files };
+  return { haveEngine, haveWebgpu, haveP2p, haveThreads, files };
 }
 
 function sameTree(a, b) {
@@ -168,7 +202,7 @@ if (args['check-deterministic']) {
   }
 }
 
-const { haveEngine, haveWebgpu, haveP2p, files } = await buildInto(outDir);
+const { haveEngine, haveWebgpu, haveP2p, haveThreads, files } = await buildInto(outDir);
 const shown = relative(root, outDir) || '.';
 for (const [name, f] of Object.entries(files)) console.log(`cdn: ${shown}/${name}  ${f.size} B  ${f.integrity}`);
 if (!haveEngine) {
@@ -176,6 +210,9 @@ if (!haveEngine) {
 }
 if (!haveP2p) {
   console.log(`cdn: note: no P2P module in ${relative(root, p2pDir) || p2pDir}/ (MODULE=p2p bash scripts/build-wasm.sh): pages cannot join the network`);
+}
+if (!haveThreads) {
+  console.log(`cdn: note: no multi-threaded engine in ${relative(root, threadsDir) || threadsDir}/ (FEATURES=threads OUT=dist/engine-mt bash scripts/build-wasm.sh): the CPU engine runs on one thread`);
 }
 if (!haveWebgpu) {
   console.log(`cdn: note: no WebGPU engine in ${relative(root, webgpuDir) || webgpuDir}/ (FEATURES=webgpu OUT=dist/engine-webgpu bash scripts/build-wasm.sh): this bundle is CPU-only`);

@@ -1,16 +1,17 @@
 #!/usr/bin/env node
-// Browser bench: the SDK's CPU-WASM host (dedicated worker, simd128, one thread) in
-// headless Chromium on the demo page, measured like `kwaainet bench` and
+// Browser bench: the SDK's CPU-WASM host (dedicated worker, simd128; one thread, then the
+// multi-threaded engine: --threads, default 1,2) in
+// headless Chromium on the demo page (cross-origin isolated), measured like `kwaainet bench` and
 // engine/wasm/bench.mjs: load time, then prefill and decode tokens/s, medians of --runs.
 // When the bundle has the WebGPU engine, a second row: the service-worker host running it
 // (Chromium with --enable-unsafe-webgpu: SwiftShader, WebGPU on the CPU, where there is no
 // GPU), with its own, smaller, run counts (--webgpu-runs, --webgpu-gen-tokens,
 // --webgpu-repeat: SwiftShader takes seconds per token). --skip-webgpu leaves it out.
 // With --wllama, wllama (llama.cpp compiled to WebAssembly, npm @wllama/wllama) runs the
-// same GGUF in the same browser, one thread, for comparison.
+// same GGUF in the same browser, at the same thread counts, right after ours, for comparison.
 //
 //   npm run bench:browser                          (= node demo-site/bench.mjs --wllama)
-//   node demo-site/bench.mjs [--runs 5] [--repeat 3] [--gen-tokens 64] [--wllama]
+//   node demo-site/bench.mjs [--runs 5] [--repeat 3] [--gen-tokens 64] [--wllama] [--threads 1,2]
 //       [--webgpu-runs 1] [--webgpu-repeat 1] [--webgpu-gen-tokens 8] [--skip-webgpu]
 //
 // The prompt is `kwaainet bench`'s text repeated --repeat times (3: about 125 tokens), the
@@ -34,6 +35,7 @@ const { values: args } = parseArgs({
     repeat: { type: 'string', default: '3' },
     'gen-tokens': { type: 'string', default: '64' },
     wllama: { type: 'boolean', default: false },
+    threads: { type: 'string', default: '1,2' },
     'wllama-version': { type: 'string', default: '2.4.0' },
     model: { type: 'string' },
     'webgpu-runs': { type: 'string', default: '1' },
@@ -43,6 +45,11 @@ const { values: args } = parseArgs({
   },
 });
 const runs = Number(args.runs);
+const threadCounts = args.threads.split(',').map(Number);
+if (!threadCounts.every((n) => Number.isInteger(n) && n >= 1 && n <= 16)) {
+  console.error('--threads: a comma-separated list of thread counts in [1, 16]');
+  process.exit(1);
+}
 const repeat = Number(args.repeat);
 const genTokens = Number(args['gen-tokens']);
 const modelPath = args.model ?? findModel();
@@ -77,7 +84,7 @@ function wllamaDir() {
  * `--enable-unsafe-webgpu`, so 'auto' picks the service-worker host and its WebGPU engine
  * (the bench fails if it did not). Every timing waits long enough for SwiftShader.
  */
-async function benchKwaaiNet(server, { webgpu = false, runs, repeat, genTokens }) {
+async function benchKwaaiNet(server, { webgpu = false, threads = 1, runs, repeat, genTokens }) {
   const browser = await launch({ webgpu });
   try {
     await recordEvents(browser.context);
@@ -88,7 +95,7 @@ async function benchKwaaiNet(server, { webgpu = false, runs, repeat, genTokens }
     const loads = [];
     for (let i = 0; i <= runs; i++) {
       const t0 = performance.now();
-      if (i === 0) await openDemo(page, server.url, { timeoutMs: 300_000 });
+      if (i === 0) await openDemo(page, webgpu ? server.url : `${server.url}?threads=${threads}`, { timeoutMs: 300_000 });
       else {
         await page.reload();
         await page.waitForFunction(() => window.__kw.ready || window.__kw.error !== null, null, { timeout: 300_000 });
@@ -98,6 +105,9 @@ async function benchKwaaiNet(server, { webgpu = false, runs, repeat, genTokens }
     const info = await page.evaluate(() => window.kwaainet.engineInfo());
     if (info.backend !== (webgpu ? 'webgpu' : 'cpu-wasm')) {
       throw new Error(`bench: expected the ${webgpu ? 'webgpu' : 'cpu-wasm'} backend, got ${info.backend} (${info.backendReason})`);
+    }
+    if (!webgpu && info.threads !== threads) {
+      throw new Error(`bench: expected ${threads} thread(s), the engine runs ${info.threads} (${info.threadsReason})`);
     }
     const samples = [];
     for (let i = 0; i <= runs; i++) { // the first run warms up (WebGPU: compiles the shaders)
@@ -110,7 +120,7 @@ async function benchKwaaiNet(server, { webgpu = false, runs, repeat, genTokens }
     // The host's time to first token covers the prefill and the first decode step.
     const prefill = samples.map((u) => u.prompt_tokens / ((u.extra.time_to_first_token_ms - 1000 / u.extra.decode_tokens_per_s) / 1000));
     const where = webgpu ? `${info.backend} on ${info.adapter || 'an adapter without a description'}` :
-      `${info.backend}${info.simd128 ? ', simd128' : ''}, 1 thread`;
+      `${info.backend}${info.simd128 ? ', simd128' : ''}, ${info.threads} thread${info.threads === 1 ? '' : 's'}`;
     return {
       name: `KwaaiNet ${info.engineVersion} (${info.host} host, ${where})`,
       coldLoad: loads[0],
@@ -127,21 +137,24 @@ async function benchKwaaiNet(server, { webgpu = false, runs, repeat, genTokens }
   }
 }
 
-async function benchWllama(server) {
+async function benchWllama(server, threads) {
   const browser = await launch();
   try {
     const { page } = browser;
     await page.goto(new URL('bench.html', server.url).href);
-    const r = await within(600_000, page.evaluate(async ({ text, genTokens, runs, modelUrl }) => {
+    const r = await within(600_000, page.evaluate(async ({ text, genTokens, runs, modelUrl, threads }) => {
       const { Wllama } = await import('/wllama/esm/index.js');
-      const paths = { 'single-thread/wllama.wasm': '/wllama/esm/single-thread/wllama.wasm' };
+      const paths = {
+        'single-thread/wllama.wasm': '/wllama/esm/single-thread/wllama.wasm',
+        'multi-thread/wllama.wasm': '/wllama/esm/multi-thread/wllama.wasm',
+      };
       const loads = [];
       let w = null;
       for (let i = 0; i <= runs; i++) {
         if (w) await w.exit();
         w = new Wllama(paths, { suppressNativeLog: true });
         const t0 = performance.now();
-        await w.loadModelFromUrl(modelUrl, { n_threads: 1, n_ctx: 2048, n_batch: 512, n_gpu_layers: 0 });
+        await w.loadModelFromUrl(modelUrl, { n_threads: threads, n_ctx: 2048, n_batch: 512, n_gpu_layers: 0 });
         loads.push((performance.now() - t0) / 1000);
       }
       const prompt = await w.tokenize(text, true);
@@ -163,9 +176,10 @@ async function benchWllama(server) {
         if (i > 0) samples.push({ prefill: prompt.length / prefillS, decode: n / decodeS });
       }
       return { loads, samples, threads: w.getNumThreads(), multi: w.isMultithread(), prompt: prompt.length };
-    }, { text: TEXT.repeat(repeat), genTokens, runs, modelUrl: new URL('models/model.gguf', server.url).href }), 'wllama');
+    }, { text: TEXT.repeat(repeat), genTokens, runs, modelUrl: new URL('models/model.gguf', server.url).href, threads }), 'wllama');
+    if (r.threads !== threads) throw new Error(`bench: wllama runs ${r.threads} thread(s), not ${threads}`);
     return {
-      name: `wllama ${args['wllama-version']} (${r.multi ? 'multi' : 'single'}-thread build, ${r.threads} thread)`,
+      name: `wllama ${args['wllama-version']} (${r.multi ? 'multi' : 'single'}-thread build, ${r.threads} thread${r.threads === 1 ? '' : 's'})`,
       coldLoad: r.loads[0],
       warmLoad: median(r.loads.slice(1)),
       warmWhat: 'from the browser\'s cache',
@@ -182,7 +196,12 @@ async function benchWllama(server) {
 
 const server = await startDemoServer({ port: 0, modelPath, ...(args.wllama && { wllamaDir: wllamaDir() }) });
 try {
-  const results = [await benchKwaaiNet(server, { runs, repeat, genTokens })];
+  // Side by side at each thread count: ours, then wllama's, so both see the same load.
+  const results = [];
+  for (const threads of threadCounts) {
+    results.push(await benchKwaaiNet(server, { threads, runs, repeat, genTokens }));
+    if (args.wllama) results.push(await benchWllama(server, threads));
+  }
   if (args['skip-webgpu']) {
     console.log('bench: --skip-webgpu: no WebGPU row');
   } else if (!existsSync(join(cdnDir, 'kwaainet_wasm_webgpu_bg.wasm'))) {
@@ -192,7 +211,6 @@ try {
       webgpu: true, runs: Number(args['webgpu-runs']), repeat: Number(args['webgpu-repeat']), genTokens: Number(args['webgpu-gen-tokens']),
     }));
   }
-  if (args.wllama) results.push(await benchWllama(server));
   const chromium = execFileSync(process.env.CHROMIUM ?? '/usr/bin/chromium', ['--version'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
   console.log(`${chromium}, headless; model ${modelPath} (${fmt(server.model.size / 1e6)} MB); medians`);
   console.log('load = navigation (KwaaiNet) or loadModelFromUrl (wllama) to model ready; cold: downloaded over loopback');

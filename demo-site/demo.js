@@ -90,6 +90,7 @@
       ['Why', info.reason],
       ['Backend', info.backend + (info.simd128 ? ' (simd128)' : '')],
       ['Because', info.backendReason || '—'],
+      ['Threads', info.backend === 'cpu-wasm' ? info.threads + ' (' + info.threadsReason + ')' : '—'],
       ['WebGPU', info.gpuAvailable ? 'available' : 'not available'],
       ['Adapter', info.adapter || '—'],
       ['Engine', info.engineVersion],

@@ -6,7 +6,8 @@
 //   /                    demo-site/index.html with the script tag filled in by the rules the
 //                        node uses (template.mjs): CDN path, SRI
 //                        hash from the manifest, model URL and SHA-256; `?host=worker` etc.
-//                        adds data-host, `?engine=cpu` etc. data-engine, `?load=lazy` adds data-load-model="lazy",
+//                        adds data-host, `?engine=cpu` etc. data-engine, `?threads=2` data-threads,
+//                        `?load=lazy` adds data-load-model="lazy", `?isolated=0` leaves COOP/COEP off,
 //                        `?max=storage:50` sets data-max-resources, `?cdn=cross-origin`
 //                        loads the bundle from http://localhost:<port>/ instead)
 //   /bench.html          the browser bench page (demo-site/bench.html)
@@ -100,7 +101,9 @@ const CORS = { 'access-control-allow-origin': '*', 'cross-origin-resource-policy
  *   integrity     override of the script tag's integrity (tests prove a wrong one is refused)
  *   cutModelOnce  { afterBytes }: the first model response is cut after that many body
  *                 bytes (the socket is destroyed), once: a connection lost mid-download
- *   crossOriginIsolated  send COOP/COEP (wllama's threads need them; bench only)
+ *   crossOriginIsolated  send COOP `same-origin` / COEP `require-corp` (default true, as
+ *                 the node does: the multi-threaded CPU engine and wllama's threads need
+ *                 shared memory); `?isolated=0` on a page leaves them off that document
  *   wllamaDir     folder served at /wllama/ (bench only)
  *   appDir        a built app (sdk-ts/test/package/): its files at every path but the
  *                 model's (index.html for /), instead of the demo's
@@ -114,7 +117,7 @@ export async function startDemoServer(options = {}) {
     : null;
   const stats = { model: [], requests: [] };
   let cut = options.cutModelOnce ?? null;
-  const isolation = options.crossOriginIsolated
+  const isolation = options.crossOriginIsolated ?? true
     ? { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' }
     : {};
 
@@ -124,6 +127,8 @@ export async function startDemoServer(options = {}) {
     if (host !== null && HOSTS.has(host)) extra.push(`data-host="${host}"`);
     const engine = query.get('engine');
     if (engine !== null && ENGINES.has(engine)) extra.push(`data-engine="${engine}"`);
+    const threads = query.get('threads');
+    if (threads !== null && /^[1-9]\d?$/.test(threads)) extra.push(`data-threads="${threads}"`);
     if (query.get('load') === 'lazy') extra.push('data-load-model="lazy"');
     const max = query.get('max');
     const values = {
@@ -213,7 +218,8 @@ export async function startDemoServer(options = {}) {
         res.writeHead(503, { 'content-type': 'text/plain; charset=utf-8' }).end(`demo page: ${err.message}\n`);
         return;
       }
-      res.writeHead(200, { 'content-type': MIME['.html'], 'cache-control': 'no-cache', 'content-length': Buffer.byteLength(body), ...isolation });
+      const isolated = searchParams.get('isolated') === '0' ? {} : isolation;
+      res.writeHead(200, { 'content-type': MIME['.html'], 'cache-control': 'no-cache', 'content-length': Buffer.byteLength(body), ...isolated });
       res.end(req.method === 'HEAD' ? undefined : body);
       return;
     }

@@ -101,6 +101,7 @@ export function recordEvents(context) {
         v.on('status', (s) => rec.status.push({
           state: s.state, host: s.host ?? null, reason: s.reason ?? null, backend: s.backend ?? null,
           backendReason: s.backendReason ?? null, adapter: s.adapter ?? null,
+          threads: s.threads ?? null, threadsReason: s.threadsReason ?? null,
           error: s.error ? s.error.message : null,
         }));
       },

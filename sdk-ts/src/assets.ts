@@ -16,6 +16,10 @@ export const ASSETS = {
   /** The WebGPU engine (dist/engine-webgpu/, renamed: both builds name their files alike). */
   webgpuWasm: 'kwaainet_wasm_webgpu_bg.wasm',
   webgpuGlue: 'kwaainet_wasm_webgpu.js',
+  /** The multi-threaded CPU engine (dist/engine-mt/, renamed likewise; its worker helper,
+   *  a wasm-bindgen snippet, is flattened next to it as kwaainet_wasm_mt_workers.js). */
+  threadsWasm: 'kwaainet_wasm_mt_bg.wasm',
+  threadsGlue: 'kwaainet_wasm_mt.js',
   /** The page-side P2P node (dist/p2p/, renamed likewise). */
   p2pWasm: 'kwaainet_p2p_bg.wasm',
   p2pGlue: 'kwaainet_p2p.js',
@@ -65,6 +69,10 @@ function urlsOf(
     glue: at('glue'),
     webgpuWasm: complete && integrity[ASSETS.webgpuWasm] === undefined ? null : at('webgpuWasm'),
     webgpuGlue: at('webgpuGlue'),
+    // Only where the build says it has one: the npm package does not ship it (an app's
+    // bundler would rename the helper its glue imports), the CDN folder does.
+    threadsGlue: integrity[ASSETS.threadsWasm] === undefined ? null : at('threadsGlue'),
+    threadsWasm: integrity[ASSETS.threadsWasm] === undefined ? null : at('threadsWasm'),
   };
   const w = integrity[ASSETS.worker];
   if (w) urls.workerIntegrity = w;
@@ -72,5 +80,7 @@ function urlsOf(
   if (m) urls.wasmIntegrity = m;
   const g = integrity[ASSETS.webgpuWasm];
   if (g) urls.webgpuWasmIntegrity = g;
+  const t = integrity[ASSETS.threadsWasm];
+  if (t) urls.threadsWasmIntegrity = t;
   return urls;
 }

@@ -41,6 +41,11 @@ export interface HostUrls {
   webgpuWasmIntegrity?: string;
   /** Its ES-module glue, for the in-page host. */
   webgpuGlue: string;
+  /** The multi-threaded CPU engine's glue and .wasm (the worker host, in a
+   *  cross-origin-isolated page), or null where the bundle has none. */
+  threadsGlue: string | null;
+  threadsWasm: string | null;
+  threadsWasmIntegrity?: string;
 }
 
 export interface HostChoice {

@@ -38,6 +38,7 @@ import type {
 import type {
   Backend, EngineInfo, EngineLimits, EnginePreference, GpuInfo, EngineSpec, GenerateRequest, GenerationUsage, HostKind, ModelSpec, Progress,
 } from './protocol.js';
+import { MAX_THREADS } from './protocol.js';
 import { DutyCycle, MIB, parseMaxResources, type MaxResources } from './resources.js';
 import type { KwaaiNetwork } from './network.js';
 import type { ServeSpanOptions, SpanContribution, SpanService } from './serve.js';
@@ -58,6 +59,11 @@ export interface KwaaiNetOptions {
   /** Which engine: 'auto' (default: WebGPU in the service-worker host when it has an
    *  adapter, else the CPU engine), 'cpu', or 'webgpu' (fails where it cannot run). */
   engine?: EnginePreference;
+  /** Most threads for the CPU engine (default: the device's cores, at most 16). More than
+   *  one needs the worker host and a cross-origin-isolated page (COOP `same-origin`, COEP
+   *  `require-corp`); elsewhere it runs on one, and `engineInfo().threadsReason` says why.
+   *  These are the visitor's own requests: contributed work is capped by `maxResources.cpu`. */
+  threads?: number;
   /** Folder with the engine files (worker, service worker, wasm): a CDN or self-hosted
    *  copy of the CDN folder. Default: the files the npm package ships, wherever the app's
    *  bundler put them (or the CDN folder of kwaainet.mjs). The script tag sets it. */
@@ -94,6 +100,8 @@ export type Status =
   | { state: 'loading'; host: HostKind; reason: string }
   | {
     state: 'ready'; host: HostKind; reason: string; backend: Backend; backendReason: string; adapter: string | null;
+    /** Threads the CPU engine runs on, and why that many. */
+    threads: number; threadsReason: string;
     modelLoaded: boolean;
     /** The loaded engine's limits, and its WebGPU device's (null before a load / on the CPU). */
     limits: EngineLimits | null;
@@ -222,6 +230,9 @@ export class KwaaiNet {
     if (options.engine !== undefined && !['auto', 'webgpu', 'cpu'].includes(options.engine)) {
       throw new InvalidArgumentError('engine: "auto", "webgpu" or "cpu"');
     }
+    if (options.threads !== undefined && !(Number.isInteger(options.threads) && options.threads >= 1 && options.threads <= MAX_THREADS)) {
+      throw new InvalidArgumentError(`threads: an integer in [1, ${MAX_THREADS}]`);
+    }
     if (options.modelSha256 !== undefined && !SHA256_HEX.test(options.modelSha256.toLowerCase())) {
       throw new InvalidArgumentError('modelSha256: expected 64 hex digits');
     }
@@ -334,6 +345,7 @@ export class KwaaiNet {
     this.events.emit('status', {
       state: 'ready', host: c.host, reason: c.reason,
       backend: info?.backend ?? 'cpu-wasm', backendReason: info?.backendReason ?? '', adapter: info?.adapter ?? null,
+      threads: info?.threads ?? 1, threadsReason: info?.threadsReason ?? '',
       modelLoaded: this.modelInfo?.model != null,
       limits: info?.limits ?? null, gpu: info?.gpu ?? null,
     });
@@ -386,6 +398,9 @@ export class KwaaiNet {
       ...(urls.wasmIntegrity !== undefined && { wasmIntegrity: urls.wasmIntegrity }),
       ...(urls.webgpuWasm !== null && { webgpuWasmUrl: urls.webgpuWasm }),
       ...(urls.webgpuWasmIntegrity !== undefined && { webgpuWasmIntegrity: urls.webgpuWasmIntegrity }),
+      ...(urls.threadsGlue !== null && urls.threadsWasm !== null && { threadsGlueUrl: urls.threadsGlue, threadsWasmUrl: urls.threadsWasm }),
+      ...(urls.threadsWasmIntegrity !== undefined && { threadsWasmIntegrity: urls.threadsWasmIntegrity }),
+      ...(this.options.threads !== undefined && { threads: this.options.threads }),
       ...(this.options.engine !== undefined && { backend: this.options.engine }),
     };
   }

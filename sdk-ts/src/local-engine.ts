@@ -23,11 +23,12 @@ import { describeWasmError, fromWasmError, wasmErrorCode } from './wasm-errors.j
 import type { Engine, GenerateOptions, GenerationResult, LoadOptions } from './engine.js';
 import { fetchModel, progressEvent, sha256Hex } from './download.js';
 import { defaultModelStore, type ModelStore } from './cache.js';
-import type { GpuProbe, ModuleSource } from './host/glue.js';
+import type { GpuProbe, ModuleSource, ThreadedSource } from './host/glue.js';
 import type {
   Backend, EngineInfo, EngineLimits, EnginePreference, EngineSpec, GenerateRequest, GpuInfo, HostKind, HostStatus,
   ModelInfo, ModelSpec, Progress,
 } from './protocol.js';
+import { MAX_THREADS } from './protocol.js';
 import { assertModelFits } from './resources.js';
 import { isRecord } from './validate.js';
 import type {
@@ -40,6 +41,10 @@ export interface LocalEngineOptions {
   loadModule: (source: ModuleSource) => Promise<WasmEngineModule>;
   /** Returns the WebGPU engine module; absent where this host has none. */
   loadWebGpuModule?: (source: ModuleSource) => Promise<WasmEngineModule>;
+  /** Returns the multi-threaded CPU engine with its pool of `threads` started; absent
+   *  where this host cannot run it (no web workers: a service worker; a thread that must
+   *  never block: the page). */
+  loadThreadedModule?: (source: ThreadedSource) => Promise<WasmEngineModule>;
   /** Whether 'auto' tries WebGPU here (default false: only the service-worker host does). */
   autoWebGpu?: boolean;
   store?: ModelStore;
@@ -164,6 +169,8 @@ export class LocalEngine implements Engine {
   private gpu: Promise<GpuProbe | null> | null = null;
   /** Why the WebGPU engine failed here ('auto' then stays on the CPU engine). */
   private gpuFailure: string | null = null;
+  /** The threads the CPU module runs on, and why (set when it is initialised). */
+  private threading: { threads: number; reason: string } | null = null;
   private preference: EnginePreference = 'auto';
   /** Serialises loads and generations: the engine runs one at a time. */
   private queue: Promise<unknown> = Promise.resolve();
@@ -220,7 +227,9 @@ export class LocalEngine implements Engine {
           ...(engine.webgpuWasmIntegrity !== undefined && { wasmIntegrity: engine.webgpuWasmIntegrity }),
         })
         : { wasmUrl: engine.wasmUrl, ...(engine.wasmIntegrity !== undefined && { wasmIntegrity: engine.wasmIntegrity }) };
-      const mine = loader && source ? loader(source) : Promise.reject(new UnsupportedError(`no ${backend} engine here`));
+      const mine = backend === 'cpu-wasm' && source
+        ? this.cpuModule(engine, source)
+        : loader && source ? loader(source) : Promise.reject(new UnsupportedError(`no ${backend} engine here`));
       this.modules.set(backend, mine);
       mine.catch(() => {
         if (this.modules.get(backend) === mine) this.modules.delete(backend); // retry on the next load
@@ -228,6 +237,52 @@ export class LocalEngine implements Engine {
       m = mine;
     }
     return m;
+  }
+
+  /** How many threads the CPU engine may run on here, and why. */
+  private threadsPlan(engine: EngineSpec): { threads: number; reason: string } {
+    const g = globalThis as { crossOriginIsolated?: boolean; navigator?: { hardwareConcurrency?: number } };
+    const cores = Math.max(1, Math.min(MAX_THREADS, Math.floor(g.navigator?.hardwareConcurrency ?? 1)));
+    const one = (reason: string): { threads: number; reason: string } => ({ threads: 1, reason });
+    if (!this.options.loadThreadedModule) {
+      return one(this.host === 'service-worker'
+        ? 'a service worker cannot start the web workers of the multi-threaded engine'
+        : `the ${this.host} host runs the CPU engine on one thread`);
+    }
+    if (engine.threadsGlueUrl === undefined || engine.threadsWasmUrl === undefined) {
+      return one('this bundle has no multi-threaded engine');
+    }
+    if (g.crossOriginIsolated !== true) {
+      return one('the page is not cross-origin isolated (COOP/COEP headers), so no shared memory');
+    }
+    if (engine.threads === 1) return one('one thread requested');
+    if (cores === 1) return one('one core');
+    const threads = Math.min(engine.threads ?? cores, cores);
+    return { threads, reason: `cross-origin isolated, ${cores} cores${engine.threads !== undefined ? `, ${engine.threads} requested` : ''}` };
+  }
+
+  /** The CPU engine: the multi-threaded module where it can run (its pool started), the
+   *  single-threaded one otherwise or when it fails to start. */
+  private async cpuModule(engine: EngineSpec, source: ModuleSource): Promise<WasmEngineModule> {
+    const plan = this.threadsPlan(engine);
+    const load = this.options.loadThreadedModule;
+    if (plan.threads > 1 && load && engine.threadsGlueUrl !== undefined && engine.threadsWasmUrl !== undefined) {
+      try {
+        const mod = await load({
+          glueUrl: engine.threadsGlueUrl,
+          wasmUrl: engine.threadsWasmUrl,
+          ...(engine.threadsWasmIntegrity !== undefined && { wasmIntegrity: engine.threadsWasmIntegrity }),
+          threads: plan.threads,
+        });
+        this.threading = { threads: Math.max(1, Number(mod.engineThreads?.() ?? 1)), reason: plan.reason };
+        return mod;
+      } catch (err) {
+        this.threading = { threads: 1, reason: `the multi-threaded engine did not start (${messageOf(err)})` };
+      }
+    }
+    const mod = await this.options.loadModule(source);
+    this.threading ??= plan;
+    return mod;
   }
 
   /** Initialises `backend`'s module and parses the model with it. */
@@ -279,10 +334,15 @@ export class LocalEngine implements Engine {
     const pending = this.modules.get(plan.backend);
     const mod = l ? l.module : pending ? await pending.catch(() => null) : null;
     const adapter = l ? l.adapter : plan.backend === 'webgpu' ? probe?.adapter ?? null : null;
+    // Before the CPU module starts: what the last load's spec would give (none yet: unknown).
+    const threading = plan.backend === 'webgpu' ? { threads: 1, reason: 'the WebGPU engine runs on the GPU' }
+      : this.threading ?? { threads: 1, reason: 'the CPU engine has not started yet' };
     return {
       host: this.host,
       backend: plan.backend,
       backendReason: plan.reason.slice(0, 1024),
+      threads: threading.threads,
+      threadsReason: threading.reason.slice(0, 1024),
       gpuAvailable: probe !== null,
       adapter,
       simd128: l ? l.simd128 : mod !== null && plan.backend === 'cpu-wasm' ? Boolean(mod.simd128()) : false,

@@ -12,7 +12,7 @@
  * throws, and the tag passes `baseUrl` instead.
  */
 
-import type { AssetName } from './assets.js';
+import { ASSETS, type AssetName } from './assets.js';
 import packagedIntegrity from './packaged-integrity.js';
 
 /** The file URLs, or null where this module has no URL of its own (the IIFE bundle). */
@@ -27,6 +27,11 @@ export function packagedAssets(): Record<AssetName, string> | null {
       webgpuGlue: new URL('./kwaainet_wasm_webgpu.js', import.meta.url).href,
       p2pWasm: new URL('./kwaainet_p2p_bg.wasm', import.meta.url).href,
       p2pGlue: new URL('./kwaainet_p2p.js', import.meta.url).href,
+      // Not literals on purpose: bundlers leave these alone. Only the CDN folder has the
+      // multi-threaded engine (its glue imports a helper by a relative name, which an app's
+      // bundler would rename), so only kwaainet.mjs there uses these URLs.
+      threadsWasm: new URL(ASSETS.threadsWasm, import.meta.url).href,
+      threadsGlue: new URL(ASSETS.threadsGlue, import.meta.url).href,
     };
   } catch {
     return null;

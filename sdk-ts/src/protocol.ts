@@ -28,8 +28,13 @@ import {
  *  4: `info` carries the engine's limits and the WebGPU device's (`limits`, `gpu`); error
  *  code 'backend-lost' (the WebGPU device was lost: the host moved to the CPU engine).
  *  Since then, additively (a side that does not know it ignores it): `error.fields`, the
- *  error class's own fields (ErrorFields), validated when present. */
-export const PROTOCOL_VERSION = 4;
+ *  error class's own fields (ErrorFields), validated when present.
+ *  5: the multi-threaded CPU engine: `load` may name it and the threads wanted; `info`
+ *  reports the threads the CPU engine runs on and why that many. */
+export const PROTOCOL_VERSION = 5;
+
+/** The most threads the CPU engine runs on. */
+export const MAX_THREADS = 16;
 
 /** Size limits on what a message may carry. */
 export const LIMITS = {
@@ -85,6 +90,14 @@ export interface EngineSpec {
   /** The WebGPU engine (absent: the host runs the CPU engine). */
   webgpuWasmUrl?: string;
   webgpuWasmIntegrity?: string;
+  /** The multi-threaded CPU engine's ES-module glue (it imports its worker helper from next
+   *  to itself) and .wasm; absent: the CPU engine runs on one thread. Used only where the
+   *  host can start web workers and the page is cross-origin isolated. */
+  threadsGlueUrl?: string;
+  threadsWasmUrl?: string;
+  threadsWasmIntegrity?: string;
+  /** Most threads for the CPU engine (default: the device's cores, at most 16; 1: one). */
+  threads?: number;
   /** Default 'auto'. */
   backend?: EnginePreference;
 }
@@ -129,6 +142,10 @@ export interface EngineInfo {
   backend: Backend;
   /** Why that backend (e.g. why WebGPU was not used). */
   backendReason: string;
+  /** Threads the CPU engine's matmuls run on (1 on WebGPU, and where threads are off). */
+  threads: number;
+  /** Why that many (e.g. "the page is not cross-origin isolated"). */
+  threadsReason: string;
   /** Whether a WebGPU adapter was available in the host. */
   gpuAvailable: boolean;
   /** The WebGPU adapter's description, when known (may be empty); null on the CPU. */
@@ -257,6 +274,14 @@ function engineSpec(value: unknown): EngineSpec {
   if (gpuUrl !== undefined) spec.webgpuWasmUrl = gpuUrl;
   const gpuIntegrity = sriHash(r.webgpuWasmIntegrity, 'engine.webgpuWasmIntegrity');
   if (gpuIntegrity !== undefined) spec.webgpuWasmIntegrity = gpuIntegrity;
+  const threadsGlue = optional(r.threadsGlueUrl, (v) => url(v, 'engine.threadsGlueUrl'));
+  if (threadsGlue !== undefined) spec.threadsGlueUrl = threadsGlue;
+  const threadsWasm = optional(r.threadsWasmUrl, (v) => url(v, 'engine.threadsWasmUrl'));
+  if (threadsWasm !== undefined) spec.threadsWasmUrl = threadsWasm;
+  const threadsIntegrity = sriHash(r.threadsWasmIntegrity, 'engine.threadsWasmIntegrity');
+  if (threadsIntegrity !== undefined) spec.threadsWasmIntegrity = threadsIntegrity;
+  const threads = optional(r.threads, (v) => integer(v, 'engine.threads', fail, 1, MAX_THREADS));
+  if (threads !== undefined) spec.threads = threads;
   const backend = optional(r.backend, (v) => oneOf(v, 'engine.backend', fail, ENGINE_PREFERENCES));
   if (backend !== undefined) spec.backend = backend;
   return spec;
@@ -381,6 +406,8 @@ function engineInfo(value: unknown): EngineInfo {
     host: oneOf(r.host, 'info.host', fail, HOSTS),
     backend: oneOf(r.backend, 'info.backend', fail, BACKENDS),
     backendReason: string(r.backendReason, 'info.backendReason', fail, LIMITS.errorMessage),
+    threads: integer(r.threads, 'info.threads', fail, 1, MAX_THREADS),
+    threadsReason: string(r.threadsReason, 'info.threadsReason', fail, LIMITS.errorMessage),
     gpuAvailable: boolean(r.gpuAvailable, 'info.gpuAvailable', fail),
     adapter: r.adapter === null ? null : text(r.adapter, 'info.adapter'),
     simd128: boolean(r.simd128, 'info.simd128', fail),

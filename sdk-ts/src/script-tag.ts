@@ -80,6 +80,11 @@ export function parseScriptTag(script: ScriptLike, pageUrl: string): ScriptTagCo
     if (!/^\d{1,7}$/.test(ctx)) throw new InvalidArgumentError('data-context-length: expected a whole number');
     options.contextLength = Number(ctx);
   }
+  const threads = attr('threads');
+  if (threads !== undefined) {
+    if (!/^\d{1,2}$/.test(threads)) throw new InvalidArgumentError('data-threads: expected a whole number');
+    options.threads = Number(threads);
+  }
   const load = attr('load-model');
   if (load !== undefined && load !== 'eager' && load !== 'lazy') throw new InvalidArgumentError('data-load-model: "eager" or "lazy"');
   if (load === 'lazy') options.loadModelOnInit = false;

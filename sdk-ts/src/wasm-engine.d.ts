@@ -84,6 +84,11 @@ export interface WasmEngineModule {
   WasmEngine: WasmEngineStatic;
   /** Absent from engines built before the streaming loader. */
   GgufLoader?: GgufLoaderStatic;
+  /** Threads the CPU engine's matmuls run on (absent from engines built before threads). */
+  engineThreads?(): number;
+  /** The multi-threaded module only (`FEATURES=threads`): starts `n` web workers over the
+   *  module's shared memory; once, before the first load. */
+  initThreadPool?(n: number): Promise<unknown>;
 }
 
 /** What a span server has served (`WasmSpanServer.stats()`), and its state now. */

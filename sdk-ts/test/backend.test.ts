@@ -221,3 +221,101 @@ describe('engine selection seen from the page', () => {
     assert.equal(packagedHostUrls('/sw.js')?.serviceWorker, '/sw.js');
   });
 });
+
+describe('threads of the CPU engine', () => {
+  const threadedSpec: EngineSpec = { wasmUrl: 'https://cdn.test/cpu.wasm', threadsGlueUrl: 'https://cdn.test/mt.js', threadsWasmUrl: 'https://cdn.test/mt.wasm' };
+  const g = globalThis as { crossOriginIsolated?: boolean };
+
+  /** A worker-like host whose multi-threaded module reports `threads` (or fails to start). */
+  function threaded(start: (threads: number) => Promise<number>): { local: LocalEngine; asked: number[]; single: DoubleStats } {
+    const cpu = engineDouble();
+    const mt = engineDouble();
+    const asked: number[] = [];
+    const local = new LocalEngine({
+      host: 'worker',
+      loadModule: async () => {
+        await cpu.module.default();
+        return cpu.module;
+      },
+      loadThreadedModule: async (source) => {
+        asked.push(source.threads);
+        assert.equal(source.glueUrl, 'https://cdn.test/mt.js');
+        const n = await start(source.threads);
+        await mt.module.default();
+        return { ...mt.module, engineThreads: () => n };
+      },
+      store: new MemoryModelStore(),
+      fetch: modelFetch,
+      sliceMs: 5,
+    });
+    return { local, asked, single: cpu.stats };
+  }
+
+  /** Runs `run` as in a page that is (or is not) cross-origin isolated, on `cores` cores. */
+  async function isolated<T>(value: boolean | undefined, run: () => Promise<T>, cores = 4): Promise<T> {
+    const saved = ['crossOriginIsolated', 'navigator'].map((k) => [k, Object.getOwnPropertyDescriptor(globalThis, k)] as const);
+    Object.defineProperty(globalThis, 'crossOriginIsolated', { value, configurable: true });
+    Object.defineProperty(globalThis, 'navigator', { value: { hardwareConcurrency: cores }, configurable: true });
+    try {
+      return await run();
+    } finally {
+      for (const [k, d] of saved) {
+        if (d) Object.defineProperty(globalThis, k, d);
+        else delete (g as Record<string, unknown>)[k];
+      }
+    }
+  }
+
+  it('cross-origin isolated: the multi-threaded module with the threads asked for (capped by the cores)', async () => {
+    const h = threaded(async (n) => n);
+    const info = await isolated(true, () => h.local.load(spec, { ...threadedSpec, threads: 2 }));
+    assert.deepEqual(h.asked, [2]);
+    assert.equal(info.threads, 2, 'what the module reports');
+    assert.equal(info.threadsReason, 'cross-origin isolated, 4 cores, 2 requested');
+    assert.equal(h.single.inits, 0, 'the single-threaded module is not loaded');
+    assert.equal(await echo(h.local), 'Echo: hi there');
+    // Default: every core (at most 16); more than the cores asked for: the cores.
+    for (const [cores, threads, want] of [[4, undefined, 4], [32, undefined, 16], [2, 8, 2]] as const) {
+      const other = threaded(async (n) => n);
+      const i = await isolated(true, () => other.local.load(spec, { ...threadedSpec, ...(threads !== undefined && { threads }) }), cores);
+      assert.deepEqual([other.asked, i.threads], [[want], want]);
+    }
+    const one = threaded(async (n) => n);
+    const i = await isolated(true, () => one.local.load(spec, threadedSpec), 1);
+    assert.deepEqual([one.asked, i.threads, i.threadsReason], [[], 1, 'one core']);
+  });
+
+  it('not isolated, one thread asked for, or no threaded build: one thread, and why', async () => {
+    const cases: Array<[boolean | undefined, EngineSpec, RegExp]> = [
+      [false, threadedSpec, /not cross-origin isolated \(COOP\/COEP/],
+      [undefined, threadedSpec, /not cross-origin isolated/],
+      [true, { ...threadedSpec, threads: 1 }, /^one thread requested$/],
+      [true, { wasmUrl: 'https://cdn.test/cpu.wasm' }, /^this bundle has no multi-threaded engine$/],
+    ];
+    for (const [iso, engine, reason] of cases) {
+      const h = threaded(async (n) => n);
+      const info = await isolated(iso, () => h.local.load(spec, engine));
+      assert.deepEqual([info.backend, info.threads, h.asked], ['cpu-wasm', 1, []]);
+      assert.match(info.threadsReason, reason);
+      assert.equal(h.single.inits, 1);
+    }
+  });
+
+  it('a pool that fails to start falls back to the single-threaded module and says so', async () => {
+    const h = threaded(async () => {
+      throw new Error('its 2 workers did not start within 30 s');
+    });
+    const info = await isolated(true, () => h.local.load(spec, { ...threadedSpec, threads: 2 }));
+    assert.deepEqual([h.asked, info.threads], [[2], 1]);
+    assert.match(info.threadsReason, /^the multi-threaded engine did not start \(.*workers did not start/);
+    assert.equal(h.single.inits, 1);
+    assert.equal(await echo(h.local), 'Echo: hi there');
+  });
+
+  it('hosts that cannot run it say why', async () => {
+    const sw = host();
+    assert.match((await sw.local.load(spec, { ...engineSpec, backend: 'cpu' })).threadsReason, /service worker cannot start the web workers/);
+    const page = host({ host: 'in-page', autoWebGpu: false });
+    assert.match((await page.local.load(spec, engineSpec)).threadsReason, /in-page host runs the CPU engine on one thread/);
+  });
+});

@@ -85,17 +85,24 @@ describe('protocol: page → host validation', () => {
     rejects(load({ url: 'u', maxCtx: 8 }, { wasmUrl: 'w', backend: 'gpu' }), /engine\.backend/);
     rejects(load({ url: 'u', maxCtx: 8 }, { wasmUrl: 'w', webgpuWasmUrl: '' }), /engine\.webgpuWasmUrl: empty/);
     rejects(load({ url: 'u', maxCtx: 8 }, { wasmUrl: 'w', webgpuWasmIntegrity: 'md5-x' }), /engine\.webgpuWasmIntegrity: not an SRI/);
+    rejects(load({ url: 'u', maxCtx: 8 }, { wasmUrl: 'w', threadsGlueUrl: '' }), /engine\.threadsGlueUrl: empty/);
+    rejects(load({ url: 'u', maxCtx: 8 }, { wasmUrl: 'w', threadsWasmIntegrity: 'md5-x' }), /engine\.threadsWasmIntegrity: not an SRI/);
+    rejects(load({ url: 'u', maxCtx: 8 }, { wasmUrl: 'w', threads: 0 }), /engine\.threads/);
+    rejects(load({ url: 'u', maxCtx: 8 }, { wasmUrl: 'w', threads: 64 }), /engine\.threads/);
     const both = { wasmUrl: 'w', webgpuWasmUrl: 'g', webgpuWasmIntegrity: 'sha384-g', backend: 'webgpu' };
     assert.deepEqual(parsePageMessage(load({ url: 'u', maxCtx: 8 }, { ...both, x: 1 })),
       { v, type: 'load', id: 'l', model: { url: 'u', maxCtx: 8 }, engine: both });
+    const threaded = { wasmUrl: 'w', threadsGlueUrl: 'mt.js', threadsWasmUrl: 'mt.wasm', threadsWasmIntegrity: 'sha384-t', threads: 4 };
+    assert.deepEqual(parsePageMessage(load({ url: 'u', maxCtx: 8 }, threaded)),
+      { v, type: 'load', id: 'l', model: { url: 'u', maxCtx: 8 }, engine: threaded });
   });
 });
 
 describe('protocol: host → page validation', () => {
   it('accepts replies and rejects malformed ones', () => {
     const info = {
-      host: 'service-worker', backend: 'webgpu', backendReason: 'WebGPU adapter in the service-worker', gpuAvailable: true,
-      adapter: 'google swiftshader', simd128: false, engineVersion: '0.1.0', hostInstanceId: 'h', model: null,
+      host: 'service-worker', backend: 'webgpu', backendReason: 'WebGPU adapter in the service-worker', threads: 1,
+      threadsReason: 'the WebGPU engine runs on the GPU', gpuAvailable: true, adapter: 'google swiftshader', simd128: false, engineVersion: '0.1.0', hostInstanceId: 'h', model: null,
       limits: null, gpu: null,
     };
     assert.deepEqual(parseHostMessage({ v, type: 'info', id: 'i', info: { ...info, extra: 1 } }), { v, type: 'info', id: 'i', info });
@@ -137,6 +144,10 @@ describe('protocol: host → page validation', () => {
       { v: 0, type: 'pong', id: 'p', instanceId: 'i' },
       { v, type: 'info', id: 'i', info: { ...info, backend: 'cuda' } },
       { v, type: 'info', id: 'i', info: { ...info, backendReason: undefined } },
+      { v, type: 'info', id: 'i', info: { ...info, threads: 0 } },
+      { v, type: 'info', id: 'i', info: { ...info, threads: 17 } },
+      { v, type: 'info', id: 'i', info: { ...info, threads: 1.5 } },
+      { v, type: 'info', id: 'i', info: { ...info, threadsReason: undefined } },
       { v, type: 'info', id: 'i', info: { ...info, adapter: 7 } },
       { v, type: 'info', id: 'i', info: { ...info, adapter: 'x'.repeat(LIMITS.text + 1) } },
       { v, type: 'info', id: 'i', info: { ...info, limits: undefined } },

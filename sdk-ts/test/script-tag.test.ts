@@ -24,6 +24,7 @@ describe('script tag', () => {
       'data-service-worker': '/kwaainet-sw.js',
       'data-load-model': 'lazy',
       'data-context-length': '1024',
+      'data-threads': '2',
     }), PAGE);
     assert.equal(c.options.baseUrl, 'https://cdn.example/kwaainet/v0.1.0/');
     assert.equal(c.options.modelUrl, 'https://site.example/models/m.gguf');
@@ -32,6 +33,7 @@ describe('script tag', () => {
     assert.equal(c.options.engine, 'cpu');
     assert.equal(c.options.loadModelOnInit, false);
     assert.equal(c.options.contextLength, 1024);
+    assert.equal(c.options.threads, 2);
     assert.equal(c.globalName, 'kwaainet');
     assert.equal(c.autoInit, true);
     const ai = new KwaaiNet(c.options);
@@ -51,12 +53,13 @@ describe('script tag', () => {
   it('rejects bad attributes with typed errors', () => {
     const bad: Array<Record<string, string>> = [
       { 'data-host': 'gpu' }, { 'data-engine': 'gpu' }, { 'data-global': 'window.x' }, { 'data-global': 'KwaaiNet' }, { 'data-load-model': 'soon' },
-      { 'data-context-length': '1e9' },
+      { 'data-context-length': '1e9' }, { 'data-threads': 'all' }, { 'data-threads': '-1' },
     ];
     for (const attrs of bad) assert.throws(() => parseScriptTag(tag('https://cdn/x.js', attrs), PAGE), InvalidArgumentError, JSON.stringify(attrs));
     assert.throws(() => new KwaaiNet({ services: 'compute,mining' }), InvalidArgumentError);
     assert.throws(() => new KwaaiNet({ privacyCompliance: 'hipaa' }), InvalidArgumentError);
     assert.throws(() => new KwaaiNet({ engine: 'gpu' as 'webgpu' }), InvalidArgumentError);
+    for (const threads of [0, 17, 1.5]) assert.throws(() => new KwaaiNet({ threads }), /threads: an integer in \[1, 16\]/);
     assert.throws(() => new KwaaiNet({ maxResources: 'cpu:500' }), InvalidArgumentError);
     assert.throws(() => new KwaaiNet({ modelUrl: 'https://x/m', modelSha256: 'nothex' }), InvalidArgumentError);
   });

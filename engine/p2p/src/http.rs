@@ -13,6 +13,8 @@
 //!
 //! Static files go through tower-http's `ServeDir`/`ServeFile`: MIME types from the
 //! extension (`.wasm` is `application/wasm`), `Range` requests (206/416), `..` refused.
+//! Every response carries COOP `same-origin` / COEP `require-corp`: the page is cross-origin
+//! isolated, which the multi-threaded CPU engine (shared memory) needs.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -100,7 +102,8 @@ pub fn router(node: NodeHandle, config: HttpConfig) -> Router {
             .fallback_service(ServeDir::new(site))
             .layer(middleware::from_fn(hide_server_files));
     }
-    app.with_state(state)
+    app.layer(middleware::from_fn(cross_origin_isolation))
+        .with_state(state)
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.
@@ -257,6 +260,24 @@ async fn cors_for_assets(req: Request, next: Next) -> Response {
         );
         h.insert("timing-allow-origin", HeaderValue::from_static("*"));
     }
+    res
+}
+
+/// COOP `same-origin` and COEP `require-corp` on every response: the demo page (and the
+/// workers it starts) are cross-origin isolated, so they may share memory between threads —
+/// the multi-threaded CPU engine needs it. Everything the page loads is same-origin here, and
+/// the bundle and the model also carry CORP/CORS for pages elsewhere.
+async fn cross_origin_isolation(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-embedder-policy",
+        HeaderValue::from_static("require-corp"),
+    );
     res
 }
 

@@ -2,13 +2,14 @@
  * The dedicated-worker host: the page's `postMessage` in, `postMessage` out. One page per
  * worker, so one connection; the page terminates the worker when it goes. It carries the
  * CPU engine only (a small script, fetched on every page load); WebGPU runs in the
- * service-worker host.
+ * service-worker host. In a cross-origin-isolated page it runs the multi-threaded CPU
+ * engine (its glue imported by URL, its pool a set of nested workers).
  */
 
 import { LocalEngine } from '../local-engine.js';
 import type { HostMessage } from '../protocol.js';
 import type { WasmEngineModule } from '../wasm-engine.js';
-import { glueLoader, probeWebGpuAdapter } from './glue.js';
+import { glueLoader, probeWebGpuAdapter, threadedGlueLoader } from './glue.js';
 import { EngineHostHandler } from './handler.js';
 
 interface WorkerScope {
@@ -18,7 +19,9 @@ interface WorkerScope {
 
 export function serveInWorker(glue: WasmEngineModule): EngineHostHandler {
   const scope = globalThis as unknown as WorkerScope;
-  const engine = new LocalEngine({ host: 'worker', loadModule: glueLoader(glue), probeGpu: () => probeWebGpuAdapter() });
+  const engine = new LocalEngine({
+    host: 'worker', loadModule: glueLoader(glue), loadThreadedModule: threadedGlueLoader(), probeGpu: () => probeWebGpuAdapter(),
+  });
   const handler = new EngineHostHandler(engine);
   const connection = { send: (m: HostMessage) => scope.postMessage(m) };
   scope.addEventListener('message', (event) => void handler.handle(event.data, connection, 'page'));

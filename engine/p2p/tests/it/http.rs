@@ -185,6 +185,12 @@ async fn state_metrics_and_static_files() -> Result<()> {
     // The page with its placeholders filled in.
     let r = get(addr, "/", "").await?;
     assert_eq!(r.status, 200);
+    // Cross-origin isolated (the multi-threaded CPU engine needs shared memory).
+    assert_eq!(r.header("cross-origin-opener-policy"), Some("same-origin"));
+    assert_eq!(
+        r.header("cross-origin-embedder-policy"),
+        Some("require-corp")
+    );
     let page = String::from_utf8(r.body)?;
     assert!(
         page.contains(r#"src="/cdn/v9.9.9/distributed-ai.js""#),
@@ -224,6 +230,14 @@ async fn state_metrics_and_static_files() -> Result<()> {
             .is_some_and(|c| c.contains("javascript"))
     );
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        r.header("cross-origin-resource-policy"),
+        Some("cross-origin")
+    );
+    assert_eq!(
+        r.header("cross-origin-embedder-policy"),
+        Some("require-corp")
+    );
     let r = get(addr, "/models/model.gguf", "").await?;
     assert_eq!(r.body, b"GGUF-model-bytes");
 
