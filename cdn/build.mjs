@@ -11,6 +11,9 @@
 //   kwaainet_wasm_webgpu_bg.wasm  the WebGPU engine                      } (renamed), when built
 //   kwaainet_p2p.js        the page-side P2P node's glue (ES module)   } from dist/p2p/
 //   kwaainet_p2p_bg.wasm   the page-side P2P node                      } (renamed), when built
+//   kwaainet-span-worker.js      the serving worker (serveSpan; an ES module)
+//   kwaainet_wasm_serve.js       the engine with the span server (glue)   } from dist/engine-serve/
+//   kwaainet_wasm_serve_bg.wasm  the engine with the span server          } (renamed), when built
 //   kwaainet_wasm_mt.js          the multi-threaded CPU engine's glue   } from dist/engine-mt/
 //   kwaainet_wasm_mt_bg.wasm     the multi-threaded CPU engine          } (renamed), when built;
 //   kwaainet_wasm_mt_workers.js  its pool's worker helper (a wasm-bindgen snippet, moved
@@ -22,7 +25,7 @@
 // kwaainet.mjs, so the `integrity` on the script tag covers what they load in turn.
 //
 //   node cdn/build.mjs [--out DIR] [--engine-dir DIR] [--webgpu-dir DIR] [--p2p-dir DIR] [--threads-dir DIR]
-//                      [--check-deterministic]
+//                      [--serve-dir DIR] [--check-deterministic]
 //
 // --check-deterministic builds twice into temporary folders and fails unless every byte
 // matches. Without dist/engine/ the hosts are built against a stub that reports the
@@ -47,6 +50,7 @@ const { values: args } = parseArgs({
     'webgpu-dir': { type: 'string' },
     'p2p-dir': { type: 'string' },
     'threads-dir': { type: 'string' },
+    'serve-dir': { type: 'string' },
     'check-deterministic': { type: 'boolean', default: false },
   },
 });
@@ -55,6 +59,7 @@ const engineDir = args['engine-dir'] ?? join(root, 'dist', 'engine');
 const webgpuDir = args['webgpu-dir'] ?? join(root, 'dist', 'engine-webgpu');
 const p2pDir = args['p2p-dir'] ?? join(root, 'dist', 'p2p');
 const threadsDir = args['threads-dir'] ?? join(root, 'dist', 'engine-mt');
+const serveDir = args['serve-dir'] ?? join(root, 'dist', 'engine-serve');
 const GLUE = 'kwaainet_wasm.js';
 const WASM = 'kwaainet_wasm_bg.wasm';
 // Both wasm-bindgen builds name their files alike: the WebGPU ones are renamed here
@@ -66,6 +71,9 @@ const P2P_WASM = 'kwaainet_p2p_bg.wasm';
 const MT_GLUE = 'kwaainet_wasm_mt.js';
 const MT_WASM = 'kwaainet_wasm_mt_bg.wasm';
 const MT_WORKERS = 'kwaainet_wasm_mt_workers.js';
+const SERVE_GLUE = 'kwaainet_wasm_serve.js';
+const SERVE_WASM = 'kwaainet_wasm_serve_bg.wasm';
+const SPAN_WORKER = 'kwaainet-span-worker.js';
 
 /**
  * The multi-threaded engine's files, or null when it was not built: its glue with the
@@ -141,6 +149,11 @@ async function buildInto(dir) {
     copyFileSync(join(p2pDir, WASM), join(dir, P2P_WASM));
     copyFileSync(join(p2pDir, GLUE), join(dir, P2P_GLUE));
   }
+  const haveServe = existsSync(join(serveDir, GLUE)) && existsSync(join(serveDir, WASM));
+  if (haveServe) {
+    copyFileSync(join(serveDir, WASM), join(dir, SERVE_WASM));
+    copyFileSync(join(serveDir, GLUE), join(dir, SERVE_GLUE));
+  }
   const mt = threadedEngine();
   const haveThreads = mt !== null;
   if (mt) {
@@ -154,8 +167,17 @@ async function buildInto(dir) {
     await emit({ entryPoints: [join(root, 'service-worker', 'src', entry)], format: 'iife', plugins: [gluePlugin] }, dir, out);
   }
 
+  // The serving worker: an ES module (it imports the serve engine's glue by URL).
+  if (haveServe) {
+    await emit({ entryPoints: [join(root, 'sdk-ts', 'src', 'host', 'span-worker.ts')], format: 'esm' }, dir, SPAN_WORKER);
+  }
+
   // 2. The SDK, with the hosts' hashes baked in.
   const baked = { 'kwaainet-worker.js': sri(readFileSync(join(dir, 'kwaainet-worker.js'))) };
+  if (haveServe) {
+    baked[SPAN_WORKER] = sri(readFileSync(join(dir, SPAN_WORKER)));
+    baked[SERVE_WASM] = sri(readFileSync(join(dir, SERVE_WASM)));
+  }
   if (haveEngine) baked[WASM] = sri(readFileSync(join(dir, WASM)));
   if (haveWebgpu) baked[WEBGPU_WASM] = sri(readFileSync(join(dir, WEBGPU_WASM)));
   if (haveP2p) baked[P2P_WASM] = sri(readFileSync(join(dir, P2P_WASM)));
@@ -170,9 +192,9 @@ async function buildInto(dir) {
     const bytes = readFileSync(join(dir, name));
     files[name] = { integrity: sri(bytes), size: bytes.byteLength };
   }
-  const manifest = { name: '@kwaainet/sdk', version, path: `v${version}/`, engine: haveEngine, webgpu: haveWebgpu, p2p: haveP2p, threads: haveThreads, files };
+  const manifest = { name: '@kwaainet/sdk', version, path: `v${version}/`, engine: haveEngine, webgpu: haveWebgpu, p2p: haveP2p, threads: haveThreads, serve: haveServe, files };
   writeFileSync(join(dir, 'sri-manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
-  return { haveEngine, haveWebgpu, haveP2p, haveThreads, files };
+  return { haveEngine, haveWebgpu, haveP2p, haveThreads, haveServe, files };
 }
 
 function sameTree(a, b) {
@@ -202,7 +224,7 @@ if (args['check-deterministic']) {
   }
 }
 
-const { haveEngine, haveWebgpu, haveP2p, haveThreads, files } = await buildInto(outDir);
+const { haveEngine, haveWebgpu, haveP2p, haveThreads, haveServe, files } = await buildInto(outDir);
 const shown = relative(root, outDir) || '.';
 for (const [name, f] of Object.entries(files)) console.log(`cdn: ${shown}/${name}  ${f.size} B  ${f.integrity}`);
 if (!haveEngine) {
@@ -210,6 +232,9 @@ if (!haveEngine) {
 }
 if (!haveP2p) {
   console.log(`cdn: note: no P2P module in ${relative(root, p2pDir) || p2pDir}/ (MODULE=p2p bash scripts/build-wasm.sh): pages cannot join the network`);
+}
+if (!haveServe) {
+  console.log(`cdn: note: no span-server engine in ${relative(root, serveDir) || serveDir}/ (FEATURES=serve OUT=dist/engine-serve bash scripts/build-wasm.sh): pages cannot serve spans with this bundle's defaults`);
 }
 if (!haveThreads) {
   console.log(`cdn: note: no multi-threaded engine in ${relative(root, threadsDir) || threadsDir}/ (FEATURES=threads OUT=dist/engine-mt bash scripts/build-wasm.sh): the CPU engine runs on one thread`);

@@ -73,8 +73,22 @@
     $('consent-state').textContent = {
       'consent-needed': 'You have not decided whether to contribute. Nothing is shared.',
       declined: 'You declined. Nothing is shared.',
-      idle: 'Thank you: you agreed to contribute up to ' + c.cpuPercent + ' % CPU (the network is coming soon).',
+      idle: 'Thank you: you agreed to contribute up to ' + c.cpuPercent + ' % CPU.',
+      serving: 'Thank you: this tab serves blocks to the network, at most ' + c.cpuPercent + ' % CPU.',
     }[c.state];
+    // What this tab has served: the span server's own counters (the ones a node shows).
+    const s = c.served;
+    if (s) {
+      setList($('served'), [
+        ['Span', 'blocks ' + s.start + '..' + s.end + (s.state === 'serving' ? '' : ' (withdrawn)')],
+        ['Sessions', s.sessions + ' (' + s.sessionsOpen + ' open)'],
+        ['Tokens', s.tokens],
+        ['Block × tokens', s.blockTokens],
+        ['Busy', s.busySeconds.toFixed(2) + ' s'],
+        ['Received', (s.bytesIn / 1024).toFixed(1) + ' KB'],
+        ['Sent', (s.bytesOut / 1024).toFixed(1) + ' KB'],
+      ]);
+    }
   });
   ai.on('environmentalImpact', (e) => {
     $('impact').textContent = 'Estimated energy so far: ' + (e.totalEnergyWh * 1000).toFixed(2) + ' mWh (' +
@@ -227,6 +241,7 @@
     show([['Our peer id', net.peerId || '—'], ['Node', net.bootstrapPeer || '—'], ['Peers', peers.size]]);
   };
   net.on('status', render);
+  window.kwaainetNetwork = net;
   net.on('peerConnected', (p) => { peers.add(p.peer); render(last); });
   net.on('peerDisconnected', (p) => { peers.delete(p.peer); render(last); });
   // The swarm's coverage of each model the node reports (/api/v1/state's `models`), as a
@@ -247,19 +262,96 @@
     }, () => {});
   };
   let failures = 0;
-  const refresh = setInterval(() => {
-    fetch('/api/v1/state', { cache: 'no-store' })
-      .then((r) => (r.ok ? r.json() : Promise.reject(new Error('HTTP ' + r.status))))
-      .then((st) => { failures = 0; showModels(st.models); })
-      .catch(() => { if (++failures >= 3) clearInterval(refresh); });
-  }, 10000);
+  let latest = null;
+  const poll = () => fetch('/api/v1/state', { cache: 'no-store' })
+    .then((r) => (r.ok ? r.json() : Promise.reject(new Error('HTTP ' + r.status))))
+    .then((st) => { failures = 0; latest = st; showModels(st.models); })
+    .catch(() => { if (++failures >= 3) clearInterval(refresh); });
+  // Faster while this tab serves: its own bar should appear (and go) soon after it acts.
+  let refresh = setInterval(poll, 10000);
+  const pollSoon = () => {
+    clearInterval(refresh);
+    refresh = setInterval(poll, 2000);
+    setTimeout(() => { clearInterval(refresh); refresh = setInterval(poll, 10000); }, 30000);
+  };
+
+  // Serving blocks of the node's model from this tab: the node's first model report says
+  // how many blocks there are; the page suggests the first run of blocks nobody serves (a
+  // second visitor opened from here gets the rest: ?serve=A-B).
+  const serve = document.getElementById('serve');
+  const $id = (id) => document.getElementById(id);
+  let span = null;
+  const setServeState = (text) => { $id('serve-state').textContent = text; };
+  function offerServing(st) {
+    const ai = window.kwaainet;
+    const report = Array.isArray(st.models) ? st.models[0] : null;
+    if (!serve || !ai || !report || !Number.isInteger(report.blocks) || report.blocks < 1) return;
+    const blocks = report.blocks;
+    let start = 0;
+    let end = blocks;
+    const asked = /^(\d{1,4})-(\d{1,4})$/.exec(new URLSearchParams(location.search).get('serve') || '');
+    if (asked && Number(asked[1]) < Number(asked[2]) && Number(asked[2]) <= blocks) {
+      start = Number(asked[1]);
+      end = Number(asked[2]);
+    } else if (Array.isArray(report.coverage)) {
+      const free = report.coverage.findIndex((n) => n === 0);
+      if (free >= 0) {
+        start = free;
+        end = free;
+        while (end < blocks && report.coverage[end] === 0) end++;
+        // Half of the free run, so that a second visitor has the rest to serve.
+        if (end - start > 1) end = start + Math.ceil((end - start) / 2);
+      }
+    }
+    $id('serve-start').max = String(blocks - 1);
+    $id('serve-end').max = String(blocks);
+    $id('serve-start').value = String(start);
+    $id('serve-end').value = String(end);
+    const rest = end < blocks ? end + '-' + blocks : start > 0 ? '0-' + start : '';
+    const link = new URL(location.href);
+    if (rest) link.searchParams.set('serve', rest);
+    $id('second-visitor').href = link.href;
+    serve.hidden = false;
+    setServeState('This tab can serve blocks of ' + report.model + ' (' + blocks + ' blocks) to the network.');
+  }
+  if (serve) {
+    $id('serve-form').addEventListener('submit', (e) => {
+      e.preventDefault();
+      const ai = window.kwaainet;
+      if (span || !ai) return;
+      const start = Number($id('serve-start').value);
+      const end = Number($id('serve-end').value);
+      $id('serve-button').disabled = true;
+      setServeState('Loading blocks ' + start + '..' + end + '…');
+      ai.serveSpan(net, { start, end }).then((s) => {
+        span = s;
+        $id('serve-stop').disabled = false;
+        setServeState('Serving blocks ' + start + '..' + end + ' of ' + s.modelId + ' (about ' + Math.round(s.throughput) + ' tokens/s a block).');
+        s.on('withdrawn', (w) => {
+          span = null;
+          $id('serve-button').disabled = false;
+          $id('serve-stop').disabled = true;
+          setServeState('Stopped serving (' + w.reason + ').');
+          pollSoon();
+        });
+        pollSoon();
+      }, (err) => {
+        $id('serve-button').disabled = false;
+        setServeState('Could not serve: ' + err.message);
+      });
+    });
+    $id('serve-stop').addEventListener('click', () => { if (span) span.withdraw(); });
+  }
   // Only a node's own HTTP side has /api/v1/state; the static demo server has not.
   fetch('/api/v1/state', { cache: 'no-store' })
     .then((r) => (r.ok ? r.json() : Promise.reject(new Error('HTTP ' + r.status))))
     .then((st) => {
       showModels(st.models);
       if (!Array.isArray(st.browser_addrs) || st.browser_addrs.length === 0) throw new Error('the node lists no browser address');
-      return net.connect(st.browser_addrs).then(() => render(last));
+      return net.connect(st.browser_addrs).then(() => {
+        render(last);
+        offerServing(latest || st);
+      });
     })
     .catch((e) => {
       if (net.status === 'idle') status.textContent = 'No KwaaiNet node serves this page (npm start runs one): ' + e.message;

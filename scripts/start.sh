@@ -7,12 +7,17 @@
 #   KWAAINET_HTTP=127.0.0.1:9000 npm start      another HTTP port (KWAAINET_PORT: P2P port)
 #   npm start -- --region eu-west               extra `kwaainet start` flags
 #   npm start -- generate --prompt "Why is the sky blue?"   any subcommand, run as is
+#   KWAAINET_BIN=path/to/kwaainet npm start     run that binary instead of building one
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 . scripts/setup.sh
-cargo build --release -p kwaainet
-bin="$CARGO_TARGET_DIR/release/kwaainet"
+if [ -n "${KWAAINET_BIN:-}" ]; then
+    bin="$KWAAINET_BIN"
+else
+    cargo build --release -p kwaainet
+    bin="$CARGO_TARGET_DIR/release/kwaainet"
+fi
 
 case "${1:-}" in
     "" | -*) ;;
@@ -30,6 +35,16 @@ if [ ! -f dist/engine/kwaainet_wasm_bg.wasm ]; then
 fi
 if [ ! -f dist/p2p/kwaainet_wasm_bg.wasm ]; then
     MODULE=p2p bash scripts/build-wasm.sh
+    rebuild_cdn=1
+fi
+# The engine a visitor's tab serves blocks with (the demo's "Serve blocks"), and the
+# multi-threaded CPU engine (the page is cross-origin isolated: the node sends COOP/COEP).
+if [ ! -f dist/engine-serve/kwaainet_wasm_bg.wasm ]; then
+    FEATURES=serve OUT=dist/engine-serve bash scripts/build-wasm.sh
+    rebuild_cdn=1
+fi
+if [ ! -f dist/engine-mt/kwaainet_wasm_bg.wasm ]; then
+    FEATURES=threads OUT=dist/engine-mt bash scripts/build-wasm.sh
     rebuild_cdn=1
 fi
 if [ "$rebuild_cdn" = 1 ] || ! compgen -G 'dist/cdn/v*/distributed-ai.js' >/dev/null; then

@@ -7,6 +7,8 @@
 // response (the favicon included).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { freePort, launch, recordEvents, within } from './browser.mjs';
 import { avx2, root, skip } from './common.mjs';
@@ -43,7 +45,7 @@ async function npmStart(t) {
     if (early) throw new Error(`npm start exited early (${JSON.stringify(early)}):\n${output}`);
     const state = await fetch(`${url}api/v1/state`, { signal: AbortSignal.timeout(2_000) })
       .then((r) => (r.ok ? r.json() : null), () => null);
-    if (state?.browser_addrs?.length) return { url, output: () => output };
+    if (state?.browser_addrs?.length) return { url, state, output: () => output };
     if (Date.now() > deadline) throw new Error(`npm start served no node state within 600 s:\n${output}`);
   }
 }
@@ -144,4 +146,130 @@ test('npm start: its page downloads the model, asks consent, answers a chat and 
     assert.equal(picture.first, 'block 0: 0 online servers');
 
     assert.deepEqual(problems, [], 'the page logged errors or got failed responses');
+  });
+
+/** The binary start.sh built, run to the end (bounded): stdout, stderr, exit code. */
+function kwaainet(args, ms = 120_000) {
+  const bin = join(process.env.CARGO_TARGET_DIR ?? join(homedir(), '.cache', 'kwaainet', 'target'), 'release', 'kwaainet');
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { err += d; });
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`kwaainet ${args.join(' ')}: no end within ${ms} ms\n${err}`));
+    }, ms);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ out, err, code });
+    });
+  });
+}
+
+/** Opens the demo page the node serves as a visitor does; answers the consent dialog with
+ *  Allow if it asks (a second tab of the same site finds the answer already given). */
+async function visit(page, url) {
+  await page.goto(url, { waitUntil: 'load', timeout: 30_000 });
+  const dialog = page.locator('dialog.kwaainet-consent');
+  const asked = await dialog.waitFor({ state: 'visible', timeout: 5_000 }).then(() => true, () => false);
+  if (asked) await dialog.getByRole('button', { name: 'Allow' }).click();
+  await page.waitForFunction(() => window.__kw.ready || window.__kw.error !== null, null, { timeout: 120_000, polling: 100 });
+  assert.equal(await page.evaluate(() => window.__kw.error), null);
+  await page.locator('#serve').waitFor({ state: 'visible', timeout: 60_000 });
+}
+
+/** Clicks Serve with the blocks the page suggests; resolves once the span is served. */
+async function serveSuggested(page, start, end) {
+  assert.deepEqual(await page.evaluate(() => [Number(document.getElementById('serve-start').value),
+    Number(document.getElementById('serve-end').value)]), [start, end], 'the blocks the page suggests');
+  await page.click('#serve-button');
+  await page.waitForFunction(() => /^(Serving|Could not)/.test(document.getElementById('serve-state').textContent), null,
+    { timeout: 120_000, polling: 200 });
+  assert.match(await page.textContent('#serve-state'), new RegExp(`^Serving blocks ${start}\\.\\.${end} of `));
+}
+
+test('the demo: two visitors serve the two halves of the node\'s model from their tabs; a native client generates through them',
+  { skip, timeout: 600_000 }, async (t) => {
+    const node = await npmStart(t);
+    const browser = await launch();
+    t.after(() => browser.close());
+    await recordEvents(browser.context);
+    const problems = [];
+    const watch = (page, who) => {
+      page.on('pageerror', (e) => problems.push(`${who}: page error: ${e.message}`));
+      page.on('response', (r) => { if (r.status() >= 400) problems.push(`${who}: HTTP ${r.status()}: ${r.url()}`); });
+    };
+    const first = browser.page;
+    watch(first, 'first visitor');
+    await visit(first, node.url);
+    // Nobody serves the model yet: the page suggests half of it, and the second visitor the rest.
+    const blocks = node.state.models?.[0]?.blocks ?? 30;
+    const half = Math.ceil(blocks / 2);
+    await serveSuggested(first, 0, half);
+    const link = await first.getAttribute('#second-visitor', 'href');
+    assert.equal(new URL(link).searchParams.get('serve'), `${half}-${blocks}`);
+
+    // "Open a second visitor": another tab of the same site.
+    const second = await browser.context.newPage();
+    watch(second, 'second visitor');
+    await visit(second, link);
+    await serveSuggested(second, half, blocks);
+
+    // The node's swarm report lists the two tabs, relayed, as the model's only servers, and
+    // each tab's coverage picture says every block is served.
+    const ids = await Promise.all([first, second].map((p) => p.evaluate(() => window.kwaainetNetwork.peerId)));
+    const deadline = Date.now() + 60_000;
+    let report;
+    for (;;) {
+      const st = await (await fetch(`${node.url}api/v1/state`)).json();
+      report = st.models?.[0];
+      if (report?.complete && ids.every((id) => report.servers.some((s) => s.peer_id === id && s.relayed))) break;
+      if (Date.now() > deadline) throw new Error(`the node's report never listed both tabs: ${JSON.stringify(report)}`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    for (const page of [first, second]) {
+      await page.waitForFunction((m) => document.querySelector('#swarm-models figcaption')?.textContent === m,
+        `${report.model}: 2 servers, every block served`, { timeout: 30_000, polling: 200 });
+    }
+
+    // A native client generates through the two tabs: the same text as local generation.
+    const tcp = node.state.listen_addrs.find((a) => a.includes('/tcp/') && !a.includes('/ws'));
+    const model = await kwaainet(['fetch-model']);
+    const modelPath = model.out.trim();
+    const prompt = ['--model', modelPath, '--prompt', 'The capital of France is', '--max-tokens', '16'];
+    const local = await kwaainet(['generate', ...prompt]);
+    assert.equal(local.code, 0, local.err);
+    const swarm = await kwaainet(['generate', '--swarm', '--bootstrap', `${tcp}/p2p/${node.state.peer_id}`, '--codec', 'f32', ...prompt]);
+    assert.equal(swarm.code, 0, swarm.err);
+    assert.equal(swarm.out, local.out, 'the same text as local generation');
+    const route = swarm.err.split('\n').find((l) => l.startsWith('swarm: ')) ?? swarm.err;
+    assert.ok(route.includes(`0..${half} on ${ids[0]}`) && route.includes(`${half}..${blocks} on ${ids[1]}`), route);
+
+    // Each tab shows what it served: the span server's counters, 16 steps' tokens, each
+    // token through every one of its blocks.
+    for (const [page, n] of [[first, half], [second, blocks - half]]) {
+      const served = await page.waitForFunction(() => {
+        const dl = document.getElementById('served');
+        const rows = Object.fromEntries([...dl.querySelectorAll('dt')].map((dt) => [dt.textContent, dt.nextElementSibling.textContent]));
+        return Number(rows.Tokens) >= 16 ? rows : null;
+      }, null, { timeout: 10_000, polling: 200 }).then((h) => h.jsonValue());
+      assert.equal(Number(served['Block × tokens']), Number(served.Tokens) * n, JSON.stringify(served));
+      assert.match(served.Span, new RegExp(`^blocks ${page === first ? 0 : half}\\.\\.${page === first ? half : blocks}$`));
+      assert.match(await page.textContent('#consent-state'), /this tab serves blocks/);
+    }
+
+    // Stop serving: the tab withdraws its span and says so; the node drops it from its report.
+    await second.click('#serve-stop');
+    await second.waitForFunction(() => /^Stopped serving \(withdrawn\)/.test(document.getElementById('serve-state').textContent), null,
+      { timeout: 10_000, polling: 100 });
+    const gone = Date.now() + 30_000;
+    for (;;) {
+      const st = await (await fetch(`${node.url}api/v1/state`)).json();
+      if (!st.models?.[0]?.servers?.some((s) => s.peer_id === ids[1])) break;
+      if (Date.now() > gone) throw new Error('the withdrawn tab is still listed');
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    assert.deepEqual(problems, [], 'the pages logged errors or got failed responses');
   });

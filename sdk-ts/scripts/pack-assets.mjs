@@ -7,10 +7,15 @@
 //   kwaainet_wasm.js, kwaainet_wasm_bg.wasm       the CPU engine (glue for the in-page host)
 //   kwaainet_wasm_webgpu.js, …_webgpu_bg.wasm     the WebGPU engine
 //   kwaainet_p2p.js, kwaainet_p2p_bg.wasm         the page-side P2P node
+//   kwaainet-span-worker.js                       the serving worker (serveSpan; ES module)
+//   kwaainet_wasm_serve.js, …_serve_bg.wasm       the engine with the span server
+//
+// (Not the multi-threaded engine: its glue imports its worker helper by name, which an
+// app's bundler would rename; the CDN folder ships it.)
 //
 // and writes dist/packaged-integrity.js with the SRI hash of each .wasm. It takes them
 // from the CDN build (dist/cdn/v<version>/, `node cdn/build.mjs`), which must hold all
-// three modules: a package without its engines must not be published.
+// four modules: a package without its engines must not be published.
 //
 //   node sdk-ts/scripts/pack-assets.mjs [--cdn-dir DIR]
 import { createHash } from 'node:crypto';
@@ -31,12 +36,16 @@ function fail(message) {
   process.exit(1);
 }
 
-const SCRIPTS = ['kwaainet-worker.js', 'kwaainet-sw.js', 'kwaainet_wasm.js', 'kwaainet_wasm_webgpu.js', 'kwaainet_p2p.js'];
-const WASM = ['kwaainet_wasm_bg.wasm', 'kwaainet_wasm_webgpu_bg.wasm', 'kwaainet_p2p_bg.wasm'];
+const SCRIPTS = [
+  'kwaainet-worker.js', 'kwaainet-sw.js', 'kwaainet_wasm.js', 'kwaainet_wasm_webgpu.js', 'kwaainet_p2p.js',
+  'kwaainet-span-worker.js', 'kwaainet_wasm_serve.js',
+];
+const WASM = ['kwaainet_wasm_bg.wasm', 'kwaainet_wasm_webgpu_bg.wasm', 'kwaainet_p2p_bg.wasm', 'kwaainet_wasm_serve_bg.wasm'];
 const HOW = {
   engine: 'bash scripts/build-wasm.sh',
   webgpu: 'FEATURES=webgpu OUT=dist/engine-webgpu bash scripts/build-wasm.sh',
   p2p: 'MODULE=p2p bash scripts/build-wasm.sh',
+  serve: 'FEATURES=serve OUT=dist/engine-serve bash scripts/build-wasm.sh',
 };
 
 if (!existsSync(join(out, 'index.js')) || !existsSync(join(out, 'packaged.js'))) {

@@ -20,6 +20,11 @@ export const ASSETS = {
    *  a wasm-bindgen snippet, is flattened next to it as kwaainet_wasm_mt_workers.js). */
   threadsWasm: 'kwaainet_wasm_mt_bg.wasm',
   threadsGlue: 'kwaainet_wasm_mt.js',
+  /** Serving a span (`serveSpan`): its module worker (ES module, self-contained) and the CPU
+   *  engine built with the span server (dist/engine-serve/, renamed likewise). */
+  spanWorker: 'kwaainet-span-worker.js',
+  serveWasm: 'kwaainet_wasm_serve_bg.wasm',
+  serveGlue: 'kwaainet_wasm_serve.js',
   /** The page-side P2P node (dist/p2p/, renamed likewise). */
   p2pWasm: 'kwaainet_p2p_bg.wasm',
   p2pGlue: 'kwaainet_p2p.js',
@@ -73,6 +78,9 @@ function urlsOf(
     // bundler would rename the helper its glue imports), the CDN folder does.
     threadsGlue: integrity[ASSETS.threadsWasm] === undefined ? null : at('threadsGlue'),
     threadsWasm: integrity[ASSETS.threadsWasm] === undefined ? null : at('threadsWasm'),
+    spanWorker: complete && integrity[ASSETS.serveWasm] === undefined ? null : at('spanWorker'),
+    serveGlue: complete && integrity[ASSETS.serveWasm] === undefined ? null : at('serveGlue'),
+    serveWasm: complete && integrity[ASSETS.serveWasm] === undefined ? null : at('serveWasm'),
   };
   const w = integrity[ASSETS.worker];
   if (w) urls.workerIntegrity = w;
@@ -82,5 +90,9 @@ function urlsOf(
   if (g) urls.webgpuWasmIntegrity = g;
   const t = integrity[ASSETS.threadsWasm];
   if (t) urls.threadsWasmIntegrity = t;
+  const sw = integrity[ASSETS.spanWorker];
+  if (sw) urls.spanWorkerIntegrity = sw;
+  const sv = integrity[ASSETS.serveWasm];
+  if (sv) urls.serveWasmIntegrity = sv;
   return urls;
 }

@@ -21,6 +21,7 @@ import { glueLoader, probeWebGpuAdapter, type ModuleSource } from './host/glue.j
 import { LocalEngine } from './local-engine.js';
 import type { HostKind, HostStatus } from './protocol.js';
 import { ProxyEngine, serviceWorkerTransport, workerTransport, type ProxyOptions } from './proxy.js';
+import { sameOrigin, spawnWorker } from './spawn-worker.js';
 import { isRecord } from './validate.js';
 import type { WasmEngineModule } from './wasm-engine.js';
 
@@ -46,6 +47,13 @@ export interface HostUrls {
   threadsGlue: string | null;
   threadsWasm: string | null;
   threadsWasmIntegrity?: string;
+  /** Serving a span: the serving worker (an ES module) and the engine built with the span
+   *  server, or null where the bundle has none. */
+  spanWorker: string | null;
+  spanWorkerIntegrity?: string;
+  serveGlue: string | null;
+  serveWasm: string | null;
+  serveWasmIntegrity?: string;
 }
 
 export interface HostChoice {
@@ -64,14 +72,6 @@ export interface StartHostOptions extends ProxyOptions {
   loadWebGpuModule?: () => Promise<WasmEngineModule>;
 }
 
-function sameOrigin(url: string): boolean {
-  const loc = (globalThis as { location?: Location }).location;
-  try {
-    return loc !== undefined && new URL(url, loc.href).origin === loc.origin;
-  } catch {
-    return false;
-  }
-}
 
 /** Why the service-worker host cannot be tried here, or null when it can. */
 function serviceWorkerProblem(url: string | null): string | null {
@@ -126,26 +126,8 @@ export async function startServiceWorkerHost(url: string, options: StartHostOpti
 }
 
 export async function startWorkerHost(urls: HostUrls, options: StartHostOptions = {}): Promise<ProxyEngine> {
-  let worker: Worker;
-  if (sameOrigin(urls.worker) && !urls.workerIntegrity) {
-    worker = new Worker(urls.worker, { name: 'kwaainet-engine' });
-  } else {
-    // Workers must be same-origin, and `new Worker()` takes no integrity: fetch the script
-    // with its SRI hash (CORS from a CDN) and run it from a blob. (A site whose CSP has a
-    // worker-src without blob: must build without baked hashes.)
-    const init: RequestInit = { mode: 'cors', credentials: 'omit' };
-    if (urls.workerIntegrity) init.integrity = urls.workerIntegrity;
-    const res = await fetch(urls.worker, init);
-    if (!res.ok) throw new EngineCrashedError(`fetching the worker script: HTTP ${res.status}`);
-    const blob = new Blob([await res.text()], { type: 'text/javascript' });
-    const blobUrl = URL.createObjectURL(blob);
-    try {
-      worker = new Worker(blobUrl, { name: 'kwaainet-engine' });
-    } finally {
-      // The worker has fetched (or will fetch) the blob already; revoking later is safe.
-      setTimeout(() => URL.revokeObjectURL(blobUrl), 10_000);
-    }
-  }
+  const worker = await spawnWorker(urls.worker, urls.workerIntegrity, { name: 'kwaainet-engine' },
+    (status) => new EngineCrashedError(`fetching the worker script: HTTP ${status}`));
   return new ProxyEngine(workerTransport(worker), options);
 }
 

@@ -631,16 +631,36 @@ export class KwaaiNet {
    * asks for consent first (unless decided), holds the span to this instance's
    * `maxResources`, withdraws it when consent is withdrawn, and reports what it served in
    * `contribution` events (`state: 'serving'`, `served`). See `KwaaiNetwork.serveSpan`.
+   * `modelUrl` and `sha256` default to this instance's model; the serving worker and the
+   * serve engine to the files next to the SDK (`baseUrl`'s: the script tag's CDN folder).
    */
   async serveSpan(
-    network: KwaaiNetwork, options: Omit<ServeSpanOptions, 'consent' | 'maxResources'>,
+    network: KwaaiNetwork,
+    options: Omit<ServeSpanOptions, 'consent' | 'maxResources' | 'modelUrl'> & { modelUrl?: string | URL },
   ): Promise<SpanService> {
     if (!this.services.includes('compute')) {
       throw new InvalidArgumentError('serving a span is contributing compute: add \'compute\' to services');
     }
+    const modelUrl = options.modelUrl ?? this.model?.url;
+    if (modelUrl === undefined) throw new InvalidArgumentError('modelUrl: this instance has no model; pass the GGUF to serve');
+    const sha256 = options.sha256 ?? (options.modelUrl === undefined ? this.model?.sha256 : undefined);
+    const u = this.urls;
+    const files = u && u.spanWorker !== null && u.serveGlue !== null ? {
+      ...(options.workerUrl === undefined && {
+        workerUrl: u.spanWorker, ...(u.spanWorkerIntegrity !== undefined && { workerIntegrity: u.spanWorkerIntegrity }),
+      }),
+      ...(options.engine === undefined && {
+        engine: {
+          moduleUrl: u.serveGlue, ...(u.serveWasm !== null && { wasmUrl: u.serveWasm }),
+          ...(u.serveWasmIntegrity !== undefined && { wasmIntegrity: u.serveWasmIntegrity }),
+        },
+      }),
+    } : {};
     await this.consent.ask(options.signal);
     this.consent.assertGranted();
-    const span = await network.serveSpan({ ...options, consent: this.consent, maxResources: this.maxResources });
+    const span = await network.serveSpan({
+      ...options, ...files, modelUrl, ...(sha256 !== undefined && { sha256 }), consent: this.consent, maxResources: this.maxResources,
+    });
     const forward = (served: SpanContribution): void => {
       this.served = served;
       this.emitContribution();

@@ -27,6 +27,9 @@ export function packagedAssets(): Record<AssetName, string> | null {
       webgpuGlue: new URL('./kwaainet_wasm_webgpu.js', import.meta.url).href,
       p2pWasm: new URL('./kwaainet_p2p_bg.wasm', import.meta.url).href,
       p2pGlue: new URL('./kwaainet_p2p.js', import.meta.url).href,
+      spanWorker: new URL('./kwaainet-span-worker.js', import.meta.url).href,
+      serveWasm: new URL('./kwaainet_wasm_serve_bg.wasm', import.meta.url).href,
+      serveGlue: new URL('./kwaainet_wasm_serve.js', import.meta.url).href,
       // Not literals on purpose: bundlers leave these alone. Only the CDN folder has the
       // multi-threaded engine (its glue imports a helper by a relative name, which an app's
       // bundler would rename), so only kwaainet.mjs there uses these URLs.

@@ -26,7 +26,9 @@
 import {
   AbortError, ConsentRequiredError, InvalidArgumentError, KwaaiNetError, abortErrorFrom, errorFromWire, throwIfAborted,
 } from './errors.js';
+import { packagedHostUrls } from './assets.js';
 import { Emitter } from './events.js';
+import { spawnWorker } from './spawn-worker.js';
 import { fromWasmP2pError } from './wasm-errors.js';
 import type { SpanWorkerReply, SpanWorkerRequest } from './host/span-worker.js';
 import { DEFAULT_MAX_RESOURCES, DutyCycle, MIB, type MaxResources } from './resources.js';
@@ -48,10 +50,16 @@ export interface ServeSpanOptions {
   /** Blocks `start..end`. */
   start: number;
   end: number;
-  /** The engine module built with the span server (`FEATURES=serve OUT=dist/engine-serve`). */
-  engine: { moduleUrl: string | URL; wasmUrl?: string | URL; wasmIntegrity?: string };
-  /** The serving worker's script (default: `host/span-worker.js` next to the SDK). */
+  /** The engine module built with the span server (`FEATURES=serve OUT=dist/engine-serve`).
+   *  Default: the one the SDK's build ships (`kwaainet_wasm_serve.js` next to it: the npm
+   *  package, the CDN folder; `KwaaiNet.serveSpan` passes its `baseUrl`'s). */
+  engine?: { moduleUrl: string | URL; wasmUrl?: string | URL; wasmIntegrity?: string };
+  /** The serving worker's script, an ES module (default: `kwaainet-span-worker.js`, shipped
+   *  like the engine; the SDK's own `host/span-worker.js` in a workspace build). */
   workerUrl?: string | URL;
+  /** Its SRI hash: the script is then fetched, checked and run from a blob (as it is from
+   *  another origin, since workers must be same-origin). */
+  workerIntegrity?: string;
   /** The visitor's answer: serving needs a yes, and stops when it becomes a no. */
   consent: ConsentGate;
   /** cpu: the share of time the span server may be busy (%); memory: the model file must
@@ -278,13 +286,28 @@ function checkInt(name: string, v: number | undefined, min: number, max: number)
   return v;
 }
 
-/** `host/span-worker.js` next to this module; the script tag's bundle has no module URL
- *  (and does not ship the worker yet): there the page passes `workerUrl`. */
-function defaultWorkerUrl(): URL {
+/** Where the serving worker and the serve engine are when the caller does not say: the files
+ *  the build ships next to the SDK (packaged.ts: the npm package, the CDN's kwaainet.mjs),
+ *  with their hashes where the build baked them. A workspace build ships no bundled worker:
+ *  its own `host/span-worker.js` then. The script tag's bundle has no module URL of its own:
+ *  there `KwaaiNet.serveSpan` passes its `baseUrl`'s files, or the page passes them. */
+function packagedServing(): { worker: string; workerIntegrity?: string; engine?: ServeSpanOptions['engine'] } {
+  const urls = packagedHostUrls(null);
+  if (urls && urls.spanWorker !== null && urls.serveGlue !== null && (urls.serveWasmIntegrity !== undefined || urls.workerIntegrity !== undefined)) {
+    return {
+      worker: urls.spanWorker,
+      ...(urls.spanWorkerIntegrity !== undefined && { workerIntegrity: urls.spanWorkerIntegrity }),
+      engine: {
+        moduleUrl: urls.serveGlue,
+        ...(urls.serveWasm !== null && { wasmUrl: urls.serveWasm }),
+        ...(urls.serveWasmIntegrity !== undefined && { wasmIntegrity: urls.serveWasmIntegrity }),
+      },
+    };
+  }
   try {
-    return new URL('./host/span-worker.js', import.meta.url);
+    return { worker: new URL('./host/span-worker.js', import.meta.url).href };
   } catch (err) {
-    throw new InvalidArgumentError('workerUrl is required here: this build of the SDK has no URL of its own to find the serving worker next to', { cause: err });
+    throw new InvalidArgumentError('workerUrl and engine are required here: this build of the SDK has no URL of its own to find the serving worker next to', { cause: err });
   }
 }
 
@@ -300,7 +323,9 @@ export async function serveSpan(node: WasmP2pNode, options: ServeSpanOptions, on
   if (options.sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(options.sha256)) {
     throw new InvalidArgumentError('sha256: 64 hexadecimal digits');
   }
-  if (!options.engine || options.engine.moduleUrl === undefined) {
+  const packaged = options.engine === undefined || options.workerUrl === undefined ? packagedServing() : null;
+  const engine = options.engine ?? packaged?.engine;
+  if (!engine || engine.moduleUrl === undefined) {
     throw new InvalidArgumentError('engine.moduleUrl: the engine module built with the span server (dist/engine-serve/kwaainet_wasm.js)');
   }
   const consent = options.consent;
@@ -312,9 +337,12 @@ export async function serveSpan(node: WasmP2pNode, options: ServeSpanOptions, on
   throwIfAborted(options.signal);
 
   const base = typeof location === 'undefined' ? undefined : location.href;
-  const glueUrl = new URL(options.engine.moduleUrl, base).href;
-  const wasmUrl = new URL(options.engine.wasmUrl ?? 'kwaainet_wasm_bg.wasm', options.engine.wasmUrl === undefined ? glueUrl : base).href;
-  const worker = new Worker(options.workerUrl === undefined ? defaultWorkerUrl() : new URL(options.workerUrl, base), { type: 'module' });
+  const glueUrl = new URL(engine.moduleUrl, base).href;
+  const wasmUrl = new URL(engine.wasmUrl ?? 'kwaainet_wasm_bg.wasm', engine.wasmUrl === undefined ? glueUrl : base).href;
+  const workerUrl = options.workerUrl === undefined ? (packaged as { worker: string }).worker : new URL(options.workerUrl, base).href;
+  const workerIntegrity = options.workerUrl === undefined ? packaged?.workerIntegrity : options.workerIntegrity;
+  const worker = await spawnWorker(workerUrl, workerIntegrity, { type: 'module', name: 'kwaainet-span' },
+    (status) => new KwaaiNetError('engine', `fetching the serving worker's script: HTTP ${status}`));
   const timeoutMs = options.timeoutMs ?? 120_000;
   let loaded: Extract<SpanWorkerReply, { type: 'loaded' }>;
   try {
@@ -343,7 +371,7 @@ export async function serveSpan(node: WasmP2pNode, options: ServeSpanOptions, on
       const load: SpanWorkerRequest = {
         type: 'load', glueUrl, wasmUrl, modelUrl: new URL(options.modelUrl, base).href,
         maxBytes: limits.memory * MIB, maxStorageBytes: limits.storage * MIB, start, end,
-        ...(options.engine.wasmIntegrity !== undefined && { wasmIntegrity: options.engine.wasmIntegrity }),
+        ...(engine.wasmIntegrity !== undefined && { wasmIntegrity: engine.wasmIntegrity }),
         ...(options.sha256 !== undefined && { sha256: options.sha256 }),
         ...(cacheTokens !== undefined && { cacheTokens }),
         ...(maxLength !== undefined && { maxLength }),

@@ -130,4 +130,33 @@ describe('KwaaiNet.serveSpan', () => {
     await assert.rejects(storageOnly.serveSpan(d.network, options), InvalidArgumentError);
     assert.equal(d.given.length, 0);
   });
+
+  it('defaults to its own model and to the serving files next to the SDK (baseUrl: the CDN folder)', async () => {
+    const sha = 'ab'.repeat(32);
+    const ai = new KwaaiNet({
+      services: ['compute'], baseUrl: 'https://cdn.test/kwaainet/v1/', modelUrl: 'https://site.test/m.gguf', modelSha256: sha,
+      consentPrompt: async () => true, consentStorage: memoryConsentStorage(),
+    });
+    const d = networkDouble();
+    await ai.serveSpan(d.network, { start: 0, end: 15 });
+    const given = d.given[0];
+    assert.equal(given?.modelUrl, 'https://site.test/m.gguf');
+    assert.equal(given?.sha256, sha);
+    assert.equal(given?.workerUrl, 'https://cdn.test/kwaainet/v1/kwaainet-span-worker.js');
+    assert.deepEqual(given?.engine, {
+      moduleUrl: 'https://cdn.test/kwaainet/v1/kwaainet_wasm_serve.js', wasmUrl: 'https://cdn.test/kwaainet/v1/kwaainet_wasm_serve_bg.wasm',
+    });
+    // What the caller names wins; another model's hash is not guessed.
+    const other = networkDouble();
+    await ai.serveSpan(other.network, { ...options, workerUrl: '/w.js' });
+    assert.equal(other.given[0]?.workerUrl, '/w.js');
+    assert.deepEqual(other.given[0]?.engine, options.engine);
+    assert.equal(other.given[0]?.modelUrl, options.modelUrl);
+    assert.equal(other.given[0]?.sha256, undefined);
+    // No model of its own and none given: a clear error before consent or network.
+    const bare = new KwaaiNet({ services: ['compute'], consentPrompt: async () => true, consentStorage: memoryConsentStorage() });
+    const none = networkDouble();
+    await assert.rejects(bare.serveSpan(none.network, { start: 0, end: 15 }), /modelUrl: this instance has no model/);
+    assert.equal(none.given.length, 0);
+  });
 });

@@ -45,6 +45,7 @@ const ENGINE_FILES = [
   'kwaainet_wasm.js', 'kwaainet_wasm_bg.wasm',
   'kwaainet_wasm_webgpu.js', 'kwaainet_wasm_webgpu_bg.wasm',
   'kwaainet_p2p.js', 'kwaainet_p2p_bg.wasm',
+  'kwaainet-span-worker.js', 'kwaainet_wasm_serve.js', 'kwaainet_wasm_serve_bg.wasm',
 ];
 const chatCase = avx2.cases.find((c) => c.name === 'capital-chat');
 
@@ -106,7 +107,7 @@ test('npm pack: the package carries its engines, hosts, P2P module and types', {
   for (const name of ENGINE_FILES.filter((n) => n.endsWith('.wasm'))) {
     assert.ok(integrity.includes(`"${name}": "${sri(readFileSync(join(dist, name)))}"`), `packaged-integrity.js has ${name}'s hash`);
   }
-  for (const name of ['kwaainet-worker.js', 'kwaainet-sw.js']) {
+  for (const name of ['kwaainet-worker.js', 'kwaainet-sw.js', 'kwaainet-span-worker.js']) {
     assert.doesNotMatch(readFileSync(join(dist, name), 'utf8'), /sourceMappingURL/, `${name} names no map it lacks`);
   }
   for (const f of info.files) {
