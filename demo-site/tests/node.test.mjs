@@ -7,11 +7,11 @@
 // response (the favicon included).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { homedir } from 'node:os';
-import { join } from 'node:path';
 import { test } from 'node:test';
 import { freePort, launch, recordEvents, within } from './browser.mjs';
 import { avx2, root, skip } from './common.mjs';
+// The binary start.sh runs (KWAAINET_BIN, else the one it builds), for the native client.
+import { runBin as kwaainet } from '../../engine/p2p/tests/browser/support.mjs';
 
 /** Runs `npm start`'s script; resolves once its node answers /api/v1/state with browser addresses. */
 async function npmStart(t) {
@@ -147,26 +147,6 @@ test('npm start: its page downloads the model, asks consent, answers a chat and 
 
     assert.deepEqual(problems, [], 'the page logged errors or got failed responses');
   });
-
-/** The binary start.sh built, run to the end (bounded): stdout, stderr, exit code. */
-function kwaainet(args, ms = 120_000) {
-  const bin = join(process.env.CARGO_TARGET_DIR ?? join(homedir(), '.cache', 'kwaainet', 'target'), 'release', 'kwaainet');
-  return new Promise((resolve, reject) => {
-    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => { out += d; });
-    child.stderr.on('data', (d) => { err += d; });
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`kwaainet ${args.join(' ')}: no end within ${ms} ms\n${err}`));
-    }, ms);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      resolve({ out, err, code });
-    });
-  });
-}
 
 /** Opens the demo page the node serves as a visitor does; answers the consent dialog with
  *  Allow if it asks (a second tab of the same site finds the answer already given). */

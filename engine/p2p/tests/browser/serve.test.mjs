@@ -17,7 +17,6 @@
 // Needs what p2p.test.mjs needs, the engine module with the span server
 // (FEATURES=serve OUT=dist/engine-serve bash scripts/build-wasm.sh) and the model
 // ($KWAAINET_MODEL). Loopback only; every wait is bounded.
-import { spawn } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,31 +25,13 @@ import assert from 'node:assert/strict';
 
 import { launch, within } from '../../../../demo-site/tests/browser.mjs';
 import {
-  TEST_PAGE, WEBRTC_FLAGS, bin, freePorts, nodeState, openNetwork, p2pDir, root, sdkDir, startNode, stopNode, until,
+  TEST_PAGE, WEBRTC_FLAGS, bin, freePorts, nodeState, openNetwork, p2pDir, root, runBin as run, sdkDir, startNode, stopNode,
+  until,
 } from './support.mjs';
 
 const serveDir = join(root, 'dist', 'engine-serve');
 const model = process.env.KWAAINET_MODEL;
 const PROMPT = 'The capital of France is';
-
-/** Runs the binary to the end (bounded); its stdout, stderr and exit code. */
-function run(args, ms = 120_000) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => { out += d; });
-    child.stderr.on('data', (d) => { err += d; });
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`kwaainet ${args.join(' ')}: no end within ${ms} ms\n${err}`));
-    }, ms);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      resolve({ out, err, code });
-    });
-  });
-}
 
 const swarmArgs = (tokens, bootstrap = bootAddr) => ['generate', '--swarm', '--bootstrap', bootstrap, '--model', model, '--codec', 'f32',
   '--prompt', PROMPT, '--max-tokens', String(tokens)];

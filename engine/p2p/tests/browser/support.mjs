@@ -89,6 +89,26 @@ export async function startNode({ dir, site, base, http, extra = [], ready = 30_
   }
 }
 
+/** Runs `kwaainet args…` (the binary above) to the end, bounded: its stdout, stderr and
+ *  exit code. */
+export function runBin(args, ms = 120_000) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { err += d; });
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`kwaainet ${args.join(' ')}: no end within ${ms} ms\n${err}`));
+    }, ms);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ out, err, code });
+    });
+  });
+}
+
 export async function stopNode(node) {
   if (!node || node.child.exitCode !== null || node.child.signalCode !== null) return;
   node.child.kill('SIGTERM');
