@@ -615,7 +615,7 @@ export class KwaaiNet {
     if (consent) this.scheduler ??= new DutyCycle(this.maxResources.cpu);
     else this.scheduler = null;
     const served = this.served;
-    const serving = consent && served?.state === 'serving';
+    const serving = consent && (served?.state === 'serving' || served?.state === 'draining');
     this.events.emit('contribution', {
       state: d === null ? 'consent-needed' : serving ? 'serving' : consent ? 'idle' : 'declined',
       consent,

@@ -33,7 +33,7 @@ import { fromWasmP2pError } from './wasm-errors.js';
 import type { SpanWorkerReply, SpanWorkerRequest } from './host/span-worker.js';
 import { DEFAULT_MAX_RESOURCES, DutyCycle, MIB, type MaxResources } from './resources.js';
 import type { WasmSpanStats } from './wasm-engine.js';
-import type { WasmP2pNode } from './wasm-p2p.js';
+import type { WasmHostedSpan, WasmP2pNode } from './wasm-p2p.js';
 
 /** What `serveSpan` needs to know about the visitor's consent (`ConsentManager` fits). */
 export interface ConsentGate {
@@ -77,7 +77,8 @@ export interface ServeSpanOptions {
 
 /** What the page has served: the span server's own counters (the ones a node shows). */
 export interface SpanContribution {
-  state: 'serving' | 'withdrawn';
+  /** `draining`: withdrawing, still answering the sessions open when it began. */
+  state: 'serving' | 'draining' | 'withdrawn';
   model: string;
   start: number;
   end: number;
@@ -104,6 +105,13 @@ export interface SpanServiceEvents {
 /** Most frames in flight to the worker at once (one per open stream at most). */
 const MAX_IN_FLIGHT = 64;
 
+/** How long `withdraw()` answers the sessions open when it is called, by default: as long
+ *  as a native node drains (native-relay's serving.rs). */
+export const DRAIN_MS = 5_000;
+
+/** How often a drain looks whether the open sessions have ended. */
+const DRAIN_POLL_MS = 100;
+
 /** A span this page serves. */
 export class SpanService {
   readonly modelId: string;
@@ -115,6 +123,8 @@ export class SpanService {
   private last: WasmSpanStats;
   private lastEmit = 0;
   private ended: WithdrawReason | null = null;
+  /** The drain under way (`withdraw()`), if one is. */
+  private draining: Promise<void> | null = null;
   private readonly cleanups: (() => void)[] = [];
   private readonly pending = new Map<number, { resolve: (f: Uint8Array | null) => void; reject: (e: Error) => void }>();
   private seq = 0;
@@ -158,7 +168,7 @@ export class SpanService {
   get contribution(): SpanContribution {
     const s = this.last;
     return {
-      state: this.ended === null ? 'serving' : 'withdrawn',
+      state: this.ended !== null ? 'withdrawn' : this.draining !== null ? 'draining' : 'serving',
       model: this.modelId,
       start: this.start,
       end: this.end,
@@ -177,7 +187,11 @@ export class SpanService {
   /** @internal Starts answering streams and announces the span. */
   async announce(): Promise<void> {
     this.node.serveInference((stream, frame) => this.onFrame(stream, frame), { maxStreams: MAX_IN_FLIGHT });
-    await this.node.host([{ model: this.modelId, start: this.start, end: this.end, throughput: this.throughput, freeCache: this.last.freeCache }]);
+    await this.node.host([this.record('online')]);
+  }
+
+  private record(state: 'online' | 'draining'): WasmHostedSpan {
+    return { model: this.modelId, start: this.start, end: this.end, state, throughput: this.throughput, freeCache: this.last.freeCache };
   }
 
   /** @internal Runs `cleanup` when the span is withdrawn. */
@@ -227,6 +241,10 @@ export class SpanService {
   }
 
   private onReply(m: SpanWorkerReply): void {
+    if (m.type === 'stats') {
+      this.last = m.stats;
+      return;
+    }
     if (m.type !== 'reply' && m.type !== 'reply-error') return;
     const p = this.pending.get(m.seq);
     this.pending.delete(m.seq);
@@ -248,9 +266,31 @@ export class SpanService {
     await this.stop('failed', new KwaaiNetError('engine', message));
   }
 
-  /** Stops serving and withdraws the span (idempotent). */
-  async withdraw(): Promise<void> {
-    await this.stop('withdrawn');
+  /**
+   * Stops serving and withdraws the span (idempotent). It drains first: the span is
+   * announced `draining`, so clients start no new session on it, and the sessions open now
+   * are answered until they end, for at most `drainMs` (default 5 s, as a native node;
+   * 0: at once). Then, as when consent is withdrawn or the tab closes (which never wait),
+   * it stops: streams still open end, and their clients replay elsewhere.
+   */
+  withdraw(options: { drainMs?: number } = {}): Promise<void> {
+    if (this.ended !== null) return Promise.resolve();
+    const drainMs = options.drainMs ?? DRAIN_MS;
+    if (!(Number.isFinite(drainMs) && drainMs >= 0)) {
+      return Promise.reject(new InvalidArgumentError(`drainMs: a number of milliseconds >= 0, got ${drainMs}`));
+    }
+    this.draining ??= this.drain(drainMs).then(() => this.stop('withdrawn'));
+    return this.draining;
+  }
+
+  private async drain(ms: number): Promise<void> {
+    if (ms === 0 || this.last.sessionsOpen === 0) return;
+    this.events.emit('contribution', this.contribution);
+    await this.node.host([this.record('draining')]).catch(() => undefined);
+    const deadline = performance.now() + ms;
+    while (this.ended === null && this.last.sessionsOpen > 0 && performance.now() < deadline) {
+      await new Promise((r) => setTimeout(r, Math.min(DRAIN_POLL_MS, Math.max(1, deadline - performance.now()))));
+    }
   }
 
   /** @internal */

@@ -44,7 +44,9 @@ export type SpanWorkerReply =
   | { type: 'loaded'; modelId: string; sha256: string; throughput: number; stats: WasmSpanStats }
   | { type: 'load-error'; code: ErrorCode; message: string }
   | { type: 'reply'; seq: number; frame: Uint8Array | null; stats: WasmSpanStats }
-  | { type: 'reply-error'; seq: number; message: string };
+  | { type: 'reply-error'; seq: number; message: string }
+  /** The counters after a stream closed (its session ended without a frame saying so). */
+  | { type: 'stats'; stats: WasmSpanStats };
 
 interface WorkerScope {
   postMessage(message: SpanWorkerReply, transfer?: Transferable[]): void;
@@ -148,7 +150,10 @@ scope.addEventListener('message', (event) => {
       break;
     }
     case 'close':
-      server?.close(m.stream);
+      if (server) {
+        server.close(m.stream);
+        scope.postMessage({ type: 'stats', stats: server.stats() });
+      }
       break;
     case 'closeAll':
       server?.closeAll();

@@ -279,7 +279,7 @@ test('the serving page is closed mid-generation: the client fails over to the re
   await health(servers[0], 'the closed page gone from the servers', (r) => !r.servers?.some((s) => s.peer_id === pageId));
 });
 
-test('two pages serve 0..15 and 15..30: a native client generates through the two browsers alone', { timeout: 240_000 }, async () => {
+test('two pages serve 0..15 and 15..30: a native client generates through the two browsers alone; one withdraws mid-generation and drains', { timeout: 240_000 }, async () => {
   // A swarm of its own: a fresh node (it watches the model: KWAAINET_MODEL) and two pages.
   const boot2 = await startNode({ dir: join(dir, 'boot2'), site, ...(await freePorts()) });
   servers.push(boot2);
@@ -298,4 +298,34 @@ test('two pages serve 0..15 and 15..30: a native client generates through the tw
     assert.equal(c.steps, 16, JSON.stringify(c));
     assert.equal(c.blockTokens, c.tokens * blocks, JSON.stringify(c));
   }
+
+  // The second page withdraws mid-generation: it drains. It is the only server of 15..30,
+  // so the generation can only finish if the page keeps answering the session it has open:
+  // it does, with no failover, then its record goes.
+  const generation = run(swarmArgs(64, addr2));
+  const base = await pages[1].evaluate(() => window.span.contribution.steps);
+  await until(60_000, 'the second page serving the generation', () => pages[1].evaluate((b) => {
+    if (window.span.contribution.steps < b + 4) return false;
+    window.stepsAtWithdraw = window.span.contribution.steps;
+    window.withdrawing = window.span.withdraw({ drainMs: 60_000 });
+    window.stateAtWithdraw = window.span.contribution.state;
+    return true;
+  }, base));
+  const drained = await generation;
+  assert.equal(drained.code, 0, drained.err);
+  assert.equal(drained.out, local64, 'not a token lost or changed');
+  const line2 = summary(drained.err);
+  assert.ok(line2.includes(' 0 failover(s)'), `no replay: ${line2}`);
+  const after = await pages[1].evaluate(async () => {
+    await window.withdrawing;
+    return {
+      atWithdraw: window.stepsAtWithdraw, stateAtWithdraw: window.stateAtWithdraw, c: window.span.contribution,
+      because: window.span.withdrawnBecause,
+    };
+  });
+  assert.equal(after.stateAtWithdraw, 'draining');
+  assert.ok(after.c.steps > after.atWithdraw, `it answered the open session after withdraw(): ${JSON.stringify(after)}`);
+  assert.equal(after.c.state, 'withdrawn');
+  assert.equal(after.because, 'withdrawn');
+  await health(boot2, 'the drained page gone from the servers', (r) => !r.servers?.some((s) => s.peer_id === ids[1]));
 });
