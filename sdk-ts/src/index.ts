@@ -11,7 +11,7 @@
 
 export { KwaaiNet, GRID_G_CO2_PER_KWH, WATTS_PER_BUSY_CORE } from './kwaainet.js';
 export type {
-  ChatCompletions, Completions, ContributionEvent, EnvironmentalImpactEvent, KwaaiNetEvents, KwaaiNetOptions, Status,
+  ChatCompletions, Completions, ContributionEvent, EnvironmentalImpactEvent, KwaaiNetEvents, KwaaiNetOptions, RouteEvent, Status,
 } from './kwaainet.js';
 // What `engineInfo()`, the 'ready' status and 'progress' events carry, and the host/engine choices.
 export type {

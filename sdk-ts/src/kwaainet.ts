@@ -20,13 +20,13 @@ import {
 } from './consent.js';
 import type { Engine, GenerationResult } from './engine.js';
 import {
-  BackendLostError, DisposedError, EngineCrashedError, InvalidArgumentError, NotInitializedError, abortErrorFrom, throwIfAborted,
-  toKwaaiNetError, type KwaaiNetError,
+  BackendLostError, DisposedError, EngineCrashedError, InvalidArgumentError, NotInitializedError, UnsupportedError, abortErrorFrom,
+  throwIfAborted, toKwaaiNetError, type KwaaiNetError,
 } from './errors.js';
 import { Emitter } from './events.js';
 import { startHost, type HostChoice, type HostPreference, type HostUrls, type StartHostOptions } from './host.js';
 import { randomId } from './local-engine.js';
-import { NodeApi } from './node-api.js';
+import { NodeApi, type NodeModel } from './node-api.js';
 import {
   ChunkStream, buildChunk, buildCompletion, buildTextCompletion, toGenerateRequest, toPromptRequest, type CompletionMeta,
 } from './openai/chat.js';
@@ -134,12 +134,27 @@ export interface EnvironmentalImpactEvent {
   totalCo2Grams: number;
 }
 
+/** Where a request went (every request; `route: 'auto'` says here what it picked). */
+export interface RouteEvent {
+  /** 'local': this page's engine; 'node': a node's API, the whole model there; 'swarm': a
+   *  node's API, generating through the swarm. */
+  route: 'local' | 'node' | 'swarm';
+  /** Why. */
+  reason: string;
+  /** The model asked for, if named. */
+  model: string | null;
+}
+
 export interface KwaaiNetEvents {
   progress: Progress;
   status: Status;
   contribution: ContributionEvent;
   environmentalImpact: EnvironmentalImpactEvent;
+  route: RouteEvent;
 }
+
+/** How long a node's model list is trusted for routing. */
+const NODE_MODELS_TTL_MS = 30_000;
 
 /** Rough constants for the environmental estimate (one busy laptop/desktop core; world
  *  average grid intensity). Good enough to show an order of magnitude, not an audit. */
@@ -303,16 +318,66 @@ export class KwaaiNet {
     return this.node !== null && this.model === null;
   }
 
-  /** The node client when this request goes to the node, null when it runs here. */
-  private route(options: RequestOptions | undefined): NodeApi | null {
-    const route = options?.route ?? (this.node ? 'node' : 'local');
-    if (route === 'local') {
-      if (this.nodeOnly()) throw new NotInitializedError('route "local": no modelUrl was given (this KwaaiNet only has an endpoint)');
-      return null;
+  /** Where this request goes (the node client, or null: here), and the `route` event. */
+  private async route(options: RequestOptions | undefined, model: unknown, signal: AbortSignal | undefined): Promise<NodeApi | null> {
+    const asked = options?.route ?? (this.node ? 'node' : 'local');
+    const name = typeof model === 'string' && model !== '' ? model : null;
+    const go = (route: RouteEvent['route'], reason: string): NodeApi | null => {
+      this.events.emit('route', { route, reason, model: name });
+      return route === 'local' ? null : this.node;
+    };
+    const needNode = (): NodeApi => {
+      if (!this.node) throw new InvalidArgumentError(`route "${asked}": this KwaaiNet has no endpoint (new KwaaiNet({ endpoint: 'http://…' }))`);
+      return this.node;
+    };
+    switch (asked) {
+      case 'local':
+        if (this.nodeOnly()) throw new NotInitializedError('route "local": no modelUrl was given (this KwaaiNet only has an endpoint)');
+        return go('local', 'requested');
+      case 'node':
+        needNode();
+        return go('node', 'requested');
+      case 'swarm': {
+        const node = needNode();
+        const m = await this.nodeModel(node, name, signal);
+        if (m.backend !== 'swarm') {
+          throw new UnsupportedError(`route "swarm": the node at ${node.base.origin} runs ${m.id} whole, not through the swarm ` +
+            '(start it with `kwaainet start --api swarm`, or use route "node")');
+        }
+        return go('swarm', `the node at ${node.base.origin} generates ${m.id} through the swarm (embedding and head there, blocks on peers)`);
+      }
+      case 'auto': {
+        if (this.model && this.modelInfo?.model) return go('local', 'the model is loaded in this page');
+        if (!this.node) return go('local', 'no node endpoint: the model loads in this page');
+        const m = await this.nodeModel(this.node, name, signal);
+        const why = this.model ? 'the model is not loaded in this page (yet)' : 'this page has no model';
+        return go(m.backend === 'swarm' ? 'swarm' : 'node', `${why}: the node at ${this.node.base.origin} runs ${m.id} ` +
+          (m.backend === 'swarm' ? 'through the swarm' : 'whole'));
+      }
+      default:
+        throw new InvalidArgumentError('route: "local", "node", "swarm" or "auto"');
     }
-    if (route !== 'node') throw new InvalidArgumentError('route: "local" or "node"');
-    if (!this.node) throw new InvalidArgumentError('route "node": this KwaaiNet has no endpoint (new KwaaiNet({ endpoint: \'http://…\' }))');
-    return this.node;
+  }
+
+  private nodeModels: { at: number; list: Promise<NodeModel[]> } | null = null;
+
+  /** The node's model named `name` (by id or alias), or its first; its list is kept 30 s. */
+  private async nodeModel(node: NodeApi, name: string | null, signal: AbortSignal | undefined): Promise<NodeModel> {
+    const now = performance.now();
+    if (!this.nodeModels || now - this.nodeModels.at > NODE_MODELS_TTL_MS) {
+      const list = node.models(signal ?? new AbortController().signal);
+      this.nodeModels = { at: now, list };
+      list.catch(() => {
+        if (this.nodeModels?.list === list) this.nodeModels = null;
+      });
+    }
+    const list = await this.nodeModels.list;
+    const m = name === null ? list[0] : list.find((x) => x.id === name || x.aliases.includes(name));
+    if (!m) {
+      throw new InvalidArgumentError(name === null ? `the node at ${node.base.origin} offers no model` :
+        `model "${name.slice(0, 100)}": the node at ${node.base.origin} does not offer it (${list.map((x) => x.id).join(', ').slice(0, 300)})`);
+    }
+    return m;
   }
 
   /** One request to the node: the params as the body (less the SDK's `signal`), the stream
@@ -468,7 +533,7 @@ export class KwaaiNet {
 
   private async create(params: ChatCompletionCreateParams, options?: RequestOptions):
     Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>> {
-    const node = this.route(options);
+    const node = await this.route(options, isRecord(params) ? params.model : undefined, requestSignal(params?.signal, options?.signal));
     if (node) {
       // The node validates the rest, with its own limits.
       if (!isRecord(params) || !Array.isArray(params.messages)) throw new InvalidArgumentError('messages: expected an array');
@@ -486,7 +551,7 @@ export class KwaaiNet {
   }
 
   private async createText(params: CompletionCreateParams, options?: RequestOptions): Promise<Completion | AsyncIterable<Completion>> {
-    const node = this.route(options);
+    const node = await this.route(options, isRecord(params) ? params.model : undefined, requestSignal(params?.signal, options?.signal));
     if (node) {
       if (!isRecord(params) || typeof params.prompt !== 'string') throw new InvalidArgumentError('prompt: expected a string');
       return this.viaNode<Completion, Completion>(node, 'completions', params, requestSignal(params.signal, options?.signal));

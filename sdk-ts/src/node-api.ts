@@ -165,6 +165,18 @@ function answer<T>(value: unknown, call: Call, status: number | null): T {
   return value as T;
 }
 
+/** A model a node's API offers (`GET /v1/models`), and where its requests run there. */
+export interface NodeModel {
+  id: string;
+  /** 'local': the whole model on that node; 'swarm': the node holds the embedding and head,
+   *  peers run the blocks. */
+  backend: 'local' | 'swarm';
+  aliases: string[];
+}
+
+/** Most models a node's list is read for. */
+const MAX_NODE_MODELS = 256;
+
 export class NodeApi {
   /** The API base, ending in `/v1/`. */
   readonly base: URL;
@@ -252,15 +264,42 @@ export class NodeApi {
     return stream;
   }
 
-  private async send(path: string, body: Record<string, unknown>, signal: AbortSignal, accept: string):
+  /** `GET /v1/models`: the node's models and where each runs. */
+  async models(signal: AbortSignal): Promise<NodeModel[]> {
+    const { res, call } = await this.send('models', null, signal, 'application/json');
+    try {
+      const text = await readText(res, call, MAX_BODY_BYTES);
+      let value: unknown;
+      try {
+        value = JSON.parse(text);
+      } catch {
+        throw new ProtocolError(`${call.where}: the answer is not JSON (${describe(text)})`);
+      }
+      if (!isRecord(value) || !Array.isArray(value.data)) throw new ProtocolError(`${call.where}: expected a model list, got ${describe(value)}`);
+      return value.data.slice(0, MAX_NODE_MODELS).flatMap((m: unknown): NodeModel[] => {
+        if (!isRecord(m) || typeof m.id !== 'string' || (m.backend !== 'local' && m.backend !== 'swarm')) return [];
+        const aliases = Array.isArray(m.aliases) ? m.aliases.filter((a): a is string => typeof a === 'string') : [];
+        return [{ id: m.id, backend: m.backend, aliases }];
+      });
+    } catch (err) {
+      throw call.error(err);
+    } finally {
+      call.close();
+    }
+  }
+
+  private async send(path: string, body: Record<string, unknown> | null, signal: AbortSignal, accept: string):
     Promise<{ res: Response; call: Call }> {
     const url = new URL(path, this.base);
     const call = new Call(url, signal, this.#timeoutMs);
     try {
       if (signal.aborted) throw abortErrorFrom(signal);
-      const headers: Record<string, string> = { 'content-type': 'application/json', accept };
+      const headers: Record<string, string> = { accept };
+      if (body !== null) headers['content-type'] = 'application/json';
       if (this.#authorization !== null) headers.authorization = this.#authorization;
-      const res = await fetch(url, { method: 'POST', headers, body: JSON.stringify(body), signal: call.controller.signal });
+      const res = await fetch(url, body === null
+        ? { method: 'GET', headers, signal: call.controller.signal }
+        : { method: 'POST', headers, body: JSON.stringify(body), signal: call.controller.signal });
       call.arm();
       if (!res.ok) throw await httpError(res, call);
       return { res, call };

@@ -60,8 +60,8 @@ export async function rejected(ai: KwaaiNet, options: RequestOptions): Promise<v
   for await (const _ of await ai.completions.create({ prompt: 'hi' }, options)) break;
   // @ts-expect-error RequestOptions.signal is an AbortSignal
   void ai.chat.completions.create({ messages }, { signal: 'stop' });
-  // @ts-expect-error RequestOptions.route is 'local' | 'node'
-  void ai.chat.completions.create({ messages }, { route: 'swarm' });
+  // @ts-expect-error RequestOptions.route is 'local' | 'node' | 'swarm' | 'auto'
+  void ai.chat.completions.create({ messages }, { route: 'peers' });
 }
 
 describe('create(params, { signal }) types', () => {

@@ -11,9 +11,9 @@ import { inspect } from 'node:util';
 import { afterEach, describe, it } from 'node:test';
 
 import {
-  AbortError, DisposedError, InvalidArgumentError, NetworkError, NodeApiError, NotInitializedError, ProtocolError,
+  AbortError, DisposedError, InvalidArgumentError, NetworkError, NodeApiError, NotInitializedError, ProtocolError, UnsupportedError,
 } from '../src/errors.js';
-import { KwaaiNet, type KwaaiNetOptions } from '../src/kwaainet.js';
+import { KwaaiNet, type KwaaiNetOptions, type RouteEvent } from '../src/kwaainet.js';
 import { apiBase, parseRetryAfter } from '../src/node-api.js';
 import { assembleChunks } from '../src/openai/chat.js';
 import type { ChatCompletion, ChatCompletionChunk } from '../src/openai/types.js';
@@ -443,6 +443,67 @@ describe('node API: routing', () => {
     assert.match(err.message, /no endpoint/);
     await assert.rejects(engineOnly.ai.chat.completions.create({ messages }, { route: 'moon' as 'node' }), InvalidArgumentError);
     assert.equal(engineOnly.pairs.length, 0, 'a refused route starts nothing');
+  });
+
+  it("route: 'swarm' needs a node whose API runs the model through the swarm; 'auto' picks the page once its model is loaded; the route event says which", async () => {
+    let backend = 'swarm';
+    const node = await fakeNode((res, seen) => {
+      if (seen.method === 'GET' && seen.url === '/v1/models') {
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({
+          object: 'list', data: [{ id: 'smol@ab12', object: 'model', backend, aliases: ['smol.gguf'] }],
+        }));
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(COMPLETION));
+    });
+    const k = kwaaiWithHosts({ endpoint: node.endpoint });
+    cleanup.push(k.closeAll, () => k.ai.dispose());
+    const routes: RouteEvent[] = [];
+    k.ai.on('route', (r) => routes.push(r));
+    const origin = new URL(node.endpoint).origin;
+
+    assert.deepEqual(await k.ai.chat.completions.create({ messages, model: 'smol.gguf' }, { route: 'swarm' }), COMPLETION);
+    assert.deepEqual(node.requests.map((r) => `${r.method} ${r.url}`), ['GET /v1/models', 'POST /v1/chat/completions']);
+    assert.equal(node.requests[1]?.body.model, 'smol.gguf', 'the params go as they are');
+    assert.deepEqual(routes.at(-1), {
+      route: 'swarm', model: 'smol.gguf',
+      reason: `the node at ${origin} generates smol@ab12 through the swarm (embedding and head there, blocks on peers)`,
+    });
+    // 'auto' before the page's model is loaded: the node, through the swarm (its list is
+    // reused, not asked again).
+    await k.ai.chat.completions.create({ messages }, { route: 'auto' });
+    assert.equal(routes.at(-1)?.route, 'swarm');
+    assert.match(routes.at(-1)?.reason ?? '', /^the model is not loaded in this page \(yet\): the node at .* runs smol@ab12 through the swarm$/);
+    assert.equal(node.requests.filter((r) => r.method === 'GET').length, 1);
+    assert.equal(k.pairs.length, 0, 'no host started for it');
+    // Once the model is loaded here, 'auto' stays in the page.
+    assert.equal((await k.ai.chat.completions.create({ messages }, { route: 'local' })).choices[0]?.message.content, 'Echo: Hi!');
+    const before = node.requests.length;
+    const auto = await k.ai.chat.completions.create({ messages }, { route: 'auto' });
+    assert.equal(auto.choices[0]?.message.content, 'Echo: Hi!');
+    assert.deepEqual(routes.at(-1), { route: 'local', reason: 'the model is loaded in this page', model: null });
+    assert.equal(node.requests.length, before, 'nothing went to the node');
+
+    // A node that runs the model whole: 'swarm' is refused before any request, 'auto' goes
+    // there as 'node'; an unknown model is named in the error.
+    backend = 'local';
+    const whole = kwaaiWithHosts({ endpoint: node.endpoint });
+    cleanup.push(whole.closeAll, () => whole.ai.dispose());
+    const seen: RouteEvent[] = [];
+    whole.ai.on('route', (r) => seen.push(r));
+    const posts = node.requests.filter((r) => r.method === 'POST').length;
+    await assert.rejects(whole.ai.chat.completions.create({ messages }, { route: 'swarm' }),
+      (e: unknown) => e instanceof UnsupportedError && /runs smol@ab12 whole, not through the swarm/.test(e.message));
+    assert.equal(node.requests.filter((r) => r.method === 'POST').length, posts, 'nothing was generated');
+    await whole.ai.chat.completions.create({ messages }, { route: 'auto' });
+    assert.equal(seen.at(-1)?.route, 'node');
+    await assert.rejects(whole.ai.chat.completions.create({ messages, model: 'llama-70b' }, { route: 'swarm' }),
+      (e: unknown) => e instanceof InvalidArgumentError && /model "llama-70b": the node at .* does not offer it \(smol@ab12\)/.test(e.message));
+    // Without an endpoint: 'swarm' is an argument error, 'auto' loads the model here.
+    const alone = kwaaiWithHosts();
+    cleanup.push(alone.closeAll, () => alone.ai.dispose());
+    await assert.rejects(alone.ai.chat.completions.create({ messages }, { route: 'swarm' }), /route "swarm": this KwaaiNet has no endpoint/);
+    assert.equal((await alone.ai.chat.completions.create({ messages }, { route: 'auto' })).choices[0]?.message.content, 'Echo: Hi!');
   });
 
   it('the API key is in no property, inspection or error of the instance', async () => {

@@ -40,8 +40,12 @@ export interface ChatCompletionCreateParamsBase {
 }
 
 /** Where a request runs: 'local', the engine in this page (its host); 'node', the node's
- *  OpenAI API at `KwaaiNetOptions.endpoint`. */
-export type Route = 'local' | 'node';
+ *  OpenAI API at `KwaaiNetOptions.endpoint`; 'swarm', through the swarm — for now by that
+ *  node's API where the model runs through the swarm there (`kwaainet start --api swarm`:
+ *  the node holds the embedding and head, peers run the blocks); 'auto', here when the
+ *  model is loaded in the page, else the node (swarm or whole), and the `route` event says
+ *  which and why. */
+export type Route = 'local' | 'node' | 'swarm' | 'auto';
 
 /** `create()`'s second argument, as in openai-node (only the options a local engine can
  *  honour), and `route`. */
@@ -49,8 +53,9 @@ export interface RequestOptions {
   /** Cancels the request: the promise rejects (or the stream ends) with an AbortError and
    *  the engine host stops generating (or, on a node, the connection is closed). */
   signal?: AbortSignal;
-  /** Default: 'node' when the KwaaiNet has an `endpoint`, else 'local'. 'node' without an
-   *  endpoint fails with InvalidArgumentError. */
+  /** Default: 'node' when the KwaaiNet has an `endpoint`, else 'local'. 'node' and 'swarm'
+   *  without an endpoint fail with InvalidArgumentError; 'swarm' where the node runs the
+   *  model whole, with UnsupportedError. */
   route?: Route;
 }
 

@@ -279,7 +279,7 @@ test('the serving page is closed mid-generation: the client fails over to the re
   await health(servers[0], 'the closed page gone from the servers', (r) => !r.servers?.some((s) => s.peer_id === pageId));
 });
 
-test('two pages serve 0..15 and 15..30: a native client generates through the two browsers alone; one withdraws mid-generation and drains', { timeout: 240_000 }, async () => {
+test('two pages serve 0..15 and 15..30: a native client generates through the two browsers alone; a third page generates through them with route \'swarm\'; one withdraws mid-generation and drains', { timeout: 300_000 }, async () => {
   // A swarm of its own: a fresh node (it watches the model: KWAAINET_MODEL) and two pages.
   const boot2 = await startNode({ dir: join(dir, 'boot2'), site, ...(await freePorts()) });
   servers.push(boot2);
@@ -298,6 +298,42 @@ test('two pages serve 0..15 and 15..30: a native client generates through the tw
     assert.equal(c.steps, 16, JSON.stringify(c));
     assert.equal(c.blockTokens, c.tokens * blocks, JSON.stringify(c));
   }
+
+  // A third page generates through them: `route: 'swarm'` asks a node whose API runs the
+  // model through the swarm (`--api swarm`: embedding and head there, the blocks on the two
+  // pages), cross-origin (CORS for this page's origin).
+  const origin = new URL(boot2.url).origin;
+  const api = await startNode({
+    dir: join(dir, 'api'), site, ...(await freePorts()),
+    extra: ['--bootstrap', addr2, '--model', model, '--api', 'swarm', '--api-cors', origin],
+  });
+  servers.push(api);
+  const third = await browser.context.newPage();
+  await third.goto(`${boot2.url}/test.html`, { waitUntil: 'load', timeout: 30_000 });
+  await third.waitForFunction(() => window.sdkReady === true, null, { timeout: 10_000 });
+  const stepsBefore = await Promise.all(pages.map((p) => p.evaluate(() => window.span.contribution.steps)));
+  const viaSwarm = await within(120_000, third.evaluate(async ({ endpoint, prompt }) => {
+    const ai = new window.sdk.KwaaiNet({ endpoint });
+    const routes = [];
+    ai.on('route', (r) => routes.push(r));
+    // The API finds its route through the DHT: retry while it is not there yet (503).
+    for (let i = 0; ; i++) {
+      try {
+        const r = await ai.completions.create({ prompt, max_tokens: 16, temperature: 0 }, { route: 'swarm' });
+        return { text: r.choices[0].text, routes, tries: i + 1 };
+      } catch (e) {
+        if (i >= 30 || e.status !== 503) return { error: `${e.name}: ${e.message}`, routes };
+        await new Promise((r) => setTimeout(r, 1_000));
+      }
+    }
+  }, { endpoint: api.url, prompt: PROMPT }), 'a generation through route "swarm"');
+  assert.equal(viaSwarm.error, undefined, JSON.stringify(viaSwarm));
+  assert.equal(`${viaSwarm.text}\n`, local16, 'the same text as local generation');
+  assert.equal(viaSwarm.routes.at(-1).route, 'swarm');
+  assert.match(viaSwarm.routes.at(-1).reason, /generates .* through the swarm/);
+  const stepsAfter = await Promise.all(pages.map((p) => p.evaluate(() => window.span.contribution.steps)));
+  for (const i of [0, 1]) assert.ok(stepsAfter[i] >= stepsBefore[i] + 16, `page ${i} served the API's steps: ${stepsBefore} → ${stepsAfter}`);
+  await third.close();
 
   // The second page withdraws mid-generation: it drains. It is the only server of 15..30,
   // so the generation can only finish if the page keeps answering the session it has open:
