@@ -243,11 +243,18 @@ impl WasmGeneration {
     }
 }
 
-/// Runs `f` on a thread of the engine's pool (the `threads` module): every matmul it starts
-/// is then split with rayon's `join` between that thread and the others, which steal their
-/// half, instead of being injected from outside and waited for — one wake-up of the
-/// calling thread per step rather than one per matmul, which is what decode's small matmuls
-/// could not afford. Without threads, `f` runs here.
+/// Runs `f` on a thread of the engine's pool (the `threads` module) while every other
+/// thread of the pool spins on rayon's `yield_now`, taking the jobs of each matmul as they
+/// are spawned — instead of sleeping between matmuls and being woken for each: decode's
+/// matmuls are small (a fraction of a millisecond, about 120 a token) and a wake-up cost
+/// what the second thread gained. The calling thread waits once per step. Without threads,
+/// `f` runs here.
+///
+/// A spinner must never sit above a job that waits (that thread would spin until the step
+/// ends, and the step would wait for it): on wasm32 kwaainet-core's `run_tasks` spawns only
+/// leaf jobs, which never wait, so whatever a thread runs before or inside its spinner has
+/// ended by the time it spins; the spinner itself is a broadcast, one per thread, queued
+/// before any work of the step.
 #[cfg(not(feature = "webgpu"))]
 fn in_pool<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(feature = "threads")]
@@ -262,8 +269,19 @@ fn in_pool<R>(f: impl FnOnce() -> R) -> R {
                 if Some(ctx.index()) == owner {
                     return;
                 }
+                // Spin while there is work; after a stretch without any, nap between looks
+                // (a futex wait with a timeout), so that on a busy device the spinners give
+                // their core back to the thread that has the step's serial work.
+                let mut idle = 0u32;
                 while !flag.load(Ordering::Acquire) {
-                    let _ = rayon::yield_now();
+                    if let Some(rayon::Yield::Executed) = rayon::yield_now() {
+                        idle = 0;
+                    } else {
+                        idle = idle.saturating_add(1);
+                        if idle > SPINS_BEFORE_NAP {
+                            std::thread::sleep(NAP);
+                        }
+                    }
                 }
             });
             let r = Handover((f.into_inner())());
@@ -274,6 +292,12 @@ fn in_pool<R>(f: impl FnOnce() -> R) -> R {
     }
     f()
 }
+
+/// Looks for work a spinner makes before it starts napping between looks, and the nap.
+#[cfg(feature = "threads")]
+const SPINS_BEFORE_NAP: u32 = 256;
+#[cfg(feature = "threads")]
+const NAP: std::time::Duration = std::time::Duration::from_micros(20);
 
 /// A value handed to one pool thread and back while its owner waits: the engine's state is
 /// `Rc`-shared (`engine::Shared`), so not `Send`, but during `in_pool` only one thread

@@ -258,7 +258,7 @@ pub(crate) fn threads() -> usize {
 }
 
 /// Runs `f` on every task, spread over the current pool's threads.
-#[cfg(feature = "threads")]
+#[cfg(all(feature = "threads", not(target_arch = "wasm32")))]
 pub(crate) fn run_tasks<T: Send, F>(tasks: &mut [T], f: F)
 where
     F: Fn(&mut T) + Sync + Send,
@@ -269,6 +269,28 @@ where
     } else {
         tasks.par_iter_mut().for_each(&f);
     }
+}
+
+/// Runs `f` on every task, spread over the current pool's threads: each task a job of its
+/// own, which runs to its end without waiting on anything (no nested `join`, as
+/// `par_iter` splits). The browser's multi-threaded engine relies on that: while a step
+/// runs, its other threads spin, taking jobs as they appear (engine/wasm's `in_pool`), and
+/// a thread that waited inside a job could be caught in that spin.
+#[cfg(all(feature = "threads", target_arch = "wasm32"))]
+pub(crate) fn run_tasks<T: Send, F>(tasks: &mut [T], f: F)
+where
+    F: Fn(&mut T) + Sync + Send,
+{
+    if rayon::current_num_threads() <= 1 || tasks.len() <= 1 {
+        tasks.iter_mut().for_each(f);
+        return;
+    }
+    let f = &f;
+    rayon::scope(|s| {
+        for task in tasks.iter_mut() {
+            s.spawn(move |_| f(task));
+        }
+    });
 }
 
 /// Runs `f` on every task (one thread: the `threads` feature is off).
