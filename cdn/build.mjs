@@ -4,6 +4,7 @@
 //   distributed-ai.js      IIFE behind the one-line <script> tag (window.KwaaiNet, window.kwaainet)
 //   kwaainet.mjs           the SDK's public API (sdk-ts/src/index.ts) as one ES module
 //   kwaainet-worker.js     dedicated-worker engine host (classic script, engine glue inlined)
+//   kwaainet-worker-st.js  the same without the multi-threaded engine: the npm package's copy
 //   kwaainet-sw.js         service-worker engine host (classic script, both engines' glue inlined)
 //   kwaainet_wasm.js       engine glue as an ES module (the in-page host imports it)   } from
 //   kwaainet_wasm_bg.wasm  the CPU engine                                               } dist/engine/
@@ -68,6 +69,7 @@ const WEBGPU_GLUE = 'kwaainet_wasm_webgpu.js';
 const WEBGPU_WASM = 'kwaainet_wasm_webgpu_bg.wasm';
 const P2P_GLUE = 'kwaainet_p2p.js';
 const P2P_WASM = 'kwaainet_p2p_bg.wasm';
+const WORKER_ST = 'kwaainet-worker-st.js';
 const MT_GLUE = 'kwaainet_wasm_mt.js';
 const MT_WASM = 'kwaainet_wasm_mt_bg.wasm';
 const MT_WORKERS = 'kwaainet_wasm_mt_workers.js';
@@ -165,6 +167,13 @@ async function buildInto(dir) {
   // 1. The hosts.
   for (const [entry, out] of [['worker.ts', 'kwaainet-worker.js'], ['sw.ts', 'kwaainet-sw.js']]) {
     await emit({ entryPoints: [join(root, 'service-worker', 'src', entry)], format: 'iife', plugins: [gluePlugin] }, dir, out);
+  }
+  // The npm package's dedicated-worker host: without the multi-threaded engine (the package
+  // does not ship it), so with no dynamic import() at all, which Vite's dev server would
+  // rewrite into a static import a classic worker cannot run.
+  await emit({ entryPoints: [join(root, 'service-worker', 'src', 'worker-st.ts')], format: 'iife', plugins: [gluePlugin] }, dir, WORKER_ST);
+  if (/\bimport\s*\(/.test(readFileSync(join(dir, WORKER_ST), 'utf8'))) {
+    throw new Error(`cdn: ${WORKER_ST} still holds a dynamic import()`);
   }
 
   // The serving worker: an ES module (it imports the serve engine's glue by URL).

@@ -3,7 +3,8 @@
 // sdk-ts/dist/ next to the SDK's modules, under the CDN folder's names, where packaged.ts
 // points at them with `new URL('./file', import.meta.url)` (what bundlers copy and rewrite):
 //
-//   kwaainet-worker.js, kwaainet-sw.js            the two engine hosts (classic scripts)
+//   kwaainet-worker.js, kwaainet-sw.js            the two engine hosts (classic scripts; the
+//                                                 worker is the CDN's kwaainet-worker-st.js)
 //   kwaainet_wasm.js, kwaainet_wasm_bg.wasm       the CPU engine (glue for the in-page host)
 //   kwaainet_wasm_webgpu.js, …_webgpu_bg.wasm     the WebGPU engine
 //   kwaainet_p2p.js, kwaainet_p2p_bg.wasm         the page-side P2P node
@@ -66,8 +67,12 @@ if (missing.length > 0) {
 const sri = (bytes) => `sha384-${createHash('sha384').update(bytes).digest('base64')}`;
 let total = 0;
 const sizes = [];
+// The package's dedicated-worker host is the CDN's single-threaded one (the package does
+// not ship the multi-threaded engine; that script holds no dynamic import() a dev server
+// would rewrite), under the name packaged.ts uses.
+const FROM = { 'kwaainet-worker.js': 'kwaainet-worker-st.js' };
 for (const name of SCRIPTS) {
-  const src = join(cdn, name);
+  const src = join(cdn, FROM[name] ?? name);
   if (!existsSync(src)) fail(`${src} is missing`);
   // The CDN's source maps stay on the CDN: a bundler copies this file as it is, and a
   // comment naming a map it never copied only gives DevTools a 404.

@@ -6,10 +6,10 @@
  * engine (its glue imported by URL, its pool a set of nested workers).
  */
 
-import { LocalEngine } from '../local-engine.js';
+import { LocalEngine, type LocalEngineOptions } from '../local-engine.js';
 import type { HostMessage } from '../protocol.js';
 import type { WasmEngineModule } from '../wasm-engine.js';
-import { glueLoader, probeWebGpuAdapter, threadedGlueLoader } from './glue.js';
+import { glueLoader, probeWebGpuAdapter } from './glue.js';
 import { EngineHostHandler } from './handler.js';
 
 interface WorkerScope {
@@ -17,10 +17,15 @@ interface WorkerScope {
   addEventListener(type: 'message', listener: (event: { data: unknown }) => void): void;
 }
 
-export function serveInWorker(glue: WasmEngineModule): EngineHostHandler {
+/** `loadThreaded`: the multi-threaded CPU engine's loader (`threadedGlueLoader()`), in the
+ *  CDN's host; the npm package's host goes without (service-worker/src/worker-st.ts), so
+ *  that its script holds no dynamic `import()` — a bundler's dev server (Vite) rewrites
+ *  those with a static import of its own, which a classic worker script cannot run. */
+export function serveInWorker(glue: WasmEngineModule, loadThreaded?: LocalEngineOptions['loadThreadedModule']): EngineHostHandler {
   const scope = globalThis as unknown as WorkerScope;
   const engine = new LocalEngine({
-    host: 'worker', loadModule: glueLoader(glue), loadThreadedModule: threadedGlueLoader(), probeGpu: () => probeWebGpuAdapter(),
+    host: 'worker', loadModule: glueLoader(glue), probeGpu: () => probeWebGpuAdapter(),
+    ...(loadThreaded && { loadThreadedModule: loadThreaded }),
   });
   const handler = new EngineHostHandler(engine);
   const connection = { send: (m: HostMessage) => scope.postMessage(m) };
