@@ -123,6 +123,8 @@ export class SpanService {
   private last: WasmSpanStats;
   private lastEmit = 0;
   private ended: WithdrawReason | null = null;
+  /** The trailing `contribution` event, when one is due within the second. */
+  private emitTimer: ReturnType<typeof setTimeout> | null = null;
   /** The drain under way (`withdraw()`), if one is. */
   private draining: Promise<void> | null = null;
   private readonly cleanups: (() => void)[] = [];
@@ -243,6 +245,7 @@ export class SpanService {
   private onReply(m: SpanWorkerReply): void {
     if (m.type === 'stats') {
       this.last = m.stats;
+      this.emitSoon();
       return;
     }
     if (m.type !== 'reply' && m.type !== 'reply-error') return;
@@ -255,11 +258,24 @@ export class SpanService {
     }
     this.last = m.stats;
     p?.resolve(m.frame);
-    const now = performance.now();
-    if (now - this.lastEmit >= 1000) {
-      this.lastEmit = now;
+    this.emitSoon();
+  }
+
+  /** A `contribution` event now, or — within a second of the last — when that second is up:
+   *  at most one a second, and never a last update left behind (a generation's final steps
+   *  often come within the second of the one before). */
+  private emitSoon(): void {
+    if (this.ended !== null || this.emitTimer !== null) return;
+    const wait = 1000 - (performance.now() - this.lastEmit);
+    if (wait <= 0) {
+      this.lastEmit = performance.now();
       this.events.emit('contribution', this.contribution);
+      return;
     }
+    this.emitTimer = setTimeout(() => {
+      this.emitTimer = null;
+      this.emitSoon();
+    }, wait);
   }
 
   private async fail(message: string): Promise<void> {
@@ -297,6 +313,8 @@ export class SpanService {
   async stop(reason: WithdrawReason, error?: KwaaiNetError): Promise<void> {
     if (this.ended !== null) return;
     this.ended = reason;
+    if (this.emitTimer !== null) clearTimeout(this.emitTimer);
+    this.emitTimer = null;
     // No further step: open streams end now (clients fail over and replay elsewhere), new
     // ones are refused by protocol negotiation.
     try {
