@@ -84,7 +84,7 @@ const SPAN_WORKER = 'kwaainet-span-worker.js';
  * own URL and the glue's, so both only have to sit side by side.
  */
 function threadedEngine() {
-  if (!existsSync(join(threadsDir, GLUE)) || !existsSync(join(threadsDir, WASM))) return null;
+  if (!built(threadsDir)) return null;
   const glue = readFileSync(join(threadsDir, GLUE), 'utf8');
   const imports = [...glue.matchAll(/from '(\.\/snippets\/wasm-bindgen-rayon-[0-9a-f]+\/src\/workerHelpers\.no-bundler\.js)'/g)];
   if (imports.length !== 1) throw new Error(`cdn: ${join(threadsDir, GLUE)}: expected one import of wasm-bindgen-rayon's worker helper, found ${imports.length}`);
@@ -120,12 +120,21 @@ async function emit(options, dir, name) {
   }
 }
 
+/** Whether `from` holds a wasm-bindgen build (its glue and .wasm). */
+const built = (from) => existsSync(join(from, GLUE)) && existsSync(join(from, WASM));
+
+/** Copies the build in `from` into `dir` under the bundle's names for it. */
+function copyModule(from, dir, glueName, wasmName) {
+  copyFileSync(join(from, WASM), join(dir, wasmName));
+  copyFileSync(join(from, GLUE), join(dir, glueName));
+}
+
 async function buildInto(dir) {
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
-  const haveEngine = existsSync(join(engineDir, GLUE)) && existsSync(join(engineDir, WASM));
+  const haveEngine = built(engineDir);
   const glue = haveEngine ? join(engineDir, GLUE) : join(root, 'service-worker', 'src', 'engine-missing.ts');
-  const haveWebgpu = existsSync(join(webgpuDir, GLUE)) && existsSync(join(webgpuDir, WASM));
+  const haveWebgpu = built(webgpuDir);
   // `kwaainet-webgpu-glue` (service-worker/src/glue.d.ts): the WebGPU glue's namespace, or null.
   const webgpuModule = haveWebgpu
     ? `import * as glue from ${JSON.stringify(join(webgpuDir, GLUE))};\nexport const webgpuGlue = glue;\n`
@@ -138,24 +147,12 @@ async function buildInto(dir) {
       b.onLoad({ filter: /.*/, namespace: 'kwaainet' }, () => ({ contents: webgpuModule, loader: 'js', resolveDir: root }));
     },
   };
-  if (haveEngine) {
-    copyFileSync(join(engineDir, WASM), join(dir, WASM));
-    copyFileSync(join(engineDir, GLUE), join(dir, GLUE));
-  }
-  if (haveWebgpu) {
-    copyFileSync(join(webgpuDir, WASM), join(dir, WEBGPU_WASM));
-    copyFileSync(join(webgpuDir, GLUE), join(dir, WEBGPU_GLUE));
-  }
-  const haveP2p = existsSync(join(p2pDir, GLUE)) && existsSync(join(p2pDir, WASM));
-  if (haveP2p) {
-    copyFileSync(join(p2pDir, WASM), join(dir, P2P_WASM));
-    copyFileSync(join(p2pDir, GLUE), join(dir, P2P_GLUE));
-  }
-  const haveServe = existsSync(join(serveDir, GLUE)) && existsSync(join(serveDir, WASM));
-  if (haveServe) {
-    copyFileSync(join(serveDir, WASM), join(dir, SERVE_WASM));
-    copyFileSync(join(serveDir, GLUE), join(dir, SERVE_GLUE));
-  }
+  if (haveEngine) copyModule(engineDir, dir, GLUE, WASM);
+  if (haveWebgpu) copyModule(webgpuDir, dir, WEBGPU_GLUE, WEBGPU_WASM);
+  const haveP2p = built(p2pDir);
+  if (haveP2p) copyModule(p2pDir, dir, P2P_GLUE, P2P_WASM);
+  const haveServe = built(serveDir);
+  if (haveServe) copyModule(serveDir, dir, SERVE_GLUE, SERVE_WASM);
   const mt = threadedEngine();
   const haveThreads = mt !== null;
   if (mt) {

@@ -143,6 +143,16 @@ async function readText(res: Response, call: Call, max: number): Promise<string>
   return new TextDecoder().decode(bytes);
 }
 
+/** The answer's body as JSON (bounded), or a ProtocolError saying it is not. */
+async function readJson(res: Response, call: Call): Promise<unknown> {
+  const text = await readText(res, call, MAX_BODY_BYTES);
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    throw new ProtocolError(`${call.where}: the answer is not JSON (${describe(text)})`);
+  }
+}
+
 async function httpError(res: Response, call: Call): Promise<NodeApiError> {
   const text = await readText(res, call, MAX_ERROR_BODY_BYTES).catch(() => '');
   let body: unknown = null;
@@ -199,14 +209,7 @@ export class NodeApi {
   async json<T>(path: string, body: Record<string, unknown>, signal: AbortSignal): Promise<T> {
     const { res, call } = await this.send(path, body, signal, 'application/json');
     try {
-      const text = await readText(res, call, MAX_BODY_BYTES);
-      let value: unknown;
-      try {
-        value = JSON.parse(text);
-      } catch {
-        throw new ProtocolError(`${call.where}: the answer is not JSON (${describe(text)})`);
-      }
-      return answer<T>(value, call, res.status);
+      return answer<T>(await readJson(res, call), call, res.status);
     } catch (err) {
       throw call.error(err);
     } finally {
@@ -268,13 +271,7 @@ export class NodeApi {
   async models(signal: AbortSignal): Promise<NodeModel[]> {
     const { res, call } = await this.send('models', null, signal, 'application/json');
     try {
-      const text = await readText(res, call, MAX_BODY_BYTES);
-      let value: unknown;
-      try {
-        value = JSON.parse(text);
-      } catch {
-        throw new ProtocolError(`${call.where}: the answer is not JSON (${describe(text)})`);
-      }
+      const value = await readJson(res, call);
       if (!isRecord(value) || !Array.isArray(value.data)) throw new ProtocolError(`${call.where}: expected a model list, got ${describe(value)}`);
       return value.data.slice(0, MAX_NODE_MODELS).flatMap((m: unknown): NodeModel[] => {
         if (!isRecord(m) || typeof m.id !== 'string' || (m.backend !== 'local' && m.backend !== 'swarm')) return [];
