@@ -70,8 +70,9 @@ step_rust-tests() {
         echo "no lavapipe ($lvp): wgpu tests may skip"
     fi
     cargo test --workspace --release
-    # A page's span server between native spans (kwaainet-wasm's `serve` feature).
-    cargo test --release -p kwaainet-wasm --features serve --test span
+    # A page's span server between native spans, and a page's swarm client (kwaainet-wasm's
+    # `serve` feature).
+    cargo test --release -p kwaainet-wasm --features serve --test span --test swarm_client
 }
 
 step_api() {

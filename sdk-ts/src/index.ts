@@ -46,5 +46,6 @@ export {
 export type {
   ConsentGate, ServeSpanOptions, SpanContribution, SpanService, SpanServiceEvents, WithdrawReason,
 } from './serve.js';
+export type { PageSwarm, PageSwarmOptions, SwarmGenerationResult, SwarmReport } from './swarm.js';
 
 export type { ScriptTagConfig } from './script-tag.js';

@@ -41,6 +41,7 @@ import type {
 import { MAX_THREADS } from './protocol.js';
 import { DutyCycle, MIB, parseMaxResources, type MaxResources } from './resources.js';
 import type { KwaaiNetwork } from './network.js';
+import { swarmUnavailable, type PageSwarm, type PageSwarmOptions, type SwarmReport } from './swarm.js';
 import type { ServeSpanOptions, SpanContribution, SpanService } from './serve.js';
 import { SHA256_HEX, isRecord } from './validate.js';
 
@@ -93,6 +94,15 @@ export interface KwaaiNetOptions {
    *  (default 120 s). A non-streamed answer comes whole at the end, so it covers the whole
    *  generation. */
   endpointTimeoutMs?: number;
+  /** The page's P2P node (connected): `route: 'swarm'` then generates through the swarm from
+   *  this page — the model's embedding and head here, its blocks on span servers (native
+   *  nodes, other pages) — when the page is cross-origin isolated. Elsewhere `'swarm'` asks
+   *  the `endpoint` node, as without a network. */
+  network?: KwaaiNetwork;
+  /** The page's swarm client: where the model's servers are listed (a node's URL; default
+   *  `endpoint`, else this page's origin), the hidden-state codec (default 'f32': lossless),
+   *  its time limits, and the serve engine and serving worker (default: `baseUrl`'s). */
+  swarm?: Pick<PageSwarmOptions, 'directory' | 'codec' | 'openTimeoutMs' | 'stepTimeoutMs' | 'engine' | 'workerUrl' | 'workerIntegrity'>;
 }
 
 export type Status =
@@ -136,9 +146,12 @@ export interface EnvironmentalImpactEvent {
 
 /** Where a request went (every request; `route: 'auto'` says here what it picked). */
 export interface RouteEvent {
-  /** 'local': this page's engine; 'node': a node's API, the whole model there; 'swarm': a
-   *  node's API, generating through the swarm. */
+  /** 'local': this page's engine; 'node': a node's API, the whole model there; 'swarm':
+   *  through the swarm, the blocks on span servers. */
   route: 'local' | 'node' | 'swarm';
+  /** For 'swarm': where the embedding and head run — 'page' (this page, with `network`) or
+   *  'node' (a node's API, `kwaainet start --api swarm`). */
+  client?: 'page' | 'node';
   /** Why. */
   reason: string;
   /** The model asked for, if named. */
@@ -151,7 +164,12 @@ export interface KwaaiNetEvents {
   contribution: ContributionEvent;
   environmentalImpact: EnvironmentalImpactEvent;
   route: RouteEvent;
+  /** After each generation through the swarm from this page: its route, failovers, bytes. */
+  swarm: SwarmReport & { model: string };
 }
+
+/** Where a request runs: this page's engine, a node's API, or the page's swarm client. */
+type Target = { via: 'local' } | { via: 'node'; node: NodeApi } | { via: 'page-swarm' };
 
 /** How long a node's model list is trusted for routing. */
 const NODE_MODELS_TTL_MS = 30_000;
@@ -222,6 +240,8 @@ export class KwaaiNet {
   private restartPromise: Promise<Engine> | null = null;
   private loadPromise: Promise<EngineInfo> | null = null;
   private scheduler: DutyCycle | null = null;
+  /** The page's swarm client, once a request needed it. */
+  private swarmPromise: Promise<PageSwarm> | null = null;
   private disposed = false;
   private totalEnergyWh = 0;
   private readonly onPageHide = (): void => this.abortAll('the page was closed');
@@ -318,18 +338,35 @@ export class KwaaiNet {
     return this.node !== null && this.model === null;
   }
 
-  /** Where this request goes (the node client, or null: here), and the `route` event. */
-  private async route(options: RequestOptions | undefined, model: unknown, signal: AbortSignal | undefined): Promise<NodeApi | null> {
+  /** Why this page cannot be the swarm's client (null: it can). */
+  private pageSwarmUnavailable(): string | null {
+    if (!this.options.network) return 'no network (new KwaaiNet({ network }))';
+    if (!this.model) return 'no modelUrl (its embedding and head would run here)';
+    return swarmUnavailable();
+  }
+
+  /** Where this request goes, and the `route` event. */
+  private async route(options: RequestOptions | undefined, model: unknown, signal: AbortSignal | undefined): Promise<Target> {
     const asked = options?.route ?? (this.node ? 'node' : 'local');
     const name = typeof model === 'string' && model !== '' ? model : null;
-    const go = (route: RouteEvent['route'], reason: string): NodeApi | null => {
-      this.events.emit('route', { route, reason, model: name });
-      return route === 'local' ? null : this.node;
+    const go = (route: RouteEvent['route'], reason: string, client?: 'page' | 'node'): Target => {
+      this.events.emit('route', { route, reason, model: name, ...(client && { client }) });
+      if (route === 'local') return { via: 'local' };
+      return client === 'page' ? { via: 'page-swarm' } : { via: 'node', node: this.node as NodeApi };
     };
     const needNode = (): NodeApi => {
       if (!this.node) throw new InvalidArgumentError(`route "${asked}": this KwaaiNet has no endpoint (new KwaaiNet({ endpoint: 'http://…' }))`);
       return this.node;
     };
+    const viaNodeSwarm = async (node: NodeApi): Promise<Target> => {
+      const m = await this.nodeModel(node, name, signal);
+      if (m.backend !== 'swarm') {
+        throw new UnsupportedError(`route "swarm": the node at ${node.base.origin} runs ${m.id} whole, not through the swarm ` +
+          '(start it with `kwaainet start --api swarm`, or use route "node")');
+      }
+      return go('swarm', `the node at ${node.base.origin} generates ${m.id} through the swarm (embedding and head there, blocks on peers)`, 'node');
+    };
+    const here = this.pageSwarmUnavailable();
     switch (asked) {
       case 'local':
         if (this.nodeOnly()) throw new NotInitializedError('route "local": no modelUrl was given (this KwaaiNet only has an endpoint)');
@@ -338,25 +375,61 @@ export class KwaaiNet {
         needNode();
         return go('node', 'requested');
       case 'swarm': {
-        const node = needNode();
-        const m = await this.nodeModel(node, name, signal);
-        if (m.backend !== 'swarm') {
-          throw new UnsupportedError(`route "swarm": the node at ${node.base.origin} runs ${m.id} whole, not through the swarm ` +
-            '(start it with `kwaainet start --api swarm`, or use route "node")');
+        if (here === null) return go('swarm', 'requested: embedding and head in this page, the blocks on span servers', 'page');
+        if (!this.node) {
+          throw new UnsupportedError(`route "swarm": this page cannot generate through the swarm (${here}) and has no endpoint to ask`);
         }
-        return go('swarm', `the node at ${node.base.origin} generates ${m.id} through the swarm (embedding and head there, blocks on peers)`);
+        return viaNodeSwarm(this.node);
       }
       case 'auto': {
         if (this.model && this.modelInfo?.model) return go('local', 'the model is loaded in this page');
-        if (!this.node) return go('local', 'no node endpoint: the model loads in this page');
-        const m = await this.nodeModel(this.node, name, signal);
         const why = this.model ? 'the model is not loaded in this page (yet)' : 'this page has no model';
+        if (here === null) return go('swarm', `${why}: embedding and head here, the blocks on span servers`, 'page');
+        if (!this.node) return go('local', 'no node endpoint and no network: the model loads in this page');
+        const m = await this.nodeModel(this.node, name, signal);
         return go(m.backend === 'swarm' ? 'swarm' : 'node', `${why}: the node at ${this.node.base.origin} runs ${m.id} ` +
-          (m.backend === 'swarm' ? 'through the swarm' : 'whole'));
+          (m.backend === 'swarm' ? 'through the swarm' : 'whole'), m.backend === 'swarm' ? 'node' : undefined);
       }
       default:
         throw new InvalidArgumentError('route: "local", "node", "swarm" or "auto"');
     }
+  }
+
+  /** The page's swarm client, started on first use (the model's embedding and head). */
+  private pageSwarm(signal: AbortSignal | undefined): Promise<PageSwarm> {
+    const network = this.options.network;
+    if (!network || !this.model) return Promise.reject(new UnsupportedError(`route "swarm" from this page: ${this.pageSwarmUnavailable()}`));
+    let p = this.swarmPromise;
+    if (!p) {
+      const files = this.servingFiles({});
+      const swarm = this.options.swarm ?? {};
+      const directory = swarm.directory ?? this.node?.base.origin;
+      p = network.swarm({
+        modelUrl: this.model.url,
+        ...(this.model.sha256 !== undefined && { sha256: this.model.sha256 }),
+        ...files, ...swarm, ...(directory !== undefined && { directory }),
+        maxCtx: this.model.maxCtx, maxMemoryMiB: this.maxResources.memory, maxStorageMiB: this.maxResources.storage,
+        ...(signal && { signal }),
+      });
+      const started = p;
+      this.swarmPromise = started;
+      started.catch(() => {
+        if (this.swarmPromise === started) this.swarmPromise = null;
+      });
+    }
+    return p;
+  }
+
+  /** Runs a request on the page's swarm client, as a local engine (its report an event). */
+  private async swarmEngine(signal: AbortSignal | undefined): Promise<Pick<Engine, 'generate'>> {
+    const swarm = await this.pageSwarm(signal);
+    return {
+      generate: async (request, options) => {
+        const r = await swarm.generate(request, options);
+        this.events.emit('swarm', { ...r.swarm, model: swarm.modelId });
+        return r;
+      },
+    };
   }
 
   private nodeModels: { at: number; list: Promise<NodeModel[]> } | null = null;
@@ -533,49 +606,54 @@ export class KwaaiNet {
 
   private async create(params: ChatCompletionCreateParams, options?: RequestOptions):
     Promise<ChatCompletion | AsyncIterable<ChatCompletionChunk>> {
-    const node = await this.route(options, isRecord(params) ? params.model : undefined, requestSignal(params?.signal, options?.signal));
-    if (node) {
+    const target = await this.route(options, isRecord(params) ? params.model : undefined, requestSignal(params?.signal, options?.signal));
+    if (target.via === 'node') {
       // The node validates the rest, with its own limits.
       if (!isRecord(params) || !Array.isArray(params.messages)) throw new InvalidArgumentError('messages: expected an array');
-      return this.viaNode<ChatCompletion, ChatCompletionChunk>(node, 'chat/completions', params, requestSignal(params.signal, options?.signal));
+      return this.viaNode<ChatCompletion, ChatCompletionChunk>(target.node, 'chat/completions', params, requestSignal(params.signal, options?.signal));
     }
     // Validated before anything starts: a bad request never waits for the model.
     const request = toGenerateRequest(params);
     const signal = requestSignal(params.signal, options?.signal);
     if (params.stream === true) {
-      return this.runStream<ChatCompletionChunk>(params, signal, request, (meta) => buildChunk(meta, { role: 'assistant', content: '' }),
+      return this.runStream<ChatCompletionChunk>(target, params, signal, request, (meta) => buildChunk(meta, { role: 'assistant', content: '' }),
         (meta, text, ids) => buildChunk(meta, { content: text }, null, undefined, ids),
         (meta, r) => buildChunk(meta, {}, r.finishReason, r.usage));
     }
-    return this.runOnce(params, signal, request, (meta, r, ids) => buildCompletion(meta, r.text, r.finishReason, r.usage, ids));
+    return this.runOnce(target, params, signal, request, (meta, r, ids) => buildCompletion(meta, r.text, r.finishReason, r.usage, ids));
   }
 
   private async createText(params: CompletionCreateParams, options?: RequestOptions): Promise<Completion | AsyncIterable<Completion>> {
-    const node = await this.route(options, isRecord(params) ? params.model : undefined, requestSignal(params?.signal, options?.signal));
-    if (node) {
+    const target = await this.route(options, isRecord(params) ? params.model : undefined, requestSignal(params?.signal, options?.signal));
+    if (target.via === 'node') {
       if (!isRecord(params) || typeof params.prompt !== 'string') throw new InvalidArgumentError('prompt: expected a string');
-      return this.viaNode<Completion, Completion>(node, 'completions', params, requestSignal(params.signal, options?.signal));
+      return this.viaNode<Completion, Completion>(target.node, 'completions', params, requestSignal(params.signal, options?.signal));
     }
     const request = toPromptRequest(params);
     const signal = requestSignal(params.signal, options?.signal);
     if (params.stream === true) {
-      return this.runStream<Completion>(params, signal, request, null,
+      return this.runStream<Completion>(target, params, signal, request, null,
         (meta, text, ids) => buildTextCompletion(meta, text, null, undefined, ids),
         (meta, r) => buildTextCompletion(meta, '', r.finishReason, r.usage));
     }
-    return this.runOnce(params, signal, request, (meta, r, ids) => buildTextCompletion(meta, r.text, r.finishReason, r.usage, ids));
+    return this.runOnce(target, params, signal, request, (meta, r, ids) => buildTextCompletion(meta, r.text, r.finishReason, r.usage, ids));
   }
 
-  private async runOnce<T>(params: { model?: string }, signal: AbortSignal | undefined, request: GenerateRequest,
+  /** The engine a request runs on: this page's, or the page's swarm client. */
+  private engineFor(target: Target, signal: AbortSignal | undefined): Promise<Pick<Engine, 'generate'>> {
+    return target.via === 'page-swarm' ? this.swarmEngine(signal) : this.engineReady(signal);
+  }
+
+  private async runOnce<T>(target: Target, params: { model?: string }, signal: AbortSignal | undefined, request: GenerateRequest,
     build: (meta: CompletionMeta, result: GenerationResult, ids: number[]) => T): Promise<T> {
     throwIfAborted(signal);
-    const engine = await this.engineReady(signal);
+    const engine = await this.engineFor(target, signal);
     const controller = this.track(signal);
     try {
       const t0 = performance.now();
       const ids: number[] = [];
       const result = await engine.generate(request, { signal: controller.signal, onChunk: (_t, _n, tokens) => ids.push(...tokens) });
-      this.recordImpact(performance.now() - t0);
+      if (target.via === 'local') this.recordImpact(performance.now() - t0);
       return build(this.meta(params), result, ids);
     } catch (err) {
       throw await this.failure(err, controller.signal);
@@ -584,12 +662,12 @@ export class KwaaiNet {
     }
   }
 
-  private async runStream<T>(params: { model?: string }, signal: AbortSignal | undefined, request: GenerateRequest,
+  private async runStream<T>(target: Target, params: { model?: string }, signal: AbortSignal | undefined, request: GenerateRequest,
     first: ((meta: CompletionMeta) => T) | null,
     piece: (meta: CompletionMeta, text: string, ids: number[]) => T,
     last: (meta: CompletionMeta, result: GenerationResult) => T): Promise<AsyncIterable<T>> {
     throwIfAborted(signal);
-    const engine = await this.engineReady(signal);
+    const engine = await this.engineFor(target, signal);
     throwIfAborted(signal);
     const controller = this.track(signal);
     const meta = this.meta(params);
@@ -600,7 +678,7 @@ export class KwaaiNet {
       signal: controller.signal,
       onChunk: (text, _n, ids) => stream.push(piece(meta, text, ids)),
     }).then((result) => {
-      this.recordImpact(performance.now() - t0);
+      if (target.via === 'local') this.recordImpact(performance.now() - t0);
       stream.push(last(meta, result));
       stream.end();
     }, async (err: unknown) => stream.end(await this.failure(err, controller.signal)))
@@ -709,18 +787,7 @@ export class KwaaiNet {
     const modelUrl = options.modelUrl ?? this.model?.url;
     if (modelUrl === undefined) throw new InvalidArgumentError('modelUrl: this instance has no model; pass the GGUF to serve');
     const sha256 = options.sha256 ?? (options.modelUrl === undefined ? this.model?.sha256 : undefined);
-    const u = this.urls;
-    const files = u && u.spanWorker !== null && u.serveGlue !== null ? {
-      ...(options.workerUrl === undefined && {
-        workerUrl: u.spanWorker, ...(u.spanWorkerIntegrity !== undefined && { workerIntegrity: u.spanWorkerIntegrity }),
-      }),
-      ...(options.engine === undefined && {
-        engine: {
-          moduleUrl: u.serveGlue, ...(u.serveWasm !== null && { wasmUrl: u.serveWasm }),
-          ...(u.serveWasmIntegrity !== undefined && { wasmIntegrity: u.serveWasmIntegrity }),
-        },
-      }),
-    } : {};
+    const files = this.servingFiles(options);
     await this.consent.ask(options.signal);
     this.consent.assertGranted();
     const span = await network.serveSpan({
@@ -733,6 +800,24 @@ export class KwaaiNet {
     span.on('contribution', forward);
     forward(span.contribution);
     return span;
+  }
+
+  /** The serving worker and serve engine of this instance's `baseUrl`, where `options` does
+   *  not name its own (none: the SDK's defaults). */
+  private servingFiles(options: Pick<ServeSpanOptions, 'workerUrl' | 'engine'>): Pick<ServeSpanOptions, 'workerUrl' | 'workerIntegrity' | 'engine'> {
+    const u = this.urls;
+    if (!u || u.spanWorker === null || u.serveGlue === null) return {};
+    return {
+      ...(options.workerUrl === undefined && {
+        workerUrl: u.spanWorker, ...(u.spanWorkerIntegrity !== undefined && { workerIntegrity: u.spanWorkerIntegrity }),
+      }),
+      ...(options.engine === undefined && {
+        engine: {
+          moduleUrl: u.serveGlue, ...(u.serveWasm !== null && { wasmUrl: u.serveWasm }),
+          ...(u.serveWasmIntegrity !== undefined && { wasmIntegrity: u.serveWasmIntegrity }),
+        },
+      }),
+    };
   }
 
   /**
@@ -800,6 +885,9 @@ export class KwaaiNet {
     globalThis.removeEventListener?.('pagehide', this.onPageHide);
     const engine = this.choice?.engine;
     this.choice = null;
+    const swarm = this.swarmPromise;
+    this.swarmPromise = null;
+    void swarm?.then((c) => c.close(), () => {});
     await engine?.dispose();
     this.events.emit('status', { state: 'disposed' });
     this.events.clear();

@@ -15,6 +15,7 @@
  * first text arrives as soon as the prefill is done.
  */
 
+import { startRequest } from './start-request.js';
 import {
   AbortError, BackendLostError, EngineError, KwaaiNetError, UnsupportedError, abortErrorFrom, throwIfAborted,
   toKwaaiNetError,
@@ -32,7 +33,7 @@ import { MAX_THREADS } from './protocol.js';
 import { assertModelFits } from './resources.js';
 import { isRecord } from './validate.js';
 import type {
-  WasmEngine, WasmEngineInfo, WasmEngineModule, WasmGeneration, WasmStartRequest, WasmStepResult,
+  WasmEngine, WasmEngineInfo, WasmEngineModule, WasmGeneration, WasmStepResult,
 } from './wasm-engine.js';
 
 export interface LocalEngineOptions {
@@ -674,16 +675,7 @@ export class LocalEngine implements Engine {
       // A device lost between requests: move before starting.
       const lostBefore = loaded.backend === 'webgpu' ? loaded.engine.deviceLost?.() : undefined;
       if (lostBefore) await this.moveToCpu(loaded, lostBefore);
-      const start: WasmStartRequest = request.prompt !== undefined
-        ? { prompt: request.prompt }
-        : { messages: (request.messages ?? []).map((m) => ({ role: m.role, content: m.content })) };
-      if (request.max_tokens !== undefined) start.max_tokens = request.max_tokens;
-      if (request.temperature !== undefined) start.temperature = request.temperature;
-      if (request.top_k !== undefined) start.top_k = request.top_k;
-      if (request.top_p !== undefined) start.top_p = request.top_p;
-      if (request.repeat_penalty !== undefined) start.repeat_penalty = request.repeat_penalty;
-      if (request.seed !== undefined) start.seed = request.seed;
-      if (request.stop !== undefined) start.stop = [...request.stop];
+      const start = startRequest(request);
       const t0 = this.now();
       let generation: WasmGeneration;
       try {
@@ -822,3 +814,4 @@ export class LocalEngine implements Engine {
     this.unload();
   }
 }
+

@@ -26,6 +26,7 @@ import { DisposedError, InvalidArgumentError, P2pError, UnsupportedError, abortE
 import { Emitter } from './events.js';
 import type { WasmP2pEvent, WasmP2pModule, WasmP2pNode } from './wasm-p2p.js';
 import { serveSpan, type ServeSpanOptions, type SpanService } from './serve.js';
+import { PageSwarm, type PageSwarmOptions } from './swarm.js';
 import { guardWebRtcHandlers } from './webrtc-guard.js';
 
 /** Largest message payload (the `/kwaainet/msg/1.0.0` limit). */
@@ -214,6 +215,8 @@ export class KwaaiNetwork {
     moduleUrl: string; wasmUrl: string; wasmIntegrity: string | undefined;
   };
   private node: WasmP2pNode | null = null;
+  /** Swarm clients started on this node (closed with it). */
+  private readonly swarms = new Set<PageSwarm>();
   private span: SpanService | null = null;
   /** A serveSpan call is under way (one span per page). */
   private spanStarting = false;
@@ -443,6 +446,23 @@ export class KwaaiNetwork {
     return span;
   }
 
+  /**
+   * A swarm client of this page (swarm.ts): the model's embedding and head load in a worker
+   * of their own, and `generate()` runs its blocks on the swarm's span servers, through
+   * inference streams this node opens. Needs a cross-origin-isolated page. Closed with the
+   * network.
+   */
+  async swarm(options: PageSwarmOptions): Promise<PageSwarm> {
+    const node = this.live();
+    const swarm = await PageSwarm.start(node, options);
+    if (this.node !== node) {
+      swarm.close();
+      throw new DisposedError('This KwaaiNetwork was closed');
+    }
+    this.swarms.add(swarm);
+    return swarm;
+  }
+
   /** The span this page serves, if any. */
   get servedSpan(): SpanService | null {
     return this.span;
@@ -454,6 +474,8 @@ export class KwaaiNetwork {
   }
 
   private release(): void {
+    for (const s of this.swarms) s.close();
+    this.swarms.clear();
     void this.span?.stop('network-closed');
     this.span = null;
     const node = this.node;

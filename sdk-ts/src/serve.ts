@@ -349,7 +349,7 @@ function checkInt(name: string, v: number | undefined, min: number, max: number)
  *  with their hashes where the build baked them. A workspace build ships no bundled worker:
  *  its own `host/span-worker.js` then. The script tag's bundle has no module URL of its own:
  *  there `KwaaiNet.serveSpan` passes its `baseUrl`'s files, or the page passes them. */
-function packagedServing(): { worker: string; workerIntegrity?: string; engine?: ServeSpanOptions['engine'] } {
+export function packagedServing(): { worker: string; workerIntegrity?: string; engine?: ServeSpanOptions['engine'] } {
   const urls = packagedHostUrls(null);
   if (urls && urls.spanWorker !== null && urls.serveGlue !== null && (urls.serveWasmIntegrity !== undefined || urls.workerIntegrity !== undefined)) {
     return {
@@ -369,6 +369,81 @@ function packagedServing(): { worker: string; workerIntegrity?: string; engine?:
   }
 }
 
+function pageBase(): string | undefined {
+  return typeof location === 'undefined' ? undefined : location.href;
+}
+
+/** The serving module's files as a worker's load message names them. */
+interface ServingFiles {
+  glueUrl: string;
+  wasmUrl: string;
+  wasmIntegrity?: string;
+}
+
+/**
+ * @internal The serving worker, loaded: its script and the serve engine resolved (the
+ * packaged files unless given), the worker started, `load(files)` sent, and its answer of
+ * type `expect` awaited (a `load-error` rejects, as do `timeoutMs` (default 120 s) and
+ * `signal`; the worker is then ended).
+ */
+export async function loadServingWorker<T extends 'loaded' | 'client-loaded'>(
+  o: {
+    engine: ServeSpanOptions['engine'];
+    packaged: ReturnType<typeof packagedServing> | null;
+    workerUrl?: string | URL | undefined;
+    workerIntegrity?: string | undefined;
+    timeoutMs?: number | undefined;
+    signal?: AbortSignal | undefined;
+    /** What is loading, for messages. */
+    what: string;
+    expect: T;
+  },
+  load: (files: ServingFiles) => SpanWorkerRequest,
+): Promise<{ worker: Worker; loaded: Extract<SpanWorkerReply, { type: T }> }> {
+  const engine = o.engine;
+  if (!engine || engine.moduleUrl === undefined) {
+    throw new InvalidArgumentError('engine.moduleUrl: the engine module built with the span server (dist/engine-serve/kwaainet_wasm.js)');
+  }
+  const base = pageBase();
+  const glueUrl = new URL(engine.moduleUrl, base).href;
+  const wasmUrl = new URL(engine.wasmUrl ?? 'kwaainet_wasm_bg.wasm', engine.wasmUrl === undefined ? glueUrl : base).href;
+  const workerUrl = o.workerUrl === undefined ? (o.packaged as { worker: string }).worker : new URL(o.workerUrl, base).href;
+  const workerIntegrity = o.workerUrl === undefined ? o.packaged?.workerIntegrity : o.workerIntegrity;
+  const worker = await spawnWorker(workerUrl, workerIntegrity, { type: 'module', name: 'kwaainet-span' },
+    (status) => new KwaaiNetError('engine', `fetching the serving worker's script: HTTP ${status}`));
+  const timeoutMs = o.timeoutMs ?? 120_000;
+  try {
+    const loaded = await new Promise<Extract<SpanWorkerReply, { type: T }>>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new KwaaiNetError('engine', `${o.what} did not load within ${timeoutMs} ms`)), timeoutMs);
+      const onAbort = (): void => reject(abortErrorFrom(o.signal as AbortSignal));
+      o.signal?.addEventListener('abort', onAbort, { once: true });
+      const done = (): void => {
+        clearTimeout(timer);
+        o.signal?.removeEventListener('abort', onAbort);
+      };
+      worker.onerror = (e) => {
+        done();
+        reject(new KwaaiNetError('engine', `the serving worker failed to start: ${e.message}`));
+      };
+      worker.onmessage = (e: MessageEvent<SpanWorkerReply>) => {
+        const m = e.data;
+        if (m.type === o.expect) {
+          done();
+          resolve(m as Extract<SpanWorkerReply, { type: T }>);
+        } else if (m.type === 'load-error') {
+          done();
+          reject(errorFromWire(m.code, `loading ${o.what}: ${m.message}`));
+        }
+      };
+      worker.postMessage(load({ glueUrl, wasmUrl, ...(engine.wasmIntegrity !== undefined && { wasmIntegrity: engine.wasmIntegrity }) }));
+    });
+    return { worker, loaded };
+  } catch (err) {
+    worker.terminate();
+    throw err;
+  }
+}
+
 /** @internal `KwaaiNetwork.serveSpan`'s work, on the node it holds. */
 export async function serveSpan(node: WasmP2pNode, options: ServeSpanOptions, onEnd: () => void): Promise<SpanService> {
   if (options === null || typeof options !== 'object') throw new InvalidArgumentError('options must be an object');
@@ -383,9 +458,6 @@ export async function serveSpan(node: WasmP2pNode, options: ServeSpanOptions, on
   }
   const packaged = options.engine === undefined || options.workerUrl === undefined ? packagedServing() : null;
   const engine = options.engine ?? packaged?.engine;
-  if (!engine || engine.moduleUrl === undefined) {
-    throw new InvalidArgumentError('engine.moduleUrl: the engine module built with the span server (dist/engine-serve/kwaainet_wasm.js)');
-  }
   const consent = options.consent;
   if (!consent || typeof consent.onChange !== 'function') throw new InvalidArgumentError('consent: the visitor\'s consent (a ConsentManager)');
   if (!consent.granted) throw new ConsentRequiredError('Serving a span to the network needs the visitor\'s consent');
@@ -394,53 +466,17 @@ export async function serveSpan(node: WasmP2pNode, options: ServeSpanOptions, on
   if (!Number.isFinite(limits.memory) || limits.memory < 64) throw new InvalidArgumentError(`maxResources.memory: ${limits.memory} MiB is below 64`);
   throwIfAborted(options.signal);
 
-  const base = typeof location === 'undefined' ? undefined : location.href;
-  const glueUrl = new URL(engine.moduleUrl, base).href;
-  const wasmUrl = new URL(engine.wasmUrl ?? 'kwaainet_wasm_bg.wasm', engine.wasmUrl === undefined ? glueUrl : base).href;
-  const workerUrl = options.workerUrl === undefined ? (packaged as { worker: string }).worker : new URL(options.workerUrl, base).href;
-  const workerIntegrity = options.workerUrl === undefined ? packaged?.workerIntegrity : options.workerIntegrity;
-  const worker = await spawnWorker(workerUrl, workerIntegrity, { type: 'module', name: 'kwaainet-span' },
-    (status) => new KwaaiNetError('engine', `fetching the serving worker's script: HTTP ${status}`));
-  const timeoutMs = options.timeoutMs ?? 120_000;
-  let loaded: Extract<SpanWorkerReply, { type: 'loaded' }>;
-  try {
-    loaded = await new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new KwaaiNetError('engine', `the span did not load within ${timeoutMs} ms`)), timeoutMs);
-      const onAbort = (): void => reject(abortErrorFrom(options.signal as AbortSignal));
-      options.signal?.addEventListener('abort', onAbort, { once: true });
-      const done = (): void => {
-        clearTimeout(timer);
-        options.signal?.removeEventListener('abort', onAbort);
-      };
-      worker.onerror = (e) => {
-        done();
-        reject(new KwaaiNetError('engine', `the serving worker failed to start: ${e.message}`));
-      };
-      worker.onmessage = (e: MessageEvent<SpanWorkerReply>) => {
-        const m = e.data;
-        if (m.type === 'loaded') {
-          done();
-          resolve(m);
-        } else if (m.type === 'load-error') {
-          done();
-          reject(errorFromWire(m.code, `loading blocks ${start}..${end}: ${m.message}`));
-        }
-      };
-      const load: SpanWorkerRequest = {
-        type: 'load', glueUrl, wasmUrl, modelUrl: new URL(options.modelUrl, base).href,
-        maxBytes: limits.memory * MIB, maxStorageBytes: limits.storage * MIB, start, end,
-        ...(engine.wasmIntegrity !== undefined && { wasmIntegrity: engine.wasmIntegrity }),
-        ...(options.sha256 !== undefined && { sha256: options.sha256 }),
-        ...(cacheTokens !== undefined && { cacheTokens }),
-        ...(maxLength !== undefined && { maxLength }),
-        ...(maxSessions !== undefined && { maxSessions }),
-      };
-      worker.postMessage(load);
-    });
-  } catch (err) {
-    worker.terminate();
-    throw err;
-  }
+  const { worker, loaded } = await loadServingWorker({
+    engine, packaged, workerUrl: options.workerUrl, workerIntegrity: options.workerIntegrity, timeoutMs: options.timeoutMs,
+    signal: options.signal, what: `blocks ${start}..${end}`, expect: 'loaded',
+  }, (files) => ({
+    type: 'load', ...files, modelUrl: new URL(options.modelUrl, pageBase()).href,
+    maxBytes: limits.memory * MIB, maxStorageBytes: limits.storage * MIB, start, end,
+    ...(options.sha256 !== undefined && { sha256: options.sha256 }),
+    ...(cacheTokens !== undefined && { cacheTokens }),
+    ...(maxLength !== undefined && { maxLength }),
+    ...(maxSessions !== undefined && { maxSessions }),
+  }));
   // Consent may have changed while it loaded.
   if (!consent.granted) {
     worker.terminate();

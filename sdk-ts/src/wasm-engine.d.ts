@@ -131,7 +131,43 @@ export interface WasmSpanServer {
   free(): void;
 }
 
+/** A server a swarm generation may route over (from the swarm's directory). */
+export interface WasmSwarmServer {
+  /** Its peer id. */
+  id: string;
+  start: number;
+  end: number;
+  /** Tokens per second through one block, as it announced. */
+  throughput?: number;
+  freeCache?: number;
+}
+
+/** Where a swarm generation went (`WasmSwarmClient.report()`). */
+export interface WasmSwarmReport {
+  route: { server: string; start: number; end: number }[];
+  steps: number;
+  failovers: number;
+  replays: number;
+  bytesSent: number;
+  bytesReceived: number;
+}
+
+/** A model's embedding and head, generating through span servers (engine/wasm
+ *  `WasmSwarmClient`, `serve` builds only). Its links are the worker's global
+ *  `kwaainetSwarmLinks` (host/link-bridge.ts). */
+export interface WasmSwarmClient {
+  readonly modelId: string;
+  readonly blocks: number;
+  readonly maxCtx: number;
+  start(request: WasmStartRequest, route: { servers: WasmSwarmServer[]; codec?: string; sessionId: string }): number;
+  step(id: number, maxTokens: number): WasmStepResult;
+  report(id: number): WasmSwarmReport | null;
+  end(): void;
+  free(): void;
+}
+
 /** The engine module built with the span server (`FEATURES=serve OUT=dist/engine-serve`). */
 export interface WasmServeModule extends WasmEngineModule {
   WasmSpanServer: new (bytes: Uint8Array, options: WasmSpanServerOptions) => WasmSpanServer;
+  WasmSwarmClient: new (bytes: Uint8Array, options: { modelId?: string; sha256?: string; maxCtx?: number }) => WasmSwarmClient;
 }

@@ -14,7 +14,7 @@ import { isRecord } from './validate.js';
 /** `engine::ErrorCode` (kebab-case). */
 export const WASM_ERROR_CODES = [
   'gguf', 'model', 'unsupported', 'tokenizer', 'template', 'invalid-argument', 'context-full', 'generation', 'webgpu',
-  'backend', 'memory', 'internal',
+  'backend', 'memory', 'swarm', 'internal',
 ] as const;
 export type WasmErrorCode = typeof WASM_ERROR_CODES[number];
 
@@ -59,6 +59,10 @@ export function fromWasmError(code: WasmErrorCode, err: unknown, during: string)
       return new UnsupportedError(`${during}: ${message}`, options);
     case 'memory':
       return new ModelTooLargeError(`${during}: ${code}: ${message}`, options);
+    case 'swarm':
+      // The servers' fault, not the engine's: no server covers some blocks, or failover
+      // gave up.
+      return new P2pError(`${during}: ${message}`, 'unreachable', options);
     case 'gguf':
     case 'model':
     case 'tokenizer':

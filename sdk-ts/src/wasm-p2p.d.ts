@@ -63,8 +63,22 @@ export interface WasmP2pNode {
   ): void;
   stopServing(): void;
   servingState(): { open: number; accepted: number } | null;
+  /** Opens an inference stream to the span server `peerId` as a client (connecting through
+   *  our relay's circuit, and at `addrs`, within `timeoutMs`). */
+  openInference(peerId: string, addrs: string[], timeoutMs: number): Promise<WasmInferenceStream>;
   /** Announces spans through the relay (an empty list withdraws them). */
   host(spans: WasmHostedSpan[], accelerator?: 'cpu' | 'webgpu'): Promise<void>;
+  free(): void;
+}
+
+/** A client's inference stream (engine/wasm-p2p client.rs). Errors carry a `kind`:
+ *  `closed`, `timeout` or `protocol`. */
+export interface WasmInferenceStream {
+  readonly server: string;
+  send(frame: Uint8Array, timeoutMs: number): Promise<void>;
+  /** The next reply frame; null when the server ended the stream. */
+  recv(maxPayload: number, timeoutMs: number): Promise<Uint8Array | null>;
+  close(): void;
   free(): void;
 }
 

@@ -5,6 +5,7 @@
  * that a finished, failed or aborted stream leaves no connection open.
  */
 import assert from 'node:assert/strict';
+import type { KwaaiNetwork } from '../src/network.js';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { inspect } from 'node:util';
@@ -466,7 +467,7 @@ describe('node API: routing', () => {
     assert.deepEqual(node.requests.map((r) => `${r.method} ${r.url}`), ['GET /v1/models', 'POST /v1/chat/completions']);
     assert.equal(node.requests[1]?.body.model, 'smol.gguf', 'the params go as they are');
     assert.deepEqual(routes.at(-1), {
-      route: 'swarm', model: 'smol.gguf',
+      route: 'swarm', model: 'smol.gguf', client: 'node',
       reason: `the node at ${origin} generates smol@ab12 through the swarm (embedding and head there, blocks on peers)`,
     });
     // 'auto' before the page's model is loaded: the node, through the swarm (its list is
@@ -499,11 +500,41 @@ describe('node API: routing', () => {
     assert.equal(seen.at(-1)?.route, 'node');
     await assert.rejects(whole.ai.chat.completions.create({ messages, model: 'llama-70b' }, { route: 'swarm' }),
       (e: unknown) => e instanceof InvalidArgumentError && /model "llama-70b": the node at .* does not offer it \(smol@ab12\)/.test(e.message));
-    // Without an endpoint: 'swarm' is an argument error, 'auto' loads the model here.
+    // Without an endpoint or a network: 'swarm' is refused, saying why; 'auto' loads the model here.
     const alone = kwaaiWithHosts();
     cleanup.push(alone.closeAll, () => alone.ai.dispose());
-    await assert.rejects(alone.ai.chat.completions.create({ messages }, { route: 'swarm' }), /route "swarm": this KwaaiNet has no endpoint/);
+    await assert.rejects(alone.ai.chat.completions.create({ messages }, { route: 'swarm' }),
+      (e: unknown) => e instanceof UnsupportedError &&
+        /route "swarm": this page cannot generate through the swarm \(no network .*\) and has no endpoint to ask/.test(e.message));
     assert.equal((await alone.ai.chat.completions.create({ messages }, { route: 'auto' })).choices[0]?.message.content, 'Echo: Hi!');
+  });
+
+  it("route: 'swarm' with a network runs in the page only where it can (cross-origin isolated): elsewhere the node's swarm, or a clear refusal", async () => {
+    const node = await fakeNode((res, seen) => {
+      if (seen.method === 'GET' && seen.url === '/v1/models') {
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({
+          object: 'list', data: [{ id: 'smol@ab12', object: 'model', backend: 'swarm', aliases: [] }],
+        }));
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(COMPLETION));
+    });
+    // Node is not a cross-origin-isolated page: the page's swarm client cannot run here.
+    const network = {} as KwaaiNetwork;
+    const k = kwaaiWithHosts({ endpoint: node.endpoint, network });
+    cleanup.push(k.closeAll, () => k.ai.dispose());
+    const routes: RouteEvent[] = [];
+    k.ai.on('route', (r) => routes.push(r));
+    assert.deepEqual(await k.ai.chat.completions.create({ messages }, { route: 'swarm' }), COMPLETION);
+    assert.equal(routes.at(-1)?.client, 'node');
+    assert.equal(k.pairs.length, 0, 'no host started');
+
+    const alone = kwaaiWithHosts({ network });
+    cleanup.push(alone.closeAll, () => alone.ai.dispose());
+    await assert.rejects(alone.ai.chat.completions.create({ messages }, { route: 'swarm' }),
+      (e: unknown) => e instanceof UnsupportedError && /cannot generate through the swarm \(the page is not cross-origin isolated/.test(e.message) &&
+        /no endpoint/.test(e.message));
+    assert.equal(alone.pairs.length, 0, 'a refused route starts nothing');
   });
 
   it('the API key is in no property, inspection or error of the instance', async () => {

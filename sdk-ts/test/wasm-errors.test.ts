@@ -22,7 +22,7 @@ describe('engine module errors', () => {
     const expected: Record<WasmErrorCode, new (...args: never[]) => KwaaiNetError> = {
       gguf: EngineError, model: EngineError, unsupported: UnsupportedError, tokenizer: EngineError, template: EngineError,
       'invalid-argument': InvalidArgumentError, 'context-full': InvalidArgumentError, generation: EngineError,
-      webgpu: EngineError, backend: EngineError, memory: ModelTooLargeError, internal: EngineError,
+      webgpu: EngineError, backend: EngineError, memory: ModelTooLargeError, swarm: P2pError, internal: EngineError,
     };
     assert.deepEqual(Object.keys(expected).sort(), [...WASM_ERROR_CODES].sort());
     for (const code of WASM_ERROR_CODES) {

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use kwaainet_p2p::Error;
 use kwaainet_p2p::browser::{self, BrowserConfig, BrowserEvent, BrowserHandle};
 use kwaainet_p2p::libp2p::identity::Keypair;
-use kwaainet_p2p::libp2p::{Multiaddr, PeerId};
+use kwaainet_p2p::libp2p::{Multiaddr, PeerId, StreamProtocol};
 use kwaainet_p2p::record::{Accelerator, ServedSpan, SpanState};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
@@ -29,7 +29,7 @@ const MAX_BACKOFF_MS: u64 = 5 * 60_000;
 const MAX_SERVE_WAIT_MS: u64 = 10 * 60_000;
 
 /// An `Error` named `KwaaiNetP2pError` with the message and `code`.
-fn err(code: P2pCode, e: impl std::fmt::Display) -> JsValue {
+pub(crate) fn err(code: P2pCode, e: impl std::fmt::Display) -> JsValue {
     let error = js_sys::Error::new(&e.to_string());
     error.set_name("KwaaiNetP2pError");
     // Setting a property on a fresh Error object cannot fail.
@@ -374,6 +374,65 @@ impl WasmP2pNode {
         future_to_promise(async move {
             let rec = h.ask_info(peer(&peer_id)?).await.map_err(p2p_err)?;
             json_to_js(&rec)
+        })
+    }
+
+    /// Opens an inference stream (`/kwaainet/inference/1.0.0`) to the span server `peer`, as
+    /// a client: connects first (through our relay's circuit, where the server is a page
+    /// with a reservation there, and at `addrs`, the addresses of its signed record a
+    /// browser can dial), within `timeoutMs` (default 10 s). Resolves with a
+    /// `WasmInferenceStream`.
+    #[wasm_bindgen(js_name = openInference, unchecked_return_type = "Promise<WasmInferenceStream>")]
+    pub fn open_inference(
+        &self,
+        #[wasm_bindgen(js_name = peerId)] peer_id: String,
+        addrs: Vec<String>,
+        #[wasm_bindgen(js_name = timeoutMs)] timeout_ms: f64,
+    ) -> js_sys::Promise {
+        let h = self.handle.clone();
+        future_to_promise(async move {
+            let server = peer(&peer_id)?;
+            if addrs.len() > browser::MAX_CONNECT_ADDRS {
+                return Err(err(
+                    P2pCode::InvalidArgument,
+                    format_args!(
+                        "{} addresses (max {})",
+                        addrs.len(),
+                        browser::MAX_CONNECT_ADDRS
+                    ),
+                ));
+            }
+            let addrs = addrs
+                .iter()
+                .map(|a| {
+                    a.parse::<Multiaddr>().map_err(|e| {
+                        err(P2pCode::InvalidArgument, format_args!("address {a:?}: {e}"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let limit = if timeout_ms.is_finite() && timeout_ms > 0.0 {
+                Duration::from_millis((timeout_ms as u64).min(MAX_DIAL_TIMEOUT_MS))
+            } else {
+                Duration::from_secs(10)
+            };
+            let open = Box::pin(h.open_stream(
+                server,
+                addrs,
+                StreamProtocol::new(kwaainet_swarm::protocol::PROTOCOL),
+            ));
+            match futures::future::select(open, futures_timer::Delay::new(limit)).await {
+                futures::future::Either::Left((Ok(stream), _)) => {
+                    Ok(crate::client::WasmInferenceStream::new(peer_id, stream).into())
+                }
+                futures::future::Either::Left((Err(e), _)) => Err(p2p_err(e)),
+                futures::future::Either::Right(_) => Err(err(
+                    P2pCode::Unreachable,
+                    format_args!(
+                        "no inference stream to {peer_id} within {} ms",
+                        limit.as_millis()
+                    ),
+                )),
+            }
         })
     }
 

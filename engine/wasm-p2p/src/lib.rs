@@ -11,6 +11,8 @@
 #[cfg(target_arch = "wasm32")]
 mod bindings;
 #[cfg(target_arch = "wasm32")]
+pub mod client;
+#[cfg(target_arch = "wasm32")]
 pub mod serve;
 #[cfg(target_arch = "wasm32")]
 pub use bindings::*;

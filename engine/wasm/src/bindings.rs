@@ -43,7 +43,7 @@ pub use wasm_bindgen_rayon::init_thread_pool;
 /// The JavaScript error for `e`: an `Error` named `KwaaiNetEngineError` whose message is the
 /// human part and whose `code` is the [`ErrorCode`]'s name, with `needed` and `max` (numbers)
 /// for a context overflow. The SDK maps `code` to its typed errors (`sdk-ts/src/local-engine.ts`).
-fn js_err(e: EngineError) -> JsValue {
+pub(crate) fn js_err(e: EngineError) -> JsValue {
     let err = js_sys::Error::new(&e.message);
     err.set_name("KwaaiNetEngineError");
     let set = |key: &str, value: JsValue| {
@@ -58,7 +58,7 @@ fn js_err(e: EngineError) -> JsValue {
     err.into()
 }
 
-fn options_err(what: &str, e: impl std::fmt::Display) -> JsValue {
+pub(crate) fn options_err(what: &str, e: impl std::fmt::Display) -> JsValue {
     js_err(EngineError::new(
         ErrorCode::InvalidArgument,
         format!("{what}: {e}"),
@@ -67,7 +67,7 @@ fn options_err(what: &str, e: impl std::fmt::Display) -> JsValue {
 
 /// Rejects keys of `obj` outside `allowed`: serde-wasm-bindgen reads only the fields a
 /// struct declares, so a misspelt option (`maxTokens`) would otherwise be ignored.
-fn check_keys(what: &str, obj: &JsValue, allowed: &[&str]) -> Result<(), JsValue> {
+pub(crate) fn check_keys(what: &str, obj: &JsValue, allowed: &[&str]) -> Result<(), JsValue> {
     let Some(obj) = obj.dyn_ref::<js_sys::Object>() else {
         return Err(options_err(what, "expected an object"));
     };
@@ -90,7 +90,7 @@ fn check_keys(what: &str, obj: &JsValue, allowed: &[&str]) -> Result<(), JsValue
 }
 
 /// Plain objects with `null` (not `undefined`) for absent values.
-fn to_js(v: &impl Serialize) -> Result<JsValue, JsValue> {
+pub(crate) fn to_js(v: &impl Serialize) -> Result<JsValue, JsValue> {
     let ser = serde_wasm_bindgen::Serializer::new().serialize_missing_as_null(true);
     v.serialize(&ser)
         .map_err(|e| js_err(EngineError::new(ErrorCode::Internal, e.to_string())))
@@ -324,7 +324,7 @@ impl<T> Handover<T> {
 unsafe impl<T> Send for Handover<T> {}
 
 /// `maxTokens` as a step count: a whole number >= 0; huge counts mean "until done".
-fn step_count(max_tokens: f64) -> Result<u32, JsValue> {
+pub(crate) fn step_count(max_tokens: f64) -> Result<u32, JsValue> {
     if !(max_tokens >= 0.0 && max_tokens.fract() == 0.0) {
         return Err(options_err(
             "maxTokens",

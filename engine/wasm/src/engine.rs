@@ -520,22 +520,9 @@ impl Engine {
             .ok_or_else(|| EngineError::new(ErrorCode::Internal, "the engine was freed"))?;
         on_runtime!(&mut loaded.rt, r => r.end());
         let opts = options(&req);
-        let messages: Vec<ChatMessage>;
-        let prompt = match (&req.prompt, &req.messages, &req.tokens) {
-            (Some(p), None, None) => Prompt::Text(p),
-            (None, Some(m), None) => {
-                messages = chat_messages(m);
-                Prompt::Chat(&messages)
-            }
-            (None, None, Some(t)) => Prompt::Tokens(t),
-            _ => {
-                return Err(EngineError::new(
-                    ErrorCode::InvalidArgument,
-                    "give exactly one of prompt, messages or tokens",
-                ));
-            }
-        };
-        let id = on_runtime!(&mut loaded.rt, r => r.start(prompt, &opts)?);
+        let id = with_prompt(&req, |prompt| {
+            Ok(on_runtime!(&mut loaded.rt, r => r.start(prompt, &opts)?))
+        })?;
         Ok(Generation {
             shared: Rc::clone(&self.shared),
             id,
@@ -629,7 +616,7 @@ fn device_lost(why: &str) -> EngineError {
 }
 
 /// A core [`StepBatch`] as `step()` reports it.
-fn report(a: StepBatch) -> StepResult {
+pub(crate) fn report(a: StepBatch) -> StepResult {
     StepResult {
         text: a.text,
         tokens: a.tokens,
@@ -647,6 +634,19 @@ fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// Calls `f` with the request's prompt: exactly one of its `prompt`, `messages`, `tokens`.
+pub(crate) fn with_prompt<T>(req: &Request, f: impl FnOnce(Prompt<'_>) -> Result<T>) -> Result<T> {
+    match (&req.prompt, &req.messages, &req.tokens) {
+        (Some(p), None, None) => f(Prompt::Text(p)),
+        (None, Some(m), None) => f(Prompt::Chat(&chat_messages(m))),
+        (None, None, Some(t)) => f(Prompt::Tokens(t)),
+        _ => Err(EngineError::new(
+            ErrorCode::InvalidArgument,
+            "give exactly one of prompt, messages or tokens",
+        )),
+    }
+}
+
 fn chat_messages(messages: &[Message]) -> Vec<ChatMessage> {
     messages
         .iter()
@@ -656,7 +656,7 @@ fn chat_messages(messages: &[Message]) -> Vec<ChatMessage> {
 
 /// The request's sampling and length options (the runtime validates them when the
 /// generation starts).
-fn options(req: &Request) -> GenerateOptions {
+pub(crate) fn options(req: &Request) -> GenerateOptions {
     let sampler = SamplerConfig {
         temperature: req.temperature.unwrap_or(0.0),
         top_k: req.top_k.unwrap_or(0) as usize,

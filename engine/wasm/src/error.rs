@@ -33,13 +33,16 @@ pub enum ErrorCode {
     Backend,
     /// Wasm memory is exhausted.
     Memory,
+    /// Generating through the swarm failed: no server covers some blocks, or failover gave
+    /// up (the servers' answers, not this engine, were at fault).
+    Swarm,
     /// The engine's own state: freed, busy (a re-entrant call), a loader used twice.
     Internal,
 }
 
 impl ErrorCode {
     /// Every code (the TypeScript mirror is checked against this list).
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         Self::Gguf,
         Self::Model,
         Self::Unsupported,
@@ -51,6 +54,7 @@ impl ErrorCode {
         Self::Webgpu,
         Self::Backend,
         Self::Memory,
+        Self::Swarm,
         Self::Internal,
     ];
 
@@ -68,6 +72,7 @@ impl ErrorCode {
             Self::Webgpu => "webgpu",
             Self::Backend => "backend",
             Self::Memory => "memory",
+            Self::Swarm => "swarm",
             Self::Internal => "internal",
         }
     }

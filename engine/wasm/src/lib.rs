@@ -19,11 +19,17 @@ pub mod error;
 mod gpu;
 #[cfg(feature = "serve")]
 pub mod span;
+#[cfg(feature = "serve")]
+pub mod swarm_client;
 
 #[cfg(target_arch = "wasm32")]
 mod bindings;
 #[cfg(target_arch = "wasm32")]
 pub use bindings::*;
+#[cfg(all(target_arch = "wasm32", feature = "serve"))]
+mod swarm_bindings;
+#[cfg(all(target_arch = "wasm32", feature = "serve"))]
+pub use swarm_bindings::*;
 
 pub(crate) fn engine_version_str() -> &'static str {
     env!("CARGO_PKG_VERSION")

@@ -54,6 +54,26 @@ pub enum ModelName {
     Sha256(String),
 }
 
+impl ModelName {
+    /// The model id this names for the file `gguf`: as given, or derived from the GGUF
+    /// name and the SHA-256 as a native node derives it.
+    pub fn resolve(self, gguf: &Gguf) -> Result<String> {
+        let model_id = match self {
+            ModelName::Id(id) => id,
+            ModelName::Sha256(hex) => {
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid("sha256: 64 hexadecimal digits"));
+                }
+                kwaainet_swarm::model_id(gguf, &hex.to_ascii_lowercase())
+            }
+        };
+        if model_id.is_empty() || model_id.len() > 128 {
+            return Err(invalid("modelId: 1 to 128 characters"));
+        }
+        Ok(model_id)
+    }
+}
+
 /// A page's span server and its open connections.
 pub struct SpanHost {
     server: Arc<SpanServer>,
@@ -93,18 +113,7 @@ impl SpanHost {
                 blocks.start, blocks.end, config.n_layers
             )));
         }
-        let model_id = match model {
-            ModelName::Id(id) => id,
-            ModelName::Sha256(hex) => {
-                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(invalid("sha256: 64 hexadecimal digits"));
-                }
-                kwaainet_swarm::model_id(&gguf, &hex.to_ascii_lowercase())
-            }
-        };
-        if model_id.is_empty() || model_id.len() > 128 {
-            return Err(invalid("modelId: 1 to 128 characters"));
-        }
+        let model_id = model.resolve(&gguf)?;
         if !(1..=MAX_CACHE_TOKENS).contains(&cache_tokens) {
             return Err(invalid(format!(
                 "cacheTokens: 1 to {MAX_CACHE_TOKENS}, got {cache_tokens}"

@@ -12,6 +12,9 @@ use crate::lookup::Lookup;
 use crate::msg;
 use crate::record::{Accelerator, NodeRecord, ServedSpan};
 
+/// Most addresses one [`BrowserHandle::connect`] tries (a record holds at most a few).
+pub const MAX_CONNECT_ADDRS: usize = 16;
+
 /// Someone waiting for the bootstrap connection.
 pub(super) type Waiter = Reply<Result<(PeerId, Multiaddr)>>;
 
@@ -23,6 +26,7 @@ pub(super) enum Command {
     AskInfo(PeerId, Reply<Result<NodeRecord>>),
     Send(PeerId, Vec<u8>, Reply<Result<Duration>>),
     Host(Vec<ServedSpan>, Accelerator, Reply<Result<()>>),
+    Connect(PeerId, Vec<Multiaddr>, Reply<Result<()>>),
 }
 
 /// The handle to a running page-side node. Dropping every clone stops the node.
@@ -96,6 +100,37 @@ impl BrowserHandle {
     /// Asks a peer for its record directly (`/kwaainet/info/1.0.0`, one round trip).
     pub async fn ask_info(&self, peer: PeerId) -> Result<NodeRecord> {
         self.commands.ask(|tx| Command::AskInfo(peer, tx)).await?
+    }
+
+    /// Connects to `peer` (at once if connected): through the bootstrap node's relay circuit
+    /// (another page with a reservation there), and at `addrs` (from its signed record: the
+    /// WebRTC-direct or WebSocket addresses of a native node; the others fail at once in a
+    /// browser). `Ok` once a connection is up; an error when every address failed.
+    pub async fn connect(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<()> {
+        if addrs.len() > MAX_CONNECT_ADDRS {
+            return Err(Error::Config(format!(
+                "{} addresses (max {MAX_CONNECT_ADDRS})",
+                addrs.len()
+            )));
+        }
+        self.commands
+            .ask(|tx| Command::Connect(peer, addrs, tx))
+            .await?
+    }
+
+    /// Opens a stream of `protocol` to `peer`, connecting first ([`connect`](Self::connect)).
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        protocol: libp2p::StreamProtocol,
+    ) -> Result<libp2p::Stream> {
+        self.connect(peer, addrs).await?;
+        self.streams
+            .clone()
+            .open_stream(peer, protocol)
+            .await
+            .map_err(|e| Error::Transport(format!("opening a stream to {peer}: {e}")))
     }
 
     /// Sends `data` to `peer` (another browser holding a reservation on our bootstrap node,

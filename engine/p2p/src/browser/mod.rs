@@ -30,7 +30,7 @@ use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
-pub use self::handle::BrowserHandle;
+pub use self::handle::{BrowserHandle, MAX_CONNECT_ADDRS};
 pub use self::swarm::{BrowserBehaviour, BrowserBehaviourEvent, build_swarm};
 
 use self::runtime::Runtime;

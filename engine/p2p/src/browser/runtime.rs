@@ -13,6 +13,7 @@ use libp2p::identity::Keypair;
 use libp2p::kad::{self, QueryResult};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm};
 use web_time::Instant;
@@ -66,6 +67,8 @@ pub(super) struct Runtime {
     /// The spans our relay hosts for us (sent again when the reservation comes back).
     hosting: Option<(Vec<ServedSpan>, Accelerator)>,
     hosts: HostAsks,
+    /// Our dials of other peers ([`Command::Connect`]), by connection.
+    connects: HashMap<ConnectionId, (PeerId, Reply<Result<()>>)>,
 }
 
 impl Runtime {
@@ -102,6 +105,7 @@ impl Runtime {
             peers: HashMap::new(),
             hosting: None,
             hosts: HostAsks::default(),
+            connects: HashMap::new(),
         }
     }
 
@@ -116,7 +120,11 @@ impl Runtime {
     }
 
     fn in_flight(&self) -> usize {
-        self.queries.len() + self.infos.len() + self.sends.len() + self.hosts.len()
+        self.queries.len()
+            + self.infos.len()
+            + self.sends.len()
+            + self.hosts.len()
+            + self.connects.len()
     }
 
     pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
@@ -195,6 +203,39 @@ impl Runtime {
                     addrs,
                 );
                 self.sends.insert(id, (Instant::now(), tx));
+            }
+            Command::Connect(peer, addrs, tx) => {
+                if self.peers.contains_key(&peer) {
+                    let _ = tx.send(Ok(()));
+                    return;
+                }
+                if self.in_flight() >= MAX_IN_FLIGHT {
+                    let _ = tx.send(Err(busy()));
+                    return;
+                }
+                let mut addrs = addrs;
+                addrs.extend(self.circuit_to(peer));
+                if addrs.is_empty() {
+                    let _ = tx.send(Err(Error::Transport(format!(
+                        "no address of {peer} to dial, and no relay to reach it through"
+                    ))));
+                    return;
+                }
+                // `Always`: our own dial, whose outcome is ours to report (a dial already in
+                // flight would answer a second one with a refusal, not with its result).
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(addrs)
+                    .condition(PeerCondition::Always)
+                    .build();
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.connects.insert(id, (peer, tx));
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Error::Transport(format!("dialing {peer}: {e}"))));
+                    }
+                }
             }
             Command::Host(spans, accelerator, tx) => {
                 if self.in_flight() >= MAX_IN_FLIGHT {
@@ -277,6 +318,19 @@ impl Runtime {
                 ..
             } => {
                 *self.peers.entry(peer_id).or_default() += 1;
+                // Any connection to the peer answers those waiting for one (ours, or one
+                // the peer or Kademlia opened meanwhile).
+                let done: Vec<ConnectionId> = self
+                    .connects
+                    .iter()
+                    .filter(|(_, (p, _))| *p == peer_id)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in done {
+                    if let Some((_, tx)) = self.connects.remove(&id) {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
                 let addr = endpoint.get_remote_address().clone();
                 let bootstrap = peer_id == self.bootstrap;
                 let mut setup_ms = None;
@@ -339,6 +393,9 @@ impl Runtime {
                 error,
             } => {
                 tracing::debug!(?peer_id, %error, "dial failed");
+                if let Some((peer, tx)) = self.connects.remove(&connection_id) {
+                    let _ = tx.send(Err(Error::Transport(format!("dialing {peer}: {error}"))));
+                }
                 // Only our own dials of the bootstrap node move the link on (Kademlia may
                 // dial it too).
                 if Some(connection_id) == self.dialing {

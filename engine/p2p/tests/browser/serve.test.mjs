@@ -9,8 +9,10 @@
 //     relay drops its record, and the client fails over to a native replica without a
 //     lost token;
 //   - the serving page is closed mid-generation: the same;
-//   - two pages serve 0..15 and 15..30, the only servers of the model: the client generates
-//     through the two browsers.
+//   - two pages serve 0..15 and 15..30, the only servers of the model: a native client
+//     generates through the two browsers, so does a node's API for a third page (`route:
+//     'swarm'` with an endpoint), and so does a fourth page itself (`route: 'swarm'` with a
+//     network: embedding and head in the page, streamed, with an abort).
 //
 //   node --test engine/p2p/tests/browser/serve.test.mjs
 //
@@ -335,6 +337,75 @@ test('two pages serve 0..15 and 15..30: a native client generates through the tw
   for (const i of [0, 1]) assert.ok(stepsAfter[i] >= stepsBefore[i] + 16, `page ${i} served the API's steps: ${stepsBefore} → ${stepsAfter}`);
   await third.close();
 
+  // A fourth page generates through them itself (`network`: embedding and head in the page,
+  // in a worker of the serve module; the blocks on the two pages, reached through the relay
+  // circuit), streamed; then a streamed request aborted mid-generation ends at once and the
+  // next one runs. The page is cross-origin isolated (the node's HTTP side sends COOP/COEP).
+  const fourth = await browser.context.newPage();
+  await openNetwork(fourth, boot2.url);
+  const stepsBeforePage = await Promise.all(pages.map((p) => p.evaluate(() => window.span.contribution.steps)));
+  const inPage = await within(180_000, fourth.evaluate(async ({ prompt }) => {
+    const ai = new window.sdk.KwaaiNet({
+      modelUrl: './model.gguf', network: window.net, loadModelOnInit: false,
+      swarm: {
+        engine: { moduleUrl: new URL('./engine-serve/kwaainet_wasm.js', location.href) },
+        workerUrl: new URL('./sdk/host/span-worker.js', location.href),
+      },
+    });
+    const routes = [];
+    const reports = [];
+    ai.on('route', (r) => routes.push(r));
+    ai.on('swarm', (r) => reports.push(r));
+    try {
+      let text = '';
+      let chunks = 0;
+      const stream = await ai.completions.create({ prompt, max_tokens: 16, temperature: 0, stream: true }, { route: 'swarm' });
+      for await (const c of stream) {
+        text += c.choices[0]?.text ?? '';
+        chunks++;
+      }
+      // Aborted after its third piece: an AbortError, at once.
+      const ctl = new AbortController();
+      let pieces = 0;
+      let abortError = null;
+      const t0 = performance.now();
+      try {
+        for await (const _ of await ai.completions.create({ prompt, max_tokens: 64, temperature: 0, stream: true }, { route: 'swarm', signal: ctl.signal })) {
+          if (++pieces === 3) ctl.abort();
+        }
+      } catch (e) {
+        abortError = e.name;
+      }
+      const abortMs = performance.now() - t0;
+      const again = await ai.completions.create({ prompt, max_tokens: 16, temperature: 0 }, { route: 'swarm' });
+      return {
+        text, chunks, again: again.choices[0].text, abortError, pieces, abortMs, routes, reports,
+        isolated: crossOriginIsolated, peerId: window.net.peerId,
+      };
+    } catch (e) {
+      return { error: `${e.name}: ${e.message}`, routes, reports, isolated: crossOriginIsolated };
+    } finally {
+      await ai.dispose();
+    }
+  }, { prompt: PROMPT }), 'a generation through the swarm from a page');
+  assert.equal(inPage.error, undefined, JSON.stringify(inPage));
+  assert.equal(inPage.isolated, true);
+  assert.equal(`${inPage.text}\n`, local16, 'the same text as local generation');
+  assert.ok(inPage.chunks >= 2, `streamed: ${inPage.chunks} chunks`);
+  assert.equal(`${inPage.again}\n`, local16, 'the request after the aborted one');
+  assert.equal(inPage.abortError, 'AbortError');
+  assert.ok(inPage.pieces < 10, `stopped at once: ${inPage.pieces} pieces`);
+  assert.deepEqual(inPage.routes.map((r) => `${r.route}/${r.client}`), ['swarm/page', 'swarm/page', 'swarm/page']);
+  const hops = inPage.reports[0].route.map((h) => `${h.start}..${h.end} on ${h.server}`);
+  assert.deepEqual(hops, [`0..15 on ${ids[0]}`, `15..30 on ${ids[1]}`]);
+  assert.equal(inPage.reports[0].failovers, 0);
+  assert.equal(inPage.reports.length, 2, 'a report per finished generation (the aborted one has none)');
+  const stepsAfterPage = await Promise.all(pages.map((p) => p.evaluate(() => window.span.contribution.steps)));
+  for (const i of [0, 1]) {
+    assert.ok(stepsAfterPage[i] >= stepsBeforePage[i] + 32, `page ${i} served the page's steps: ${stepsBeforePage} → ${stepsAfterPage}`);
+  }
+  await fourth.close();
+
   // The second page withdraws mid-generation: it drains. It is the only server of 15..30,
   // so the generation can only finish if the page keeps answering the session it has open:
   // it does, with no failover, then its record goes.
@@ -364,4 +435,41 @@ test('two pages serve 0..15 and 15..30: a native client generates through the tw
   assert.equal(after.c.state, 'withdrawn');
   assert.equal(after.because, 'withdrawn');
   await health(boot2, 'the drained page gone from the servers', (r) => !r.servers?.some((s) => s.peer_id === ids[1]));
+});
+
+test('a page generates through native span servers itself: their WebRTC-direct or WebSocket addresses from their signed records', { timeout: 240_000 }, async () => {
+  // The servers left by the tests above: native 0..10 and 20..30 (started first), and the
+  // slow replica of 10..20 (the consent test's).
+  const natives = [servers[0], servers[2], servers[1]].map((s) => s.state.peer_id);
+  await health(servers[0], 'three native servers', (r) => r.complete === true &&
+    r.servers.length === 3 && r.servers.every((s) => natives.includes(s.peer_id) && !s.relayed));
+  const page = await browser.context.newPage();
+  await openNetwork(page, boot.url);
+  const r = await within(180_000, page.evaluate(async ({ prompt }) => {
+    const ai = new window.sdk.KwaaiNet({
+      modelUrl: './model.gguf', network: window.net, loadModelOnInit: false,
+      swarm: {
+        engine: { moduleUrl: new URL('./engine-serve/kwaainet_wasm.js', location.href) },
+        workerUrl: new URL('./sdk/host/span-worker.js', location.href),
+      },
+    });
+    const reports = [];
+    ai.on('swarm', (s) => reports.push(s));
+    try {
+      const c = await ai.completions.create({ prompt, max_tokens: 16, temperature: 0 }, { route: 'swarm' });
+      const peers = (await window.net.state()).peers;
+      return { text: c.choices[0].text, reports, peers };
+    } catch (e) {
+      return { error: `${e.name}: ${e.message}`, reports };
+    } finally {
+      await ai.dispose();
+    }
+  }, { prompt: PROMPT }), 'a generation through native servers from a page');
+  assert.equal(r.error, undefined, JSON.stringify(r));
+  assert.equal(`${r.text}\n`, local16, 'the same text as local generation');
+  const hops = r.reports[0].route.map((h) => `${h.start}..${h.end} on ${h.server}`);
+  assert.deepEqual(hops, [`0..10 on ${natives[0]}`, `10..20 on ${natives[1]}`, `20..30 on ${natives[2]}`]);
+  // Reached directly: the page holds connections to the three servers, not only its relay.
+  for (const id of natives) assert.ok(r.peers.includes(id), `connected to ${id}: ${r.peers}`);
+  await page.close();
 });
