@@ -150,9 +150,14 @@
     const out = addMessage('assistant', '');
     controller = new AbortController();
     busy(true);
+    // The route of an answer through the swarm (the SDK's `swarm` event).
+    let through = null;
+    let off = null;
     try {
+      const route = $('route').value === 'swarm' ? 'swarm' : 'local';
+      off = ai.on('swarm', (r) => { through = r; });
       const stream = await ai.chat.completions.create(
-        { messages: history, stream: true, max_tokens: 256 }, { signal: controller.signal },
+        { messages: history, stream: true, max_tokens: 256 }, { signal: controller.signal, route },
       );
       for await (const chunk of stream) {
         out.textContent += chunk.choices[0]?.delta.content ?? '';
@@ -161,6 +166,11 @@
           $('status').textContent = 'Ready. Last answer: ' + chunk.usage.completion_tokens + ' tokens' +
             (x ? ', ' + x.decode_tokens_per_s.toFixed(1) + ' tokens/s' : '') + '.';
         }
+      }
+      if (through) {
+        $('status').textContent += ' Through the swarm: ' + through.route.map((h) => h.start + '..' + h.end).join(', ') +
+          ' on ' + new Set(through.route.map((h) => h.server)).size + ' peer(s)' +
+          (through.failovers ? ', ' + through.failovers + ' failover(s)' : '') + '.';
       }
       history.push({ role: 'assistant', content: out.textContent });
     } catch (err) {
@@ -173,6 +183,7 @@
         history.pop();
       }
     } finally {
+      if (off) off();
       controller = null;
       busy(false);
       $('prompt').focus();
@@ -351,6 +362,14 @@
       return net.connect(st.browser_addrs).then(() => {
         render(last);
         offerServing(latest || st);
+        // Chat through the swarm from this tab: its embedding and head here, the blocks on
+        // the peers serving them (a cross-origin-isolated page only: see the SDK's README).
+        const ai = window.kwaainet;
+        const option = document.getElementById('route-swarm');
+        if (ai && option && window.crossOriginIsolated) {
+          ai.useNetwork(net);
+          option.disabled = false;
+        }
       });
     })
     .catch((e) => {

@@ -3,7 +3,9 @@
 // on loopback, against the same route with a native node in the middle, and against local
 // generation, side by side in one run. Real `kwaainet start` nodes, a real page in headless
 // Chromium serving its span through its relay's circuit (the SDK's serveSpan), and the real
-// client (`kwaainet generate --swarm`, f32 hidden states).
+// client (`kwaainet generate --swarm`, f32 hidden states). Each route is also measured with a
+// second page as the client (`KwaaiNetwork.swarm()`: embedding and head in the page, the
+// blocks reached through its own P2P node).
 //
 //   node scripts/bench-page-span.mjs [--runs 3] [--tokens 64]
 //
@@ -47,6 +49,8 @@ function timed(argv) {
 }
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const report = (label, rates) =>
+  console.log(`${label.padEnd(34)} ${median(rates).toFixed(1).padStart(7)} tok/s  (runs: ${rates.map((r) => r.toFixed(1)).join(', ')})`);
 
 /** Decode tokens/s of `argv(n)` by difference, median of `runs`; and the last route line. */
 async function decodeRate(label, argv, check = () => {}) {
@@ -59,8 +63,30 @@ async function decodeRate(label, argv, check = () => {}) {
     route = long.err.split('\n').find((l) => l.startsWith('swarm: ')) ?? '';
     rates.push((tokens * 1000) / (long.ms - short.ms));
   }
-  console.log(`${label.padEnd(34)} ${median(rates).toFixed(1).padStart(7)} tok/s  (runs: ${rates.map((r) => r.toFixed(1)).join(', ')})`);
+  report(label, rates);
   return route;
+}
+
+/** The same, with `page`'s swarm client (`window.swarmClient`) as the client; the route of
+ *  its last run. */
+async function pageDecodeRate(label, page, check = () => {}) {
+  const rates = [];
+  let route = [];
+  const gen = (n) => page.evaluate(async ({ prompt, n }) => {
+    const t0 = performance.now();
+    const r = await window.swarmClient.generate({ prompt, max_tokens: n, temperature: 0 });
+    return { ms: performance.now() - t0, route: r.swarm.route, tokens: r.usage.completionTokens };
+  }, { prompt: PROMPT, n });
+  for (let i = 0; i < runs; i++) {
+    const short = await gen(BASE);
+    const long = await gen(BASE + tokens);
+    if (long.tokens !== BASE + tokens) throw new Error(`${long.tokens} tokens generated, not ${BASE + tokens}`);
+    route = long.route;
+    check(route);
+    rates.push((tokens * 1000) / (long.ms - short.ms));
+  }
+  report(label, rates);
+  return route.map((h) => `${h.start}..${h.end} on ${h.server}`).join(', ');
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'kwaainet-bench-page-'));
@@ -111,12 +137,26 @@ try {
     const r = (await nodeState(nodes[1].url)).models?.[0];
     return r?.complete && r.servers.some((s) => s.peer_id === peerId);
   });
+  // A second page, the client of its own generations (its swarm client in a worker).
+  const client = await browser.context.newPage();
+  await openNetwork(client, boot.url);
+  await within(90_000, client.evaluate(async () => {
+    window.swarmClient = await window.net.swarm({
+      modelUrl: './model.gguf', directory: location.origin,
+      engine: { moduleUrl: new URL('./engine-serve/kwaainet_wasm.js', location.href) },
+      workerUrl: new URL('./sdk/host/span-worker.js', location.href),
+    });
+  }), 'the client page\'s swarm client');
   console.log(`${tokens} decoded tokens, medians of ${runs} runs, loopback, ${(await import('node:os')).cpus().length} cores`);
   await decodeRate('local (whole model, this process)', local);
   const viaPage = await decodeRate('3 hops, page in the middle', swarm, (err) => {
     if (!err.includes(`10..20 on ${peerId}`)) throw new Error(`the route does not go through the page: ${err}`);
   });
   console.log(`  ${viaPage}`);
+  const fromPage = await pageDecodeRate('  the same, the client in a page', client, (route) => {
+    if (!route.some((h) => h.server === peerId)) throw new Error(`the route does not go through the page: ${JSON.stringify(route)}`);
+  });
+  console.log(`  ${fromPage}`);
   const pageStats = await page.evaluate(() => window.span.contribution);
   console.log(`  the page served ${pageStats.steps} steps, ${pageStats.busySeconds.toFixed(2)} s busy (${((pageStats.busySeconds * 1000) / pageStats.steps).toFixed(2)} ms a step)`);
   await page.evaluate(() => window.span.withdraw());
@@ -127,6 +167,10 @@ try {
   });
   const native = await decodeRate('3 hops, all native', swarm);
   console.log(`  ${native}`);
+  const nativeFromPage = await pageDecodeRate('  the same, the client in a page', client, (route) => {
+    if (route.some((h) => h.server === peerId)) throw new Error(`the route still goes through the serving page: ${JSON.stringify(route)}`);
+  });
+  console.log(`  ${nativeFromPage}`);
 } finally {
   await browser?.close();
   for (const n of nodes.reverse()) await stopNode(n);

@@ -170,7 +170,7 @@ async function serveSuggested(page, start, end) {
   assert.match(await page.textContent('#serve-state'), new RegExp(`^Serving blocks ${start}\\.\\.${end} of `));
 }
 
-test('the demo: two visitors serve the two halves of the node\'s model from their tabs; a native client generates through them',
+test('the demo: two visitors serve the two halves of the node\'s model from their tabs; a native client, and one of the tabs itself, generate through them',
   { skip, timeout: 600_000 }, async (t) => {
     const node = await npmStart(t);
     const browser = await launch();
@@ -239,6 +239,25 @@ test('the demo: two visitors serve the two halves of the node\'s model from thei
       assert.match(served.Span, new RegExp(`^blocks ${page === first ? 0 : half}\\.\\.${page === first ? half : blocks}$`));
       assert.match(await page.textContent('#consent-state'), /this tab serves blocks/);
     }
+
+    // The first visitor chats through the swarm from its tab: embedding and head there, the
+    // blocks on the two tabs (its own half on its own span server, the other through the
+    // relay). The answer is llama.cpp's, as in the tab's own engine; the status names the route.
+    await first.waitForFunction(() => !document.getElementById('route-swarm').disabled, null, { timeout: 30_000, polling: 100 });
+    await first.selectOption('#route', 'swarm');
+    await first.fill('#prompt', 'What is the capital of France?');
+    await first.click('#send');
+    await first.waitForFunction(() => document.querySelectorAll('#log li.assistant').length === 1 &&
+      !document.getElementById('send').disabled, null, { timeout: 180_000, polling: 100 });
+    const viaSwarm = await first.evaluate(() => ({
+      answer: document.querySelector('#log li.assistant').textContent,
+      error: document.querySelector('#log li.error')?.textContent ?? null,
+      status: document.getElementById('status').textContent,
+    }));
+    assert.equal(viaSwarm.error, null);
+    const reference = avx2.cases.find((c) => c.name === 'capital-chat');
+    assert.ok(viaSwarm.answer.startsWith(reference.output_text), `answer: ${viaSwarm.answer}`);
+    assert.match(viaSwarm.status, new RegExp(`Through the swarm: 0\\.\\.${half}, ${half}\\.\\.${blocks} on 2 peer\\(s\\)\\.$`), viaSwarm.status);
 
     // Stop serving: the tab withdraws its span and says so; the node drops it from its report.
     await second.click('#serve-stop');

@@ -422,7 +422,12 @@ export class KwaaiNet {
 
   /** Runs a request on the page's swarm client, as a local engine (its report an event). */
   private async swarmEngine(signal: AbortSignal | undefined): Promise<Pick<Engine, 'generate'>> {
-    const swarm = await this.pageSwarm(signal);
+    let swarm = await this.pageSwarm(signal);
+    if (swarm.closed) {
+      // Its worker failed: a new one (the model comes from the cache).
+      this.swarmPromise = null;
+      swarm = await this.pageSwarm(signal);
+    }
     return {
       generate: async (request, options) => {
         const r = await swarm.generate(request, options);
@@ -800,6 +805,18 @@ export class KwaaiNet {
     span.on('contribution', forward);
     forward(span.contribution);
     return span;
+  }
+
+  /** Sets the page's P2P node for `route: 'swarm'` from this page (the `network` option, for
+   *  a network joined after the instance was made, as the script tag's is); `null` clears it.
+   *  A swarm client started on the previous one is closed. */
+  useNetwork(network: KwaaiNetwork | null): void {
+    if ((this.options.network ?? null) === network) return;
+    if (network === null) delete this.options.network;
+    else this.options.network = network;
+    const old = this.swarmPromise;
+    this.swarmPromise = null;
+    void old?.then((c) => c.close(), () => {});
   }
 
   /** The serving worker and serve engine of this instance's `baseUrl`, where `options` does

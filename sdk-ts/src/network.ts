@@ -454,11 +454,12 @@ export class KwaaiNetwork {
    */
   async swarm(options: PageSwarmOptions): Promise<PageSwarm> {
     const node = this.live();
-    const swarm = await PageSwarm.start(node, options);
+    const swarm = await PageSwarm.start(node, options, () => (this.node === node ? this.span : null));
     if (this.node !== node) {
       swarm.close();
       throw new DisposedError('This KwaaiNetwork was closed');
     }
+    for (const s of this.swarms) if (s.closed) this.swarms.delete(s);
     this.swarms.add(swarm);
     return swarm;
   }

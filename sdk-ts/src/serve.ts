@@ -102,6 +102,18 @@ export interface SpanServiceEvents {
   withdrawn: { reason: WithdrawReason; error?: KwaaiNetError };
 }
 
+/** Local streams (`localStream`) are numbered from here: the P2P node's count from 0. */
+const LOCAL_STREAMS = 0x4000_0000;
+
+/** What a client's inference stream offers (`WasmInferenceStream`, or a local one). */
+export interface InferenceStreamLike {
+  readonly server: string;
+  send(frame: Uint8Array, timeoutMs: number): Promise<void>;
+  recv(maxPayload: number, timeoutMs: number): Promise<Uint8Array | null>;
+  close(): void;
+  free(): void;
+}
+
 /** Most frames in flight to the worker at once (one per open stream at most). */
 const MAX_IN_FLIGHT = 64;
 
@@ -130,6 +142,7 @@ export class SpanService {
   private readonly cleanups: (() => void)[] = [];
   private readonly pending = new Map<number, { resolve: (f: Uint8Array | null) => void; reject: (e: Error) => void }>();
   private seq = 0;
+  private nextLocal = 0;
   /** The previous frame's work and the rest it owes: the next frame waits for it. */
   private gate: Promise<unknown> = Promise.resolve();
   /** Frames waiting or running. */
@@ -199,6 +212,37 @@ export class SpanService {
   /** @internal Runs `cleanup` when the span is withdrawn. */
   addCleanup(cleanup: () => void): void {
     this.cleanups.push(cleanup);
+  }
+
+  /** @internal A stream from this page's own swarm client (a generation of this page whose
+   *  route runs some blocks here): the same sessions, limits and counters as a stream
+   *  from a peer, without the network. `null` once the span no longer serves. */
+  localStream(): InferenceStreamLike | null {
+    if (this.ended !== null || this.draining !== null) return null;
+    const id = LOCAL_STREAMS + (this.nextLocal++ % LOCAL_STREAMS);
+    const replies: Promise<Uint8Array | null>[] = [];
+    let open = true;
+    return {
+      server: 'local',
+      send: async (frame) => {
+        if (!open) throw Object.assign(new Error('the local span stream is closed'), { kind: 'closed' });
+        // A copy: the worker takes the frame's buffer.
+        replies.push(Promise.resolve(this.onFrame(id, frame.slice())));
+      },
+      recv: async () => {
+        const next = replies.shift();
+        if (!next) throw Object.assign(new Error('no request is waiting for a reply'), { kind: 'protocol' });
+        const reply = await next;
+        if (reply === null) open = false;
+        return reply;
+      },
+      close: () => {
+        if (!open) return;
+        open = false;
+        this.onFrame(id, null);
+      },
+      free: () => {},
+    };
   }
 
   private onFrame(stream: number, frame: Uint8Array | null): Promise<Uint8Array | null> | null {

@@ -28,9 +28,9 @@ import { answerLink, isLinkCall, type LinkAnswer, type LinkCall, type LinkFailur
 import type { SpanWorkerReply } from './host/span-worker.js';
 import { startRequest } from './start-request.js';
 import { MIB } from './resources.js';
-import { loadServingWorker, packagedServing, type ServeSpanOptions } from './serve.js';
+import { loadServingWorker, packagedServing, type InferenceStreamLike, type ServeSpanOptions, type SpanService } from './serve.js';
 import type { WasmStepResult, WasmSwarmReport, WasmSwarmServer } from './wasm-engine.js';
-import type { WasmInferenceStream, WasmP2pNode } from './wasm-p2p.js';
+import type { WasmP2pNode } from './wasm-p2p.js';
 
 /** Where a swarm generation went: the servers of its route and their blocks, the steps
  *  they answered, the failovers it went through and the hidden-state bytes it moved. */
@@ -141,7 +141,7 @@ export function swarmUnavailable(): string | null {
 
 /** One stream of the client, with its operations in order. */
 interface Link {
-  stream: WasmInferenceStream;
+  stream: InferenceStreamLike;
   /** The previous operation: the next one waits for it. */
   chain: Promise<unknown>;
   /** A send that failed: the next recv reports it. */
@@ -179,6 +179,7 @@ export class PageSwarm {
     private readonly worker: Worker,
     loaded: Extract<SpanWorkerReply, { type: 'client-loaded' }>,
     private readonly options: PageSwarmOptions,
+    private readonly localSpan: () => SpanService | null,
   ) {
     this.modelId = loaded.modelId;
     this.blocks = loaded.blocks;
@@ -189,7 +190,7 @@ export class PageSwarm {
 
   /** @internal Use `KwaaiNetwork.swarm()` (or `KwaaiNet` with `network`). Loads the model's
    *  embedding and head in a serving worker. */
-  static async start(node: WasmP2pNode, options: PageSwarmOptions): Promise<PageSwarm> {
+  static async start(node: WasmP2pNode, options: PageSwarmOptions, localSpan: () => SpanService | null = () => null): Promise<PageSwarm> {
     const why = swarmUnavailable();
     if (why) throw new UnsupportedError(`generating through the swarm from this page: ${why}`);
     if (options === null || typeof options !== 'object' || options.modelUrl === undefined) {
@@ -210,7 +211,12 @@ export class PageSwarm {
       ...(options.sha256 !== undefined && { sha256: options.sha256 }),
       ...(options.maxCtx !== undefined && { maxCtx: options.maxCtx }),
     }));
-    return new PageSwarm(node, worker, loaded, options);
+    return new PageSwarm(node, worker, loaded, options, localSpan);
+  }
+
+  /** Whether it was closed, or its worker failed (it cannot generate any more). */
+  get closed(): boolean {
+    return this.closedWith !== null;
   }
 
   /** The model's servers now (the directory's online ones) and whether they cover it. */
@@ -363,8 +369,11 @@ export class PageSwarm {
           return;
         }
         const openMs = this.options.openTimeoutMs ?? 10_000;
-        void this.addrsFor(call.server)
-          .then((addrs) => this.node.openInference(call.server, addrs, openMs))
+        // Blocks this page serves itself run on its own span server (no network).
+        const own = call.server === this.node.peerId() ? this.localSpan()?.localStream() ?? null : null;
+        const opened: Promise<InferenceStreamLike> = own ? Promise.resolve(own) : this.addrsFor(call.server)
+          .then((addrs) => this.node.openInference(call.server, addrs, openMs));
+        void opened
           .then((stream) => {
             if (this.current === null || Atomics.load(this.current.abort, 0) !== 0) {
               stream.close();

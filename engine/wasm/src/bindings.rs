@@ -462,16 +462,8 @@ impl WasmSpanServer {
         let o: SpanServerOptions =
             serde_wasm_bindgen::from_value(options).map_err(|e| options_err("span options", e))?;
         let cache_tokens = o.cache_tokens.unwrap_or(2048) as usize;
-        let model = match (o.model_id, o.sha256) {
-            (Some(id), None) => crate::span::ModelName::Id(id),
-            (None, Some(hex)) => crate::span::ModelName::Sha256(hex),
-            _ => {
-                return Err(js_err(EngineError::new(
-                    ErrorCode::InvalidArgument,
-                    "span options: give either modelId or sha256 (the file's SHA-256, from which the id is derived as a native node does)",
-                )));
-            }
-        };
+        let model = crate::span::ModelName::from_options(o.model_id, o.sha256)
+            .map_err(|e| options_err("span options", e.message))?;
         let options = crate::span::SpanOptions {
             model,
             blocks: o.start as usize..o.end as usize,

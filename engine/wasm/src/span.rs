@@ -55,6 +55,17 @@ pub enum ModelName {
 }
 
 impl ModelName {
+    /// The name JavaScript gives as `modelId` or `sha256` (exactly one of them).
+    pub fn from_options(model_id: Option<String>, sha256: Option<String>) -> Result<Self> {
+        match (model_id, sha256) {
+            (Some(id), None) => Ok(Self::Id(id)),
+            (None, Some(hex)) => Ok(Self::Sha256(hex)),
+            _ => Err(invalid(
+                "give either modelId or sha256 (the file's SHA-256, from which the id is derived as a native node does)",
+            )),
+        }
+    }
+
     /// The model id this names for the file `gguf`: as given, or derived from the GGUF
     /// name and the SHA-256 as a native node derives it.
     pub fn resolve(self, gguf: &Gguf) -> Result<String> {

@@ -18,7 +18,6 @@ use wasm_bindgen::prelude::*;
 
 use crate::bindings::{check_keys, js_err, options_err, step_count, to_js};
 use crate::engine::Request;
-use crate::error::{EngineError, ErrorCode};
 use crate::swarm_client::{SwarmClient, SwarmRoute, codec_choice};
 
 #[wasm_bindgen]
@@ -162,16 +161,8 @@ impl WasmSwarmClient {
         check_keys("client options", &options, &["modelId", "sha256", "maxCtx"])?;
         let o: ClientOptions = serde_wasm_bindgen::from_value(options)
             .map_err(|e| options_err("client options", e))?;
-        let model = match (o.model_id, o.sha256) {
-            (Some(id), None) => crate::span::ModelName::Id(id),
-            (None, Some(hex)) => crate::span::ModelName::Sha256(hex),
-            _ => {
-                return Err(js_err(EngineError::new(
-                    ErrorCode::InvalidArgument,
-                    "client options: give either modelId or sha256",
-                )));
-            }
-        };
+        let model = crate::span::ModelName::from_options(o.model_id, o.sha256)
+            .map_err(|e| options_err("client options", e.message))?;
         let inner =
             SwarmClient::load(bytes, model, o.max_ctx.map(|n| n as usize)).map_err(js_err)?;
         Ok(Self { inner })
