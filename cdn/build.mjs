@@ -20,13 +20,17 @@
 //   kwaainet_wasm_mt_workers.js  its pool's worker helper (a wasm-bindgen snippet, moved
 //                                out of snippets/ so the folder stays flat; the glue's
 //                                import of it is rewritten to match)
+//   kwaainet_wasm_relaxed_bg.wasm     the CPU engines built with relaxed SIMD (from
+//   kwaainet_wasm_mt_relaxed_bg.wasm  dist/engine-relaxed/, dist/engine-mt-relaxed/, when
+//                                     built): the plain builds' glue loads them, so their
+//                                     own glue must be byte-identical to it (checked here)
 //   sri-manifest.json      sha384 SRI hash and size of every file above
 //
 // The SRI hashes of the worker and the .wasm files are baked into distributed-ai.js and
 // kwaainet.mjs, so the `integrity` on the script tag covers what they load in turn.
 //
 //   node cdn/build.mjs [--out DIR] [--engine-dir DIR] [--webgpu-dir DIR] [--p2p-dir DIR] [--threads-dir DIR]
-//                      [--serve-dir DIR] [--check-deterministic]
+//                      [--serve-dir DIR] [--relaxed-dir DIR] [--threads-relaxed-dir DIR] [--check-deterministic]
 //
 // --check-deterministic builds twice into temporary folders and fails unless every byte
 // matches. Without dist/engine/ the hosts are built against a stub that reports the
@@ -52,6 +56,8 @@ const { values: args } = parseArgs({
     'p2p-dir': { type: 'string' },
     'threads-dir': { type: 'string' },
     'serve-dir': { type: 'string' },
+    'relaxed-dir': { type: 'string' },
+    'threads-relaxed-dir': { type: 'string' },
     'check-deterministic': { type: 'boolean', default: false },
   },
 });
@@ -61,6 +67,8 @@ const webgpuDir = args['webgpu-dir'] ?? join(root, 'dist', 'engine-webgpu');
 const p2pDir = args['p2p-dir'] ?? join(root, 'dist', 'p2p');
 const threadsDir = args['threads-dir'] ?? join(root, 'dist', 'engine-mt');
 const serveDir = args['serve-dir'] ?? join(root, 'dist', 'engine-serve');
+const relaxedDir = args['relaxed-dir'] ?? join(root, 'dist', 'engine-relaxed');
+const threadsRelaxedDir = args['threads-relaxed-dir'] ?? join(root, 'dist', 'engine-mt-relaxed');
 const GLUE = 'kwaainet_wasm.js';
 const WASM = 'kwaainet_wasm_bg.wasm';
 // Both wasm-bindgen builds name their files alike: the WebGPU ones are renamed here
@@ -76,6 +84,21 @@ const MT_WORKERS = 'kwaainet_wasm_mt_workers.js';
 const SERVE_GLUE = 'kwaainet_wasm_serve.js';
 const SERVE_WASM = 'kwaainet_wasm_serve_bg.wasm';
 const SPAN_WORKER = 'kwaainet-span-worker.js';
+const RELAXED_WASM = 'kwaainet_wasm_relaxed_bg.wasm';
+const MT_RELAXED_WASM = 'kwaainet_wasm_mt_relaxed_bg.wasm';
+
+/**
+ * Whether the relaxed-SIMD build in `from` can ship: built, and its glue byte for byte the
+ * plain build's in `plainDir` (which loads its .wasm). A relaxed build without its plain
+ * counterpart is left out.
+ */
+function relaxedBuild(from, plainDir) {
+  if (!built(from) || !built(plainDir)) return false;
+  if (!readFileSync(join(from, GLUE)).equals(readFileSync(join(plainDir, GLUE)))) {
+    throw new Error(`cdn: ${join(from, GLUE)} differs from ${join(plainDir, GLUE)}: rebuild both from one checkout`);
+  }
+  return true;
+}
 
 /**
  * The multi-threaded engine's files, or null when it was not built: its glue with the
@@ -160,6 +183,10 @@ async function buildInto(dir) {
     writeFileSync(join(dir, MT_GLUE), mt.glue);
     writeFileSync(join(dir, MT_WORKERS), mt.helper);
   }
+  const haveRelaxed = haveEngine && relaxedBuild(relaxedDir, engineDir);
+  if (haveRelaxed) copyFileSync(join(relaxedDir, WASM), join(dir, RELAXED_WASM));
+  const haveThreadsRelaxed = haveThreads && relaxedBuild(threadsRelaxedDir, threadsDir);
+  if (haveThreadsRelaxed) copyFileSync(join(threadsRelaxedDir, WASM), join(dir, MT_RELAXED_WASM));
 
   // 1. The hosts.
   for (const [entry, out] of [['worker.ts', 'kwaainet-worker.js'], ['sw.ts', 'kwaainet-sw.js']]) {
@@ -188,6 +215,8 @@ async function buildInto(dir) {
   if (haveWebgpu) baked[WEBGPU_WASM] = sri(readFileSync(join(dir, WEBGPU_WASM)));
   if (haveP2p) baked[P2P_WASM] = sri(readFileSync(join(dir, P2P_WASM)));
   if (haveThreads) baked[MT_WASM] = sri(readFileSync(join(dir, MT_WASM)));
+  if (haveRelaxed) baked[RELAXED_WASM] = sri(readFileSync(join(dir, RELAXED_WASM)));
+  if (haveThreadsRelaxed) baked[MT_RELAXED_WASM] = sri(readFileSync(join(dir, MT_RELAXED_WASM)));
   const define = { __KWAAINET_ASSET_SRI__: JSON.stringify(baked) };
   await emit({ entryPoints: [join(root, 'sdk-ts', 'src', 'entries', 'distributed-ai.ts')], format: 'iife', define }, dir, 'distributed-ai.js');
   await emit({ entryPoints: [join(root, 'sdk-ts', 'src', 'index.ts')], format: 'esm', define }, dir, 'kwaainet.mjs');
@@ -198,9 +227,12 @@ async function buildInto(dir) {
     const bytes = readFileSync(join(dir, name));
     files[name] = { integrity: sri(bytes), size: bytes.byteLength };
   }
-  const manifest = { name: '@kwaainet/sdk', version, path: `v${version}/`, engine: haveEngine, webgpu: haveWebgpu, p2p: haveP2p, threads: haveThreads, serve: haveServe, files };
+  const manifest = {
+    name: '@kwaainet/sdk', version, path: `v${version}/`, engine: haveEngine, webgpu: haveWebgpu, p2p: haveP2p, threads: haveThreads,
+    serve: haveServe, relaxedSimd: haveRelaxed, threadsRelaxedSimd: haveThreadsRelaxed, files,
+  };
   writeFileSync(join(dir, 'sri-manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
-  return { haveEngine, haveWebgpu, haveP2p, haveThreads, haveServe, files };
+  return { haveEngine, haveWebgpu, haveP2p, haveThreads, haveServe, haveRelaxed, haveThreadsRelaxed, files };
 }
 
 function sameTree(a, b) {
@@ -230,7 +262,7 @@ if (args['check-deterministic']) {
   }
 }
 
-const { haveEngine, haveWebgpu, haveP2p, haveThreads, haveServe, files } = await buildInto(outDir);
+const { haveEngine, haveWebgpu, haveP2p, haveThreads, haveServe, haveRelaxed, haveThreadsRelaxed, files } = await buildInto(outDir);
 const shown = relative(root, outDir) || '.';
 for (const [name, f] of Object.entries(files)) console.log(`cdn: ${shown}/${name}  ${f.size} B  ${f.integrity}`);
 if (!haveEngine) {
@@ -244,6 +276,12 @@ if (!haveServe) {
 }
 if (!haveThreads) {
   console.log(`cdn: note: no multi-threaded engine in ${relative(root, threadsDir) || threadsDir}/ (FEATURES=threads OUT=dist/engine-mt bash scripts/build-wasm.sh): the CPU engine runs on one thread`);
+}
+if (haveEngine && !haveRelaxed) {
+  console.log(`cdn: note: no relaxed-SIMD engine in ${relative(root, relaxedDir) || relaxedDir}/ (RELAXED=1 OUT=dist/engine-relaxed bash scripts/build-wasm.sh): the CPU engine runs its simd128 kernels everywhere`);
+}
+if (haveThreads && !haveThreadsRelaxed) {
+  console.log(`cdn: note: no relaxed-SIMD multi-threaded engine in ${relative(root, threadsRelaxedDir) || threadsRelaxedDir}/ (RELAXED=1 FEATURES=threads OUT=dist/engine-mt-relaxed bash scripts/build-wasm.sh)`);
 }
 if (!haveWebgpu) {
   console.log(`cdn: note: no WebGPU engine in ${relative(root, webgpuDir) || webgpuDir}/ (FEATURES=webgpu OUT=dist/engine-webgpu bash scripts/build-wasm.sh): this bundle is CPU-only`);

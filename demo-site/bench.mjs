@@ -120,7 +120,7 @@ async function benchKwaaiNet(server, { webgpu = false, threads = 1, runs, repeat
     // The host's time to first token covers the prefill and the first decode step.
     const prefill = samples.map((u) => u.prompt_tokens / ((u.extra.time_to_first_token_ms - 1000 / u.extra.decode_tokens_per_s) / 1000));
     const where = webgpu ? `${info.backend} on ${info.adapter || 'an adapter without a description'}` :
-      `${info.backend}${info.simd128 ? ', simd128' : ''}, ${info.threads} thread${info.threads === 1 ? '' : 's'}`;
+      `${info.backend}${info.simd128 ? ', simd128' : ''}${info.relaxedSimd ? ' + relaxed SIMD' : ''}, ${info.threads} thread${info.threads === 1 ? '' : 's'}`;
     return {
       name: `KwaaiNet ${info.engineVersion} (${info.host} host, ${where})`,
       coldLoad: loads[0],

@@ -18,6 +18,12 @@
 #                                         over shared memory, wasm-bindgen-rayon): nightly
 #                                         with atomics and `-Z build-std`, profile
 #                                         `wasm-threads`; its worker helper is in snippets/
+#   RELAXED=1 OUT=dist/engine-relaxed bash scripts/build-wasm.sh
+#                                         the CPU engine with relaxed SIMD in its quantized
+#                                         kernels (engine/core kernels/wasm_relaxed.rs: still
+#                                         llama.cpp's AVX2 tokens where relaxed_madd is fused,
+#                                         the simd128 path elsewhere); a module only engines
+#                                         with relaxed SIMD can compile (Chromium >= 114)
 #   MODULE=p2p bash scripts/build-wasm.sh the page-side P2P node (crate engine/wasm-p2p:
 #                                         rust-libp2p over WebRTC-direct and WebSocket, a
 #                                         Kademlia client, a relay client) into dist/p2p/:
@@ -65,6 +71,12 @@ else
 fi
 OUT="${OUT:-dist/engine}"
 target=wasm32-unknown-unknown
+RELAXED_FEATURE=""
+RELAXED_OPT=""
+if [ "${RELAXED:-0}" = 1 ]; then
+    RELAXED_FEATURE=",+relaxed-simd"
+    RELAXED_OPT="--enable-relaxed-simd"
+fi
 
 if [[ "$FEATURES" == *threads* ]]; then
     # Threads need wasm32 atomics, and std rebuilt with them: nightly's build-std (setup.sh
@@ -78,9 +90,13 @@ if [[ "$FEATURES" == *threads* ]]; then
         --export=__tls_size --export=__tls_align --export=__tls_base; do
         link="$link -C link-arg=$a"
     done
-    RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals$link" \
+    RUSTFLAGS="-C target-feature=+simd128${RELAXED_FEATURE},+atomics,+bulk-memory,+mutable-globals$link" \
         cargo +nightly build -Z build-std=panic_abort,std -p "$CRATE" --target "$target" \
         --profile "$PROFILE" --features "$FEATURES"
+elif [ -n "$RELAXED_FEATURE" ]; then
+    # RUSTFLAGS replaces .cargo/config.toml's flags: simd128 is named again.
+    RUSTFLAGS="-C target-feature=+simd128$RELAXED_FEATURE" \
+        cargo build -p "$CRATE" --target "$target" --profile "$PROFILE" ${FEATURES:+--features "$FEATURES"}
 else
     # .cargo/config.toml turns on simd128 for this target.
     cargo build -p "$CRATE" --target "$target" --profile "$PROFILE" ${FEATURES:+--features "$FEATURES"}
@@ -107,7 +123,7 @@ elif [ -x "$opt" ]; then
     "$opt" "$OPT_LEVEL" --strip-debug --strip-producers \
         --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
         --enable-sign-ext --enable-mutable-globals --enable-multivalue \
-        --enable-reference-types ${THREADS_OPT:-} \
+        --enable-reference-types ${THREADS_OPT:-} ${RELAXED_OPT:-} \
         "$bg" -o "$bg.opt"
     mv "$bg.opt" "$bg"
 else

@@ -47,6 +47,16 @@ if [ ! -f dist/engine-mt/kwaainet_wasm_bg.wasm ]; then
     FEATURES=threads OUT=dist/engine-mt bash scripts/build-wasm.sh
     rebuild_cdn=1
 fi
+# Both CPU engines again with relaxed SIMD (Chromium loads them: faster kernels, the same
+# tokens). Rebuilt with the plain ones, whose glue loads them.
+if [ "$rebuild_cdn" = 1 ] || [ ! -f dist/engine-relaxed/kwaainet_wasm_bg.wasm ]; then
+    RELAXED=1 OUT=dist/engine-relaxed bash scripts/build-wasm.sh
+    rebuild_cdn=1
+fi
+if [ "$rebuild_cdn" = 1 ] || [ ! -f dist/engine-mt-relaxed/kwaainet_wasm_bg.wasm ]; then
+    RELAXED=1 FEATURES=threads OUT=dist/engine-mt-relaxed bash scripts/build-wasm.sh
+    rebuild_cdn=1
+fi
 if [ "$rebuild_cdn" = 1 ] || ! compgen -G 'dist/cdn/v*/distributed-ai.js' >/dev/null; then
     node cdn/build.mjs
 fi

@@ -18,6 +18,12 @@ BIN() { printf '%s/release/kwaainet' "$CARGO_TARGET_DIR"; }
 has_webgpu_engine() { grep -q '^webgpu' engine/wasm/Cargo.toml; }
 build_webgpu_engine() { FEATURES=webgpu OUT=dist/engine-webgpu bash scripts/build-wasm.sh; }
 build_threads_engine() { FEATURES=threads OUT=dist/engine-mt bash scripts/build-wasm.sh; }
+# The CPU engines with relaxed SIMD in their kernels (engine/core kernels/wasm_relaxed.rs),
+# single- and multi-threaded: the CDN ships their .wasm next to the plain ones.
+build_relaxed_engines() {
+    RELAXED=1 OUT=dist/engine-relaxed bash scripts/build-wasm.sh
+    RELAXED=1 FEATURES=threads OUT=dist/engine-mt-relaxed bash scripts/build-wasm.sh
+}
 
 step_setup() {
     # Sourced so that CARGO_TARGET_DIR reaches the later steps.
@@ -38,6 +44,9 @@ step_clippy() {
     cargo clippy -p kwaainet-wasm --features serve --all-targets -- -D warnings
     cargo clippy -p kwaainet-wasm --features serve --target wasm32-unknown-unknown -- -D warnings
     cargo clippy -p kwaainet-wasm-p2p --target wasm32-unknown-unknown -- -D warnings
+    # The relaxed-SIMD kernels (RELAXED=1 builds).
+    RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" \
+        cargo clippy -p kwaainet-wasm --target wasm32-unknown-unknown -- -D warnings
     # The multi-threaded engine (feature `threads`): wasm32 with atomics, so nightly and
     # build-std, as scripts/build-wasm.sh builds it.
     RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals" \
@@ -133,6 +142,9 @@ step_wasm-engine() {
     # The multi-threaded CPU engine (nightly, build-std): run in Chromium by the browser
     # step, in a cross-origin-isolated page (node cannot start its web workers).
     build_threads_engine
+    # The relaxed-SIMD builds: tested in Chromium (tests/relaxed.test.mjs here; the browser
+    # step through the SDK), which has relaxed SIMD (node 20 only behind a flag).
+    build_relaxed_engines
     # Both modules' generated declarations satisfy the SDK's engine contract, their values
     # typed by the Rust-generated engine-types.ts (the WebGPU module: the wasm32 step).
     if [ -f dist/engine-webgpu/kwaainet_wasm.d.ts ]; then
@@ -161,6 +173,9 @@ step_browser() {
     fi
     if [ ! -f dist/engine-mt/kwaainet_wasm_bg.wasm ]; then
         build_threads_engine
+    fi
+    if [ ! -f dist/engine-relaxed/kwaainet_wasm_bg.wasm ] || [ ! -f dist/engine-mt-relaxed/kwaainet_wasm_bg.wasm ]; then
+        build_relaxed_engines
     fi
     node cdn/build.mjs >/dev/null
     node --test --test-timeout=300000 demo-site/tests/

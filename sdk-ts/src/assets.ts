@@ -20,6 +20,11 @@ export const ASSETS = {
    *  a wasm-bindgen snippet, is flattened next to it as kwaainet_wasm_mt_workers.js). */
   threadsWasm: 'kwaainet_wasm_mt_bg.wasm',
   threadsGlue: 'kwaainet_wasm_mt.js',
+  /** The two CPU engines built with relaxed SIMD (dist/engine-relaxed/,
+   *  dist/engine-mt-relaxed/): their glue is the plain builds' own (the CDN build checks),
+   *  so only the .wasm files are shipped; a host loads them where relaxed SIMD validates. */
+  relaxedWasm: 'kwaainet_wasm_relaxed_bg.wasm',
+  threadsRelaxedWasm: 'kwaainet_wasm_mt_relaxed_bg.wasm',
   /** Serving a span (`serveSpan`): its module worker (ES module, self-contained) and the CPU
    *  engine built with the span server (dist/engine-serve/, renamed likewise). */
   spanWorker: 'kwaainet-span-worker.js',
@@ -78,6 +83,8 @@ function urlsOf(
     // bundler would rename the helper its glue imports), the CDN folder does.
     threadsGlue: integrity[ASSETS.threadsWasm] === undefined ? null : at('threadsGlue'),
     threadsWasm: integrity[ASSETS.threadsWasm] === undefined ? null : at('threadsWasm'),
+    relaxedWasm: integrity[ASSETS.relaxedWasm] === undefined ? null : at('relaxedWasm'),
+    threadsRelaxedWasm: integrity[ASSETS.threadsRelaxedWasm] === undefined ? null : at('threadsRelaxedWasm'),
     spanWorker: complete && integrity[ASSETS.serveWasm] === undefined ? null : at('spanWorker'),
     serveGlue: complete && integrity[ASSETS.serveWasm] === undefined ? null : at('serveGlue'),
     serveWasm: complete && integrity[ASSETS.serveWasm] === undefined ? null : at('serveWasm'),
@@ -90,6 +97,10 @@ function urlsOf(
   if (g) urls.webgpuWasmIntegrity = g;
   const t = integrity[ASSETS.threadsWasm];
   if (t) urls.threadsWasmIntegrity = t;
+  const rx = integrity[ASSETS.relaxedWasm];
+  if (rx) urls.relaxedWasmIntegrity = rx;
+  const trx = integrity[ASSETS.threadsRelaxedWasm];
+  if (trx) urls.threadsRelaxedWasmIntegrity = trx;
   const sw = integrity[ASSETS.spanWorker];
   if (sw) urls.spanWorkerIntegrity = sw;
   const sv = integrity[ASSETS.serveWasm];

@@ -47,6 +47,12 @@ export interface HostUrls {
   threadsGlue: string | null;
   threadsWasm: string | null;
   threadsWasmIntegrity?: string;
+  /** The CPU engines built with relaxed SIMD (same glue as the plain ones), or null where
+   *  the bundle has none. */
+  relaxedWasm: string | null;
+  relaxedWasmIntegrity?: string;
+  threadsRelaxedWasm: string | null;
+  threadsRelaxedWasmIntegrity?: string;
   /** Serving a span: the serving worker (an ES module) and the engine built with the span
    *  server, or null where the bundle has none. */
   spanWorker: string | null;

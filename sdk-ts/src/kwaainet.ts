@@ -543,6 +543,10 @@ export class KwaaiNet {
       ...(urls.webgpuWasmIntegrity !== undefined && { webgpuWasmIntegrity: urls.webgpuWasmIntegrity }),
       ...(urls.threadsGlue !== null && urls.threadsWasm !== null && { threadsGlueUrl: urls.threadsGlue, threadsWasmUrl: urls.threadsWasm }),
       ...(urls.threadsWasmIntegrity !== undefined && { threadsWasmIntegrity: urls.threadsWasmIntegrity }),
+      ...(urls.relaxedWasm !== null && { relaxedWasmUrl: urls.relaxedWasm }),
+      ...(urls.relaxedWasmIntegrity !== undefined && { relaxedWasmIntegrity: urls.relaxedWasmIntegrity }),
+      ...(urls.threadsRelaxedWasm !== null && { threadsRelaxedWasmUrl: urls.threadsRelaxedWasm }),
+      ...(urls.threadsRelaxedWasmIntegrity !== undefined && { threadsRelaxedWasmIntegrity: urls.threadsRelaxedWasmIntegrity }),
       ...(this.options.threads !== undefined && { threads: this.options.threads }),
       ...(this.options.engine !== undefined && { backend: this.options.engine }),
     };

@@ -263,16 +263,21 @@ export class LocalEngine implements Engine {
   }
 
   /** The CPU engine: the multi-threaded module where it can run (its pool started), the
-   *  single-threaded one otherwise or when it fails to start. */
+   *  single-threaded one otherwise or when it fails to start; each built with relaxed SIMD
+   *  where the bundle has that build and this engine validates relaxed SIMD. */
   private async cpuModule(engine: EngineSpec, source: ModuleSource): Promise<WasmEngineModule> {
     const plan = this.threadsPlan(engine);
     const load = this.options.loadThreadedModule;
+    const relaxed = hasRelaxedSimd();
     if (plan.threads > 1 && load && engine.threadsGlueUrl !== undefined && engine.threadsWasmUrl !== undefined) {
+      const wasm = relaxed && engine.threadsRelaxedWasmUrl !== undefined
+        ? { wasmUrl: engine.threadsRelaxedWasmUrl, integrity: engine.threadsRelaxedWasmIntegrity }
+        : { wasmUrl: engine.threadsWasmUrl, integrity: engine.threadsWasmIntegrity };
       try {
         const mod = await load({
           glueUrl: engine.threadsGlueUrl,
-          wasmUrl: engine.threadsWasmUrl,
-          ...(engine.threadsWasmIntegrity !== undefined && { wasmIntegrity: engine.threadsWasmIntegrity }),
+          wasmUrl: wasm.wasmUrl,
+          ...(wasm.integrity !== undefined && { wasmIntegrity: wasm.integrity }),
           threads: plan.threads,
         });
         this.threading = { threads: Math.max(1, Number(mod.engineThreads?.() ?? 1)), reason: plan.reason };
@@ -281,7 +286,10 @@ export class LocalEngine implements Engine {
         this.threading = { threads: 1, reason: `the multi-threaded engine did not start (${messageOf(err)})` };
       }
     }
-    const mod = await this.options.loadModule(source);
+    const mod = await this.options.loadModule(relaxed && engine.relaxedWasmUrl !== undefined ? {
+      wasmUrl: engine.relaxedWasmUrl,
+      ...(engine.relaxedWasmIntegrity !== undefined && { wasmIntegrity: engine.relaxedWasmIntegrity }),
+    } : source);
     this.threading ??= plan;
     return mod;
   }
@@ -347,6 +355,7 @@ export class LocalEngine implements Engine {
       gpuAvailable: probe !== null,
       adapter,
       simd128: l ? l.simd128 : mod !== null && plan.backend === 'cpu-wasm' ? Boolean(mod.simd128()) : false,
+      relaxedSimd: (l ? l.backend : plan.backend) === 'cpu-wasm' && mod !== null && mod.relaxedSimd?.() === 'fused',
       engineVersion: mod ? String(mod.engineVersion()).slice(0, 64) : 'unloaded',
       hostInstanceId: this.instanceId,
       model: l ? { ...l.info } : null,
@@ -815,3 +824,25 @@ export class LocalEngine implements Engine {
   }
 }
 
+/** A module of one function, `f32x4.relaxed_madd` of three zero vectors: valid only where
+ *  the engine has relaxed SIMD. */
+const RELAXED_SIMD_PROBE = new Uint8Array([
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+  0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7b, // type: () -> v128
+  0x03, 0x02, 0x01, 0x00, // one function of type 0
+  0x0a, 0x3d, 0x01, 0x3b, 0x00, // code: one body of 59 bytes, no locals
+  0xfd, 0x0c, ...new Array<number>(16).fill(0), // v128.const 0
+  0xfd, 0x0c, ...new Array<number>(16).fill(0),
+  0xfd, 0x0c, ...new Array<number>(16).fill(0),
+  0xfd, 0x85, 0x02, // f32x4.relaxed_madd
+  0x0b, // end
+]);
+
+/** Whether this engine has relaxed SIMD (a validation of 70 bytes, once per module load). */
+export function hasRelaxedSimd(): boolean {
+  try {
+    return typeof WebAssembly === 'object' && WebAssembly.validate(RELAXED_SIMD_PROBE);
+  } catch {
+    return false;
+  }
+}

@@ -35,6 +35,9 @@ export function packagedAssets(): Record<AssetName, string> | null {
       // bundler would rename), so only kwaainet.mjs there uses these URLs.
       threadsWasm: new URL(ASSETS.threadsWasm, import.meta.url).href,
       threadsGlue: new URL(ASSETS.threadsGlue, import.meta.url).href,
+      // Likewise: the CDN folder ships the relaxed-SIMD engines, the npm package not yet.
+      relaxedWasm: new URL(ASSETS.relaxedWasm, import.meta.url).href,
+      threadsRelaxedWasm: new URL(ASSETS.threadsRelaxedWasm, import.meta.url).href,
     };
   } catch {
     return null;

@@ -30,8 +30,10 @@ import {
  *  Since then, additively (a side that does not know it ignores it): `error.fields`, the
  *  error class's own fields (ErrorFields), validated when present.
  *  5: the multi-threaded CPU engine: `load` may name it and the threads wanted; `info`
- *  reports the threads the CPU engine runs on and why that many. */
-export const PROTOCOL_VERSION = 5;
+ *  reports the threads the CPU engine runs on and why that many.
+ *  6: the CPU engines built with relaxed SIMD: `load` may name their .wasm; `info` says
+ *  whether the relaxed-SIMD kernels run (`relaxedSimd`). */
+export const PROTOCOL_VERSION = 6;
 
 /** The most threads the CPU engine runs on. */
 export const MAX_THREADS = 16;
@@ -96,6 +98,12 @@ export interface EngineSpec {
   threadsGlueUrl?: string;
   threadsWasmUrl?: string;
   threadsWasmIntegrity?: string;
+  /** The single- and multi-threaded CPU engines built with relaxed SIMD (the plain ones'
+   *  glue loads them): used where the host's engine validates relaxed SIMD. */
+  relaxedWasmUrl?: string;
+  relaxedWasmIntegrity?: string;
+  threadsRelaxedWasmUrl?: string;
+  threadsRelaxedWasmIntegrity?: string;
   /** Most threads for the CPU engine (default: the device's cores, at most 16; 1: one). */
   threads?: number;
   /** Default 'auto'. */
@@ -151,6 +159,9 @@ export interface EngineInfo {
   /** The WebGPU adapter's description, when known (may be empty); null on the CPU. */
   adapter: string | null;
   simd128: boolean;
+  /** Whether the CPU engine's quantized kernels run with relaxed SIMD (the module built with
+   *  it, where the engine has it and its fused multiply-add is fused: see engine/wasm). */
+  relaxedSimd: boolean;
   engineVersion: string;
   hostInstanceId: string;
   model: ModelInfo | null;
@@ -280,6 +291,14 @@ function engineSpec(value: unknown): EngineSpec {
   if (threadsWasm !== undefined) spec.threadsWasmUrl = threadsWasm;
   const threadsIntegrity = sriHash(r.threadsWasmIntegrity, 'engine.threadsWasmIntegrity');
   if (threadsIntegrity !== undefined) spec.threadsWasmIntegrity = threadsIntegrity;
+  const relaxedWasm = optional(r.relaxedWasmUrl, (v) => url(v, 'engine.relaxedWasmUrl'));
+  if (relaxedWasm !== undefined) spec.relaxedWasmUrl = relaxedWasm;
+  const relaxedIntegrity = sriHash(r.relaxedWasmIntegrity, 'engine.relaxedWasmIntegrity');
+  if (relaxedIntegrity !== undefined) spec.relaxedWasmIntegrity = relaxedIntegrity;
+  const threadsRelaxed = optional(r.threadsRelaxedWasmUrl, (v) => url(v, 'engine.threadsRelaxedWasmUrl'));
+  if (threadsRelaxed !== undefined) spec.threadsRelaxedWasmUrl = threadsRelaxed;
+  const threadsRelaxedIntegrity = sriHash(r.threadsRelaxedWasmIntegrity, 'engine.threadsRelaxedWasmIntegrity');
+  if (threadsRelaxedIntegrity !== undefined) spec.threadsRelaxedWasmIntegrity = threadsRelaxedIntegrity;
   const threads = optional(r.threads, (v) => integer(v, 'engine.threads', fail, 1, MAX_THREADS));
   if (threads !== undefined) spec.threads = threads;
   const backend = optional(r.backend, (v) => oneOf(v, 'engine.backend', fail, ENGINE_PREFERENCES));
@@ -411,6 +430,7 @@ function engineInfo(value: unknown): EngineInfo {
     gpuAvailable: boolean(r.gpuAvailable, 'info.gpuAvailable', fail),
     adapter: r.adapter === null ? null : text(r.adapter, 'info.adapter'),
     simd128: boolean(r.simd128, 'info.simd128', fail),
+    relaxedSimd: boolean(r.relaxedSimd, 'info.relaxedSimd', fail),
     engineVersion: text(r.engineVersion, 'info.engineVersion'),
     hostInstanceId: string(r.hostInstanceId, 'info.hostInstanceId', fail, LIMITS.id),
     model: r.model === null ? null : modelInfo(r.model),

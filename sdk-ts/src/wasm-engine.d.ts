@@ -81,6 +81,9 @@ export interface WasmEngineModule {
   initSync(init: { module: SyncInitInput }): unknown;
   engineVersion(): string;
   simd128(): boolean;
+  /** 'fused' (relaxed-SIMD kernels run), 'unfused' (built with them, simd128 ones run), 'off'.
+   *  Absent in modules older than it. */
+  relaxedSimd?(): string;
   WasmEngine: WasmEngineStatic;
   /** Absent from engines built before the streaming loader. */
   GgufLoader?: GgufLoaderStatic;

@@ -312,6 +312,53 @@ describe('threads of the CPU engine', () => {
     assert.equal(await echo(h.local), 'Echo: hi there');
   });
 
+  it('relaxed SIMD: where the engine validates it, the relaxed builds\' .wasm, single- and multi-threaded; elsewhere the plain ones', async () => {
+    const relaxedSpec: EngineSpec = {
+      ...threadedSpec, relaxedWasmUrl: 'https://cdn.test/cpu-relaxed.wasm', relaxedWasmIntegrity: 'sha384-r',
+      threadsRelaxedWasmUrl: 'https://cdn.test/mt-relaxed.wasm', threadsRelaxedWasmIntegrity: 'sha384-t',
+    };
+    const validate = WebAssembly.validate;
+    const withRelaxed = async <T>(on: boolean, run: () => Promise<T>): Promise<T> => {
+      (WebAssembly as { validate: unknown }).validate = (bytes: BufferSource) => on || validate(bytes);
+      try {
+        return await run();
+      } finally {
+        (WebAssembly as { validate: unknown }).validate = validate;
+      }
+    };
+    // Node 20 itself has no relaxed SIMD (only behind a flag): the probe says so.
+    const { hasRelaxedSimd } = await import('../src/local-engine.js');
+    assert.equal(hasRelaxedSimd(), false);
+    assert.equal(await withRelaxed(true, async () => hasRelaxedSimd()), true);
+    for (const [on, threads, want] of [
+      [true, 2, { wasmUrl: 'https://cdn.test/mt-relaxed.wasm', wasmIntegrity: 'sha384-t' }],
+      [false, 2, { wasmUrl: 'https://cdn.test/mt.wasm' }],
+      [true, 1, { wasmUrl: 'https://cdn.test/cpu-relaxed.wasm', wasmIntegrity: 'sha384-r' }],
+      [false, 1, { wasmUrl: 'https://cdn.test/cpu.wasm' }],
+    ] as const) {
+      const seen: Array<{ wasmUrl: string; wasmIntegrity?: string }> = [];
+      const cpu = engineDouble();
+      const local = new LocalEngine({
+        host: 'worker',
+        loadModule: async (source) => {
+          seen.push({ ...source });
+          await cpu.module.default();
+          return cpu.module;
+        },
+        loadThreadedModule: async (source) => {
+          seen.push({ wasmUrl: source.wasmUrl, ...(source.wasmIntegrity !== undefined && { wasmIntegrity: source.wasmIntegrity }) });
+          await cpu.module.default();
+          return { ...cpu.module, engineThreads: () => source.threads };
+        },
+        store: new MemoryModelStore(),
+        fetch: modelFetch,
+        sliceMs: 5,
+      });
+      await withRelaxed(on, () => isolated(true, () => local.load(spec, { ...relaxedSpec, threads })));
+      assert.deepEqual(seen, [want], `relaxed SIMD ${on}, ${threads} thread(s)`);
+    }
+  });
+
   it('hosts that cannot run it say why', async () => {
     const sw = host();
     assert.match((await sw.local.load(spec, { ...engineSpec, backend: 'cpu' })).threadsReason, /service worker cannot start the web workers/);

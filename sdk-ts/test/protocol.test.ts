@@ -102,7 +102,7 @@ describe('protocol: host → page validation', () => {
   it('accepts replies and rejects malformed ones', () => {
     const info = {
       host: 'service-worker', backend: 'webgpu', backendReason: 'WebGPU adapter in the service-worker', threads: 1,
-      threadsReason: 'the WebGPU engine runs on the GPU', gpuAvailable: true, adapter: 'google swiftshader', simd128: false, engineVersion: '0.1.0', hostInstanceId: 'h', model: null,
+      threadsReason: 'the WebGPU engine runs on the GPU', gpuAvailable: true, adapter: 'google swiftshader', simd128: false, relaxedSimd: false, engineVersion: '0.1.0', hostInstanceId: 'h', model: null,
       limits: null, gpu: null,
     };
     assert.deepEqual(parseHostMessage({ v, type: 'info', id: 'i', info: { ...info, extra: 1 } }), { v, type: 'info', id: 'i', info });

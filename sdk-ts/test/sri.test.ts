@@ -38,11 +38,28 @@ mkdirSync(p2pDir);
 writeFileSync(join(p2pDir, 'kwaainet_wasm.js'), "export default async function init() {}\nexport function p2pVersion() { return 'fake-p2p-marker'; }\n");
 writeFileSync(join(p2pDir, 'kwaainet_wasm_bg.wasm'), Uint8Array.from([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, 0, 0]));
 
+// The CPU engine built with relaxed SIMD: its glue must be the plain build's (it loads its
+// .wasm); one whose glue differs is a stale build the CDN build refuses.
+const relaxedDir = join(tmp, 'engine-relaxed');
+mkdirSync(relaxedDir);
+writeFileSync(join(relaxedDir, 'kwaainet_wasm.js'), readFileSync(join(engineDir, 'kwaainet_wasm.js')));
+writeFileSync(join(relaxedDir, 'kwaainet_wasm_bg.wasm'), Uint8Array.from([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, 1]));
+const staleDir = join(tmp, 'engine-relaxed-stale');
+mkdirSync(staleDir);
+writeFileSync(join(staleDir, 'kwaainet_wasm.js'), 'export default async function init() {} // another build\n');
+writeFileSync(join(staleDir, 'kwaainet_wasm_bg.wasm'), Uint8Array.from([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, 2]));
+
+function run(out: string, withEngine: boolean, relaxed: string): ReturnType<typeof spawnSync> {
+  const none = join(tmp, 'no-engine');
+  const args = ['cdn/build.mjs', '--out', out, '--engine-dir', withEngine ? engineDir : none,
+    '--webgpu-dir', withEngine ? webgpuDir : none, '--p2p-dir', withEngine ? p2pDir : none,
+    '--relaxed-dir', withEngine ? relaxed : none, '--threads-relaxed-dir', none];
+  return spawnSync(process.execPath, args, { cwd: root, encoding: 'utf8', timeout: 60_000 });
+}
+
 function buildTo(out: string, withEngine = true): void {
-  const args = ['cdn/build.mjs', '--out', out, '--engine-dir', withEngine ? engineDir : join(tmp, 'no-engine'),
-    '--webgpu-dir', withEngine ? webgpuDir : join(tmp, 'no-engine'), '--p2p-dir', withEngine ? p2pDir : join(tmp, 'no-engine')];
-  const r = spawnSync(process.execPath, args, { cwd: root, encoding: 'utf8', timeout: 60_000 });
-  assert.equal(r.status, 0, r.stderr);
+  const r = run(out, withEngine, relaxedDir);
+  assert.equal(r.status, 0, String(r.stderr));
 }
 
 interface Manifest {
@@ -94,6 +111,15 @@ describe('cdn bundle and SRI manifest', () => {
     // The P2P module's wasm hash too (KwaaiNetwork.fromCdn checks it).
     assert.ok(tagJs.includes(manifest.files['kwaainet_p2p_bg.wasm']?.integrity ?? 'missing'));
     assert.ok(!/\beval\(|new Function\(/.test(tagJs), 'no eval');
+    // The relaxed-SIMD engine: its .wasm only (the plain glue loads it), its hash baked in.
+    assert.ok(tagJs.includes(manifest.files['kwaainet_wasm_relaxed_bg.wasm']?.integrity ?? 'missing'));
+    assert.equal(manifest.files['kwaainet_wasm_relaxed.js'], undefined);
+  });
+
+  it('refuses a relaxed-SIMD build whose glue is not the plain build\'s', () => {
+    const r = run(join(tmp, 'stale'), true, staleDir);
+    assert.notEqual(r.status, 0);
+    assert.match(String(r.stderr), /differs from .*rebuild both from one checkout/);
   });
 
   it('rebuilds byte for byte, wherever it is built', () => {
@@ -112,6 +138,7 @@ describe('cdn bundle and SRI manifest', () => {
     assert.equal(m.files['kwaainet_wasm_webgpu_bg.wasm'], undefined);
     assert.equal(m.p2p, false);
     assert.equal(m.files['kwaainet_p2p_bg.wasm'], undefined);
+    assert.equal(m.files['kwaainet_wasm_relaxed_bg.wasm'], undefined);
     assert.ok(!readFileSync(join(c, 'kwaainet-sw.js'), 'utf8').includes('fake-webgpu-marker'));
     assert.ok(readFileSync(join(c, 'kwaainet-worker.js'), 'utf8').includes('built without the WASM engine'));
   });

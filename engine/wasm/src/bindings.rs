@@ -26,6 +26,19 @@ pub fn simd128() -> bool {
 
 /// The threads the CPU engine's matmuls run on: rayon's pool once `initThreadPool(n)` has
 /// started it (the `threads` module), 1 otherwise.
+/// The quantized kernels' relaxed SIMD: `'fused'` (this module has them and they run),
+/// `'unfused'` (it has them, but `relaxed_madd` rounds twice here: the simd128 ones run),
+/// `'off'` (a module built without relaxed SIMD).
+#[wasm_bindgen(js_name = relaxedSimd)]
+pub fn relaxed_simd() -> String {
+    match kwaainet_core::kernels::relaxed_simd() {
+        Some(true) => "fused",
+        Some(false) => "unfused",
+        None => "off",
+    }
+    .to_owned()
+}
+
 #[wasm_bindgen(js_name = engineThreads)]
 pub fn engine_threads() -> u32 {
     #[cfg(feature = "threads")]

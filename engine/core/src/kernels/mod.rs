@@ -22,6 +22,12 @@ mod neon;
 mod scalar;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod wasm;
+#[cfg(all(
+    target_arch = "wasm32",
+    target_feature = "simd128",
+    target_feature = "relaxed-simd"
+))]
+mod wasm_relaxed;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -49,6 +55,20 @@ pub fn bit_exact_with_avx2() -> bool {
     #[cfg(target_arch = "aarch64")]
     return has_neon();
     cfg!(all(target_arch = "wasm32", target_feature = "simd128"))
+}
+
+/// The relaxed-SIMD kernels of a wasm32 build with `+relaxed-simd`: `Some(true)` where they
+/// run (`relaxed_madd` is fused here), `Some(false)` where the probe found it unfused (the
+/// plain simd128 kernels run), `None` in every other build.
+pub fn relaxed_simd() -> Option<bool> {
+    #[cfg(all(
+        target_arch = "wasm32",
+        target_feature = "simd128",
+        target_feature = "relaxed-simd"
+    ))]
+    return Some(wasm_relaxed::fused());
+    #[allow(unreachable_code)]
+    None
 }
 
 /// Elements per block of the 8-bit activation formats.

@@ -6,7 +6,8 @@
 //!   summing the same four bytes of a block as `maddubs`/`madd` do, the same horizontal-sum
 //!   tree;
 //! - the same roundings: AVX2 accumulates with fused multiply-add, which wasm SIMD lacks
-//!   (relaxed-simd's `madd` may or may not fuse). [`Fma`] computes `a·b + c` in f64 and
+//!   (relaxed-simd's `madd` may or may not fuse: a build with relaxed SIMD uses it where a
+//!   probe finds it fused, `wasm_relaxed.rs`). [`Fma`] computes `a·b + c` in f64 and
 //!   rounds once to f32: the product of two f32 (or of an f32 and a small integer) is exact
 //!   in f64, so the only rounding before the final one is of the f64 sum, which is exact
 //!   unless the operands' exponents are ~29 binades apart and the result then lands on an
@@ -21,19 +22,19 @@ use core::arch::wasm32::*;
 use super::BlockQ8;
 
 #[inline]
-fn f16_at(b: &[u8], i: usize) -> f32 {
+pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
     half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
 #[inline]
-fn load16(p: &[u8]) -> v128 {
+pub(super) fn load16(p: &[u8]) -> v128 {
     assert!(p.len() >= 16);
     // SAFETY: `p` holds at least 16 bytes; unaligned loads are allowed.
     unsafe { v128_load(p.as_ptr().cast()) }
 }
 
 #[inline]
-fn load_qs(y: &BlockQ8, half: usize) -> v128 {
+pub(super) fn load_qs(y: &BlockQ8, half: usize) -> v128 {
     let q = &y.qs[half * 16..half * 16 + 16];
     // SAFETY: 16 i8 values; i8 and u8 have the same size and alignment.
     unsafe { v128_load(q.as_ptr().cast()) }
@@ -42,7 +43,7 @@ fn load_qs(y: &BlockQ8, half: usize) -> v128 {
 /// Σ of 16 i8×i8 products in AVX2's `madd(maddubs(..))` lanes: lane `j` sums bytes
 /// `4j..4j+4` (integer sums are exact, so only the grouping matters).
 #[inline]
-fn quad_sums(x: v128, y: v128) -> v128 {
+pub(super) fn quad_sums(x: v128, y: v128) -> v128 {
     let a = i32x4_dot_i16x8(i16x8_extend_low_i8x16(x), i16x8_extend_low_i8x16(y));
     let b = i32x4_dot_i16x8(i16x8_extend_high_i8x16(x), i16x8_extend_high_i8x16(y));
     i32x4_add(
@@ -107,6 +108,10 @@ fn round_f32(x: v128) -> v128 {
 
 /// Q4_1 weights against `N` activation vectors, exactly as `x86::dot_q4_1_n`.
 pub fn dot_q4_1_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
+    #[cfg(target_feature = "relaxed-simd")]
+    if super::wasm_relaxed::fused() {
+        return super::wasm_relaxed::dot_q4_1_n(w, ys);
+    }
     let mut acc = [Acc8::zero(); N];
     let mut summs = [0f32; N];
     let mask = u8x16_splat(0x0f);
@@ -131,6 +136,10 @@ pub fn dot_q4_1_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
 
 /// Q4_0 weights against `N` activation vectors, exactly as `x86::dot_q4_0_n`.
 pub fn dot_q4_0_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
+    #[cfg(target_feature = "relaxed-simd")]
+    if super::wasm_relaxed::fused() {
+        return super::wasm_relaxed::dot_q4_0_n(w, ys);
+    }
     let mut acc = [Acc8::zero(); N];
     let mask = u8x16_splat(0x0f);
     let eight = i8x16_splat(8);
@@ -153,6 +162,10 @@ pub fn dot_q4_0_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
 
 /// Q8_0 weights against `N` activation vectors, exactly as `x86::dot_q8_0_n`.
 pub fn dot_q8_0_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
+    #[cfg(target_feature = "relaxed-simd")]
+    if super::wasm_relaxed::fused() {
+        return super::wasm_relaxed::dot_q8_0_n(w, ys);
+    }
     let mut acc = [Acc8::zero(); N];
     for (i, blk) in w.chunks_exact(34).enumerate() {
         let d = f16_at(blk, 0);
