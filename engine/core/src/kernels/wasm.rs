@@ -22,19 +22,19 @@ use core::arch::wasm32::*;
 use super::BlockQ8;
 
 #[inline]
-pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
+fn f16_at(b: &[u8], i: usize) -> f32 {
     half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
 #[inline]
-pub(super) fn load16(p: &[u8]) -> v128 {
+fn load16(p: &[u8]) -> v128 {
     assert!(p.len() >= 16);
     // SAFETY: `p` holds at least 16 bytes; unaligned loads are allowed.
     unsafe { v128_load(p.as_ptr().cast()) }
 }
 
 #[inline]
-pub(super) fn load_qs(y: &BlockQ8, half: usize) -> v128 {
+fn load_qs(y: &BlockQ8, half: usize) -> v128 {
     let q = &y.qs[half * 16..half * 16 + 16];
     // SAFETY: 16 i8 values; i8 and u8 have the same size and alignment.
     unsafe { v128_load(q.as_ptr().cast()) }
@@ -43,7 +43,7 @@ pub(super) fn load_qs(y: &BlockQ8, half: usize) -> v128 {
 /// Σ of 16 i8×i8 products in AVX2's `madd(maddubs(..))` lanes: lane `j` sums bytes
 /// `4j..4j+4` (integer sums are exact, so only the grouping matters).
 #[inline]
-pub(super) fn quad_sums(x: v128, y: v128) -> v128 {
+fn quad_sums(x: v128, y: v128) -> v128 {
     let a = i32x4_dot_i16x8(i16x8_extend_low_i8x16(x), i16x8_extend_low_i8x16(y));
     let b = i32x4_dot_i16x8(i16x8_extend_high_i8x16(x), i16x8_extend_high_i8x16(y));
     i32x4_add(
@@ -52,18 +52,41 @@ pub(super) fn quad_sums(x: v128, y: v128) -> v128 {
     )
 }
 
-/// Eight f32 lanes (an AVX2 `__m256`) accumulated by fused multiply-add, held as four
-/// f64x2 vectors whose values are always f32-representable.
-#[derive(Clone, Copy)]
-struct Acc8([v128; 4]);
+/// Eight f32 lanes (an AVX2 `__m256`) accumulated by fused multiply-add: the dot products'
+/// accumulator, one implementation per way of fusing.
+pub(super) trait Acc8: Copy {
+    /// All lanes zero.
+    fn zero() -> Self;
+    /// `self = fma(scale, p, self)` lane-wise, `p` the eight i32 lanes `lo`, `hi` (each at
+    /// most 17 bits).
+    fn fma_i32(&mut self, scale: f32, lo: v128, hi: v128);
+    /// AVX2's `hsum`: `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))` in f32.
+    fn hsum(&self) -> f32;
+}
 
-impl Acc8 {
+/// How a kernel family forms the integer sums of 4-bit weights, and accumulates.
+pub(super) trait Family {
+    /// The accumulator.
+    type Acc: Acc8;
+    /// `Σ n·y` in AVX2's lanes (lane `j`: bytes `4j..4j+4`), `n` the weights in 0..=15.
+    fn sums_u4(y: v128, n: v128) -> v128;
+    /// `Σ (n - 8)·y` likewise (Q4_0's signed weights).
+    fn sums_q4_0(y: v128, n: v128) -> v128;
+}
+
+/// The simd128 kernels: fused multiply-add emulated in f64 (see the module docs).
+pub(super) struct Simd128;
+
+/// [`Acc8`] held as four f64x2 vectors whose values are always f32-representable.
+#[derive(Clone, Copy)]
+pub(super) struct F64Acc([v128; 4]);
+
+impl Acc8 for F64Acc {
     #[inline]
     fn zero() -> Self {
         Self([f64x2_splat(0.0); 4])
     }
 
-    /// `self = fma(scale, p, self)` lane-wise, `p` the eight i32 lanes `lo`, `hi`.
     #[inline]
     fn fma_i32(&mut self, scale: f32, lo: v128, hi: v128) {
         let s = f64x2_splat(f64::from(scale));
@@ -79,7 +102,6 @@ impl Acc8 {
         }
     }
 
-    /// AVX2's `hsum`: `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))` in f32.
     #[inline]
     fn hsum(&self) -> f32 {
         let l = |v: usize, i: usize| {
@@ -100,6 +122,20 @@ impl Acc8 {
     }
 }
 
+impl Family for Simd128 {
+    type Acc = F64Acc;
+
+    #[inline]
+    fn sums_u4(y: v128, n: v128) -> v128 {
+        quad_sums(n, y)
+    }
+
+    #[inline]
+    fn sums_q4_0(y: v128, n: v128) -> v128 {
+        quad_sums(i8x16_sub(n, i8x16_splat(8)), y)
+    }
+}
+
 /// Rounds f64 lanes to f32 precision (kept as f64).
 #[inline]
 fn round_f32(x: v128) -> v128 {
@@ -110,9 +146,32 @@ fn round_f32(x: v128) -> v128 {
 pub fn dot_q4_1_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
     #[cfg(target_feature = "relaxed-simd")]
     if super::wasm_relaxed::fused() {
-        return super::wasm_relaxed::dot_q4_1_n(w, ys);
+        return q4_1::<super::wasm_relaxed::Relaxed, N>(w, ys);
     }
-    let mut acc = [Acc8::zero(); N];
+    q4_1::<Simd128, N>(w, ys)
+}
+
+/// Q4_0 weights against `N` activation vectors, exactly as `x86::dot_q4_0_n`.
+pub fn dot_q4_0_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
+    #[cfg(target_feature = "relaxed-simd")]
+    if super::wasm_relaxed::fused() {
+        return q4_0::<super::wasm_relaxed::Relaxed, N>(w, ys);
+    }
+    q4_0::<Simd128, N>(w, ys)
+}
+
+/// Q8_0 weights against `N` activation vectors, exactly as `x86::dot_q8_0_n`.
+pub fn dot_q8_0_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
+    #[cfg(target_feature = "relaxed-simd")]
+    if super::wasm_relaxed::fused() {
+        return q8_0::<<super::wasm_relaxed::Relaxed as Family>::Acc, N>(w, ys);
+    }
+    q8_0::<F64Acc, N>(w, ys)
+}
+
+#[inline]
+fn q4_1<F: Family, const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
+    let mut acc = [F::Acc::zero(); N];
     let mut summs = [0f32; N];
     let mask = u8x16_splat(0x0f);
     for (i, blk) in w.chunks_exact(20).enumerate() {
@@ -126,47 +185,39 @@ pub fn dot_q4_1_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
             summs[t] += m * yb.s;
             acc[t].fma_i32(
                 d * yb.d,
-                quad_sums(lo, load_qs(yb, 0)),
-                quad_sums(hi, load_qs(yb, 1)),
+                F::sums_u4(load_qs(yb, 0), lo),
+                F::sums_u4(load_qs(yb, 1), hi),
             );
         }
     }
     std::array::from_fn(|t| acc[t].hsum() + summs[t])
 }
 
-/// Q4_0 weights against `N` activation vectors, exactly as `x86::dot_q4_0_n`.
-pub fn dot_q4_0_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
-    #[cfg(target_feature = "relaxed-simd")]
-    if super::wasm_relaxed::fused() {
-        return super::wasm_relaxed::dot_q4_0_n(w, ys);
-    }
-    let mut acc = [Acc8::zero(); N];
+#[inline]
+fn q4_0<F: Family, const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
+    let mut acc = [F::Acc::zero(); N];
     let mask = u8x16_splat(0x0f);
-    let eight = i8x16_splat(8);
     for (i, blk) in w.chunks_exact(18).enumerate() {
         let d = f16_at(blk, 0);
         let raw = load16(&blk[2..18]);
-        let lo = i8x16_sub(v128_and(raw, mask), eight);
-        let hi = i8x16_sub(u8x16_shr(raw, 4), eight);
+        let lo = v128_and(raw, mask);
+        let hi = u8x16_shr(raw, 4);
         for t in 0..N {
             let yb = &ys[t][i];
             acc[t].fma_i32(
                 d * yb.d,
-                quad_sums(lo, load_qs(yb, 0)),
-                quad_sums(hi, load_qs(yb, 1)),
+                F::sums_q4_0(load_qs(yb, 0), lo),
+                F::sums_q4_0(load_qs(yb, 1), hi),
             );
         }
     }
     acc.map(|a| a.hsum())
 }
 
-/// Q8_0 weights against `N` activation vectors, exactly as `x86::dot_q8_0_n`.
-pub fn dot_q8_0_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
-    #[cfg(target_feature = "relaxed-simd")]
-    if super::wasm_relaxed::fused() {
-        return super::wasm_relaxed::dot_q8_0_n(w, ys);
-    }
-    let mut acc = [Acc8::zero(); N];
+/// Q8_0's weights are signed bytes: every family sums them in integers alike.
+#[inline]
+fn q8_0<A: Acc8, const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
+    let mut acc = [A::zero(); N];
     for (i, blk) in w.chunks_exact(34).enumerate() {
         let d = f16_at(blk, 0);
         let a = load16(&blk[2..18]);

@@ -20,8 +20,7 @@
 use core::arch::wasm32::*;
 use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
-use super::BlockQ8;
-use super::wasm::{f16_at, load_qs, load16, quad_sums};
+use super::wasm::{Acc8, Family};
 
 /// The probe's operands, read from memory so that no compiler folds the probe away.
 static PROBE_X: AtomicU32 = AtomicU32::new(0x3f80_0800); // 1 + 2^-12
@@ -48,18 +47,20 @@ pub fn fused() -> bool {
     }
 }
 
-/// Eight f32 lanes (an AVX2 `__m256`): lanes 0-3 and 4-7, accumulated by fused multiply-add.
-#[derive(Clone, Copy)]
-struct Acc8(v128, v128);
+/// The relaxed-SIMD kernels (use only where [`fused`]).
+pub(super) struct Relaxed;
 
-impl Acc8 {
+/// [`Acc8`] as two f32x4 vectors (lanes 0-3 and 4-7), accumulated by `relaxed_madd`.
+#[derive(Clone, Copy)]
+pub(super) struct RelaxedAcc(v128, v128);
+
+impl Acc8 for RelaxedAcc {
     #[inline]
     fn zero() -> Self {
         Self(f32x4_splat(0.0), f32x4_splat(0.0))
     }
 
-    /// `self = fma(scale, p, self)`, `p` the eight i32 lanes `lo`, `hi` (exact in f32: at
-    /// most 17 bits).
+    /// Each i32 lane is exact in f32 (at most 17 bits); one fused rounding.
     #[inline]
     fn fma_i32(&mut self, scale: f32, lo: v128, hi: v128) {
         let s = f32x4_splat(scale);
@@ -67,7 +68,6 @@ impl Acc8 {
         self.1 = f32x4_relaxed_madd(s, f32x4_convert_i32x4(hi), self.1);
     }
 
-    /// AVX2's `hsum`: `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))` in f32.
     #[inline]
     fn hsum(&self) -> f32 {
         let s = f32x4_add(self.0, self.1);
@@ -76,77 +76,19 @@ impl Acc8 {
     }
 }
 
-/// Σ of 16 products of `y` (i8) and `w` (bytes in 0..=15) in AVX2's lanes: lane `j` sums
-/// bytes `4j..4j+4`.
-#[inline]
-fn quad_sums_u4(y: v128, w: v128) -> v128 {
-    i32x4_relaxed_dot_i8x16_i7x16_add(y, w, i32x4_splat(0))
-}
+impl Family for Relaxed {
+    type Acc = RelaxedAcc;
 
-/// Q4_1 weights against `N` activation vectors, exactly as `x86::dot_q4_1_n` (needs [`fused`]).
-pub fn dot_q4_1_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
-    let mut acc = [Acc8::zero(); N];
-    let mut summs = [0f32; N];
-    let mask = u8x16_splat(0x0f);
-    for (i, blk) in w.chunks_exact(20).enumerate() {
-        let d = f16_at(blk, 0);
-        let m = f16_at(blk, 2);
-        let raw = load16(&blk[4..20]);
-        let lo = v128_and(raw, mask);
-        let hi = u8x16_shr(raw, 4);
-        for t in 0..N {
-            let yb = &ys[t][i];
-            summs[t] += m * yb.s;
-            acc[t].fma_i32(
-                d * yb.d,
-                quad_sums_u4(load_qs(yb, 0), lo),
-                quad_sums_u4(load_qs(yb, 1), hi),
-            );
-        }
+    /// One instruction: `y` the i8 operand, the weights (0..=15) the i7 one.
+    #[inline]
+    fn sums_u4(y: v128, n: v128) -> v128 {
+        i32x4_relaxed_dot_i8x16_i7x16_add(y, n, i32x4_splat(0))
     }
-    std::array::from_fn(|t| acc[t].hsum() + summs[t])
-}
 
-/// Q4_0 weights against `N` activation vectors, exactly as `x86::dot_q4_0_n` (needs [`fused`]).
-pub fn dot_q4_0_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
-    let mut acc = [Acc8::zero(); N];
-    let mask = u8x16_splat(0x0f);
-    let ones = i8x16_splat(1);
-    // Σ (n - 8)·y = Σ n·y - 8·Σ y, in integers.
-    let offset =
-        |y: v128, n: v128| i32x4_sub(quad_sums_u4(y, n), i32x4_shl(quad_sums_u4(y, ones), 3));
-    for (i, blk) in w.chunks_exact(18).enumerate() {
-        let d = f16_at(blk, 0);
-        let raw = load16(&blk[2..18]);
-        let lo = v128_and(raw, mask);
-        let hi = u8x16_shr(raw, 4);
-        for t in 0..N {
-            let yb = &ys[t][i];
-            acc[t].fma_i32(
-                d * yb.d,
-                offset(load_qs(yb, 0), lo),
-                offset(load_qs(yb, 1), hi),
-            );
-        }
+    /// `Σ (n - 8)·y = Σ n·y - 8·Σ y`, in integers (`Σ y`: the same dot with ones).
+    #[inline]
+    fn sums_q4_0(y: v128, n: v128) -> v128 {
+        let ys = Self::sums_u4(y, i8x16_splat(1));
+        i32x4_sub(Self::sums_u4(y, n), i32x4_shl(ys, 3))
     }
-    acc.map(|a| a.hsum())
-}
-
-/// Q8_0 weights against `N` activation vectors, exactly as `x86::dot_q8_0_n` (needs [`fused`]).
-pub fn dot_q8_0_n<const N: usize>(w: &[u8], ys: [&[BlockQ8]; N]) -> [f32; N] {
-    let mut acc = [Acc8::zero(); N];
-    for (i, blk) in w.chunks_exact(34).enumerate() {
-        let d = f16_at(blk, 0);
-        let a = load16(&blk[2..18]);
-        let b = load16(&blk[18..34]);
-        for t in 0..N {
-            let yb = &ys[t][i];
-            acc[t].fma_i32(
-                d * yb.d,
-                quad_sums(a, load_qs(yb, 0)),
-                quad_sums(b, load_qs(yb, 1)),
-            );
-        }
-    }
-    acc.map(|a| a.hsum())
 }
