@@ -202,7 +202,7 @@ step_arm() {
     # kernels (they reproduce AVX2 bit for bit), `generate` there equal to this machine's,
     # and an ARM node serving a span in a swarm of x86-64 nodes. Then the lean Windows build,
     # cross-compiled with mingw-w64, under Wine where it is installed: `generate` equal to
-    # this machine's, and a node that a native node reaches.
+    # this machine's, a node that a native node reaches, and its key file's owner-only DACL.
     export KWAAINET_REQUIRE_MODEL=1
     if [ -z "${KWAAINET_MODEL:-}" ]; then # run without the fetch-model step
         step_fetch-model
@@ -234,7 +234,8 @@ step_arm() {
     [ "$got" = "$want" ] || { echo "kwaainet.exe under Wine: '$got', expected '$want'"; return 1; }
     echo "kwaainet.exe under Wine generates what this machine's build does: $got"
     KWAAINET_WINDOWS_BIN="$exe" KWAAINET_WINE="$wine" \
-        cargo test --workspace --release --test node -- --exact a_windows_node_is_reached_by_a_native_peer
+        cargo test --workspace --release --test node -- --exact \
+        a_windows_node_is_reached_by_a_native_peer a_windows_key_file_is_private_to_its_user
 }
 
 # ---------------------------------------------------------------------------------------

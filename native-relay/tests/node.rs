@@ -673,6 +673,61 @@ fn a_windows_node_is_reached_by_a_native_peer() -> Result<()> {
     Ok(())
 }
 
+/// The Windows build under Wine keeps its key private the Windows way: the key file is
+/// created with a protected DACL naming only the user (a second run accepts it, where the
+/// folder's inherited ACL, which lets everyone read, would be refused), and a key whose
+/// ACL lets everyone read it is refused with the `icacls` command that fixes it. A file
+/// written from Linux has no stored descriptor, so Wine derives its ACL from the mode:
+/// 0644 lets everyone read, 0600 only the user. Skipped unless `KWAAINET_WINDOWS_BIN` and
+/// `KWAAINET_WINE` are set.
+#[test]
+fn a_windows_key_file_is_private_to_its_user() -> Result<()> {
+    if windows_kwaainet().is_none() {
+        #[allow(clippy::print_stderr)] // why the test did nothing, for the test log
+        {
+            eprintln!("skipping: KWAAINET_WINDOWS_BIN / KWAAINET_WINE are not set (the arm step)");
+        }
+        return Ok(());
+    }
+    let identity = |file: &std::path::Path| -> Result<std::process::Output> {
+        let mut cmd = windows_kwaainet().context("Windows binary")?;
+        let path = file.to_str().context("path")?;
+        Ok(cmd.args(["identity", "--identity", path]).output()?)
+    };
+    let dir = temp_dir("windows-key")?;
+    let key = dir.join("identity.key");
+    let first = identity(&key)?;
+    assert!(first.status.success(), "{first:?}");
+    let first = String::from_utf8(first.stdout)?;
+    assert!(first.contains("(created)"), "{first}");
+    let again = identity(&key)?;
+    assert!(
+        again.status.success(),
+        "its own new key refused: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(again.stdout)?.lines().next(),
+        first.lines().next()
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let open = dir.join("open.key");
+        std::fs::copy(&key, &open)?;
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644))?;
+        let out = identity(&open)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "an everyone-readable key was used");
+        assert!(err.contains("everyone") && err.contains("icacls"), "{err}");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o600))?;
+        let out = identity(&open)?;
+        assert!(out.status.success(), "{out:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// The blocks a `serving blocks A..B of M` line names.
 fn served(line: &str) -> Option<std::ops::Range<usize>> {
     let rest = line.strip_prefix("serving blocks ")?;

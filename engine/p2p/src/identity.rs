@@ -3,17 +3,16 @@
 //!
 //! Default location: `$KWAAINET_CONFIG_DIR`, else `$XDG_CONFIG_HOME/kwaainet`, else
 //! `~/.config/kwaainet`, else (Windows, which sets no `HOME`) `%APPDATA%\kwaainet`, file
-//! `identity.key` (libp2p's protobuf key encoding). On Unix a file that others can read is
-//! refused rather than silently used, like ssh does; on Windows the file takes the ACL of
-//! the user's profile folder it is created in (the user, SYSTEM and Administrators).
+//! `identity.key` (libp2p's protobuf key encoding). Only its owner may read it (mode 0600 on
+//! Unix, a DACL naming only the user on Windows), and a file others can read is refused
+//! rather than silently used, as ssh does (the `private_file` module).
 
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use libp2p::identity::Keypair;
 
 use crate::error::{Error, Result};
+use crate::private_file;
 
 /// File name of the key inside the config directory.
 pub const IDENTITY_FILE: &str = "identity.key";
@@ -36,66 +35,11 @@ pub fn default_config_dir() -> Option<PathBuf> {
     dir
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::IdentityIo {
-        path: path.to_owned(),
-        source,
-    }
-}
-
-/// Writes `bytes` to a new file at `path` readable by the owner only; fails if it exists.
-fn create_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-    }
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).map_err(io_err(path))?;
-    f.write_all(bytes).map_err(io_err(path))?;
-    f.sync_all().map_err(io_err(path))?;
-    Ok(())
-}
-
-/// Reads a private file, refusing one that group or others can access.
-fn read_private(path: &Path) -> Result<Vec<u8>> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(path)
-            .map_err(io_err(path))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(Error::Identity {
-                path: path.to_owned(),
-                reason: format!(
-                    "permissions {:o} let others read it; run `chmod 600 {}`",
-                    mode & 0o777,
-                    path.display()
-                ),
-            });
-        }
-    }
-    let bytes = fs::read(path).map_err(io_err(path))?;
-    if bytes.len() > 4096 {
-        return Err(Error::Identity {
-            path: path.to_owned(),
-            reason: "too large to be a key".into(),
-        });
-    }
-    Ok(bytes)
-}
-
 /// Loads the key at `path`, or creates a fresh Ed25519 key there (0600). Returns the key
 /// and whether it was just created.
 pub fn load_or_create(path: &Path) -> Result<(Keypair, bool)> {
     if path.exists() {
-        let bytes = read_private(path)?;
+        let bytes = private_file::read(path)?;
         let key = Keypair::from_protobuf_encoding(&bytes).map_err(|e| Error::Identity {
             path: path.to_owned(),
             reason: format!("not a libp2p key: {e}"),
@@ -107,7 +51,7 @@ pub fn load_or_create(path: &Path) -> Result<(Keypair, bool)> {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
-    create_private(path, &bytes)?;
+    private_file::create(path, &bytes)?;
     tracing::info!(path = %path.display(), peer_id = %key.public().to_peer_id(), "created a new identity");
     Ok((key, true))
 }
@@ -118,14 +62,14 @@ pub fn load_or_create_pem(
     generate: impl FnOnce() -> Result<String>,
 ) -> Result<String> {
     if path.exists() {
-        let bytes = read_private(path)?;
+        let bytes = private_file::read(path)?;
         return String::from_utf8(bytes).map_err(|_| Error::Identity {
             path: path.to_owned(),
             reason: "not UTF-8 PEM".into(),
         });
     }
     let pem = generate()?;
-    create_private(path, pem.as_bytes())?;
+    private_file::create(path, pem.as_bytes())?;
     Ok(pem)
 }
 
@@ -133,6 +77,7 @@ pub fn load_or_create_pem(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::fs;
 
     fn temp_dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("kwaainet-id-{name}-{}", std::process::id()));
@@ -167,7 +112,7 @@ mod tests {
     fn garbage_key_file_is_an_error_not_a_panic() {
         let dir = temp_dir("garbage");
         let path = dir.join(IDENTITY_FILE);
-        create_private(&path, b"not a key").unwrap();
+        private_file::create(&path, b"not a key").unwrap();
         assert!(load_or_create(&path).is_err());
         fs::remove_dir_all(dir).unwrap();
     }

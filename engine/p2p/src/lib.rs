@@ -34,6 +34,8 @@ pub mod identity;
 #[cfg(not(wasm_browser))]
 pub mod node;
 #[cfg(not(wasm_browser))]
+mod private_file;
+#[cfg(not(wasm_browser))]
 pub mod transport;
 
 #[cfg(wasm_browser)]
