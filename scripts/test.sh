@@ -44,6 +44,8 @@ step_clippy() {
     cargo clippy -p kwaainet-wasm --features serve --all-targets -- -D warnings
     cargo clippy -p kwaainet-wasm --features serve --target wasm32-unknown-unknown -- -D warnings
     cargo clippy -p kwaainet-wasm-p2p --target wasm32-unknown-unknown -- -D warnings
+    # The audit log's proofs and checkpoints verify in a page too.
+    cargo clippy -p kwaainet-audit --target wasm32-unknown-unknown -- -D warnings
     # The relaxed-SIMD kernels (RELAXED=1 builds).
     RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" \
         cargo clippy -p kwaainet-wasm --target wasm32-unknown-unknown -- -D warnings

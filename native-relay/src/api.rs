@@ -165,6 +165,7 @@ pub fn settings(args: &ApiArgs, file: FileApi, http: SocketAddr) -> anyhow::Resu
 pub fn build(
     s: &Settings,
     model: Option<(&Path, &str)>,
+    audit: Option<kwaainet_api::AuditHook>,
     swarm: impl FnOnce(Arc<kwaainet_core::Llama>, String) -> Arc<dyn kwaainet_api::SessionSource>,
 ) -> anyhow::Result<Option<(Arc<Api>, Arc<prometheus_client::registry::Registry>)>> {
     let Some((path, sha256)) = model else {
@@ -268,6 +269,7 @@ pub fn build(
         rate_burst: s.rate.clamp(1, 20),
         max_body: s.max_body,
         cors_origins: s.cors.clone(),
+        audit,
         ..ApiConfig::default()
     };
     Ok(Some((

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod api;
+mod audit;
 mod bench;
 #[cfg(feature = "gpu")]
 mod burn_backend;
@@ -39,6 +40,11 @@ enum Command {
     Peers(node::QueryArgs),
     /// Show the running node's network state.
     Status(node::QueryArgs),
+    /// The node's audit log of data operations.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
 }
 
 /// A rayon pool with `threads` workers (default: one per core).
@@ -68,6 +74,7 @@ fn main() -> std::process::ExitCode {
         Command::Identity(args) => node::identity(&args),
         Command::Peers(args) => node::peers(&args),
         Command::Status(args) => node::status(&args),
+        Command::Audit { command } => audit::run(&command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

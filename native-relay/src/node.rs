@@ -130,7 +130,7 @@ fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
     toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
 }
 
-fn identity_path(flag: Option<&Path>, file: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub(crate) fn identity_path(flag: Option<&Path>, file: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = flag.or(file) {
         return Ok(p.to_owned());
     }
@@ -144,7 +144,11 @@ pub fn identity(args: &IdentityArgs) -> anyhow::Result<()> {
     let path = identity_path(args.identity.as_deref(), None)?;
     let (key, created) = identity::load_or_create(&path)?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", key.public().to_peer_id())?;
+    let peer = key.public().to_peer_id();
+    writeln!(out, "{peer}")?;
+    if let Ok(did) = kwaainet_p2p::did::from_peer_id(&peer) {
+        writeln!(out, "did: {did}")?;
+    }
     writeln!(
         out,
         "key file: {}{}",
@@ -352,10 +356,12 @@ async fn run(
     let mut stop = StopSignals::install()?;
 
     let roles = s.node.clone();
-    let node = kwaainet_p2p::spawn(s.node, key, webrtc_pem)
+    let node = kwaainet_p2p::spawn(s.node, key.clone(), webrtc_pem)
         .await
         .context("starting the node")?;
     let data_dir = s.identity.parent().unwrap_or(Path::new(".")).to_owned();
+    // The audit log of the node's data operations, signed with its key (refused if tampered).
+    let audit = crate::audit::NodeAudit::open(&data_dir.join(crate::audit::AUDIT_DIR), &key)?;
     let service = match &s.span {
         Some((model, blocks)) => Some(
             crate::serving::start(&node, model, span_args, blocks.clone(), &data_dir)
@@ -380,7 +386,7 @@ async fn run(
                 .as_ref()
                 .map(|m| (m.path.as_path(), m.sha256.as_str()));
             let node_for_swarm = node.clone();
-            api = crate::api::build(settings, model, |weights, id| {
+            api = crate::api::build(settings, model, Some(audit.hook()), |weights, id| {
                 Arc::new(crate::swarm::SwarmSessions::new(
                     node_for_swarm,
                     weights,
@@ -392,7 +398,7 @@ async fn run(
         if let Some((_, registry)) = &api {
             cfg.registries.push(Arc::clone(registry));
         }
-        let mut app = kwaainet_p2p::http::router(node.clone(), cfg);
+        let mut app = kwaainet_p2p::http::router(node.clone(), cfg).merge(audit.router());
         if let Some((a, _)) = &api {
             app = app.merge(kwaainet_api::router(Arc::clone(a)));
         }
@@ -453,6 +459,8 @@ async fn run(
         node.shutdown().await;
     })
     .await;
+    // Every decision queued is written (the queue is bounded) before the node reports it stopped.
+    let _ = tokio::task::spawn_blocking(move || audit.close()).await;
     if stopped.is_err() {
         bail!("shutdown took longer than 10 s");
     }

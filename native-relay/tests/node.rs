@@ -155,12 +155,22 @@ fn post(
     path: &str,
     body: &serde_json::Value,
 ) -> Result<(u16, serde_json::Value)> {
+    post_with(addr, path, "", body)
+}
+
+/// [`post`] with extra header lines (each ending in `\r\n`).
+fn post_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &str,
+    body: &serde_json::Value,
+) -> Result<(u16, serde_json::Value)> {
     let body = body.to_string();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(90)))?;
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut raw = String::new();
@@ -371,6 +381,206 @@ fn a_world_readable_identity_is_refused() -> Result<()> {
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
     }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// The node's audit log: the API's decisions (a completion allowed, a bad key and a rate
+/// limit refused) are recorded without the key or the address, under checkpoints signed by
+/// the node's key; every entry's inclusion and the log's growth prove against them over
+/// HTTP; `kwaainet audit verify` passes, then finds an edited entry, and the node refuses
+/// to start on the tampered log.
+#[test]
+fn the_audit_log_records_api_decisions_proves_them_and_finds_tampering() -> Result<()> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use kwaainet_audit::proof::{verify_consistency, verify_inclusion};
+    use kwaainet_audit::{Checkpoint, Decision, Entry, Op, Tree};
+
+    let Some(model) = model() else {
+        return Ok(());
+    };
+    let m = model.to_str().context("model path")?;
+    let dir = temp_dir("audit")?;
+    let key_file = dir.join("identity.key");
+    let key_arg = key_file.to_str().context("path")?;
+    let n = start(
+        &dir,
+        &["--model", m, "--api-key", "sk-right-key", "--api-rate", "2"],
+    )?;
+    let peer: kwaainet_p2p::libp2p::PeerId = n.peer_id.parse()?;
+    let public =
+        kwaainet_p2p::did::to_ed25519(&kwaainet_p2p::did::from_peer_id(&peer)?)?.to_bytes();
+    let origin = format!("kwaainet/audit/{peer}");
+    let checkpoint = |at_least: u64| -> Result<Checkpoint> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, note) = get(n.http, "/api/v1/audit/checkpoint")?;
+            assert_eq!(status, 200, "{note}");
+            let cp = Checkpoint::open(&note, &origin, &public)?;
+            if cp.size >= at_least {
+                return Ok(cp);
+            }
+            if Instant::now() > deadline {
+                bail!("the log has {} entries, not {at_least}", cp.size);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let ask = serde_json::json!({
+        "messages": [{ "role": "user", "content": "my name is Alice Example" }],
+        "max_tokens": 2,
+    });
+    let good = "Authorization: Bearer sk-right-key\r\n";
+    let (status, _) = post_with(n.http, "/v1/chat/completions", good, &ask)?;
+    assert_eq!(status, 200);
+    let first = checkpoint(1)?;
+    assert_eq!(first.size, 1);
+    let bad = "Authorization: Bearer sk-wrong\r\n";
+    assert_eq!(post_with(n.http, "/v1/chat/completions", bad, &ask)?.0, 401);
+    assert_eq!(
+        post_with(n.http, "/v1/chat/completions", good, &ask)?.0,
+        200
+    );
+    assert_eq!(
+        post_with(n.http, "/v1/chat/completions", good, &ask)?.0,
+        429
+    );
+    let cp = checkpoint(4)?;
+    assert_eq!(cp.size, 4);
+
+    // The entries: what happened, to whom only as commitments, and nothing else.
+    let (status, body) = get(n.http, "/api/v1/audit/entries?from=0")?;
+    assert_eq!(status, 200);
+    let page: serde_json::Value = serde_json::from_str(&body)?;
+    let lines: Vec<String> = serde_json::from_value(page["entries"].clone())?;
+    assert_eq!(lines.len(), 4);
+    let entries: Vec<Entry> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Entry::parse(i as u64, l.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let seen: Vec<(Op, Option<Decision>, String)> = entries
+        .iter()
+        .map(|e| {
+            let reason = e.reason.as_ref().map_or("", |r| r.as_str()).to_owned();
+            (e.op, e.decision, reason)
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Op::Process, Some(Decision::Allow), "chat:ok".to_owned()),
+            (Op::Policy, Some(Decision::Deny), "chat:bad_key".to_owned()),
+            (Op::Process, Some(Decision::Allow), "chat:ok".to_owned()),
+            (
+                Op::Policy,
+                Some(Decision::Deny),
+                "chat:rate_limited".to_owned()
+            ),
+        ]
+    );
+    let subjects: Vec<_> = entries.iter().map(|e| e.subject).collect();
+    assert!(subjects.iter().all(Option::is_some));
+    assert_eq!(subjects[0], subjects[2], "one key, one subject");
+    assert_eq!(subjects[0], subjects[3]);
+    assert_ne!(
+        subjects[0], subjects[1],
+        "the refused caller is another subject"
+    );
+    for secret in ["sk-right-key", "sk-wrong", "127.0.0.1", "Alice"] {
+        assert!(!body.contains(secret), "the log shows {secret}");
+        for f in ["entries.jsonl", "checkpoints.jsonl", "salts.json"] {
+            let text = std::fs::read_to_string(dir.join("audit").join(f))?;
+            assert!(!text.contains(secret), "{f} holds {secret}");
+        }
+    }
+
+    // Each entry is in the signed tree; the log of the first checkpoint is its prefix.
+    for (i, line) in lines.iter().enumerate() {
+        let (status, body) = get(n.http, &format!("/api/v1/audit/proof/inclusion?index={i}"))?;
+        assert_eq!(status, 200, "{body}");
+        let p: serde_json::Value = serde_json::from_str(&body)?;
+        let signed = Checkpoint::open(p["checkpoint"].as_str().context("note")?, &origin, &public)?;
+        let proof = B64.decode(p["proof"].as_str().context("proof")?)?;
+        let leaf = Tree::leaf(line.as_bytes());
+        verify_inclusion(&leaf, i as u64, signed.size, &signed.root, &proof)?;
+        let forged = Tree::leaf(line.replace("deny", "allow").as_bytes());
+        if forged != leaf {
+            assert!(
+                verify_inclusion(&forged, i as u64, signed.size, &signed.root, &proof).is_err()
+            );
+        }
+    }
+    let (status, body) = get(n.http, "/api/v1/audit/proof/consistency?from=1")?;
+    assert_eq!(status, 200, "{body}");
+    let p: serde_json::Value = serde_json::from_str(&body)?;
+    let proof = B64.decode(p["proof"].as_str().context("proof")?)?;
+    verify_consistency(first.size, &first.root, cp.size, &cp.root, &proof)?;
+    // Requests no proof exists for are clear errors.
+    assert_eq!(
+        get(n.http, "/api/v1/audit/proof/inclusion?index=99")?.0,
+        404
+    );
+    assert_eq!(
+        get(n.http, "/api/v1/audit/proof/consistency?from=0")?.0,
+        404
+    );
+    assert_eq!(get(n.http, "/api/v1/audit/proof/inclusion?index=x")?.0, 400);
+    sigterm_and_wait(n)?;
+
+    // Offline: sound, then an edited entry is found, and the node will not start on it.
+    let out = run(&["audit", "verify", "--identity", key_arg])?;
+    assert!(out.contains(": 4 entries,"), "{out}");
+    let did = kwaainet_p2p::did::from_peer_id(&peer)?;
+    let out = run(&["audit", "verify", "--identity", key_arg, "--node", &did])?;
+    assert!(out.contains("all consistent"), "{out}");
+    let entries_file = dir.join("audit").join("entries.jsonl");
+    let text = std::fs::read_to_string(&entries_file)?;
+    std::fs::write(&entries_file, text.replacen("\"deny\"", "\"allow\"", 1))?;
+    let out = Command::new(BIN)
+        .args(["audit", "verify", "--identity", key_arg])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a tampered log verified");
+    assert!(err.contains("tampered") && err.contains("entry 1"), "{err}");
+    let mut child = Command::new(BIN)
+        .args([
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .args(["--identity", key_arg])
+        .env("KWAAINET_CONFIG_DIR", &dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the node started on a tampered audit log");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .context("stderr")?
+        .read_to_string(&mut err)?;
+    assert!(!status.success());
+    assert!(
+        err.contains("audit log") && err.contains("tampered"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -41,6 +41,15 @@ impl Keys {
         }
     }
 
+    /// How the audit log names the client that used key `index`: the key's SHA-256 (the
+    /// log commits to it with a salt, so even the digest is not written).
+    pub fn audit_name(&self, index: usize) -> String {
+        let hex: String = self.digests.get(index).map_or_else(String::new, |d| {
+            d.iter().map(|b| format!("{b:02x}")).collect()
+        });
+        format!("api-key:{hex}")
+    }
+
     /// Whether any key is required.
     pub fn required(&self) -> bool {
         !self.digests.is_empty()

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use kwaainet_core::{ChatTemplate, Tokenizer};
 
+pub mod audit;
 pub mod engine;
 pub mod error;
 pub mod guard;
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod openai;
 mod routes;
 
+pub use audit::{AuditEvent, AuditHook};
 pub use engine::{LocalConfig, LocalEngine, RemoteEngine, SessionSource};
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -82,6 +84,8 @@ pub struct ApiConfig {
     pub cors_origins: Vec<String>,
     /// Interval of keep-alive comments on quiet streams.
     pub keep_alive: Duration,
+    /// Where each decision about a request goes (an audit log); none: not recorded.
+    pub audit: Option<AuditHook>,
 }
 
 impl Default for ApiConfig {
@@ -93,6 +97,7 @@ impl Default for ApiConfig {
             max_body: 1 << 20,
             cors_origins: Vec::new(),
             keep_alive: Duration::from_secs(15),
+            audit: None,
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::error::ApiError;
 use crate::guard::Client;
 use crate::metrics::RequestLabels;
 use crate::openai::{ChatRequest, CompletionRequest, Job, PromptSpec};
-use crate::{Api, Backend, ServedModel};
+use crate::{Api, AuditEvent, Backend, ServedModel};
 
 type Shared = Arc<Api>;
 
@@ -75,26 +75,45 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
 }
 
 /// Keys and rate limits before any route; the client's key index or address travels on
-/// as an extension for nothing else (never the key).
+/// as an extension for nothing else (never the key). Refusals, and the requests that will
+/// process someone's prompt, are reported to the audit hook.
 async fn guard(State(api): State<Shared>, req: Request, next: Next) -> Response {
+    let route = route_of(req.uri().path());
+    let addr = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |c| c.0.ip());
+    let audit = |client: String, allowed: bool, reason: &'static str| {
+        if let Some(hook) = &api.config.audit {
+            hook.record(AuditEvent {
+                client,
+                route,
+                allowed,
+                reason,
+            });
+        }
+    };
     let auth = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let key = match api.config.keys.check(auth) {
         Ok(k) => k,
-        Err(e) => return count(&api, route_of(req.uri().path()), e.into_response()),
+        Err(e) => {
+            audit(format!("addr:{addr}"), false, "bad_key");
+            return count(&api, route, e.into_response());
+        }
     };
-    let client = match key {
-        Some(i) => Client::Key(i),
-        None => Client::Addr(
-            req.extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |c| c.0.ip()),
-        ),
+    let (client, name) = match key {
+        Some(i) => (Client::Key(i), api.config.keys.audit_name(i)),
+        None => (Client::Addr(addr), format!("addr:{addr}")),
     };
     if let Err(e) = api.limits.take(client) {
-        return count(&api, route_of(req.uri().path()), e.into_response());
+        audit(name, false, "rate_limited");
+        return count(&api, route, e.into_response());
+    }
+    if matches!(route, "chat" | "completions") && req.method() == Method::POST {
+        audit(name, true, "ok");
     }
     next.run(req).await
 }

@@ -40,6 +40,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Another process has the log open.
+    #[error(
+        "{0}: another process (a second kwaainet with the same identity?) has this audit log open"
+    )]
+    Locked(PathBuf),
     /// No randomness for a salt.
     #[error("no randomness for a salt: {0}")]
     Random(String),

@@ -30,6 +30,8 @@ pub const ENTRIES: &str = "entries.jsonl";
 pub const CHECKPOINTS: &str = "checkpoints.jsonl";
 /// The salts file.
 pub const SALTS: &str = "salts.json";
+/// The lock file: one writer at a time.
+pub const LOCK: &str = "lock";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
@@ -191,6 +193,8 @@ pub struct AuditLog {
     salts: Salts,
     latest: Checkpoint,
     latest_note: String,
+    /// Held (an OS file lock) while the log is open.
+    _lock: File,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -221,6 +225,20 @@ impl AuditLog {
     ) -> Result<Self> {
         let origin = origin.into();
         fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join(LOCK);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked(dir.to_owned()));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+        }
         let loaded = load(dir, &origin, &signer.public_key())?;
         let entries_path = dir.join(ENTRIES);
         if loaded.torn > 0 {
@@ -264,6 +282,7 @@ impl AuditLog {
             salts,
             latest,
             latest_note,
+            _lock: lock,
         };
         if log.latest.size != log.tree.len() {
             log.sign()?;
@@ -291,24 +310,40 @@ impl AuditLog {
 
     /// Appends `entry`, then signs a checkpoint of the log with it. Returns its index.
     pub fn append(&mut self, entry: &Entry) -> Result<u64> {
-        let mut line = entry.to_bytes();
-        if line.len() > MAX_ENTRY_BYTES {
-            return Err(Error::Entry {
-                index: self.tree.len(),
-                reason: format!("{} bytes, the limit is {MAX_ENTRY_BYTES}", line.len()),
-            });
+        self.append_all(std::slice::from_ref(entry))
+            .map(|r| r.start)
+    }
+
+    /// Appends `entries` with one sync, then signs one checkpoint of the log with them
+    /// (a writer draining a queue). Returns their indices. Nothing is written if one of
+    /// them is too large.
+    pub fn append_all(&mut self, entries: &[Entry]) -> Result<std::ops::Range<u64>> {
+        let first = self.tree.len();
+        let mut buf = Vec::new();
+        let mut leaves = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            let line = e.to_bytes();
+            if line.len() > MAX_ENTRY_BYTES {
+                return Err(Error::Entry {
+                    index: first + i as u64,
+                    reason: format!("{} bytes, the limit is {MAX_ENTRY_BYTES}", line.len()),
+                });
+            }
+            leaves.push((Tree::leaf(&line), line.len() as u64 + 1));
+            buf.extend_from_slice(&line);
+            buf.push(b'\n');
         }
-        let leaf = Tree::leaf(&line);
-        line.push(b'\n');
         let path = self.dir.join(ENTRIES);
-        self.entries.write_all(&line).map_err(io(&path))?;
+        self.entries.write_all(&buf).map_err(io(&path))?;
         self.entries.sync_data().map_err(io(&path))?;
-        let index = self.tree.len();
-        self.tree.push(leaf);
-        let end = self.offsets.last().copied().unwrap_or(0) + line.len() as u64;
-        self.offsets.push(end);
+        let mut end = self.offsets.last().copied().unwrap_or(0);
+        for (leaf, len) in leaves {
+            self.tree.push(leaf);
+            end += len;
+            self.offsets.push(end);
+        }
         self.sign()?;
-        Ok(index)
+        Ok(first..self.tree.len())
     }
 
     /// The commitment naming `subject` in entries (its salt created and saved on first use).

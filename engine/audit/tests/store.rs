@@ -113,6 +113,11 @@ fn a_log_reopens_verifies_and_proves_inclusion_and_consistency() {
     );
     let mut log = AuditLog::open(&dir, ORIGIN, key()).unwrap();
     assert_eq!(log.checkpoint().0.root, root);
+    // One writer at a time.
+    assert!(matches!(
+        AuditLog::open(&dir, ORIGIN, key()),
+        Err(Error::Locked(_))
+    ));
     log.append(&Entry::new(1, Op::Export)).unwrap();
     assert_eq!(store::verify(&dir, ORIGIN, &pk()).unwrap().entries, 11);
     // Another key, or another log's name: nothing verifies.

@@ -1,0 +1,36 @@
+//! What the API tells an audit log: one event per decision about a request that would
+//! process someone's data (a completion), and per refusal. Never the request's content,
+//! never a key: the client is named by its key's digest or its address, which the log
+//! commits to with a salt before writing anything.
+
+use std::sync::Arc;
+
+/// One decision about a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Who asked: `api-key:<SHA-256 of the key, hex>` or `addr:<IP address>`.
+    pub client: String,
+    /// The route: `chat`, `completions`, `models` or `other`.
+    pub route: &'static str,
+    /// Allowed (and so processed) or refused.
+    pub allowed: bool,
+    /// Why: `ok`, `bad_key` or `rate_limited`.
+    pub reason: &'static str,
+}
+
+/// Receives the API's decisions (the node's audit log). It must not block: the node's
+/// hook hands events to a writer thread.
+#[derive(Clone)]
+pub struct AuditHook(pub Arc<dyn Fn(AuditEvent) + Send + Sync>);
+
+impl std::fmt::Debug for AuditHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditHook")
+    }
+}
+
+impl AuditHook {
+    pub(crate) fn record(&self, event: AuditEvent) {
+        (self.0)(event);
+    }
+}

@@ -1,0 +1,347 @@
+//! The node's audit log (`kwaainet-audit`) in `<config dir>/audit/`, signed with the node's
+//! own key: a writer thread that records the API's decisions, the read-only HTTP routes that
+//! let anyone check it (`/api/v1/audit/…`), and `kwaainet audit verify`.
+//!
+//! Routes (JSON unless said; every one bounded):
+//! - `GET /api/v1/audit/checkpoint`: the latest signed note (text/plain);
+//! - `GET /api/v1/audit/entries?from=A&to=B`: entries `A..B` (at most 1,000) as the exact
+//!   stored strings, whose SHA-256 are the tree's leaves;
+//! - `GET /api/v1/audit/proof/inclusion?index=I`: entry `I`'s audit path in the latest
+//!   checkpoint, with that checkpoint;
+//! - `GET /api/v1/audit/proof/consistency?from=N`: the proof that the log of `N` entries is
+//!   a prefix of the latest checkpoint's, with that checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use kwaainet_api::{AuditEvent, AuditHook};
+use kwaainet_audit::store::{self, AuditLog};
+use kwaainet_audit::{Decision, Entry, Label, Op, Signer};
+use kwaainet_p2p::libp2p::PeerId;
+use kwaainet_p2p::libp2p::identity::Keypair;
+use serde::Deserialize;
+use serde_json::json;
+
+/// The audit log's folder beside the identity key.
+pub const AUDIT_DIR: &str = "audit";
+/// Decisions waiting for the writer at most; more are dropped (and counted in the log's
+/// warnings) rather than holding up the API.
+const QUEUE: usize = 4096;
+/// Entries written with one sync and one checkpoint at most.
+const BATCH: usize = 256;
+/// Entries one `entries` request returns at most.
+const MAX_PAGE: u64 = 1000;
+
+/// The log's name for a node: its origin line and signing key name.
+pub fn origin(peer: &PeerId) -> String {
+    format!("kwaainet/audit/{peer}")
+}
+
+/// Signs checkpoints with the node's libp2p Ed25519 key.
+struct NodeKey {
+    key: Keypair,
+    public: [u8; 32],
+}
+
+impl NodeKey {
+    fn new(key: Keypair) -> anyhow::Result<Self> {
+        let public = key
+            .public()
+            .try_into_ed25519()
+            .context("the audit log is signed with an Ed25519 node key")?
+            .to_bytes();
+        Ok(Self { key, public })
+    }
+}
+
+impl Signer for NodeKey {
+    fn public_key(&self) -> [u8; 32] {
+        self.public
+    }
+    fn sign(&self, msg: &[u8]) -> [u8; 64] {
+        // Ed25519 signing cannot fail; its signature is 64 bytes.
+        self.key
+            .sign(msg)
+            .ok()
+            .and_then(|s| s.try_into().ok())
+            .unwrap_or([0; 64])
+    }
+}
+
+/// The public key inside an Ed25519 peer id.
+fn public_key_of(peer: &PeerId) -> anyhow::Result<[u8; 32]> {
+    let did = kwaainet_p2p::did::from_peer_id(peer)?;
+    Ok(kwaainet_p2p::did::to_ed25519(&did)?.to_bytes())
+}
+
+enum Msg {
+    Decision(AuditEvent, u64),
+    Stop,
+}
+
+/// The node's open audit log and its writer.
+pub struct NodeAudit {
+    log: Arc<Mutex<AuditLog>>,
+    tx: SyncSender<Msg>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lock(log: &Mutex<AuditLog>) -> MutexGuard<'_, AuditLog> {
+    // A writer that panicked mid-append left the files as they were: keep going.
+    log.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn entry_of(log: &mut AuditLog, ev: &AuditEvent, time_ms: u64) -> anyhow::Result<Entry> {
+    let mut e = Entry::new(time_ms, if ev.allowed { Op::Process } else { Op::Policy });
+    e.subject = Some(log.commit(&ev.client)?);
+    e.purpose = Some(Label::new("inference")?);
+    e.decision = Some(if ev.allowed {
+        Decision::Allow
+    } else {
+        Decision::Deny
+    });
+    e.reason = Some(Label::new(format!("{}:{}", ev.route, ev.reason))?);
+    Ok(e)
+}
+
+fn write_loop(log: Arc<Mutex<AuditLog>>, rx: Receiver<Msg>) {
+    let mut stop = false;
+    while !stop {
+        let Ok(first) = rx.recv() else { break };
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let mut log = lock(&log);
+        let mut entries = Vec::with_capacity(batch.len());
+        for m in batch {
+            match m {
+                Msg::Decision(ev, t) => match entry_of(&mut log, &ev, t) {
+                    Ok(e) => entries.push(e),
+                    Err(e) => tracing::error!(error = %e, "audit entry"),
+                },
+                Msg::Stop => stop = true,
+            }
+        }
+        if !entries.is_empty()
+            && let Err(e) = log.append_all(&entries)
+        {
+            tracing::error!(error = %e, "writing the audit log");
+        }
+    }
+}
+
+impl NodeAudit {
+    /// Opens the log in `dir` for the node with `key` (refusing a tampered log) and starts
+    /// its writer.
+    pub fn open(dir: &Path, key: &Keypair) -> anyhow::Result<Self> {
+        let origin = origin(&key.public().to_peer_id());
+        let log = AuditLog::open(dir, origin, Box::new(NodeKey::new(key.clone())?))
+            .with_context(|| format!("opening the audit log in {}", dir.display()))?;
+        let log = Arc::new(Mutex::new(log));
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let writer = {
+            let log = Arc::clone(&log);
+            std::thread::Builder::new()
+                .name("audit-log".into())
+                .spawn(move || write_loop(log, rx))
+                .context("starting the audit writer")?
+        };
+        Ok(Self {
+            log,
+            tx,
+            writer: Some(writer),
+        })
+    }
+
+    /// The API's hook: decisions go to the writer without waiting.
+    pub fn hook(&self) -> AuditHook {
+        let tx = self.tx.clone();
+        AuditHook(Arc::new(move |ev| {
+            if let Err(TrySendError::Full(_)) = tx.try_send(Msg::Decision(ev, now_ms())) {
+                tracing::warn!("audit queue full: a decision was not recorded");
+            }
+        }))
+    }
+
+    /// Writes what is queued, then stops the writer (bounded: the queue is).
+    pub fn close(mut self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+
+    /// The HTTP routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/api/v1/audit/checkpoint", get(checkpoint))
+            .route("/api/v1/audit/entries", get(entries))
+            .route("/api/v1/audit/proof/inclusion", get(inclusion))
+            .route("/api/v1/audit/proof/consistency", get(consistency))
+            .with_state(Arc::clone(&self.log))
+    }
+}
+
+type Shared = Arc<Mutex<AuditLog>>;
+
+fn bad(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, axum::Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+async fn checkpoint(State(log): State<Shared>) -> Response {
+    let note = lock(&log).checkpoint().1.to_owned();
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response()
+}
+
+#[derive(Deserialize)]
+struct Range {
+    from: Option<u64>,
+    to: Option<u64>,
+}
+
+async fn entries(State(log): State<Shared>, Query(q): Query<Range>) -> Response {
+    let log = lock(&log);
+    let from = q.from.unwrap_or(0);
+    let to = q.to.unwrap_or(u64::MAX).min(from.saturating_add(MAX_PAGE));
+    match log.entries(from, to) {
+        Ok(list) => {
+            let list: Vec<String> = list
+                .into_iter()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .collect();
+            axum::Json(json!({ "from": from, "size": log.len(), "entries": list })).into_response()
+        }
+        Err(e) => bad(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct Index {
+    index: u64,
+}
+
+async fn inclusion(State(log): State<Shared>, Query(q): Query<Index>) -> Response {
+    let log = lock(&log);
+    match log.prove_inclusion(q.index) {
+        Ok(p) => axum::Json(json!({
+            "index": q.index,
+            "size": log.len(),
+            "proof": B64.encode(p),
+            "checkpoint": log.checkpoint().1,
+        }))
+        .into_response(),
+        Err(e) => bad(StatusCode::NOT_FOUND, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct Since {
+    from: u64,
+}
+
+async fn consistency(State(log): State<Shared>, Query(q): Query<Since>) -> Response {
+    let log = lock(&log);
+    match log.prove_consistency(q.from) {
+        Ok(p) => axum::Json(json!({
+            "from": q.from,
+            "size": log.len(),
+            "proof": B64.encode(p),
+            "checkpoint": log.checkpoint().1,
+        }))
+        .into_response(),
+        Err(e) => bad(StatusCode::NOT_FOUND, e),
+    }
+}
+
+/// Arguments of `kwaainet audit verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    id: crate::node::IdentityArgs,
+    /// The node whose log it is, by peer id or did:key (default: this machine's node, from
+    /// its identity key).
+    #[arg(long)]
+    node: Option<String>,
+    /// The log's folder (default: `audit/` beside the identity key).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// `kwaainet audit`.
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Check the stored log against its signed checkpoints: any edited, removed or
+    /// reordered entry, or forged checkpoint, is reported and the command fails.
+    Verify(VerifyArgs),
+}
+
+/// Runs `kwaainet audit …`.
+pub fn run(cmd: &AuditCommand) -> anyhow::Result<()> {
+    let AuditCommand::Verify(args) = cmd;
+    let key_path = crate::node::identity_path(args.id.identity.as_deref(), None)?;
+    let peer: PeerId = match &args.node {
+        Some(n) if n.starts_with("did:key:") => kwaainet_p2p::did::to_peer_id(n)?,
+        Some(n) => n.parse().context("--node: not a peer id or did:key")?,
+        None => {
+            let (key, _) = kwaainet_p2p::identity::load_or_create(&key_path)?;
+            key.public().to_peer_id()
+        }
+    };
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| key_path.parent().unwrap_or(Path::new(".")).join(AUDIT_DIR));
+    anyhow::ensure!(
+        dir.join(store::ENTRIES).exists() || dir.join(store::CHECKPOINTS).exists(),
+        "no audit log in {}",
+        dir.display()
+    );
+    let r = store::verify(&dir, &origin(&peer), &public_key_of(&peer)?)
+        .with_context(|| format!("audit log {}", dir.display()))?;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "audit log {}: {} entries, {} signed checkpoints, all consistent; the latest signs {} entries",
+        dir.display(),
+        r.entries,
+        r.checkpoints,
+        r.signed_size
+    )?;
+    if r.unsigned > 0 {
+        writeln!(
+            out,
+            "{} entries after the latest checkpoint (a stop between the two writes; signed when the node opens the log)",
+            r.unsigned
+        )?;
+    }
+    if r.torn > 0 {
+        writeln!(
+            out,
+            "{} bytes of a torn last entry (cut off when the node opens the log)",
+            r.torn
+        )?;
+    }
+    Ok(())
+}
