@@ -32,8 +32,14 @@ use kwaainet_p2p::libp2p::identity::Keypair;
 use serde::Deserialize;
 use serde_json::json;
 
-/// The audit log's folder beside the identity key.
+/// The audit logs' folder beside the identity key: one log per node key, in a folder
+/// named by its peer id (a new key starts a new log; the old one still verifies).
 pub const AUDIT_DIR: &str = "audit";
+
+/// The folder of the log of the node `peer` whose identity key is in `data_dir`.
+pub fn dir_of(data_dir: &Path, peer: &PeerId) -> PathBuf {
+    data_dir.join(AUDIT_DIR).join(peer.to_string())
+}
 /// Decisions waiting for the writer at most; more are dropped (and counted in the log's
 /// warnings) rather than holding up the API.
 const QUEUE: usize = 4096;
@@ -283,7 +289,7 @@ pub struct VerifyArgs {
     /// its identity key).
     #[arg(long)]
     node: Option<String>,
-    /// The log's folder (default: `audit/` beside the identity key).
+    /// The log's folder (default: `audit/<peer id>/` beside the identity key).
     #[arg(long)]
     dir: Option<PathBuf>,
 }
@@ -311,7 +317,7 @@ pub fn run(cmd: &AuditCommand) -> anyhow::Result<()> {
     let dir = args
         .dir
         .clone()
-        .unwrap_or_else(|| key_path.parent().unwrap_or(Path::new(".")).join(AUDIT_DIR));
+        .unwrap_or_else(|| dir_of(key_path.parent().unwrap_or(Path::new(".")), &peer));
     anyhow::ensure!(
         dir.join(store::ENTRIES).exists() || dir.join(store::CHECKPOINTS).exists(),
         "no audit log in {}",

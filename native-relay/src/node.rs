@@ -361,7 +361,8 @@ async fn run(
         .context("starting the node")?;
     let data_dir = s.identity.parent().unwrap_or(Path::new(".")).to_owned();
     // The audit log of the node's data operations, signed with its key (refused if tampered).
-    let audit = crate::audit::NodeAudit::open(&data_dir.join(crate::audit::AUDIT_DIR), &key)?;
+    let audit =
+        crate::audit::NodeAudit::open(&crate::audit::dir_of(&data_dir, &node.peer_id()), &key)?;
     let service = match &s.span {
         Some((model, blocks)) => Some(
             crate::serving::start(&node, model, span_args, blocks.clone(), &data_dir)

@@ -491,7 +491,7 @@ fn the_audit_log_records_api_decisions_proves_them_and_finds_tampering() -> Resu
     for secret in ["sk-right-key", "sk-wrong", "127.0.0.1", "Alice"] {
         assert!(!body.contains(secret), "the log shows {secret}");
         for f in ["entries.jsonl", "checkpoints.jsonl", "salts.json"] {
-            let text = std::fs::read_to_string(dir.join("audit").join(f))?;
+            let text = std::fs::read_to_string(dir.join("audit").join(&n.peer_id).join(f))?;
             assert!(!text.contains(secret), "{f} holds {secret}");
         }
     }
@@ -535,7 +535,10 @@ fn the_audit_log_records_api_decisions_proves_them_and_finds_tampering() -> Resu
     let did = kwaainet_p2p::did::from_peer_id(&peer)?;
     let out = run(&["audit", "verify", "--identity", key_arg, "--node", &did])?;
     assert!(out.contains("all consistent"), "{out}");
-    let entries_file = dir.join("audit").join("entries.jsonl");
+    let entries_file = dir
+        .join("audit")
+        .join(peer.to_string())
+        .join("entries.jsonl");
     let text = std::fs::read_to_string(&entries_file)?;
     std::fs::write(&entries_file, text.replacen("\"deny\"", "\"allow\"", 1))?;
     let out = Command::new(BIN)
