@@ -104,7 +104,8 @@ step_p2p() {
     # The browser joins: the page-side node (rust-libp2p in wasm, dist/p2p/) through the
     # SDK's KwaaiNetwork in headless Chromium, against `kwaainet start` on 127.0.0.1:
     # WebRTC-direct, WebSocket fallback, DHT lookup, page-to-page messages through the
-    # relay, reconnect after a node restart. Then a page serves a span (serve.test.mjs):
+    # relay, reconnect after a node restart; a page checks a node's audit log (audit.test.mjs:
+    # signature, root, inclusion, consistency, a lying node caught). Then a page serves a span (serve.test.mjs):
     # native → page → native routes, consent withdrawn and the page closed mid-generation.
     if [ -z "${KWAAINET_MODEL:-}" ]; then # run without the fetch-model step
         step_fetch-model

@@ -50,7 +50,7 @@ const MAX_PAGE: u64 = 1000;
 
 /// The log's name for a node: its origin line and signing key name.
 pub fn origin(peer: &PeerId) -> String {
-    format!("kwaainet/audit/{peer}")
+    kwaainet_audit::node_origin(&peer.to_string())
 }
 
 /// Signs checkpoints with the node's libp2p Ed25519 key.

@@ -43,6 +43,7 @@ export {
   type CallOptions, type NetworkEvents, type NetworkMessage, type NetworkOptions, type NetworkPeerEvent, type NetworkStatus,
   type NetworkStatusEvent, type NetworkTransport, type NodeRecord,
 } from './network.js';
+export type { AuditCheckpoint, AuditEntry, AuditOptions, AuditVerification } from './audit.js';
 export type {
   ConsentGate, ServeSpanOptions, SpanContribution, SpanService, SpanServiceEvents, WithdrawReason,
 } from './serve.js';

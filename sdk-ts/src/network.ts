@@ -27,6 +27,7 @@ import { Emitter } from './events.js';
 import type { WasmP2pEvent, WasmP2pModule, WasmP2pNode } from './wasm-p2p.js';
 import { serveSpan, type ServeSpanOptions, type SpanService } from './serve.js';
 import { PageSwarm, type PageSwarmOptions } from './swarm.js';
+import { verifyAudit, verifyAuditEntry, type AuditCheckpoint, type AuditEntry, type AuditOptions, type AuditVerification } from './audit.js';
 import { guardWebRtcHandlers } from './webrtc-guard.js';
 
 /** Largest message payload (the `/kwaainet/msg/1.0.0` limit). */
@@ -462,6 +463,29 @@ export class KwaaiNetwork {
     for (const s of this.swarms) if (s.closed) this.swarms.delete(s);
     this.swarms.add(swarm);
     return swarm;
+  }
+
+  /**
+   * Checks the audit log of the node `peerId` whose HTTP side is `nodeUrl` (audit.ts): its
+   * checkpoint's signature by the node's key, that its entries give the root signed, and,
+   * with `since`, that the log only grew since that checkpoint. Throws `P2pError` with
+   * reason `record` on any mismatch. Needs no connection, only the P2P module.
+   */
+  async verifyAudit(nodeUrl: string | URL, peerId: string, opts: AuditOptions = {}): Promise<AuditVerification> {
+    return verifyAudit(await this.module(opts.signal), nodeUrl, peerId, opts);
+  }
+
+  /** Checks entry `index` of a node's audit log by its inclusion proof. */
+  async verifyAuditEntry(
+    nodeUrl: string | URL, peerId: string, index: number, opts: Omit<AuditOptions, 'since' | 'maxEntries'> = {},
+  ): Promise<{ entry: AuditEntry; checkpoint: AuditCheckpoint }> {
+    return verifyAuditEntry(await this.module(opts.signal), nodeUrl, peerId, index, opts);
+  }
+
+  private module(signal?: AbortSignal): Promise<WasmP2pModule> {
+    if (this.current === 'closed') throw new DisposedError('This KwaaiNetwork was closed');
+    const o = this.options;
+    return bounded(loadModule(o.moduleUrl, o.wasmUrl, o.wasmIntegrity), o.requestTimeoutMs, 'loading the P2P module', signal);
   }
 
   /** The span this page serves, if any. */

@@ -89,4 +89,10 @@ export interface WasmP2pModule {
   };
   maxMessageBytes(): number;
   p2pVersion(): string;
+  /** A node's audit checkpoint once its signature by `peerId`'s key verifies (engine/wasm-p2p/src/audit.rs). */
+  auditOpenCheckpoint(note: string, peerId: string): { origin: string; size: number; root: string };
+  /** The RFC 6962 root (base64) of these stored entries. */
+  auditRoot(entries: string[]): string;
+  auditVerifyInclusion(entry: string, index: number, size: number, root: string, proof: string): void;
+  auditVerifyConsistency(oldSize: number, oldRoot: string, newSize: number, newRoot: string, proof: string): void;
 }

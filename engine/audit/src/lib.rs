@@ -28,3 +28,8 @@ pub use commit::{Commitment, Salt, Salts};
 pub use entry::{Decision, Entry, Label, Op};
 pub use error::{Error, Result};
 pub use tree::{Hash, Tree};
+
+/// The log name (checkpoint origin and signing key name) of the node with this peer id.
+pub fn node_origin(peer_id: &str) -> String {
+    format!("kwaainet/audit/{peer_id}")
+}

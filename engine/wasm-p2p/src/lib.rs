@@ -9,6 +9,8 @@
 //! ([`P2pCode`]); the bindings exist on wasm32 only.
 
 #[cfg(target_arch = "wasm32")]
+pub mod audit;
+#[cfg(target_arch = "wasm32")]
 mod bindings;
 #[cfg(target_arch = "wasm32")]
 pub mod client;

@@ -1,0 +1,137 @@
+// A page checks a node's audit log with the node's own verification code (the P2P module's
+// kwaainet-audit bindings, through the SDK's KwaaiNetwork.verifyAudit): a real
+// `kwaainet start` on 127.0.0.1 with the default model and an API key records its API
+// decisions; the page verifies the signed checkpoint (by the key behind the node's peer
+// id), recomputes the root from every entry, proves one entry's inclusion, proves the log
+// only grew since a checkpoint it kept, and catches a node that lies: entries edited in
+// transit, a checkpoint from another key, a forged kept checkpoint.
+//
+//   node --test engine/p2p/tests/browser/audit.test.mjs
+//
+// Needs what p2p.test.mjs needs, and the default model ($KWAAINET_MODEL). Loopback only;
+// every wait is bounded.
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { launch } from '../../../../demo-site/tests/browser.mjs';
+import { TEST_PAGE, bin, freePorts, nodeState, p2pDir, runBin, sdkDir, startNode, stopNode, until } from './support.mjs';
+
+const model = process.env.KWAAINET_MODEL;
+const KEY = 'sk-audit-test-key';
+
+let dir;
+let node;
+let browser;
+
+before(async () => {
+  assert.ok(existsSync(bin), `no kwaainet binary at ${bin} (cargo build --release -p kwaainet)`);
+  assert.ok(existsSync(join(p2pDir, 'kwaainet_wasm_bg.wasm')), 'no dist/p2p (MODULE=p2p bash scripts/build-wasm.sh)');
+  assert.ok(existsSync(join(sdkDir, 'index.js')), 'no sdk-ts/dist (npm run build -w @kwaainet/sdk)');
+  assert.ok(model && existsSync(model), 'KWAAINET_MODEL must name the model file');
+  dir = mkdtempSync(join(tmpdir(), 'kwaainet-audit-browser-'));
+  const site = join(dir, 'site');
+  mkdirSync(site);
+  writeFileSync(join(site, 'test.html'), TEST_PAGE);
+  cpSync(sdkDir, join(site, 'sdk'), { recursive: true });
+  cpSync(p2pDir, join(site, 'p2p'), { recursive: true });
+  node = await startNode({ dir, site, ...(await freePorts()), extra: ['--model', model, '--api-key', KEY, '--api-threads', '1'] });
+  browser = await launch();
+});
+
+after(async () => {
+  await browser?.close();
+  await stopNode(node);
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+async function complete(key) {
+  const res = await fetch(`${node.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ messages: [{ role: 'user', content: 'I am Alice Example' }], max_tokens: 2 }),
+    signal: AbortSignal.timeout(60_000),
+  });
+  await res.arrayBuffer();
+  return res.status;
+}
+
+/** The size of the node's latest checkpoint (its second line), once it is at least `n`. */
+function logSize(n) {
+  return until(20_000, `an audit log of ${n} entries`, async () => {
+    const note = await (await fetch(`${node.url}/api/v1/audit/checkpoint`)).text();
+    const size = Number(note.split('\n')[1]);
+    return size >= n ? size : null;
+  });
+}
+
+test('a page verifies a node\'s audit log, its growth and one entry, and catches a lying node', { timeout: 120_000 }, async () => {
+  assert.equal(await complete(KEY), 200);
+  assert.equal(await complete('sk-wrong'), 401);
+  assert.equal(await complete(KEY), 200);
+  assert.equal(await logSize(3), 3);
+  const { peer_id: peerId } = await nodeState(node.url);
+
+  const page = await browser.context.newPage();
+  await page.goto(`${node.url}/test.html`, { waitUntil: 'load', timeout: 30_000 });
+  await page.waitForFunction(() => window.sdkReady === true, null, { timeout: 10_000 });
+  const first = await page.evaluate(async (peerId) => {
+    const net = new window.sdk.KwaaiNetwork({ moduleUrl: new URL('./p2p/kwaainet_wasm.js', location.href) });
+    window.net = net;
+    const v = await net.verifyAudit(location.origin, peerId);
+    window.kept = v.checkpoint;
+    return v;
+  }, peerId);
+  assert.equal(first.checkpoint.size, 3);
+  assert.equal(first.consistentWith, null);
+  assert.deepEqual(first.entries.map((e) => [e.op, e.decision, e.reason]), [
+    ['process', 'allow', 'chat:ok'], ['policy', 'deny', 'chat:bad_key'], ['process', 'allow', 'chat:ok'],
+  ]);
+  assert.equal(first.entries[0].subject, first.entries[2].subject);
+  assert.notEqual(first.entries[0].subject, first.entries[1].subject);
+  assert.ok(!JSON.stringify(first).includes(KEY) && !JSON.stringify(first).includes('Alice'));
+
+  // The log grows; the page proves the new checkpoint extends the one it kept.
+  assert.equal(await complete(KEY), 200);
+  assert.equal(await logSize(4), 4);
+  const grown = await page.evaluate(async (peerId) => {
+    const v = await window.net.verifyAudit(location.origin, peerId, { since: window.kept });
+    const one = await window.net.verifyAuditEntry(location.origin, peerId, 1);
+    return { size: v.checkpoint.size, consistentWith: v.consistentWith, n: v.entries.length, one };
+  }, peerId);
+  assert.deepEqual([grown.size, grown.consistentWith, grown.n], [4, 3, 4]);
+  assert.equal(grown.one.entry.decision, 'deny');
+  assert.equal(grown.one.checkpoint.size, 4);
+
+  // A lying node: every failure is a P2pError with reason `record` (a kept checkpoint whose
+  // fields disagree with its own note is the caller's mistake). Another node's key:
+  const other = (await runBin(['identity', '--identity', join(dir, 'other.key')])).out.split('\n')[0];
+  const failures = await page.evaluate(async ({ peerId, other }) => {
+    const why = async (f) => f().then(() => 'verified', (e) => `${e.name}:${e.reason ?? e.code}`);
+    const net = window.net;
+    const forgedKept = { ...window.kept, note: window.kept.note.replace('\n3\n', '\n2\n'), size: 2 };
+    return {
+      otherKey: await why(() => net.verifyAudit(location.origin, other)),
+      forgedKept: await why(() => net.verifyAudit(location.origin, peerId, { since: forgedKept })),
+      wrongRoot: await why(() => net.verifyAudit(location.origin, peerId, { since: { ...window.kept, root: btoa('x'.repeat(32)) } })),
+    };
+  }, { peerId, other });
+  assert.deepEqual(failures, { otherKey: 'P2pError:record', forgedKept: 'P2pError:record', wrongRoot: 'InvalidArgumentError:invalid-argument' });
+
+  // Entries edited in transit (a refusal turned into an allowance): the root does not match.
+  await page.route('**/api/v1/audit/entries**', async (route) => {
+    const res = await route.fetch();
+    const body = await res.json();
+    body.entries = body.entries.map((e) => e.replace('"deny"', '"allow"'));
+    await route.fulfill({ response: res, json: body });
+  });
+  const edited = await page.evaluate(async (peerId) => window.net.verifyAudit(location.origin, peerId)
+    .then(() => 'verified', (e) => `${e.name}:${e.reason}:${e.message}`), peerId);
+  assert.match(edited, /^P2pError:record:the entries the node sent do not give the root/);
+  const editedOne = await page.evaluate(async (peerId) => window.net.verifyAuditEntry(location.origin, peerId, 1)
+    .then(() => 'verified', (e) => `${e.name}:${e.reason}`), peerId);
+  assert.equal(editedOne, 'P2pError:record');
+  await page.close();
+});
