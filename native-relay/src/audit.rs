@@ -54,33 +54,27 @@ pub fn origin(peer: &PeerId) -> String {
 }
 
 /// Signs checkpoints with the node's libp2p Ed25519 key.
-struct NodeKey {
-    key: Keypair,
-    public: [u8; 32],
-}
+struct NodeKey(kwaainet_p2p::libp2p::identity::ed25519::Keypair);
 
 impl NodeKey {
-    fn new(key: Keypair) -> anyhow::Result<Self> {
-        let public = key
-            .public()
-            .try_into_ed25519()
-            .context("the audit log is signed with an Ed25519 node key")?
-            .to_bytes();
-        Ok(Self { key, public })
+    fn new(key: &Keypair) -> anyhow::Result<Self> {
+        Ok(Self(key.clone().try_into_ed25519().context(
+            "the audit log is signed with an Ed25519 node key",
+        )?))
     }
 }
 
 impl Signer for NodeKey {
     fn public_key(&self) -> [u8; 32] {
-        self.public
+        self.0.public().to_bytes()
     }
     fn sign(&self, msg: &[u8]) -> [u8; 64] {
-        // Ed25519 signing cannot fail; its signature is 64 bytes.
-        self.key
-            .sign(msg)
-            .ok()
-            .and_then(|s| s.try_into().ok())
-            .unwrap_or([0; 64])
+        let sig = self.0.sign(msg);
+        let mut out = [0u8; 64];
+        // An Ed25519 signature is 64 bytes.
+        let n = sig.len().min(64);
+        out[..n].copy_from_slice(&sig[..n]);
+        out
     }
 }
 
@@ -162,7 +156,7 @@ impl NodeAudit {
     /// its writer.
     pub fn open(dir: &Path, key: &Keypair) -> anyhow::Result<Self> {
         let origin = origin(&key.public().to_peer_id());
-        let log = AuditLog::open(dir, origin, Box::new(NodeKey::new(key.clone())?))
+        let log = AuditLog::open(dir, origin, Box::new(NodeKey::new(key)?))
             .with_context(|| format!("opening the audit log in {}", dir.display()))?;
         let log = Arc::new(Mutex::new(log));
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);

@@ -7,8 +7,9 @@
 //!
 //! Opening the log checks all of it ([`load`]) and refuses a log whose entries disagree
 //! with its signed checkpoints. A write torn by a crash (a last line without its newline)
-//! is cut off on open; entries written after the last checkpoint (a crash in between) get a
-//! checkpoint. What a local check cannot see is a log cut back together with its
+//! is cut off on open; entries written after the last checkpoint (a crash in between, so at
+//! most one append's [`MAX_BATCH`]) get a checkpoint, while more, or entries without any
+//! checkpoint, mean checkpoints were removed and are refused. What a local check cannot see is a log cut back together with its
 //! checkpoints by someone holding the key: clients that kept a later checkpoint see it, as
 //! the consistency proof they ask for cannot exist.
 
@@ -32,6 +33,9 @@ pub const CHECKPOINTS: &str = "checkpoints.jsonl";
 pub const SALTS: &str = "salts.json";
 /// The lock file: one writer at a time.
 pub const LOCK: &str = "lock";
+/// Entries one append writes at most: a crash leaves at most this many after the last
+/// checkpoint, so more unsigned entries than this are not a crash's doing.
+pub const MAX_BATCH: usize = 1024;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
@@ -156,6 +160,21 @@ pub fn load(dir: &Path, origin: &str, public_key: &[u8; 32]) -> Result<Loaded> {
             "a checkpoint signs {} entries, the log has {}: entries were removed",
             cp.size,
             tree.len()
+        )));
+    }
+    // A log is created with a checkpoint of size 0, and a crash leaves at most one batch
+    // unsigned: more means checkpoints were removed.
+    let signed_size = signed.last().map(|(c, _)| c.size);
+    let unsigned = tree.len() - signed_size.unwrap_or(0);
+    if signed_size.is_none() && !tree.is_empty() {
+        return Err(Error::Tampered(format!(
+            "{} entries and no checkpoint: the checkpoints were removed",
+            tree.len()
+        )));
+    }
+    if unsigned > MAX_BATCH as u64 {
+        return Err(Error::Tampered(format!(
+            "{unsigned} entries after the latest checkpoint, more than one write leaves: checkpoints were removed"
         )));
     }
     let checkpoints = signed.len() as u64;
@@ -319,6 +338,15 @@ impl AuditLog {
     /// them is too large.
     pub fn append_all(&mut self, entries: &[Entry]) -> Result<std::ops::Range<u64>> {
         let first = self.tree.len();
+        if entries.len() > MAX_BATCH {
+            return Err(Error::Entry {
+                index: first,
+                reason: format!(
+                    "{} entries in one append, the limit is {MAX_BATCH}",
+                    entries.len()
+                ),
+            });
+        }
         let mut buf = Vec::new();
         let mut leaves = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {

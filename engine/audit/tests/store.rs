@@ -194,7 +194,10 @@ fn an_edited_checkpoint_is_found() {
 
 #[test]
 fn a_crash_mid_write_loses_nothing_that_was_signed() {
-    let (dir, log) = log_of("crash", 4);
+    let (dir, mut log) = log_of("crash", 4);
+    let too_many = vec![Entry::new(0, Op::Read); store::MAX_BATCH + 1];
+    assert!(log.append_all(&too_many).is_err());
+    assert_eq!(log.len(), 4, "nothing of a refused append is written");
     drop(log);
     // A torn last line (no newline): reported, cut off on open.
     let mut f = fs::OpenOptions::new()
@@ -218,6 +221,11 @@ fn a_crash_mid_write_loses_nothing_that_was_signed() {
     assert_eq!(log.checkpoint().0.size, 5);
     drop(log);
     assert_eq!(store::verify(&dir, ORIGIN, &pk()).unwrap().unsigned, 0);
+    // The checkpoints file removed: the entries are no longer vouched for.
+    let notes = fs::read(dir.join(CHECKPOINTS)).unwrap();
+    fs::remove_file(dir.join(CHECKPOINTS)).unwrap();
+    assert!(tampered(&dir).contains("no checkpoint"));
+    fs::write(dir.join(CHECKPOINTS), notes).unwrap();
     // A line that is not an entry (no personal free text gets in either): refused.
     let mut l = lines(&dir);
     l.push(r#"{"time_ms":1,"op":"read","note":"alice@example.org"}"#.into());
