@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use kwaainet_api::guard::Keys;
 use kwaainet_api::{
     Api, ApiConfig, Backend, LocalConfig, LocalEngine, Metrics, RemoteEngine, ServedModel,
@@ -73,6 +73,10 @@ pub struct ApiArgs {
     /// Largest request body, bytes.
     #[arg(long = "api-max-body", env = "KWAAINET_API_MAX_BODY")]
     pub max_body: Option<usize>,
+    /// With `--api swarm`: run blocks only on nodes whose declared region lies in one of
+    /// these (comma-separated ISO country codes, EU or EEA; default anywhere).
+    #[arg(long = "api-regions", env = "KWAAINET_API_REGIONS")]
+    pub regions: Option<String>,
 }
 
 /// The `[api]` table of the config file (the flags' names without `api-`).
@@ -91,6 +95,7 @@ pub struct FileApi {
     rate: Option<u32>,
     cors: Vec<String>,
     max_body: Option<usize>,
+    regions: Option<String>,
 }
 
 /// The API's settings once flags, environment and file are merged.
@@ -104,6 +109,8 @@ pub struct Settings {
     rate: u32,
     cors: Vec<String>,
     max_body: usize,
+    /// Where swarm-backed requests may run their blocks.
+    pub regions: kwaainet_p2p::region::AllowedRegions,
 }
 
 /// Defaults: 16 slots of up to 2,048 tokens, a queue of 64 waiting a minute at most,
@@ -157,6 +164,13 @@ pub fn settings(args: &ApiArgs, file: FileApi, http: SocketAddr) -> anyhow::Resu
             args.cors.clone()
         },
         max_body: args.max_body.or(file.max_body).unwrap_or(1 << 20),
+        regions: kwaainet_p2p::region::AllowedRegions::parse(
+            args.regions
+                .as_deref()
+                .or(file.regions.as_deref())
+                .unwrap_or(""),
+        )
+        .context("--api-regions")?,
     })
 }
 

@@ -68,6 +68,10 @@ pub struct GenerateArgs {
     /// straight to the next server (server-to-server push is the default).
     #[arg(long)]
     pub no_push: bool,
+    /// With --swarm: run blocks only on nodes whose declared region lies in one of these
+    /// (comma-separated ISO country codes, EU or EEA; default anywhere).
+    #[arg(long, value_parser = parse_regions, default_value = "")]
+    pub regions: kwaainet_p2p::region::AllowedRegions,
 }
 
 /// Where the model runs.
@@ -174,4 +178,8 @@ pub(crate) fn stream<M: Sync>(
         "done"
     );
     Ok(())
+}
+
+fn parse_regions(s: &str) -> Result<kwaainet_p2p::region::AllowedRegions, String> {
+    kwaainet_p2p::region::AllowedRegions::parse(s).map_err(|e| e.to_string())
 }

@@ -80,7 +80,8 @@ pub struct StartArgs {
     /// GGUF file served at /models/model.gguf (default: the fetched default model, if any).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Coarse region to announce (optional, for example eu-west).
+    /// Coarse region to announce (optional): an ISO 3166-1 country code (DE, US, …), EU
+    /// or EEA. Never more precise: requests that allow only some regions route by it.
     #[arg(long, env = "KWAAINET_REGION")]
     pub region: Option<String>,
     #[command(flatten)]
@@ -201,6 +202,10 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
     node.allow_local_addrs |= args.local || host.is_loopback();
     if args.region.is_some() {
         node.region = args.region.clone();
+    }
+    if let Some(r) = &node.region {
+        // Canonical (upper case), and only what a residency check can read.
+        node.region = Some(kwaainet_p2p::region::Region::parse(r)?.to_string());
     }
     let identity = identity_path(args.id.identity.as_deref(), file.identity.as_deref())?;
 
@@ -392,6 +397,7 @@ async fn run(
                     node_for_swarm,
                     weights,
                     id,
+                    settings.regions.clone(),
                 ))
             })
             .context("starting the OpenAI API")?;

@@ -269,9 +269,9 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
         };
         let key = kwaainet_p2p::libp2p::identity::Keypair::generate_ed25519();
         let node = kwaainet_p2p::spawn(config, key, None).await.context("starting the client node")?;
-        let servers = discover(&node, &id, n_layers, DISCOVERY).await;
+        let servers = discover(&node, &id, n_layers, DISCOVERY, &args.regions).await;
         let result = match servers {
-            Ok(servers) => {
+            Ok(Discovered { entries: servers, regions }) => {
                 let connector = NetConnector::new(node.stream_control(), tokio::runtime::Handle::current(), NetConfig::default());
                 let client = ClientConfig {
                     max_length: args.ctx,
@@ -294,7 +294,10 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
                     let route: Vec<String> = session
                         .route()
                         .iter()
-                        .map(|(peer, b)| format!("{}..{} on {peer}", b.start, b.end))
+                        .map(|(peer, b)| match regions.get(peer.as_str()) {
+                            Some(r) => format!("{}..{} on {peer} ({r})", b.start, b.end),
+                            None => format!("{}..{} on {peer}", b.start, b.end),
+                        })
                         .collect();
                     #[allow(clippy::print_stderr)] // the session's summary, for people
                     {
@@ -326,6 +329,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
 /// holds the embedding and the head.
 pub struct SwarmSessions {
     node: NodeHandle,
+    regions: kwaainet_p2p::region::AllowedRegions,
     local: Arc<kwaainet_core::Llama>,
     model_id: String,
     runtime: tokio::runtime::Handle,
@@ -335,9 +339,15 @@ pub struct SwarmSessions {
 impl SwarmSessions {
     /// Sessions of `model_id` through `node`, with `local` holding embedding and head
     /// (call on the node's runtime).
-    pub fn new(node: NodeHandle, local: Arc<kwaainet_core::Llama>, model_id: String) -> Self {
+    pub fn new(
+        node: NodeHandle,
+        local: Arc<kwaainet_core::Llama>,
+        model_id: String,
+        regions: kwaainet_p2p::region::AllowedRegions,
+    ) -> Self {
         Self {
             node,
+            regions,
             local,
             model_id,
             runtime: tokio::runtime::Handle::current(),
@@ -359,8 +369,10 @@ impl kwaainet_api::SessionSource for SwarmSessions {
                 &self.model_id,
                 n_layers,
                 API_DISCOVERY,
+                &self.regions,
             ))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .entries;
         let connector = NetConnector::new(
             self.node.stream_control(),
             self.runtime.clone(),
@@ -381,23 +393,40 @@ impl kwaainet_api::SessionSource for SwarmSessions {
     }
 }
 
+/// What discovery found: the servers, and the region each declares (by peer id).
+struct Discovered {
+    entries: Vec<ServerEntry>,
+    regions: std::collections::HashMap<String, String>,
+}
+
 /// The servers of `model` the DHT lists, with their spans, once they cover all `n_layers`
-/// blocks (or the best found `within`, with an error naming what is missing).
+/// blocks (or the best found `within`, with an error naming what is missing). Only nodes
+/// whose declared region `allowed` accepts are taken (data residency).
 async fn discover(
     node: &NodeHandle,
     model: &str,
     n_layers: usize,
     within: Duration,
-) -> anyhow::Result<Vec<ServerEntry>> {
+    allowed: &kwaainet_p2p::region::AllowedRegions,
+) -> anyhow::Result<Discovered> {
     let deadline = tokio::time::Instant::now() + within;
     let mut entries: Vec<ServerEntry> = Vec::new();
+    let mut regions = std::collections::HashMap::new();
+    let mut elsewhere = 0usize;
     loop {
         let online = kwaainet_p2p::health::servers(node, model)
             .await
             .into_iter()
             .filter(|s| s.state == SpanState::Online);
         for server in online {
+            if !allowed.allows(server.region.as_deref()) {
+                elsewhere += 1;
+                continue;
+            }
             let id = server.peer_id.to_string();
+            if let Some(r) = &server.region {
+                regions.insert(id.clone(), r.clone());
+            }
             if entries
                 .iter()
                 .any(|e| e.id == id && e.blocks.start == server.start as usize)
@@ -423,10 +452,15 @@ async fn discover(
             }
         }
         match first_gap(&entries, n_layers) {
-            None => return Ok(entries),
+            None => return Ok(Discovered { entries, regions }),
             Some(gap) if tokio::time::Instant::now() >= deadline => {
+                let place = if allowed.is_constrained() {
+                    format!(" in {allowed} ({elsewhere} span(s) seen elsewhere or undeclared)")
+                } else {
+                    String::new()
+                };
                 bail!(
-                    "no server covers blocks {}..{} of {model} ({} server(s) found in {} s)",
+                    "no server{place} covers blocks {}..{} of {model} ({} server(s) found in {} s)",
                     gap.start,
                     gap.end,
                     entries.len(),

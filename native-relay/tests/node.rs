@@ -840,6 +840,93 @@ fn an_arm_node_serves_a_span_in_an_x86_swarm() -> Result<()> {
     Ok(())
 }
 
+/// Data residency: nodes declare coarse regions (DE serves blocks 0..15, US and FR each
+/// serve 15..30); an EU-only generation never routes through the US node and still equals
+/// local generation, each hop named with its region; a US-only one fails clearly, since no
+/// US node serves 0..15. A region that is not a country code or group is refused at start.
+#[test]
+fn an_eu_only_request_never_routes_through_a_non_eu_node() -> Result<()> {
+    let Some(model) = model() else {
+        return Ok(());
+    };
+    let m = model.to_str().context("model path")?;
+    let prompt = "The capital of France is";
+    let local = run(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "8",
+    ])?;
+    let (dir, boot, b) = swarm_with_boot("regions")?;
+    let serve = |name: &str, blocks: &str, region: &str| -> Result<Node> {
+        let n = start(
+            &sub_dir(&dir, name)?,
+            &[
+                "--bootstrap",
+                &b,
+                "--model",
+                m,
+                "--blocks",
+                blocks,
+                "--region",
+                region,
+            ],
+        )?;
+        next_span(&n, 30)?;
+        Ok(n)
+    };
+    let de = serve("de", "0:15", "de")?;
+    let us = serve("us", "15:30", "US")?;
+    let fr = serve("fr", "15:30", "FR")?;
+    let (text, log) = swarm_generate(&b, m, prompt, 8, &["--regions", "EU"])?;
+    assert_eq!(text, local, "through EU nodes");
+    let summary = swarm_summary(&log)?;
+    assert!(
+        summary.contains(&format!("0..15 on {} (DE)", de.peer_id))
+            && summary.contains(&format!("15..30 on {} (FR)", fr.peer_id)),
+        "{summary}"
+    );
+    assert!(
+        !log.contains(&us.peer_id),
+        "an EU-only request went to the US: {log}"
+    );
+    let out = Command::new(BIN)
+        .args(["generate", "--swarm", "--bootstrap", &b, "--model", m])
+        .args(["--prompt", prompt, "--max-tokens", "2", "--regions", "US"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a US-only request ran without a US node for 0..15"
+    );
+    assert!(
+        err.contains("no server in US") && err.contains("covers blocks 0..15"),
+        "{err}"
+    );
+    let bad = Command::new(BIN)
+        .args([
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-http",
+            "--region",
+            "48.1,11.6",
+        ])
+        .args(["--identity"])
+        .arg(dir.join("bad.key"))
+        .output()?;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a region"));
+    drop((de, us, fr, boot));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 /// The Windows build of `kwaainet` (mingw-w64, the lean one) run through Wine, when
 /// `KWAAINET_WINDOWS_BIN` names it and `KWAAINET_WINE` the Wine loader (npm test's `arm` step).
 fn windows_kwaainet() -> Option<Command> {

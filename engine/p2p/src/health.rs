@@ -39,6 +39,9 @@ pub struct ServerRow {
     pub accelerator: Accelerator,
     /// Its software version.
     pub version: String,
+    /// The coarse region its operator declares (see [`crate::region`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// Where it can be dialed (from its signed record), direct addresses first. Not shown in
     /// reports: clients use them to connect.
     #[serde(skip)]
@@ -75,6 +78,7 @@ fn row(peer: PeerId, span: &ServedSpan, record: &crate::record::NodeRecord) -> S
         relayed: !record.addrs.is_empty() && record.addrs.iter().all(|a| a.relayed),
         accelerator: record.accelerator,
         version: record.version.clone(),
+        region: record.region.clone(),
         addrs: {
             let mut a: Vec<_> = record.addrs.iter().collect();
             a.sort_by_key(|e| e.relayed);
@@ -220,6 +224,7 @@ mod tests {
             relayed: false,
             accelerator: Accelerator::Cpu,
             version: "0".into(),
+            region: None,
             addrs: Vec::new(),
         }
     }

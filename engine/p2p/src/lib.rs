@@ -25,6 +25,7 @@ pub mod info;
 mod lookup;
 pub mod msg;
 pub mod record;
+pub mod region;
 
 #[cfg(not(wasm_browser))]
 pub mod health;
