@@ -906,6 +906,25 @@ fn an_eu_only_request_never_routes_through_a_non_eu_node() -> Result<()> {
         err.contains("no server in US") && err.contains("covers blocks 0..15"),
         "{err}"
     );
+    // The API's swarm backend under a US-only policy refuses the same way.
+    let api = start(
+        &sub_dir(&dir, "api")?,
+        &[
+            "--bootstrap",
+            &b,
+            "--model",
+            m,
+            "--api",
+            "swarm",
+            "--api-regions",
+            "US",
+        ],
+    )?;
+    let ask = serde_json::json!({ "prompt": prompt, "max_tokens": 2 });
+    let (status, body) = post(api.http, "/v1/completions", &ask)?;
+    assert_ne!(status, 200, "{body}");
+    assert!(body.to_string().contains("no server in US"), "{body}");
+    drop(api);
     let bad = Command::new(BIN)
         .args([
             "start",
