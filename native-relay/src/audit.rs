@@ -85,8 +85,25 @@ fn public_key_of(peer: &PeerId) -> anyhow::Result<[u8; 32]> {
 }
 
 enum Msg {
-    Decision(AuditEvent, u64),
+    /// An entry whose subject (if any) the writer commits to before writing it.
+    Record(Option<String>, Entry),
     Stop,
+}
+
+/// Queues entries for the audit log's writer.
+#[derive(Clone)]
+pub struct Recorder(SyncSender<Msg>);
+
+impl Recorder {
+    /// Queues entries about `subject` (committed to before they are written); false when
+    /// the queue is full.
+    pub fn record(&self, subject: &str, entries: Vec<Entry>) -> bool {
+        entries.into_iter().all(|e| {
+            self.0
+                .try_send(Msg::Record(Some(subject.to_owned()), e))
+                .is_ok()
+        })
+    }
 }
 
 /// The node's open audit log and its writer.
@@ -96,7 +113,7 @@ pub struct NodeAudit {
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -108,9 +125,9 @@ fn lock(log: &Mutex<AuditLog>) -> MutexGuard<'_, AuditLog> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn entry_of(log: &mut AuditLog, ev: &AuditEvent, time_ms: u64) -> anyhow::Result<Entry> {
+/// The entry of an API decision (its subject is committed by the writer).
+fn entry_of(ev: &AuditEvent, time_ms: u64) -> anyhow::Result<Entry> {
     let mut e = Entry::new(time_ms, if ev.allowed { Op::Process } else { Op::Policy });
-    e.subject = Some(log.commit(&ev.client)?);
     e.purpose = Some(Label::new("inference")?);
     e.decision = Some(if ev.allowed {
         Decision::Allow
@@ -136,9 +153,12 @@ fn write_loop(log: Arc<Mutex<AuditLog>>, rx: Receiver<Msg>) {
         let mut entries = Vec::with_capacity(batch.len());
         for m in batch {
             match m {
-                Msg::Decision(ev, t) => match entry_of(&mut log, &ev, t) {
-                    Ok(e) => entries.push(e),
-                    Err(e) => tracing::error!(error = %e, "audit entry"),
+                Msg::Record(subject, mut e) => match subject.map(|s| log.commit(&s)).transpose() {
+                    Ok(c) => {
+                        e.subject = c;
+                        entries.push(e);
+                    }
+                    Err(err) => tracing::error!(error = %err, "audit entry"),
                 },
                 Msg::Stop => stop = true,
             }
@@ -177,11 +197,19 @@ impl NodeAudit {
     /// The API's hook: decisions go to the writer without waiting.
     pub fn hook(&self) -> AuditHook {
         let tx = self.tx.clone();
-        AuditHook(Arc::new(move |ev| {
-            if let Err(TrySendError::Full(_)) = tx.try_send(Msg::Decision(ev, now_ms())) {
-                tracing::warn!("audit queue full: a decision was not recorded");
+        AuditHook(Arc::new(move |ev| match entry_of(&ev, now_ms()) {
+            Ok(e) => {
+                if let Err(TrySendError::Full(_)) = tx.try_send(Msg::Record(Some(ev.client), e)) {
+                    tracing::warn!("audit queue full: a decision was not recorded");
+                }
             }
+            Err(e) => tracing::error!(error = %e, "audit entry"),
         }))
+    }
+
+    /// A handle that queues entries for the writer.
+    pub fn recorder(&self) -> Recorder {
+        Recorder(self.tx.clone())
     }
 
     /// Writes what is queued, then stops the writer (bounded: the queue is).

@@ -7,6 +7,7 @@ mod audit;
 mod bench;
 #[cfg(feature = "gpu")]
 mod burn_backend;
+mod consent;
 mod fetch;
 mod generate;
 mod model;

@@ -405,7 +405,9 @@ async fn run(
         if let Some((_, registry)) = &api {
             cfg.registries.push(Arc::clone(registry));
         }
-        let mut app = kwaainet_p2p::http::router(node.clone(), cfg).merge(audit.router());
+        let mut app = kwaainet_p2p::http::router(node.clone(), cfg)
+            .merge(audit.router())
+            .merge(crate::consent::router(audit.recorder()));
         if let Some((a, _)) = &api {
             app = app.merge(kwaainet_api::router(Arc::clone(a)));
         }

@@ -44,6 +44,7 @@ export {
   type NetworkStatusEvent, type NetworkTransport, type NodeRecord,
 } from './network.js';
 export type { AuditCheckpoint, AuditEntry, AuditOptions, AuditVerification } from './audit.js';
+export type { ConsentPurpose, ConsentReceipt, SignedConsentRecord } from './consent-record.js';
 export type {
   ConsentGate, ServeSpanOptions, SpanContribution, SpanService, SpanServiceEvents, WithdrawReason,
 } from './serve.js';

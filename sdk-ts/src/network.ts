@@ -27,6 +27,7 @@ import { Emitter } from './events.js';
 import type { WasmP2pEvent, WasmP2pModule, WasmP2pNode } from './wasm-p2p.js';
 import { serveSpan, type ServeSpanOptions, type SpanService } from './serve.js';
 import { PageSwarm, type PageSwarmOptions } from './swarm.js';
+import { recordConsent, type ConsentPurpose, type ConsentReceipt } from './consent-record.js';
 import { verifyAudit, verifyAuditEntry, type AuditCheckpoint, type AuditEntry, type AuditOptions, type AuditVerification } from './audit.js';
 import { guardWebRtcHandlers } from './webrtc-guard.js';
 
@@ -480,6 +481,27 @@ export class KwaaiNetwork {
     nodeUrl: string | URL, peerId: string, index: number, opts: Omit<AuditOptions, 'since' | 'maxEntries'> = {},
   ): Promise<{ entry: AuditEntry; checkpoint: AuditCheckpoint }> {
     return verifyAuditEntry(await this.module(opts.signal), nodeUrl, peerId, index, opts);
+  }
+
+  /**
+   * Sends the visitor's decision per purpose to the node whose HTTP side is `nodeUrl`, as a
+   * record signed with this page's key (consent-record.ts); the node logs it in its audit
+   * log. Under Global Privacy Control, storage and analytics are recorded as refused.
+   * Needs a connected network (the key is the node's).
+   */
+  async recordConsent(
+    nodeUrl: string | URL, purposes: Partial<Record<ConsentPurpose, boolean>>, opts: CallOptions = {},
+  ): Promise<ConsentReceipt> {
+    return recordConsent(this.live(), nodeUrl, purposes, opts);
+  }
+
+  /** This page's did:key (the key behind its peer id), once connected. */
+  get did(): string | null {
+    try {
+      return this.node?.did() ?? null;
+    } catch {
+      return null;
+    }
   }
 
   private module(signal?: AbortSignal): Promise<WasmP2pModule> {

@@ -50,6 +50,10 @@ export interface WasmHostedSpan {
 
 export interface WasmP2pNode {
   peerId(): string;
+  /** This page's did:key (engine/p2p/src/did.rs). */
+  did(): string;
+  /** A consent record signed with this page's key (engine/p2p/src/consent.rs). */
+  signConsent(site: string, purposes: Record<string, boolean>, gpc: boolean): import('./consent-record.js').SignedConsentRecord;
   connected(): Promise<{ peer: string; addr: string }>;
   state(): Promise<WasmP2pState>;
   getRecord(peerId: string): Promise<unknown>;

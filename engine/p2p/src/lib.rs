@@ -17,6 +17,7 @@
 pub mod behaviour;
 mod command;
 pub mod config;
+pub mod consent;
 pub mod did;
 pub mod error;
 pub mod frame;

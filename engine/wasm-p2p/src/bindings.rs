@@ -151,6 +151,8 @@ struct ServeOptions {
 pub struct WasmP2pNode {
     handle: BrowserHandle,
     serving: Option<crate::serve::Serving>,
+    /// The page's key (this session's identity): signs its consent records.
+    key: Keypair,
 }
 
 #[wasm_bindgen]
@@ -190,8 +192,9 @@ impl WasmP2pNode {
                 Duration::from_millis(ms.clamp(100, MAX_BACKOFF_MS))
             }),
         };
-        let (handle, mut events, run) = browser::start(Keypair::generate_ed25519(), config)
-            .map_err(|e| err(P2pCode::InvalidArgument, e))?;
+        let key = Keypair::generate_ed25519();
+        let (handle, mut events, run) =
+            browser::start(key.clone(), config).map_err(|e| err(P2pCode::InvalidArgument, e))?;
         spawn_local(run);
         spawn_local(async move {
             while let Some(ev) = events.next().await {
@@ -203,6 +206,7 @@ impl WasmP2pNode {
         Ok(WasmP2pNode {
             handle,
             serving: None,
+            key,
         })
     }
 
@@ -303,6 +307,32 @@ impl WasmP2pNode {
     }
 
     /// Our peer id.
+    /// This page's `did:key` (the key behind its peer id).
+    pub fn did(&self) -> Result<String, JsValue> {
+        kwaainet_p2p::did::from_peer_id(&self.key.public().to_peer_id())
+            .map_err(|e| err(P2pCode::Internal, e))
+    }
+
+    /// A consent record of `site`'s decisions (`purposes`: `{ compute, storage, analytics }`
+    /// booleans), signed with this page's key; under GPC (`gpc`) storage and analytics are
+    /// recorded as refused. Returns `{ record, signature }` for a node's `/api/v1/consent`.
+    #[wasm_bindgen(js_name = signConsent)]
+    pub fn sign_consent(
+        &self,
+        site: String,
+        purposes: JsValue,
+        gpc: bool,
+    ) -> Result<JsValue, JsValue> {
+        let purposes: std::collections::BTreeMap<String, bool> =
+            serde_wasm_bindgen::from_value(purposes)
+                .map_err(|e| err(P2pCode::InvalidArgument, e))?;
+        let now = js_sys::Date::now() as u64;
+        let signed = kwaainet_p2p::consent::sign(&self.key, &site, &purposes, gpc, now)
+            .map_err(|e| err(P2pCode::InvalidArgument, e))?;
+        let json = serde_json::to_string(&signed).map_err(|e| err(P2pCode::Internal, e))?;
+        js_sys::JSON::parse(&json)
+    }
+
     #[wasm_bindgen(js_name = peerId)]
     pub fn peer_id(&self) -> String {
         self.handle.peer_id().to_string()

@@ -4,7 +4,9 @@
 // decisions; the page verifies the signed checkpoint (by the key behind the node's peer
 // id), recomputes the root from every entry, proves one entry's inclusion, proves the log
 // only grew since a checkpoint it kept, and catches a node that lies: entries edited in
-// transit, a checkpoint from another key, a forged kept checkpoint.
+// transit, a checkpoint from another key, a forged kept checkpoint. Then pages send consent
+// records signed with their own keys: the node logs one entry per purpose, Global Privacy
+// Control refuses data sharing, and forged or malformed records are refused unrecorded.
 //
 //   node --test engine/p2p/tests/browser/audit.test.mjs
 //
@@ -17,7 +19,9 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { launch } from '../../../../demo-site/tests/browser.mjs';
-import { TEST_PAGE, bin, freePorts, nodeState, p2pDir, runBin, sdkDir, startNode, stopNode, until } from './support.mjs';
+import {
+  TEST_PAGE, WEBRTC_FLAGS, bin, freePorts, nodeState, openNetwork, p2pDir, runBin, sdkDir, startNode, stopNode, until,
+} from './support.mjs';
 
 const model = process.env.KWAAINET_MODEL;
 const KEY = 'sk-audit-test-key';
@@ -38,7 +42,7 @@ before(async () => {
   cpSync(sdkDir, join(site, 'sdk'), { recursive: true });
   cpSync(p2pDir, join(site, 'p2p'), { recursive: true });
   node = await startNode({ dir, site, ...(await freePorts()), extra: ['--model', model, '--api-key', KEY, '--api-threads', '1'] });
-  browser = await launch();
+  browser = await launch({ args: WEBRTC_FLAGS });
 });
 
 after(async () => {
@@ -134,4 +138,70 @@ test('a page verifies a node\'s audit log, its growth and one entry, and catches
     .then(() => 'verified', (e) => `${e.name}:${e.reason}`), peerId);
   assert.equal(editedOne, 'P2pError:record');
   await page.close();
+});
+
+/** The node's entries `from..` as parsed objects. */
+async function entriesFrom(from) {
+  const page = await (await fetch(`${node.url}/api/v1/audit/entries?from=${from}`)).json();
+  return page.entries.map((e) => JSON.parse(e));
+}
+
+test('a page\'s signed consent is logged per purpose, GPC refuses data sharing, forgeries are refused', { timeout: 120_000 }, async () => {
+  const before = await logSize(0);
+  const page = await browser.context.newPage();
+  await openNetwork(page, node.url);
+  const receipt = await page.evaluate(() => window.net.recordConsent(location.origin, { compute: true, storage: true, analytics: false }));
+  assert.equal(receipt.recorded, 3);
+  assert.equal(receipt.gpc, false);
+  assert.match(receipt.subject, /^did:key:z6Mk/);
+  assert.equal(receipt.subject, await page.evaluate(() => window.net.did));
+  assert.equal(await logSize(before + 3), before + 3);
+  const given = await entriesFrom(before);
+  assert.deepEqual(given.map((e) => [e.op, e.purpose, e.decision, e.reason]), [
+    ['consent', 'analytics', 'deny', 'refused'], ['consent', 'compute', 'allow', 'given'], ['consent', 'storage', 'allow', 'given'],
+  ]);
+  assert.ok(given.every((e) => e.subject === given[0].subject), 'one visitor, one subject');
+  const raw = await (await fetch(`${node.url}/api/v1/audit/entries?from=0`)).text();
+  assert.ok(!raw.includes(receipt.subject) && !raw.includes(receipt.subject.slice(8)), 'the did:key is not in the log');
+
+  // Forged (a refusal turned into consent after signing), malformed and oversized records:
+  // refused, and nothing is written.
+  const refused = await page.evaluate(async (signed) => {
+    const post = async (body) => (await fetch('/api/v1/consent', { method: 'POST', headers: { 'content-type': 'application/json' }, body })).status;
+    const forged = structuredClone(signed);
+    forged.record.purposes.analytics = true;
+    const stale = structuredClone(signed);
+    stale.record.issued_at_ms -= 3_600_000;
+    return {
+      forged: await post(JSON.stringify(forged)),
+      stale: await post(JSON.stringify(stale)),
+      junk: await post('{"record":{}}'),
+      huge: await post('x'.repeat(20_000)),
+    };
+  }, receipt.signed);
+  assert.deepEqual(refused, { forged: 403, stale: 400, junk: 400, huge: 413 });
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(await logSize(0), before + 3, 'a refused record wrote nothing');
+
+  // A visitor whose browser sends Global Privacy Control: storage and analytics are refused.
+  const gpcPage = await browser.context.newPage();
+  await gpcPage.addInitScript(() => Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', { get: () => true }));
+  await openNetwork(gpcPage, node.url);
+  const gpc = await gpcPage.evaluate(() => window.net.recordConsent(location.origin, { compute: true, storage: true, analytics: true }));
+  assert.equal(gpc.gpc, true);
+  assert.deepEqual(gpc.signed.record.purposes, { compute: true, storage: false, analytics: false });
+  assert.equal(await logSize(before + 6), before + 6);
+  const underGpc = await entriesFrom(before + 3);
+  assert.deepEqual(underGpc.map((e) => [e.purpose, e.decision, e.reason]), [
+    ['analytics', 'deny', 'gpc'], ['compute', 'allow', 'given'], ['storage', 'deny', 'gpc'],
+  ]);
+  assert.notEqual(underGpc[0].subject, given[0].subject, 'another visitor');
+  // The whole log, consent entries included, still verifies in the page.
+  const v = await page.evaluate(async (peerId) => (await window.net.verifyAudit(location.origin, peerId)).checkpoint.size,
+    (await nodeState(node.url)).peer_id);
+  assert.equal(v, before + 6);
+  await page.evaluate(() => window.net.close());
+  await gpcPage.evaluate(() => window.net.close());
+  await page.close();
+  await gpcPage.close();
 });
