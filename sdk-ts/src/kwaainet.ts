@@ -41,6 +41,7 @@ import type {
 import { MAX_THREADS } from './protocol.js';
 import { DutyCycle, MIB, parseMaxResources, type MaxResources } from './resources.js';
 import type { KwaaiNetwork } from './network.js';
+import type { ConsentReceipt } from './consent-record.js';
 import { swarmUnavailable, type PageSwarm, type PageSwarmOptions, type SwarmReport } from './swarm.js';
 import type { ServeSpanOptions, SpanContribution, SpanService } from './serve.js';
 import { SHA256_HEX, isRecord } from './validate.js';
@@ -103,6 +104,10 @@ export interface KwaaiNetOptions {
    *  `endpoint`, else this page's origin), the hidden-state codec (default 'f32': lossless),
    *  its time limits, and the serve engine and serving worker (default: `baseUrl`'s). */
   swarm?: Pick<PageSwarmOptions, 'directory' | 'codec' | 'openTimeoutMs' | 'stepTimeoutMs' | 'engine' | 'workerUrl' | 'workerIntegrity'>;
+  /** A node whose audit log records the visitor's consent: every decision and withdrawal is
+   *  sent there as a record signed with the page's key (`KwaaiNetwork.recordConsent`; needs
+   *  `network`, connected). Each result is a `consentRecorded` event. */
+  consentNode?: string | URL;
 }
 
 export type Status =
@@ -166,6 +171,8 @@ export interface KwaaiNetEvents {
   route: RouteEvent;
   /** After each generation through the swarm from this page: its route, failovers, bytes. */
   swarm: SwarmReport & { model: string };
+  /** A consent decision sent to `consentNode`: what it recorded, or why it could not. */
+  consentRecorded: { receipt: ConsentReceipt } | { error: KwaaiNetError };
 }
 
 /** Where a request runs: this page's engine, a node's API, or the page's swarm client. */
@@ -290,7 +297,10 @@ export class KwaaiNet {
       ...(options.consentPrompt && { prompt: options.consentPrompt }),
       ...(options.consentStorage && { storage: options.consentStorage }),
     });
-    this.consent.onChange(() => this.emitContribution());
+    this.consent.onChange((d) => {
+      this.emitContribution();
+      if (d !== null) void this.sendConsent(d.granted);
+    });
     this.chat = { completions: { create: this.create.bind(this) as ChatCompletions['create'] } };
     this.completions = { create: this.createText.bind(this) as Completions['create'] };
   }
@@ -809,6 +819,24 @@ export class KwaaiNet {
     span.on('contribution', forward);
     forward(span.contribution);
     return span;
+  }
+
+  /** Sends a decision to `consentNode` as a signed record: the services asked for map to
+   *  purposes (`compute`, `storage`); analytics is never asked, so never granted. */
+  private async sendConsent(granted: boolean): Promise<void> {
+    const { consentNode, network } = this.options;
+    if (consentNode === undefined || network === undefined || this.disposed) return;
+    const purposes = {
+      compute: granted && this.services.includes('compute'),
+      storage: granted && this.services.includes('storage'),
+      analytics: false,
+    };
+    try {
+      const receipt = await network.recordConsent(consentNode, purposes);
+      this.events.emit('consentRecorded', { receipt });
+    } catch (e) {
+      this.events.emit('consentRecorded', { error: toKwaaiNetError(e) });
+    }
   }
 
   /** Sets the page's P2P node for `route: 'swarm'` from this page (the `network` option, for

@@ -146,7 +146,7 @@ async function entriesFrom(from) {
   return page.entries.map((e) => JSON.parse(e));
 }
 
-test('a page\'s signed consent is logged per purpose, GPC refuses data sharing, forgeries are refused', { timeout: 120_000 }, async () => {
+test('a page\'s signed consent is logged per purpose (by hand and by KwaaiNet), GPC refuses data sharing, forgeries are refused', { timeout: 120_000 }, async () => {
   const before = await logSize(0);
   const page = await browser.context.newPage();
   await openNetwork(page, node.url);
@@ -196,10 +196,25 @@ test('a page\'s signed consent is logged per purpose, GPC refuses data sharing, 
     ['analytics', 'deny', 'gpc'], ['compute', 'allow', 'given'], ['storage', 'deny', 'gpc'],
   ]);
   assert.notEqual(underGpc[0].subject, given[0].subject, 'another visitor');
+  // KwaaiNet with a consentNode sends each decision and the withdrawal by itself.
+  const auto = await page.evaluate(async () => {
+    const ai = new window.sdk.KwaaiNet({ services: ['compute'], network: window.net, consentNode: location.origin });
+    const got = [];
+    ai.on('consentRecorded', (r) => got.push(r.receipt ? r.receipt.signed.record.purposes.compute : `error: ${r.error.message}`));
+    ai.consent.record(true);
+    ai.consent.revoke();
+    for (let i = 0; i < 100 && got.length < 2; i++) await new Promise((r) => setTimeout(r, 100));
+    return got.sort();
+  });
+  assert.deepEqual(auto, [false, true]);
+  assert.equal(await logSize(before + 12), before + 12);
+  const sent = await entriesFrom(before + 6);
+  const compute = sent.filter((e) => e.purpose === 'compute').map((e) => e.decision).sort();
+  assert.deepEqual(compute, ['allow', 'deny'], 'the consent and its withdrawal');
   // The whole log, consent entries included, still verifies in the page.
   const v = await page.evaluate(async (peerId) => (await window.net.verifyAudit(location.origin, peerId)).checkpoint.size,
     (await nodeState(node.url)).peer_id);
-  assert.equal(v, before + 6);
+  assert.equal(v, before + 12);
   await page.evaluate(() => window.net.close());
   await gpcPage.evaluate(() => window.net.close());
   await page.close();
