@@ -252,7 +252,47 @@
     show([['Our peer id', net.peerId || '—'], ['Node', net.bootstrapPeer || '—'], ['Peers', peers.size]]);
   };
   net.on('status', render);
+  net.on('status', (s) => { if (s.status === 'connected') showAudit(); });
   window.kwaainetNetwork = net;
+
+  // The audit log: this visitor's consent decisions go to the node as records signed with
+  // the page's key (the node logs them), and the Verify button checks the node's whole log
+  // (its signed checkpoint, every entry, and that it only grew since the last check).
+  let audited = false;
+  let kept = null;
+  function sendConsent(d) {
+    const line = document.getElementById('consent-record');
+    if (!d || net.status !== 'connected') return;
+    net.recordConsent(location.origin, { compute: d.granted, storage: d.granted, analytics: false })
+      .then((r) => { line.textContent = 'Your decision is in the node\'s audit log (' + r.recorded + ' entries), signed as ' + r.subject.slice(0, 20) + '…' + (r.gpc ? ' (Global Privacy Control: no data sharing)' : '') + '.'; },
+        (e) => { line.textContent = 'The node did not record your decision: ' + e.message; });
+  }
+  function showAudit() {
+    const section = document.getElementById('audit');
+    if (!section || audited) return;
+    audited = true;
+    section.hidden = false;
+    const ai = window.kwaainet;
+    if (ai) {
+      sendConsent(ai.consent.decision);
+      ai.consent.onChange(sendConsent);
+    }
+    document.getElementById('audit-verify').addEventListener('click', () => {
+      const state = document.getElementById('audit-state');
+      state.textContent = 'Checking…';
+      net.verifyAudit(location.origin, net.bootstrapPeer, kept ? { since: kept } : {}).then((v) => {
+        state.textContent = 'Verified: ' + v.checkpoint.size + ' entries under a checkpoint signed by the node' +
+          (v.consistentWith !== null ? ', and the log only grew since the last check (' + v.consistentWith + ')' : '') + '.';
+        kept = v.checkpoint;
+        document.getElementById('audit-entries').replaceChildren(...v.entries.slice(-10).map((e) => {
+          const li = document.createElement('li');
+          li.textContent = new Date(e.time_ms).toLocaleTimeString() + ' ' + e.op + ' ' + (e.purpose || '') + ' ' +
+            (e.decision || '') + (e.reason ? ' (' + e.reason + ')' : '');
+          return li;
+        }));
+      }, (e) => { state.textContent = 'Check failed: ' + e.message; });
+    });
+  }
   net.on('peerConnected', (p) => { peers.add(p.peer); render(last); });
   net.on('peerDisconnected', (p) => { peers.delete(p.peer); render(last); });
   // The swarm's coverage of each model the node reports (/api/v1/state's `models`), as a

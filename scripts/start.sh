@@ -5,7 +5,7 @@
 #
 #   npm start                                   the local node and demo site
 #   KWAAINET_HTTP=127.0.0.1:9000 npm start      another HTTP port (KWAAINET_PORT: P2P port)
-#   npm start -- --region eu-west               extra `kwaainet start` flags
+#   npm start -- --region DE                    extra `kwaainet start` flags
 #   npm start -- generate --prompt "Why is the sky blue?"   any subcommand, run as is
 #   KWAAINET_BIN=path/to/kwaainet npm start     run that binary instead of building one
 set -euo pipefail

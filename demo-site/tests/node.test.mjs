@@ -131,6 +131,27 @@ test('npm start: its page downloads the model, asks consent, answers a chat and 
     const state = await (await fetch(`${node.url}api/v1/state`)).json();
     assert.ok(state.connected_peers.some((p) => p.peer_id === peerId), `the node does not list the page's peer ${peerId}`);
 
+    // The audit log: the visitor's consent (allowed above) reached the node's log as a
+    // record signed with the page's key; the node's whole log verifies in the page, and a
+    // second check proves it only grew.
+    await page.locator('#audit').waitFor({ state: 'visible', timeout: 10_000 });
+    await page.waitForFunction(() => /^Your decision is in the node's audit log \(3 entries\), signed as did:key:z6Mk/
+      .test(document.getElementById('consent-record').textContent), null, { timeout: 20_000, polling: 100 })
+      .catch(async (e) => { throw new Error(`${e.message}; it says: ${await page.textContent('#consent-record')}`); });
+    const verified = async (pattern) => {
+      await page.click('#audit-verify');
+      await page.waitForFunction(() => /^(Verified|Check failed)/.test(document.getElementById('audit-state').textContent), null,
+        { timeout: 30_000, polling: 100 });
+      const text = await page.textContent('#audit-state');
+      assert.match(text, pattern);
+      await page.evaluate(() => { document.getElementById('audit-state').textContent = ''; });
+    };
+    await verified(/^Verified: \d+ entries under a checkpoint signed by the node\.$/);
+    const logged = await page.evaluate(() => [...document.querySelectorAll('#audit-entries li')].map((li) => li.textContent));
+    assert.ok(logged.some((l) => / consent compute allow \(given\)$/.test(l)), logged.join('\n'));
+    assert.ok(logged.some((l) => / consent analytics deny \(refused\)$/.test(l)), logged.join('\n'));
+    await verified(/^Verified: \d+ entries under a checkpoint signed by the node, and the log only grew since the last check \(\d+\)\.$/);
+
     // The swarm's coverage of the node's model, drawn: `npm start` serves no span, so every
     // one of the model's blocks is a cell saying it has no server, and no server bar.
     const report = state.models?.[0];

@@ -186,7 +186,8 @@ pub struct NodeRecord {
     pub accelerator: Accelerator,
     /// Its software version.
     pub version: String,
-    /// Optional coarse region chosen by the operator (for example `eu-west`).
+    /// Optional coarse region chosen by the operator: an ISO country code, `EU` or `EEA` (see
+    /// [`crate::region`]; a node validates its own, readers ignore what they cannot parse).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// Model spans it serves.
@@ -431,7 +432,7 @@ mod tests {
             addrs: vec![AddressEntry::new("/ip4/1.2.3.4/tcp/4001".parse().unwrap())],
             accelerator: Accelerator::Cpu,
             version: "0.1.0".into(),
-            region: Some("eu-west".into()),
+            region: Some("DE".into()),
             spans: vec![ServedSpan::new("m", 0, 30)],
             hosted: vec![],
             issued_at: 1,
