@@ -269,30 +269,22 @@ struct Index {
     index: u64,
 }
 
-async fn inclusion(State(log): State<Shared>, Query(q): Query<Index>) -> Response {
-    let log = lock(&log);
-    match log.prove_inclusion(q.index) {
-        Ok(p) => axum::Json(json!({
-            "index": q.index,
-            "size": log.len(),
-            "proof": B64.encode(p),
-            "checkpoint": log.checkpoint().1,
-        }))
-        .into_response(),
-        Err(e) => bad(StatusCode::NOT_FOUND, e),
-    }
-}
-
 #[derive(Deserialize)]
 struct Since {
     from: u64,
 }
 
-async fn consistency(State(log): State<Shared>, Query(q): Query<Since>) -> Response {
-    let log = lock(&log);
-    match log.prove_consistency(q.from) {
+/// A proof as JSON, with the size and signed checkpoint it is against (taken under the
+/// same lock, so they agree), or a 404 naming why no proof exists.
+fn proof_answer(
+    log: &AuditLog,
+    key: &str,
+    at: u64,
+    proof: kwaainet_audit::Result<Vec<u8>>,
+) -> Response {
+    match proof {
         Ok(p) => axum::Json(json!({
-            "from": q.from,
+            key: at,
             "size": log.len(),
             "proof": B64.encode(p),
             "checkpoint": log.checkpoint().1,
@@ -300,6 +292,16 @@ async fn consistency(State(log): State<Shared>, Query(q): Query<Since>) -> Respo
         .into_response(),
         Err(e) => bad(StatusCode::NOT_FOUND, e),
     }
+}
+
+async fn inclusion(State(log): State<Shared>, Query(q): Query<Index>) -> Response {
+    let log = lock(&log);
+    proof_answer(&log, "index", q.index, log.prove_inclusion(q.index))
+}
+
+async fn consistency(State(log): State<Shared>, Query(q): Query<Since>) -> Response {
+    let log = lock(&log);
+    proof_answer(&log, "from", q.from, log.prove_consistency(q.from))
 }
 
 /// Arguments of `kwaainet audit verify`.

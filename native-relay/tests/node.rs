@@ -259,6 +259,19 @@ fn run(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
+/// `kwaainet generate` of 8 greedy tokens on this machine: what the swarm must equal.
+fn local_generate(model: &str, prompt: &str) -> Result<String> {
+    run(&[
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "8",
+    ])
+}
+
 #[test]
 fn start_serves_http_joins_peers_and_stops_on_sigterm() -> Result<()> {
     let dir = temp_dir("start")?;
@@ -851,15 +864,7 @@ fn an_eu_only_request_never_routes_through_a_non_eu_node() -> Result<()> {
     };
     let m = model.to_str().context("model path")?;
     let prompt = "The capital of France is";
-    let local = run(&[
-        "generate",
-        "--model",
-        m,
-        "--prompt",
-        prompt,
-        "--max-tokens",
-        "8",
-    ])?;
+    let local = local_generate(m, prompt)?;
     let (dir, boot, b) = swarm_with_boot("regions")?;
     let serve = |name: &str, blocks: &str, region: &str| -> Result<Node> {
         let n = start(
@@ -1135,15 +1140,7 @@ fn auto_nodes_choose_the_least_served_blocks_move_when_unbalanced_and_cover_the_
         );
     }
     let prompt = "The capital of France is";
-    let local = run(&[
-        "generate",
-        "--model",
-        m,
-        "--prompt",
-        prompt,
-        "--max-tokens",
-        "8",
-    ])?;
+    let local = local_generate(m, prompt)?;
     let (swarm, _) = swarm_generate(&b, m, prompt, 8, &[])?;
     assert_eq!(swarm, local);
     drop((a, b1, c1, boot));

@@ -12,15 +12,14 @@
 //
 // Needs what p2p.test.mjs needs, and the default model ($KWAAINET_MODEL). Loopback only;
 // every wait is bounded.
-import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { launch } from '../../../../demo-site/tests/browser.mjs';
 import {
-  TEST_PAGE, WEBRTC_FLAGS, bin, freePorts, nodeState, openNetwork, p2pDir, runBin, sdkDir, startNode, stopNode, until,
+  WEBRTC_FLAGS, freePorts, nodeState, openNetwork, runBin, startNode, stopNode, testSite, until,
 } from './support.mjs';
 
 const model = process.env.KWAAINET_MODEL;
@@ -31,16 +30,9 @@ let node;
 let browser;
 
 before(async () => {
-  assert.ok(existsSync(bin), `no kwaainet binary at ${bin} (cargo build --release -p kwaainet)`);
-  assert.ok(existsSync(join(p2pDir, 'kwaainet_wasm_bg.wasm')), 'no dist/p2p (MODULE=p2p bash scripts/build-wasm.sh)');
-  assert.ok(existsSync(join(sdkDir, 'index.js')), 'no sdk-ts/dist (npm run build -w @kwaainet/sdk)');
   assert.ok(model && existsSync(model), 'KWAAINET_MODEL must name the model file');
-  dir = mkdtempSync(join(tmpdir(), 'kwaainet-audit-browser-'));
-  const site = join(dir, 'site');
-  mkdirSync(site);
-  writeFileSync(join(site, 'test.html'), TEST_PAGE);
-  cpSync(sdkDir, join(site, 'sdk'), { recursive: true });
-  cpSync(p2pDir, join(site, 'p2p'), { recursive: true });
+  let site;
+  ({ dir, site } = testSite('kwaainet-audit-browser-'));
   node = await startNode({ dir, site, ...(await freePorts()), extra: ['--model', model, '--api-key', KEY, '--api-threads', '1'] });
   browser = await launch({ args: WEBRTC_FLAGS });
 });

@@ -13,15 +13,13 @@
 // Needs the kwaainet binary ($KWAAINET_BIN, else $CARGO_TARGET_DIR/release/kwaainet), the
 // P2P module (MODULE=p2p bash scripts/build-wasm.sh) and the SDK's build
 // (npm run build -w @kwaainet/sdk). Loopback only; every wait is bounded.
-import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { launch, within } from '../../../../demo-site/tests/browser.mjs';
 import {
-  LOOPBACK_FLAGS, TEST_PAGE, WEBRTC_FLAGS, bin, freePorts, nodeState, openNetwork, p2pDir, sdkDir, startNode, stopNode, until,
+  LOOPBACK_FLAGS, WEBRTC_FLAGS, freePorts, nodeState, openNetwork, startNode, stopNode, testSite, until,
 } from './support.mjs';
 
 let dir;
@@ -31,15 +29,7 @@ let node;
 let browser;
 
 before(async () => {
-  assert.ok(existsSync(bin), `no kwaainet binary at ${bin} (cargo build --release -p kwaainet)`);
-  assert.ok(existsSync(join(p2pDir, 'kwaainet_wasm_bg.wasm')), 'no dist/p2p (MODULE=p2p bash scripts/build-wasm.sh)');
-  assert.ok(existsSync(join(sdkDir, 'index.js')), 'no sdk-ts/dist (npm run build -w @kwaainet/sdk)');
-  dir = mkdtempSync(join(tmpdir(), 'kwaainet-p2p-browser-'));
-  site = join(dir, 'site');
-  mkdirSync(site);
-  writeFileSync(join(site, 'test.html'), TEST_PAGE);
-  cpSync(sdkDir, join(site, 'sdk'), { recursive: true });
-  cpSync(p2pDir, join(site, 'p2p'), { recursive: true });
+  ({ dir, site } = testSite('kwaainet-p2p-browser-'));
   ports = await freePorts();
   node = await startNode({ dir, site, ...ports });
   browser = await launch({ args: WEBRTC_FLAGS });

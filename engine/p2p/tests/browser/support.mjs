@@ -4,7 +4,8 @@
 import { spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { createServer } from 'node:net';
-import { homedir } from 'node:os';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
@@ -34,6 +35,21 @@ export const TEST_PAGE = `<!doctype html>
   window.inbox = [];
   window.sdkReady = true;
 </script>`;
+
+/** A fresh temporary folder holding `site/`: the test page, the SDK's build (`sdk/`) and the
+ *  P2P module (`p2p/`), after checking the binary and both builds exist. */
+export function testSite(prefix) {
+  assert.ok(existsSync(bin), `no kwaainet binary at ${bin} (cargo build --release -p kwaainet)`);
+  assert.ok(existsSync(join(p2pDir, 'kwaainet_wasm_bg.wasm')), 'no dist/p2p (MODULE=p2p bash scripts/build-wasm.sh)');
+  assert.ok(existsSync(join(sdkDir, 'index.js')), 'no sdk-ts/dist (npm run build -w @kwaainet/sdk)');
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  const site = join(dir, 'site');
+  mkdirSync(site);
+  writeFileSync(join(site, 'test.html'), TEST_PAGE);
+  cpSync(sdkDir, join(site, 'sdk'), { recursive: true });
+  cpSync(p2pDir, join(site, 'p2p'), { recursive: true });
+  return { dir, site };
+}
 
 export function canBind(port, kind) {
   return new Promise((resolve) => {
