@@ -25,7 +25,7 @@ use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use kwaainet_api::{AuditEvent, AuditHook};
-use kwaainet_audit::store::{self, AuditLog};
+use kwaainet_audit::store::AuditLog;
 use kwaainet_audit::{Decision, Entry, Label, Op, Signer};
 use kwaainet_p2p::libp2p::PeerId;
 use kwaainet_p2p::libp2p::identity::Keypair;
@@ -47,6 +47,8 @@ const QUEUE: usize = 4096;
 const BATCH: usize = 256;
 /// Entries one `entries` request returns at most.
 const MAX_PAGE: u64 = 1000;
+/// Entries `/api/v1/compliance` summarises at most (the latest).
+const MAX_REPORT: u64 = 100_000;
 
 /// The log's name for a node: its origin line and signing key name.
 pub fn origin(peer: &PeerId) -> String {
@@ -79,7 +81,7 @@ impl Signer for NodeKey {
 }
 
 /// The public key inside an Ed25519 peer id.
-fn public_key_of(peer: &PeerId) -> anyhow::Result<[u8; 32]> {
+pub(crate) fn public_key_of(peer: &PeerId) -> anyhow::Result<[u8; 32]> {
     let did = kwaainet_p2p::did::from_peer_id(peer)?;
     Ok(kwaainet_p2p::did::to_ed25519(&did)?.to_bytes())
 }
@@ -221,13 +223,18 @@ impl NodeAudit {
     }
 
     /// The HTTP routes.
-    pub fn router(&self) -> Router {
+    pub fn router(&self, facts: serde_json::Value) -> Router {
+        let compliance = {
+            let log = Arc::clone(&self.log);
+            move |q: Query<Span>| compliance(log, facts, q)
+        };
         Router::new()
             .route("/api/v1/audit/checkpoint", get(checkpoint))
             .route("/api/v1/audit/entries", get(entries))
             .route("/api/v1/audit/proof/inclusion", get(inclusion))
             .route("/api/v1/audit/proof/consistency", get(consistency))
             .with_state(Arc::clone(&self.log))
+            .route("/api/v1/compliance", get(compliance))
     }
 }
 
@@ -304,74 +311,32 @@ async fn consistency(State(log): State<Shared>, Query(q): Query<Since>) -> Respo
     proof_answer(&log, "from", q.from, log.prove_consistency(q.from))
 }
 
-/// Arguments of `kwaainet audit verify`.
-#[derive(Debug, clap::Args)]
-pub struct VerifyArgs {
-    #[command(flatten)]
-    id: crate::node::IdentityArgs,
-    /// The node whose log it is, by peer id or did:key (default: this machine's node, from
-    /// its identity key).
-    #[arg(long)]
-    node: Option<String>,
-    /// The log's folder (default: `audit/<peer id>/` beside the identity key).
-    #[arg(long)]
-    dir: Option<PathBuf>,
+#[derive(Deserialize)]
+struct Span {
+    from: Option<u64>,
+    to: Option<u64>,
 }
 
-/// `kwaainet audit`.
-#[derive(Debug, clap::Subcommand)]
-pub enum AuditCommand {
-    /// Check the stored log against its signed checkpoints: any edited, removed or
-    /// reordered entry, or forged checkpoint, is reported and the command fails.
-    Verify(VerifyArgs),
-}
-
-/// Runs `kwaainet audit …`.
-pub fn run(cmd: &AuditCommand) -> anyhow::Result<()> {
-    let AuditCommand::Verify(args) = cmd;
-    let key_path = crate::node::identity_path(args.id.identity.as_deref(), None)?;
-    let peer: PeerId = match &args.node {
-        Some(n) if n.starts_with("did:key:") => kwaainet_p2p::did::to_peer_id(n)?,
-        Some(n) => n.parse().context("--node: not a peer id or did:key")?,
-        None => {
-            let (key, _) = kwaainet_p2p::identity::load_or_create(&key_path)?;
-            key.public().to_peer_id()
-        }
+/// `/api/v1/compliance?from=MS&to=MS`: what the node declares (its region, the regions its
+/// API may route to), its log (size, latest signed checkpoint) and the report of the
+/// range (at most the latest 100,000 entries).
+async fn compliance(log: Shared, facts: serde_json::Value, Query(q): Query<Span>) -> Response {
+    let log = lock(&log);
+    let start = log.len().saturating_sub(MAX_REPORT);
+    let lines = match log.entries(start, log.len()) {
+        Ok(l) => l,
+        Err(e) => return bad(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| dir_of(key_path.parent().unwrap_or(Path::new(".")), &peer));
-    anyhow::ensure!(
-        dir.join(store::ENTRIES).exists() || dir.join(store::CHECKPOINTS).exists(),
-        "no audit log in {}",
-        dir.display()
-    );
-    let r = store::verify(&dir, &origin(&peer), &public_key_of(&peer)?)
-        .with_context(|| format!("audit log {}", dir.display()))?;
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "audit log {}: {} entries, {} signed checkpoints, all consistent; the latest signs {} entries",
-        dir.display(),
-        r.entries,
-        r.checkpoints,
-        r.signed_size
-    )?;
-    if r.unsigned > 0 {
-        writeln!(
-            out,
-            "{} entries after the latest checkpoint (a stop between the two writes; signed when the node opens the log)",
-            r.unsigned
-        )?;
-    }
-    if r.torn > 0 {
-        writeln!(
-            out,
-            "{} bytes of a torn last entry (cut off when the node opens the log)",
-            r.torn
-        )?;
-    }
-    Ok(())
+    let parsed = lines
+        .iter()
+        .zip(start..)
+        .filter_map(|(b, i)| Entry::parse(i, b).ok().map(|e| (i, e)));
+    let report =
+        kwaainet_audit::report::summarize(parsed, q.from.unwrap_or(0), q.to.unwrap_or(u64::MAX));
+    axum::Json(json!({
+        "node": facts,
+        "log": { "entries": log.len(), "summarised_from": start, "checkpoint": log.checkpoint().1 },
+        "report": report,
+    }))
+    .into_response()
 }

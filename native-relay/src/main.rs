@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod api;
 mod audit;
+mod audit_cli;
 mod bench;
 #[cfg(feature = "gpu")]
 mod burn_backend;
@@ -44,7 +45,12 @@ enum Command {
     /// The node's audit log of data operations.
     Audit {
         #[command(subcommand)]
-        command: audit::AuditCommand,
+        command: audit_cli::AuditCommand,
+    },
+    /// Compliance reports from the node's audit log.
+    Compliance {
+        #[command(subcommand)]
+        command: audit_cli::ComplianceCommand,
     },
 }
 
@@ -75,7 +81,8 @@ fn main() -> std::process::ExitCode {
         Command::Identity(args) => node::identity(&args),
         Command::Peers(args) => node::peers(&args),
         Command::Status(args) => node::status(&args),
-        Command::Audit { command } => audit::run(&command),
+        Command::Audit { command } => audit_cli::audit(&command),
+        Command::Compliance { command } => audit_cli::compliance(&command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -406,7 +406,11 @@ async fn run(
             cfg.registries.push(Arc::clone(registry));
         }
         let mut app = kwaainet_p2p::http::router(node.clone(), cfg)
-            .merge(audit.router())
+            .merge(audit.router(serde_json::json!({
+                "peer_id": node.peer_id().to_string(),
+                "region": roles.region,
+                "api_regions": s.api.as_ref().map(|a| a.regions.to_string()),
+            })))
             .merge(crate::consent::router(audit.recorder()));
         if let Some((a, _)) = &api {
             app = app.merge(kwaainet_api::router(Arc::clone(a)));

@@ -530,6 +530,22 @@ fn the_audit_log_records_api_decisions_proves_them_and_finds_tampering() -> Resu
     let p: serde_json::Value = serde_json::from_str(&body)?;
     let proof = B64.decode(p["proof"].as_str().context("proof")?)?;
     verify_consistency(first.size, &first.root, cp.size, &cp.root, &proof)?;
+    // The node's compliance status: what it declares, its log, the report of the range.
+    let (status, body) = get(n.http, "/api/v1/compliance")?;
+    assert_eq!(status, 200, "{body}");
+    let c: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(c["node"]["peer_id"], n.peer_id.as_str());
+    assert_eq!(c["node"]["api_regions"], "anywhere");
+    assert_eq!(
+        (
+            c["log"]["entries"].as_u64(),
+            c["report"]["entries"].as_u64()
+        ),
+        (Some(4), Some(4))
+    );
+    assert_eq!(c["report"]["by_purpose"]["inference"]["deny"], 2);
+    let (_, body) = get(n.http, "/api/v1/compliance?from=0&to=1")?;
+    assert!(body.contains("\"entries\":0"), "{body}");
     // Requests no proof exists for are clear errors.
     assert_eq!(
         get(n.http, "/api/v1/audit/proof/inclusion?index=99")?.0,
@@ -548,6 +564,37 @@ fn the_audit_log_records_api_decisions_proves_them_and_finds_tampering() -> Resu
     let did = kwaainet_p2p::did::from_peer_id(&peer)?;
     let out = run(&["audit", "verify", "--identity", key_arg, "--node", &did])?;
     assert!(out.contains("all consistent"), "{out}");
+    // The compliance report for a range: counts only, subjects as commitments.
+    let report: serde_json::Value = serde_json::from_str(&run(&[
+        "compliance",
+        "report",
+        "--identity",
+        key_arg,
+        "--json",
+    ])?)?;
+    let r = &report["report"];
+    assert_eq!(report["log"]["verified"], true);
+    assert_eq!(r["entries"], 4, "{report}");
+    assert_eq!(r["subjects"], 2);
+    assert_eq!(r["by_op"]["process"]["allow"], 2);
+    assert_eq!(r["by_op"]["policy"]["deny"], 2);
+    assert_eq!(r["by_reason"]["chat:rate_limited"], 1);
+    let old = run(&[
+        "compliance",
+        "report",
+        "--identity",
+        key_arg,
+        "--from",
+        "2000-01-01",
+        "--to",
+        "2000-01-02",
+    ])?;
+    assert!(old.contains("entries: none"), "{old}");
+    let today = run(&["compliance", "report", "--identity", key_arg])?;
+    assert!(
+        today.contains("operation process: 2 allowed, 0 refused"),
+        "{today}"
+    );
     let entries_file = dir
         .join("audit")
         .join(peer.to_string())

@@ -11,6 +11,8 @@
 //!   signed note with the node's Ed25519 key (the key behind its peer id).
 //! - [`proof`]: inclusion and consistency proofs and their verification; plain functions on
 //!   bytes, so a page verifies them with the same code (this crate builds for wasm32).
+//! - [`report`]: counts over a time range (what, for which purpose, allowed or refused,
+//!   why, where, how many subjects), for auditors.
 //! - `store` (native): the log on disk, appended with a signed checkpoint after every entry,
 //!   and [`store::verify`], which finds any edited, removed, reordered or forged entry.
 
@@ -19,6 +21,7 @@ mod commit;
 mod entry;
 mod error;
 pub mod proof;
+pub mod report;
 #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 pub mod store;
 mod tree;
