@@ -361,13 +361,16 @@ async fn run(
     let mut stop = StopSignals::install()?;
 
     let roles = s.node.clone();
-    let node = kwaainet_p2p::spawn(s.node, key.clone(), webrtc_pem)
+    let data_dir = s.identity.parent().unwrap_or(Path::new(".")).to_owned();
+    // The audit log of the node's data operations, signed with its key: opened (and refused
+    // if tampered) before the node goes on the network.
+    let audit = crate::audit::NodeAudit::open(
+        &crate::audit::dir_of(&data_dir, &key.public().to_peer_id()),
+        &key,
+    )?;
+    let node = kwaainet_p2p::spawn(s.node, key, webrtc_pem)
         .await
         .context("starting the node")?;
-    let data_dir = s.identity.parent().unwrap_or(Path::new(".")).to_owned();
-    // The audit log of the node's data operations, signed with its key (refused if tampered).
-    let audit =
-        crate::audit::NodeAudit::open(&crate::audit::dir_of(&data_dir, &node.peer_id()), &key)?;
     let service = match &s.span {
         Some((model, blocks)) => Some(
             crate::serving::start(&node, model, span_args, blocks.clone(), &data_dir)
