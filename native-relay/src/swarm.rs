@@ -412,7 +412,8 @@ async fn discover(
     let deadline = tokio::time::Instant::now() + within;
     let mut entries: Vec<ServerEntry> = Vec::new();
     let mut regions = std::collections::HashMap::new();
-    let mut elsewhere = 0usize;
+    // Spans of nodes outside the allowed regions (or undeclared), each counted once.
+    let mut elsewhere = std::collections::HashSet::new();
     loop {
         let online = kwaainet_p2p::health::servers(node, model)
             .await
@@ -420,7 +421,7 @@ async fn discover(
             .filter(|s| s.state == SpanState::Online);
         for server in online {
             if !allowed.allows(server.region.as_deref()) {
-                elsewhere += 1;
+                elsewhere.insert((server.peer_id, server.start));
                 continue;
             }
             let id = server.peer_id.to_string();
@@ -455,7 +456,10 @@ async fn discover(
             None => return Ok(Discovered { entries, regions }),
             Some(gap) if tokio::time::Instant::now() >= deadline => {
                 let place = if allowed.is_constrained() {
-                    format!(" in {allowed} ({elsewhere} span(s) seen elsewhere or undeclared)")
+                    format!(
+                        " in {allowed} ({} span(s) seen elsewhere or undeclared)",
+                        elsewhere.len()
+                    )
                 } else {
                     String::new()
                 };

@@ -955,7 +955,9 @@ fn an_eu_only_request_never_routes_through_a_non_eu_node() -> Result<()> {
         "a US-only request ran without a US node for 0..15"
     );
     assert!(
-        err.contains("no server in US") && err.contains("covers blocks 0..15"),
+        err.contains(
+            "no server in US (2 span(s) seen elsewhere or undeclared) covers blocks 0..15"
+        ),
         "{err}"
     );
     // The API's swarm backend under a US-only policy refuses the same way.
