@@ -12,7 +12,7 @@
 //!   a prefix of the latest checkpoint's, with that checkpoint.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -82,8 +82,7 @@ impl Signer for NodeKey {
 
 /// The public key inside an Ed25519 peer id.
 pub(crate) fn public_key_of(peer: &PeerId) -> anyhow::Result<[u8; 32]> {
-    let did = kwaainet_p2p::did::from_peer_id(peer)?;
-    Ok(kwaainet_p2p::did::to_ed25519(&did)?.to_bytes())
+    Ok(kwaainet_p2p::did::ed25519_of_peer(peer)?.to_bytes())
 }
 
 enum Msg {
@@ -198,10 +197,10 @@ impl NodeAudit {
 
     /// The API's hook: decisions go to the writer without waiting.
     pub fn hook(&self) -> AuditHook {
-        let tx = self.tx.clone();
+        let recorder = self.recorder();
         AuditHook(Arc::new(move |ev| match entry_of(&ev, now_ms()) {
             Ok(e) => {
-                if let Err(TrySendError::Full(_)) = tx.try_send(Msg::Record(Some(ev.client), e)) {
+                if !recorder.record(&ev.client, vec![e]) {
                     tracing::warn!("audit queue full: a decision was not recorded");
                 }
             }

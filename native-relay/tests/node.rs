@@ -422,8 +422,7 @@ fn the_audit_log_records_api_decisions_proves_them_and_finds_tampering() -> Resu
         &["--model", m, "--api-key", "sk-right-key", "--api-rate", "2"],
     )?;
     let peer: kwaainet_p2p::libp2p::PeerId = n.peer_id.parse()?;
-    let public =
-        kwaainet_p2p::did::to_ed25519(&kwaainet_p2p::did::from_peer_id(&peer)?)?.to_bytes();
+    let public = kwaainet_p2p::did::ed25519_of_peer(&peer)?.to_bytes();
     let origin = format!("kwaainet/audit/{peer}");
     let checkpoint = |at_least: u64| -> Result<Checkpoint> {
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -120,8 +120,11 @@ pub fn sign(
     gpc: bool,
     now_ms: u64,
 ) -> Result<SignedConsent, ConsentError> {
-    let subject = did::from_peer_id(&key.public().to_peer_id())
-        .map_err(|e| ConsentError::Malformed(e.to_string()))?;
+    let public = key
+        .public()
+        .try_into_ed25519()
+        .map_err(|_| ConsentError::Malformed("consent is signed with an Ed25519 key".into()))?;
+    let subject = did::from_ed25519(&public);
     let mut purposes = purposes.clone();
     if gpc {
         for p in GPC_DENIES {

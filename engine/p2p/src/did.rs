@@ -56,15 +56,19 @@ pub fn to_ed25519(did: &str) -> Result<ed25519::PublicKey, DidError> {
     ed25519::PublicKey::try_from_bytes(key).map_err(|_| DidError::BadKey)
 }
 
-/// The `did:key` of a peer: its id embeds its Ed25519 key.
-pub fn from_peer_id(peer: &PeerId) -> Result<String, DidError> {
+/// The Ed25519 key an Ed25519 peer id embeds (an identity multihash of the key).
+pub fn ed25519_of_peer(peer: &PeerId) -> Result<ed25519::PublicKey, DidError> {
     let mh = peer.as_ref();
     if mh.code() != 0 {
         return Err(DidError::NoEmbeddedKey); // a SHA-256 id: the key is not in it
     }
     let key = PublicKey::try_decode_protobuf(mh.digest()).map_err(|_| DidError::NoEmbeddedKey)?;
-    let key = key.try_into_ed25519().map_err(|_| DidError::NotEd25519)?;
-    Ok(from_ed25519(&key))
+    key.try_into_ed25519().map_err(|_| DidError::NotEd25519)
+}
+
+/// The `did:key` of a peer: its id embeds its Ed25519 key.
+pub fn from_peer_id(peer: &PeerId) -> Result<String, DidError> {
+    Ok(from_ed25519(&ed25519_of_peer(peer)?))
 }
 
 /// The peer id of the key a `did:key` names.

@@ -52,8 +52,7 @@ pub fn audit_open_checkpoint(
     let peer = peer_id
         .parse()
         .map_err(|_| err(P2pCode::InvalidArgument, "not a peer id"))?;
-    let did = kwaainet_p2p::did::from_peer_id(&peer).map_err(record)?;
-    let key = kwaainet_p2p::did::to_ed25519(&did).map_err(record)?;
+    let key = kwaainet_p2p::did::ed25519_of_peer(&peer).map_err(record)?;
     let origin = kwaainet_audit::node_origin(peer_id);
     let cp = Checkpoint::open(note, &origin, &key.to_bytes()).map_err(record)?;
     let out = js_sys::Object::new();
