@@ -40,6 +40,8 @@ pub const MAX_HOSTED: usize = 64;
 
 const NODE_KEY_PREFIX: &str = "/kwaainet/node/";
 const MODEL_KEY_PREFIX: &str = "/kwaainet/model/";
+/// Provider keys of stored blobs: `/kwaainet/blob/<cid>`.
+pub const BLOB_KEY_PREFIX: &str = "/kwaainet/blob/";
 const ENVELOPE_DOMAIN: &str = "kwaainet-dht-record";
 const NODE_PAYLOAD_TYPE: &[u8] = b"/kwaainet/node-record";
 
@@ -319,6 +321,12 @@ pub fn node_key(peer: &PeerId) -> RecordKey {
 /// DHT key under which the providers of `model` are registered.
 pub fn model_key(model: &str) -> RecordKey {
     RecordKey::new(&format!("{MODEL_KEY_PREFIX}{model}"))
+}
+
+/// The provider key under which the holders of the blob with this CID (its string form)
+/// register (kwaainet-storage's network backend).
+pub fn blob_key(cid: &str) -> RecordKey {
+    RecordKey::new(&format!("{BLOB_KEY_PREFIX}{cid}"))
 }
 
 /// Whether `addr` goes through a relay's circuit.

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use libp2p::kad::RecordKey;
 use libp2p::{Multiaddr, PeerId};
 use prometheus_client::registry::Registry;
 
@@ -10,13 +11,15 @@ use super::state::NodeState;
 use crate::command::{Commands, Reply};
 use crate::error::Result;
 use crate::lookup::Lookup;
-use crate::record::{NodeRecord, ServedSpan};
+use crate::record::{NodeRecord, ServedSpan, model_key};
 
 /// What a handle asks of the runtime.
 pub(super) enum Command {
     State(Reply<NodeState>),
     GetRecord(PeerId, Reply<Result<Lookup>>),
-    Providers(String, Reply<Result<Vec<PeerId>>>),
+    Providers(RecordKey, Reply<Result<Vec<PeerId>>>),
+    Provide(RecordKey, bool, Reply<Result<()>>),
+    Closest(RecordKey, usize, Reply<Vec<PeerId>>),
     AskInfo(PeerId, Reply<Result<NodeRecord>>),
     Publish(Reply<Result<()>>),
     Dial(Multiaddr, Reply<Result<()>>),
@@ -106,9 +109,28 @@ impl NodeHandle {
 
     /// The peers registered as serving `model`.
     pub async fn model_providers(&self, model: &str) -> Result<Vec<PeerId>> {
+        self.providers(model_key(model)).await
+    }
+
+    /// The peers registered (Kademlia provider records) under `key`: a model's servers
+    /// ([`crate::record::model_key`]), a blob's holders ([`crate::record::blob_key`]).
+    pub async fn providers(&self, key: RecordKey) -> Result<Vec<PeerId>> {
+        self.commands.ask(|tx| Command::Providers(key, tx)).await?
+    }
+
+    /// Registers this node as a provider of `key` (`on`), or withdraws it. Registrations
+    /// are republished by Kademlia while the node runs. Only keys peers accept
+    /// (`/kwaainet/model/…`, `/kwaainet/blob/…`) travel beyond this node.
+    pub async fn provide(&self, key: RecordKey, on: bool) -> Result<()> {
         self.commands
-            .ask(|tx| Command::Providers(model.to_owned(), tx))
+            .ask(|tx| Command::Provide(key, on, tx))
             .await?
+    }
+
+    /// Up to `n` peers of our routing table closest to `key` (XOR distance): where a
+    /// key's data belongs, from what this node knows, without a network query.
+    pub async fn closest_peers(&self, key: RecordKey, n: usize) -> Result<Vec<PeerId>> {
+        self.commands.ask(|tx| Command::Closest(key, n, tx)).await
     }
 
     /// Asks a connected peer for its record directly (`/kwaainet/info/1.0.0`).

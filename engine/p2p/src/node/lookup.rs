@@ -11,7 +11,7 @@ use super::runtime::Runtime;
 use crate::command::Reply;
 use crate::error::{Error, Result};
 use crate::lookup::RecordLookups;
-use crate::record::{model_key, unix_now};
+use crate::record::unix_now;
 
 /// A provider lookup: the providers found so far, and who waits for them.
 type ProvidersQuery = (HashSet<PeerId>, Reply<Result<Vec<PeerId>>>);
@@ -27,14 +27,14 @@ pub(super) struct Queries {
 }
 
 impl Queries {
-    /// Looks up the providers of `model`.
+    /// Looks up the providers of `key`.
     pub(super) fn start_providers(
         &mut self,
         kad: &mut kad::Behaviour<MemoryStore>,
-        model: &str,
+        key: kad::RecordKey,
         tx: Reply<Result<Vec<PeerId>>>,
     ) {
-        let id = kad.get_providers(model_key(model));
+        let id = kad.get_providers(key);
         self.providers.insert(id, (HashSet::new(), tx));
     }
 

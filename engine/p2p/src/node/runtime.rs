@@ -203,9 +203,32 @@ impl Runtime {
                 let kad = &mut self.swarm.behaviour_mut().kad;
                 self.queries.records.start(kad, peer, tx);
             }
-            Command::Providers(model, tx) => {
+            Command::Providers(key, tx) => {
                 let kad = &mut self.swarm.behaviour_mut().kad;
-                self.queries.start_providers(kad, &model, tx);
+                self.queries.start_providers(kad, key, tx);
+            }
+            Command::Provide(key, on, tx) => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                let res = if on {
+                    kad.start_providing(key)
+                        .map(|_| ())
+                        .map_err(|e| crate::Error::Query(e.to_string()))
+                } else {
+                    kad.stop_providing(&key);
+                    Ok(())
+                };
+                let _ = tx.send(res);
+            }
+            Command::Closest(key, n, tx) => {
+                let target = kad::KBucketKey::new(key.to_vec());
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                let mut peers: Vec<(kad::KBucketDistance, PeerId)> = kad
+                    .kbuckets()
+                    .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
+                    .map(|p| (kad::KBucketKey::from(p).distance(&target), p))
+                    .collect();
+                peers.sort();
+                let _ = tx.send(peers.into_iter().take(n).map(|(_, p)| p).collect());
             }
             Command::AskInfo(peer, tx) => {
                 let info = &mut self.swarm.behaviour_mut().info;

@@ -1,7 +1,7 @@
 //! What others may store with us. Kademlia hands every inbound `PUT_VALUE` and
 //! `ADD_PROVIDER` to the node (`StoreInserts::FilterBoth`); only valid signed node records
 //! under their own key, never older than the copy we hold, and provider records of
-//! `/kwaainet/model/<id>` keys go in.
+//! `/kwaainet/model/<id>` and `/kwaainet/blob/<cid>` keys go in.
 
 use libp2p::kad::{self, store::MemoryStore, store::RecordStore};
 use prometheus_client::metrics::counter::Counter;
@@ -44,7 +44,8 @@ pub(super) fn on_inbound(
             record: Some(provider),
         } => {
             let ok = std::str::from_utf8(provider.key.as_ref()).is_ok_and(|k| {
-                k.starts_with("/kwaainet/model/") && k.len() <= MAX_PROVIDER_KEY_BYTES
+                (k.starts_with("/kwaainet/model/") || k.starts_with(record::BLOB_KEY_PREFIX))
+                    && k.len() <= MAX_PROVIDER_KEY_BYTES
             });
             if ok {
                 if let Err(e) = kad.store_mut().add_provider(provider) {
