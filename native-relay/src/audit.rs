@@ -105,6 +105,13 @@ impl Recorder {
                 .is_ok()
         })
     }
+
+    /// Queues entries that name nobody.
+    pub fn record_anonymous(&self, entries: Vec<Entry>) -> bool {
+        entries
+            .into_iter()
+            .all(|e| self.0.try_send(Msg::Record(None, e)).is_ok())
+    }
 }
 
 /// The node's open audit log and its writer.
@@ -206,6 +213,11 @@ impl NodeAudit {
             }
             Err(e) => tracing::error!(error = %e, "audit entry"),
         }))
+    }
+
+    /// The open log (exports read it, erasures forget a subject's salt in it).
+    pub fn log(&self) -> Arc<Mutex<AuditLog>> {
+        Arc::clone(&self.log)
     }
 
     /// A handle that queues entries for the writer.

@@ -17,6 +17,7 @@ use axum::routing::post;
 use kwaainet_api::guard::{Client, RateLimit};
 use kwaainet_audit::{Decision, Entry, Label, Op};
 use kwaainet_p2p::consent::{ConsentError, GPC_DENIES, SignedConsent, verify};
+use kwaainet_storage::{Acl, FileStore, StorageProvider};
 use serde_json::json;
 
 use crate::audit::Recorder;
@@ -27,13 +28,17 @@ const MAX_BODY: usize = 8 * 1024;
 struct ConsentState {
     recorder: Recorder,
     limits: RateLimit,
+    /// Where the signed records are kept, each a blob its subject owns (what their export
+    /// returns and their erasure deletes).
+    store: Option<Arc<FileStore>>,
 }
 
 /// The route, recording through `recorder`.
-pub fn router(recorder: Recorder) -> Router {
+pub fn router(recorder: Recorder, store: Option<Arc<FileStore>>) -> Router {
     let state = Arc::new(ConsentState {
         recorder,
         limits: RateLimit::new(30, 10),
+        store,
     });
     Router::new()
         .route("/api/v1/consent", post(record))
@@ -97,6 +102,15 @@ async fn record(State(st): State<Arc<ConsentState>>, req: Request) -> Response {
         };
         e.reason = Label::new(reason).ok();
         entries.push(e);
+    }
+    if let Some(store) = &st.store {
+        let bytes = serde_json::to_vec(&signed).unwrap_or_default();
+        if let Err(e) = store.store(bytes, &Acl::private(&r.subject)).await {
+            return answer(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("the consent record could not be kept: {e}"),
+            );
+        }
     }
     let n = entries.len();
     if !st.recorder.record(&r.subject, entries) {

@@ -9,6 +9,8 @@ mod bench;
 #[cfg(feature = "gpu")]
 mod burn_backend;
 mod consent;
+mod data;
+mod data_cli;
 mod fetch;
 mod generate;
 mod model;
@@ -52,6 +54,16 @@ enum Command {
         #[command(subcommand)]
         command: audit_cli::ComplianceCommand,
     },
+    /// The operator's data on the running node: sealed, replicated to peers as ciphertext.
+    Data {
+        #[command(subcommand)]
+        command: data_cli::DataCommand,
+    },
+    /// Data rights: export (Art. 15/20), erase (Art. 17), and offline verification.
+    Gdpr {
+        #[command(subcommand)]
+        command: data_cli::GdprCommand,
+    },
 }
 
 /// A rayon pool with `threads` workers (default: one per core).
@@ -83,6 +95,8 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => node::status(&args),
         Command::Audit { command } => audit_cli::audit(&command),
         Command::Compliance { command } => audit_cli::compliance(&command),
+        Command::Data { command } => data_cli::data(&command),
+        Command::Gdpr { command } => data_cli::gdpr(&command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -19,7 +19,7 @@ use kwaainet_p2p::{NodeConfig, NodeState, RelayReservations};
 use serde::Deserialize;
 
 /// Default HTTP address: loopback only.
-const DEFAULT_HTTP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+pub(crate) const DEFAULT_HTTP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 /// Default P2P port (TCP and QUIC; WebSocket and WebRTC-direct on the next one).
 const DEFAULT_P2P_PORT: u16 = 4001;
 
@@ -368,9 +368,17 @@ async fn run(
         &crate::audit::dir_of(&data_dir, &key.public().to_peer_id()),
         &key,
     )?;
+    let key_for_data = key.clone();
     let node = kwaainet_p2p::spawn(s.node, key, webrtc_pem)
         .await
         .context("starting the node")?;
+    let data = crate::data::NodeData::open(
+        &crate::data::dir_of(&data_dir, &node.peer_id()),
+        &node,
+        &key_for_data,
+        audit.recorder(),
+        audit.log(),
+    )?;
     let service = match &s.span {
         Some((model, blocks)) => Some(
             crate::serving::start(&node, model, span_args, blocks.clone(), &data_dir)
@@ -414,7 +422,11 @@ async fn run(
                 "region": roles.region,
                 "api_regions": s.api.as_ref().map(|a| a.regions.to_string()),
             })))
-            .merge(crate::consent::router(audit.recorder()));
+            .merge(crate::consent::router(
+                audit.recorder(),
+                Some(data.local().clone()),
+            ))
+            .merge(data.router());
         if let Some((a, _)) = &api {
             app = app.merge(kwaainet_api::router(Arc::clone(a)));
         }
@@ -464,6 +476,7 @@ async fn run(
         let _ = tokio::task::spawn_blocking(move || a.stop()).await;
     }
     let _ = stop_tx.send(true);
+    data.stop();
     let stopped = tokio::time::timeout(Duration::from_secs(10), async {
         if let Some(t) = http_task {
             match t.await {

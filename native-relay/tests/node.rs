@@ -1195,3 +1195,219 @@ fn auto_nodes_choose_the_least_served_blocks_move_when_unbalanced_and_cover_the_
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Storage through the node and data rights: the operator's item sealed and replicated to
+/// two peers as ciphertext, a visitor's consent record kept, exports (the visitor's by a
+/// request signed in a page's way, the operator's by the CLI) that verify offline and fail
+/// when edited, signed requests that cannot be replayed or used for another's vault, and
+/// an erasure that every replica holder answers with a signed receipt, after which the
+/// exported ciphertext no longer opens.
+#[test]
+fn data_rights_export_verifies_offline_and_erasure_reaches_every_replica() -> Result<()> {
+    use kwaainet_compliance::export::{self, Bundle, ErasureReceipt};
+    use kwaainet_p2p::libp2p::identity::Keypair;
+    use kwaainet_storage::{Cid, Keyring, UserKey};
+
+    let (dir, a, boot) = swarm_with_boot("data")?;
+    let b = start(&sub_dir(&dir, "b")?, &["--bootstrap", &boot])?;
+    let c = start(&sub_dir(&dir, "c")?, &["--bootstrap", &boot])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state(&a)?["routing_table_peers"].as_u64().unwrap_or(0) < 2 {
+        if Instant::now() > deadline {
+            bail!("the boot node never had both peers in its routing table");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let key_file = dir.join("boot").join("identity.key");
+    let (key_arg, http) = (key_file.to_str().context("path")?, a.http.to_string());
+    let target = ["--identity", key_arg, "--http", &http];
+    let note = dir.join("note.txt");
+    std::fs::write(&note, "my private note: Ada Lovelace, 1815")?;
+    let note_arg = note.to_str().context("path")?;
+
+    // Put: sealed, replicated to both peers as ciphertext.
+    let mut args = vec!["data", "put", note_arg, "--label", "notes"];
+    args.extend(target);
+    let cid = run(&args)?.trim().to_owned();
+    let cid_parsed = Cid::parse(&cid)?;
+    let blob_of = |node: &Node, name: &str| {
+        dir.join(name)
+            .join("storage")
+            .join(&node.peer_id)
+            .join("blobs")
+            .join(format!("{cid}.blob"))
+    };
+    for (n, name) in [(&b, "b"), (&c, "c")] {
+        let replica = std::fs::read(blob_of(n, name)).context("a peer holds a replica")?;
+        assert!(
+            !replica.windows(8).any(|w| w == b"Lovelace"),
+            "ciphertext only"
+        );
+        cid_parsed.verify(&replica)?;
+    }
+    let mut args = vec!["data", "get", &cid];
+    args.extend(target);
+    assert_eq!(run(&args)?, "my private note: Ada Lovelace, 1815");
+
+    // A visitor's consent, then their own export, signed by their key as a page signs it.
+    let a_did = kwaainet_p2p::did::from_peer_id(&a.peer_id.parse()?)?;
+    let visitor = Keypair::generate_ed25519();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let purposes = [("compute", true), ("storage", true), ("analytics", false)]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    let consent =
+        kwaainet_p2p::consent::sign(&visitor, "https://example.org", &purposes, false, now)?;
+    let (status, _) = post(a.http, "/api/v1/consent", &serde_json::to_value(&consent)?)?;
+    assert_eq!(status, 202);
+    let signed = |key: &Keypair, action: &str, nonce: u8| -> Result<serde_json::Value> {
+        let r = kwaainet_p2p::request::sign(
+            key,
+            &a_did,
+            action,
+            serde_json::json!({}),
+            now,
+            [nonce; 16],
+        )?;
+        Ok(serde_json::to_value(r)?)
+    };
+    let ask = signed(&visitor, "export", 1)?;
+    let mut bundle = None;
+    for _ in 0..50 {
+        // The consent entries reach the log through its writer: wait for them.
+        let (status, body) = post(
+            a.http,
+            "/api/v1/data",
+            &signed(&visitor, "export", 100 + bundle.iter().count() as u8)?,
+        )?;
+        assert_eq!(status, 200, "{body}");
+        let bd: Bundle = serde_json::from_value(body)?;
+        if export::verify(&bd)?.entries.len() >= 3 {
+            bundle = Some(bd);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let bundle = bundle.context("the visitor's consent entries never reached the log")?;
+    let v = export::verify(&bundle)?;
+    assert_eq!(
+        v.manifest.subject,
+        kwaainet_p2p::did::from_peer_id(&visitor.public().to_peer_id())?
+    );
+    assert_eq!(
+        (v.consents.len(), v.entries.len()),
+        (1, 3),
+        "one record, one entry per purpose"
+    );
+    assert_eq!(v.consents[0], consent);
+    // The same request twice, another's vault, a forged signature, another node's request.
+    assert_eq!(post(a.http, "/api/v1/data", &ask)?.0, 200);
+    assert_eq!(
+        post(a.http, "/api/v1/data", &ask)?.0,
+        409,
+        "a replayed request"
+    );
+    assert_eq!(
+        post(a.http, "/api/v1/data", &signed(&visitor, "list", 2)?)?.0,
+        403
+    );
+    let mut forged = signed(&visitor, "erase", 3)?;
+    forged["request"] = forged["request"]
+        .as_str()
+        .unwrap_or_default()
+        .replace("erase", "export")
+        .into();
+    assert_eq!(post(a.http, "/api/v1/data", &forged)?.0, 403);
+    let elsewhere = kwaainet_p2p::request::sign(
+        &visitor,
+        "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp",
+        "export",
+        serde_json::json!({}),
+        now,
+        [4; 16],
+    )?;
+    assert_eq!(
+        post(a.http, "/api/v1/data", &serde_json::to_value(elsewhere)?)?.0,
+        400
+    );
+
+    // The operator's export through the CLI: verified offline, and an edit is found.
+    let out = dir.join("export.json");
+    let out_arg = out.to_str().context("path")?;
+    let mut args = vec!["gdpr", "export", "--out", out_arg];
+    args.extend(target);
+    run(&args)?;
+    let report = run(&["gdpr", "verify", out_arg])?;
+    assert!(
+        report.starts_with("export OK") && report.contains("1 item(s)"),
+        "{report}"
+    );
+    let mut edited: serde_json::Value = serde_json::from_slice(&std::fs::read(&out)?)?;
+    let mine: Bundle = serde_json::from_value(edited.clone())?;
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let plain = b64.decode(
+        mine.plaintext
+            .get(&cid)
+            .context("the plaintext is exported")?,
+    )?;
+    assert_eq!(plain, b"my private note: Ada Lovelace, 1815");
+    edited["plaintext"][&cid] = b64.encode(b"my private note: Bob").into();
+    let bad = dir.join("edited.json");
+    std::fs::write(&bad, serde_json::to_vec(&edited)?)?;
+    assert!(
+        Command::new(BIN)
+            .args(["gdpr", "verify", bad.to_str().context("path")?])
+            .output()?
+            .status
+            .code()
+            != Some(0)
+    );
+
+    // Erasure: every holder answers with its own signed receipt; nothing opens any more.
+    let mut args = vec!["gdpr", "erase", "--yes"];
+    args.extend(target);
+    let receipt: ErasureReceipt = serde_json::from_str(&run(&args)?)?;
+    let erased = receipt.verify()?;
+    let mut holders: Vec<String> = erased.receipts.iter().map(|r| r.holder.clone()).collect();
+    holders.sort();
+    let mut expected = vec![
+        kwaainet_p2p::did::from_peer_id(&b.peer_id.parse()?)?,
+        kwaainet_p2p::did::from_peer_id(&c.peer_id.parse()?)?,
+    ];
+    expected.sort();
+    assert_eq!(holders, expected, "unconfirmed: {:?}", erased.unconfirmed);
+    assert_eq!(erased.keys_shredded, vec!["notes".to_owned()]);
+    for (n, name) in [(&a, "boot"), (&b, "b"), (&c, "c")] {
+        assert!(!blob_of(n, name).exists(), "{name} still holds the blob");
+    }
+    let (key, _) = kwaainet_p2p::identity::load_or_create(&key_file)?;
+    let seed: [u8; 32] = key.try_into_ed25519()?.secret().as_ref().try_into()?;
+    let keyring = std::fs::read_to_string(
+        dir.join("boot")
+            .join("storage")
+            .join(&a.peer_id)
+            .join("keyring.json"),
+    )?;
+    let vault = kwaainet_storage::Vault::with_keyring(
+        kwaainet_storage::MemoryStore::default(),
+        UserKey::derive(&seed),
+        Keyring::from_json(&keyring)?,
+        a_did.clone(),
+    );
+    let sealed = b64.decode(&mine.blobs[&cid])?;
+    assert!(matches!(
+        vault.open("notes", &cid_parsed, &sealed),
+        Err(kwaainet_storage::Error::NoKey(_))
+    ));
+    let mut args = vec!["data", "get", &cid];
+    args.extend(target);
+    assert!(Command::new(BIN).args(&args).output()?.status.code() != Some(0));
+    for n in [c, b, a] {
+        sigterm_and_wait(n)?;
+    }
+    Ok(())
+}

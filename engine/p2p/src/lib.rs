@@ -27,6 +27,7 @@ mod lookup;
 pub mod msg;
 pub mod record;
 pub mod region;
+pub mod request;
 
 #[cfg(not(wasm_browser))]
 pub mod health;
