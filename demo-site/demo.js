@@ -292,6 +292,29 @@
         }));
       }, (e) => { state.textContent = 'Check failed: ' + e.message; });
     });
+    // Data rights: what the node holds about this visitor (their consent records, their
+    // audit entries with proofs), verified here before it is shown; and erasure, answered
+    // by a receipt the node signs.
+    const dataState = document.getElementById('data-state');
+    const link = document.getElementById('data-download');
+    document.getElementById('data-export').addEventListener('click', () => {
+      dataState.textContent = 'Asking the node…';
+      net.exportData(location.origin, net.bootstrapPeer).then(({ bundle, verified }) => {
+        dataState.textContent = 'Your data, verified: ' + verified.consents.length + ' consent record(s), ' +
+          verified.entries.length + ' audit entries proven in the node\'s signed log, ' + verified.manifest.items.length + ' item(s).';
+        if (link.href) URL.revokeObjectURL(link.href);
+        link.href = URL.createObjectURL(new Blob([JSON.stringify(bundle)], { type: 'application/json' }));
+        link.hidden = false;
+      }, (e) => { dataState.textContent = 'Export failed: ' + e.message; });
+    });
+    document.getElementById('data-erase').addEventListener('click', () => {
+      dataState.textContent = 'Asking the node…';
+      net.eraseData(location.origin, net.bootstrapPeer).then(({ erasure }) => {
+        dataState.textContent = 'Erased, receipt signed by the node: ' + erasure.deleted.length + ' item(s) deleted' +
+          (erasure.audit_unlinked ? ', your audit entries unlinked from you' : '') + '.';
+        link.hidden = true;
+      }, (e) => { dataState.textContent = 'Erasure failed: ' + e.message; });
+    });
   }
   net.on('peerConnected', (p) => { peers.add(p.peer); render(last); });
   net.on('peerDisconnected', (p) => { peers.delete(p.peer); render(last); });

@@ -152,6 +152,21 @@ test('npm start: its page downloads the model, asks consent, answers a chat and 
     assert.ok(logged.some((l) => / consent analytics deny \(refused\)$/.test(l)), logged.join('\n'));
     await verified(/^Verified: \d+ entries under a checkpoint signed by the node, and the log only grew since the last check \(\d+\)\.$/);
 
+    // Data rights: the visitor's export (their consent record and its three entries, each
+    // proven), then erasure with the node's signed receipt, after which the node holds
+    // nothing of theirs.
+    const dataSays = async (button, pattern) => {
+      await page.evaluate(() => { document.getElementById('data-state').textContent = ''; });
+      await page.click(button);
+      await page.waitForFunction(() => /^(Your data|Erased|Export failed|Erasure failed)/.test(document.getElementById('data-state').textContent),
+        null, { timeout: 30_000, polling: 100 });
+      assert.match(await page.textContent('#data-state'), pattern);
+    };
+    await dataSays('#data-export', /^Your data, verified: 1 consent record\(s\), 3 audit entries proven in the node's signed log, 1 item\(s\)\.$/);
+    assert.equal(await page.locator('#data-download').isVisible(), true);
+    await dataSays('#data-erase', /^Erased, receipt signed by the node: 1 item\(s\) deleted, your audit entries unlinked from you\.$/);
+    await dataSays('#data-export', /^Your data, verified: 0 consent record\(s\), 0 audit entries proven in the node's signed log, 0 item\(s\)\.$/);
+
     // The swarm's coverage of the node's model, drawn: `npm start` serves no span, so every
     // one of the model's blocks is a cell saying it has no server, and no server bar.
     const report = state.models?.[0];

@@ -88,6 +88,9 @@ pub(crate) fn public_key_of(peer: &PeerId) -> anyhow::Result<[u8; 32]> {
 enum Msg {
     /// An entry whose subject (if any) the writer commits to before writing it.
     Record(Option<String>, Entry),
+    /// Forget a subject's salt once everything queued before is written (an erasure); the
+    /// answer says whether there was one.
+    Forget(String, SyncSender<Result<bool, String>>),
     Stop,
 }
 
@@ -104,6 +107,18 @@ impl Recorder {
                 .try_send(Msg::Record(Some(subject.to_owned()), e))
                 .is_ok()
         })
+    }
+
+    /// Forgets `subject`'s salt after every entry queued before this call is written, so
+    /// none of them can bring it back; waits (bounded) for the writer. Whether there was one.
+    pub fn forget(&self, subject: &str) -> anyhow::Result<bool> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.0
+            .send(Msg::Forget(subject.to_owned(), tx))
+            .map_err(|_| anyhow::anyhow!("the audit writer has stopped"))?;
+        rx.recv_timeout(std::time::Duration::from_secs(30))
+            .context("the audit writer did not answer")?
+            .map_err(anyhow::Error::msg)
     }
 
     /// Queues entries that name nobody.
@@ -159,6 +174,14 @@ fn write_loop(log: Arc<Mutex<AuditLog>>, rx: Receiver<Msg>) {
         }
         let mut log = lock(&log);
         let mut entries = Vec::with_capacity(batch.len());
+        let flush = |log: &mut AuditLog, entries: &mut Vec<Entry>| {
+            if !entries.is_empty()
+                && let Err(e) = log.append_all(entries)
+            {
+                tracing::error!(error = %e, "writing the audit log");
+            }
+            entries.clear();
+        };
         for m in batch {
             match m {
                 Msg::Record(subject, mut e) => match subject.map(|s| log.commit(&s)).transpose() {
@@ -168,14 +191,14 @@ fn write_loop(log: Arc<Mutex<AuditLog>>, rx: Receiver<Msg>) {
                     }
                     Err(err) => tracing::error!(error = %err, "audit entry"),
                 },
+                Msg::Forget(subject, reply) => {
+                    flush(&mut log, &mut entries);
+                    let _ = reply.send(log.forget(&subject).map_err(|e| e.to_string()));
+                }
                 Msg::Stop => stop = true,
             }
         }
-        if !entries.is_empty()
-            && let Err(e) = log.append_all(&entries)
-        {
-            tracing::error!(error = %e, "writing the audit log");
-        }
+        flush(&mut log, &mut entries);
     }
 }
 

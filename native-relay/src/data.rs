@@ -429,9 +429,14 @@ impl NodeData {
         if !self.recorder.record_anonymous(vec![e]) {
             tracing::warn!("audit queue full: an erasure was not recorded");
         }
-        erasure.audit_unlinked = lock(&self.log)
-            .forget(subject)
-            .map_err(|e| Failure::internal(e.into()))?;
+        // Through the writer, after everything queued about them (this request's own entries
+        // included), so no entry written later brings the salt back.
+        let recorder = self.recorder.clone();
+        let who = subject.to_owned();
+        erasure.audit_unlinked = tokio::task::spawn_blocking(move || recorder.forget(&who))
+            .await
+            .map_err(|e| Failure::internal(e.into()))?
+            .map_err(Failure::internal)?;
         let receipt = ErasureReceipt::sign(&erasure, |b| self.sign(b))
             .map_err(|e| Failure::internal(e.into()))?;
         Ok(serde_json::to_value(receipt).unwrap_or_default())

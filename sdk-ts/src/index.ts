@@ -44,6 +44,7 @@ export {
   type NetworkStatusEvent, type NetworkTransport, type NodeRecord,
 } from './network.js';
 export type { AuditCheckpoint, AuditEntry, AuditOptions, AuditVerification } from './audit.js';
+export type { DataErasure, DataExport, DataRightsOptions, Erasure, ExportItem, VerifiedExport } from './data-rights.js';
 export type { ConsentPurpose, ConsentReceipt, SignedConsentRecord } from './consent-record.js';
 export type {
   ConsentGate, ServeSpanOptions, SpanContribution, SpanService, SpanServiceEvents, WithdrawReason,

@@ -28,6 +28,7 @@ import type { WasmP2pEvent, WasmP2pModule, WasmP2pNode } from './wasm-p2p.js';
 import { serveSpan, type ServeSpanOptions, type SpanService } from './serve.js';
 import { PageSwarm, type PageSwarmOptions } from './swarm.js';
 import { recordConsent, type ConsentPurpose, type ConsentReceipt } from './consent-record.js';
+import { eraseData, exportData, type DataErasure, type DataExport, type DataRightsOptions } from './data-rights.js';
 import { verifyAudit, verifyAuditEntry, type AuditCheckpoint, type AuditEntry, type AuditOptions, type AuditVerification } from './audit.js';
 import { guardWebRtcHandlers } from './webrtc-guard.js';
 
@@ -493,6 +494,26 @@ export class KwaaiNetwork {
     nodeUrl: string | URL, purposes: Partial<Record<ConsentPurpose, boolean>>, opts: CallOptions = {},
   ): Promise<ConsentReceipt> {
     return recordConsent(this.live(), nodeUrl, purposes, opts);
+  }
+
+  /**
+   * Asks the node `peerId` whose HTTP side is `nodeUrl` for everything it holds about this
+   * page's identity (GDPR Art. 15/20): its consent records, its audit entries with their
+   * proofs, any blobs it owns there, under a manifest the node signs. Verified here before
+   * it is returned (data-rights.ts); keep `bundle`, it verifies offline
+   * (`kwaainet gdpr verify`). Needs a connected network (the key is the node's).
+   */
+  async exportData(nodeUrl: string | URL, peerId: string, opts: DataRightsOptions = {}): Promise<DataExport> {
+    return exportData(this.live(), await this.module(opts.signal), nodeUrl, peerId, opts);
+  }
+
+  /**
+   * Asks the node to erase this page's identity's data (GDPR Art. 17): its blobs there, and
+   * the audit salt that links its entries to it. The node's signed receipt is verified
+   * here and returned.
+   */
+  async eraseData(nodeUrl: string | URL, peerId: string, opts: DataRightsOptions = {}): Promise<DataErasure> {
+    return eraseData(this.live(), await this.module(opts.signal), nodeUrl, peerId, opts);
   }
 
   /** This page's did:key (the key behind its peer id), once connected. */

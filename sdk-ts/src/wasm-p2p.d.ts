@@ -54,6 +54,9 @@ export interface WasmP2pNode {
   did(): string;
   /** A consent record signed with this page's key (engine/p2p/src/consent.rs). */
   signConsent(site: string, purposes: Record<string, boolean>, gpc: boolean): import('./consent-record.js').SignedConsentRecord;
+  /** A data-rights request to the node `audience` (its did:key), signed with this page's key
+   *  (engine/p2p/src/request.rs). */
+  signRequest(audience: string, action: string, params: Record<string, unknown>): { request: string; signature: string };
   connected(): Promise<{ peer: string; addr: string }>;
   state(): Promise<WasmP2pState>;
   getRecord(peerId: string): Promise<unknown>;
@@ -99,4 +102,10 @@ export interface WasmP2pModule {
   auditRoot(entries: string[]): string;
   auditVerifyInclusion(entry: string, index: number, size: number, root: string, proof: string): void;
   auditVerifyConsistency(oldSize: number, oldRoot: string, newSize: number, newRoot: string, proof: string): void;
+  /** The did:key of an Ed25519 peer id (engine/wasm-p2p/src/rights.rs). */
+  didOfPeer(peerId: string): string;
+  /** An export bundle (JSON text) checked offline; what it holds. */
+  verifyExport(bundle: string): unknown;
+  /** An erasure receipt (JSON text) checked, peers' receipts included; what it states. */
+  verifyErasure(receipt: string): unknown;
 }

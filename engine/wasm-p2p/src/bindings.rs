@@ -306,11 +306,34 @@ impl WasmP2pNode {
         })
     }
 
-    /// Our peer id.
     /// This page's `did:key` (the key behind its peer id).
     pub fn did(&self) -> Result<String, JsValue> {
         kwaainet_p2p::did::from_peer_id(&self.key.public().to_peer_id())
             .map_err(|e| err(P2pCode::Internal, e))
+    }
+
+    /// A request to the node `audience` (its did:key) to act on this page's data
+    /// (`export`, `erase`, …) with `params`, signed with this page's key, timed now and with
+    /// a fresh nonce: `{ request, signature }` for the node's `POST /api/v1/data`.
+    #[wasm_bindgen(js_name = signRequest)]
+    pub fn sign_request(
+        &self,
+        audience: String,
+        action: String,
+        params: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let params: serde_json::Value = if params.is_undefined() || params.is_null() {
+            serde_json::json!({})
+        } else {
+            serde_wasm_bindgen::from_value(params).map_err(|e| err(P2pCode::InvalidArgument, e))?
+        };
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|e| err(P2pCode::Internal, e))?;
+        let now = js_sys::Date::now() as u64;
+        let signed = kwaainet_p2p::request::sign(&self.key, &audience, &action, params, now, nonce)
+            .map_err(|e| err(P2pCode::InvalidArgument, e))?;
+        let json = serde_json::to_string(&signed).map_err(|e| err(P2pCode::Internal, e))?;
+        js_sys::JSON::parse(&json)
     }
 
     /// A consent record of `site`'s decisions (`purposes`: `{ compute, storage, analytics }`
