@@ -257,7 +257,7 @@ impl NodeAudit {
     }
 
     /// The HTTP routes.
-    pub fn router(&self, facts: serde_json::Value) -> Router {
+    pub fn router(&self, facts: Facts) -> Router {
         let compliance = {
             let log = Arc::clone(&self.log);
             move |q: Query<Span>| compliance(log, facts, q)
@@ -354,7 +354,11 @@ struct Span {
 /// `/api/v1/compliance?from=MS&to=MS`: what the node declares (its region, the regions its
 /// API may route to), its log (size, latest signed checkpoint) and the report of the
 /// range (at most the latest 100,000 entries).
-async fn compliance(log: Shared, facts: serde_json::Value, Query(q): Query<Span>) -> Response {
+/// What the node declares, read at each request (the policy's live status changes).
+pub type Facts = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+async fn compliance(log: Shared, facts: Facts, Query(q): Query<Span>) -> Response {
+    let facts = facts();
     let log = lock(&log);
     let start = log.len().saturating_sub(MAX_REPORT);
     let lines = match log.entries(start, log.len()) {

@@ -41,6 +41,7 @@ use kwaainet_audit::{Decision, Entry, Label, Op};
 use kwaainet_compliance::export::{
     self, AuditItem, AuditPart, Erasure, ErasureReceipt, Item, Manifest,
 };
+use kwaainet_compliance::policy::Policy;
 use kwaainet_p2p::NodeHandle;
 use kwaainet_p2p::consent::SignedConsent;
 use kwaainet_p2p::libp2p::identity::Keypair;
@@ -60,6 +61,8 @@ pub const STORAGE_DIR: &str = "storage";
 const MAX_BODY: usize = kwaainet_p2p::request::MAX_REQUEST;
 /// Nonces remembered (each for the request window).
 const MAX_NONCES: usize = 100_000;
+/// How often retention is applied (and once at start).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The folder of the node `peer`'s storage.
 pub fn dir_of(data_dir: &Path, peer: &kwaainet_p2p::libp2p::PeerId) -> PathBuf {
@@ -88,6 +91,10 @@ pub struct NodeData {
     log: Arc<Mutex<AuditLog>>,
     limits: RateLimit,
     serving: tokio::task::JoinHandle<()>,
+    policy: Policy,
+    /// The last retention sweep: when, and how many blobs it deleted.
+    swept: Mutex<Option<(u64, u64)>>,
+    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -116,6 +123,7 @@ impl NodeData {
         key: &Keypair,
         recorder: Recorder,
         log: Arc<Mutex<AuditLog>>,
+        policy: &Policy,
     ) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let local = Arc::new(
@@ -142,8 +150,12 @@ impl NodeData {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).context("reading items.json"),
         };
-        let config = NetConfig::default();
-        let net = NetworkStore::new(node.clone(), key.clone(), local.clone(), config)?;
+        let config = NetConfig {
+            placement: policy.allowed_regions.clone(),
+            sealed_only: policy.encryption_required,
+            ..NetConfig::default()
+        };
+        let net = NetworkStore::new(node.clone(), key.clone(), local.clone(), config.clone())?;
         let did = net.did().to_owned();
         let serving = tokio::spawn({
             let (node, key, local) = (
@@ -157,7 +169,7 @@ impl NodeData {
                 }
             }
         });
-        Ok(Arc::new(Self {
+        let data = Arc::new(Self {
             vault: Vault::with_keyring(net, user_key, keyring, did.clone()),
             did,
             key: key.clone(),
@@ -169,7 +181,67 @@ impl NodeData {
             log,
             limits: RateLimit::new(60, 20),
             serving,
-        }))
+            policy: policy.clone(),
+            swept: Mutex::new(None),
+            sweeper: Mutex::new(None),
+        });
+        if let Some(days) = policy.retention_days {
+            let weak = Arc::downgrade(&data);
+            let task = tokio::spawn(async move {
+                loop {
+                    let Some(data) = weak.upgrade() else { break };
+                    data.sweep(days).await;
+                    drop(data);
+                    tokio::time::sleep(SWEEP_EVERY).await;
+                }
+            });
+            *lock(&data.sweeper) = Some(task);
+        }
+        Ok(data)
+    }
+
+    /// Retention: deletes what is held for others (visitors' records, peers' replicas)
+    /// longer than `days`, and logs each deletion.
+    async fn sweep(&self, days: u32) {
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(std::time::Duration::from_secs(u64::from(days) * 86_400))
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let mut deleted = 0u64;
+        for (cid, owner, at) in self.local.held() {
+            if owner == self.did || at > cutoff {
+                continue;
+            }
+            match self.local.delete(&cid, &owner).await {
+                Ok(_) => {
+                    deleted += 1;
+                    self.audit(&owner, Op::Delete, Decision::Allow, "retention");
+                }
+                Err(e) => tracing::warn!(%cid, error = %e, "retention: could not delete"),
+            }
+        }
+        *lock(&self.swept) = Some((now_ms(), deleted));
+    }
+
+    /// The policy and how it is enforced, for `/api/v1/compliance`.
+    pub fn policy_report(&self) -> serde_json::Value {
+        let p = &self.policy;
+        let swept = *lock(&self.swept);
+        json!({
+            "profiles": p.profiles,
+            "consent_required": p.consent_required,
+            "encryption_required": p.encryption_required,
+            "retention_days": p.retention_days,
+            "allowed_regions": p.allowed_regions.to_string(),
+            "honour_gpc": p.honour_gpc,
+            "enforcement": {
+                "operator_data": "sealed (XChaCha20-Poly1305, keys derived from the node's identity)",
+                "replicas_held": if p.encryption_required { "sealed blobs only" } else { "any" },
+                "replica_placement": p.allowed_regions.to_string(),
+                "api_routes": p.allowed_regions.to_string(),
+                "retention_last_sweep_ms": swept.map(|s| s.0),
+                "retention_deleted": swept.map(|s| s.1),
+            },
+        })
     }
 
     /// The blob store (consent records are written to it).
@@ -177,9 +249,12 @@ impl NodeData {
         &self.local
     }
 
-    /// Stops answering the blob protocol.
+    /// Stops answering the blob protocol and sweeping.
     pub fn stop(&self) {
         self.serving.abort();
+        if let Some(t) = lock(&self.sweeper).take() {
+            t.abort();
+        }
     }
 
     fn save(&self, index: &[Indexed]) -> std::io::Result<()> {

@@ -84,6 +84,11 @@ pub struct StartArgs {
     /// or EEA. Never more precise: requests that allow only some regions route by it.
     #[arg(long, env = "KWAAINET_REGION")]
     pub region: Option<String>,
+    /// Compliance profiles to enforce, comma-separated: gdpr, ccpa, hipaa (replaces the
+    /// config file's `[policy] profiles`). Regions, encryption of held data and retention
+    /// follow; see /api/v1/compliance.
+    #[arg(long, env = "KWAAINET_POLICY")]
+    pub policy: Option<String>,
     #[command(flatten)]
     pub id: IdentityArgs,
     #[command(flatten)]
@@ -123,6 +128,7 @@ struct FileConfig {
     node: NodeConfig,
     http: FileHttp,
     api: crate::api::FileApi,
+    policy: kwaainet_compliance::policy::PolicyFile,
 }
 
 fn read_config(path: &Path) -> anyhow::Result<FileConfig> {
@@ -168,6 +174,8 @@ struct Settings {
     api: Option<crate::api::Settings>,
     /// `--blocks`: the model file and the blocks to serve.
     span: Option<(crate::serving::ModelFile, crate::serving::Blocks)>,
+    /// The compliance policy enforced.
+    policy: kwaainet_compliance::policy::Policy,
 }
 
 fn parse_reservations(s: &str) -> Result<RelayReservations, String> {
@@ -208,6 +216,10 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
         node.region = Some(kwaainet_p2p::region::Region::parse(r)?.to_string());
     }
     let identity = identity_path(args.id.identity.as_deref(), file.identity.as_deref())?;
+    let policy = kwaainet_compliance::policy::Policy::build(&file.policy, args.policy.as_deref())
+        .context("the compliance policy")?;
+    // The node's own data stays on it: it must sit where the policy allows data.
+    policy.check_node(node.region.as_deref())?;
 
     let span = match &args.span.blocks {
         None => None,
@@ -229,7 +241,18 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
     let mut api = None;
     let http = if enabled {
         let addr = args.http.or(file.http.listen).unwrap_or(DEFAULT_HTTP);
-        api = Some(crate::api::settings(&args.api, file.api, addr)?);
+        let mut a = crate::api::settings(&args.api, file.api, addr)?;
+        // Swarm requests route only where the policy allows data, and where the API allows.
+        a.regions = a
+            .regions
+            .intersect(&policy.allowed_regions)
+            .with_context(|| {
+                format!(
+                    "--api-regions {} has no place in the policy's regions {}",
+                    a.regions, policy.allowed_regions
+                )
+            })?;
+        api = Some(a);
         let model_path = args
             .model
             .clone()
@@ -275,6 +298,7 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
         http,
         api,
         span,
+        policy,
     })
 }
 
@@ -378,6 +402,7 @@ async fn run(
         &key_for_data,
         audit.recorder(),
         audit.log(),
+        &s.policy,
     )?;
     let service = match &s.span {
         Some((model, blocks)) => Some(
@@ -417,11 +442,19 @@ async fn run(
             cfg.registries.push(Arc::clone(registry));
         }
         let mut app = kwaainet_p2p::http::router(node.clone(), cfg)
-            .merge(audit.router(serde_json::json!({
-                "peer_id": node.peer_id().to_string(),
-                "region": roles.region,
-                "api_regions": s.api.as_ref().map(|a| a.regions.to_string()),
-            })))
+            .merge(audit.router({
+                let node_facts = serde_json::json!({
+                    "peer_id": node.peer_id().to_string(),
+                    "region": roles.region,
+                    "api_regions": s.api.as_ref().map(|a| a.regions.to_string()),
+                });
+                let data = Arc::clone(&data);
+                Arc::new(move || {
+                    let mut facts = node_facts.clone();
+                    facts["policy"] = data.policy_report();
+                    facts
+                })
+            }))
             .merge(crate::consent::router(
                 audit.recorder(),
                 Some(data.local().clone()),

@@ -1411,3 +1411,128 @@ fn data_rights_export_verifies_offline_and_erasure_reaches_every_replica() -> Re
     }
     Ok(())
 }
+
+/// Compliance policies: a node refuses to start where its policy does not allow data (or
+/// when its API regions leave no place), reports the policy it enforces, and applies its
+/// retention to what it holds for others (a visitor's consent record) when it starts.
+#[test]
+fn a_policy_is_checked_at_start_reported_and_its_retention_enforced() -> Result<()> {
+    let dir = temp_dir("policy")?;
+    let refused = |extra: &[&str]| -> Result<String> {
+        let out = Command::new(BIN)
+            .args([
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--http",
+                "127.0.0.1:0",
+            ])
+            .arg("--identity")
+            .arg(dir.join("identity.key"))
+            .args(extra)
+            .env("KWAAINET_CONFIG_DIR", &dir)
+            .env("KWAAINET_MODEL", dir.join("no-model.gguf"))
+            .output()?;
+        assert!(!out.status.success(), "started with {extra:?}");
+        Ok(String::from_utf8(out.stderr)?)
+    };
+    let err = refused(&["--policy", "hipaa", "--region", "DE"])?;
+    assert!(
+        err.contains("declares region DE, but its policy (hipaa) allows data only in US"),
+        "{err}"
+    );
+    let err = refused(&["--policy", "gdpr"])?;
+    assert!(err.contains("declares region none"), "{err}");
+    let err = refused(&["--policy", "gdpr,hipaa", "--region", "DE"])?;
+    assert!(err.contains("regions exclude each other"), "{err}");
+    let err = refused(&["--policy", "gdpr", "--region", "DE", "--api-regions", "US"])?;
+    assert!(
+        err.contains("--api-regions US has no place in the policy's regions EEA"),
+        "{err}"
+    );
+
+    let config = dir.join("node.toml");
+    std::fs::write(
+        &config,
+        "[policy]\nprofiles = [\"gdpr\"]\nretention_days = 0\n",
+    )?;
+    let args = [
+        "--config",
+        config.to_str().context("path")?,
+        "--region",
+        "DE",
+    ];
+    let n = start(&dir, &args)?;
+    let (status, body) = get(n.http, "/api/v1/compliance")?;
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body)?;
+    let policy = &report["node"]["policy"];
+    assert_eq!(policy["profiles"], serde_json::json!(["gdpr"]));
+    assert_eq!(policy["allowed_regions"], "EEA");
+    assert_eq!(policy["encryption_required"], true);
+    assert_eq!(policy["retention_days"], 0);
+    assert_eq!(
+        policy["consent_required"],
+        serde_json::json!(["analytics", "storage"])
+    );
+    assert_eq!(report["node"]["api_regions"], "EEA");
+
+    // A visitor's consent record is kept, then the restarted node's retention deletes it.
+    let visitor = kwaainet_p2p::libp2p::identity::Keypair::generate_ed25519();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let purposes = [("compute", true), ("storage", false), ("analytics", false)]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    let consent =
+        kwaainet_p2p::consent::sign(&visitor, "https://example.org", &purposes, false, now)?;
+    assert_eq!(
+        post(n.http, "/api/v1/consent", &serde_json::to_value(&consent)?)?.0,
+        202
+    );
+    let blobs = dir.join("storage").join(&n.peer_id).join("blobs");
+    let held = || -> Result<usize> {
+        Ok(std::fs::read_dir(&blobs)?
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "blob"))
+            })
+            .count())
+    };
+    assert_eq!(held()?, 1);
+    sigterm_and_wait(n)?;
+    let n = start(&dir, &args)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let deleted = loop {
+        let (_, body) = get(n.http, "/api/v1/compliance")?;
+        let report: serde_json::Value = serde_json::from_str(&body)?;
+        let e = &report["node"]["policy"]["enforcement"];
+        if e["retention_last_sweep_ms"].is_u64() {
+            break e["retention_deleted"].as_u64();
+        }
+        if Instant::now() > deadline {
+            bail!("no retention sweep reported: {report}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(deleted, Some(1));
+    assert_eq!(held()?, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = get(n.http, "/api/v1/audit/entries?from=0")?;
+        if body.contains("\\\"reason\\\":\\\"retention\\\"")
+            || body.contains(r#""reason":"retention""#)
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("no retention entry in the audit log: {body}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sigterm_and_wait(n)
+}

@@ -7,5 +7,8 @@
 //!   its key.
 //! - [`export::ErasureReceipt`]: the node's signed statement of what an Art. 17 erasure did
 //!   (keys shredded, blobs deleted, peers that confirmed with their own signed receipts).
+//! - [`policy`]: the `gdpr`, `ccpa` and `hipaa` profiles and the policy a node enforces
+//!   (consent, encryption, retention, regions, Global Privacy Control).
 
 pub mod export;
+pub mod policy;

@@ -94,6 +94,35 @@ impl AllowedRegions {
         Ok(Self(set))
     }
 
+    /// The regions both allow: a node allowed by the result is allowed by each. `None` when
+    /// no place is in both (`DE` and `US`).
+    pub fn intersect(&self, other: &Self) -> Option<Self> {
+        if !self.is_constrained() {
+            return Some(other.clone());
+        }
+        if !other.is_constrained() {
+            return Some(self.clone());
+        }
+        let mut set = BTreeSet::new();
+        for a in &self.0 {
+            for b in &other.0 {
+                if a.within(b) {
+                    set.insert(a.clone());
+                } else if b.within(a) {
+                    set.insert(b.clone());
+                } else {
+                    let theirs = b.countries();
+                    set.extend(
+                        (a.countries().into_iter())
+                            .filter(|c| theirs.contains(c))
+                            .map(|c| Region::Country(c.to_owned())),
+                    );
+                }
+            }
+        }
+        (!set.is_empty()).then_some(Self(set))
+    }
+
     /// Whether any region is required.
     pub fn is_constrained(&self) -> bool {
         !self.0.is_empty()
@@ -125,6 +154,17 @@ impl fmt::Display for AllowedRegions {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn intersections_allow_what_both_allow() {
+        let p = |s: &str| AllowedRegions::parse(s).unwrap();
+        assert_eq!(p("EEA").intersect(&p("EU")), Some(p("EU")));
+        assert_eq!(p("EU").intersect(&p("DE,US")), Some(p("DE")));
+        assert_eq!(p("").intersect(&p("US")), Some(p("US")));
+        assert_eq!(p("EU").intersect(&p("US")), None);
+        let both = p("EU,NO").intersect(&p("EEA")).unwrap();
+        assert!(both.allows(Some("NO")) && both.allows(Some("FR")) && !both.allows(Some("IS")));
+    }
 
     #[test]
     fn regions_parse_and_nest() {

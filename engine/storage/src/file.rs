@@ -95,6 +95,23 @@ impl FileStore {
         self.dir.join(format!("{cid}.blob"))
     }
 
+    /// Every blob held: its CID, owner and when it was written (the file's modification
+    /// time), for retention.
+    pub fn held(&self) -> Vec<(Cid, String, std::time::SystemTime)> {
+        let blobs: Vec<(Cid, String)> = (self.lock().blobs.iter())
+            .map(|(cid, (_, acl))| (*cid, acl.owner.clone()))
+            .collect();
+        blobs
+            .into_iter()
+            .map(|(cid, owner)| {
+                let at = fs::metadata(self.blob_path(&cid))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                (cid, owner, at)
+            })
+            .collect()
+    }
+
     fn acl_path(&self, cid: &Cid) -> PathBuf {
         self.dir.join(format!("{cid}.acl"))
     }

@@ -56,6 +56,10 @@ pub use vault::{Keyring, UserKey, Vault};
 
 use serde::{Deserialize, Serialize};
 
+/// The first bytes of every blob a [`Vault`] seals (a holder whose policy requires
+/// encryption accepts nothing else).
+pub const SEALED_MAGIC: &[u8; 4] = b"KWV1";
+
 /// Largest blob any backend accepts by default (4 MiB): what one protocol frame carries.
 pub const MAX_BLOB: usize = 4 << 20;
 

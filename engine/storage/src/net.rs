@@ -25,6 +25,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use kwaainet_p2p::NodeHandle;
 use kwaainet_p2p::did;
 use kwaainet_p2p::record::blob_key;
+use kwaainet_p2p::region::AllowedRegions;
 use libp2p::identity::Keypair;
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
@@ -38,8 +39,8 @@ pub const MAX_HEADER: usize = 16 << 10;
 /// How far a deletion request's time may be from the holder's clock.
 pub const MAX_SKEW_MS: u64 = 10 * 60 * 1000;
 
-/// Replication, timeouts and caps.
-#[derive(Debug, Clone, Copy)]
+/// Replication, placement, timeouts and caps.
+#[derive(Debug, Clone)]
 pub struct NetConfig {
     /// Peers that should hold a copy besides this node.
     pub replicas: usize,
@@ -47,6 +48,11 @@ pub struct NetConfig {
     pub timeout: Duration,
     /// Inbound requests served at once; more are refused.
     pub max_streams: usize,
+    /// Replicas go only to peers whose declared region this allows (data residency).
+    pub placement: AllowedRegions,
+    /// As a holder: accept only sealed blobs ([`crate::SEALED_MAGIC`]), when the node's
+    /// policy requires encryption.
+    pub sealed_only: bool,
 }
 
 impl Default for NetConfig {
@@ -55,6 +61,8 @@ impl Default for NetConfig {
             replicas: 2,
             timeout: Duration::from_secs(10),
             max_streams: 32,
+            placement: AllowedRegions::anywhere(),
+            sealed_only: false,
         }
     }
 }
@@ -301,6 +309,7 @@ pub async fn serve(
         .map_err(|_| Error::Network(format!("{PROTOCOL} is already served on this node")))?;
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_streams));
     let key = Arc::new(key);
+    let sealed_only = config.sealed_only;
     while let Some((peer, mut stream)) = incoming.next().await {
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             let busy = Response::Error {
@@ -322,7 +331,9 @@ pub async fn serve(
             let answered = tokio::time::timeout(config.timeout, async {
                 let response =
                     match read_msg::<_, Request>(&mut stream, local.limits().max_blob).await {
-                        Ok((req, body)) => answer(&node, &key, &*local, peer, req, body).await,
+                        Ok((req, body)) => {
+                            answer(&node, &key, &*local, peer, req, body, sealed_only).await
+                        }
                         Err(e) => Err(e),
                     };
                 let (header, body) = match response {
@@ -351,6 +362,7 @@ async fn answer(
     peer: PeerId,
     req: Request,
     body: Vec<u8>,
+    sealed_only: bool,
 ) -> Result<(Response, Vec<u8>)> {
     let asker = did::from_peer_id(&peer).map_err(|e| Error::Invalid(e.to_string()))?;
     match req {
@@ -362,6 +374,12 @@ async fn answer(
                     op: "store for another owner",
                     cid: Cid::of(&body).to_string(),
                 });
+            }
+            if sealed_only && !body.starts_with(crate::SEALED_MAGIC) {
+                return Err(Error::Invalid(
+                    "this node holds only encrypted (sealed) blobs: its policy requires encryption"
+                        .into(),
+                ));
             }
             let cid = local.store(body, &acl).await?;
             node.provide(blob_key(&cid.to_string()), true)
@@ -515,13 +533,28 @@ impl StorageProvider for NetworkStore {
             .closest_peers(key.clone(), 20)
             .await
             .unwrap_or_default();
-        let fresh = closest
-            .into_iter()
-            .filter(|p| !holders.contains(p) && *p != self.node.peer_id());
+        let mut fresh = Vec::new();
+        for p in closest {
+            if holders.contains(&p) || p == self.node.peer_id() {
+                continue;
+            }
+            if self.config.placement.is_constrained() {
+                // Residency: only peers that declare an allowed region (in their signed
+                // record) get a copy.
+                let region = match self.node.get_node_record(p).await {
+                    Ok(Some(r)) => r.region,
+                    _ => None,
+                };
+                if !self.config.placement.allows(region.as_deref()) {
+                    continue;
+                }
+            }
+            fresh.push(p);
+        }
         let targets: Vec<(PeerId, bool)> = holders
             .iter()
             .map(|p| (*p, true))
-            .chain(fresh.map(|p| (p, false)))
+            .chain(fresh.into_iter().map(|p| (p, false)))
             .collect();
         let (mut held, mut failures) = (0usize, Vec::new());
         let put = Request::Put { acl: acl.clone() };

@@ -21,7 +21,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::{Acl, Cid, Deleted, Error, Result, StorageProvider};
 
-const MAGIC: &[u8; 4] = b"KWV1";
+const MAGIC: &[u8; 4] = crate::SEALED_MAGIC;
 const NONCE: usize = 24;
 const TAG: usize = 16;
 /// Longest subject name.

@@ -54,28 +54,41 @@ fn tcp_addr(node: &NodeHandle) -> Result<Multiaddr> {
 }
 
 async fn peer(bootstrap: Vec<Multiaddr>, replicas: usize) -> Result<Peer> {
-    let config = NodeConfig {
+    let config = NetConfig {
+        replicas,
+        timeout: Duration::from_secs(5),
+        max_streams: 8,
+        ..NetConfig::default()
+    };
+    peer_with(bootstrap, config, None).await
+}
+
+async fn peer_with(
+    bootstrap: Vec<Multiaddr>,
+    config: NetConfig,
+    region: Option<&str>,
+) -> Result<Peer> {
+    let net = config;
+    let node_config = NodeConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
         bootstrap,
         full: true,
         allow_local_addrs: true,
         autonat: false,
+        region: region.map(str::to_owned),
         ..NodeConfig::default()
     };
     let key = Keypair::generate_ed25519();
-    let node = kwaainet_p2p::spawn(config, key.clone(), None).await?;
+    let node = kwaainet_p2p::spawn(node_config, key.clone(), None).await?;
     let local = Arc::new(MemoryStore::with_limits(LIMITS));
-    let config = NetConfig {
-        replicas,
-        timeout: Duration::from_secs(5),
-        max_streams: 8,
-    };
+    let config = net;
     let serving = tokio::spawn({
         let (node, key, local) = (
             node.clone(),
             key.clone(),
             local.clone() as Arc<dyn StorageProvider>,
         );
+        let config = config.clone();
         async move {
             if let Err(e) = net::serve(node, key, local, config).await {
                 panic!("serve: {e}");
@@ -318,4 +331,78 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_go_only_to_allowed_regions_and_policy_holders_take_only_ciphertext() -> Result<()>
+{
+    let eu_only = NetConfig {
+        replicas: 2,
+        timeout: Duration::from_secs(5),
+        placement: kwaainet_p2p::region::AllowedRegions::parse("EU")?,
+        ..NetConfig::default()
+    };
+    let strict = NetConfig {
+        sealed_only: true,
+        ..NetConfig::default()
+    };
+    let a = peer_with(vec![], eu_only, Some("FR")).await?;
+    let boot = tcp_addr(&a.node)?;
+    let b = peer_with(vec![boot.clone()], strict.clone(), Some("DE")).await?;
+    let c = peer_with(vec![boot], strict, Some("US")).await?;
+    within(30, "a knows both peers' regions", async {
+        loop {
+            let de = a
+                .node
+                .get_node_record(b.node.peer_id())
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.region);
+            let us = a
+                .node
+                .get_node_record(c.node.peer_id())
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.region);
+            if de.as_deref() == Some("DE") && us.as_deref() == Some("US") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await?;
+    // Plaintext: the DE holder refuses it (its policy requires encryption), the US node is
+    // never asked; the owner keeps its copy and is told.
+    let plain = a
+        .store
+        .store(b"not sealed".to_vec(), &Acl::private(a.did()))
+        .await;
+    assert!(
+        matches!(plain, Err(Error::Network(ref m)) if m.contains("sealed")),
+        "{plain:?}"
+    );
+    // A sealed blob: one replica, in DE only.
+    let sealed = [kwaainet_storage::SEALED_MAGIC.as_slice(), b"ciphertext"].concat();
+    let cid = within(
+        30,
+        "store sealed",
+        a.store.store(sealed.clone(), &Acl::private(a.did())),
+    )
+    .await??;
+    assert_eq!(b.local.list(&a.did()).await?, vec![cid]);
+    assert!(
+        c.local.list(&a.did()).await?.is_empty(),
+        "a US node got an EU-only replica"
+    );
+    assert_eq!(
+        a.local.list(&a.did()).await?.len(),
+        2,
+        "the owner keeps both"
+    );
+    for p in [&a, &b, &c] {
+        p.stop().await;
+    }
+    Ok(())
 }
