@@ -516,6 +516,23 @@ export class KwaaiNetwork {
     return eraseData(this.live(), await this.module(opts.signal), nodeUrl, peerId, opts);
   }
 
+  /**
+   * Checks that this browser's IndexedDB works as a KwaaiNet storage backend: the storage
+   * conformance suite every native backend passes (ownership, sharing, refusals that lose
+   * nothing, size limits, listing, deletion, tampered bytes caught by their CID), run in
+   * the P2P module on a scratch database that is deleted afterwards. Rejects with the
+   * failed case (IndexedDB missing, blocked, or out of quota). Needs only the P2P module.
+   */
+  async checkStorage(opts: { signal?: AbortSignal } = {}): Promise<void> {
+    const mod = await this.module(opts.signal);
+    const name = `kwaainet-selftest-${Math.random().toString(36).slice(2)}`;
+    try {
+      await mod.storageSelfTest(name);
+    } catch (e) {
+      throw fromWasmP2pError(e);
+    }
+  }
+
   /** This page's did:key (the key behind its peer id), once connected. */
   get did(): string | null {
     try {

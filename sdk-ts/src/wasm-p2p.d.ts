@@ -102,6 +102,8 @@ export interface WasmP2pModule {
   auditRoot(entries: string[]): string;
   auditVerifyInclusion(entry: string, index: number, size: number, root: string, proof: string): void;
   auditVerifyConsistency(oldSize: number, oldRoot: string, newSize: number, newRoot: string, proof: string): void;
+  /** The storage conformance suite on a scratch IndexedDB database (engine/wasm-p2p/src/idb.rs). */
+  storageSelfTest(name: string): Promise<void>;
   /** The did:key of an Ed25519 peer id (engine/wasm-p2p/src/rights.rs). */
   didOfPeer(peerId: string): string;
   /** An export bundle (JSON text) checked offline; what it holds. */

@@ -1,5 +1,9 @@
 //! The conformance suite on the local backends, and the vault over them.
 
+use std::future::Future;
+use std::pin::Pin;
+
+use kwaainet_storage::Cid;
 use kwaainet_storage::conformance::{Party, run};
 use kwaainet_storage::{
     Acl, Error, FileStore, Limits, MemoryStore, StorageProvider, UserKey, Vault,
@@ -25,8 +29,13 @@ const SMALL: Limits = Limits {
 async fn memory_store_conforms() {
     let store = MemoryStore::with_limits(SMALL);
     let [o, r, s] = parties(&store);
-    let tamper = |cid: &kwaainet_storage::Cid| assert!(store.corrupt(cid, b"evil".to_vec()));
-    run(o, r, s, Some(&tamper)).await;
+    let tamper = |cid: Cid| -> Pin<Box<dyn Future<Output = ()> + '_>> {
+        let hit = store.corrupt(&cid, b"evil".to_vec());
+        Box::pin(async move { assert!(hit) })
+    };
+    if let Err(e) = run(o, r, s, Some(&tamper)).await {
+        panic!("{e}");
+    }
 }
 
 #[tokio::test]
@@ -35,13 +44,16 @@ async fn file_store_conforms_and_survives_reopening() -> anyhow::Result<()> {
     {
         let store = FileStore::open(dir.path(), SMALL)?;
         let [o, r, s] = parties(&store);
-        let tamper = |cid: &kwaainet_storage::Cid| {
-            let path = store.blob_path(cid);
+        let tamper = |cid: Cid| -> Pin<Box<dyn Future<Output = ()> + '_>> {
+            let path = store.blob_path(&cid);
             let mut bytes = std::fs::read(&path).unwrap_or_default();
             bytes.push(b'!');
             std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("{e}"));
+            Box::pin(async {})
         };
-        run(o, r, s, Some(&tamper)).await;
+        if let Err(e) = run(o, r, s, Some(&tamper)).await {
+            panic!("{e}");
+        }
     }
     // What stays after a reopen is exactly what was stored, and half-written files go.
     let kept = {

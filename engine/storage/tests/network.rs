@@ -143,17 +143,19 @@ fn party(p: &Peer) -> Party<'_> {
 async fn the_network_backend_conforms_with_each_party_on_its_own_node() -> Result<()> {
     let [a, b, c] = three(2).await?;
     let locals = [a.local.clone(), b.local.clone(), c.local.clone()];
-    let tamper = move |cid: &Cid| {
+    let tamper = move |cid: Cid| -> std::pin::Pin<Box<dyn Future<Output = ()>>> {
         for l in &locals {
-            l.corrupt(cid, b"evil".to_vec());
+            l.corrupt(&cid, b"evil".to_vec());
         }
+        Box::pin(async {})
     };
     within(
         120,
         "the conformance suite",
         run(party(&a), party(&b), party(&c), Some(&tamper)),
     )
-    .await?;
+    .await?
+    .map_err(anyhow::Error::msg)?;
     for p in [&a, &b, &c] {
         p.stop().await;
     }

@@ -15,6 +15,8 @@ mod bindings;
 #[cfg(target_arch = "wasm32")]
 pub mod client;
 #[cfg(target_arch = "wasm32")]
+pub mod idb;
+#[cfg(target_arch = "wasm32")]
 pub mod rights;
 #[cfg(target_arch = "wasm32")]
 pub mod serve;

@@ -1,0 +1,64 @@
+// A page's storage: the storage conformance suite (the one the memory, file and network
+// backends pass natively) run on the browser's IndexedDB through the P2P module
+// (KwaaiNetwork.checkStorage), then again to show it leaves nothing behind, and a page
+// whose IndexedDB is broken gets a clear error instead of a hang.
+//
+//   node --test engine/p2p/tests/browser/storage.test.mjs
+//
+// Needs what p2p.test.mjs needs. Loopback only; every wait is bounded.
+import { rmSync } from 'node:fs';
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { launch } from '../../../../demo-site/tests/browser.mjs';
+import { freePorts, startNode, stopNode, testSite } from './support.mjs';
+
+let dir;
+let node;
+let browser;
+
+before(async () => {
+  let site;
+  ({ dir, site } = testSite('kwaainet-storage-browser-'));
+  node = await startNode({ dir, site, ...(await freePorts()) });
+  browser = await launch({ args: [] });
+});
+
+after(async () => {
+  await browser?.close();
+  await stopNode(node);
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+async function open() {
+  const page = await browser.context.newPage();
+  await page.goto(`${node.url}/test.html`, { waitUntil: 'load', timeout: 30_000 });
+  await page.waitForFunction(() => window.sdkReady === true, null, { timeout: 10_000 });
+  return page;
+}
+
+test('IndexedDB passes the storage conformance suite and keeps nothing afterwards', { timeout: 120_000 }, async () => {
+  const page = await open();
+  const outcome = await page.evaluate(async () => {
+    const net = new window.sdk.KwaaiNetwork({ moduleUrl: new URL('./p2p/kwaainet_wasm.js', location.href) });
+    const t0 = performance.now();
+    await net.checkStorage();
+    await net.checkStorage();
+    const dbs = (await indexedDB.databases()).map((d) => d.name).filter((n) => n.startsWith('kwaainet-selftest-'));
+    return { ms: performance.now() - t0, dbs };
+  });
+  assert.deepEqual(outcome.dbs, [], 'the scratch databases were deleted');
+  await page.close();
+});
+
+test('a page whose IndexedDB is broken gets an error, not a hang', { timeout: 60_000 }, async () => {
+  const page = await open();
+  const why = await page.evaluate(async () => {
+    // What a blocked or damaged profile looks like to the page: every open fails.
+    IDBFactory.prototype.open = function () { throw new DOMException('blocked by the test', 'SecurityError'); };
+    const net = new window.sdk.KwaaiNetwork({ moduleUrl: new URL('./p2p/kwaainet_wasm.js', location.href) });
+    return net.checkStorage().then(() => 'passed', (e) => `${e.name}: ${e.message}`);
+  });
+  assert.match(why, /^P2pError: .*IndexedDB (delete|open)/);
+  await page.close();
+});
