@@ -434,6 +434,7 @@ async fn run(
                     weights,
                     id,
                     settings.regions.clone(),
+                    Some(audit.recorder()),
                 ))
             })
             .context("starting the OpenAI API")?;

@@ -330,6 +330,8 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
 pub struct SwarmSessions {
     node: NodeHandle,
     regions: kwaainet_p2p::region::AllowedRegions,
+    /// Where each session's hops are logged (their declared regions).
+    recorder: Option<crate::audit::Recorder>,
     local: Arc<kwaainet_core::Llama>,
     model_id: String,
     runtime: tokio::runtime::Handle,
@@ -344,10 +346,12 @@ impl SwarmSessions {
         local: Arc<kwaainet_core::Llama>,
         model_id: String,
         regions: kwaainet_p2p::region::AllowedRegions,
+        recorder: Option<crate::audit::Recorder>,
     ) -> Self {
         Self {
             node,
             regions,
+            recorder,
             local,
             model_id,
             runtime: tokio::runtime::Handle::current(),
@@ -362,7 +366,7 @@ impl kwaainet_api::SessionSource for SwarmSessions {
         max_ctx: usize,
     ) -> Result<Box<dyn kwaainet_core::generate::Session + Send>, String> {
         let n_layers = self.local.config().n_layers;
-        let servers = self
+        let found = self
             .runtime
             .block_on(discover(
                 &self.node,
@@ -371,8 +375,8 @@ impl kwaainet_api::SessionSource for SwarmSessions {
                 API_DISCOVERY,
                 &self.regions,
             ))
-            .map_err(|e| e.to_string())?
-            .entries;
+            .map_err(|e| e.to_string())?;
+        let servers = found.entries;
         let connector = NetConnector::new(
             self.node.stream_control(),
             self.runtime.clone(),
@@ -383,13 +387,75 @@ impl kwaainet_api::SessionSource for SwarmSessions {
             max_length: max_ctx,
             ..ClientConfig::new(self.model_id.clone())
         };
-        Ok(Box::new(SwarmSession::new(
+        let session = SwarmSession::new(
             Arc::clone(&self.local),
             servers,
             Arc::new(connector),
             config,
             format!("api-{}-{n}", std::process::id()),
-        )))
+        );
+        Ok(match &self.recorder {
+            Some(recorder) => Box::new(AuditedSession {
+                inner: session,
+                hops: std::collections::BTreeSet::new(),
+                regions: found.regions,
+                recorder: recorder.clone(),
+            }),
+            None => Box::new(session),
+        })
+    }
+}
+
+/// A swarm session that logs, when it ends, one audit entry per server that ran part of
+/// the request (failover replacements included) with the region it declares: where the
+/// request's data went, hop by hop.
+struct AuditedSession {
+    inner: SwarmSession,
+    /// Every server of the route so far.
+    hops: std::collections::BTreeSet<String>,
+    regions: std::collections::HashMap<String, String>,
+    recorder: crate::audit::Recorder,
+}
+
+impl kwaainet_core::generate::Session for AuditedSession {
+    fn forward(&mut self, tokens: &[u32]) -> kwaainet_core::Result<Vec<f32>> {
+        let out = self.inner.forward(tokens);
+        self.hops
+            .extend(self.inner.route().into_iter().map(|(server, _)| server));
+        out
+    }
+
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn max_ctx(&self) -> usize {
+        self.inner.max_ctx()
+    }
+}
+
+impl Drop for AuditedSession {
+    fn drop(&mut self) {
+        use kwaainet_audit::{Decision, Entry, Label, Op};
+        let now = crate::audit::now_ms();
+        let entries: Vec<Entry> = (self.hops.iter())
+            .map(|server| {
+                let mut e = Entry::new(now, Op::Process);
+                e.purpose = Label::new("inference").ok();
+                e.decision = Some(Decision::Allow);
+                e.reason = Label::new("swarm_hop").ok();
+                e.region = Label::new(
+                    self.regions
+                        .get(server)
+                        .map_or("undeclared", String::as_str),
+                )
+                .ok();
+                e
+            })
+            .collect();
+        if !entries.is_empty() && !self.recorder.record_anonymous(entries) {
+            tracing::warn!("audit queue full: a request's hops were not recorded");
+        }
     }
 }
 

@@ -978,6 +978,44 @@ fn an_eu_only_request_never_routes_through_a_non_eu_node() -> Result<()> {
     assert_ne!(status, 200, "{body}");
     assert!(body.to_string().contains("no server in US"), "{body}");
     drop(api);
+    // An EU-only API: the request runs, and the node's audit log names each hop's region.
+    let api = start(
+        &sub_dir(&dir, "api-eu")?,
+        &[
+            "--bootstrap",
+            &b,
+            "--model",
+            m,
+            "--api",
+            "swarm",
+            "--api-regions",
+            "EU",
+        ],
+    )?;
+    let (status, body) = post(api.http, "/v1/completions", &ask)?;
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let hops = loop {
+        let (_, page) = get(api.http, "/api/v1/audit/entries?from=0")?;
+        let page: serde_json::Value = serde_json::from_str(&page)?;
+        let hops: Vec<String> = (page["entries"].as_array().into_iter().flatten())
+            .filter_map(|e| serde_json::from_str::<serde_json::Value>(e.as_str()?).ok())
+            .filter(|e| e["reason"] == "swarm_hop")
+            .filter_map(|e| e["region"].as_str().map(str::to_owned))
+            .collect();
+        if !hops.is_empty() || Instant::now() > deadline {
+            break hops;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut hops = hops;
+    hops.sort();
+    assert_eq!(
+        hops,
+        vec!["DE".to_owned(), "FR".to_owned()],
+        "each hop's region, none outside the EU"
+    );
+    drop(api);
     let bad = Command::new(BIN)
         .args([
             "start",
