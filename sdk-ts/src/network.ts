@@ -110,6 +110,12 @@ export interface NetworkOptions {
   relayListen?: boolean;
   /** Time limit of one lookup or message (default 30 s). */
   requestTimeoutMs?: number;
+  /** `session` (default): a new key, so a new did:key and peer id, every visit.
+   *  `persistent`: the key is kept in this origin's IndexedDB, so the page keeps its
+   *  did:key, and what nodes hold under it (consent records, audit entries, data) stays
+   *  its own on the next visit; `forgetIdentity()` deletes it. A stable identifier lets
+   *  nodes recognise the visitor: ask for it with consent. */
+  identity?: 'session' | 'persistent';
 }
 
 export interface CallOptions {
@@ -248,7 +254,11 @@ export class KwaaiNetwork {
       maxBackoffMs: checkMs('maxBackoffMs', options.maxBackoffMs, 100, 300_000) ?? 10_000,
       relayListen: options.relayListen ?? true,
       requestTimeoutMs: checkMs('requestTimeoutMs', options.requestTimeoutMs, 100, 300_000) ?? 30_000,
+      identity: options.identity ?? 'session',
     };
+    if (this.options.identity !== 'session' && this.options.identity !== 'persistent') {
+      throw new InvalidArgumentError('identity must be \'session\' or \'persistent\'');
+    }
   }
 
   /**
@@ -345,13 +355,16 @@ export class KwaaiNetwork {
     const limit = opts.timeoutMs ?? o.dialTimeoutMs * ordered.length + 5_000;
     try {
       const mod = await bounded(loadModule(o.moduleUrl, o.wasmUrl, o.wasmIntegrity), o.requestTimeoutMs, 'loading the P2P module', opts.signal);
+      const identity = o.identity === 'persistent'
+        ? await bounded(mod.PageIdentity.load(), o.requestTimeoutMs, 'loading the page identity', opts.signal)
+        : undefined;
       const node = mod.WasmP2pNode.start({
         bootstrap: ordered,
         dialTimeoutMs: o.dialTimeoutMs,
         relayListen: o.relayListen,
         reconnectAttempts: o.reconnectAttempts,
         maxBackoffMs: o.maxBackoffMs,
-      }, (ev) => this.onEvent(ev));
+      }, (ev) => this.onEvent(ev), identity);
       this.node = node;
       const r = await bounded(node.connected(), limit, 'connecting to the node', opts.signal);
       this.bootstrapId = r.peer;
@@ -528,6 +541,21 @@ export class KwaaiNetwork {
     const name = `kwaainet-selftest-${Math.random().toString(36).slice(2)}`;
     try {
       await mod.storageSelfTest(name);
+    } catch (e) {
+      throw fromWasmP2pError(e);
+    }
+  }
+
+  /**
+   * Deletes the page key kept by `identity: 'persistent'` from this origin's IndexedDB:
+   * the next connection is a new identity, and what was sealed or recorded under the old
+   * one can no longer be tied to this browser. (Erase the data at nodes first:
+   * `eraseData`.) Whether there was a key.
+   */
+  async forgetIdentity(opts: { signal?: AbortSignal } = {}): Promise<boolean> {
+    const mod = await this.module(opts.signal);
+    try {
+      return await mod.PageIdentity.forget();
     } catch (e) {
       throw fromWasmP2pError(e);
     }

@@ -48,6 +48,13 @@ export interface WasmHostedSpan {
   freeCache?: number;
 }
 
+/** An opaque page key (consumed by `WasmP2pNode.start`). */
+export interface WasmPageIdentity {
+  did(): string;
+  readonly created: boolean;
+  free(): void;
+}
+
 export interface WasmP2pNode {
   peerId(): string;
   /** This page's did:key (engine/p2p/src/did.rs). */
@@ -92,7 +99,12 @@ export interface WasmInferenceStream {
 export interface WasmP2pModule {
   default(init?: { module_or_path: P2pInitInput }): Promise<unknown>;
   WasmP2pNode: {
-    start(options: WasmP2pStartOptions, onEvent: (event: WasmP2pEvent) => void): WasmP2pNode;
+    start(options: WasmP2pStartOptions, onEvent: (event: WasmP2pEvent) => void, identity?: WasmPageIdentity): WasmP2pNode;
+  };
+  /** The page's key kept in this origin's IndexedDB (engine/wasm-p2p/src/identity.rs). */
+  PageIdentity: {
+    load(): Promise<WasmPageIdentity>;
+    forget(): Promise<boolean>;
   };
   maxMessageBytes(): number;
   p2pVersion(): string;

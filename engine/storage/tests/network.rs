@@ -111,7 +111,10 @@ async fn three(replicas: usize) -> Result<[Peer; 3]> {
     let boot = tcp_addr(&a.node)?;
     let b = peer(vec![boot.clone()], replicas).await?;
     let c = peer(vec![boot], replicas).await?;
-    within(30, "every routing table holds the two other nodes", async {
+    // C may have bootstrapped before the boot node knew B: connect them directly rather
+    // than wait for a routing-table refresh (minutes).
+    within(20, "c dials b", c.node.dial(tcp_addr(&b.node)?)).await??;
+    within(60, "every routing table holds the two other nodes", async {
         loop {
             let mut full = true;
             for p in [&a, &b, &c] {

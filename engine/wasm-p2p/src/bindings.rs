@@ -151,17 +151,23 @@ struct ServeOptions {
 pub struct WasmP2pNode {
     handle: BrowserHandle,
     serving: Option<crate::serve::Serving>,
-    /// The page's key (this session's identity): signs its consent records.
+    /// The page's key (this session's, or the persistent one): signs its consent records
+    /// and data-rights requests.
     key: Keypair,
 }
 
 #[wasm_bindgen]
 impl WasmP2pNode {
-    /// Starts a node with a fresh identity and begins dialing the bootstrap node:
+    /// Starts a node with `identity` (a [`crate::identity::PageIdentity`], consumed), or a
+    /// fresh key for this session, and begins dialing the bootstrap node:
     /// `options = { bootstrap: string[], dialTimeoutMs?, relayListen?, reconnectAttempts?,
     /// maxBackoffMs? }`. `onEvent(event)` receives `{ type: 'connected' | 'disconnected' |
     /// 'reconnecting' | 'offline' | 'relay-ready' | 'message', ... }`.
-    pub fn start(options: JsValue, on_event: js_sys::Function) -> Result<WasmP2pNode, JsValue> {
+    pub fn start(
+        options: JsValue,
+        on_event: js_sys::Function,
+        identity: Option<crate::identity::PageIdentity>,
+    ) -> Result<WasmP2pNode, JsValue> {
         let o: StartOptions = serde_wasm_bindgen::from_value(options)
             .map_err(|e| err(P2pCode::InvalidArgument, e))?;
         if o.bootstrap.is_empty() || o.bootstrap.len() > MAX_BOOTSTRAP_ADDRS {
@@ -192,7 +198,7 @@ impl WasmP2pNode {
                 Duration::from_millis(ms.clamp(100, MAX_BACKOFF_MS))
             }),
         };
-        let key = Keypair::generate_ed25519();
+        let key = identity.map_or_else(Keypair::generate_ed25519, |i| i.keypair());
         let (handle, mut events, run) =
             browser::start(key.clone(), config).map_err(|e| err(P2pCode::InvalidArgument, e))?;
         spawn_local(run);

@@ -55,7 +55,7 @@ fn io(what: &str, e: JsValue) -> Error {
 
 /// Waits for a request: its result, or its error. One callback serves both events, so it
 /// is freed once it ran.
-async fn done(req: &IdbRequest, what: &str) -> Result<JsValue> {
+pub(crate) async fn done(req: &IdbRequest, what: &str) -> Result<JsValue> {
     let promise = js_sys::Promise::new(&mut |resolve, reject| {
         let r = req.clone();
         let cb = Closure::once_into_js(move |ev: web_sys::Event| {
@@ -76,7 +76,7 @@ async fn done(req: &IdbRequest, what: &str) -> Result<JsValue> {
     JsFuture::from(promise).await.map_err(|e| io(what, e))
 }
 
-fn factory() -> Result<IdbFactory> {
+pub(crate) fn factory() -> Result<IdbFactory> {
     let f =
         Reflect::get(&js_sys::global(), &"indexedDB".into()).map_err(|e| io("unavailable", e))?;
     f.dyn_into::<IdbFactory>()

@@ -17,6 +17,8 @@ pub mod client;
 #[cfg(target_arch = "wasm32")]
 pub mod idb;
 #[cfg(target_arch = "wasm32")]
+pub mod identity;
+#[cfg(target_arch = "wasm32")]
 pub mod rights;
 #[cfg(target_arch = "wasm32")]
 pub mod serve;

@@ -1,7 +1,8 @@
 // A page's storage: the storage conformance suite (the one the memory, file and network
 // backends pass natively) run on the browser's IndexedDB through the P2P module
 // (KwaaiNetwork.checkStorage), then again to show it leaves nothing behind, and a page
-// whose IndexedDB is broken gets a clear error instead of a hang.
+// whose IndexedDB is broken gets a clear error instead of a hang. A persistent page
+// identity: the same did:key on the next visit, a new one once forgotten.
 //
 //   node --test engine/p2p/tests/browser/storage.test.mjs
 //
@@ -11,7 +12,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { launch } from '../../../../demo-site/tests/browser.mjs';
-import { freePorts, startNode, stopNode, testSite } from './support.mjs';
+import { WEBRTC_FLAGS, freePorts, startNode, stopNode, testSite } from './support.mjs';
 
 let dir;
 let node;
@@ -21,7 +22,7 @@ before(async () => {
   let site;
   ({ dir, site } = testSite('kwaainet-storage-browser-'));
   node = await startNode({ dir, site, ...(await freePorts()) });
-  browser = await launch({ args: [] });
+  browser = await launch({ args: WEBRTC_FLAGS });
 });
 
 after(async () => {
@@ -60,5 +61,40 @@ test('a page whose IndexedDB is broken gets an error, not a hang', { timeout: 60
     return net.checkStorage().then(() => 'passed', (e) => `${e.name}: ${e.message}`);
   });
   assert.match(why, /^P2pError: .*IndexedDB (delete|open)/);
+  await page.close();
+});
+
+test('a persistent page identity survives the visit and is gone once forgotten', { timeout: 120_000 }, async () => {
+  const visit = async (forget = false) => {
+    const page = await open();
+    const out = await page.evaluate(async (forget) => {
+      const { KwaaiNetwork, fetchBootstrapAddrs } = window.sdk;
+      const net = new KwaaiNetwork({ moduleUrl: new URL('./p2p/kwaainet_wasm.js', location.href), identity: 'persistent' });
+      await net.connect(await fetchBootstrapAddrs(location.origin));
+      const did = net.did;
+      const forgot = forget ? await net.forgetIdentity() : null;
+      net.close();
+      return { did, forgot };
+    }, forget);
+    await page.close();
+    return out;
+  };
+  const first = await visit();
+  assert.match(first.did, /^did:key:z6Mk/);
+  const second = await visit(true);
+  assert.deepEqual(second, { did: first.did, forgot: true }, 'the same identity on the next visit');
+  const third = await visit();
+  assert.notEqual(third.did, first.did, 'a new identity once forgotten');
+  // Without the option every visit is a new identity.
+  const page = await open();
+  const session = await page.evaluate(async () => {
+    const { KwaaiNetwork, fetchBootstrapAddrs } = window.sdk;
+    const net = new KwaaiNetwork({ moduleUrl: new URL('./p2p/kwaainet_wasm.js', location.href) });
+    await net.connect(await fetchBootstrapAddrs(location.origin));
+    const did = net.did;
+    net.close();
+    return did;
+  });
+  assert.notEqual(session, third.did);
   await page.close();
 });
