@@ -6,7 +6,8 @@
  * is read here: under it, `storage` and `analytics` are recorded as refused whatever was
  * asked (compute contribution shares no personal data and still needs an explicit yes).
  */
-import { InvalidArgumentError, NetworkError, abortErrorFrom, throwIfAborted } from './errors.js';
+import { InvalidArgumentError, NetworkError } from './errors.js';
+import { postToNode } from './node-post.js';
 import { fromWasmP2pError } from './wasm-errors.js';
 import type { WasmP2pNode } from './wasm-p2p.js';
 
@@ -59,21 +60,9 @@ export async function recordConsent(
   } catch (e) {
     throw fromWasmP2pError(e);
   }
-  throwIfAborted(opts.signal);
-  const timeout = AbortSignal.timeout(opts.timeoutMs ?? 15_000);
-  const url = new URL('/api/v1/consent', nodeUrl);
-  const res = await fetch(url, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify(signed),
-    signal: opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout,
-  }).catch((e: unknown) => {
-    if (opts.signal?.aborted) throw abortErrorFrom(opts.signal);
-    throw new NetworkError(`${url.pathname}: ${String(e)}`, undefined, { cause: e });
-  });
-  const body = (await res.json().catch(() => ({}))) as Record<string, unknown>;
-  if (res.status !== 202) {
-    throw new NetworkError(`the node refused the consent record: ${String(body.error ?? `HTTP ${res.status}`)}`, res.status);
+  const { status, body } = await postToNode(nodeUrl, '/api/v1/consent', signed, opts, 15_000);
+  if (status !== 202) {
+    throw new NetworkError(`the node refused the consent record: ${String(body.error ?? `HTTP ${status}`)}`, status);
   }
   return { recorded: Number(body.recorded), subject: String(body.subject), gpc: body.gpc === true, signed };
 }

@@ -7,7 +7,8 @@
  * bundle's manifest must be signed by the node asked and every part must match it; an
  * erasure receipt must be signed by the node, and each peer's receipt by that peer.
  */
-import { InvalidArgumentError, NetworkError, P2pError, abortErrorFrom, throwIfAborted } from './errors.js';
+import { InvalidArgumentError, NetworkError, P2pError } from './errors.js';
+import { postToNode } from './node-post.js';
 import { fromWasmP2pError } from './wasm-errors.js';
 import type { WasmP2pModule, WasmP2pNode } from './wasm-p2p.js';
 
@@ -84,21 +85,9 @@ async function ask(
   if (typeof peerId !== 'string' || peerId === '') throw new InvalidArgumentError('peerId: the node\'s peer id is required');
   const audience = call(() => mod.didOfPeer(peerId));
   const signed = call(() => node.signRequest(audience, action, {}));
-  throwIfAborted(opts.signal);
-  const timeout = AbortSignal.timeout(opts.timeoutMs ?? 60_000);
-  const url = new URL('/api/v1/data', nodeUrl);
-  const res = await fetch(url, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify(signed),
-    signal: opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout,
-  }).catch((e: unknown) => {
-    if (opts.signal?.aborted) throw abortErrorFrom(opts.signal);
-    throw new NetworkError(`${url.pathname}: ${String(e)}`, undefined, { cause: e });
-  });
-  const body = (await res.json().catch(() => ({}))) as Record<string, unknown>;
-  if (res.status !== 200) {
-    throw new NetworkError(`the node refused the ${action} request: ${String(body.error ?? `HTTP ${res.status}`)}`, res.status);
+  const { status, body } = await postToNode(nodeUrl, '/api/v1/data', signed, opts, 60_000);
+  if (status !== 200) {
+    throw new NetworkError(`the node refused the ${action} request: ${String(body.error ?? `HTTP ${status}`)}`, status);
   }
   return { audience, body };
 }

@@ -13,7 +13,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::{Access, Acl, Cid, Deleted, Error, Limits, Result, StorageProvider, check_store};
+use crate::{
+    Access, Acl, Cid, Deleted, Error, Limits, Result, StorageProvider, admit, check_store, owned_by,
+};
 
 /// Blobs in a directory.
 #[derive(Debug)]
@@ -153,35 +155,29 @@ impl StorageProvider for FileStore {
     async fn store(&self, data: Vec<u8>, acl: &Acl) -> Result<Cid> {
         check_store(&data, acl, self.limits)?;
         let cid = Cid::of(&data);
+        let size = data.len() as u64;
         let list = serde_json::to_vec(acl).map_err(|e| Error::Invalid(e.to_string()))?;
         // The index lock is held across the writes: one writer at a time keeps the quota
         // and the files in step.
         let mut index = self.lock();
-        if let Some((_, old)) = index.blobs.get(&cid) {
-            if old.owner != acl.owner {
-                return Err(Error::Denied {
-                    who: acl.owner.clone(),
-                    op: "overwrite",
-                    cid: cid.to_string(),
-                });
+        let existing = index.blobs.get(&cid).map(|(_, a)| a.owner.clone());
+        if admit(
+            &cid,
+            existing.as_deref(),
+            acl,
+            index.total,
+            size,
+            self.limits,
+        )? {
+            write_atomic(&self.blob_path(&cid), &data)?;
+            if let Err(e) = write_atomic(&self.acl_path(&cid), &list) {
+                let _ = fs::remove_file(self.blob_path(&cid));
+                return Err(e.into());
             }
+            index.total += size;
+        } else {
             write_atomic(&self.acl_path(&cid), &list)?;
-            index.blobs.insert(cid, (data.len() as u64, acl.clone()));
-            return Ok(cid);
         }
-        let size = data.len() as u64;
-        if index.total + size > self.limits.max_total {
-            return Err(Error::Quota(format!(
-                "{} of {} bytes used",
-                index.total, self.limits.max_total
-            )));
-        }
-        write_atomic(&self.blob_path(&cid), &data)?;
-        if let Err(e) = write_atomic(&self.acl_path(&cid), &list) {
-            let _ = fs::remove_file(self.blob_path(&cid));
-            return Err(e.into());
-        }
-        index.total += size;
         index.blobs.insert(cid, (size, acl.clone()));
         Ok(cid)
     }
@@ -219,11 +215,9 @@ impl StorageProvider for FileStore {
     }
 
     async fn list(&self, owner: &str) -> Result<Vec<Cid>> {
-        let mut cids: Vec<Cid> = (self.lock().blobs.iter())
-            .filter(|(_, (_, acl))| acl.owner == owner)
-            .map(|(cid, _)| *cid)
-            .collect();
-        cids.sort();
-        Ok(cids)
+        Ok(owned_by(
+            self.lock().blobs.iter().map(|(c, (_, a))| (c, a)),
+            owner,
+        ))
     }
 }

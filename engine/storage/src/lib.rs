@@ -152,8 +152,46 @@ pub trait MaybeSendSync {}
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 impl<T: ?Sized> MaybeSendSync for T {}
 
+/// The rule every backend's `store` applies once the list and size are checked: the same
+/// bytes stay their first owner's ([`Error::Denied`] for another), and a new blob must fit
+/// the quota (`held` bytes already). `Ok(true)` for a new blob, `Ok(false)` for the owner
+/// storing their own bytes again (only the list is replaced).
+pub fn admit(
+    cid: &Cid,
+    existing_owner: Option<&str>,
+    acl: &Acl,
+    held: u64,
+    size: u64,
+    limits: Limits,
+) -> Result<bool> {
+    match existing_owner {
+        Some(owner) if owner != acl.owner => Err(Error::Denied {
+            who: acl.owner.clone(),
+            op: "overwrite",
+            cid: cid.to_string(),
+        }),
+        Some(_) => Ok(false),
+        None if held + size > limits.max_total => Err(Error::Quota(format!(
+            "{held} of {} bytes used",
+            limits.max_total
+        ))),
+        None => Ok(true),
+    }
+}
+
+/// The CIDs among `entries` whose list names `owner` as owner, sorted (every backend's
+/// `list`).
+pub fn owned_by<'a>(entries: impl Iterator<Item = (&'a Cid, &'a Acl)>, owner: &str) -> Vec<Cid> {
+    let mut cids: Vec<Cid> = entries
+        .filter(|(_, acl)| acl.owner == owner)
+        .map(|(cid, _)| *cid)
+        .collect();
+    cids.sort();
+    cids
+}
+
 /// Checks the common preconditions of `store`: a valid list, a blob within `limits`.
-pub(crate) fn check_store(data: &[u8], acl: &Acl, limits: Limits) -> Result<()> {
+pub fn check_store(data: &[u8], acl: &Acl, limits: Limits) -> Result<()> {
     acl.validate()?;
     if data.len() > limits.max_blob {
         return Err(Error::TooLarge {

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::{Access, Acl, Cid, Deleted, Error, Limits, Result, StorageProvider, check_store};
+use crate::{
+    Access, Acl, Cid, Deleted, Error, Limits, Result, StorageProvider, admit, check_store, owned_by,
+};
 
 /// Blobs held in memory.
 #[derive(Debug, Default)]
@@ -69,27 +71,22 @@ impl StorageProvider for MemoryStore {
     async fn store(&self, data: Vec<u8>, acl: &Acl) -> Result<Cid> {
         check_store(&data, acl, self.limits)?;
         let cid = Cid::of(&data);
-        let mut inner = self.lock();
-        if let Some((_, old)) = inner.blobs.get_mut(&cid) {
-            if old.owner != acl.owner {
-                return Err(Error::Denied {
-                    who: acl.owner.clone(),
-                    op: "overwrite",
-                    cid: cid.to_string(),
-                });
-            }
-            *old = acl.clone();
-            return Ok(cid);
-        }
         let size = data.len() as u64;
-        if inner.total + size > self.limits.max_total {
-            return Err(Error::Quota(format!(
-                "{} of {} bytes used",
-                inner.total, self.limits.max_total
-            )));
+        let mut inner = self.lock();
+        let existing = inner.blobs.get(&cid).map(|(_, a)| a.owner.clone());
+        if admit(
+            &cid,
+            existing.as_deref(),
+            acl,
+            inner.total,
+            size,
+            self.limits,
+        )? {
+            inner.total += size;
+            inner.blobs.insert(cid, (Arc::new(data), acl.clone()));
+        } else if let Some((_, old)) = inner.blobs.get_mut(&cid) {
+            *old = acl.clone();
         }
-        inner.total += size;
-        inner.blobs.insert(cid, (Arc::new(data), acl.clone()));
         Ok(cid)
     }
 
@@ -119,11 +116,9 @@ impl StorageProvider for MemoryStore {
     }
 
     async fn list(&self, owner: &str) -> Result<Vec<Cid>> {
-        let mut cids: Vec<Cid> = (self.lock().blobs.iter())
-            .filter(|(_, (_, acl))| acl.owner == owner)
-            .map(|(cid, _)| *cid)
-            .collect();
-        cids.sort();
-        Ok(cids)
+        Ok(owned_by(
+            self.lock().blobs.iter().map(|(c, (_, a))| (c, a)),
+            owner,
+        ))
     }
 }

@@ -11,7 +11,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use js_sys::{Object, Reflect, Uint8Array};
-use kwaainet_storage::{Access, Acl, Cid, Deleted, Error, Limits, Result, StorageProvider};
+use kwaainet_storage::{
+    Access, Acl, Cid, Deleted, Error, Limits, Result, StorageProvider, admit, check_store, owned_by,
+};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
@@ -192,37 +194,17 @@ impl StorageProvider for IdbStore {
     }
 
     async fn store(&self, data: Vec<u8>, acl: &Acl) -> Result<Cid> {
-        acl.validate()?;
-        if data.len() > self.limits.max_blob {
-            return Err(Error::TooLarge {
-                size: data.len(),
-                limit: self.limits.max_blob,
-            });
-        }
+        check_store(&data, acl, self.limits)?;
         let cid = Cid::of(&data);
         let size = data.len() as u64;
-        let (existing, total) = {
+        let (existing, held) = {
             let index = self.index.borrow();
-            let total: u64 = index.values().map(|(s, _)| s).sum();
-            (index.get(&cid).map(|(_, a)| a.owner.clone()), total)
+            (
+                index.get(&cid).map(|(_, a)| a.owner.clone()),
+                index.values().map(|(s, _)| s).sum(),
+            )
         };
-        match existing {
-            Some(owner) if owner != acl.owner => {
-                return Err(Error::Denied {
-                    who: acl.owner.clone(),
-                    op: "overwrite",
-                    cid: cid.to_string(),
-                });
-            }
-            Some(_) => {}
-            None if total + size > self.limits.max_total => {
-                return Err(Error::Quota(format!(
-                    "{total} of {} bytes used",
-                    self.limits.max_total
-                )));
-            }
-            None => {}
-        }
+        admit(&cid, existing.as_deref(), acl, held, size, self.limits)?;
         self.put(&cid, &data, acl).await?;
         self.index.borrow_mut().insert(cid, (size, acl.clone()));
         Ok(cid)
@@ -263,12 +245,10 @@ impl StorageProvider for IdbStore {
     }
 
     async fn list(&self, owner: &str) -> Result<Vec<Cid>> {
-        let mut cids: Vec<Cid> = (self.index.borrow().iter())
-            .filter(|(_, (_, acl))| acl.owner == owner)
-            .map(|(cid, _)| *cid)
-            .collect();
-        cids.sort();
-        Ok(cids)
+        Ok(owned_by(
+            self.index.borrow().iter().map(|(c, (_, a))| (c, a)),
+            owner,
+        ))
     }
 }
 
