@@ -48,6 +48,8 @@ pub struct NetConfig {
     pub timeout: Duration,
     /// Inbound requests served at once; more are refused.
     pub max_streams: usize,
+    /// As a holder: most blobs held for one peer (its share of the local quota).
+    pub max_blobs_per_peer: usize,
     /// Replicas go only to peers whose declared region this allows (data residency).
     pub placement: AllowedRegions,
     /// As a holder: accept only sealed blobs ([`crate::SEALED_MAGIC`]), when the node's
@@ -61,6 +63,7 @@ impl Default for NetConfig {
             replicas: 2,
             timeout: Duration::from_secs(10),
             max_streams: 32,
+            max_blobs_per_peer: 4096,
             placement: AllowedRegions::anywhere(),
             sealed_only: false,
         }
@@ -309,7 +312,7 @@ pub async fn serve(
         .map_err(|_| Error::Network(format!("{PROTOCOL} is already served on this node")))?;
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_streams));
     let key = Arc::new(key);
-    let sealed_only = config.sealed_only;
+    let (sealed_only, per_peer) = (config.sealed_only, config.max_blobs_per_peer);
     while let Some((peer, mut stream)) = incoming.next().await {
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             let busy = Response::Error {
@@ -332,7 +335,11 @@ pub async fn serve(
                 let response =
                     match read_msg::<_, Request>(&mut stream, local.limits().max_blob).await {
                         Ok((req, body)) => {
-                            answer(&node, &key, &*local, peer, req, body, sealed_only).await
+                            let limits = Holding {
+                                sealed_only,
+                                per_peer,
+                            };
+                            answer(&node, &key, &*local, peer, req, body, limits).await
                         }
                         Err(e) => Err(e),
                     };
@@ -355,6 +362,13 @@ pub async fn serve(
     Ok(())
 }
 
+/// What a holder accepts.
+#[derive(Debug, Clone, Copy)]
+struct Holding {
+    sealed_only: bool,
+    per_peer: usize,
+}
+
 async fn answer(
     node: &NodeHandle,
     key: &Keypair,
@@ -362,7 +376,7 @@ async fn answer(
     peer: PeerId,
     req: Request,
     body: Vec<u8>,
-    sealed_only: bool,
+    holding: Holding,
 ) -> Result<(Response, Vec<u8>)> {
     let asker = did::from_peer_id(&peer).map_err(|e| Error::Invalid(e.to_string()))?;
     match req {
@@ -375,11 +389,20 @@ async fn answer(
                     cid: Cid::of(&body).to_string(),
                 });
             }
-            if sealed_only && !body.starts_with(crate::SEALED_MAGIC) {
+            if holding.sealed_only && !body.starts_with(crate::SEALED_MAGIC) {
                 return Err(Error::Invalid(
                     "this node holds only encrypted (sealed) blobs: its policy requires encryption"
                         .into(),
                 ));
+            }
+            let cid = Cid::of(&body);
+            let theirs = local.list(&asker).await?;
+            if theirs.len() >= holding.per_peer && !theirs.contains(&cid) {
+                return Err(Error::Quota(format!(
+                    "{} blobs held for this peer already (at most {})",
+                    theirs.len(),
+                    holding.per_peer
+                )));
             }
             let cid = local.store(body, &acl).await?;
             node.provide(blob_key(&cid.to_string()), true)

@@ -349,6 +349,7 @@ async fn replicas_go_only_to_allowed_regions_and_policy_holders_take_only_cipher
     };
     let strict = NetConfig {
         sealed_only: true,
+        max_blobs_per_peer: 1,
         ..NetConfig::default()
     };
     let a = peer_with(vec![], eu_only, Some("FR")).await?;
@@ -406,6 +407,18 @@ async fn replicas_go_only_to_allowed_regions_and_policy_holders_take_only_cipher
         2,
         "the owner keeps both"
     );
+    // The DE holder keeps one blob per peer here: a second is refused, the first stays.
+    let second = [
+        kwaainet_storage::SEALED_MAGIC.as_slice(),
+        b"more ciphertext",
+    ]
+    .concat();
+    let more = a.store.store(second, &Acl::private(a.did())).await;
+    assert!(
+        matches!(more, Err(Error::Network(ref m)) if m.contains("blobs held for this peer")),
+        "{more:?}"
+    );
+    assert_eq!(b.local.list(&a.did()).await?, vec![cid]);
     for p in [&a, &b, &c] {
         p.stop().await;
     }
