@@ -102,7 +102,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Writes `bytes` to `path` through a temporary file (owner-only on Unix) and a rename.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -292,6 +292,25 @@ impl NodeData {
         }
         seen.insert(r.nonce.clone(), now);
         true
+    }
+
+    /// Checks a signed request for this node (signature, audience, time) and that its
+    /// nonce is new.
+    pub fn verify_request(&self, signed: &SignedRequest) -> Result<DataRequest, Failure> {
+        let r = match request::verify(signed, &self.did, now_ms()) {
+            Ok(r) => r,
+            Err(e @ RequestError::Signature) => {
+                return Err(Failure(StatusCode::FORBIDDEN, e.to_string()));
+            }
+            Err(e) => return Err(Failure(StatusCode::BAD_REQUEST, e.to_string())),
+        };
+        if !self.fresh(&r) {
+            return Err(Failure(
+                StatusCode::CONFLICT,
+                "this request was already used (replayed nonce)".into(),
+            ));
+        }
+        Ok(r)
     }
 
     /// Runs a verified request.
@@ -553,7 +572,13 @@ fn reason_of(e: &StoreError) -> &'static str {
 pub struct Failure(StatusCode, String);
 
 impl Failure {
-    fn internal(e: anyhow::Error) -> Self {
+    /// A status and a message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self(status, message.into())
+    }
+
+    /// A 500 whose cause is logged, not sent.
+    pub fn internal(e: anyhow::Error) -> Self {
         tracing::error!(error = %e, "data request");
         Self(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -613,20 +638,10 @@ async fn route(State(data): State<Arc<NodeData>>, req: Request) -> Response {
             .into_response();
         }
     };
-    let r = match request::verify(&signed, &data.did, now_ms()) {
+    let r = match data.verify_request(&signed) {
         Ok(r) => r,
-        Err(e @ RequestError::Signature) => {
-            return Failure(StatusCode::FORBIDDEN, e.to_string()).into_response();
-        }
-        Err(e) => return Failure(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        Err(f) => return f.into_response(),
     };
-    if !data.fresh(&r) {
-        return Failure(
-            StatusCode::CONFLICT,
-            "this request was already used (replayed nonce)".into(),
-        )
-        .into_response();
-    }
     match data.handle(&r).await {
         Ok(v) => axum::Json(v).into_response(),
         Err(f) => f.into_response(),

@@ -13,6 +13,7 @@ mod data;
 mod data_cli;
 mod fetch;
 mod generate;
+mod identity;
 mod model;
 mod node;
 mod serving;

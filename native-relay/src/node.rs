@@ -89,6 +89,18 @@ pub struct StartArgs {
     /// follow; see /api/v1/compliance.
     #[arg(long, env = "KWAAINET_POLICY")]
     pub policy: Option<String>,
+    /// The WebAuthn RP ID passkeys are made for: the domain the pages run on (default
+    /// `localhost`).
+    #[arg(long = "webauthn-rp-id", env = "KWAAINET_WEBAUTHN_RP_ID")]
+    pub webauthn_rp_id: Option<String>,
+    /// Origins whose pages may register and use passkeys (repeatable; default
+    /// `http://localhost:<http port>`).
+    #[arg(
+        long = "webauthn-origin",
+        env = "KWAAINET_WEBAUTHN_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub webauthn_origins: Vec<String>,
     #[command(flatten)]
     pub id: IdentityArgs,
     #[command(flatten)]
@@ -176,6 +188,8 @@ struct Settings {
     span: Option<(crate::serving::ModelFile, crate::serving::Blocks)>,
     /// The compliance policy enforced.
     policy: kwaainet_compliance::policy::Policy,
+    /// The WebAuthn RP ID and origins (empty: `http://localhost:<http port>`).
+    webauthn: (String, Vec<String>),
 }
 
 fn parse_reservations(s: &str) -> Result<RelayReservations, String> {
@@ -299,6 +313,12 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
         api,
         span,
         policy,
+        webauthn: (
+            args.webauthn_rp_id
+                .clone()
+                .unwrap_or_else(|| "localhost".into()),
+            args.webauthn_origins.clone(),
+        ),
     })
 }
 
@@ -460,7 +480,22 @@ async fn run(
                 audit.recorder(),
                 Some(data.local().clone()),
             ))
-            .merge(data.router());
+            .merge(data.router())
+            .merge({
+                let (rp_id, mut origins) = s.webauthn.clone();
+                if origins.is_empty() {
+                    origins.push(format!("http://localhost:{}", bound.port()));
+                }
+                crate::identity::Identities::open(
+                    &crate::identity::dir_of(&data_dir, &node.peer_id()),
+                    &key_for_data,
+                    rp_id,
+                    origins,
+                    Arc::clone(&data),
+                    audit.recorder(),
+                )?
+                .router()
+            });
         if let Some((a, _)) = &api {
             app = app.merge(kwaainet_api::router(Arc::clone(a)));
         }

@@ -29,6 +29,7 @@ import { serveSpan, type ServeSpanOptions, type SpanService } from './serve.js';
 import { PageSwarm, type PageSwarmOptions } from './swarm.js';
 import { recordConsent, type ConsentPurpose, type ConsentReceipt } from './consent-record.js';
 import { eraseData, exportData, type DataErasure, type DataExport, type DataRightsOptions } from './data-rights.js';
+import { loginPasskey, registerPasskey, type PasskeyIdentity, type PasskeyOptions } from './passkey.js';
 import { verifyAudit, verifyAuditEntry, type AuditCheckpoint, type AuditEntry, type AuditOptions, type AuditVerification } from './audit.js';
 import { guardWebRtcHandlers } from './webrtc-guard.js';
 
@@ -559,6 +560,22 @@ export class KwaaiNetwork {
     } catch (e) {
       throw fromWasmP2pError(e);
     }
+  }
+
+  /**
+   * Makes a passkey (the browser asks the user) and links it to this page's identity at
+   * the node `peerId` whose HTTP side is `nodeUrl`: the identity rises to level `passkey`
+   * without changing its did:key, so what it owns stays its own. Returns the node's signed
+   * link. Needs a connected network (the request is signed with the page's key).
+   */
+  async registerPasskey(nodeUrl: string | URL, peerId: string, opts: PasskeyOptions = {}): Promise<PasskeyIdentity> {
+    return registerPasskey(this.live(), await this.module(opts.signal), nodeUrl, peerId, opts);
+  }
+
+  /** Signs in at a node with a passkey (from this or another browser): the identity it
+   *  was linked to, with its level and permissions. */
+  async loginPasskey(nodeUrl: string | URL, opts: PasskeyOptions = {}): Promise<PasskeyIdentity> {
+    return loginPasskey(nodeUrl, opts);
   }
 
   /** This page's did:key (the key behind its peer id), once connected. */

@@ -1,0 +1,111 @@
+// Passkeys against a real `kwaainet start` (native-relay/src/identity.rs), in headless
+// Chromium with a virtual authenticator (CDP WebAuthn domain): a page links a passkey to
+// its identity (anonymous → passkey, its did:key unchanged), another browser session
+// holding the synced passkey signs in and gets that identity back; a replayed request, a
+// page on an origin the node does not serve passkeys for, and a forged sign-in are refused.
+//
+//   node --test engine/p2p/tests/browser/identity.test.mjs
+//
+// Needs what p2p.test.mjs needs. Loopback only (the page is at http://localhost, which
+// WebAuthn accepts as an RP ID); every wait is bounded.
+import { rmSync } from 'node:fs';
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { launch } from '../../../../demo-site/tests/browser.mjs';
+import { WEBRTC_FLAGS, freePorts, nodeState, startNode, stopNode, testSite } from './support.mjs';
+
+let dir;
+let node;
+let browser;
+
+before(async () => {
+  let site;
+  ({ dir, site } = testSite('kwaainet-identity-browser-'));
+  node = await startNode({ dir, site, ...(await freePorts()) });
+  browser = await launch({ args: WEBRTC_FLAGS });
+});
+
+after(async () => {
+  await browser?.close();
+  await stopNode(node);
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+/** A page at `host` with the SDK loaded and a virtual passkey authenticator. */
+async function open(host = 'localhost') {
+  const page = await browser.context.newPage();
+  const cdp = await browser.context.newCDPSession(page);
+  await cdp.send('WebAuthn.enable');
+  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
+    options: {
+      protocol: 'ctap2', transport: 'internal', hasResidentKey: true, hasUserVerification: true,
+      isUserVerified: true, automaticPresenceSimulation: true,
+    },
+  });
+  const url = node.url.replace('127.0.0.1', host);
+  await page.goto(`${url}/test.html`, { waitUntil: 'load', timeout: 30_000 });
+  await page.waitForFunction(() => window.sdkReady === true, null, { timeout: 10_000 });
+  await page.evaluate(async () => {
+    const { KwaaiNetwork, fetchBootstrapAddrs } = window.sdk;
+    window.net = new KwaaiNetwork({ moduleUrl: new URL('./p2p/kwaainet_wasm.js', location.href) });
+    await window.net.connect(await fetchBootstrapAddrs(location.origin));
+  });
+  return { page, cdp, authenticatorId };
+}
+
+test('a passkey links to a page identity and brings it back in another session', { timeout: 120_000 }, async () => {
+  const { peer_id: peerId } = await nodeState(node.url);
+  const first = await open();
+  const registered = await first.page.evaluate(async (peerId) => {
+    const id = await window.net.registerPasskey(location.origin, peerId);
+    return { id, did: window.net.did };
+  }, peerId);
+  assert.equal(registered.id.subject, registered.did, 'the identity keeps its did:key');
+  assert.equal(registered.id.level, 'passkey');
+  assert.deepEqual(registered.id.permissions, { contribute: true, store: true, quota_bytes: 256 << 20, recover: true, portable: false });
+  const link = JSON.parse(registered.id.statement.link);
+  assert.equal(link.subject, registered.did);
+  assert.equal(link.level, 'passkey');
+  assert.match(link.credential, /^passkey:/);
+  assert.equal(JSON.parse(link.request).action, 'passkey_register', 'the link carries the identity\'s own signed request');
+
+  // Another session (a new page key), with the passkey synced to its authenticator.
+  const { credentials } = await first.cdp.send('WebAuthn.getCredentials', { authenticatorId: first.authenticatorId });
+  assert.equal(credentials.length, 1);
+  const second = await open();
+  await second.cdp.send('WebAuthn.addCredential', { authenticatorId: second.authenticatorId, credential: credentials[0] });
+  const back = await second.page.evaluate(async () => ({ id: await window.net.loginPasskey(location.origin), did: window.net.did }));
+  assert.notEqual(back.did, registered.did, 'a new session key');
+  assert.equal(back.id.subject, registered.did, 'the passkey brings the identity back');
+  assert.equal(back.id.level, 'passkey');
+
+  // Refusals: a replayed signed request, a sign-in whose signature was forged.
+  const refused = await second.page.evaluate(async (peerId) => {
+    const mod = await import('./p2p/kwaainet_wasm.js');
+    const why = (p) => p.then(() => 'accepted', (e) => `${e.name}:${e.status ?? ''}`);
+    const signed = JSON.stringify(window.net.node.signRequest(mod.didOfPeer(peerId), 'passkey_register', {}));
+    const post = (path, body) => fetch(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body }).then((r) => r.status);
+    const once = await post('/api/v1/identity/passkey/register/options', signed);
+    const twice = await post('/api/v1/identity/passkey/register/options', signed);
+    // A real sign-in answer with its signature replaced.
+    const o = await (await fetch('/api/v1/identity/passkey/login/options', { method: 'POST', body: '{}' })).json();
+    const b64 = (s) => Uint8Array.from(atob(s.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - s.length % 4) % 4)), (c) => c.charCodeAt(0));
+    const enc = (b) => btoa(String.fromCharCode(...new Uint8Array(b))).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+    const cred = await navigator.credentials.get({ publicKey: { ...o, challenge: b64(o.challenge) } });
+    const sig = new Uint8Array(cred.response.signature);
+    sig[sig.length - 2] ^= 1;
+    const forged = await post('/api/v1/identity/passkey/login', JSON.stringify({
+      id: cred.id, clientDataJSON: enc(cred.response.clientDataJSON), authenticatorData: enc(cred.response.authenticatorData), signature: enc(sig),
+    }));
+    return { once, twice, forged, unknown: await why(fetch('/api/v1/identity/passkey/login', { method: 'POST', body: '{"id":"x","clientDataJSON":"e30","authenticatorData":"","signature":""}' }).then((r) => { if (r.status !== 200) throw Object.assign(new Error('refused'), { status: r.status }); })) };
+  }, peerId);
+  assert.deepEqual(refused, { once: 200, twice: 409, forged: 403, unknown: 'Error:400' });
+
+  // A page on an origin the node does not make passkeys for: the browser refuses the RP ID.
+  const elsewhere = await open('127.0.0.1');
+  const why = await elsewhere.page.evaluate(async (peerId) => window.net.registerPasskey(location.origin, peerId)
+    .then(() => 'registered', (e) => e.name), peerId);
+  assert.notEqual(why, 'registered');
+  for (const p of [first.page, second.page, elsewhere.page]) await p.close();
+});
