@@ -960,9 +960,8 @@ fn an_eu_only_request_never_routes_through_a_non_eu_node() -> Result<()> {
         "{err}"
     );
     // The API's swarm backend under a US-only policy refuses the same way.
-    let api = start(
-        &sub_dir(&dir, "api")?,
-        &[
+    let api_in = |regions: &str| -> Result<Node> {
+        let args = [
             "--bootstrap",
             &b,
             "--model",
@@ -970,28 +969,18 @@ fn an_eu_only_request_never_routes_through_a_non_eu_node() -> Result<()> {
             "--api",
             "swarm",
             "--api-regions",
-            "US",
-        ],
-    )?;
+            regions,
+        ];
+        start(&sub_dir(&dir, &format!("api-{regions}"))?, &args)
+    };
+    let api = api_in("US")?;
     let ask = serde_json::json!({ "prompt": prompt, "max_tokens": 2 });
     let (status, body) = post(api.http, "/v1/completions", &ask)?;
     assert_ne!(status, 200, "{body}");
     assert!(body.to_string().contains("no server in US"), "{body}");
     drop(api);
     // An EU-only API: the request runs, and the node's audit log names each hop's region.
-    let api = start(
-        &sub_dir(&dir, "api-eu")?,
-        &[
-            "--bootstrap",
-            &b,
-            "--model",
-            m,
-            "--api",
-            "swarm",
-            "--api-regions",
-            "EU",
-        ],
-    )?;
+    let api = api_in("EU")?;
     let (status, body) = post(api.http, "/v1/completions", &ask)?;
     assert_eq!(status, 200, "{body}");
     let deadline = Instant::now() + Duration::from_secs(20);

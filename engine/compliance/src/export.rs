@@ -259,14 +259,8 @@ pub fn verify(bundle: &Bundle) -> Result<Verified> {
 /// Checks a holder's receipt for a deleted blob: its signature by the holder's key.
 pub fn verify_peer_receipt(r: &Receipt) -> Result<()> {
     let key = did::to_ed25519(&r.holder).map_err(|e| ExportError::Malformed(e.to_string()))?;
-    let sig = base64::engine::general_purpose::STANDARD
-        .decode(&r.signature)
-        .map_err(|_| ExportError::Signature(r.holder.clone()))?;
-    if key.verify(&Receipt::signing_bytes(&r.holder, &r.cid, r.at_ms), &sig) {
-        Ok(())
-    } else {
-        Err(ExportError::Signature(r.holder.clone()))
-    }
+    r.verify(&key.to_bytes())
+        .map_err(|_| ExportError::Signature(r.holder.clone()))
 }
 
 /// What an erasure did, signed by the node.

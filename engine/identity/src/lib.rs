@@ -145,15 +145,6 @@ fn bs58_decode(s: &str) -> Option<Vec<u8>> {
         .flatten()
 }
 
-/// A way to prove a credential (a passkey, an email token, an outside key): what it
-/// proves and at which level. The node keeps one per kind and links what they verify.
-pub trait IdentityProvider: Send + Sync {
-    /// `passkey`, `email`, `did`.
-    fn kind(&self) -> &'static str;
-    /// The level a credential of this kind gives.
-    fn level(&self) -> Level;
-}
-
 /// The level of an identity with these links: the highest.
 pub fn level_of<'a>(links: impl IntoIterator<Item = &'a Link>) -> Level {
     links

@@ -37,23 +37,28 @@ impl FileStore {
         let dir = dir.into();
         fs::create_dir_all(&dir)?;
         let mut index = Index::default();
+        let mut names = Vec::new();
         for entry in fs::read_dir(&dir)? {
             let path = entry?.path();
             let name = path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .to_owned();
             if name.ends_with(".tmp") {
                 // A write that did not finish.
                 let _ = fs::remove_file(&path);
-                continue;
+            } else {
+                names.push(name);
             }
-            let Some(stem) = name.strip_suffix(".acl") else {
-                continue;
-            };
-            let blob = dir.join(format!("{stem}.blob"));
+        }
+        for stem in names.iter().filter_map(|n| n.strip_suffix(".acl")) {
+            let (list, blob) = (
+                dir.join(format!("{stem}.acl")),
+                dir.join(format!("{stem}.blob")),
+            );
             let parsed = Cid::parse(stem).ok().and_then(|cid| {
-                let acl: Acl = serde_json::from_slice(&fs::read(&path).ok()?).ok()?;
+                let acl: Acl = serde_json::from_slice(&fs::read(&list).ok()?).ok()?;
                 Some((cid, acl, fs::metadata(&blob).ok()?.len()))
             });
             match parsed {
@@ -62,22 +67,16 @@ impl FileStore {
                     index.blobs.insert(cid, (size, acl));
                 }
                 None => {
-                    tracing::warn!(path = %path.display(), "unreadable blob list or missing blob: skipped")
+                    tracing::warn!(path = %list.display(), "unreadable blob list or missing blob: skipped")
                 }
             }
         }
         // Blobs whose list was never written (a crash between the two renames).
-        for entry in fs::read_dir(&dir)? {
-            let path = entry?.path();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            if let Some(stem) = name.strip_suffix(".blob")
-                && Cid::parse(stem).is_ok_and(|c| !index.blobs.contains_key(&c))
+        for stem in names.iter().filter_map(|n| n.strip_suffix(".blob")) {
+            if Cid::parse(stem).is_ok_and(|c| !index.blobs.contains_key(&c))
                 && !dir.join(format!("{stem}.acl")).exists()
             {
-                let _ = fs::remove_file(&path);
+                let _ = fs::remove_file(dir.join(format!("{stem}.blob")));
             }
         }
         Ok(Self {

@@ -110,6 +110,22 @@ impl Receipt {
     pub fn signing_bytes(holder: &str, cid: &Cid, at_ms: u64) -> Vec<u8> {
         format!("kwaainet/storage/receipt/v1\n{holder}\n{cid}\n{at_ms}\n").into_bytes()
     }
+
+    /// Checks the signature with the holder's Ed25519 public key (the key its did:key
+    /// names, which the caller resolves).
+    pub fn verify(&self, holder_key: &[u8; 32]) -> Result<()> {
+        let fail = || Error::Signature(format!("receipt of {} for {}", self.holder, self.cid));
+        let key = ed25519_dalek::VerifyingKey::from_bytes(holder_key).map_err(|_| fail())?;
+        let sig =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &self.signature)
+                .map_err(|_| fail())?;
+        let sig = ed25519_dalek::Signature::from_slice(&sig).map_err(|_| fail())?;
+        key.verify_strict(
+            &Self::signing_bytes(&self.holder, &self.cid, self.at_ms),
+            &sig,
+        )
+        .map_err(|_| fail())
+    }
 }
 
 /// A store of blobs under an access-control list. Every backend (memory, file, IndexedDB,

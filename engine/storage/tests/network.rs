@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use kwaainet_p2p::libp2p::identity::Keypair;
 use kwaainet_p2p::libp2p::{Multiaddr, PeerId};
-use kwaainet_p2p::{NodeConfig, NodeHandle, did};
+use kwaainet_p2p::{NodeConfig, NodeHandle};
 use kwaainet_storage::conformance::{Party, run};
 use kwaainet_storage::net::{self, DeleteRequest, NetConfig, NetworkStore, PROTOCOL};
 use kwaainet_storage::{Acl, Cid, Error, Limits, MemoryStore, StorageProvider};
@@ -325,7 +325,6 @@ async fn hostile_requests_are_refused_and_lose_nothing() -> Result<()> {
         c.store.retrieve(&cid, &c.did()).await,
         Err(Error::NotFound(_))
     ));
-    let _ = did::from_peer_id(&b_peer)?;
     for p in [&a, &b, &c] {
         p.stop().await;
     }
