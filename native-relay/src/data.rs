@@ -95,6 +95,8 @@ pub struct NodeData {
     /// The last retention sweep: when, and how many blobs it deleted.
     swept: Mutex<Option<(u64, u64)>>,
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Identities' levels and devices (filled by the identity service).
+    directory: Arc<crate::identity::Directory>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -184,6 +186,7 @@ impl NodeData {
             policy: policy.clone(),
             swept: Mutex::new(None),
             sweeper: Mutex::new(None),
+            directory: Arc::default(),
         });
         if let Some(days) = policy.retention_days {
             let weak = Arc::downgrade(&data);
@@ -249,6 +252,11 @@ impl NodeData {
         &self.local
     }
 
+    /// Identities' levels and devices.
+    pub fn directory(&self) -> Arc<crate::identity::Directory> {
+        Arc::clone(&self.directory)
+    }
+
     /// Stops answering the blob protocol and sweeping.
     pub fn stop(&self) {
         self.serving.abort();
@@ -310,7 +318,9 @@ impl NodeData {
                 "this request was already used (replayed nonce)".into(),
             ));
         }
-        Ok(r)
+        // A page that signed in for an identity acts for it.
+        let subject = self.directory.acting_for(&r.subject);
+        Ok(DataRequest { subject, ..r })
     }
 
     /// Runs a verified request.
@@ -319,13 +329,7 @@ impl NodeData {
         match r.action.as_str() {
             "export" => self.export(&r.subject).await,
             "erase" => self.erase(&r.subject).await,
-            "put" | "get" | "list" | "delete" if !operator => Err(Failure(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "{} acts on the node operator's vault: sign with the node's key",
-                    r.action
-                ),
-            )),
+            "put" | "get" | "list" | "delete" if !operator => self.own(r).await,
             "put" => self.put(&r.params).await,
             "get" => self.get(&r.params).await,
             "list" => Ok(json!({ "items": *lock(&self.index) })),
@@ -334,6 +338,79 @@ impl NodeData {
                 StatusCode::BAD_REQUEST,
                 format!("unknown action {other:?}"),
             )),
+        }
+    }
+
+    /// A visitor's own blobs: sealed in their page by keys only they hold (the node refuses
+    /// plaintext), stored here under their name, within what their level permits.
+    async fn own(&self, r: &DataRequest) -> Result<serde_json::Value, Failure> {
+        let who = r.subject.as_str();
+        let level = self.directory.level(who);
+        let allowed = level.permissions();
+        if !allowed.store {
+            self.audit(who, Op::Store, Decision::Deny, "level");
+            return Err(Failure(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "an identity at level {level:?} may not store data on this node: \
+                     link an email address or a passkey first"
+                ),
+            ));
+        }
+        match r.action.as_str() {
+            "put" => {
+                let data = B64.decode(str_param(&r.params, "data")?).map_err(|_| {
+                    Failure(StatusCode::BAD_REQUEST, "data: base64 expected".into())
+                })?;
+                if !data.starts_with(kwaainet_storage::SEALED_MAGIC) {
+                    self.audit(who, Op::Store, Decision::Deny, "not_sealed");
+                    return Err(Failure(
+                        StatusCode::BAD_REQUEST,
+                        "data must be sealed by your own key (kwaainet-storage's Vault): \
+                         this node keeps no visitor's plaintext"
+                            .into(),
+                    ));
+                }
+                let mut held = 0u64;
+                for cid in self.local.list(who).await? {
+                    held += self
+                        .local
+                        .retrieve(&cid, who)
+                        .await
+                        .map_or(0, |b| b.len() as u64);
+                }
+                if held + data.len() as u64 > allowed.quota_bytes {
+                    self.audit(who, Op::Store, Decision::Deny, "quota");
+                    return Err(Failure(
+                        StatusCode::INSUFFICIENT_STORAGE,
+                        format!(
+                            "{held} of {} bytes used at level {level:?}",
+                            allowed.quota_bytes
+                        ),
+                    ));
+                }
+                let cid = self.local.store(data, &Acl::private(who)).await?;
+                self.audit(who, Op::Store, Decision::Allow, "put");
+                Ok(json!({ "cid": cid }))
+            }
+            "get" => {
+                let cid = cid_param(&r.params)?;
+                let data = self.local.retrieve(&cid, who).await;
+                let decision = if data.is_ok() {
+                    Decision::Allow
+                } else {
+                    Decision::Deny
+                };
+                self.audit(who, Op::Read, decision, "get");
+                Ok(json!({ "cid": cid, "data": B64.encode(data?) }))
+            }
+            "list" => Ok(json!({ "items": self.local.list(who).await? })),
+            _ => {
+                let cid = cid_param(&r.params)?;
+                self.local.delete(&cid, who).await?;
+                self.audit(who, Op::Delete, Decision::Allow, "delete");
+                Ok(json!({ "deleted": cid }))
+            }
         }
     }
 
@@ -514,6 +591,8 @@ impl NodeData {
             self.local.delete(&cid, subject).await?;
             erasure.deleted.push(cid);
         }
+        // Its identity: links, devices, level.
+        self.directory.forget(subject);
         // The erasure itself is logged without naming the subject, then the salt that
         // links their past entries to them is destroyed.
         let mut e = Entry::new(now_ms(), Op::Erase);

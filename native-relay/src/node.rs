@@ -101,6 +101,11 @@ pub struct StartArgs {
         value_delimiter = ','
     )]
     pub webauthn_origins: Vec<String>,
+    /// The folder email verification tokens are written to, one `.eml` file per message,
+    /// for a mail relay (or the operator) to send on (default: `outbox/` in the node's
+    /// identity folder).
+    #[arg(long = "email-outbox", env = "KWAAINET_EMAIL_OUTBOX")]
+    pub email_outbox: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub id: IdentityArgs,
     #[command(flatten)]
@@ -190,6 +195,7 @@ struct Settings {
     policy: kwaainet_compliance::policy::Policy,
     /// The WebAuthn RP ID and origins (empty: `http://localhost:<http port>`).
     webauthn: (String, Vec<String>),
+    email_outbox: Option<std::path::PathBuf>,
 }
 
 fn parse_reservations(s: &str) -> Result<RelayReservations, String> {
@@ -319,6 +325,7 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
                 .unwrap_or_else(|| "localhost".into()),
             args.webauthn_origins.clone(),
         ),
+        email_outbox: args.email_outbox.clone(),
     })
 }
 
@@ -489,8 +496,11 @@ async fn run(
                 crate::identity::Identities::open(
                     &crate::identity::dir_of(&data_dir, &node.peer_id()),
                     &key_for_data,
-                    rp_id,
-                    origins,
+                    crate::identity::Settings {
+                        rp_id,
+                        origins,
+                        outbox: s.email_outbox.clone(),
+                    },
                     Arc::clone(&data),
                     audit.recorder(),
                 )?

@@ -1563,3 +1563,291 @@ fn a_policy_is_checked_at_start_reported_and_its_retention_enforced() -> Result<
     }
     sigterm_and_wait(n)
 }
+
+/// Progressive authentication on a real node: an anonymous page identity may not store;
+/// an emailed token (read from the node's outbox) raises it to `email` and it stores a
+/// blob sealed by its own key; a key held outside the browser raises it to `did`; the blob
+/// stays readable at every step, and from a second device that signs in with the outside
+/// key. Forged answers, replays and plaintext are refused; the level survives a restart;
+/// erasure takes the identity's links and devices with its data.
+#[test]
+fn progressive_identity_upgrades_email_then_did_and_keeps_the_data_readable() -> Result<()> {
+    use base64::Engine as _;
+    use ed25519_dalek::Signer as _;
+    use kwaainet_identity::LinkStatement;
+    use kwaainet_p2p::libp2p::identity::Keypair;
+    use kwaainet_storage::{Acl, MemoryStore, StorageProvider as _, UserKey, Vault};
+    use serde_json::json;
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let dir = temp_dir("identity")?;
+    let outbox = dir.join("outbox");
+    let outbox_arg = outbox.to_str().context("path")?;
+    let mut a = start(&dir, &["--email-outbox", outbox_arg])?;
+    let node_did = kwaainet_p2p::did::from_peer_id(&a.peer_id.parse()?)?;
+    let node_key = ed25519_dalek::VerifyingKey::from_bytes(
+        &kwaainet_p2p::did::to_ed25519(&node_did)?.to_bytes(),
+    )?;
+
+    let visitor = Keypair::generate_ed25519();
+    let visitor_did = kwaainet_p2p::did::from_peer_id(&visitor.public().to_peer_id())?;
+    let mut nonce = 0u8;
+    let mut signed = |key: &Keypair, action: &str, params: serde_json::Value| {
+        nonce += 1;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as u64;
+        let r = kwaainet_p2p::request::sign(key, &node_did, action, params, now, [nonce; 16])?;
+        anyhow::Ok(serde_json::to_value(r)?)
+    };
+    // The visitor's blob, sealed in "their page" by their own key.
+    let seed: [u8; 32] = visitor
+        .clone()
+        .try_into_ed25519()?
+        .secret()
+        .as_ref()
+        .try_into()?;
+    let vault = Vault::new(MemoryStore::default(), UserKey::derive(&seed), &visitor_did);
+    let plain = b"my notes: the upgrade must not move me";
+    let cid = block_on(vault.put("notes", plain, Acl::private(&visitor_did)))?;
+    let sealed = block_on(vault.store().retrieve(&cid, &visitor_did))?;
+    let put = json!({ "data": b64.encode(&sealed) });
+    let level = |a: &Node, s: serde_json::Value| -> Result<String> {
+        let (status, body) = post(a.http, "/api/v1/identity/status", &s)?;
+        assert_eq!(status, 200, "{body}");
+        Ok(body["level"].as_str().context("level")?.to_owned())
+    };
+
+    // Anonymous: may not store.
+    assert_eq!(
+        level(&a, signed(&visitor, "identity_status", json!({}))?)?,
+        "anonymous"
+    );
+    let (status, body) = post(
+        a.http,
+        "/api/v1/data",
+        &signed(&visitor, "put", put.clone())?,
+    )?;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("link an email"),
+        "{body}"
+    );
+
+    // Email: a bad address, then the token from the outbox; a wrong token is refused.
+    let mut email = |address: &str, claimed: &str| -> Result<serde_json::Value> {
+        let credential = kwaainet_identity::email::credential_of(claimed);
+        let mut ask = signed(&visitor, "link_email", json!({ "credential": credential }))?;
+        ask["address"] = address.into();
+        Ok(ask)
+    };
+    let bad = email(
+        "ada@example.org\r\nBcc: x@y.z",
+        "ada@example.org\r\nBcc: x@y.z",
+    )?;
+    let (status, _) = post(a.http, "/api/v1/identity/email/link/options", &bad)?;
+    assert_eq!(status, 400);
+    let other = email("Ada@Example.org", "eve@example.org")?;
+    let (status, _) = post(a.http, "/api/v1/identity/email/link/options", &other)?;
+    assert_eq!(status, 400, "the signed request names another address");
+    let ask = email("Ada@Example.org", "ada@example.org")?;
+    let (status, body) = post(a.http, "/api/v1/identity/email/link/options", &ask)?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sentTo"], "A…@Example.org");
+    let (status, _) = post(a.http, "/api/v1/identity/email/link/options", &ask)?;
+    assert_eq!(status, 409, "a replayed request is refused");
+    let mail = std::fs::read_dir(&outbox)?
+        .map(|e| Ok(std::fs::read_to_string(e?.path())?))
+        .collect::<Result<Vec<_>>>()?;
+    assert_eq!(mail.len(), 1);
+    assert!(mail[0].contains("To: Ada@Example.org\r\n"), "{}", mail[0]);
+    let token = mail[0]
+        .lines()
+        .map(str::trim)
+        .find(|l| l.len() == 43 && !l.contains(' '))
+        .context("a token in the mail")?;
+    let (status, _) = post(
+        a.http,
+        "/api/v1/identity/email/link",
+        &json!({ "token": "A".repeat(43) }),
+    )?;
+    assert_eq!(status, 403);
+    let (status, body) = post(
+        a.http,
+        "/api/v1/identity/email/link",
+        &json!({ "token": token }),
+    )?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["level"], "email");
+    assert_eq!(body["permissions"]["store"], true);
+    let statement: LinkStatement = serde_json::from_value(body["statement"].clone())?;
+    let link = statement.verify(&node_key)?;
+    assert_eq!(link.subject, visitor_did);
+    assert!(
+        !statement.link.contains("Example.org"),
+        "the link names no address"
+    );
+    let mut forged = statement.clone();
+    forged.link = forged.link.replace("\"email\"", "\"did\"");
+    assert!(
+        forged.verify(&node_key).is_err(),
+        "an edited link statement is refused"
+    );
+    let (status, _) = post(
+        a.http,
+        "/api/v1/identity/email/link",
+        &json!({ "token": token }),
+    )?;
+    assert_eq!(status, 403, "a token is single use");
+
+    // Now it stores, sealed only.
+    let (status, body) = post(
+        a.http,
+        "/api/v1/data",
+        &signed(&visitor, "put", put.clone())?,
+    )?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["cid"], cid.to_string());
+    let plain_put = json!({ "data": b64.encode(plain) });
+    let (status, _) = post(a.http, "/api/v1/data", &signed(&visitor, "put", plain_put)?)?;
+    assert_eq!(status, 400, "plaintext is refused");
+    let read = |a: &Node, s: serde_json::Value| -> Result<Vec<u8>> {
+        let (status, body) = post(a.http, "/api/v1/data", &s)?;
+        assert_eq!(status, 200, "{body}");
+        let sealed = b64.decode(body["data"].as_str().context("data")?)?;
+        Ok(vault.open("notes", &cid, &sealed)?)
+    };
+    assert_eq!(
+        read(&a, signed(&visitor, "get", json!({ "cid": cid }))?)?,
+        plain
+    );
+
+    // A key held outside the browser: a forged signature, then the real one.
+    let outside = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+    let outside_did = kwaainet_p2p::did::from_ed25519(
+        &kwaainet_p2p::libp2p::identity::ed25519::PublicKey::try_from_bytes(
+            outside.verifying_key().as_bytes(),
+        )?,
+    );
+    let did_link = |a: &Node, key: &ed25519_dalek::SigningKey, ask: serde_json::Value| {
+        let (status, body) = post(a.http, "/api/v1/identity/did/link/options", &ask)?;
+        assert_eq!(status, 200, "{body}");
+        let message = body["message"].as_str().context("message")?;
+        let answer = json!({
+            "challenge": body["challenge"],
+            "signature": b64url.encode(key.sign(message.as_bytes()).to_bytes()),
+        });
+        post(a.http, "/api/v1/identity/did/link", &answer)
+    };
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let ask = signed(&visitor, "link_did", json!({ "did": outside_did }))?;
+    assert_eq!(did_link(&a, &stranger, ask)?.0, 403);
+    let ask = signed(&visitor, "link_did", json!({ "did": outside_did }))?;
+    let (status, body) = did_link(&a, &outside, ask)?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["level"], "did");
+    assert_eq!(body["permissions"]["portable"], true);
+    assert_eq!(
+        read(&a, signed(&visitor, "get", json!({ "cid": cid }))?)?,
+        plain
+    );
+
+    // The level survives a restart.
+    sigterm_and_wait(a)?;
+    a = start(&dir, &["--email-outbox", outbox_arg])?;
+    assert_eq!(
+        level(&a, signed(&visitor, "identity_status", json!({}))?)?,
+        "did"
+    );
+
+    // A second device signs in with the outside key and reads the same blob.
+    let device = Keypair::generate_ed25519();
+    let (status, body) = post(
+        a.http,
+        "/api/v1/identity/did/signin/options",
+        &json!({ "did": outside_did }),
+    )?;
+    assert_eq!(status, 200, "{body}");
+    let message = body["message"].as_str().context("message")?;
+    let answer = json!({
+        "challenge": body["challenge"],
+        "signature": b64url.encode(outside.sign(message.as_bytes()).to_bytes()),
+        "device": signed(&device, "sign_in", json!({}))?,
+    });
+    let (status, body) = post(a.http, "/api/v1/identity/did/signin", &answer)?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["subject"], visitor_did.as_str());
+    assert_eq!(
+        read(&a, signed(&device, "get", json!({ "cid": cid }))?)?,
+        plain
+    );
+    let (status, body) = post(
+        a.http,
+        "/api/v1/identity/status",
+        &signed(&device, "identity_status", json!({}))?,
+    )?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (body["subject"].as_str(), body["level"].as_str()),
+        (Some(visitor_did.as_str()), Some("did"))
+    );
+    assert_eq!(
+        body["links"].as_array().map(Vec::len),
+        Some(3),
+        "email, did, device: {body}"
+    );
+
+    // The export carries the link statements; erasure takes them, the data and the device.
+    let (status, body) = post(
+        a.http,
+        "/api/v1/data",
+        &signed(&visitor, "export", json!({}))?,
+    )?;
+    assert_eq!(status, 200, "{body}");
+    let text = body.to_string();
+    assert!(text.contains(&cid.to_string()));
+    let (status, body) = post(
+        a.http,
+        "/api/v1/data",
+        &signed(&device, "erase", json!({}))?,
+    )?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        level(&a, signed(&visitor, "identity_status", json!({}))?)?,
+        "anonymous"
+    );
+    let (status, _) = post(
+        a.http,
+        "/api/v1/data",
+        &signed(&device, "get", json!({ "cid": cid }))?,
+    )?;
+    assert_eq!(
+        status, 403,
+        "the device no longer acts for the erased identity"
+    );
+    let (status, _) = post(
+        a.http,
+        "/api/v1/data",
+        &signed(&visitor, "list", json!({}))?,
+    )?;
+    assert_eq!(status, 403, "back to anonymous");
+    let held = dir
+        .join("storage")
+        .join(&a.peer_id)
+        .join("blobs")
+        .join(format!("{cid}.blob"));
+    assert!(!held.exists(), "the blob is gone");
+    sigterm_and_wait(a)
+}
+
+/// Runs a future to completion on this thread (the storage calls here never wait on I/O).
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap_or_else(|e| panic!("a runtime: {e}"));
+    rt.block_on(f)
+}

@@ -29,7 +29,10 @@ import { serveSpan, type ServeSpanOptions, type SpanService } from './serve.js';
 import { PageSwarm, type PageSwarmOptions } from './swarm.js';
 import { recordConsent, type ConsentPurpose, type ConsentReceipt } from './consent-record.js';
 import { eraseData, exportData, type DataErasure, type DataExport, type DataRightsOptions } from './data-rights.js';
-import { loginPasskey, registerPasskey, type PasskeyIdentity, type PasskeyOptions } from './passkey.js';
+import {
+  confirmEmail, identityStatus, linkEmail, loginPasskey, registerPasskey, signInRequest,
+  type IdentityStatus, type PasskeyIdentity, type PasskeyOptions,
+} from './passkey.js';
 import { verifyAudit, verifyAuditEntry, type AuditCheckpoint, type AuditEntry, type AuditOptions, type AuditVerification } from './audit.js';
 import { guardWebRtcHandlers } from './webrtc-guard.js';
 
@@ -573,9 +576,35 @@ export class KwaaiNetwork {
   }
 
   /** Signs in at a node with a passkey (from this or another browser): the identity it
-   *  was linked to, with its level and permissions. */
-  async loginPasskey(nodeUrl: string | URL, opts: PasskeyOptions = {}): Promise<PasskeyIdentity> {
-    return loginPasskey(nodeUrl, opts);
+   *  was linked to, with its level and permissions. With `opts.peerId` (the node's peer id,
+   *  the network connected), this page's key is linked to that identity and acts for it at
+   *  that node from then on (its data, its rights). */
+  async loginPasskey(nodeUrl: string | URL, opts: PasskeyOptions & { peerId?: string } = {}): Promise<PasskeyIdentity> {
+    const device = opts.peerId === undefined
+      ? undefined
+      : signInRequest(this.live(), await this.module(opts.signal), opts.peerId);
+    return loginPasskey(nodeUrl, opts, device);
+  }
+
+  /**
+   * The email step: the node `peerId` sends a verification token to `address` (its outbox
+   * decides how mail leaves). The signed request names the address only by its SHA-256,
+   * so the node's link statement carries no address. Answer with `confirmEmail`.
+   */
+  async linkEmail(nodeUrl: string | URL, peerId: string, address: string, opts: PasskeyOptions = {}): Promise<{ sentTo: string; expiresInS: number }> {
+    return linkEmail(this.live(), await this.module(opts.signal), nodeUrl, peerId, address, opts);
+  }
+
+  /** Answers the email step with the token from the mail: the identity rises to `email`
+   *  (storing sealed data at the node) unless it already stands higher. */
+  async confirmEmail(nodeUrl: string | URL, token: string, opts: PasskeyOptions = {}): Promise<PasskeyIdentity> {
+    return confirmEmail(nodeUrl, token, opts);
+  }
+
+  /** This page's identity at the node `peerId`: its level, permissions, the node's signed
+   *  links, and the upgrades offered. */
+  async identityStatus(nodeUrl: string | URL, peerId: string, opts: PasskeyOptions = {}): Promise<IdentityStatus> {
+    return identityStatus(this.live(), await this.module(opts.signal), nodeUrl, peerId, opts);
   }
 
   /** This page's did:key (the key behind its peer id), once connected. */

@@ -1,9 +1,12 @@
 /**
- * Passkeys at a node (native-relay/src/identity.rs, engine/identity/): the page's identity
- * (its did:key) links a passkey at its own signed request, and signs in with it later from
- * any browser to get that identity back, with its level and permissions. The browser's
- * `navigator.credentials` makes and uses the passkey; the node verifies every answer
- * (challenge, origin, RP ID, user verification, signature, counter).
+ * Progressive identity at a node (native-relay/src/identity.rs, engine/identity/): the
+ * page's identity (its did:key, level `anonymous`) links an email address (a token sent
+ * to it) or a passkey at its own signed request, and its level rises without its did:key
+ * changing, so what it owns stays its own. A passkey signs in later from any browser and
+ * brings the identity back; with the page's key linked as a device, that page then acts
+ * for the identity. The browser's `navigator.credentials` makes and uses the passkey; the
+ * node verifies every answer (challenge, origin, RP ID, user verification, signature,
+ * counter).
  */
 import { InvalidArgumentError, NetworkError, UnsupportedError } from './errors.js';
 import { postToNode } from './node-post.js';
@@ -20,13 +23,26 @@ export interface IdentityPermissions {
   portable: boolean;
 }
 
+export interface LinkStatementWire { link: string; signature: string }
+
 export interface PasskeyIdentity {
   /** The identity's did:key. */
   subject: string;
   level: IdentityLevel;
   permissions: IdentityPermissions;
   /** Registration: the node's signed link of the passkey to the identity (keep it). */
-  statement?: { link: string; signature: string };
+  statement?: LinkStatementWire;
+}
+
+/** What `identityStatus` reports. */
+export interface IdentityStatus {
+  subject: string;
+  level: IdentityLevel;
+  permissions: IdentityPermissions;
+  /** The node's signed links of this identity's credentials. */
+  links: LinkStatementWire[];
+  /** The upgrades this node offers from here. */
+  next: { kind: 'email' | 'passkey' | 'did'; level: IdentityLevel; permissions: IdentityPermissions }[];
 }
 
 export interface PasskeyOptions {
@@ -56,44 +72,92 @@ async function ask(nodeUrl: string | URL, path: string, body: unknown, opts: Pas
   return answer;
 }
 
+/** A request signed by the page's key for the node `peerId`. */
+function sign(node: WasmP2pNode, mod: WasmP2pModule, peerId: string, action: string, params: Record<string, unknown>): unknown {
+  if (typeof peerId !== 'string' || peerId === '') throw new InvalidArgumentError('peerId: the node\'s peer id is required');
+  try {
+    return node.signRequest(mod.didOfPeer(peerId), action, params);
+  } catch (e) {
+    throw fromWasmP2pError(e);
+  }
+}
+
 /** Makes a passkey for this page's identity and links it at the node `peerId`. */
 export async function registerPasskey(
   node: WasmP2pNode, mod: WasmP2pModule, nodeUrl: string | URL, peerId: string, opts: PasskeyOptions = {},
 ): Promise<PasskeyIdentity> {
-  if (typeof peerId !== 'string' || peerId === '') throw new InvalidArgumentError('peerId: the node\'s peer id is required');
+  const signed = sign(node, mod, peerId, 'link_passkey', {});
   const container = credentials();
-  let signed;
-  try {
-    signed = node.signRequest(mod.didOfPeer(peerId), 'passkey_register', {});
-  } catch (e) {
-    throw fromWasmP2pError(e);
-  }
-  const o = await ask(nodeUrl, '/api/v1/identity/passkey/register/options', signed, opts) as {
+  const o = await ask(nodeUrl, '/api/v1/identity/passkey/link/options', signed, opts) as {
     user: { id: string; name: string; displayName: string }; challenge: string;
   } & Record<string, unknown>;
   const publicKey = { ...o, challenge: fromB64url(o.challenge), user: { ...o.user, id: fromB64url(o.user.id) } };
   const cred = await container.create({ publicKey: publicKey as unknown as PublicKeyCredentialCreationOptions, signal: opts.signal }) as PublicKeyCredential | null;
   if (!cred) throw new NetworkError('no passkey was made');
   const r = cred.response as AuthenticatorAttestationResponse;
-  return await ask(nodeUrl, '/api/v1/identity/passkey/register', {
+  return await ask(nodeUrl, '/api/v1/identity/passkey/link', {
     id: cred.id,
     clientDataJSON: toB64url(r.clientDataJSON),
     attestationObject: toB64url(r.attestationObject),
   }, opts) as unknown as PasskeyIdentity;
 }
 
-/** Signs in at the node with a passkey: the identity it belongs to. */
-export async function loginPasskey(nodeUrl: string | URL, opts: PasskeyOptions = {}): Promise<PasskeyIdentity> {
+/** Signs in at the node with a passkey: the identity it belongs to. With `device` (this
+ *  page's signed `sign_in` request), the node links the page's key to that identity. */
+export async function loginPasskey(nodeUrl: string | URL, opts: PasskeyOptions = {}, device?: unknown): Promise<PasskeyIdentity> {
   const container = credentials();
-  const o = await ask(nodeUrl, '/api/v1/identity/passkey/login/options', {}, opts) as { challenge: string } & Record<string, unknown>;
+  const o = await ask(nodeUrl, '/api/v1/identity/passkey/signin/options', {}, opts) as { challenge: string } & Record<string, unknown>;
   const publicKey = { ...o, challenge: fromB64url(o.challenge) };
   const cred = await container.get({ publicKey: publicKey as unknown as PublicKeyCredentialRequestOptions, signal: opts.signal }) as PublicKeyCredential | null;
   if (!cred) throw new NetworkError('no passkey was used');
   const r = cred.response as AuthenticatorAssertionResponse;
-  return await ask(nodeUrl, '/api/v1/identity/passkey/login', {
+  return await ask(nodeUrl, '/api/v1/identity/passkey/signin', {
     id: cred.id,
     clientDataJSON: toB64url(r.clientDataJSON),
     authenticatorData: toB64url(r.authenticatorData),
     signature: toB64url(r.signature),
+    ...(device === undefined ? {} : { device }),
   }, opts) as unknown as PasskeyIdentity;
+}
+
+/** Signs the page's `sign_in` request for the node `peerId` (to link this page's key when
+ *  signing in). */
+export function signInRequest(node: WasmP2pNode, mod: WasmP2pModule, peerId: string): unknown {
+  return sign(node, mod, peerId, 'sign_in', {});
+}
+
+/** `email:` and the hex SHA-256 of the lowercased address: how a signed request names an
+ *  address without carrying it (the link statement keeps the request). */
+export async function emailCredential(address: string): Promise<string> {
+  const digest = await crypto.subtle.digest('SHA-256', new TextEncoder().encode(address.trim().toLowerCase()));
+  return `email:${Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('')}`;
+}
+
+/** Asks the node to send a verification token to `address`; `{ sentTo, expiresInS }`. */
+export async function linkEmail(
+  node: WasmP2pNode, mod: WasmP2pModule, nodeUrl: string | URL, peerId: string, address: string, opts: PasskeyOptions = {},
+): Promise<{ sentTo: string; expiresInS: number }> {
+  if (typeof address !== 'string' || !/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(address.trim())) {
+    throw new InvalidArgumentError('address: an email address such as ada@example.org');
+  }
+  const signed = sign(node, mod, peerId, 'link_email', { credential: await emailCredential(address) }) as Record<string, unknown>;
+  return await ask(nodeUrl, '/api/v1/identity/email/link/options', { ...signed, address: address.trim() }, opts) as unknown as {
+    sentTo: string; expiresInS: number;
+  };
+}
+
+/** Answers with the token from the mail: the identity, now at level `email`. */
+export async function confirmEmail(nodeUrl: string | URL, token: string, opts: PasskeyOptions = {}): Promise<PasskeyIdentity> {
+  if (typeof token !== 'string' || !/^[A-Za-z0-9_-]{43}$/.test(token.trim())) {
+    throw new InvalidArgumentError('token: the 43-character token from the mail');
+  }
+  return await ask(nodeUrl, '/api/v1/identity/email/link', { token: token.trim() }, opts) as unknown as PasskeyIdentity;
+}
+
+/** This page's identity at the node: level, permissions, links, the upgrades offered. */
+export async function identityStatus(
+  node: WasmP2pNode, mod: WasmP2pModule, nodeUrl: string | URL, peerId: string, opts: PasskeyOptions = {},
+): Promise<IdentityStatus> {
+  const signed = sign(node, mod, peerId, 'identity_status', {});
+  return await ask(nodeUrl, '/api/v1/identity/status', signed, opts) as unknown as IdentityStatus;
 }

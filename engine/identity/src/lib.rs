@@ -13,7 +13,13 @@
 //! did:key never changes, so what it owns (blobs, consent records, audit entries) stays
 //! its own. Data rights (export, erasure) never depend on the level.
 
+pub mod did;
+pub mod email;
+pub mod passkey;
+pub mod provider;
 pub mod webauthn;
+
+pub use provider::{Challenges, IdError, IdentityProvider, Intent, Proof, Registry};
 
 use serde::{Deserialize, Serialize};
 
@@ -75,7 +81,9 @@ pub struct Link {
     pub node: String,
     /// The identity.
     pub subject: String,
-    /// `passkey:<credential id>`, `email:<SHA-256 of the address>`, `did:key:…`.
+    /// `passkey:<credential id>`, `email:<SHA-256 of the address>`, `did:key:…` (a key
+    /// held outside the browser), `key:did:key:…` (another device's page key, linked when
+    /// it signed in: it acts for the subject, at the subject's level).
     pub credential: String,
     /// The level it gives.
     pub level: Level,

@@ -1,14 +1,17 @@
-// Passkeys against a real `kwaainet start` (native-relay/src/identity.rs), in headless
-// Chromium with a virtual authenticator (CDP WebAuthn domain): a page links a passkey to
-// its identity (anonymous → passkey, its did:key unchanged), another browser session
-// holding the synced passkey signs in and gets that identity back; a replayed request, a
-// page on an origin the node does not serve passkeys for, and a forged sign-in are refused.
+// Progressive identity against a real `kwaainet start` (native-relay/src/identity.rs), in
+// headless Chromium with a virtual authenticator (CDP WebAuthn domain): a page's identity
+// links an email address (the token read from the node's outbox) and then a passkey
+// (anonymous → email → passkey, its did:key unchanged); another browser session holding
+// the synced passkey signs in, gets that identity back and acts for it; a replayed
+// request, a page on an origin the node does not serve passkeys for, and a forged sign-in
+// are refused.
 //
 //   node --test engine/p2p/tests/browser/identity.test.mjs
 //
 // Needs what p2p.test.mjs needs. Loopback only (the page is at http://localhost, which
 // WebAuthn accepts as an RP ID); every wait is bounded.
-import { rmSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 
@@ -54,9 +57,39 @@ async function open(host = 'localhost') {
   return { page, cdp, authenticatorId };
 }
 
-test('a passkey links to a page identity and brings it back in another session', { timeout: 120_000 }, async () => {
+/** The mails in the node's outbox (its identity folder's `outbox/`). */
+function mails() {
+  const found = [];
+  const walk = (d) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(join(d, e.name));
+      else if (e.name.endsWith('.eml')) found.push(readFileSync(join(d, e.name), 'utf8'));
+    }
+  };
+  walk(join(dir, 'identity'));
+  return found;
+}
+
+test('a page identity rises from anonymous to email to passkey and a passkey brings it back in another session', { timeout: 120_000 }, async () => {
   const { peer_id: peerId } = await nodeState(node.url);
   const first = await open();
+  const before = await first.page.evaluate(async (peerId) => window.net.identityStatus(location.origin, peerId), peerId);
+  assert.equal(before.level, 'anonymous');
+  assert.equal(before.permissions.store, false);
+  assert.deepEqual(before.next.map((n) => n.kind), ['email', 'passkey', 'did']);
+
+  // The email step: the token reaches the outbox, the page answers with it.
+  const sent = await first.page.evaluate(async (peerId) => window.net.linkEmail(location.origin, peerId, 'Ada@Example.org'), peerId);
+  assert.equal(sent.sentTo, 'A…@Example.org');
+  const [mail] = mails();
+  assert.match(mail, /^To: Ada@Example.org\r$/m);
+  const token = mail.split('\r\n').map((l) => l.trim()).find((l) => /^[A-Za-z0-9_-]{43}$/.test(l));
+  const wrong = await first.page.evaluate(async () => window.net.confirmEmail(location.origin, 'A'.repeat(43)).then(() => 'accepted', (e) => `${e.name}:${e.status}`));
+  assert.equal(wrong, 'NetworkError:403');
+  const emailed = await first.page.evaluate(async (token) => window.net.confirmEmail(location.origin, token), token);
+  assert.equal(emailed.level, 'email');
+  assert.ok(!emailed.statement.link.includes('Example.org'), 'the link names no address');
+
   const registered = await first.page.evaluate(async (peerId) => {
     const id = await window.net.registerPasskey(location.origin, peerId);
     return { id, did: window.net.did };
@@ -68,37 +101,43 @@ test('a passkey links to a page identity and brings it back in another session',
   assert.equal(link.subject, registered.did);
   assert.equal(link.level, 'passkey');
   assert.match(link.credential, /^passkey:/);
-  assert.equal(JSON.parse(link.request).action, 'passkey_register', 'the link carries the identity\'s own signed request');
+  assert.equal(JSON.parse(link.request).action, 'link_passkey', 'the link carries the identity\'s own signed request');
 
   // Another session (a new page key), with the passkey synced to its authenticator.
   const { credentials } = await first.cdp.send('WebAuthn.getCredentials', { authenticatorId: first.authenticatorId });
   assert.equal(credentials.length, 1);
   const second = await open();
   await second.cdp.send('WebAuthn.addCredential', { authenticatorId: second.authenticatorId, credential: credentials[0] });
-  const back = await second.page.evaluate(async () => ({ id: await window.net.loginPasskey(location.origin), did: window.net.did }));
+  const back = await second.page.evaluate(async (peerId) => ({
+    id: await window.net.loginPasskey(location.origin, { peerId }),
+    did: window.net.did,
+    status: await window.net.identityStatus(location.origin, peerId),
+  }), peerId);
   assert.notEqual(back.did, registered.did, 'a new session key');
   assert.equal(back.id.subject, registered.did, 'the passkey brings the identity back');
   assert.equal(back.id.level, 'passkey');
+  assert.equal(back.status.subject, registered.did, 'the second page now acts for the identity');
+  assert.deepEqual(back.status.links.map((s) => JSON.parse(s.link).credential.split(':')[0]), ['email', 'passkey', 'key']);
 
   // Refusals: a replayed signed request, a sign-in whose signature was forged.
   const refused = await second.page.evaluate(async (peerId) => {
     const mod = await import('./p2p/kwaainet_wasm.js');
     const why = (p) => p.then(() => 'accepted', (e) => `${e.name}:${e.status ?? ''}`);
-    const signed = JSON.stringify(window.net.node.signRequest(mod.didOfPeer(peerId), 'passkey_register', {}));
+    const signed = JSON.stringify(window.net.node.signRequest(mod.didOfPeer(peerId), 'link_passkey', {}));
     const post = (path, body) => fetch(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body }).then((r) => r.status);
-    const once = await post('/api/v1/identity/passkey/register/options', signed);
-    const twice = await post('/api/v1/identity/passkey/register/options', signed);
+    const once = await post('/api/v1/identity/passkey/link/options', signed);
+    const twice = await post('/api/v1/identity/passkey/link/options', signed);
     // A real sign-in answer with its signature replaced.
-    const o = await (await fetch('/api/v1/identity/passkey/login/options', { method: 'POST', body: '{}' })).json();
+    const o = await (await fetch('/api/v1/identity/passkey/signin/options', { method: 'POST', body: '{}' })).json();
     const b64 = (s) => Uint8Array.from(atob(s.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - s.length % 4) % 4)), (c) => c.charCodeAt(0));
     const enc = (b) => btoa(String.fromCharCode(...new Uint8Array(b))).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
     const cred = await navigator.credentials.get({ publicKey: { ...o, challenge: b64(o.challenge) } });
     const sig = new Uint8Array(cred.response.signature);
     sig[sig.length - 2] ^= 1;
-    const forged = await post('/api/v1/identity/passkey/login', JSON.stringify({
+    const forged = await post('/api/v1/identity/passkey/signin', JSON.stringify({
       id: cred.id, clientDataJSON: enc(cred.response.clientDataJSON), authenticatorData: enc(cred.response.authenticatorData), signature: enc(sig),
     }));
-    return { once, twice, forged, unknown: await why(fetch('/api/v1/identity/passkey/login', { method: 'POST', body: '{"id":"x","clientDataJSON":"e30","authenticatorData":"","signature":""}' }).then((r) => { if (r.status !== 200) throw Object.assign(new Error('refused'), { status: r.status }); })) };
+    return { once, twice, forged, unknown: await why(fetch('/api/v1/identity/passkey/signin', { method: 'POST', body: '{"id":"x","clientDataJSON":"e30","authenticatorData":"","signature":""}' }).then((r) => { if (r.status !== 200) throw Object.assign(new Error('refused'), { status: r.status }); })) };
   }, peerId);
   assert.deepEqual(refused, { once: 200, twice: 409, forged: 403, unknown: 'Error:400' });
 
