@@ -15,6 +15,10 @@
 #   browser engine's build needs the two to match); cargo install, a few minutes, once;
 # - the npm devDependencies (TypeScript, esbuild, binaryen's wasm-opt, playwright-core) with `npm ci` when node_modules is
 #   missing or older than package-lock.json;
+# - the Solid pod for kwaainet-storage's SolidStore test (@solid/community-server, pinned in
+#   engine/storage/tests/solid-pod/), installed into $KWAAINET_CACHE/solid-pod (else
+#   ~/.cache/kwaainet/solid-pod) by `node scripts/solid-pod.mjs install`, not into the
+#   repository's node_modules (636 packages, 105 MB); skipped when its lock is unchanged;
 # - CARGO_TARGET_DIR defaults to ~/.cache/kwaainet/target: outside the clone, so a fresh
 #   clone on the same machine reuses earlier builds.
 
@@ -130,3 +134,4 @@ elif ! cmp -s package-lock.json "$stamp"; then
     npm ci --no-audit --no-fund --loglevel=error </dev/null
     cp package-lock.json "$stamp"
 fi
+node scripts/solid-pod.mjs install </dev/null

@@ -68,7 +68,7 @@ step_fetch-model() {
 }
 
 step_rust-tests() {
-    # Tests that need the model or a wgpu adapter fail here instead of skipping.
+    # Tests that need the model, a wgpu adapter or the Solid pod fail here instead of skipping.
     export KWAAINET_REQUIRE_MODEL=1
     if [ -z "${KWAAINET_MODEL:-}" ]; then # run without the fetch-model step
         step_fetch-model
@@ -80,6 +80,10 @@ step_rust-tests() {
     else
         echo "no lavapipe ($lvp): wgpu tests may skip"
     fi
+    # The Solid pod of kwaainet-storage's SolidStore test (the Community Solid Server, into
+    # the cache; a no-op once installed): the test fails instead of skipping without it.
+    node scripts/solid-pod.mjs install
+    export KWAAINET_REQUIRE_SOLID=1
     cargo test --workspace --release
     # A page's span server between native spans, and a page's swarm client (kwaainet-wasm's
     # `serve` feature).

@@ -44,7 +44,8 @@ pub enum Error {
     /// A signed statement (deletion request or receipt) that does not verify.
     #[error("bad signature: {0}")]
     Signature(String),
-    /// The network backend could not reach enough peers, or a peer failed.
+    /// The network backend could not reach enough peers, or a peer failed; a remote store
+    /// (a Solid pod) was unreachable, answered with an error or refused our credentials.
     #[error("network: {0}")]
     Network(String),
     /// The backend's own I/O.

@@ -9,6 +9,9 @@
 //!   and, with the `net` feature, `net::NetworkStore`: blobs on peers over
 //!   `/kwaainet/blob/1.0.0`, found through DHT provider records, with replicas and signed
 //!   deletion requests answered by signed receipts.
+//! - with the `solid` feature, natively, `solid::SolidStore`: blobs in a container of the
+//!   user's Solid pod over HTTP(S), signed in as a Solid client (Solid-OIDC client
+//!   credentials, DPoP-bound tokens).
 //! - [`Vault`]: the encryption layer over any backend. Each subject's data key is random and
 //!   wrapped by the user's key-encryption key, which is derived from their own Ed25519
 //!   identity key, so only they can read what is stored, the backends and peers hold
@@ -44,6 +47,11 @@ mod memory;
     not(all(target_arch = "wasm32", target_os = "unknown"))
 ))]
 pub mod net;
+#[cfg(all(
+    feature = "solid",
+    not(all(target_arch = "wasm32", target_os = "unknown"))
+))]
+pub mod solid;
 mod vault;
 
 pub use acl::{Access, Acl, MAX_DID, MAX_READERS, check_did};
