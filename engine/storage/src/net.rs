@@ -311,6 +311,7 @@ pub async fn serve(
     let slots = Arc::new(tokio::sync::Semaphore::new(config.max_streams));
     let key = Arc::new(key);
     let (sealed_only, per_peer) = (config.sealed_only, config.max_blobs_per_peer);
+    let seen = Arc::new(SeenDeletions::default());
     while let Some((peer, mut stream)) = incoming.next().await {
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             let busy = Response::Error {
@@ -327,6 +328,7 @@ pub async fn serve(
             continue;
         };
         let (node, key, local) = (node.clone(), Arc::clone(&key), Arc::clone(&local));
+        let seen = Arc::clone(&seen);
         tokio::spawn(async move {
             let _permit = permit;
             let answered = tokio::time::timeout(config.timeout, async {
@@ -336,6 +338,7 @@ pub async fn serve(
                             let limits = Holding {
                                 sealed_only,
                                 per_peer,
+                                seen,
                             };
                             answer(&node, &key, &*local, peer, req, body, limits).await
                         }
@@ -361,10 +364,41 @@ pub async fn serve(
 }
 
 /// What a holder accepts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Holding {
     sealed_only: bool,
     per_peer: usize,
+    seen: Arc<SeenDeletions>,
+}
+
+/// Deletion requests already carried out, kept while they are fresh: a request replayed
+/// within its window (to delete the same bytes stored again since) is refused.
+#[derive(Debug, Default)]
+struct SeenDeletions(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+/// Deletion requests remembered at most (beyond that, new ones are refused as busy until
+/// old ones expire: a flood cannot grow the holder's memory).
+const MAX_SEEN_DELETIONS: usize = 100_000;
+
+impl SeenDeletions {
+    /// Records `request`; `false` if it was seen.
+    fn first(&self, request: &DeleteRequest, now: u64) -> Result<bool> {
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.retain(|_, at| now.saturating_sub(*at) <= 2 * MAX_SKEW_MS);
+        if seen.contains_key(&request.signature) {
+            return Ok(false);
+        }
+        if seen.len() >= MAX_SEEN_DELETIONS {
+            return Err(Error::Network(
+                "too many deletions in progress: try again later".into(),
+            ));
+        }
+        seen.insert(request.signature.clone(), request.at_ms);
+        Ok(true)
+    }
 }
 
 async fn answer(
@@ -414,6 +448,13 @@ async fn answer(
         }
         Request::Delete { request } => {
             request.verify(now_ms())?;
+            if !holding.seen.first(&request, now_ms())? {
+                return Err(Error::Denied {
+                    who: request.owner.clone(),
+                    op: "replay a deletion request",
+                    cid: request.cid.to_string(),
+                });
+            }
             local.delete(&request.cid, &request.owner).await?;
             let _ = node
                 .provide(blob_key(&request.cid.to_string()), false)

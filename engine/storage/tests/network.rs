@@ -325,6 +325,23 @@ async fn hostile_requests_are_refused_and_lose_nothing() -> Result<()> {
         c.store.retrieve(&cid, &c.did()).await,
         Err(Error::NotFound(_))
     ));
+
+    // A deletion request C captured (any peer can carry one) is carried out once; replayed
+    // within its window, after A stored the same bytes again, it is refused.
+    let captured = DeleteRequest::sign(&a.key, cid, now_ms())?;
+    let del = serde_json::json!({"op": "delete", "request": captured});
+    b.local.store(data.clone(), &Acl::private(a.did())).await?;
+    assert_eq!(
+        kind(&raw(&c, b_peer, del.clone(), &[], None).await?),
+        "deleted"
+    );
+    b.local.store(data.clone(), &Acl::private(a.did())).await?;
+    assert_eq!(kind(&raw(&c, b_peer, del, &[], None).await?), "denied");
+    assert_eq!(
+        b.local.retrieve(&cid, &a.did()).await?,
+        data,
+        "the replay deleted nothing"
+    );
     for p in [&a, &b, &c] {
         p.stop().await;
     }
