@@ -9,6 +9,7 @@ mod bench;
 #[cfg(feature = "gpu")]
 mod burn_backend;
 mod consent;
+mod cors;
 mod data;
 mod data_cli;
 mod fetch;

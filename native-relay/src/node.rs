@@ -506,6 +506,7 @@ async fn run(
                 )?
                 .router()
             });
+        app = app.layer(axum::middleware::from_fn(crate::cors::signed_apis));
         if let Some((a, _)) = &api {
             app = app.merge(kwaainet_api::router(Arc::clone(a)));
         }

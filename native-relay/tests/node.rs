@@ -1619,6 +1619,24 @@ fn progressive_identity_upgrades_email_then_did_and_keeps_the_data_readable() ->
         Ok(body["level"].as_str().context("level")?.to_owned())
     };
 
+    // Any site's page may call these APIs (signed requests, no cookies): CORS, preflight.
+    let mut s = TcpStream::connect_timeout(&a.http, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "OPTIONS /api/v1/identity/email/link HTTP/1.1\r\nHost: x\r\nOrigin: https://example.org\r\n\
+         Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = String::new();
+    s.read_to_string(&mut head)?;
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 204"), "{head}");
+    assert!(head.contains("access-control-allow-origin: *"), "{head}");
+    assert!(
+        head.contains("access-control-allow-methods: get, post"),
+        "{head}"
+    );
+
     // Anonymous: may not store.
     assert_eq!(
         level(&a, signed(&visitor, "identity_status", json!({}))?)?,
