@@ -259,7 +259,6 @@
   // the page's key (the node logs them), and the Verify button checks the node's whole log
   // (its signed checkpoint, every entry, and that it only grew since the last check).
   let audited = false;
-  let kept = null;
   function sendConsent(d) {
     const line = document.getElementById('consent-record');
     if (!d || net.status !== 'connected') return;
@@ -277,44 +276,11 @@
       sendConsent(ai.consent.decision);
       ai.consent.onChange(sendConsent);
     }
-    document.getElementById('audit-verify').addEventListener('click', () => {
-      const state = document.getElementById('audit-state');
-      state.textContent = 'Checking…';
-      net.verifyAudit(location.origin, net.bootstrapPeer, kept ? { since: kept } : {}).then((v) => {
-        state.textContent = 'Verified: ' + v.checkpoint.size + ' entries under a checkpoint signed by the node' +
-          (v.consistentWith !== null ? ', and the log only grew since the last check (' + v.consistentWith + ')' : '') + '.';
-        kept = v.checkpoint;
-        document.getElementById('audit-entries').replaceChildren(...v.entries.slice(-10).map((e) => {
-          const li = document.createElement('li');
-          li.textContent = new Date(e.time_ms).toLocaleTimeString() + ' ' + e.op + ' ' + (e.purpose || '') + ' ' +
-            (e.decision || '') + (e.reason ? ' (' + e.reason + ')' : '');
-          return li;
-        }));
-      }, (e) => { state.textContent = 'Check failed: ' + e.message; });
-    });
-    // Data rights: what the node holds about this visitor (their consent records, their
-    // audit entries with proofs), verified here before it is shown; and erasure, answered
-    // by a receipt the node signs.
-    const dataState = document.getElementById('data-state');
-    const link = document.getElementById('data-download');
-    document.getElementById('data-export').addEventListener('click', () => {
-      dataState.textContent = 'Asking the node…';
-      net.exportData(location.origin, net.bootstrapPeer).then(({ bundle, verified }) => {
-        dataState.textContent = 'Your data, verified: ' + verified.consents.length + ' consent record(s), ' +
-          verified.entries.length + ' audit entries proven in the node\'s signed log, ' + verified.manifest.items.length + ' item(s).';
-        if (link.href) URL.revokeObjectURL(link.href);
-        link.href = URL.createObjectURL(new Blob([JSON.stringify(bundle)], { type: 'application/json' }));
-        link.hidden = false;
-      }, (e) => { dataState.textContent = 'Export failed: ' + e.message; });
-    });
-    document.getElementById('data-erase').addEventListener('click', () => {
-      dataState.textContent = 'Asking the node…';
-      net.eraseData(location.origin, net.bootstrapPeer).then(({ erasure }) => {
-        dataState.textContent = 'Erased, receipt signed by the node: ' + erasure.deleted.length + ' item(s) deleted' +
-          (erasure.audit_unlinked ? ', your audit entries unlinked from you' : '') + '.';
-        link.hidden = true;
-      }, (e) => { dataState.textContent = 'Erasure failed: ' + e.message; });
-    });
+    const $ = (id) => document.getElementById(id);
+    import('./rights-ui.mjs').then(({ bindAuditVerify, bindDataRights }) => {
+      bindAuditVerify(net, { button: $('audit-verify'), state: $('audit-state'), entries: $('audit-entries') });
+      bindDataRights(net, { exportButton: $('data-export'), eraseButton: $('data-erase'), state: $('data-state'), link: $('data-download') });
+    }, (e) => { $('audit-state').textContent = 'Could not load the audit controls: ' + e.message; });
   }
   net.on('peerConnected', (p) => { peers.add(p.peer); render(last); });
   net.on('peerDisconnected', (p) => { peers.delete(p.peer); render(last); });

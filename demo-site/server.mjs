@@ -11,6 +11,7 @@
 //                        `?max=storage:50` sets data-max-resources, `?cdn=cross-origin`
 //                        loads the bundle from http://localhost:<port>/ instead)
 //   /bench.html          the browser bench page (demo-site/bench.html)
+//   /privacy.html        the privacy page (demo-site/privacy.html; it needs a node's API)
 //   /favicon.ico         favicon.svg
 //   /cdn/v<version>/...  dist/cdn/v<version>/ (CORS-enabled, as a CDN would be)
 //   /models/model.gguf   the model, with Range support (206 / 416) and an ETag
@@ -24,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { fillTemplate } from './template.mjs';
 
 /** Modules of this folder the page imports (every other `.mjs` is server or test code). */
-export const PAGE_MODULES = Object.freeze(['/coverage.mjs']);
+export const PAGE_MODULES = Object.freeze(['/coverage.mjs', '/rights-ui.mjs', '/privacy.mjs']);
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -208,10 +209,11 @@ export async function startDemoServer(options = {}) {
       const path = inside(options.appDir, pathname === '/' ? 'index.html' : pathname.slice(1));
       return path ? sendFile(req, res, path) : notFound(res);
     }
-    if (pathname === '/' || pathname === '/index.html' || pathname === '/bench.html') {
+    const pages = { '/': 'index.html', '/index.html': 'index.html', '/bench.html': 'bench.html', '/privacy.html': 'privacy.html' };
+    if (Object.hasOwn(pages, pathname)) {
       let body;
       try {
-        body = page(pathname === '/bench.html' ? 'bench.html' : 'index.html', searchParams, server.address().port);
+        body = page(pages[pathname], searchParams, server.address().port);
       } catch (err) {
         // As the node answers: a page it cannot fill completely is an error, never sent.
         console.error(`demo page: ${err.message}`);

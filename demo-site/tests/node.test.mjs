@@ -7,6 +7,9 @@
 // response (the favicon included).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { freePort, launch, recordEvents, within } from './browser.mjs';
 import { avx2, root, skip } from './common.mjs';
@@ -14,12 +17,16 @@ import { avx2, root, skip } from './common.mjs';
 import { runBin as kwaainet } from '../../engine/p2p/tests/browser/support.mjs';
 
 /** Runs `npm start`'s script; resolves once its node answers /api/v1/state with browser addresses. */
-async function npmStart(t) {
+async function npmStart(t, outbox) {
   const http = await freePort();
   const child = spawn('bash', ['scripts/start.sh'], {
     cwd: root,
     // KWAAINET_PORT=0: every P2P listener on an ephemeral port (start.sh's knob).
-    env: { ...process.env, KWAAINET_HTTP: `127.0.0.1:${http}`, KWAAINET_PORT: '0', RUST_LOG: process.env.RUST_LOG ?? 'warn' },
+    env: {
+      ...process.env, KWAAINET_HTTP: `127.0.0.1:${http}`, KWAAINET_PORT: '0', RUST_LOG: process.env.RUST_LOG ?? 'warn',
+      // The node's email outbox, where the privacy page's token is read back.
+      KWAAINET_EMAIL_OUTBOX: outbox,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true, // its own process group: start.sh's children go with it
   });
@@ -52,7 +59,9 @@ async function npmStart(t) {
 
 test('npm start: its page downloads the model, asks consent, answers a chat and joins the network',
   { skip, timeout: 900_000 }, async (t) => {
-    const node = await npmStart(t);
+    const outbox = mkdtempSync(join(tmpdir(), 'kwaainet-outbox-'));
+    t.after(() => rmSync(outbox, { recursive: true, force: true }));
+    const node = await npmStart(t, outbox);
     const browser = await launch();
     t.after(() => browser.close());
     await recordEvents(browser.context);
@@ -180,8 +189,9 @@ test('npm start: its page downloads the model, asks consent, answers a chat and 
     }));
     assert.equal(picture.caption, `${report.model}: 0 servers, some blocks have no server`);
     assert.equal(picture.first, 'block 0: 0 online servers');
-
     assert.deepEqual(problems, [], 'the page logged errors or got failed responses');
+
+    await privacyPage(browser, node.url, outbox);
   });
 
 /** Opens the demo page the node serves as a visitor does; answers the consent dialog with
@@ -308,3 +318,86 @@ test('the demo: two visitors serve the two halves of the node\'s model from thei
     }
     assert.deepEqual(problems, [], 'the pages logged errors or got failed responses');
   });
+
+/** The privacy page, at http://localhost (the node's WebAuthn RP ID), as a visitor uses it:
+ *  the identity rises anonymous → email (the token read from the node's outbox) → passkey
+ *  (a virtual authenticator), survives a reload (the page keeps its key), records consent
+ *  per purpose, exports its data (verified in the page), checks the node's audit log, and
+ *  erases itself (back to anonymous). */
+async function privacyPage(browser, nodeUrl, outbox) {
+  const page = await browser.context.newPage();
+  const problems = [];
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console error: ${m.text()}`); });
+  const cdp = await browser.context.newCDPSession(page);
+  await cdp.send('WebAuthn.enable');
+  await cdp.send('WebAuthn.addVirtualAuthenticator', {
+    options: { protocol: 'ctap2', transport: 'internal', hasResidentKey: true, hasUserVerification: true, isUserVerified: true, automaticPresenceSimulation: true },
+  });
+  const url = nodeUrl.replace('127.0.0.1', 'localhost') + 'privacy.html';
+  const open = async () => {
+    const res = await page.goto(url, { waitUntil: 'load', timeout: 30_000 });
+    assert.equal(res.status(), 200);
+    assert.doesNotMatch(await res.text(), /\{\{/);
+    await page.waitForFunction(() => document.body.dataset.ready === 'true' || /^Not joined/.test(document.getElementById('network-status').textContent),
+      null, { timeout: 60_000, polling: 100 });
+    assert.match(await page.textContent('#network-status'), /^Joined the node /);
+  };
+  const text = (id) => page.textContent(`#${id}`);
+  const idState = async (click, pattern) => {
+    await page.evaluate(() => { document.getElementById('id-state').textContent = ''; });
+    await click();
+    await page.waitForFunction(() => /(\.|failed: .*)$/.test(document.getElementById('id-state').textContent), null, { timeout: 30_000, polling: 100 });
+    assert.match(await text('id-state'), pattern);
+  };
+  await open();
+  assert.equal(await text('id-level'), 'anonymous');
+  const did = await text('id-did');
+  assert.match(did, /^did:key:z6Mk/);
+
+  await page.fill('#email', 'ada@example.org');
+  await idState(() => page.click('#email-send'), /^A token was sent to a…@example\.org \(valid 15 minutes\)\.$/);
+  const mails = readdirSync(outbox).filter((f) => f.endsWith('.eml')).map((f) => readFileSync(join(outbox, f), 'utf8'));
+  assert.equal(mails.length, 1);
+  const token = mails[0].split('\r\n').find((l) => /^[A-Za-z0-9_-]{43}$/.test(l));
+  await page.fill('#token', token);
+  await idState(() => page.click('#token-confirm'), /^Email confirmed: your level is email\.$/);
+  assert.equal(await text('id-level'), 'email');
+  await idState(() => page.click('#passkey-add'), /^Passkey linked: your level is passkey\.$/);
+  assert.equal(await text('id-level'), 'passkey');
+  assert.match(await text('id-permissions'), /^contribute, store 256 MiB, sign in elsewhere$/);
+  assert.equal(await page.locator('#id-links li').count(), 2);
+
+  // A later visit: the same identity, at the same level.
+  await open();
+  assert.equal(await text('id-did'), did);
+  assert.equal(await text('id-level'), 'passkey');
+
+  // Consent per purpose, recorded and logged.
+  await page.check('#purpose-storage');
+  await page.uncheck('#purpose-analytics');
+  await page.uncheck('#purpose-compute');
+  await page.click('#consent-save');
+  await page.waitForFunction(() => /^(Recorded|The node did not)/.test(document.getElementById('consent-record').textContent), null, { timeout: 20_000 });
+  assert.match(await text('consent-record'), /^Recorded by the node \(3 entries\), signed as did:key:z6Mk.*: compute no, storage yes, analytics no\.$/);
+
+  // Export (verified here), the audit log, erasure.
+  const dataSays = async (button, pattern) => {
+    await page.evaluate(() => { document.getElementById('data-state').textContent = ''; });
+    await page.click(button);
+    await page.waitForFunction(() => /^(Your data|Erased|Export failed|Erasure failed)/.test(document.getElementById('data-state').textContent),
+      null, { timeout: 30_000, polling: 100 });
+    assert.match(await text('data-state'), pattern);
+  };
+  // Items: the consent record and the two link statements the identity owns.
+  await dataSays('#data-export', /^Your data, verified: 1 consent record\(s\), \d+ audit entries proven in the node's signed log, 3 item\(s\)\.$/);
+  await page.click('#audit-verify');
+  await page.waitForFunction(() => /^(Verified|Check failed)/.test(document.getElementById('audit-state').textContent), null, { timeout: 30_000 });
+  assert.match(await text('audit-state'), /^Verified: \d+ entries under a checkpoint signed by the node\.$/);
+  const logged = await page.evaluate(() => [...document.querySelectorAll('#audit-entries li')].map((li) => li.textContent));
+  assert.ok(logged.some((l) => / store identity allow \(passkey_link\)$/.test(l)), logged.join('\n'));
+  await dataSays('#data-erase', /^Erased, receipt signed by the node: 3 item\(s\) deleted, your audit entries unlinked from you\.$/);
+  await page.waitForFunction(() => document.getElementById('id-level').textContent === 'anonymous', null, { timeout: 10_000 });
+  assert.deepEqual(problems, [], 'the privacy page logged errors');
+  await page.close();
+}

@@ -6,6 +6,7 @@
 //! | `GET /api/v1/state` | [`NodeState`](crate::node::NodeState) as JSON, with `models`: the swarm's health per model ([`crate::health::ModelReport`]) |
 //! | `GET /metrics` | Prometheus / OpenMetrics text: libp2p (connections, kad queries, relay, identify, ping, bytes) and `kwaainet_*` |
 //! | `GET /` | `demo-site/index.html` with its placeholders filled in ([`template`]): the CDN path, the bundle's SRI hash, the model URL and SHA-256 |
+//! | `GET /privacy.html` | `demo-site/privacy.html`, filled in the same way |
 //! | `GET /cdn/...` | `dist/cdn/` (CORS-enabled, as a CDN would be) |
 //! | `GET /models/model.gguf` | the model file |
 //! | `GET /favicon.ico` | `demo-site/favicon.svg` |
@@ -87,7 +88,8 @@ pub fn router(node: NodeHandle, config: HttpConfig) -> Router {
         .route("/api/v1/state", get(api_state))
         .route("/metrics", get(metrics))
         .route("/", get(index))
-        .route("/index.html", get(index));
+        .route("/index.html", get(index))
+        .route("/privacy.html", get(privacy));
     if let Some(model) = &config.model {
         app = app.route_service(MODEL_PATH, ServeFile::new(&model.path));
     }
@@ -182,6 +184,15 @@ fn sri_of_bundle(dir: &Path) -> Option<String> {
 }
 
 async fn index(State(s): State<AppState>) -> Response {
+    templated(&s, "index.html").await
+}
+
+async fn privacy(State(s): State<AppState>) -> Response {
+    templated(&s, "privacy.html").await
+}
+
+/// A page of the demo site with its placeholders filled in.
+async fn templated(s: &AppState, name: &str) -> Response {
     let Some(site) = &s.config.site_dir else {
         return (
             StatusCode::OK,
@@ -189,7 +200,7 @@ async fn index(State(s): State<AppState>) -> Response {
         )
             .into_response();
     };
-    let page = match tokio::fs::read_to_string(site.join("index.html")).await {
+    let page = match tokio::fs::read_to_string(site.join(name)).await {
         Ok(p) => p,
         Err(_) => return StatusCode::NOT_FOUND.into_response(),
     };
@@ -216,7 +227,7 @@ async fn index(State(s): State<AppState>) -> Response {
                 ),
                 Some(_) => String::new(),
             };
-            let msg = format!("demo page {}: {e}{hint}", site.join("index.html").display());
+            let msg = format!("demo page {}: {e}{hint}", site.join(name).display());
             tracing::error!("{msg}");
             (StatusCode::SERVICE_UNAVAILABLE, format!("{msg}\n")).into_response()
         }
@@ -283,7 +294,7 @@ async fn cross_origin_isolation(req: Request, next: Next) -> Response {
 
 /// Modules of the demo site that are page assets (imported by the page); every other `.mjs`
 /// there is the dev server's or the tests' own code, not served.
-const PAGE_MODULES: &[&str] = &["/coverage.mjs"];
+const PAGE_MODULES: &[&str] = &["/coverage.mjs", "/rights-ui.mjs", "/privacy.mjs"];
 
 /// The demo's own dev server (`serve.mjs` and its helpers) and tests are not page assets.
 async fn hide_server_files(req: Request, next: Next) -> Response {
