@@ -33,6 +33,7 @@ import {
   confirmEmail, identityStatus, linkEmail, loginPasskey, registerPasskey, signInRequest,
   type IdentityStatus, type PasskeyIdentity, type PasskeyOptions,
 } from './passkey.js';
+import { openVault, type PageVault } from './vault.js';
 import { verifyAudit, verifyAuditEntry, type AuditCheckpoint, type AuditEntry, type AuditOptions, type AuditVerification } from './audit.js';
 import { guardWebRtcHandlers } from './webrtc-guard.js';
 
@@ -599,6 +600,16 @@ export class KwaaiNetwork {
    *  (storing sealed data at the node) unless it already stands higher. */
   async confirmEmail(nodeUrl: string | URL, token: string, opts: PasskeyOptions = {}): Promise<PasskeyIdentity> {
     return confirmEmail(nodeUrl, token, opts);
+  }
+
+  /**
+   * Opens this identity's vault `name` (default `default`) in the origin's IndexedDB: data
+   * sealed here by keys derived from the page's key, content addressed by the ciphertext's
+   * CID; `push`/`pull` keep and fetch copies at a node (level `email` or above there), which
+   * never sees the plaintext. Use `identity: 'persistent'` to keep it across visits.
+   */
+  async openVault(name = 'default', opts: { signal?: AbortSignal } = {}): Promise<PageVault> {
+    return openVault(this.live(), await this.module(opts.signal), name);
   }
 
   /** This page's identity at the node `peerId`: its level, permissions, the node's signed

@@ -55,8 +55,24 @@ export interface WasmPageIdentity {
   free(): void;
 }
 
+/** The page's vault (engine/wasm-p2p/src/vault.rs): sealed blobs in IndexedDB. */
+export interface WasmPageVault {
+  put(subject: string, data: Uint8Array): Promise<string>;
+  get(subject: string, cid: string): Promise<Uint8Array>;
+  sealed(cid: string): Promise<Uint8Array>;
+  open(subject: string, cid: string, sealed: Uint8Array): Uint8Array;
+  delete(cid: string): Promise<void>;
+  list(): Promise<string[]>;
+  forget(subject: string): Promise<boolean>;
+  owner(): string;
+  close(): void;
+  free(): void;
+}
+
 export interface WasmP2pNode {
   peerId(): string;
+  /** This identity's vault `name` in the origin's IndexedDB. */
+  openVault(name: string): Promise<WasmPageVault>;
   /** This page's did:key (engine/p2p/src/did.rs). */
   did(): string;
   /** A consent record signed with this page's key (engine/p2p/src/consent.rs). */

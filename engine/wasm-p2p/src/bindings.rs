@@ -318,6 +318,13 @@ impl WasmP2pNode {
             .map_err(|e| err(P2pCode::Internal, e))
     }
 
+    /// Opens this identity's vault `name` in the origin's IndexedDB: blobs sealed by keys
+    /// derived from the page's key (a persistent identity keeps them across visits).
+    #[wasm_bindgen(js_name = openVault)]
+    pub async fn open_vault(&self, name: String) -> Result<crate::vault::PageVault, JsValue> {
+        crate::vault::PageVault::open_for(&self.key, &name).await
+    }
+
     /// A request to the node `audience` (its did:key) to act on this page's data
     /// (`export`, `erase`, …) with `params`, signed with this page's key, timed now and with
     /// a fresh nonce: `{ request, signature }` for the node's `POST /api/v1/data`.

@@ -55,16 +55,37 @@ async fn open() -> Result<IdbDatabase, JsValue> {
         .map_err(|_| internal("IndexedDB open gave no database"))
 }
 
+/// The value kept under `key` in the identity database (the page key, vault keyrings).
+pub(crate) async fn kv_get(key: &str) -> Result<Option<Vec<u8>>, JsValue> {
+    let db = open().await?;
+    let store = db.transaction_with_str(KEYS)?.object_store(KEYS)?;
+    let found = done(&store.get(&key.into())?, "get")
+        .await
+        .map_err(internal);
+    db.close();
+    Ok(found?.dyn_into::<Uint8Array>().ok().map(|b| b.to_vec()))
+}
+
+/// Keeps `value` under `key` in the identity database.
+pub(crate) async fn kv_put(key: &str, value: &[u8]) -> Result<(), JsValue> {
+    let db = open().await?;
+    let store = db
+        .transaction_with_str_and_mode(KEYS, IdbTransactionMode::Readwrite)?
+        .object_store(KEYS)?;
+    let put = done(
+        &store.put_with_key(&Uint8Array::from(value), &key.into())?,
+        "put",
+    )
+    .await;
+    db.close();
+    put.map(|_| ()).map_err(internal)
+}
+
 #[wasm_bindgen]
 impl PageIdentity {
     /// The page's key from this origin's IndexedDB, created (and stored) on first use.
     pub async fn load() -> Result<PageIdentity, JsValue> {
-        let db = open().await?;
-        let store = db.transaction_with_str(KEYS)?.object_store(KEYS)?;
-        let found = done(&store.get(&PAGE.into())?, "get")
-            .await
-            .map_err(internal)?;
-        let stored = found.dyn_into::<Uint8Array>().ok().map(|b| b.to_vec());
+        let stored = kv_get(PAGE).await?;
         let out = match stored.map(|b| Keypair::from_protobuf_encoding(&b)) {
             Some(Ok(key)) if key.key_type() == kwaainet_p2p::libp2p::identity::KeyType::Ed25519 => {
                 PageIdentity {
@@ -73,7 +94,6 @@ impl PageIdentity {
                 }
             }
             Some(_) => {
-                db.close();
                 return Err(err(
                     P2pCode::Record,
                     "the stored page key is damaged: PageIdentity.forget() starts a new identity",
@@ -82,19 +102,10 @@ impl PageIdentity {
             None => {
                 let key = Keypair::generate_ed25519();
                 let bytes = key.to_protobuf_encoding().map_err(internal)?;
-                let store = db
-                    .transaction_with_str_and_mode(KEYS, IdbTransactionMode::Readwrite)?
-                    .object_store(KEYS)?;
-                done(
-                    &store.put_with_key(&Uint8Array::from(bytes.as_slice()), &PAGE.into())?,
-                    "put",
-                )
-                .await
-                .map_err(internal)?;
+                kv_put(PAGE, &bytes).await?;
                 PageIdentity { key, created: true }
             }
         };
-        db.close();
         Ok(out)
     }
 

@@ -23,6 +23,8 @@ pub mod rights;
 #[cfg(target_arch = "wasm32")]
 pub mod serve;
 #[cfg(target_arch = "wasm32")]
+pub mod vault;
+#[cfg(target_arch = "wasm32")]
 pub use bindings::*;
 
 /// What kind of failure a P2P module error is: its `code` in JavaScript

@@ -78,6 +78,14 @@ test('a page identity rises from anonymous to email to passkey and a passkey bri
   assert.equal(before.permissions.store, false);
   assert.deepEqual(before.next.map((n) => n.kind), ['email', 'passkey', 'did']);
 
+  // The page's vault: sealed here; an anonymous identity may not keep a copy at the node.
+  const anon = await first.page.evaluate(async (peerId) => {
+    window.vault = await window.net.openVault('notes');
+    window.cid = await window.vault.put('diary', 'dear diary: upgrades must not move me');
+    return window.vault.push(location.origin, peerId, window.cid).then(() => 'kept', (e) => `${e.name}:${e.status}`);
+  }, peerId);
+  assert.equal(anon, 'NetworkError:403');
+
   // The email step: the token reaches the outbox, the page answers with it.
   const sent = await first.page.evaluate(async (peerId) => window.net.linkEmail(location.origin, peerId, 'Ada@Example.org'), peerId);
   assert.equal(sent.sentTo, 'A…@Example.org');
@@ -89,6 +97,8 @@ test('a page identity rises from anonymous to email to passkey and a passkey bri
   const emailed = await first.page.evaluate(async (token) => window.net.confirmEmail(location.origin, token), token);
   assert.equal(emailed.level, 'email');
   assert.ok(!emailed.statement.link.includes('Example.org'), 'the link names no address');
+  // At level email the node keeps the sealed copy (ciphertext only).
+  await first.page.evaluate(async (peerId) => window.vault.push(location.origin, peerId, window.cid), peerId);
 
   const registered = await first.page.evaluate(async (peerId) => {
     const id = await window.net.registerPasskey(location.origin, peerId);
@@ -102,6 +112,10 @@ test('a page identity rises from anonymous to email to passkey and a passkey bri
   assert.equal(link.level, 'passkey');
   assert.match(link.credential, /^passkey:/);
   assert.equal(JSON.parse(link.request).action, 'link_passkey', 'the link carries the identity\'s own signed request');
+  // The upgrade moved nothing: the node's copy comes back and opens here.
+  const pulled = await first.page.evaluate(async (peerId) => new TextDecoder().decode(
+    await window.vault.pull(location.origin, peerId, 'diary', window.cid)), peerId);
+  assert.equal(pulled, 'dear diary: upgrades must not move me');
 
   // Another session (a new page key), with the passkey synced to its authenticator.
   const { credentials } = await first.cdp.send('WebAuthn.getCredentials', { authenticatorId: first.authenticatorId });
@@ -118,6 +132,21 @@ test('a page identity rises from anonymous to email to passkey and a passkey bri
   assert.equal(back.id.level, 'passkey');
   assert.equal(back.status.subject, registered.did, 'the second page now acts for the identity');
   assert.deepEqual(back.status.links.map((s) => JSON.parse(s.link).credential.split(':')[0]), ['email', 'passkey', 'key']);
+  // The second page acts for the identity (it may fetch the sealed copy), but the data key
+  // stays with the key that sealed it: the ciphertext does not open there.
+  const elsewhereRead = await second.page.evaluate(async ({ peerId, cid }) => {
+    const v = await window.net.openVault('notes');
+    return v.pull(location.origin, peerId, 'diary', cid).then(() => 'opened', (e) => `${e.name}:${e.reason}`);
+  }, { peerId, cid: await first.page.evaluate(() => window.cid) });
+  assert.equal(elsewhereRead, 'P2pError:record');
+  // Crypto-shredding: once the subject's key is forgotten, no copy opens, here or at the node.
+  const shredded = await first.page.evaluate(async (peerId) => {
+    await window.vault.forget('diary');
+    const local = await window.vault.get('diary', window.cid).then(() => 'opened', (e) => e.reason);
+    const remote = await window.vault.pull(location.origin, peerId, 'diary', window.cid).then(() => 'opened', (e) => e.reason);
+    return { local, remote };
+  }, peerId);
+  assert.deepEqual(shredded, { local: 'record', remote: 'record' });
 
   // Refusals: a replayed signed request, a sign-in whose signature was forged.
   const refused = await second.page.evaluate(async (peerId) => {
