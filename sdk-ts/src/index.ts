@@ -46,7 +46,7 @@ export {
 export type { AuditCheckpoint, AuditEntry, AuditOptions, AuditVerification } from './audit.js';
 export type { DataErasure, DataExport, DataRightsOptions, Erasure, ExportItem, VerifiedExport } from './data-rights.js';
 export type { PageVault, VaultCallOptions } from './vault.js';
-export type { IdentityLevel, IdentityPermissions, IdentityStatus, LinkStatementWire, PasskeyIdentity, PasskeyOptions } from './passkey.js';
+export type { DidSigner, IdentityLevel, IdentityPermissions, IdentityStatus, LinkStatementWire, PasskeyIdentity, PasskeyOptions } from './passkey.js';
 export type { ConsentPurpose, ConsentReceipt, SignedConsentRecord } from './consent-record.js';
 export type {
   ConsentGate, ServeSpanOptions, SpanContribution, SpanService, SpanServiceEvents, WithdrawReason,

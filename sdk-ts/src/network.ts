@@ -30,8 +30,8 @@ import { PageSwarm, type PageSwarmOptions } from './swarm.js';
 import { recordConsent, type ConsentPurpose, type ConsentReceipt } from './consent-record.js';
 import { eraseData, exportData, type DataErasure, type DataExport, type DataRightsOptions } from './data-rights.js';
 import {
-  confirmEmail, identityStatus, linkEmail, loginPasskey, registerPasskey, signInRequest,
-  type IdentityStatus, type PasskeyIdentity, type PasskeyOptions,
+  confirmEmail, identityStatus, linkDid, linkEmail, loginPasskey, registerPasskey, signInRequest, signInWithDid,
+  type DidSigner, type IdentityStatus, type PasskeyIdentity, type PasskeyOptions,
 } from './passkey.js';
 import { openVault, type PageVault } from './vault.js';
 import { verifyAudit, verifyAuditEntry, type AuditCheckpoint, type AuditEntry, type AuditOptions, type AuditVerification } from './audit.js';
@@ -610,6 +610,25 @@ export class KwaaiNetwork {
    */
   async openVault(name = 'default', opts: { signal?: AbortSignal } = {}): Promise<PageVault> {
     return openVault(this.live(), await this.module(opts.signal), name);
+  }
+
+  /**
+   * Links a key held outside the browser (`did`, an Ed25519 did:key; `sign` signs the
+   * node's challenge with it: a wallet, a hardware key) to this page's identity at the node
+   * `peerId`: level `did`, portable. The signed message names the node, the identity and the
+   * challenge, so it is worth nothing elsewhere.
+   */
+  async linkDid(nodeUrl: string | URL, peerId: string, did: string, sign: DidSigner, opts: PasskeyOptions = {}): Promise<PasskeyIdentity> {
+    return linkDid(this.live(), await this.module(opts.signal), nodeUrl, peerId, did, sign, opts);
+  }
+
+  /** Signs in with a key held outside the browser: the identity it was linked to. With
+   *  `opts.peerId`, this page's key is linked and acts for that identity at the node. */
+  async signInWithDid(nodeUrl: string | URL, did: string, sign: DidSigner, opts: PasskeyOptions & { peerId?: string } = {}): Promise<PasskeyIdentity> {
+    const device = opts.peerId === undefined
+      ? undefined
+      : signInRequest(this.live(), await this.module(opts.signal), opts.peerId);
+    return signInWithDid(nodeUrl, did, sign, opts, device);
   }
 
   /** This page's identity at the node `peerId`: its level, permissions, the node's signed

@@ -73,7 +73,7 @@ async function ask(nodeUrl: string | URL, path: string, body: unknown, opts: Pas
 }
 
 /** A request signed by the page's key for the node `peerId`. */
-function sign(node: WasmP2pNode, mod: WasmP2pModule, peerId: string, action: string, params: Record<string, unknown>): unknown {
+function sign_(node: WasmP2pNode, mod: WasmP2pModule, peerId: string, action: string, params: Record<string, unknown>): unknown {
   if (typeof peerId !== 'string' || peerId === '') throw new InvalidArgumentError('peerId: the node\'s peer id is required');
   try {
     return node.signRequest(mod.didOfPeer(peerId), action, params);
@@ -86,7 +86,7 @@ function sign(node: WasmP2pNode, mod: WasmP2pModule, peerId: string, action: str
 export async function registerPasskey(
   node: WasmP2pNode, mod: WasmP2pModule, nodeUrl: string | URL, peerId: string, opts: PasskeyOptions = {},
 ): Promise<PasskeyIdentity> {
-  const signed = sign(node, mod, peerId, 'link_passkey', {});
+  const signed = sign_(node, mod, peerId, 'link_passkey', {});
   const container = credentials();
   const o = await ask(nodeUrl, '/api/v1/identity/passkey/link/options', signed, opts) as {
     user: { id: string; name: string; displayName: string }; challenge: string;
@@ -123,7 +123,7 @@ export async function loginPasskey(nodeUrl: string | URL, opts: PasskeyOptions =
 /** Signs the page's `sign_in` request for the node `peerId` (to link this page's key when
  *  signing in). */
 export function signInRequest(node: WasmP2pNode, mod: WasmP2pModule, peerId: string): unknown {
-  return sign(node, mod, peerId, 'sign_in', {});
+  return sign_(node, mod, peerId, 'sign_in', {});
 }
 
 /** `email:` and the hex SHA-256 of the lowercased address: how a signed request names an
@@ -140,7 +140,7 @@ export async function linkEmail(
   if (typeof address !== 'string' || !/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(address.trim())) {
     throw new InvalidArgumentError('address: an email address such as ada@example.org');
   }
-  const signed = sign(node, mod, peerId, 'link_email', { credential: await emailCredential(address) }) as Record<string, unknown>;
+  const signed = sign_(node, mod, peerId, 'link_email', { credential: await emailCredential(address) }) as Record<string, unknown>;
   return await ask(nodeUrl, '/api/v1/identity/email/link/options', { ...signed, address: address.trim() }, opts) as unknown as {
     sentTo: string; expiresInS: number;
   };
@@ -158,6 +158,41 @@ export async function confirmEmail(nodeUrl: string | URL, token: string, opts: P
 export async function identityStatus(
   node: WasmP2pNode, mod: WasmP2pModule, nodeUrl: string | URL, peerId: string, opts: PasskeyOptions = {},
 ): Promise<IdentityStatus> {
-  const signed = sign(node, mod, peerId, 'identity_status', {});
+  const signed = sign_(node, mod, peerId, 'identity_status', {});
   return await ask(nodeUrl, '/api/v1/identity/status', signed, opts) as unknown as IdentityStatus;
+}
+
+/** Signs `message` (UTF-8) with the Ed25519 key a did:key names: a wallet, a hardware key,
+ *  the `kwaainet identity` key of the person's own node. Returns the 64-byte signature. */
+export type DidSigner = (message: string) => Promise<Uint8Array> | Uint8Array;
+
+function checkDid(did: string): void {
+  if (typeof did !== 'string' || !/^did:key:z6Mk[1-9A-HJ-NP-Za-km-z]{40,60}$/.test(did)) {
+    throw new InvalidArgumentError('did: an Ed25519 did:key (did:key:z6Mk…)');
+  }
+}
+
+async function answerDid(nodeUrl: string | URL, path: string, o: Record<string, unknown>, sign: DidSigner, opts: PasskeyOptions, extra: Record<string, unknown> = {}): Promise<PasskeyIdentity> {
+  const signature = await sign(String(o.message));
+  if (!(signature instanceof Uint8Array) || signature.length !== 64) throw new InvalidArgumentError('sign: must return a 64-byte Ed25519 signature');
+  return await ask(nodeUrl, path, { challenge: o.challenge, signature: toB64url(signature.buffer.slice(signature.byteOffset, signature.byteOffset + 64) as ArrayBuffer), ...extra }, opts) as unknown as PasskeyIdentity;
+}
+
+/** Links the key `did` (held outside the browser, signing through `sign`) to this page's
+ *  identity at the node: level `did`, portable. */
+export async function linkDid(
+  node: WasmP2pNode, mod: WasmP2pModule, nodeUrl: string | URL, peerId: string, did: string, sign: DidSigner, opts: PasskeyOptions = {},
+): Promise<PasskeyIdentity> {
+  checkDid(did);
+  const signed = sign_(node, mod, peerId, 'link_did', { did });
+  const o = await ask(nodeUrl, '/api/v1/identity/did/link/options', signed, opts);
+  return answerDid(nodeUrl, '/api/v1/identity/did/link', o, sign, opts);
+}
+
+/** Signs in with the key `did`: the identity it was linked to; with `device`, this page's
+ *  key is linked and acts for it. */
+export async function signInWithDid(nodeUrl: string | URL, did: string, sign: DidSigner, opts: PasskeyOptions = {}, device?: unknown): Promise<PasskeyIdentity> {
+  checkDid(did);
+  const o = await ask(nodeUrl, '/api/v1/identity/did/signin/options', { did }, opts);
+  return answerDid(nodeUrl, '/api/v1/identity/did/signin', o, sign, opts, device === undefined ? {} : { device });
 }

@@ -10,6 +10,7 @@
 //
 // Needs what p2p.test.mjs needs. Loopback only (the page is at http://localhost, which
 // WebAuthn accepts as an RP ID); every wait is bounded.
+import { generateKeyPairSync, sign as edSign } from 'node:crypto';
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -55,6 +56,19 @@ async function open(host = 'localhost') {
     await window.net.connect(await fetchBootstrapAddrs(location.origin));
   });
   return { page, cdp, authenticatorId };
+}
+
+/** An Ed25519 key held outside the browser (here, by the test): its did:key and a signer. */
+function outsideKey() {
+  const { publicKey, privateKey } = generateKeyPairSync('ed25519');
+  const raw = publicKey.export({ format: 'der', type: 'spki' }).subarray(-32);
+  const bytes = [0xed, 0x01, ...raw];
+  const alphabet = '123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz';
+  let n = BigInt('0x' + Buffer.from(bytes).toString('hex'));
+  let out = '';
+  while (n > 0n) { out = alphabet[Number(n % 58n)] + out; n /= 58n; }
+  for (const b of bytes) { if (b !== 0) break; out = '1' + out; }
+  return { did: `did:key:z${out}`, sign: (message) => [...edSign(null, Buffer.from(message, 'utf8'), privateKey)] };
 }
 
 /** The mails in the node's outbox (its identity folder's `outbox/`). */
@@ -148,6 +162,29 @@ test('a page identity rises from anonymous to email to passkey and a passkey bri
   }, peerId);
   assert.deepEqual(shredded, { local: 'record', remote: 'record' });
 
+  // A key held outside the browser raises the identity to `did`; a third session signs in
+  // with it and acts for the identity.
+  const outside = outsideKey();
+  for (const p of [first.page]) await p.exposeFunction('outsideSign', outside.sign);
+  const dided = await first.page.evaluate(async ({ peerId, did }) => window.net.linkDid(location.origin, peerId, did,
+    async (m) => Uint8Array.from(await window.outsideSign(m))), { peerId, did: outside.did });
+  assert.equal(dided.level, 'did');
+  assert.equal(dided.permissions.portable, true);
+  const third = await open();
+  await third.page.exposeFunction('outsideSign', outside.sign);
+  const viaDid = await third.page.evaluate(async ({ peerId, did }) => {
+    const id = await window.net.signInWithDid(location.origin, did, async (m) => Uint8Array.from(await window.outsideSign(m)), { peerId });
+    return { id, status: await window.net.identityStatus(location.origin, peerId) };
+  }, { peerId, did: outside.did });
+  assert.equal(viaDid.id.subject, registered.did);
+  assert.equal(viaDid.status.subject, registered.did);
+  assert.equal(viaDid.status.level, 'did');
+  const wrongKey = outsideKey();
+  await third.page.exposeFunction('strangerSign', wrongKey.sign);
+  const forgedDid = await third.page.evaluate(async (did) => window.net.signInWithDid(location.origin, did,
+    async (m) => Uint8Array.from(await window.strangerSign(m))).then(() => 'accepted', (e) => `${e.name}:${e.status}`), outside.did);
+  assert.equal(forgedDid, 'NetworkError:403');
+
   // Refusals: a replayed signed request, a sign-in whose signature was forged.
   const refused = await second.page.evaluate(async (peerId) => {
     const mod = await import('./p2p/kwaainet_wasm.js');
@@ -175,5 +212,5 @@ test('a page identity rises from anonymous to email to passkey and a passkey bri
   const why = await elsewhere.page.evaluate(async (peerId) => window.net.registerPasskey(location.origin, peerId)
     .then(() => 'registered', (e) => e.name), peerId);
   assert.notEqual(why, 'registered');
-  for (const p of [first.page, second.page, elsewhere.page]) await p.close();
+  for (const p of [first.page, second.page, third.page, elsewhere.page]) await p.close();
 });
