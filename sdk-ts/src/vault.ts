@@ -72,6 +72,20 @@ export class PageVault {
     return wrap(() => this.inner.forget(subject));
   }
 
+  /** `subject`'s data key sealed for the identity `readerDid` (another person, or this
+   *  identity's other device, whose page key is its did:key): give it to the reader, who
+   *  passes it to `accept`. It opens nothing for anyone else. Forgetting the subject here
+   *  later does not take the reader's copy back. */
+  share(subject: string, readerDid: string): Promise<string> {
+    return wrap(() => this.inner.share(subject, readerDid));
+  }
+
+  /** Takes a key shared with this identity (`share`'s result): the subject it opens. */
+  accept(shared: string): Promise<string> {
+    if (typeof shared !== 'string') throw new InvalidArgumentError('shared: the JSON text share() returned');
+    return wrap(() => this.inner.accept(shared));
+  }
+
   /** Keeps a copy of `cid`'s ciphertext at the node `peerId` (HTTP side `nodeUrl`). */
   async push(nodeUrl: string | URL, peerId: string, cid: string, opts: VaultCallOptions = {}): Promise<void> {
     const sealed = await wrap(() => this.inner.sealed(cid));

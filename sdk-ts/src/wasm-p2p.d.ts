@@ -64,6 +64,8 @@ export interface WasmPageVault {
   delete(cid: string): Promise<void>;
   list(): Promise<string[]>;
   forget(subject: string): Promise<boolean>;
+  share(subject: string, reader: string): string;
+  accept(shared: string): Promise<string>;
   owner(): string;
   close(): void;
   free(): void;

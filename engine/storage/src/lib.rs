@@ -60,7 +60,7 @@ pub use error::{Error, Result};
 #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 pub use file::FileStore;
 pub use memory::MemoryStore;
-pub use vault::{Keyring, UserKey, Vault};
+pub use vault::{Keyring, SharedKey, UserKey, Vault};
 
 use serde::{Deserialize, Serialize};
 

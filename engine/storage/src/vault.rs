@@ -139,6 +139,135 @@ impl Keyring {
     }
 }
 
+/// A subject's data key sealed for one reader: what the owner hands a reader (another
+/// person, or the owner's own other device) so that they can open that subject's blobs. It
+/// holds nothing secret for anyone else, so it may travel by any channel.
+///
+/// X25519 between a fresh ephemeral key and the reader's Ed25519 key in Montgomery form
+/// (the standard birational map); HKDF-SHA256 over the shared secret, bound to both public
+/// keys and the subject; XChaCha20-Poly1305 around the data key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedKey {
+    /// Format version (1).
+    pub v: u8,
+    /// The subject whose key this is.
+    pub subject: String,
+    /// The reader's Ed25519 public key, base64.
+    pub to: String,
+    /// The ephemeral X25519 public key, base64.
+    pub ephemeral: String,
+    /// nonce ‖ sealed data key ‖ tag, base64.
+    pub key: String,
+}
+
+fn share_cipher(
+    shared: &[u8; 32],
+    ephemeral: &[u8; 32],
+    reader: &[u8; 32],
+    subject: &str,
+) -> Result<XChaCha20Poly1305> {
+    if shared.iter().all(|b| *b == 0) {
+        return Err(Error::Invalid(
+            "the reader's key is a low-order point".into(),
+        ));
+    }
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"kwaainet/storage/share/v1"), shared);
+    let mut out = Zeroizing::new([0u8; 32]);
+    let info = [ephemeral.as_slice(), reader, subject.as_bytes()].concat();
+    hk.expand(&info, out.as_mut())
+        .map_err(|_| Error::Invalid("HKDF length".into()))?;
+    Ok(XChaCha20Poly1305::new(out.as_ref().into()))
+}
+
+fn b64_32(s: &str, what: &str) -> Result<[u8; 32]> {
+    B64.decode(s)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| Error::Invalid(format!("shared key: {what} is not 32 bytes of base64")))
+}
+
+impl Keyring {
+    /// `subject`'s data key sealed for the reader whose Ed25519 public key is `reader`.
+    pub fn share(&self, user: &UserKey, subject: &str, reader: &[u8; 32]) -> Result<SharedKey> {
+        check_subject(subject)?;
+        let key = self.data_key(user, subject, false)?;
+        let reader_x = ed25519_dalek::VerifyingKey::from_bytes(reader)
+            .map_err(|_| Error::Invalid("the reader's key is not an Ed25519 point".into()))?
+            .to_montgomery();
+        let mut secret = Zeroizing::new([0u8; 32]);
+        random(secret.as_mut())?;
+        let ephemeral = curve25519_dalek::MontgomeryPoint::mul_base_clamped(*secret).to_bytes();
+        let shared = Zeroizing::new(reader_x.mul_clamped(*secret).to_bytes());
+        let cipher = share_cipher(&shared, &ephemeral, reader_x.as_bytes(), subject)?;
+        Ok(SharedKey {
+            v: 1,
+            subject: subject.to_owned(),
+            to: B64.encode(reader),
+            ephemeral: B64.encode(ephemeral),
+            key: B64.encode(seal_with(&cipher, key.as_ref(), &wrap_aad(subject))?),
+        })
+    }
+
+    /// Takes a key shared with the holder of the Ed25519 seed `seed` into this keyring,
+    /// wrapped by `user`. Refused when it is not for this key, does not open, or this
+    /// keyring already holds another key for that subject (which would lose its data).
+    pub fn accept(&self, user: &UserKey, seed: &[u8; 32], shared: &SharedKey) -> Result<()> {
+        check_subject(&shared.subject)?;
+        if shared.v != 1 {
+            return Err(Error::Invalid(format!("shared key version {}", shared.v)));
+        }
+        let me = ed25519_dalek::SigningKey::from_bytes(seed);
+        if b64_32(&shared.to, "to")? != me.verifying_key().to_bytes() {
+            return Err(Error::Denied {
+                who: "this identity".into(),
+                op: "accept a key shared with another identity: subject",
+                cid: shared.subject.clone(),
+            });
+        }
+        let ephemeral = curve25519_dalek::MontgomeryPoint(b64_32(&shared.ephemeral, "ephemeral")?);
+        let scalar = Zeroizing::new(me.to_scalar_bytes());
+        let shared_secret = Zeroizing::new(ephemeral.mul_clamped(*scalar).to_bytes());
+        let mine = me.verifying_key().to_montgomery();
+        let cipher = share_cipher(
+            &shared_secret,
+            ephemeral.as_bytes(),
+            mine.as_bytes(),
+            &shared.subject,
+        )?;
+        let raw = B64
+            .decode(&shared.key)
+            .map_err(|_| Error::Invalid("shared key: key is not base64".into()))?;
+        let plain = Zeroizing::new(
+            open_with(&cipher, &raw, &wrap_aad(&shared.subject))
+                .map_err(|_| Error::Tampered(format!("the key shared for {:?}", shared.subject)))?,
+        );
+        let key: [u8; 32] = plain
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::Tampered(format!("the key shared for {:?}", shared.subject)))?;
+        match self.data_key(user, &shared.subject, false) {
+            Ok(held) if *held == key => return Ok(()),
+            Ok(_) => {
+                return Err(Error::Invalid(format!(
+                    "this keyring already holds another key for {:?}: forget it first",
+                    shared.subject
+                )));
+            }
+            Err(Error::NoKey(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let sealed = seal_with(&user.cipher(), &key, &wrap_aad(&shared.subject))?;
+        self.lock().insert(
+            shared.subject.clone(),
+            Wrapped {
+                key: B64.encode(sealed),
+            },
+        );
+        Ok(())
+    }
+}
+
 fn wrap_aad(subject: &str) -> Vec<u8> {
     [b"kwaainet/storage/dek\0".as_slice(), subject.as_bytes()].concat()
 }
@@ -273,6 +402,16 @@ impl<S: StorageProvider> Vault<S> {
         })
     }
 
+    /// `subject`'s data key sealed for the reader with Ed25519 public key `reader`.
+    pub fn share(&self, subject: &str, reader: &[u8; 32]) -> Result<SharedKey> {
+        self.keyring.share(&self.key, subject, reader)
+    }
+
+    /// Takes a key shared with the holder of `seed` (this vault's identity seed).
+    pub fn accept(&self, seed: &[u8; 32], shared: &SharedKey) -> Result<()> {
+        self.keyring.accept(&self.key, seed, shared)
+    }
+
     /// Deletes `cid` from the backend (and, for the network backend, from its peers).
     pub async fn delete(&self, cid: &Cid) -> Result<Deleted> {
         self.store.delete(cid, &self.owner).await
@@ -291,6 +430,95 @@ mod tests {
             .build()
             .unwrap_or_else(|e| panic!("runtime: {e}"))
             .block_on(f)
+    }
+
+    #[test]
+    fn a_shared_key_opens_the_subject_for_its_reader_only() -> Result<()> {
+        block_on(async {
+            let owner = Vault::new(MemoryStore::default(), UserKey::derive(&[1; 32]), OWNER);
+            let cid = owner
+                .put("notes", b"shared notes", Acl::private(OWNER))
+                .await?;
+            let sealed = owner.store().retrieve(&cid, OWNER).await?;
+            let reader_seed = [9u8; 32];
+            let reader_pub = ed25519_dalek::SigningKey::from_bytes(&reader_seed)
+                .verifying_key()
+                .to_bytes();
+            let shared = owner.share("notes", &reader_pub)?;
+            let reader = Vault::new(
+                MemoryStore::default(),
+                UserKey::derive(&reader_seed),
+                "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
+            );
+            assert!(matches!(
+                reader.open("notes", &cid, &sealed),
+                Err(Error::NoKey(_))
+            ));
+            reader.accept(&reader_seed, &shared)?;
+            assert_eq!(reader.open("notes", &cid, &sealed)?, b"shared notes");
+            // Accepting again is a no-op; the keyring survives a save and reload.
+            reader.accept(&reader_seed, &shared)?;
+            let again = Vault::with_keyring(
+                MemoryStore::default(),
+                UserKey::derive(&reader_seed),
+                Keyring::from_json(&reader.keyring().to_json())?,
+                "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
+            );
+            assert_eq!(again.open("notes", &cid, &sealed)?, b"shared notes");
+            // Another key cannot accept it; a bent key does not open; no other subject.
+            let stranger = Vault::new(
+                MemoryStore::default(),
+                UserKey::derive(&[5; 32]),
+                "did:key:s",
+            );
+            assert!(matches!(
+                stranger.accept(&[5; 32], &shared),
+                Err(Error::Denied { .. })
+            ));
+            let mut bent = shared.clone();
+            let mut raw = B64.decode(&bent.key).unwrap_or_default();
+            raw[30] ^= 1;
+            bent.key = B64.encode(raw);
+            let fresh = Vault::new(
+                MemoryStore::default(),
+                UserKey::derive(&reader_seed),
+                "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
+            );
+            assert!(matches!(
+                fresh.accept(&reader_seed, &bent),
+                Err(Error::Tampered(_))
+            ));
+            let mut moved = shared.clone();
+            moved.subject = "other".into();
+            assert!(matches!(
+                fresh.accept(&reader_seed, &moved),
+                Err(Error::Tampered(_))
+            ));
+            assert!(matches!(
+                owner.share("nobody", &reader_pub),
+                Err(Error::NoKey(_))
+            ));
+            // A reader holding another key for the subject is not overwritten.
+            let busy = Vault::new(
+                MemoryStore::default(),
+                UserKey::derive(&reader_seed),
+                "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
+            );
+            busy.put(
+                "notes",
+                b"mine",
+                Acl::private("did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK"),
+            )
+            .await?;
+            assert!(matches!(
+                busy.accept(&reader_seed, &shared),
+                Err(Error::Invalid(_))
+            ));
+            // Forgetting the owner's key does not take the reader's copy (shredding is per holder).
+            owner.keyring().forget("notes");
+            assert_eq!(reader.open("notes", &cid, &sealed)?, b"shared notes");
+            Ok(())
+        })
     }
 
     #[test]

@@ -26,6 +26,8 @@ const MAX_BLOB: usize = 16 << 20;
 #[derive(Debug)]
 pub struct PageVault {
     vault: Vault<IdbStore>,
+    /// The identity key (for accepting keys shared with it).
+    key: Keypair,
     /// Where the keyring is kept.
     slot: String,
 }
@@ -35,7 +37,9 @@ fn fail(e: kwaainet_storage::Error) -> JsValue {
         kwaainet_storage::Error::BadCid(_)
         | kwaainet_storage::Error::Invalid(_)
         | kwaainet_storage::Error::TooLarge { .. } => P2pCode::InvalidArgument,
-        kwaainet_storage::Error::Tampered(_) | kwaainet_storage::Error::NoKey(_) => P2pCode::Record,
+        kwaainet_storage::Error::Tampered(_)
+        | kwaainet_storage::Error::NoKey(_)
+        | kwaainet_storage::Error::Denied { .. } => P2pCode::Record,
         _ => P2pCode::Internal,
     };
     err(code, e)
@@ -88,6 +92,7 @@ impl PageVault {
         };
         Ok(PageVault {
             vault: Vault::with_keyring(store, UserKey::derive(&seed), keyring, owner),
+            key: key.clone(),
             slot,
         })
     }
@@ -173,6 +178,41 @@ impl PageVault {
         let had = self.vault.keyring().forget(&subject);
         self.save_keyring().await?;
         Ok(had)
+    }
+
+    /// `subject`'s data key sealed for the identity `reader` (a did:key): JSON the reader
+    /// passes to `accept`. It opens nothing for anyone else.
+    pub fn share(&self, subject: String, reader: String) -> Result<String, JsValue> {
+        let key = kwaainet_p2p::did::to_ed25519(&reader)
+            .map_err(|e| err(P2pCode::InvalidArgument, format!("reader: {e}")))?;
+        let shared = self.vault.share(&subject, &key.to_bytes()).map_err(fail)?;
+        serde_json::to_string(&shared).map_err(|e| err(P2pCode::Internal, e))
+    }
+
+    /// Takes a key shared with this identity (`share`'s JSON) into the keyring.
+    pub async fn accept(&self, shared: String) -> Result<String, JsValue> {
+        if shared.len() > 4096 {
+            return Err(err(
+                P2pCode::InvalidArgument,
+                "a shared key is at most 4 KiB",
+            ));
+        }
+        let shared: kwaainet_storage::SharedKey = serde_json::from_str(&shared)
+            .map_err(|e| err(P2pCode::InvalidArgument, format!("shared key: {e}")))?;
+        let ed = self
+            .key
+            .clone()
+            .try_into_ed25519()
+            .map_err(|_| err(P2pCode::Internal, "the page key is not Ed25519"))?;
+        let seed: zeroize::Zeroizing<[u8; 32]> = zeroize::Zeroizing::new(
+            ed.secret()
+                .as_ref()
+                .try_into()
+                .map_err(|_| err(P2pCode::Internal, "an Ed25519 secret is 32 bytes"))?,
+        );
+        self.vault.accept(&seed, &shared).map_err(fail)?;
+        self.save_keyring().await?;
+        Ok(shared.subject)
     }
 
     /// The vault's owner (the page identity's did:key).

@@ -153,6 +153,20 @@ test('a page identity rises from anonymous to email to passkey and a passkey bri
     return v.pull(location.origin, peerId, 'diary', cid).then(() => 'opened', (e) => `${e.name}:${e.reason}`);
   }, { peerId, cid: await first.page.evaluate(() => window.cid) });
   assert.equal(elsewhereRead, 'P2pError:record');
+  // Until the first page shares the subject's key with the second page's key.
+  const shared = await first.page.evaluate(async (reader) => window.vault.share('diary', reader), back.did);
+  const afterShare = await second.page.evaluate(async ({ peerId, cid, shared }) => {
+    const v = await window.net.openVault('notes');
+    const subject = await v.accept(shared);
+    return { subject, text: new TextDecoder().decode(await v.pull(location.origin, peerId, 'diary', cid)) };
+  }, { peerId, cid: await first.page.evaluate(() => window.cid), shared });
+  assert.deepEqual(afterShare, { subject: 'diary', text: 'dear diary: upgrades must not move me' });
+  // A key shared with another identity is refused.
+  const notForMe = await first.page.evaluate(async (shared) => {
+    const other = await window.net.openVault('other');
+    return other.accept(shared).then(() => 'accepted', (e) => `${e.name}:${e.reason}`);
+  }, shared);
+  assert.equal(notForMe, 'P2pError:record');
   // Crypto-shredding: once the subject's key is forgotten, no copy opens, here or at the node.
   const shredded = await first.page.evaluate(async (peerId) => {
     await window.vault.forget('diary');
