@@ -13,10 +13,11 @@
 //
 // The server has no host option (it listens on every interface), so it listens on a Unix
 // socket in the temporary folder and this script forwards localhost:<free port> (127.0.0.1
-// and ::1) to it: the pod is reachable from this machine only. Everything else (the
-// server's log included, at $KWAAINET_SOLID_LOG, default `warn`) goes to stderr.
+// and ::1) to it: the pod is reachable from this machine only. The server's log goes to a
+// file in that folder, shown on stderr when it fails (live with KWAAINET_SOLID_LOG=<level>);
+// this script's own messages go to stderr.
 import { spawn, spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -156,11 +157,24 @@ async function start() {
   const socket = join(dir, 'css.sock');
   const proxies = await forward(socket);
   const url = `http://localhost:${proxies[0].address().port}/`;
+  // The server's log goes to a file (its file backend logs harmless errors on every
+  // deletion), shown when something fails; KWAAINET_SOLID_LOG=<level> shows it live.
+  const logFile = join(dir, 'css.log');
+  const live = process.env.KWAAINET_SOLID_LOG !== undefined;
+  const out = live ? 2 : openSync(logFile, 'a');
   const child = spawn(
     process.execPath,
     [server, '-c', '@css:config/file.json', '-f', join(dir, 'data'), '--socket', socket, '-b', url, '-l', process.env.KWAAINET_SOLID_LOG ?? 'warn'],
-    { stdio: ['ignore', 2, 'inherit'] },
+    { stdio: ['ignore', out, out] },
   );
+  const showLog = () => {
+    if (live) return;
+    try {
+      process.stderr.write(readFileSync(logFile, 'utf8').slice(-8_000));
+    } catch {
+      // no log yet
+    }
+  };
   let stopping = false;
   const stop = (code) => {
     if (stopping) return;
@@ -183,6 +197,7 @@ async function start() {
   process.stdin.on('end', () => stop(0)).on('close', () => stop(0)).resume();
   child.on('exit', (code) => {
     if (!stopping) {
+      showLog();
       log(`the server exited (${code})`);
       stop(1);
     }
@@ -193,6 +208,7 @@ async function start() {
     process.stdout.write(`${JSON.stringify(info)}\n`);
     log(`pod ${info.pod} ready`);
   } catch (e) {
+    showLog();
     log(e.message);
     stop(1);
   }

@@ -113,6 +113,14 @@ pub struct Settings {
     pub regions: kwaainet_p2p::region::AllowedRegions,
 }
 
+impl Settings {
+    /// The batch engine's worker threads.
+    pub fn engine_threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
 /// Defaults: 16 slots of up to 2,048 tokens, a queue of 64 waiting a minute at most,
 /// 1 GiB of KV cache, 32 prompt rows per step.
 pub fn settings(args: &ApiArgs, file: FileApi, http: SocketAddr) -> anyhow::Result<Settings> {
@@ -180,6 +188,7 @@ pub fn build(
     s: &Settings,
     model: Option<(&Path, &str)>,
     audit: Option<kwaainet_api::AuditHook>,
+    jobs: Option<kwaainet_api::JobHook>,
     swarm: impl FnOnce(Arc<kwaainet_core::Llama>, String) -> Arc<dyn kwaainet_api::SessionSource>,
 ) -> anyhow::Result<Option<(Arc<Api>, Arc<prometheus_client::registry::Registry>)>> {
     let Some((path, sha256)) = model else {
@@ -284,6 +293,7 @@ pub fn build(
         max_body: s.max_body,
         cors_origins: s.cors.clone(),
         audit,
+        jobs,
         ..ApiConfig::default()
     };
     Ok(Some((

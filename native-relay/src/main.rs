@@ -13,6 +13,7 @@ mod cors;
 mod data;
 mod data_cli;
 mod fetch;
+mod footprint;
 mod generate;
 mod identity;
 mod model;

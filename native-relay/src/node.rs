@@ -84,6 +84,11 @@ pub struct StartArgs {
     /// or EEA. Never more precise: requests that allow only some regions route by it.
     #[arg(long, env = "KWAAINET_REGION")]
     pub region: Option<String>,
+    /// The share of this node's electricity from its own renewable supply (solar panels,
+    /// a plant of its own), in percent, as the operator declares it: it lowers the carbon
+    /// intensity the node's footprint uses, and its figures then say `declared`.
+    #[arg(long = "onsite-renewable", env = "KWAAINET_ONSITE_RENEWABLE", value_parser = clap::value_parser!(u16).range(0..=100))]
+    pub onsite_renewable: Option<u16>,
     /// Compliance profiles to enforce, comma-separated: gdpr, ccpa, hipaa (replaces the
     /// config file's `[policy] profiles`). Regions, encryption of held data and retention
     /// follow; see /api/v1/compliance.
@@ -196,6 +201,8 @@ struct Settings {
     /// The WebAuthn RP ID and origins (empty: `http://localhost:<http port>`).
     webauthn: (String, Vec<String>),
     email_outbox: Option<std::path::PathBuf>,
+    /// Declared on-site renewable supply, per mille.
+    onsite_permille: u16,
 }
 
 fn parse_reservations(s: &str) -> Result<RelayReservations, String> {
@@ -307,6 +314,7 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
                 model,
                 watch_models,
                 registries: Vec::new(),
+                state_extras: Vec::new(),
             },
         ))
     } else {
@@ -326,6 +334,7 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
             args.webauthn_origins.clone(),
         ),
         email_outbox: args.email_outbox.clone(),
+        onsite_permille: args.onsite_renewable.unwrap_or(0) * 10,
     })
 }
 
@@ -449,13 +458,30 @@ async fn run(
             .with_context(|| format!("binding HTTP on {addr}"))?;
         let bound = listener.local_addr()?;
         http_url = Some(format!("http://{bound}/"));
+        let footprint = crate::footprint::NodeFootprint::open(
+            &crate::footprint::dir_of(&data_dir, &node.peer_id()),
+            roles.region.as_deref(),
+            s.onsite_permille,
+            u32::try_from(s.api.as_ref().map_or(1, |a| a.engine_threads())).unwrap_or(u32::MAX),
+            cfg.model
+                .as_ref()
+                .and_then(|m| std::fs::metadata(&m.path).ok())
+                .map_or(0, |m| m.len()),
+        )?;
+        cfg.registries.push(footprint.registry());
+        cfg.state_extras
+            .push(kwaainet_p2p::http::StateExtra::new("footprint", {
+                let footprint = Arc::clone(&footprint);
+                move || footprint.report()
+            }));
         if let Some(settings) = &s.api {
             let model = cfg
                 .model
                 .as_ref()
                 .map(|m| (m.path.as_path(), m.sha256.as_str()));
             let node_for_swarm = node.clone();
-            api = crate::api::build(settings, model, Some(audit.hook()), |weights, id| {
+            let jobs = Some(footprint.hook());
+            api = crate::api::build(settings, model, Some(audit.hook()), jobs, |weights, id| {
                 Arc::new(crate::swarm::SwarmSessions::new(
                     node_for_swarm,
                     weights,

@@ -1869,3 +1869,76 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
         .unwrap_or_else(|e| panic!("a runtime: {e}"));
     rt.block_on(f)
 }
+
+/// Environmental accounting on a real node: an API request on the default model accrues
+/// energy > 0 and carbon at the declared region's intensity (France's grid, from the shipped
+/// table), reported in its `usage.footprint`, in `/api/v1/state` and in `/metrics`; the
+/// totals survive a restart; a declared on-site renewable share halves the intensity and
+/// marks the figures `declared`.
+#[test]
+fn api_requests_accrue_energy_and_carbon_at_the_regions_intensity() -> Result<()> {
+    let Some(m) = model() else {
+        return Ok(());
+    };
+    let m = m.to_str().context("model path")?.to_owned();
+    let dir = temp_dir("footprint")?;
+    let args = ["--model", m.as_str(), "--region", "FR", "--api-slots", "1"];
+    let node = start(&dir, &args)?;
+    let ask = serde_json::json!({ "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0 });
+    let (status, body) = post(node.http, "/v1/completions", &ask)?;
+    assert_eq!(status, 200, "{body}");
+    let f = &body["usage"]["footprint"];
+    let energy = f["energy_uwh"].as_u64().context("energy")?;
+    let carbon = f["carbon_ug"].as_u64().context("carbon")?;
+    assert!(energy > 0, "{f}");
+    // France's 56,039 mg/kWh: µg = µWh × mg/kWh / 10⁶, rounded.
+    assert_eq!(carbon, (energy * 56_039 + 500_000) / 1_000_000, "{f}");
+    assert_eq!(f["region"], "FR");
+    assert_eq!(f["intensity_mg_per_kwh"], 56_039);
+    assert_eq!(f["grid_year"], 2023);
+    assert!(
+        matches!(f["method"].as_str(), Some("modelled" | "measured")),
+        "{f}"
+    );
+    assert!(f["busy_ms"].as_u64().is_some_and(|b| b > 0), "{f}");
+    let tokens = body["usage"]["total_tokens"].as_u64().context("tokens")?;
+    assert_eq!(
+        f["sci_ug_per_1k_tokens"].as_u64(),
+        Some((carbon * 1_000 + tokens / 2) / tokens)
+    );
+    let st = state(&node)?;
+    assert_eq!(st["footprint"]["jobs"], 1, "{}", st["footprint"]);
+    assert_eq!(st["footprint"]["energy_uwh"], energy);
+    assert_eq!(st["footprint"]["grid"]["renewable_permille"], 263);
+    let (_, metrics) = get(node.http, "/metrics")?;
+    assert!(
+        metrics.contains(&format!("kwaainet_footprint_energy_uwh_total {energy}")),
+        "{metrics}"
+    );
+    sigterm_and_wait(node)?;
+
+    // A restart keeps the totals; a declared half of on-site supply halves the intensity.
+    let args = [
+        "--model",
+        m.as_str(),
+        "--region",
+        "FR",
+        "--api-slots",
+        "1",
+        "--onsite-renewable",
+        "50",
+    ];
+    let node = start(&dir, &args)?;
+    let st = state(&node)?;
+    assert_eq!(st["footprint"]["jobs"], 1, "totals survive a restart");
+    assert_eq!(st["footprint"]["energy_uwh"], energy);
+    let (status, body) = post(node.http, "/v1/completions", &ask)?;
+    assert_eq!(status, 200, "{body}");
+    let f = &body["usage"]["footprint"];
+    assert_eq!(f["intensity_mg_per_kwh"], 28_020);
+    assert_eq!(f["method"], "declared");
+    assert_eq!(state(&node)?["footprint"]["jobs"], 2);
+    sigterm_and_wait(node)?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

@@ -34,3 +34,32 @@ impl AuditHook {
         (self.0)(event);
     }
 }
+
+/// A finished request, for the node's environmental accounting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobReport {
+    /// `chat` or `completions`.
+    pub route: &'static str,
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Generated tokens.
+    pub completion_tokens: usize,
+    /// From arrival to the end.
+    pub wall: std::time::Duration,
+    /// Compute time the node spent on it (its share of the batched steps).
+    pub busy: std::time::Duration,
+}
+
+/// Accounts each finished request (the node's footprint) and returns what to attach to the
+/// response's `usage` as `footprint` (its energy and carbon), if anything. Must not block.
+#[derive(Clone)]
+pub struct JobHook(pub Arc<JobFn>);
+
+/// What a [`JobHook`] calls.
+pub type JobFn = dyn Fn(&JobReport) -> Option<serde_json::Value> + Send + Sync;
+
+impl std::fmt::Debug for JobHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobHook")
+    }
+}

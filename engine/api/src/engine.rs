@@ -42,6 +42,10 @@ pub enum Out {
         prompt_tokens: usize,
         /// Generated tokens (an end-of-generation token included).
         completion_tokens: usize,
+        /// Compute time this node spent on it: its share of each batched step it was in
+        /// (steps split evenly among their requests). Zero through the swarm, whose span
+        /// servers do the heavy part.
+        busy: Duration,
     },
     /// It failed.
     Failed(ApiError),
@@ -211,6 +215,8 @@ struct Running {
     tx: UnboundedSender<Out>,
     started: Instant,
     last_token: Option<Instant>,
+    /// Its share of the steps so far.
+    busy: Duration,
 }
 
 /// The engine thread: admit queued requests into free slots, run a batched step, hand
@@ -253,8 +259,14 @@ fn run(
         if batcher.active() == 0 {
             continue;
         }
+        let t0 = Instant::now();
         let events = batcher.step(tokenizer);
         let now = Instant::now();
+        // The step's time, shared by the requests it ran.
+        let share = (now - t0) / u32::try_from(running.len().max(1)).unwrap_or(u32::MAX);
+        for r in running.values_mut() {
+            r.busy += share;
+        }
         for ev in events {
             dispatch(ev, &mut running, metrics, now);
         }
@@ -311,6 +323,7 @@ fn admit(
                         tx: job.tx,
                         started: job.since,
                         last_token: None,
+                        busy: Duration::ZERO,
                     },
                 );
             }
@@ -364,6 +377,7 @@ fn dispatch(ev: BatchEvent, running: &mut HashMap<u64, Running>, metrics: &Metri
                     reason,
                     prompt_tokens,
                     completion_tokens,
+                    busy: r.busy,
                 });
             }
         }
@@ -523,6 +537,7 @@ fn remote_generate(
                     reason,
                     prompt_tokens: g.prompt_tokens(),
                     completion_tokens: g.tokens().len(),
+                    busy: Duration::ZERO,
                 });
                 return;
             }

@@ -28,7 +28,7 @@ pub mod metrics;
 pub mod openai;
 mod routes;
 
-pub use audit::{AuditEvent, AuditHook};
+pub use audit::{AuditEvent, AuditHook, JobHook, JobReport};
 pub use engine::{LocalConfig, LocalEngine, RemoteEngine, SessionSource};
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -86,6 +86,8 @@ pub struct ApiConfig {
     pub keep_alive: Duration,
     /// Where each decision about a request goes (an audit log); none: not recorded.
     pub audit: Option<AuditHook>,
+    /// Where each finished request is accounted (energy, carbon); none: not accounted.
+    pub jobs: Option<JobHook>,
 }
 
 impl Default for ApiConfig {
@@ -98,6 +100,7 @@ impl Default for ApiConfig {
             cors_origins: Vec::new(),
             keep_alive: Duration::from_secs(15),
             audit: None,
+            jobs: None,
         }
     }
 }

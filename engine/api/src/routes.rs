@@ -540,6 +540,36 @@ fn record(
     );
 }
 
+/// Accounts a finished request with the node's job hook: the footprint to report in its
+/// `usage`, if any.
+fn account(
+    ctx: &Ctx,
+    prompt: usize,
+    completion: usize,
+    busy: std::time::Duration,
+) -> Option<Value> {
+    let hook = ctx.api.config.jobs.as_ref()?;
+    (hook.0)(&crate::JobReport {
+        route: match ctx.kind {
+            Kind::Chat => "chat",
+            Kind::Text => "completions",
+        },
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        wall: ctx.started.elapsed(),
+        busy,
+    })
+}
+
+/// The `usage` object, with the footprint when there is one.
+fn usage_with(prompt: usize, completion: usize, footprint: Option<Value>) -> Value {
+    let mut u = usage(prompt, completion);
+    if let Some(f) = footprint {
+        u["footprint"] = f;
+    }
+    u
+}
+
 async fn collect(
     ctx: Ctx,
     prefill: Option<Vec<Option<TokenLogprob>>>,
@@ -549,7 +579,7 @@ async fn collect(
     let mut ids = Vec::new();
     let mut lps: Vec<TokenLogprob> = Vec::new();
     let mut first = None;
-    let (reason, prompt_tokens, completion_tokens) = loop {
+    let (reason, prompt_tokens, completion_tokens, busy) = loop {
         match rx.recv().await {
             Some(Out::Token {
                 token,
@@ -566,9 +596,10 @@ async fn collect(
                 reason,
                 prompt_tokens,
                 completion_tokens,
+                busy,
             }) => {
                 text.push_str(&t);
-                break (reason, prompt_tokens, completion_tokens);
+                break (reason, prompt_tokens, completion_tokens, busy);
             }
             Some(Out::Failed(e)) => {
                 record(
@@ -598,7 +629,8 @@ async fn collect(
         first,
         finish_reason(reason),
     );
-    let usage = usage(prompt_tokens, completion_tokens);
+    let footprint = account(&ctx, prompt_tokens, completion_tokens, busy);
+    let usage = usage_with(prompt_tokens, completion_tokens, footprint);
     let body = match ctx.kind {
         Kind::Chat => json!({
             "id": ctx.id,
@@ -791,8 +823,10 @@ impl Streaming {
         reason: FinishReason,
         prompt: usize,
         completion: usize,
+        busy: std::time::Duration,
     ) -> Vec<Event> {
         self.done = true;
+        let footprint = account(&self.ctx, prompt, completion, busy);
         record(
             &self.ctx,
             200,
@@ -819,7 +853,7 @@ impl Streaming {
         if self.ctx.job.include_usage {
             let mut u = self.chunk(Value::Null);
             u["choices"] = json!([]);
-            u["usage"] = usage(prompt, completion);
+            u["usage"] = usage_with(prompt, completion, footprint);
             out.push(event(&u));
         }
         out.push(Event::default().data("[DONE]"));
@@ -866,7 +900,10 @@ impl Streaming {
                     reason,
                     prompt_tokens,
                     completion_tokens,
-                }) => return Some(self.end(text, reason, prompt_tokens, completion_tokens)),
+                    busy,
+                }) => {
+                    return Some(self.end(text, reason, prompt_tokens, completion_tokens, busy));
+                }
                 Some(Out::Failed(e)) => return Some(self.fail(&e)),
                 Some(Out::Prefilled(_)) => {}
                 None => {

@@ -59,6 +59,34 @@ pub struct HttpConfig {
     pub watch_models: Vec<(String, Option<u32>)>,
     /// More metrics served in `/metrics` after the node's (the OpenAI API's).
     pub registries: Vec<Arc<prometheus_client::registry::Registry>>,
+    /// More fields of `/api/v1/state` (the node's footprint), computed at each request.
+    pub state_extras: Vec<StateExtra>,
+}
+
+/// A field of `/api/v1/state` its owner computes.
+#[derive(Clone)]
+pub struct StateExtra {
+    name: &'static str,
+    value: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
+}
+
+impl StateExtra {
+    /// The field `name`, valued by `value`.
+    pub fn new(
+        name: &'static str,
+        value: impl Fn() -> serde_json::Value + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            name,
+            value: Arc::new(value),
+        }
+    }
+}
+
+impl std::fmt::Debug for StateExtra {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StateExtra({})", self.name)
+    }
 }
 
 /// How often the swarm's health reports are refreshed.
@@ -143,6 +171,9 @@ async fn api_state(State(s): State<AppState>) -> Response {
         "models".into(),
         serde_json::to_value(s.health.reports()).unwrap_or_default(),
     );
+    for extra in &s.config.state_extras {
+        json.insert(extra.name.into(), (extra.value)());
+    }
     axum::Json(json).into_response()
 }
 

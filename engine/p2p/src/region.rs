@@ -49,7 +49,7 @@ impl Region {
     }
 
     /// The countries it spans.
-    fn countries(&self) -> Vec<&str> {
+    pub fn countries(&self) -> Vec<&str> {
         match self {
             Self::Country(c) => vec![c.as_str()],
             Self::Eu => EU.to_vec(),

@@ -152,7 +152,14 @@ test('chat: the model\'s template, non-streamed and streamed give the same answe
   }
   assert.equal(streamed, text);
   assert.equal(finish, r.choices[0].finish_reason);
-  assert.deepEqual(usage, r.usage);
+  // The same token counts; each request carries its own measured footprint (the node's
+  // energy and carbon for it: kwaainet-footprint), which the official client passes through.
+  const tokens = (u) => ({ prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: u.total_tokens });
+  assert.deepEqual(tokens(usage), tokens(r.usage));
+  for (const u of [usage, r.usage]) {
+    assert.ok(u.footprint.energy_uwh > 0 && u.footprint.carbon_ug >= 0, JSON.stringify(u.footprint));
+    assert.match(u.footprint.method, /^(modelled|measured)$/);
+  }
   assert.ok(chunks > 10, `${chunks} chunks: tokens streamed one by one`);
 
   // Content as an array of text parts is the same prompt.

@@ -128,6 +128,10 @@ async fn state_metrics_and_static_files() -> Result<()> {
             }),
             watch_models: vec![("nobody-serves-this@00".into(), Some(4))],
             registries: vec![std::sync::Arc::new(extra)],
+            state_extras: vec![kwaainet_p2p::http::StateExtra::new(
+                "owner_field",
+                || serde_json::json!({ "computed": true }),
+            )],
         },
     );
     let listener = kwaainet_p2p::http::bind("127.0.0.1:0".parse()?).await?;
@@ -149,6 +153,10 @@ async fn state_metrics_and_static_files() -> Result<()> {
     assert_eq!(st["kad_mode"], "server");
     assert!(st["listen_addrs"].as_array().is_some_and(|a| !a.is_empty()));
     assert!(st["uptime_secs"].is_u64());
+    assert_eq!(
+        st["owner_field"]["computed"], true,
+        "a field its owner computes"
+    );
     // The same document reads back as the node's own type (as `kwaainet status` reads it).
     let typed: kwaainet_p2p::NodeState = serde_json::from_slice(&r.body)?;
     // The swarm's health of the watched model: nobody serves it, so no block is covered.

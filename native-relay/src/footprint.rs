@@ -1,0 +1,309 @@
+//! The node's environmental accounting (`kwaainet-footprint`): every OpenAI API request it
+//! runs accrues the energy of the compute it used (RAPL where readable, else the thread
+//! model: its share of the batched steps × the engine's threads × watts per thread, plus the
+//! model's memory for its duration) and the carbon of that energy on the grid of the node's
+//! declared region (the country table; a group such as EU weighted by generation; the world
+//! mean without a region; an operator's declared on-site renewable share lowers it).
+//!
+//! Each response's `usage.footprint` carries the request's figures; `/api/v1/state` has the
+//! node's totals under `footprint` and `/metrics` its counters. Totals persist in
+//! `footprint/<peer id>/totals.json`, so a restart does not reset what the node gave.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use kwaainet_footprint::grid::{self, GridMix};
+use kwaainet_footprint::meter::{self, EnergySource, Mark};
+use kwaainet_footprint::{Footprint, Usage};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// The folder beside the identity key.
+pub const FOOTPRINT_DIR: &str = "footprint";
+
+/// The folder of the node `peer`'s totals.
+pub fn dir_of(data_dir: &Path, peer: &kwaainet_p2p::libp2p::PeerId) -> PathBuf {
+    data_dir.join(FOOTPRINT_DIR).join(peer.to_string())
+}
+
+/// What the node has accounted since it first ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Requests accounted.
+    pub jobs: u64,
+    /// Tokens they processed (prompt and generated).
+    pub tokens: u64,
+    /// Compute time, ms.
+    pub busy_ms: u64,
+    /// Energy, µWh.
+    pub energy_uwh: u64,
+    /// Carbon, µg CO2e.
+    pub carbon_ug: u64,
+}
+
+/// The grid of a declared region: a country, a group, or the world's mean.
+pub fn mix_of_region(region: Option<&str>) -> anyhow::Result<GridMix> {
+    use kwaainet_p2p::region::Region;
+    let Some(r) = region else {
+        return Ok(grid::world());
+    };
+    let parsed = Region::parse(r)?;
+    let countries = parsed.countries();
+    let mix = if let [one] = countries.as_slice() {
+        grid::mix(one)
+    } else {
+        grid::mix_of(&parsed.to_string(), &countries)
+    };
+    mix.with_context(|| format!("no grid data for region {r}"))
+}
+
+struct Counters {
+    energy_uwh: Counter<u64, AtomicU64>,
+    carbon_ug: Counter<u64, AtomicU64>,
+    jobs: Counter<u64, AtomicU64>,
+}
+
+/// The node's accountant.
+pub struct NodeFootprint {
+    source: Box<dyn EnergySource>,
+    mix: GridMix,
+    threads: u32,
+    memory_bytes: u64,
+    file: PathBuf,
+    totals: Mutex<Totals>,
+    /// The last reading of a counter source (RAPL) and when it was taken.
+    last: Mutex<(Mark, Instant)>,
+    counters: Counters,
+    registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for NodeFootprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeFootprint")
+            .field("source", &self.source.name())
+            .field("region", &self.mix.region)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl NodeFootprint {
+    /// Opens the accountant in `dir` for a node in `region` (with `onsite_permille` of its
+    /// supply declared on-site renewable) whose engine runs `threads` threads over a model
+    /// of `memory_bytes`.
+    pub fn open(
+        dir: &Path,
+        region: Option<&str>,
+        onsite_permille: u16,
+        threads: u32,
+        memory_bytes: u64,
+    ) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let file = dir.join("totals.json");
+        let totals: Totals = match std::fs::read(&file) {
+            Ok(b) => serde_json::from_slice(&b).context("reading footprint totals.json")?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Totals::default(),
+            Err(e) => return Err(e).context("reading footprint totals.json"),
+        };
+        let mix = mix_of_region(region)
+            .unwrap_or_else(|e| {
+                tracing::warn!("{e:#}: the footprint uses the world's mean grid");
+                grid::world()
+            })
+            .with_onsite_renewable(onsite_permille);
+        let source = meter::host_source();
+        let mut registry = Registry::with_prefix("kwaainet_footprint");
+        let counters = Counters {
+            energy_uwh: Counter::default(),
+            carbon_ug: Counter::default(),
+            jobs: Counter::default(),
+        };
+        registry.register(
+            "energy_uwh",
+            "Energy of the requests this node ran since it started, µWh",
+            counters.energy_uwh.clone(),
+        );
+        registry.register(
+            "carbon_ug",
+            "Carbon of that energy on the node's grid, µg CO2e",
+            counters.carbon_ug.clone(),
+        );
+        registry.register("jobs", "Requests accounted", counters.jobs.clone());
+        let mark = source.mark();
+        Ok(Arc::new(Self {
+            source,
+            mix,
+            threads: threads.max(1),
+            memory_bytes,
+            file,
+            totals: Mutex::new(totals),
+            last: Mutex::new((mark, Instant::now())),
+            counters,
+            registry: Arc::new(registry),
+        }))
+    }
+
+    /// The metrics registry (served in `/metrics`).
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry)
+    }
+
+    /// Accounts one request: `busy` compute time over `wall`, `tokens` processed.
+    pub fn job(&self, wall: Duration, busy: Duration, tokens: u64) -> Footprint {
+        let usage = Usage {
+            wall,
+            cpu: busy.saturating_mul(self.threads),
+            memory_bytes: self.memory_bytes,
+        };
+        let energy = {
+            let mut last = lock(&self.last);
+            // A counter source measures the interval since the last request ended, shared
+            // by this request's CPU time; a model needs no reading.
+            let since = std::mem::replace(&mut *last, (self.source.mark(), Instant::now()));
+            let usage = Usage {
+                wall: since.1.elapsed().max(wall),
+                ..usage
+            };
+            self.source.energy(since.0, &usage)
+        };
+        let f = Footprint::of(
+            energy,
+            self.source.method().weakest(self.mix.method),
+            &self.mix,
+            busy,
+        );
+        self.counters.energy_uwh.inc_by(f.energy_uwh);
+        self.counters.carbon_ug.inc_by(f.carbon_ug);
+        self.counters.jobs.inc();
+        let snapshot = {
+            let mut t = lock(&self.totals);
+            t.jobs = t.jobs.saturating_add(1);
+            t.tokens = t.tokens.saturating_add(tokens);
+            t.busy_ms = t.busy_ms.saturating_add(f.busy_ms);
+            t.energy_uwh = t.energy_uwh.saturating_add(f.energy_uwh);
+            t.carbon_ug = t.carbon_ug.saturating_add(f.carbon_ug);
+            t.clone()
+        };
+        match serde_json::to_vec(&snapshot) {
+            Ok(bytes) => {
+                if let Err(e) = crate::data::write_private(&self.file, &bytes) {
+                    tracing::warn!(error = %e, "saving the footprint totals");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "footprint totals"),
+        }
+        f
+    }
+
+    /// A request's figures as the API reports them in `usage.footprint`.
+    pub fn describe(&self, f: &Footprint, tokens: u64) -> serde_json::Value {
+        json!({
+            "energy_mwh": f.energy_mwh(),
+            "energy_uwh": f.energy_uwh,
+            "carbon_mg": f.carbon_mg(),
+            "carbon_ug": f.carbon_ug,
+            "method": f.energy_method,
+            "source": self.source.name(),
+            "busy_ms": f.busy_ms,
+            "region": self.mix.region,
+            "intensity_mg_per_kwh": f.intensity_mg_per_kwh,
+            "renewable_permille": self.mix.renewable_permille,
+            "grid_year": f.vintage,
+            "grid_source": f.intensity_source,
+            "sci_ug_per_1k_tokens": f.sci_per_1k_tokens(tokens),
+        })
+    }
+
+    /// The node's totals and how they are obtained (`/api/v1/state`'s `footprint`).
+    pub fn report(&self) -> serde_json::Value {
+        let t = lock(&self.totals).clone();
+        let sci = kwaainet_footprint::formula::sci(
+            kwaainet_footprint::Carbon(t.carbon_ug),
+            kwaainet_footprint::Carbon(0),
+            t.tokens,
+            1_000,
+        );
+        json!({
+            "jobs": t.jobs,
+            "tokens": t.tokens,
+            "busy_ms": t.busy_ms,
+            "energy_mwh": kwaainet_footprint::Energy(t.energy_uwh).mwh(),
+            "energy_uwh": t.energy_uwh,
+            "carbon_mg": kwaainet_footprint::Carbon(t.carbon_ug).mg(),
+            "carbon_ug": t.carbon_ug,
+            "sci_ug_per_1k_tokens": sci.map(|c| c.0),
+            "method": self.source.method().weakest(self.mix.method),
+            "source": self.source.name(),
+            "grid": self.mix,
+        })
+    }
+
+    /// The API's job hook.
+    pub fn hook(self: &Arc<Self>) -> kwaainet_api::JobHook {
+        let me = Arc::clone(self);
+        kwaainet_api::JobHook(Arc::new(move |r: &kwaainet_api::JobReport| {
+            let tokens = (r.prompt_tokens + r.completion_tokens) as u64;
+            let f = me.job(r.wall, r.busy, tokens);
+            Some(me.describe(&f, tokens))
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn regions_map_to_grids() {
+        assert_eq!(
+            mix_of_region(Some("DE")).unwrap().intensity_mg_per_kwh,
+            380_950
+        );
+        let eu = mix_of_region(Some("EU")).unwrap();
+        assert_eq!(eu.region, "EU");
+        assert!(
+            (100_000..400_000).contains(&eu.intensity_mg_per_kwh),
+            "{eu:?}"
+        );
+        assert_eq!(mix_of_region(None).unwrap().region, "world");
+        assert!(mix_of_region(Some("48.1,11.6")).is_err());
+    }
+
+    #[test]
+    fn totals_accrue_and_survive_a_reopen() {
+        let dir = tempfile_dir();
+        let f = NodeFootprint::open(&dir, Some("FR"), 0, 2, 100_000_000).unwrap();
+        let one = f.job(Duration::from_secs(1), Duration::from_millis(900), 50);
+        assert!(one.energy_uwh > 0 && one.carbon_ug > 0, "{one:?}");
+        assert_eq!(one.regions, ["FR"]);
+        f.job(Duration::from_secs(1), Duration::from_millis(900), 50);
+        let t = lock(&f.totals).clone();
+        assert_eq!((t.jobs, t.tokens), (2, 100));
+        drop(f);
+        let again = NodeFootprint::open(&dir, Some("FR"), 0, 2, 100_000_000).unwrap();
+        assert_eq!(*lock(&again.totals), t);
+        let r = again.report();
+        assert_eq!(r["jobs"], 2);
+        assert_eq!(r["grid"]["region"], "FR");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "kwaainet-footprint-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+}
