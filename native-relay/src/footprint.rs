@@ -15,9 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use kwaainet_footprint::contribution::{Contribution, SignedContribution};
 use kwaainet_footprint::grid::{self, GridMix};
 use kwaainet_footprint::meter::{self, EnergySource, Mark};
 use kwaainet_footprint::{Footprint, Usage};
+use kwaainet_p2p::libp2p::identity::Keypair;
+use kwaainet_swarm::server::ServerStats;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
@@ -33,7 +36,18 @@ pub fn dir_of(data_dir: &Path, peer: &kwaainet_p2p::libp2p::PeerId) -> PathBuf {
 
 /// What the node has accounted since it first ran.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Totals {
+    /// When the node first accounted anything, Unix ms.
+    pub since_ms: u64,
+    /// Time online, s.
+    pub uptime_s: u64,
+    /// Tokens run through served spans.
+    pub served_tokens: u64,
+    /// Served tokens × blocks.
+    pub block_tokens: u64,
+    /// Bytes moved for served spans.
+    pub bytes: u64,
     /// Requests accounted.
     pub jobs: u64,
     /// Tokens they processed (prompt and generated).
@@ -80,6 +94,13 @@ pub struct NodeFootprint {
     last: Mutex<(Mark, Instant)>,
     counters: Counters,
     registry: Arc<Registry>,
+    /// The span server's counters at the last tick.
+    served: Mutex<Option<ServerStats>>,
+    /// Who signs the node's contribution record, and what it says of itself.
+    key: Keypair,
+    did: String,
+    region: Option<String>,
+    name: Option<String>,
 }
 
 impl std::fmt::Debug for NodeFootprint {
@@ -98,21 +119,36 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl NodeFootprint {
     /// Opens the accountant in `dir` for a node in `region` (with `onsite_permille` of its
     /// supply declared on-site renewable) whose engine runs `threads` threads over a model
-    /// of `memory_bytes`.
+    /// of `memory_bytes`; its contribution records are signed with `key` and carry `name`
+    /// (opt-in).
     pub fn open(
         dir: &Path,
         region: Option<&str>,
         onsite_permille: u16,
         threads: u32,
         memory_bytes: u64,
+        key: &Keypair,
+        name: Option<String>,
     ) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let file = dir.join("totals.json");
-        let totals: Totals = match std::fs::read(&file) {
+        let mut totals: Totals = match std::fs::read(&file) {
             Ok(b) => serde_json::from_slice(&b).context("reading footprint totals.json")?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Totals::default(),
             Err(e) => return Err(e).context("reading footprint totals.json"),
         };
+        if totals.since_ms == 0 {
+            totals.since_ms = crate::audit::now_ms();
+        }
+        if let Some(n) = &name {
+            anyhow::ensure!(
+                !n.is_empty()
+                    && n.chars().count() <= kwaainet_footprint::contribution::MAX_NAME
+                    && !n.chars().any(char::is_control),
+                "--public-name: 1 to {} printable characters",
+                kwaainet_footprint::contribution::MAX_NAME
+            );
+        }
         let mix = mix_of_region(region)
             .unwrap_or_else(|e| {
                 tracing::warn!("{e:#}: the footprint uses the world's mean grid");
@@ -148,6 +184,11 @@ impl NodeFootprint {
             last: Mutex::new((mark, Instant::now())),
             counters,
             registry: Arc::new(registry),
+            served: Mutex::new(None),
+            did: kwaainet_p2p::did::from_peer_id(&key.public().to_peer_id())?,
+            key: key.clone(),
+            region: region.map(str::to_owned),
+            name,
         }))
     }
 
@@ -158,6 +199,22 @@ impl NodeFootprint {
 
     /// Accounts one request: `busy` compute time over `wall`, `tokens` processed.
     pub fn job(&self, wall: Duration, busy: Duration, tokens: u64) -> Footprint {
+        let f = self.measure(wall, busy);
+        self.counters.energy_uwh.inc_by(f.energy_uwh);
+        self.counters.carbon_ug.inc_by(f.carbon_ug);
+        self.counters.jobs.inc();
+        self.update(|t| {
+            t.jobs = t.jobs.saturating_add(1);
+            t.tokens = t.tokens.saturating_add(tokens);
+            t.busy_ms = t.busy_ms.saturating_add(f.busy_ms);
+            t.energy_uwh = t.energy_uwh.saturating_add(f.energy_uwh);
+            t.carbon_ug = t.carbon_ug.saturating_add(f.carbon_ug);
+        });
+        f
+    }
+
+    /// The footprint of `busy` compute time over `wall`.
+    fn measure(&self, wall: Duration, busy: Duration) -> Footprint {
         let usage = Usage {
             wall,
             cpu: busy.saturating_mul(self.threads),
@@ -174,22 +231,19 @@ impl NodeFootprint {
             };
             self.source.energy(since.0, &usage)
         };
-        let f = Footprint::of(
+        Footprint::of(
             energy,
             self.source.method().weakest(self.mix.method),
             &self.mix,
             busy,
-        );
-        self.counters.energy_uwh.inc_by(f.energy_uwh);
-        self.counters.carbon_ug.inc_by(f.carbon_ug);
-        self.counters.jobs.inc();
+        )
+    }
+
+    /// Changes the totals and saves them.
+    fn update(&self, change: impl FnOnce(&mut Totals)) {
         let snapshot = {
             let mut t = lock(&self.totals);
-            t.jobs = t.jobs.saturating_add(1);
-            t.tokens = t.tokens.saturating_add(tokens);
-            t.busy_ms = t.busy_ms.saturating_add(f.busy_ms);
-            t.energy_uwh = t.energy_uwh.saturating_add(f.energy_uwh);
-            t.carbon_ug = t.carbon_ug.saturating_add(f.carbon_ug);
+            change(&mut t);
             t.clone()
         };
         match serde_json::to_vec(&snapshot) {
@@ -200,7 +254,96 @@ impl NodeFootprint {
             }
             Err(e) => tracing::warn!(error = %e, "footprint totals"),
         }
-        f
+    }
+
+    /// Accounts `elapsed` of uptime and what the span server did since the last tick (its
+    /// steps' busy time becomes energy like a request's).
+    pub fn tick(&self, elapsed: Duration, served: Option<ServerStats>) {
+        let delta = served.map(|now| {
+            let mut last = lock(&self.served);
+            let before = last.replace(now).unwrap_or_default();
+            // A new server (the span moved) counts from zero.
+            let since = |a: u64, b: u64| if a >= b { a - b } else { a };
+            ServerStats {
+                sessions: since(now.sessions, before.sessions),
+                steps: since(now.steps, before.steps),
+                tokens: since(now.tokens, before.tokens),
+                block_tokens: since(now.block_tokens, before.block_tokens),
+                busy_us: since(now.busy_us, before.busy_us),
+                bytes_in: since(now.bytes_in, before.bytes_in),
+                bytes_out: since(now.bytes_out, before.bytes_out),
+            }
+        });
+        let f = delta.as_ref().filter(|d| d.busy_us > 0).map(|d| {
+            let busy = Duration::from_micros(d.busy_us);
+            let f = self.measure(busy, busy);
+            self.counters.energy_uwh.inc_by(f.energy_uwh);
+            self.counters.carbon_ug.inc_by(f.carbon_ug);
+            f
+        });
+        self.update(|t| {
+            t.uptime_s = t.uptime_s.saturating_add(elapsed.as_secs());
+            if let Some(d) = &delta {
+                t.served_tokens = t.served_tokens.saturating_add(d.tokens);
+                t.block_tokens = t.block_tokens.saturating_add(d.block_tokens);
+                t.bytes = t
+                    .bytes
+                    .saturating_add(d.bytes_in.saturating_add(d.bytes_out));
+            }
+            if let Some(f) = &f {
+                t.busy_ms = t.busy_ms.saturating_add(f.busy_ms);
+                t.energy_uwh = t.energy_uwh.saturating_add(f.energy_uwh);
+                t.carbon_ug = t.carbon_ug.saturating_add(f.carbon_ug);
+            }
+        });
+    }
+
+    /// The node's contribution since it first ran, signed with its key.
+    pub fn contribution(&self) -> anyhow::Result<SignedContribution> {
+        let t = lock(&self.totals).clone();
+        let record = Contribution {
+            v: kwaainet_footprint::contribution::VERSION,
+            contributor: self.did.clone(),
+            name: self.name.clone(),
+            region: self.region.clone(),
+            from_ms: t.since_ms,
+            to_ms: crate::audit::now_ms().max(t.since_ms),
+            jobs: t.jobs,
+            tokens: t.tokens,
+            served_tokens: t.served_tokens,
+            block_tokens: t.block_tokens,
+            busy_ms: t.busy_ms,
+            bytes: t.bytes,
+            uptime_s: t.uptime_s,
+            energy_uwh: t.energy_uwh,
+            carbon_ug: t.carbon_ug,
+            renewable_permille: self.mix.renewable_permille,
+            method: self.source.method().weakest(self.mix.method),
+        };
+        Ok(SignedContribution::sign(&record, |b| {
+            self.key.sign(b).unwrap_or_default()
+        })?)
+    }
+
+    /// `GET /api/v1/contribution`: the signed record.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        let me = Arc::clone(self);
+        axum::Router::new().route(
+            "/api/v1/contribution",
+            axum::routing::get(move || {
+                let me = Arc::clone(&me);
+                async move {
+                    use axum::response::IntoResponse as _;
+                    match me.contribution() {
+                        Ok(s) => axum::Json(s).into_response(),
+                        Err(e) => {
+                            tracing::error!(error = %e, "contribution record");
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                        }
+                    }
+                }
+            }),
+        )
     }
 
     /// A request's figures as the API reports them in `usage.footprint`.
@@ -232,8 +375,13 @@ impl NodeFootprint {
             1_000,
         );
         json!({
+            "since_ms": t.since_ms,
+            "uptime_s": t.uptime_s,
             "jobs": t.jobs,
             "tokens": t.tokens,
+            "served_tokens": t.served_tokens,
+            "block_tokens": t.block_tokens,
+            "bytes": t.bytes,
             "busy_ms": t.busy_ms,
             "energy_mwh": kwaainet_footprint::Energy(t.energy_uwh).mwh(),
             "energy_uwh": t.energy_uwh,
@@ -281,7 +429,8 @@ mod tests {
     #[test]
     fn totals_accrue_and_survive_a_reopen() {
         let dir = tempfile_dir();
-        let f = NodeFootprint::open(&dir, Some("FR"), 0, 2, 100_000_000).unwrap();
+        let key = Keypair::generate_ed25519();
+        let f = NodeFootprint::open(&dir, Some("FR"), 0, 2, 100_000_000, &key, None).unwrap();
         let one = f.job(Duration::from_secs(1), Duration::from_millis(900), 50);
         assert!(one.energy_uwh > 0 && one.carbon_ug > 0, "{one:?}");
         assert_eq!(one.regions, ["FR"]);
@@ -289,11 +438,45 @@ mod tests {
         let t = lock(&f.totals).clone();
         assert_eq!((t.jobs, t.tokens), (2, 100));
         drop(f);
-        let again = NodeFootprint::open(&dir, Some("FR"), 0, 2, 100_000_000).unwrap();
+        let again = NodeFootprint::open(
+            &dir,
+            Some("FR"),
+            0,
+            2,
+            100_000_000,
+            &key,
+            Some("Ada".into()),
+        )
+        .unwrap();
         assert_eq!(*lock(&again.totals), t);
         let r = again.report();
         assert_eq!(r["jobs"], 2);
         assert_eq!(r["grid"]["region"], "FR");
+        // Served steps and uptime tick in; a new server's counters start from zero. (The
+        // node "started" a minute ago: a record claiming 30 s up in 3 ms is refused.)
+        lock(&again.totals).since_ms -= 60_000;
+        let stats = |busy_us, tokens| ServerStats {
+            busy_us,
+            tokens,
+            block_tokens: tokens * 10,
+            ..ServerStats::default()
+        };
+        again.tick(Duration::from_secs(10), Some(stats(200_000, 40)));
+        again.tick(Duration::from_secs(10), Some(stats(300_000, 60)));
+        again.tick(Duration::from_secs(10), Some(stats(100_000, 5)));
+        let t = lock(&again.totals).clone();
+        assert_eq!((t.uptime_s, t.served_tokens, t.block_tokens), (30, 65, 650));
+        assert_eq!(t.busy_ms, 1_800 + 400);
+        // The signed record verifies with the node's key and says what the totals say.
+        let signed = again.contribution().unwrap();
+        let node_key = key.public().try_into_ed25519().unwrap().to_bytes();
+        let c = signed
+            .verify(|_| Some(node_key), crate::audit::now_ms())
+            .unwrap();
+        assert_eq!(
+            (c.jobs, c.block_tokens, c.name.as_deref()),
+            (2, 650, Some("Ada"))
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -89,6 +89,10 @@ pub struct StartArgs {
     /// intensity the node's footprint uses, and its figures then say `declared`.
     #[arg(long = "onsite-renewable", env = "KWAAINET_ONSITE_RENEWABLE", value_parser = clap::value_parser!(u16).range(0..=100))]
     pub onsite_renewable: Option<u16>,
+    /// A public name for this node's contribution record and the leaderboards built from it
+    /// (opt-in; without it, the node is known by its did:key only).
+    #[arg(long = "public-name", env = "KWAAINET_PUBLIC_NAME")]
+    pub public_name: Option<String>,
     /// Compliance profiles to enforce, comma-separated: gdpr, ccpa, hipaa (replaces the
     /// config file's `[policy] profiles`). Regions, encryption of held data and retention
     /// follow; see /api/v1/compliance.
@@ -203,6 +207,8 @@ struct Settings {
     email_outbox: Option<std::path::PathBuf>,
     /// Declared on-site renewable supply, per mille.
     onsite_permille: u16,
+    /// The contribution record's public name (opt-in).
+    public_name: Option<String>,
 }
 
 fn parse_reservations(s: &str) -> Result<RelayReservations, String> {
@@ -335,6 +341,7 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
         ),
         email_outbox: args.email_outbox.clone(),
         onsite_permille: args.onsite_renewable.unwrap_or(0) * 10,
+        public_name: args.public_name.clone(),
     })
 }
 
@@ -448,6 +455,30 @@ async fn run(
         ),
         None => None,
     };
+    let footprint = crate::footprint::NodeFootprint::open(
+        &crate::footprint::dir_of(&data_dir, &node.peer_id()),
+        roles.region.as_deref(),
+        s.onsite_permille,
+        u32::try_from(s.api.as_ref().map_or(1, |a| a.engine_threads())).unwrap_or(u32::MAX),
+        (s.http.as_ref().and_then(|(_, c)| c.model.as_ref()))
+            .and_then(|m| std::fs::metadata(&m.path).ok())
+            .map_or(0, |m| m.len()),
+        &key_for_data,
+        s.public_name.clone(),
+    )?;
+    // Uptime and the span server's work, into the footprint every 10 s.
+    let ticker = tokio::spawn({
+        let footprint = Arc::clone(&footprint);
+        let stats = service.as_ref().map(|s| s.stats_source());
+        async move {
+            const EVERY: Duration = Duration::from_secs(10);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + EVERY, EVERY);
+            loop {
+                tick.tick().await;
+                footprint.tick(EVERY, stats.as_ref().map(|s| s()));
+            }
+        }
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_task = None;
     let mut http_url = None;
@@ -458,16 +489,6 @@ async fn run(
             .with_context(|| format!("binding HTTP on {addr}"))?;
         let bound = listener.local_addr()?;
         http_url = Some(format!("http://{bound}/"));
-        let footprint = crate::footprint::NodeFootprint::open(
-            &crate::footprint::dir_of(&data_dir, &node.peer_id()),
-            roles.region.as_deref(),
-            s.onsite_permille,
-            u32::try_from(s.api.as_ref().map_or(1, |a| a.engine_threads())).unwrap_or(u32::MAX),
-            cfg.model
-                .as_ref()
-                .and_then(|m| std::fs::metadata(&m.path).ok())
-                .map_or(0, |m| m.len()),
-        )?;
         cfg.registries.push(footprint.registry());
         cfg.state_extras
             .push(kwaainet_p2p::http::StateExtra::new("footprint", {
@@ -514,6 +535,7 @@ async fn run(
                 Some(data.local().clone()),
             ))
             .merge(data.router())
+            .merge(footprint.router())
             .merge({
                 let (rp_id, mut origins) = s.webauthn.clone();
                 if origins.is_empty() {
@@ -574,6 +596,7 @@ async fn run(
 
     let why = stop.wait().await;
     tracing::info!("{why}: shutting down");
+    ticker.abort();
     if let Some(service) = service {
         service.drain().await;
     }

@@ -55,6 +55,15 @@ pub struct Service {
 }
 
 impl Service {
+    /// What reads the span server's counters (its work since it started; a new server
+    /// after the span moved starts again from zero).
+    pub fn stats_source(
+        &self,
+    ) -> impl Fn() -> kwaainet_swarm::server::ServerStats + Send + Sync + 'static {
+        let slot = Arc::clone(&self.slot);
+        move || slot.get().stats()
+    }
+
     /// The span announced now.
     pub fn announced(&self) -> ServedSpan {
         snapshot(&self.announced)

@@ -775,7 +775,19 @@ fn generate_through_span_servers_equals_local_generation() -> Result<()> {
         through_swarm["choices"][0]["text"],
         whole["choices"][0]["text"]
     );
-    assert_eq!(through_swarm["usage"], whole["usage"]);
+    // The same token counts; each node reports the footprint of its own part (through the
+    // swarm, the API node's embedding and head only: span servers do not report theirs yet).
+    for k in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(through_swarm["usage"][k], whole["usage"][k], "{k}");
+    }
+    for u in [&through_swarm["usage"], &whole["usage"]] {
+        assert!(u["footprint"]["energy_uwh"].is_u64(), "{u}");
+    }
+    assert!(
+        whole["usage"]["footprint"]["busy_ms"].as_u64() > Some(0),
+        "the whole model ran on that node: {}",
+        whole["usage"]["footprint"]
+    );
     let chat = serde_json::json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "temperature": 0});
     let (status, a) = post(api.http, "/v1/chat/completions", &chat)?;
     let (_, b2) = post(servers[0].http, "/v1/chat/completions", &chat)?;
@@ -1915,6 +1927,34 @@ fn api_requests_accrue_energy_and_carbon_at_the_regions_intensity() -> Result<()
         metrics.contains(&format!("kwaainet_footprint_energy_uwh_total {energy}")),
         "{metrics}"
     );
+    // The node's contribution record, signed with its key: it verifies, and an inflated
+    // copy does not.
+    use kwaainet_footprint::contribution::{ContributionError, SignedContribution};
+    let node_key = kwaainet_p2p::did::ed25519_of_peer(&node.peer_id.parse()?)?.to_bytes();
+    let key_of = |_: &str| Some(node_key);
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    let (status, text) = get(node.http, "/api/v1/contribution")?;
+    assert_eq!(status, 200, "{text}");
+    let signed: SignedContribution = serde_json::from_str(&text)?;
+    let c = signed.verify(key_of, now())?;
+    assert_eq!(
+        (c.jobs, c.energy_uwh, c.region.as_deref()),
+        (1, energy, Some("FR"))
+    );
+    assert_eq!(
+        c.contributor,
+        kwaainet_p2p::did::from_peer_id(&node.peer_id.parse()?)?
+    );
+    let mut inflated = signed.clone();
+    inflated.record = inflated.record.replace("\"jobs\":1", "\"jobs\":1000");
+    assert!(matches!(
+        inflated.verify(key_of, now()),
+        Err(ContributionError::Signature(_))
+    ));
     sigterm_and_wait(node)?;
 
     // A restart keeps the totals; a declared half of on-site supply halves the intensity.
@@ -1927,6 +1967,8 @@ fn api_requests_accrue_energy_and_carbon_at_the_regions_intensity() -> Result<()
         "1",
         "--onsite-renewable",
         "50",
+        "--public-name",
+        "Ada's node",
     ];
     let node = start(&dir, &args)?;
     let st = state(&node)?;
@@ -1938,6 +1980,13 @@ fn api_requests_accrue_energy_and_carbon_at_the_regions_intensity() -> Result<()
     assert_eq!(f["intensity_mg_per_kwh"], 28_020);
     assert_eq!(f["method"], "declared");
     assert_eq!(state(&node)?["footprint"]["jobs"], 2);
+    let (_, text) = get(node.http, "/api/v1/contribution")?;
+    let c = serde_json::from_str::<SignedContribution>(&text)?.verify(key_of, now())?;
+    assert_eq!((c.jobs, c.name.as_deref()), (2, Some("Ada's node")));
+    assert_eq!(
+        c.renewable_permille, 632,
+        "half the supply declared renewable"
+    );
     sigterm_and_wait(node)?;
     std::fs::remove_dir_all(&dir)?;
     Ok(())

@@ -14,6 +14,7 @@
 //! Software Foundation's SCI (ISO/IEC 21031: (E × I + M) per functional unit; KwaaiNet's
 //! unit is 1,000 tokens).
 
+pub mod contribution;
 pub mod formula;
 pub mod grid;
 pub mod meter;
