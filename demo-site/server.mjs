@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { fillTemplate } from './template.mjs';
 
 /** Modules of this folder the page imports (every other `.mjs` is server or test code). */
-export const PAGE_MODULES = Object.freeze(['/coverage.mjs', '/rights-ui.mjs', '/privacy.mjs']);
+export const PAGE_MODULES = Object.freeze(['/coverage.mjs', '/rights-ui.mjs', '/privacy.mjs', '/impact.mjs']);
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');

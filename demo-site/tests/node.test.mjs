@@ -192,6 +192,7 @@ test('npm start: its page downloads the model, asks consent, answers a chat and 
     assert.deepEqual(problems, [], 'the page logged errors or got failed responses');
 
     await privacyPage(browser, node.url, outbox);
+    await impactPage(browser, node.url);
   });
 
 /** Opens the demo page the node serves as a visitor does; answers the consent dialog with
@@ -399,5 +400,46 @@ async function privacyPage(browser, nodeUrl, outbox) {
   await dataSays('#data-erase', /^Erased, receipt signed by the node: 3 item\(s\) deleted, your audit entries unlinked from you\.$/);
   await page.waitForFunction(() => document.getElementById('id-level').textContent === 'anonymous', null, { timeout: 10_000 });
   assert.deepEqual(problems, [], 'the privacy page logged errors');
+  await page.close();
+}
+
+/** The impact dashboard after one API request to the node: its energy and carbon charts
+ *  have a bar for this hour, the totals and the signed record show, the CSV report states
+ *  its methods and sources and has this hour's row, and the charts render (a screenshot). */
+async function impactPage(browser, nodeUrl) {
+  const r = await fetch(`${nodeUrl}v1/completions`, {
+    method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ prompt: 'The sky is', max_tokens: 4, temperature: 0 }),
+  });
+  assert.equal(r.status, 200);
+  const usage = (await r.json()).usage;
+  assert.ok(usage.footprint.energy_uwh > 0, JSON.stringify(usage));
+  const page = await browser.context.newPage();
+  const problems = [];
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console error: ${m.text()}`); });
+  await page.goto(`${nodeUrl}impact.html`, { waitUntil: 'load', timeout: 30_000 });
+  await page.waitForFunction(() => document.body.dataset.ready === 'true' || /^No footprint/.test(document.getElementById('impact-status').textContent),
+    null, { timeout: 30_000 });
+  assert.match(await page.textContent('#impact-status'), /^Accounted since /);
+  const bars = await page.evaluate(() => ['energy-chart', 'carbon-chart'].map((id) =>
+    [...document.querySelectorAll(`#${id} svg rect`)].map((r) => Number(r.getAttribute('height')))));
+  // 24 hourly bars; this hour's (or, across the hour's turn, the last one's) is not empty.
+  for (const b of bars) assert.ok(b.length === 24 && b.slice(-2).some((h) => h > 0), JSON.stringify(bars));
+  const totals = await page.evaluate(() => Object.fromEntries([...document.querySelectorAll('#totals dt')].map((dt) => [dt.textContent, dt.nextElementSibling.textContent])));
+  assert.ok(Number(totals.Requests) >= 1, JSON.stringify(totals));
+  assert.match(totals.Energy, /^\d+(\.\d+)? mWh \((modelled|measured), (thread-model|rapl)\)$/);
+  assert.match(await page.textContent('#record'), /^Signed by did:key:z6Mk/);
+  const csv = await page.evaluate(async () => (await fetch(document.getElementById('report-csv').href)).text());
+  const lines = csv.trim().split('\n');
+  assert.match(lines[0], /^# KwaaiNet node footprint report$/);
+  assert.ok(lines.some((l) => /^# grid data: CodeCarbon .*Our World in Data/.test(l)), csv);
+  const header = lines.indexOf('hour_utc,work_tokens,busy_ms,energy_mwh,carbon_mg');
+  assert.ok(header > 0 && lines.length > header + 1, csv);
+  const json = await page.evaluate(async () => JSON.parse(await (await fetch(document.getElementById('report-json').href)).text()));
+  assert.ok(json.contribution.signature && json.footprint.methods.energy, 'the JSON report carries the signed record and the methods');
+  const shot = await page.locator('#energy-chart').screenshot();
+  assert.ok(shot.length > 1_000, `a rendered chart (${shot.length} bytes of PNG)`);
+  assert.deepEqual(problems, [], 'the dashboard logged errors');
   await page.close();
 }

@@ -58,6 +58,26 @@ pub struct Totals {
     pub energy_uwh: u64,
     /// Carbon, µg CO2e.
     pub carbon_ug: u64,
+    /// The same by hour, oldest first, at most [`HISTORY_HOURS`].
+    pub history: Vec<Hour>,
+}
+
+/// Hours of history kept (30 days).
+pub const HISTORY_HOURS: usize = 720;
+
+/// One hour of the node's work.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hour {
+    /// Its start, Unix ms.
+    pub hour_ms: u64,
+    /// API tokens and served block-tokens.
+    pub work: u64,
+    /// Compute time, ms.
+    pub busy_ms: u64,
+    /// Energy, µWh.
+    pub energy_uwh: u64,
+    /// Carbon, µg CO2e.
+    pub carbon_ug: u64,
 }
 
 /// The grid of a declared region: a country, a group, or the world's mean.
@@ -243,7 +263,29 @@ impl NodeFootprint {
     fn update(&self, change: impl FnOnce(&mut Totals)) {
         let snapshot = {
             let mut t = lock(&self.totals);
+            let work = |t: &Totals| t.tokens.saturating_add(t.block_tokens);
+            let before = (work(&t), t.busy_ms, t.energy_uwh, t.carbon_ug);
             change(&mut t);
+            let hour = Hour {
+                hour_ms: crate::audit::now_ms() / 3_600_000 * 3_600_000,
+                work: work(&t).saturating_sub(before.0),
+                busy_ms: t.busy_ms.saturating_sub(before.1),
+                energy_uwh: t.energy_uwh.saturating_sub(before.2),
+                carbon_ug: t.carbon_ug.saturating_sub(before.3),
+            };
+            if hour.work > 0 || hour.energy_uwh > 0 {
+                match t.history.last_mut() {
+                    Some(h) if h.hour_ms == hour.hour_ms => {
+                        h.work = h.work.saturating_add(hour.work);
+                        h.busy_ms = h.busy_ms.saturating_add(hour.busy_ms);
+                        h.energy_uwh = h.energy_uwh.saturating_add(hour.energy_uwh);
+                        h.carbon_ug = h.carbon_ug.saturating_add(hour.carbon_ug);
+                    }
+                    _ => t.history.push(hour),
+                }
+                let extra = t.history.len().saturating_sub(HISTORY_HOURS);
+                t.history.drain(..extra);
+            }
             t.clone()
         };
         match serde_json::to_vec(&snapshot) {
@@ -325,25 +367,51 @@ impl NodeFootprint {
         })?)
     }
 
-    /// `GET /api/v1/contribution`: the signed record.
+    /// The totals with their hourly history and how every figure is obtained
+    /// (`GET /api/v1/footprint`, for dashboards and reports).
+    pub fn detail(&self) -> serde_json::Value {
+        let mut out = self.report();
+        out["history"] = serde_json::to_value(&lock(&self.totals).history).unwrap_or_default();
+        out["methods"] = json!({
+            "energy": match self.source.name() {
+                "rapl" => "measured: RAPL package energy over each job, shared by its CPU time",
+                _ => "modelled: CPU time x 4 W per thread + memory held x 0.375 W/GB (CodeCarbon's fallback)",
+            },
+            "carbon": "energy x the annual carbon intensity of the node's declared grid",
+            "sci": "SCI (ISO/IEC 21031): operational carbon per 1,000 tokens, embodied share not included",
+            "grid_data": grid::SOURCE,
+        });
+        out
+    }
+
+    /// `GET /api/v1/contribution` (the signed record) and `GET /api/v1/footprint`.
     pub fn router(self: &Arc<Self>) -> axum::Router {
+        let detail = Arc::clone(self);
         let me = Arc::clone(self);
-        axum::Router::new().route(
-            "/api/v1/contribution",
-            axum::routing::get(move || {
-                let me = Arc::clone(&me);
-                async move {
-                    use axum::response::IntoResponse as _;
-                    match me.contribution() {
-                        Ok(s) => axum::Json(s).into_response(),
-                        Err(e) => {
-                            tracing::error!(error = %e, "contribution record");
-                            axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        axum::Router::new()
+            .route(
+                "/api/v1/footprint",
+                axum::routing::get(move || {
+                    let detail = Arc::clone(&detail);
+                    async move { axum::Json(detail.detail()) }
+                }),
+            )
+            .route(
+                "/api/v1/contribution",
+                axum::routing::get(move || {
+                    let me = Arc::clone(&me);
+                    async move {
+                        use axum::response::IntoResponse as _;
+                        match me.contribution() {
+                            Ok(s) => axum::Json(s).into_response(),
+                            Err(e) => {
+                                tracing::error!(error = %e, "contribution record");
+                                axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                            }
                         }
                     }
-                }
-            }),
-        )
+                }),
+            )
     }
 
     /// A request's figures as the API reports them in `usage.footprint`.
@@ -467,6 +535,13 @@ mod tests {
         let t = lock(&again.totals).clone();
         assert_eq!((t.uptime_s, t.served_tokens, t.block_tokens), (30, 65, 650));
         assert_eq!(t.busy_ms, 1_800 + 400);
+        // All of it this hour (or the last two, across an hour's turn).
+        let hours = &again.detail()["history"];
+        let total: u64 = (hours.as_array().unwrap().iter())
+            .map(|h| h["energy_uwh"].as_u64().unwrap())
+            .sum();
+        assert_eq!(total, t.energy_uwh);
+        assert!((1..=2).contains(&hours.as_array().unwrap().len()));
         // The signed record verifies with the node's key and says what the totals say.
         let signed = again.contribution().unwrap();
         let node_key = key.public().try_into_ed25519().unwrap().to_bytes();

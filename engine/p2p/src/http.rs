@@ -325,7 +325,12 @@ async fn cross_origin_isolation(req: Request, next: Next) -> Response {
 
 /// Modules of the demo site that are page assets (imported by the page); every other `.mjs`
 /// there is the dev server's or the tests' own code, not served.
-const PAGE_MODULES: &[&str] = &["/coverage.mjs", "/rights-ui.mjs", "/privacy.mjs"];
+const PAGE_MODULES: &[&str] = &[
+    "/coverage.mjs",
+    "/rights-ui.mjs",
+    "/privacy.mjs",
+    "/impact.mjs",
+];
 
 /// The demo's own dev server (`serve.mjs` and its helpers) and tests are not page assets.
 async fn hide_server_files(req: Request, next: Next) -> Response {
