@@ -371,14 +371,7 @@ impl NodeData {
                             .into(),
                     ));
                 }
-                let mut held = 0u64;
-                for cid in self.local.list(who).await? {
-                    held += self
-                        .local
-                        .retrieve(&cid, who)
-                        .await
-                        .map_or(0, |b| b.len() as u64);
-                }
+                let held = self.local.held_by(who);
                 if held + data.len() as u64 > allowed.quota_bytes {
                     self.audit(who, Op::Store, Decision::Deny, "quota");
                     return Err(Failure(
@@ -490,18 +483,28 @@ impl NodeData {
                 plain_sha256: Some(i.plain_sha256.clone()),
             });
         }
-        // Everything else held here under the subject's name: consent records, replicas.
+        // Everything else held here under the subject's name: consent records, link
+        // statements, sealed blobs, replicas.
         for cid in self.local.list(subject).await? {
             if vault_items.iter().any(|i| i.cid == cid) {
                 continue;
             }
             let bytes = self.local.retrieve(&cid, subject).await?;
-            let consent = serde_json::from_slice::<SignedConsent>(&bytes)
-                .is_ok_and(|c| c.record.subject == subject);
+            let label = if serde_json::from_slice::<SignedConsent>(&bytes)
+                .is_ok_and(|c| c.record.subject == subject)
+            {
+                "consent"
+            } else if serde_json::from_slice::<kwaainet_identity::LinkStatement>(&bytes).is_ok() {
+                "identity-link"
+            } else if bytes.starts_with(kwaainet_storage::SEALED_MAGIC) {
+                "sealed"
+            } else {
+                "replica"
+            };
             blobs.insert(cid.to_string(), B64.encode(&bytes));
             items.push(Item {
                 cid,
-                label: if consent { "consent" } else { "replica" }.into(),
+                label: label.into(),
                 stored_ms: 0,
                 plain_sha256: None,
             });

@@ -7,12 +7,13 @@
 //!
 //! Each response's `usage.footprint` carries the request's figures; `/api/v1/state` has the
 //! node's totals under `footprint` and `/metrics` its counters. Totals persist in
-//! `footprint/<peer id>/totals.json`, so a restart does not reset what the node gave.
+//! `footprint/<peer id>/totals.json` (written every 10 s and at shutdown, not per request),
+//! so a restart does not reset what the node gave.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use kwaainet_footprint::contribution::{Contribution, SignedContribution};
@@ -110,8 +111,8 @@ pub struct NodeFootprint {
     memory_bytes: u64,
     file: PathBuf,
     totals: Mutex<Totals>,
-    /// The last reading of a counter source (RAPL) and when it was taken.
-    last: Mutex<(Mark, Instant)>,
+    /// The last reading of a counter source (RAPL).
+    last: Mutex<Mark>,
     counters: Counters,
     registry: Arc<Registry>,
     /// The span server's counters at the last tick.
@@ -201,7 +202,7 @@ impl NodeFootprint {
             memory_bytes,
             file,
             totals: Mutex::new(totals),
-            last: Mutex::new((mark, Instant::now())),
+            last: Mutex::new(mark),
             counters,
             registry: Arc::new(registry),
             served: Mutex::new(None),
@@ -240,17 +241,10 @@ impl NodeFootprint {
             cpu: busy.saturating_mul(self.threads),
             memory_bytes: self.memory_bytes,
         };
-        let energy = {
-            let mut last = lock(&self.last);
-            // A counter source measures the interval since the last request ended, shared
-            // by this request's CPU time; a model needs no reading.
-            let since = std::mem::replace(&mut *last, (self.source.mark(), Instant::now()));
-            let usage = Usage {
-                wall: since.1.elapsed().max(wall),
-                ..usage
-            };
-            self.source.energy(since.0, &usage)
-        };
+        // A counter source measures the interval since its last reading, shared by this
+        // job's CPU time; a model needs no reading.
+        let since = std::mem::replace(&mut *lock(&self.last), self.source.mark());
+        let energy = self.source.energy(since, &usage);
         Footprint::of(
             energy,
             self.source.method().weakest(self.mix.method),
@@ -259,9 +253,10 @@ impl NodeFootprint {
         )
     }
 
-    /// Changes the totals and saves them.
+    /// Changes the totals (in memory: [`NodeFootprint::save`] writes them, at each tick and
+    /// at shutdown, not on every request).
     fn update(&self, change: impl FnOnce(&mut Totals)) {
-        let snapshot = {
+        {
             let mut t = lock(&self.totals);
             let work = |t: &Totals| t.tokens.saturating_add(t.block_tokens);
             let before = (work(&t), t.busy_ms, t.energy_uwh, t.carbon_ug);
@@ -286,9 +281,13 @@ impl NodeFootprint {
                 let extra = t.history.len().saturating_sub(HISTORY_HOURS);
                 t.history.drain(..extra);
             }
-            t.clone()
-        };
-        match serde_json::to_vec(&snapshot) {
+        }
+    }
+
+    /// Writes the totals to disk.
+    pub fn save(&self) {
+        let bytes = serde_json::to_vec(&*lock(&self.totals));
+        match bytes {
             Ok(bytes) => {
                 if let Err(e) = crate::data::write_private(&self.file, &bytes) {
                     tracing::warn!(error = %e, "saving the footprint totals");
@@ -338,6 +337,7 @@ impl NodeFootprint {
                 t.carbon_ug = t.carbon_ug.saturating_add(f.carbon_ug);
             }
         });
+        self.save();
     }
 
     /// The node's contribution since it first ran, signed with its key.
@@ -505,6 +505,7 @@ mod tests {
         f.job(Duration::from_secs(1), Duration::from_millis(900), 50);
         let t = lock(&f.totals).clone();
         assert_eq!((t.jobs, t.tokens), (2, 100));
+        f.save();
         drop(f);
         let again = NodeFootprint::open(
             &dir,
@@ -552,6 +553,22 @@ mod tests {
             (c.jobs, c.block_tokens, c.name.as_deref()),
             (2, 650, Some("Ada"))
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_request_after_an_idle_gap_costs_what_it_used() {
+        let dir = tempfile_dir().with_extension("idle");
+        let key = Keypair::generate_ed25519();
+        let f = NodeFootprint::open(&dir, Some("DE"), 0, 2, 1_000_000_000, &key, None).unwrap();
+        if f.source.name() != "thread-model" {
+            return; // a counter source measures the host, not a model
+        }
+        let job = || f.job(Duration::from_millis(20), Duration::from_millis(20), 10);
+        let first = job();
+        std::thread::sleep(Duration::from_millis(300));
+        // The model's memory counts for the request's 20 ms, not the 300 ms idle before it.
+        assert_eq!(job().energy_uwh, first.energy_uwh);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -604,6 +604,7 @@ async fn run(
         // Running requests end with a 503; the engine thread exits within a step.
         let _ = tokio::task::spawn_blocking(move || a.stop()).await;
     }
+    footprint.save();
     let _ = stop_tx.send(true);
     data.stop();
     let stopped = tokio::time::timeout(Duration::from_secs(10), async {

@@ -1831,15 +1831,38 @@ fn progressive_identity_upgrades_email_then_did_and_keeps_the_data_readable() ->
         "email, did, device: {body}"
     );
 
-    // The export carries the link statements; erasure takes them, the data and the device.
+    // The export carries the sealed blob and the three link statements, each signed by the
+    // node; erasure takes them, the data and the device.
     let (status, body) = post(
         a.http,
         "/api/v1/data",
         &signed(&visitor, "export", json!({}))?,
     )?;
     assert_eq!(status, 200, "{body}");
-    let text = body.to_string();
-    assert!(text.contains(&cid.to_string()));
+    let bundle: kwaainet_compliance::export::Bundle = serde_json::from_value(body)?;
+    let exported = kwaainet_compliance::export::verify(&bundle)?;
+    let mut labels: Vec<&str> = (exported.manifest.items.iter())
+        .map(|i| i.label.as_str())
+        .collect();
+    labels.sort_unstable();
+    assert_eq!(
+        labels,
+        ["identity-link"; 3]
+            .iter()
+            .copied()
+            .chain(["sealed"])
+            .collect::<Vec<_>>()
+    );
+    for item in &exported.manifest.items {
+        let bytes = b64.decode(&bundle.blobs[&item.cid.to_string()])?;
+        if item.label == "identity-link" {
+            let link = serde_json::from_slice::<LinkStatement>(&bytes)?.verify(&node_key)?;
+            assert_eq!(link.subject, visitor_did);
+        } else {
+            assert_eq!(item.cid, cid);
+            assert_eq!(vault.open("notes", &cid, &bytes)?, plain);
+        }
+    }
     let (status, body) = post(
         a.http,
         "/api/v1/data",

@@ -15,8 +15,9 @@ import type { WasmP2pModule, WasmP2pNode } from './wasm-p2p.js';
 /** One item of a subject's data (engine/compliance/src/export.rs). */
 export interface ExportItem {
   cid: string;
-  /** `consent` for consent records, `replica` for blobs held for the subject, else the
-   *  vault label. */
+  /** `consent` (consent records), `identity-link` (the node's signed links of the
+   *  identity's credentials), `sealed` (blobs sealed with the identity's own key),
+   *  `replica` (anything else held for it), else the node operator's vault label. */
   label: string;
   stored_ms: number;
   plain_sha256?: string;

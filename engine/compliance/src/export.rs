@@ -43,7 +43,9 @@ type Result<T> = std::result::Result<T, ExportError>;
 pub struct Item {
     /// The stored blob (ciphertext, for sealed items).
     pub cid: Cid,
-    /// What it is (the vault subject it is sealed under; `consent` for consent records).
+    /// What it is: the operator's vault subject it is sealed under; `consent` (a consent
+    /// record), `identity-link` (a node's signed link of a credential), `sealed` (a blob the
+    /// subject sealed with its own key) or `replica` (anything else held for the subject).
     pub label: String,
     /// When it was stored, Unix milliseconds.
     pub stored_ms: u64,

@@ -12,16 +12,17 @@
 //! here (these machines have no GPU to test it on).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::formula::energy_of_power;
 use crate::{Energy, Method, Usage};
 
-/// A reading taken when a job starts (counters' values; nothing for a model).
+/// A reading taken when a job starts (counters' values and when they were read; nothing
+/// for a model).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Mark(Option<Vec<u64>>);
+pub struct Mark(Option<(Vec<u64>, Instant)>);
 
 /// A source of a job's energy.
 pub trait EnergySource: Send + Sync {
@@ -194,11 +195,11 @@ impl EnergySource for Rapl {
     }
 
     fn mark(&self) -> Mark {
-        Mark(self.read())
+        Mark(self.read().map(|v| (v, Instant::now())))
     }
 
     fn energy(&self, since: Mark, usage: &Usage) -> Energy {
-        let (Some(start), Some(now)) = (since.0, self.read()) else {
+        let (Some((start, at)), Some(now)) = (since.0, self.read()) else {
             return Energy(0);
         };
         // Each package's delta, across a wrap-around of its counter.
@@ -211,8 +212,9 @@ impl EnergySource for Rapl {
                 })
             })
             .sum();
-        // The job's share of the packages: its CPU time over all CPUs' time meanwhile.
-        let capacity_ms = usage.wall.as_millis() * u128::from(self.cpus);
+        // The job's share of the packages: its CPU time over all CPUs' time since the mark
+        // (at least over the job's own wall time).
+        let capacity_ms = at.elapsed().max(usage.wall).as_millis() * u128::from(self.cpus);
         let share_uj = (package_uj * usage.cpu.as_millis().min(capacity_ms))
             .checked_div(capacity_ms)
             .unwrap_or(0);
@@ -228,19 +230,20 @@ pub fn host_source() -> Box<dyn EnergySource> {
     }
 }
 
-/// Busy time helper: a [`Usage`] of `wall` with `threads` threads busy throughout.
-pub fn busy(wall: Duration, threads: u32, memory_bytes: u64) -> Usage {
-    Usage {
-        wall,
-        cpu: wall.saturating_mul(threads),
-        memory_bytes,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::time::Duration;
+
+    /// Busy time helper: a [`Usage`] of `wall` with `threads` threads busy throughout.
+    fn busy(wall: Duration, threads: u32, memory_bytes: u64) -> Usage {
+        Usage {
+            wall,
+            cpu: wall.saturating_mul(threads),
+            memory_bytes,
+        }
+    }
 
     #[test]
     fn the_thread_model_by_hand() {

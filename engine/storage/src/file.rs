@@ -113,6 +113,14 @@ impl FileStore {
             .collect()
     }
 
+    /// Bytes held for `owner` (from the index: no file is read).
+    pub fn held_by(&self, owner: &str) -> u64 {
+        (self.lock().blobs.values())
+            .filter(|(_, acl)| acl.owner == owner)
+            .map(|(size, _)| size)
+            .sum()
+    }
+
     fn acl_path(&self, cid: &Cid) -> PathBuf {
         self.dir.join(format!("{cid}.acl"))
     }

@@ -70,6 +70,12 @@ async fn file_store_conforms_and_survives_reopening() -> anyhow::Result<()> {
     let store = FileStore::open(dir.path(), SMALL)?;
     assert_eq!(store.retrieve(&kept, OWNER).await?, b"kept");
     assert_eq!(store.list(OWNER).await?, vec![kept]);
+    assert_eq!(
+        store.held_by(OWNER),
+        4,
+        "the owner's bytes, from the reopened index"
+    );
+    assert_eq!(store.held_by(READER), 0);
     let mut names: Vec<String> = std::fs::read_dir(dir.path())?
         .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_, _>>()?;

@@ -11,35 +11,19 @@
 // Needs what p2p.test.mjs needs. Loopback only (the page is at http://localhost, which
 // WebAuthn accepts as an RP ID); every wait is bounded.
 import { generateKeyPairSync, sign as edSign } from 'node:crypto';
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { launch } from '../../../../demo-site/tests/browser.mjs';
-import { WEBRTC_FLAGS, freePorts, nodeState, startNode, stopNode, testSite } from './support.mjs';
+import { nodeAndBrowser, nodeState } from './support.mjs';
 
-let dir;
-let node;
-let browser;
-
-before(async () => {
-  let site;
-  ({ dir, site } = testSite('kwaainet-identity-browser-'));
-  node = await startNode({ dir, site, ...(await freePorts()) });
-  browser = await launch({ args: WEBRTC_FLAGS });
-});
-
-after(async () => {
-  await browser?.close();
-  await stopNode(node);
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+const env = nodeAndBrowser('kwaainet-identity-browser-');
 
 /** A page at `host` with the SDK loaded and a virtual passkey authenticator. */
 async function open(host = 'localhost') {
-  const page = await browser.context.newPage();
-  const cdp = await browser.context.newCDPSession(page);
+  const page = await env.browser.context.newPage();
+  const cdp = await env.browser.context.newCDPSession(page);
   await cdp.send('WebAuthn.enable');
   const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
     options: {
@@ -47,7 +31,7 @@ async function open(host = 'localhost') {
       isUserVerified: true, automaticPresenceSimulation: true,
     },
   });
-  const url = node.url.replace('127.0.0.1', host);
+  const url = env.node.url.replace('127.0.0.1', host);
   await page.goto(`${url}/test.html`, { waitUntil: 'load', timeout: 30_000 });
   await page.waitForFunction(() => window.sdkReady === true, null, { timeout: 10_000 });
   await page.evaluate(async () => {
@@ -80,12 +64,12 @@ function mails() {
       else if (e.name.endsWith('.eml')) found.push(readFileSync(join(d, e.name), 'utf8'));
     }
   };
-  walk(join(dir, 'identity'));
+  walk(join(env.dir, 'identity'));
   return found;
 }
 
 test('a page identity rises from anonymous to email to passkey and a passkey brings it back in another session', { timeout: 120_000 }, async () => {
-  const { peer_id: peerId } = await nodeState(node.url);
+  const { peer_id: peerId } = await nodeState(env.node.url);
   const first = await open();
   const before = await first.page.evaluate(async (peerId) => window.net.identityStatus(location.origin, peerId), peerId);
   assert.equal(before.level, 'anonymous');

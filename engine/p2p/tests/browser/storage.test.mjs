@@ -7,33 +7,16 @@
 //   node --test engine/p2p/tests/browser/storage.test.mjs
 //
 // Needs what p2p.test.mjs needs. Loopback only; every wait is bounded.
-import { rmSync } from 'node:fs';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { launch } from '../../../../demo-site/tests/browser.mjs';
-import { WEBRTC_FLAGS, freePorts, startNode, stopNode, testSite } from './support.mjs';
+import { nodeAndBrowser } from './support.mjs';
 
-let dir;
-let node;
-let browser;
-
-before(async () => {
-  let site;
-  ({ dir, site } = testSite('kwaainet-storage-browser-'));
-  node = await startNode({ dir, site, ...(await freePorts()) });
-  browser = await launch({ args: WEBRTC_FLAGS });
-});
-
-after(async () => {
-  await browser?.close();
-  await stopNode(node);
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+const env = nodeAndBrowser('kwaainet-storage-browser-');
 
 async function open() {
-  const page = await browser.context.newPage();
-  await page.goto(`${node.url}/test.html`, { waitUntil: 'load', timeout: 30_000 });
+  const page = await env.browser.context.newPage();
+  await page.goto(`${env.node.url}/test.html`, { waitUntil: 'load', timeout: 30_000 });
   await page.waitForFunction(() => window.sdkReady === true, null, { timeout: 10_000 });
   return page;
 }

@@ -4,13 +4,15 @@
 import { spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { createServer } from 'node:net';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
 
-import { within } from '../../../../demo-site/tests/browser.mjs';
+import { after, before } from 'node:test';
+
+import { launch, within } from '../../../../demo-site/tests/browser.mjs';
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..');
 export const bin = process.env.KWAAINET_BIN ??
@@ -171,3 +173,21 @@ export async function openNetwork(page, url, { bootstrap = null, dialTimeoutMs =
   }, { bootstrap, dialTimeoutMs }), 'connecting the page');
 }
 
+/** A test file's node (serving a fresh test site) and browser (with WebRTC flags): the
+ *  before/after hooks are registered here; the returned object has `dir`, `node` and
+ *  `browser` once they ran. */
+export function nodeAndBrowser(prefix) {
+  const env = {};
+  before(async () => {
+    let site;
+    ({ dir: env.dir, site } = testSite(prefix));
+    env.node = await startNode({ dir: env.dir, site, ...(await freePorts()) });
+    env.browser = await launch({ args: WEBRTC_FLAGS });
+  });
+  after(async () => {
+    await env.browser?.close();
+    await stopNode(env.node);
+    if (env.dir) rmSync(env.dir, { recursive: true, force: true });
+  });
+  return env;
+}
