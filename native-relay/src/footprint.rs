@@ -297,8 +297,22 @@ impl NodeFootprint {
         }
     }
 
+    /// Accounts one served step's `busy` time (energy and carbon like a request's); its
+    /// footprint goes back to the client with the step's output.
+    pub fn served_step(&self, busy: Duration) -> Footprint {
+        let f = self.measure(busy, busy);
+        self.counters.energy_uwh.inc_by(f.energy_uwh);
+        self.counters.carbon_ug.inc_by(f.carbon_ug);
+        self.update(|t| {
+            t.busy_ms = t.busy_ms.saturating_add(f.busy_ms);
+            t.energy_uwh = t.energy_uwh.saturating_add(f.energy_uwh);
+            t.carbon_ug = t.carbon_ug.saturating_add(f.carbon_ug);
+        });
+        f
+    }
+
     /// Accounts `elapsed` of uptime and what the span server did since the last tick (its
-    /// steps' busy time becomes energy like a request's).
+    /// steps' tokens and bytes; their energy is accounted step by step).
     pub fn tick(&self, elapsed: Duration, served: Option<ServerStats>) {
         let delta = served.map(|now| {
             let mut last = lock(&self.served);
@@ -315,13 +329,6 @@ impl NodeFootprint {
                 bytes_out: since(now.bytes_out, before.bytes_out),
             }
         });
-        let f = delta.as_ref().filter(|d| d.busy_us > 0).map(|d| {
-            let busy = Duration::from_micros(d.busy_us);
-            let f = self.measure(busy, busy);
-            self.counters.energy_uwh.inc_by(f.energy_uwh);
-            self.counters.carbon_ug.inc_by(f.carbon_ug);
-            f
-        });
         self.update(|t| {
             t.uptime_s = t.uptime_s.saturating_add(elapsed.as_secs());
             if let Some(d) = &delta {
@@ -330,11 +337,6 @@ impl NodeFootprint {
                 t.bytes = t
                     .bytes
                     .saturating_add(d.bytes_in.saturating_add(d.bytes_out));
-            }
-            if let Some(f) = &f {
-                t.busy_ms = t.busy_ms.saturating_add(f.busy_ms);
-                t.energy_uwh = t.energy_uwh.saturating_add(f.energy_uwh);
-                t.carbon_ug = t.carbon_ug.saturating_add(f.carbon_ug);
             }
         });
         self.save();
@@ -414,9 +416,11 @@ impl NodeFootprint {
             )
     }
 
-    /// A request's figures as the API reports them in `usage.footprint`.
+    /// A request's figures as the API reports them in `usage.footprint` (`f` may sum a
+    /// swarm route's hops: `regions` lists every grid it ran on).
     pub fn describe(&self, f: &Footprint, tokens: u64) -> serde_json::Value {
         json!({
+            "regions": f.regions,
             "energy_mwh": f.energy_mwh(),
             "energy_uwh": f.energy_uwh,
             "carbon_mg": f.carbon_mg(),
@@ -467,9 +471,35 @@ impl NodeFootprint {
         let me = Arc::clone(self);
         kwaainet_api::JobHook(Arc::new(move |r: &kwaainet_api::JobReport| {
             let tokens = (r.prompt_tokens + r.completion_tokens) as u64;
-            let f = me.job(r.wall, r.busy, tokens);
-            Some(me.describe(&f, tokens))
+            // This node accrues its own part; the response reports the whole route's.
+            let own = me.job(r.wall, r.busy, tokens);
+            let mut route = own.clone();
+            if let Some(hops) = &r.hops {
+                route.add(hops);
+            }
+            let mut out = me.describe(&route, tokens);
+            if let Some(hops) = &r.hops {
+                out["node"] = json!({
+                    "energy_uwh": own.energy_uwh,
+                    "carbon_ug": own.carbon_ug,
+                    "busy_ms": own.busy_ms,
+                });
+                out["hops"] = json!({
+                    "energy_uwh": hops.energy_uwh,
+                    "carbon_ug": hops.carbon_ug,
+                    "busy_ms": hops.busy_ms,
+                    "method": hops.energy_method,
+                    "regions": hops.regions,
+                });
+            }
+            Some(out)
         }))
+    }
+}
+
+impl kwaainet_swarm::server::StepMeter for NodeFootprint {
+    fn step(&self, busy: Duration) -> Option<Footprint> {
+        Some(self.served_step(busy))
     }
 }
 
@@ -533,6 +563,9 @@ mod tests {
         again.tick(Duration::from_secs(10), Some(stats(200_000, 40)));
         again.tick(Duration::from_secs(10), Some(stats(300_000, 60)));
         again.tick(Duration::from_secs(10), Some(stats(100_000, 5)));
+        // Each served step's energy is accounted as it runs, and returned to its client.
+        let step = again.served_step(Duration::from_millis(400));
+        assert!(step.energy_uwh > 0 && step.regions == ["FR"], "{step:?}");
         let t = lock(&again.totals).clone();
         assert_eq!((t.uptime_s, t.served_tokens, t.block_tokens), (30, 65, 650));
         assert_eq!(t.busy_ms, 1_800 + 400);

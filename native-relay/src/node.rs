@@ -447,14 +447,6 @@ async fn run(
         audit.log(),
         &s.policy,
     )?;
-    let service = match &s.span {
-        Some((model, blocks)) => Some(
-            crate::serving::start(&node, model, span_args, blocks.clone(), &data_dir)
-                .await
-                .context("serving the span")?,
-        ),
-        None => None,
-    };
     let footprint = crate::footprint::NodeFootprint::open(
         &crate::footprint::dir_of(&data_dir, &node.peer_id()),
         roles.region.as_deref(),
@@ -466,6 +458,21 @@ async fn run(
         &key_for_data,
         s.public_name.clone(),
     )?;
+    let service = match &s.span {
+        Some((model, blocks)) => Some(
+            crate::serving::start(
+                &node,
+                model,
+                span_args,
+                blocks.clone(),
+                &data_dir,
+                Arc::clone(&footprint) as _,
+            )
+            .await
+            .context("serving the span")?,
+        ),
+        None => None,
+    };
     // Uptime and the span server's work, into the footprint every 10 s.
     let ticker = tokio::spawn({
         let footprint = Arc::clone(&footprint);

@@ -16,6 +16,7 @@ use kwaainet_p2p::libp2p::PeerId;
 use kwaainet_p2p::record::{ServedSpan, SpanState};
 use kwaainet_swarm::net::ServerSlot;
 use kwaainet_swarm::placement::{self, Placed};
+use kwaainet_swarm::server::StepMeter;
 
 use crate::swarm::{Span, SpanArgs};
 
@@ -141,13 +142,15 @@ async fn load(
 }
 
 /// Starts serving on `node` (which already runs): chooses the blocks when `auto`, loads,
-/// announces and serves them, and keeps the record current.
+/// announces and serves them, and keeps the record current. `meter` accounts each step
+/// (whichever blocks the node serves, after a move too).
 pub async fn start(
     node: &NodeHandle,
     model: &ModelFile,
     args: &SpanArgs,
     blocks: Blocks,
     data_dir: &Path,
+    meter: Arc<dyn StepMeter>,
 ) -> anyhow::Result<Service> {
     let id = crate::swarm::model_id_of(&model.path, &model.sha256)?;
     let n = crate::swarm::block_count(&model.path)?;
@@ -190,6 +193,7 @@ pub async fn start(
     joining.state = SpanState::Joining;
     announce(node, &announced, joining).await;
     let span = load(model, args, range, data_dir).await?;
+    span.server.set_meter(Arc::clone(&meter));
     announce(node, &announced, span.announced.clone()).await;
     let slot = Arc::new(ServerSlot::new(Arc::clone(&span.server)));
     let mut tasks = vec![crate::swarm::serve(node, Arc::clone(&slot))];
@@ -202,6 +206,7 @@ pub async fn start(
         data_dir: data_dir.to_owned(),
         n,
         auto: blocks == Blocks::Auto,
+        meter,
     };
     tasks.push(tokio::spawn(keeper.run()));
     Ok(Service {
@@ -222,6 +227,7 @@ struct Keeper {
     data_dir: PathBuf,
     n: usize,
     auto: bool,
+    meter: Arc<dyn StepMeter>,
 }
 
 impl Keeper {
@@ -284,6 +290,7 @@ impl Keeper {
         // New sessions go to the new blocks (pushing on like the old server did); open ones
         // finish on the old server.
         span.server.set_pusher(crate::swarm::pusher(&self.node));
+        span.server.set_meter(Arc::clone(&self.meter));
         self.slot.replace(Arc::clone(&span.server));
         announce(&self.node, &self.announced, span.announced.clone()).await;
         #[allow(clippy::print_stdout)] // the same line as at start, for operators and tests

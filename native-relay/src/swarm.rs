@@ -299,17 +299,28 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
                             None => format!("{}..{} on {peer}", b.start, b.end),
                         })
                         .collect();
+                    let footprint = match &st.hops_footprint {
+                        Some(f) => format!(
+                            "the servers used {} µWh, {} µg CO2e ({:?}; {})",
+                            f.energy_uwh,
+                            f.carbon_ug,
+                            f.energy_method,
+                            f.regions.join(" ")
+                        ),
+                        None => "the servers reported no footprint".to_owned(),
+                    };
                     #[allow(clippy::print_stderr)] // the session's summary, for people
                     {
                         eprintln!(
-                            "swarm: {} hop(s) [{}], {} steps, {} pushed server to server, {} failover(s), {} B sent, {} B received",
+                            "swarm: {} hop(s) [{}], {} steps, {} pushed server to server, {} failover(s), {} B sent, {} B received; {footprint}; this client {} ms",
                             route.len(),
                             route.join(", "),
                             st.steps,
                             st.pushed,
                             st.failovers,
                             st.bytes_sent,
-                            st.bytes_received
+                            st.bytes_received,
+                            st.local_busy.as_millis()
                         );
                     }
                     out
@@ -361,10 +372,7 @@ impl SwarmSessions {
 }
 
 impl kwaainet_api::SessionSource for SwarmSessions {
-    fn open(
-        &self,
-        max_ctx: usize,
-    ) -> Result<Box<dyn kwaainet_core::generate::Session + Send>, String> {
+    fn open(&self, max_ctx: usize) -> Result<Box<dyn kwaainet_api::RemoteSession>, String> {
         let n_layers = self.local.config().n_layers;
         let found = self
             .runtime
@@ -394,27 +402,34 @@ impl kwaainet_api::SessionSource for SwarmSessions {
             config,
             format!("api-{}-{n}", std::process::id()),
         );
-        Ok(match &self.recorder {
-            Some(recorder) => Box::new(AuditedSession {
-                inner: session,
-                hops: std::collections::BTreeSet::new(),
-                regions: found.regions,
-                recorder: recorder.clone(),
-            }),
-            None => Box::new(session),
-        })
+        Ok(Box::new(AuditedSession {
+            inner: session,
+            hops: std::collections::BTreeSet::new(),
+            regions: found.regions,
+            recorder: self.recorder.clone(),
+        }))
     }
 }
 
-/// A swarm session that logs, when it ends, one audit entry per server that ran part of
-/// the request (failover replacements included) with the region it declares: where the
-/// request's data went, hop by hop.
+/// An API request's swarm session. With an audit log it logs, when it ends, one entry per
+/// server that ran part of the request (failover replacements included) with the region it
+/// declares: where the request's data went, hop by hop. It reports what the route cost.
 struct AuditedSession {
     inner: SwarmSession,
     /// Every server of the route so far.
     hops: std::collections::BTreeSet<String>,
     regions: std::collections::HashMap<String, String>,
-    recorder: crate::audit::Recorder,
+    recorder: Option<crate::audit::Recorder>,
+}
+
+impl kwaainet_api::RemoteSession for AuditedSession {
+    fn local_busy(&self) -> std::time::Duration {
+        self.inner.stats().local_busy
+    }
+
+    fn hops(&self) -> Option<kwaainet_footprint::Footprint> {
+        self.inner.stats().hops_footprint.clone()
+    }
 }
 
 impl kwaainet_core::generate::Session for AuditedSession {
@@ -437,6 +452,9 @@ impl kwaainet_core::generate::Session for AuditedSession {
 impl Drop for AuditedSession {
     fn drop(&mut self) {
         use kwaainet_audit::{Decision, Entry, Label, Op};
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
         let now = crate::audit::now_ms();
         let entries: Vec<Entry> = (self.hops.iter())
             .map(|server| {
@@ -453,7 +471,7 @@ impl Drop for AuditedSession {
                 e
             })
             .collect();
-        if !entries.is_empty() && !self.recorder.record_anonymous(entries) {
+        if !entries.is_empty() && !recorder.record_anonymous(entries) {
             tracing::warn!("audit queue full: a request's hops were not recorded");
         }
     }

@@ -755,6 +755,11 @@ fn generate_through_span_servers_equals_local_generation() -> Result<()> {
         // 16 tokens generated: 15 steps after the prompt, two pushes per step through 3 hops.
         let pushed = if push { "32 pushed" } else { "0 pushed" };
         assert!(summary.contains(pushed), "{summary}");
+        // Every hop returned its step's footprint (no region declared: the world's grid).
+        assert!(
+            summary.contains("µg CO2e (Modelled; world)") && !summary.contains(" used 0 µWh"),
+            "{summary}"
+        );
     }
 
     // The OpenAI API of a node that holds only the embedding and the head: the same greedy
@@ -767,16 +772,35 @@ fn generate_through_span_servers_equals_local_generation() -> Result<()> {
     assert_eq!(status, 200);
     assert!(models.contains("\"backend\":\"swarm\""), "{models}");
     let request = serde_json::json!({"prompt": prompt, "max_tokens": 12, "temperature": 0});
+    let energy = |n: &Node| -> Result<u64> {
+        let (_, f) = get(n.http, "/api/v1/footprint")?;
+        let f: serde_json::Value = serde_json::from_str(&f)?;
+        f["energy_uwh"].as_u64().context("energy_uwh")
+    };
+    let before = (servers.iter().map(energy)).collect::<Result<Vec<_>>>()?;
     let (status, through_swarm) = post(api.http, "/v1/completions", &request)?;
     assert_eq!(status, 200, "{through_swarm}");
+    // The route's footprint is the sum of what each of the three servers accounted for its
+    // steps, plus the API node's own part (embedding and head).
+    let after = (servers.iter().map(energy)).collect::<Result<Vec<_>>>()?;
+    let served: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+    let f = &through_swarm["usage"]["footprint"];
+    assert!(served > 0, "{before:?} {after:?}");
+    assert_eq!(f["hops"]["energy_uwh"], served, "{f}");
+    assert!(
+        after.iter().zip(&before).all(|(a, b)| a > b),
+        "every hop ran: {before:?} {after:?}"
+    );
+    let node = f["node"]["energy_uwh"].as_u64().context("node's part")?;
+    assert_eq!(f["energy_uwh"], served + node, "{f}");
+    assert_eq!(f["regions"], serde_json::json!(["world"]), "{f}");
     let (status, whole) = post(servers[0].http, "/v1/completions", &request)?;
     assert_eq!(status, 200, "{whole}");
     assert_eq!(
         through_swarm["choices"][0]["text"],
         whole["choices"][0]["text"]
     );
-    // The same token counts; each node reports the footprint of its own part (through the
-    // swarm, the API node's embedding and head only: span servers do not report theirs yet).
+    // The same token counts.
     for k in ["prompt_tokens", "completion_tokens", "total_tokens"] {
         assert_eq!(through_swarm["usage"][k], whole["usage"][k], "{k}");
     }

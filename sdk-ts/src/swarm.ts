@@ -287,7 +287,7 @@ export class PageSwarm {
             timeToFirstTokenMs: Math.max(0, (firstTokenAt ?? now) - t0),
             decodeTokensPerS: decodeMs > 0 ? (after * 1000) / decodeMs : 0,
           },
-          swarm: report ?? { route: [], steps: 0, failovers: 0, replays: 0, bytesSent: 0, bytesReceived: 0 },
+          swarm: report ?? { route: [], steps: 0, failovers: 0, replays: 0, bytesSent: 0, bytesReceived: 0, footprint: null, localBusyMs: 0 },
         });
       };
       this.current = {

@@ -153,6 +153,10 @@ export interface WasmSwarmReport {
   replays: number;
   bytesSent: number;
   bytesReceived: number;
+  /** What the route's servers reported their steps cost, summed (null: none reported). */
+  footprint: { energyUwh: number; carbonUg: number; method: 'measured' | 'modelled' | 'declared'; regions: string[] } | null;
+  /** This page's own part (embedding and head), ms. */
+  localBusyMs: number;
 }
 
 /** A model's embedding and head, generating through span servers (engine/wasm

@@ -46,8 +46,11 @@ pub struct JobReport {
     pub completion_tokens: usize,
     /// From arrival to the end.
     pub wall: std::time::Duration,
-    /// Compute time the node spent on it (its share of the batched steps).
+    /// Compute time the node spent on it (its share of the batched steps; through the
+    /// swarm, its embedding and head).
     pub busy: std::time::Duration,
+    /// Through the swarm: what the route's servers reported for their part.
+    pub hops: Option<kwaainet_footprint::Footprint>,
 }
 
 /// Accounts each finished request (the node's footprint) and returns what to attach to the

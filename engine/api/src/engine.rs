@@ -42,13 +42,22 @@ pub enum Out {
         prompt_tokens: usize,
         /// Generated tokens (an end-of-generation token included).
         completion_tokens: usize,
-        /// Compute time this node spent on it: its share of each batched step it was in
-        /// (steps split evenly among their requests). Zero through the swarm, whose span
-        /// servers do the heavy part.
-        busy: Duration,
+        /// What it cost: this node's compute time and the swarm's hops.
+        cost: JobCost,
     },
     /// It failed.
     Failed(ApiError),
+}
+
+/// What a finished request cost, for the node's environmental accounting.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobCost {
+    /// Compute time this node spent on it: locally, its share of each batched step it was
+    /// in (steps split evenly among their requests); through the swarm, the embedding and
+    /// the head.
+    pub busy: Duration,
+    /// Through the swarm: the energy and carbon its route's servers reported, summed.
+    pub hops: Option<kwaainet_footprint::Footprint>,
 }
 
 /// A request for a backend: the prompt's tokens, how to generate, which log-probabilities
@@ -377,7 +386,10 @@ fn dispatch(ev: BatchEvent, running: &mut HashMap<u64, Running>, metrics: &Metri
                     reason,
                     prompt_tokens,
                     completion_tokens,
-                    busy: r.busy,
+                    cost: JobCost {
+                        busy: r.busy,
+                        hops: None,
+                    },
                 });
             }
         }
@@ -389,11 +401,19 @@ fn dispatch(ev: BatchEvent, running: &mut HashMap<u64, Running>, metrics: &Metri
     }
 }
 
+/// A generation session through the swarm, which says what it cost.
+pub trait RemoteSession: Session + Send {
+    /// Compute time spent here (the embedding and the head).
+    fn local_busy(&self) -> Duration;
+    /// The energy and carbon the route's servers reported, summed.
+    fn hops(&self) -> Option<kwaainet_footprint::Footprint>;
+}
+
 /// Opens generation sessions through the swarm (the node's client side implements it).
 pub trait SessionSource: Send + Sync + 'static {
     /// A session holding up to `max_ctx` positions; blocking (called on the blocking
     /// pool). The error says why no route exists now.
-    fn open(&self, max_ctx: usize) -> Result<Box<dyn Session + Send>, String>;
+    fn open(&self, max_ctx: usize) -> Result<Box<dyn RemoteSession>, String>;
 }
 
 /// The swarm behind the API: one session per request, at most `slots` at once.
@@ -537,7 +557,10 @@ fn remote_generate(
                     reason,
                     prompt_tokens: g.prompt_tokens(),
                     completion_tokens: g.tokens().len(),
-                    busy: Duration::ZERO,
+                    cost: JobCost {
+                        busy: g.session().local_busy(),
+                        hops: g.session().hops(),
+                    },
                 });
                 return;
             }

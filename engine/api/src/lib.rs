@@ -29,7 +29,7 @@ pub mod openai;
 mod routes;
 
 pub use audit::{AuditEvent, AuditHook, JobHook, JobReport};
-pub use engine::{LocalConfig, LocalEngine, RemoteEngine, SessionSource};
+pub use engine::{JobCost, LocalConfig, LocalEngine, RemoteEngine, RemoteSession, SessionSource};
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use routes::router;

@@ -546,7 +546,7 @@ fn account(
     ctx: &Ctx,
     prompt: usize,
     completion: usize,
-    busy: std::time::Duration,
+    cost: crate::engine::JobCost,
 ) -> Option<Value> {
     let hook = ctx.api.config.jobs.as_ref()?;
     (hook.0)(&crate::JobReport {
@@ -557,7 +557,8 @@ fn account(
         prompt_tokens: prompt,
         completion_tokens: completion,
         wall: ctx.started.elapsed(),
-        busy,
+        busy: cost.busy,
+        hops: cost.hops,
     })
 }
 
@@ -579,7 +580,7 @@ async fn collect(
     let mut ids = Vec::new();
     let mut lps: Vec<TokenLogprob> = Vec::new();
     let mut first = None;
-    let (reason, prompt_tokens, completion_tokens, busy) = loop {
+    let (reason, prompt_tokens, completion_tokens, cost) = loop {
         match rx.recv().await {
             Some(Out::Token {
                 token,
@@ -596,10 +597,10 @@ async fn collect(
                 reason,
                 prompt_tokens,
                 completion_tokens,
-                busy,
+                cost,
             }) => {
                 text.push_str(&t);
-                break (reason, prompt_tokens, completion_tokens, busy);
+                break (reason, prompt_tokens, completion_tokens, cost);
             }
             Some(Out::Failed(e)) => {
                 record(
@@ -629,7 +630,7 @@ async fn collect(
         first,
         finish_reason(reason),
     );
-    let footprint = account(&ctx, prompt_tokens, completion_tokens, busy);
+    let footprint = account(&ctx, prompt_tokens, completion_tokens, cost);
     let usage = usage_with(prompt_tokens, completion_tokens, footprint);
     let body = match ctx.kind {
         Kind::Chat => json!({
@@ -823,10 +824,10 @@ impl Streaming {
         reason: FinishReason,
         prompt: usize,
         completion: usize,
-        busy: std::time::Duration,
+        cost: crate::engine::JobCost,
     ) -> Vec<Event> {
         self.done = true;
-        let footprint = account(&self.ctx, prompt, completion, busy);
+        let footprint = account(&self.ctx, prompt, completion, cost);
         record(
             &self.ctx,
             200,
@@ -900,9 +901,9 @@ impl Streaming {
                     reason,
                     prompt_tokens,
                     completion_tokens,
-                    busy,
+                    cost,
                 }) => {
-                    return Some(self.end(text, reason, prompt_tokens, completion_tokens, busy));
+                    return Some(self.end(text, reason, prompt_tokens, completion_tokens, cost));
                 }
                 Some(Out::Failed(e)) => return Some(self.fail(&e)),
                 Some(Out::Prefilled(_)) => {}

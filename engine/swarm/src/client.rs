@@ -155,6 +155,43 @@ pub struct SwarmStats {
     pub pushed: usize,
     /// Pushes a server could not make, which the client made instead.
     pub client_pushes: usize,
+    /// The energy and carbon the route's servers reported for the steps they ran
+    /// (replays included), summed: regions joined, the weakest method. `None` until a
+    /// server reports one.
+    pub hops_footprint: Option<kwaainet_footprint::Footprint>,
+    /// Time this client spent on its own part (embedding and head).
+    pub local_busy: Duration,
+}
+
+/// Most regions a route's footprint lists (a server cannot grow the client's memory by
+/// naming a new region at every step).
+pub const MAX_ROUTE_REGIONS: usize = 32;
+
+impl SwarmStats {
+    /// Adds a hop's reported footprint to the route's (a malformed one is dropped).
+    fn absorb(&mut self, server: &str, hop: Option<kwaainet_footprint::Footprint>) {
+        let Some(hop) = hop else { return };
+        let sane = hop.regions.len() <= 4
+            && hop
+                .regions
+                .iter()
+                .all(|r| !r.is_empty() && r.len() <= 32 && r.chars().all(|c| c.is_ascii_graphic()));
+        if !sane {
+            tracing::debug!(%server, "a hop's footprint names odd regions: not counted");
+            return;
+        }
+        match &mut self.hops_footprint {
+            None => self.hops_footprint = Some(hop),
+            Some(total) => {
+                let mut hop = hop;
+                hop.regions.retain(|r| {
+                    total.regions.contains(r) || total.regions.len() < MAX_ROUTE_REGIONS
+                });
+                total.add(&hop);
+                total.regions.truncate(MAX_ROUTE_REGIONS);
+            }
+        }
+    }
 }
 
 /// A step as first sent to a hop: what a replacement replays.
@@ -303,7 +340,9 @@ impl SwarmSession {
             let blocks = 0..self.local.config().n_layers;
             self.route = self.open_segment(blocks)?;
         }
+        let started = Instant::now();
         let hidden = self.local.embed(tokens)?;
+        self.stats.local_busy += started.elapsed();
         let codec = match self.config.codec {
             CodecChoice::Fixed(c) => c,
             CodecChoice::Auto => Codec::auto(hidden.len()),
@@ -329,10 +368,13 @@ impl SwarmSession {
         };
         self.len += n;
         let values = n * self.local.config().dim;
+        let started = Instant::now();
         let hidden = codec
             .decode(&output.payload, values)
             .map_err(|e| CoreError::Backend(format!("swarm: last hop's output: {e}")))?;
-        Ok(self.local.logits(&hidden)?)
+        let logits = self.local.logits(&hidden)?;
+        self.stats.local_busy += started.elapsed();
+        Ok(logits)
     }
 
     /// Runs `input` through every hop of the route (failing over as needed); the last
@@ -413,7 +455,12 @@ impl SwarmSession {
             hop.link.send(&frame).map_err(HopFailure::Link)?;
             self.stats.bytes_sent += input.payload.len();
         }
-        let (output, push_error) = recv_output(&mut *self.route[i].link, input, dim)?;
+        let HopOutput {
+            payload: output,
+            push_error,
+            footprint,
+        } = recv_output(&mut *self.route[i].link, input, dim)?;
+        self.stats.absorb(&self.route[i].server, footprint);
         self.stats.steps += 1;
         self.stats.bytes_received += output.len();
         let Some(to) = self.push_target(i) else {
@@ -480,7 +527,7 @@ impl SwarmSession {
         let mut attempts = 0;
         loop {
             let mut hops = self.open_segment(old.blocks.clone())?;
-            match replay(&mut hops, &old.history, dim) {
+            match replay(&mut hops, &old.history, dim, &mut self.stats) {
                 Ok(steps) => {
                     if !old.history.is_empty() {
                         self.stats.replays += 1;
@@ -615,13 +662,18 @@ fn step_frame(id: u64, input: &Sent, pushed: bool, push: Option<PushTo>) -> Vec<
     protocol::encode(&step, if pushed { &[] } else { &input.payload })
 }
 
-/// Reads a hop's answer to the step of `input`: its output (encoded, checked for size) and
-/// why it could not push it, if it could not.
-fn recv_output(
-    link: &mut dyn Link,
-    input: &Sent,
-    dim: usize,
-) -> Result<(Vec<u8>, Option<String>), HopFailure> {
+/// A hop's answer to a step.
+struct HopOutput {
+    /// The output (encoded, checked for size).
+    payload: Vec<u8>,
+    /// Why the hop could not push it, if it could not.
+    push_error: Option<String>,
+    /// What the step cost the hop, if it says.
+    footprint: Option<kwaainet_footprint::Footprint>,
+}
+
+/// Reads a hop's answer to the step of `input`.
+fn recv_output(link: &mut dyn Link, input: &Sent, dim: usize) -> Result<HopOutput, HopFailure> {
     let expected = input.codec.encoded_len(input.tokens as usize * dim);
     let reply = link
         .recv(expected)
@@ -633,7 +685,11 @@ fn recv_output(
         Message::Output(o)
             if o.length == input.position + input.tokens && frame.payload.len() == expected =>
         {
-            Ok((frame.payload, o.push_error))
+            Ok(HopOutput {
+                payload: frame.payload,
+                push_error: o.push_error,
+                footprint: o.footprint,
+            })
         }
         Message::Fail(f) => Err(HopFailure::Refused(f)),
         other => Err(HopFailure::Protocol(format!("{other:?} to a step"))),
@@ -641,8 +697,14 @@ fn recv_output(
 }
 
 /// Runs `history` (a failed hop's steps) through `hops` in order, recording each hop's own
-/// history; the steps run, or the server that failed and why.
-fn replay(hops: &mut [Hop], history: &[Sent], dim: usize) -> Result<usize, (String, HopFailure)> {
+/// history (and the servers' footprints in `stats`); the steps run, or the server that
+/// failed and why.
+fn replay(
+    hops: &mut [Hop],
+    history: &[Sent],
+    dim: usize,
+    stats: &mut SwarmStats,
+) -> Result<usize, (String, HopFailure)> {
     let mut steps = 0;
     for sent in history {
         let mut input = sent.clone();
@@ -655,8 +717,9 @@ fn replay(hops: &mut [Hop], history: &[Sent], dim: usize) -> Result<usize, (Stri
                 .and_then(|()| recv_output(&mut *hop.link, &input, dim))
                 .map_err(|f| (hop.server.clone(), f))?;
             steps += 1;
+            stats.absorb(&hop.server, out.footprint);
             hop.history.push(input.clone());
-            input.payload = Arc::new(out.0);
+            input.payload = Arc::new(out.payload);
         }
     }
     Ok(steps)

@@ -134,6 +134,10 @@ pub struct Output {
     /// Why the output could not be pushed where the step said (the client then sends it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push_error: Option<String>,
+    /// The step's energy and carbon on this server (its grid's region, how it was
+    /// obtained), when the server accounts them: a client sums its route's hops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footprint: Option<kwaainet_footprint::Footprint>,
 }
 
 /// Why a request was refused.

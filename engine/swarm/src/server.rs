@@ -86,6 +86,13 @@ struct Inbox {
     arrived: Condvar,
 }
 
+/// Accounts the energy and carbon of the steps a server runs (the node's footprint).
+pub trait StepMeter: Send + Sync {
+    /// Accounts one step that kept the server busy for `busy`; the footprint to return
+    /// with its output, if any.
+    fn step(&self, busy: Duration) -> Option<kwaainet_footprint::Footprint>;
+}
+
 /// The blocks a node serves, shared by all its connections.
 pub struct SpanServer {
     model: Arc<Llama>,
@@ -94,6 +101,7 @@ pub struct SpanServer {
     used: Mutex<Budget>,
     inboxes: Mutex<HashMap<String, Arc<Inbox>>>,
     pusher: Mutex<Option<Arc<dyn Connector>>>,
+    meter: Mutex<Option<Arc<dyn StepMeter>>>,
     counters: Counters,
 }
 
@@ -168,6 +176,7 @@ impl SpanServer {
             used: Mutex::new(Budget::default()),
             inboxes: Mutex::new(HashMap::new()),
             pusher: Mutex::new(None),
+            meter: Mutex::new(None),
             counters: Counters::default(),
         }
     }
@@ -187,6 +196,18 @@ impl SpanServer {
 
     fn pusher(&self) -> Option<Arc<dyn Connector>> {
         self.pusher.lock().ok()?.clone()
+    }
+
+    /// Who accounts this server's steps: each step's footprint then goes back to the
+    /// client with its output.
+    pub fn set_meter(&self, meter: Arc<dyn StepMeter>) {
+        if let Ok(mut m) = self.meter.lock() {
+            *m = Some(meter);
+        }
+    }
+
+    fn meter(&self) -> Option<Arc<dyn StepMeter>> {
+        self.meter.lock().ok()?.clone()
     }
 
     /// The model's width (values per token of hidden state).
@@ -517,12 +538,14 @@ impl Connection {
             Ok(out) => out,
             Err(f) => return failed(f),
         };
+        let busy = started.elapsed();
         let c = &self.server.counters;
         let tokens = u64::from(step.tokens);
         add(&c.steps, 1);
         add(&c.tokens, tokens);
         add(&c.block_tokens, tokens * self.server.blocks.len() as u64);
-        add(&c.busy_us, started.elapsed().as_micros() as u64);
+        add(&c.busy_us, busy.as_micros() as u64);
+        let footprint = self.server.meter().and_then(|m| m.step(busy));
         add(&c.bytes_in, bytes_in);
         add(&c.bytes_out, output.len() as u64);
         let push_error = step.push.as_ref().and_then(|to| {
@@ -533,6 +556,7 @@ impl Connection {
             step: step.step,
             length: session.cache.len() as u32,
             push_error,
+            footprint,
         };
         let reply = protocol::encode(&Message::Output(out), &output);
         session.last = Some((step.step, step.position, reply.clone()));

@@ -578,3 +578,96 @@ fn hostile_clients_get_clear_errors_and_the_server_keeps_serving() {
     drop(c);
     assert_eq!((server.sessions(), server.free_tokens()), (0, 1024));
 }
+
+/// Accounts every step at a fixed 1 mWh on its server's grid, and counts what it returned.
+struct FixedMeter {
+    region: &'static str,
+    returned: std::sync::atomic::AtomicU64,
+}
+
+impl kwaainet_swarm::server::StepMeter for FixedMeter {
+    fn step(&self, busy: Duration) -> Option<kwaainet_footprint::Footprint> {
+        use std::sync::atomic::Ordering;
+        let mix = kwaainet_footprint::grid::mix(self.region)?;
+        let f = kwaainet_footprint::Footprint::of(
+            kwaainet_footprint::Energy(1_000),
+            kwaainet_footprint::Method::Modelled,
+            &mix,
+            busy,
+        );
+        self.returned.fetch_add(f.carbon_ug, Ordering::SeqCst);
+        Some(f)
+    }
+}
+
+#[test]
+fn a_route_reports_the_sum_of_its_hops_footprints_replays_included() {
+    use std::sync::atomic::Ordering;
+    let Some((servers, entries)) =
+        swarm(&[("a", 0..10), ("b1", 10..20), ("b2", 10..20), ("c", 20..30)])
+    else {
+        return;
+    };
+    let meters: Vec<(&str, Arc<FixedMeter>)> =
+        [("a", "DE"), ("b1", "FR"), ("b2", "FR"), ("c", "SE")]
+            .into_iter()
+            .map(|(id, region)| {
+                let m = Arc::new(FixedMeter {
+                    region,
+                    returned: Default::default(),
+                });
+                servers.get(id).unwrap().set_meter(m.clone());
+                (id, m)
+            })
+            .collect();
+    let local = client_model().unwrap();
+    let prompt = &prompts()[1];
+    for push in [false, true] {
+        for (_, m) in &meters {
+            m.returned.store(0, Ordering::SeqCst);
+        }
+        let mut s = SwarmSession::new(
+            Arc::clone(&local),
+            entries.clone(),
+            Arc::new(servers.clone()),
+            config_push(Codec::F32, push),
+            format!("footprint-{push}"),
+        );
+        let mut killed = None;
+        greedy(&mut s, prompt, 12, |i| {
+            if i == 5 {
+                let id = s_route_middle(&servers);
+                servers.kill(&id);
+                killed = Some(id);
+            }
+        });
+        let st = s.stats().clone();
+        assert_eq!(st.replays, 1, "{st:?}");
+        let f = st.hops_footprint.clone().expect("the hops' footprints");
+        // Every step a server ran reached the client, the replayed history too: 1 mWh each.
+        assert_eq!(f.energy_uwh, 1_000 * st.steps as u64, "{st:?}");
+        let carbon: u64 = meters
+            .iter()
+            .map(|(_, m)| m.returned.load(Ordering::SeqCst))
+            .sum();
+        assert_eq!(f.carbon_ug, carbon);
+        assert_eq!(f.regions, ["DE", "FR", "SE"]);
+        assert_eq!(f.energy_method, kwaainet_footprint::Method::Modelled);
+        assert!(st.local_busy > Duration::ZERO);
+        drop(s);
+        let id = killed.unwrap();
+        let server = Arc::new(SpanServer::new(
+            load(span(10..20)).unwrap(),
+            server_config(4096),
+        ));
+        let m = meters.iter().find(|(k, _)| *k == id).unwrap().1.clone();
+        server.set_meter(m);
+        servers.add(&id, server);
+    }
+}
+
+/// The server of blocks 10..20 the session in flight uses (the one holding a session).
+fn s_route_middle(servers: &LocalServers) -> String {
+    let busy = |id: &str| servers.get(id).is_some_and(|s| s.sessions() > 0);
+    if busy("b1") { "b1" } else { "b2" }.to_owned()
+}

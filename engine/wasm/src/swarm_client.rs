@@ -86,6 +86,25 @@ pub struct SwarmReport {
     pub bytes_sent: u64,
     /// Hidden-state bytes received.
     pub bytes_received: u64,
+    /// The energy and carbon the servers reported for their steps, summed (`None` when no
+    /// server reports one).
+    pub footprint: Option<RouteFootprint>,
+    /// Time this page spent on its own part (embedding and head), ms.
+    pub local_busy_ms: u64,
+}
+
+/// What a route's servers reported their steps cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteFootprint {
+    /// Energy, µWh.
+    pub energy_uwh: u64,
+    /// Carbon, µg CO2e.
+    pub carbon_ug: u64,
+    /// The weakest method among the hops (`measured`, `modelled`, `declared`).
+    pub method: kwaainet_footprint::Method,
+    /// The grids the hops ran on.
+    pub regions: Vec<String>,
 }
 
 /// One hop of a route.
@@ -114,6 +133,13 @@ fn to_report(route: Vec<(String, Range<usize>)>, s: &SwarmStats) -> SwarmReport 
         replays: s.replays as u64,
         bytes_sent: s.bytes_sent as u64,
         bytes_received: s.bytes_received as u64,
+        footprint: s.hops_footprint.as_ref().map(|f| RouteFootprint {
+            energy_uwh: f.energy_uwh,
+            carbon_ug: f.carbon_ug,
+            method: f.energy_method,
+            regions: f.regions.clone(),
+        }),
+        local_busy_ms: u64::try_from(s.local_busy.as_millis()).unwrap_or(u64::MAX),
     }
 }
 
