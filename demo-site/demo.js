@@ -80,7 +80,7 @@
     const s = c.served;
     if (s) {
       setList($('served'), [
-        ['Span', 'blocks ' + s.start + '..' + s.end + (s.state === 'serving' ? '' : ' (withdrawn)')],
+        ['Span', 'blocks ' + s.start + '..' + s.end + (s.state === 'serving' ? '' : s.state === 'paused' ? ' (paused: ' + s.pausedBecause + ')' : ' (' + s.state + ')')],
         ['Sessions', s.sessions + ' (' + s.sessionsOpen + ' open)'],
         ['Tokens', s.tokens],
         ['Block × tokens', s.blockTokens],

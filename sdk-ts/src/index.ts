@@ -34,6 +34,7 @@ export { DEFAULT_MAX_RESOURCES, parseMaxResources, type MaxResources } from './r
 // DutyCycle, but a site never constructs either (the classes are in ./internal).
 export type { ConsentManager } from './consent.js';
 export type { DutyCycle } from './resources.js';
+export type { PauseReason, PowerPolicy, PowerState, PressureLevel } from './power.js';
 export type {
   ConsentDecision, ConsentPrompt, ConsentRequest, ConsentStorage, PrivacyFlag, Service,
 } from './consent.js';

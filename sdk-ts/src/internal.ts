@@ -32,3 +32,4 @@ export {
   type WasmErrorCode, type WasmP2pErrorCode,
 } from './wasm-errors.js';
 export { installFromScriptTag, parseScriptTag, type ScriptLike } from './script-tag.js';
+export { DEFAULT_POWER_POLICY, PowerGovernor, decide as decidePower, type PowerEnvironment } from './power.js';

@@ -128,8 +128,10 @@ export type Status =
   | { state: 'disposed' };
 
 export interface ContributionEvent {
-  /** 'idle': consent given, nothing served now; 'serving': a span is served (`served`). */
-  state: 'consent-needed' | 'declined' | 'idle' | 'serving';
+  /** 'idle': consent given, nothing served now; 'serving': a span is served (`served`);
+   *  'paused': the span waits for the device (on battery below the policy's level, or
+   *  under compute pressure: `served.pausedBecause`) and resumes by itself. */
+  state: 'consent-needed' | 'declined' | 'idle' | 'serving' | 'paused';
   consent: boolean;
   services: Service[];
   cpuPercent: number;
@@ -778,8 +780,9 @@ export class KwaaiNet {
     else this.scheduler = null;
     const served = this.served;
     const serving = consent && (served?.state === 'serving' || served?.state === 'draining');
+    const paused = consent && served?.state === 'paused';
     this.events.emit('contribution', {
-      state: d === null ? 'consent-needed' : serving ? 'serving' : consent ? 'idle' : 'declined',
+      state: d === null ? 'consent-needed' : serving ? 'serving' : paused ? 'paused' : consent ? 'idle' : 'declined',
       consent,
       services: [...this.services],
       cpuPercent: this.maxResources.cpu,

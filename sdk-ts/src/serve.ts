@@ -17,6 +17,11 @@
  * await span.withdraw();
  * ```
  *
+ * Contribution is kind to the device (power.ts): on battery below `power.minBatteryLevel`
+ * (default 50 %) or under critical compute pressure the span pauses — announced `draining`
+ * so clients start nothing new here, its sessions ended so they replay elsewhere — and it
+ * resumes when the device charges or the pressure eases.
+ *
  * Withdrawal stops serving at once (open streams end, so clients fail over and replay their
  * history elsewhere), withdraws the record through the relay, and ends the worker. It
  * happens by itself when consent is withdrawn, when the page is hidden for good (`pagehide`),
@@ -32,6 +37,7 @@ import { spawnWorker } from './spawn-worker.js';
 import { fromWasmP2pError } from './wasm-errors.js';
 import type { SpanWorkerReply, SpanWorkerRequest } from './host/span-worker.js';
 import { DEFAULT_MAX_RESOURCES, DutyCycle, MIB, type MaxResources } from './resources.js';
+import { PowerGovernor, type PauseReason, type PowerPolicy, type PowerState } from './power.js';
 import type { WasmSpanStats } from './wasm-engine.js';
 import type { WasmHostedSpan, WasmP2pNode } from './wasm-p2p.js';
 
@@ -70,6 +76,9 @@ export interface ServeSpanOptions {
   cacheTokens?: number;
   maxLength?: number;
   maxSessions?: number;
+  /** When to pause for the device's sake (battery, compute pressure; power.ts), or `false`
+   *  to serve whatever the battery says. Default: `DEFAULT_POWER_POLICY`. */
+  power?: PowerPolicy | false;
   /** How long loading may take (default 120 s). */
   timeoutMs?: number;
   signal?: AbortSignal;
@@ -77,8 +86,13 @@ export interface ServeSpanOptions {
 
 /** What the page has served: the span server's own counters (the ones a node shows). */
 export interface SpanContribution {
-  /** `draining`: withdrawing, still answering the sessions open when it began. */
-  state: 'serving' | 'draining' | 'withdrawn';
+  /** `draining`: withdrawing, still answering the sessions open when it began; `paused`:
+   *  not serving for the device's sake (`pausedBecause`), resumes by itself. */
+  state: 'serving' | 'paused' | 'draining' | 'withdrawn';
+  /** Why it is paused, when it is. */
+  pausedBecause?: PauseReason;
+  /** The device's power state, where the governor watches it. */
+  power?: PowerState;
   model: string;
   start: number;
   end: number;
@@ -147,6 +161,9 @@ export class SpanService {
   private gate: Promise<unknown> = Promise.resolve();
   /** Frames waiting or running. */
   private queued = 0;
+  /** Why serving is paused (the device's battery or load), if it is. */
+  private paused: PauseReason | null = null;
+  private powerState: PowerState | null = null;
 
   /** @internal Use `KwaaiNetwork.serveSpan`. */
   constructor(
@@ -183,7 +200,9 @@ export class SpanService {
   get contribution(): SpanContribution {
     const s = this.last;
     return {
-      state: this.ended !== null ? 'withdrawn' : this.draining !== null ? 'draining' : 'serving',
+      state: this.ended !== null ? 'withdrawn' : this.draining !== null ? 'draining' : this.paused !== null ? 'paused' : 'serving',
+      ...(this.paused !== null && this.ended === null && { pausedBecause: this.paused }),
+      ...(this.powerState !== null && { power: this.powerState }),
       model: this.modelId,
       start: this.start,
       end: this.end,
@@ -202,7 +221,23 @@ export class SpanService {
   /** @internal Starts answering streams and announces the span. */
   async announce(): Promise<void> {
     this.node.serveInference((stream, frame) => this.onFrame(stream, frame), { maxStreams: MAX_IN_FLIGHT });
-    await this.node.host([this.record('online')]);
+    await this.node.host([this.record(this.paused === null ? 'online' : 'draining')]);
+  }
+
+  /** @internal The device's power state changed (the governor's decision). Pausing ends
+   *  the open sessions (their clients replay elsewhere) and announces the span `draining`
+   *  so no new one starts here; resuming announces it `online` again. */
+  async power(state: PowerState): Promise<void> {
+    this.powerState = state;
+    const was = this.paused;
+    this.paused = state.allowed ? null : state.reason;
+    if (this.ended !== null || this.draining !== null || (was === null) === (this.paused === null)) {
+      this.events.emit('contribution', this.contribution);
+      return;
+    }
+    if (this.paused !== null) this.post({ type: 'closeAll' });
+    this.events.emit('contribution', this.contribution);
+    await this.node.host([this.record(this.paused === null ? 'online' : 'draining')]).catch(() => undefined);
   }
 
   private record(state: 'online' | 'draining'): WasmHostedSpan {
@@ -218,7 +253,7 @@ export class SpanService {
    *  route runs some blocks here): the same sessions, limits and counters as a stream
    *  from a peer, without the network. `null` once the span no longer serves. */
   localStream(): InferenceStreamLike | null {
-    if (this.ended !== null || this.draining !== null) return null;
+    if (this.ended !== null || this.draining !== null || this.paused !== null) return null;
     const id = LOCAL_STREAMS + (this.nextLocal++ % LOCAL_STREAMS);
     const replies: Promise<Uint8Array | null>[] = [];
     let open = true;
@@ -250,7 +285,8 @@ export class SpanService {
       if (this.ended === null) this.post({ type: 'close', stream });
       return null;
     }
-    if (this.ended !== null || this.queued >= MAX_IN_FLIGHT) return null;
+    // Paused: every stream ends as it is used (its session is gone; the client fails over).
+    if (this.ended !== null || this.paused !== null || this.queued >= MAX_IN_FLIGHT) return null;
     // One frame at a time (the worker runs one anyway), through the duty cycle: a step's
     // reply goes out as soon as it is computed, and the rest it owes to maxResources.cpu is
     // taken before the next frame starts, while the client works on the other hops.
@@ -527,6 +563,17 @@ export async function serveSpan(node: WasmP2pNode, options: ServeSpanOptions, on
     throw new ConsentRequiredError('Consent was withdrawn while the span loaded');
   }
   const service = new SpanService(node, worker, loaded, duty, onEnd);
+  if (options.power !== false) {
+    try {
+      const governor = await PowerGovernor.watch(options.power ?? {});
+      service.addCleanup(() => governor.close());
+      service.addCleanup(governor.onChange((s) => void service.power(s)));
+      await service.power(governor.state);
+    } catch (err) {
+      await service.stop('failed');
+      throw err;
+    }
+  }
   service.addCleanup(consent.onChange((d) => {
     if (d?.granted !== true) void service.stop('consent-withdrawn');
   }));

@@ -281,6 +281,69 @@ test('the serving page is closed mid-generation: the client fails over to the re
   await health(servers[0], 'the closed page gone from the servers', (r) => !r.servers?.some((s) => s.peer_id === pageId));
 });
 
+test('a serving page pauses on a low battery and under critical compute pressure, and resumes when charging or calm', { timeout: 240_000 }, async () => {
+  const page = await browser.context.newPage();
+  // The battery is the test's (the Battery Status API has no DevTools override: the
+  // manager is replaced before the page's scripts run); the compute pressure is Chromium's
+  // own, driven through DevTools' virtual pressure source.
+  await page.addInitScript(() => {
+    const b = new EventTarget();
+    b.charging = true;
+    b.level = 1;
+    b.set = (charging, level) => {
+      const changed = charging !== b.charging;
+      b.charging = charging;
+      b.level = level;
+      b.dispatchEvent(new Event(changed ? 'chargingchange' : 'levelchange'));
+    };
+    window.testBattery = b;
+    Object.defineProperty(Navigator.prototype, 'getBattery', { value: async () => b, configurable: true });
+  });
+  const cdp = await browser.context.newCDPSession(page);
+  await cdp.send('Emulation.setPressureSourceOverrideEnabled', { enabled: true, source: 'cpu' });
+  await cdp.send('Emulation.setPressureStateOverride', { source: 'cpu', state: 'nominal' });
+  const pageId = await serveFromPage(page);
+  await page.bringToFront();
+  const rowIs = (state) => health(servers[0], `the page's span ${state}`,
+    (r) => r.servers?.some((s) => s.peer_id === pageId && s.state === state));
+  const contribution = () => page.evaluate(() => window.span.contribution);
+  const until_ = (what, check) => until(20_000, what, async () => check(await contribution()));
+  await rowIs('online');
+  assert.deepEqual((await contribution()).power, { allowed: true, reason: null, charging: true, level: 1, pressure: 'nominal' });
+
+  // On battery at 20 %: paused, announced draining, and a client routes around the page.
+  await page.evaluate(() => window.testBattery.set(false, 0.2));
+  await until_('paused for the battery', (c) => c.state === 'paused' && c.pausedBecause === 'battery');
+  await rowIs('draining');
+  const before = (await contribution()).steps;
+  const around = await run(swarmArgs(16));
+  assert.equal(around.code, 0, around.err);
+  assert.equal(around.out, local16);
+  assert.ok(!summary(around.err).includes(pageId), summary(around.err));
+  assert.equal((await contribution()).steps, before, 'no step served while paused');
+
+  // Charging again: serving, online, and chosen again (it is faster than the slow replica).
+  await page.evaluate(() => window.testBattery.set(true, 0.25));
+  await until_('serving again', (c) => c.state === 'serving' && c.power.charging === true);
+  await rowIs('online');
+  const through = await run(swarmArgs(16));
+  assert.equal(through.code, 0, through.err);
+  assert.equal(through.out, local16);
+  assert.ok(summary(through.err).includes(`10..20 on ${pageId}`), summary(through.err));
+  assert.ok((await contribution()).steps > before, 'serving resumed');
+
+  // Critical compute pressure pauses it too; nominal resumes it.
+  await cdp.send('Emulation.setPressureStateOverride', { source: 'cpu', state: 'critical' });
+  await until_('paused for the pressure', (c) => c.state === 'paused' && c.pausedBecause === 'pressure');
+  await rowIs('draining');
+  await cdp.send('Emulation.setPressureStateOverride', { source: 'cpu', state: 'nominal' });
+  await until_('serving after the pressure', (c) => c.state === 'serving');
+  const states = await page.evaluate(() => window.contributions.map((c) => c.pausedBecause ?? c.state));
+  assert.deepEqual([...new Set(states)].sort(), ['battery', 'pressure', 'serving'], states.join(' '));
+  await page.evaluate(() => window.span.withdraw({ drainMs: 0 }));
+  await page.close();
+});
+
 test('two pages serve 0..15 and 15..30: a native client generates through the two browsers alone; a third page generates through them with route \'swarm\'; one withdraws mid-generation and drains', { timeout: 300_000 }, async () => {
   // A swarm of its own: a fresh node (it watches the model: KWAAINET_MODEL) and two pages.
   const boot2 = await startNode({ dir: join(dir, 'boot2'), site, ...(await freePorts()) });
