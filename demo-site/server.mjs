@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 import { fillTemplate } from './template.mjs';
 
 /** Modules of this folder the page imports (every other `.mjs` is server or test code). */
-export const PAGE_MODULES = Object.freeze(['/coverage.mjs', '/rights-ui.mjs', '/privacy.mjs', '/impact.mjs']);
+export const PAGE_MODULES = Object.freeze(['/coverage.mjs', '/rights-ui.mjs', '/privacy.mjs', '/impact.mjs', '/pwa.mjs']);
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '..');
@@ -43,6 +43,8 @@ const MIME = {
   '.gguf': 'application/octet-stream',
   '.svg': 'image/svg+xml',
   '.ico': 'image/x-icon',
+  '.png': 'image/png',
+  '.webmanifest': 'application/manifest+json',
 };
 
 // Only these values reach the page's data-host attribute (the SDK validates it again).

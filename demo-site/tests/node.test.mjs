@@ -193,6 +193,7 @@ test('npm start: its page downloads the model, asks consent, answers a chat and 
 
     await privacyPage(browser, node.url, outbox);
     await impactPage(browser, node.url);
+    await pwaShell(browser, node.url);
   });
 
 /** Opens the demo page the node serves as a visitor does; answers the consent dialog with
@@ -441,5 +442,56 @@ async function impactPage(browser, nodeUrl) {
   const shot = await page.locator('#energy-chart').screenshot();
   assert.ok(shot.length > 1_000, `a rendered chart (${shot.length} bytes of PNG)`);
   assert.deepEqual(problems, [], 'the dashboard logged errors');
+  await page.close();
+}
+
+/** The demo as an installable app: its manifest and icons, Chromium's own install criteria
+ *  (DevTools' installability check: no errors), the offline shell (the page reloads with the
+ *  network cut), and a phone-sized screen (nothing wider than the viewport). */
+async function pwaShell(browser, nodeUrl) {
+  const manifest = await (await fetch(`${nodeUrl}manifest.webmanifest`)).json();
+  assert.equal(manifest.display, 'standalone');
+  assert.equal(manifest.start_url, './');
+  for (const icon of manifest.icons.filter((i) => i.type === 'image/png')) {
+    const res = await fetch(new URL(icon.src, nodeUrl));
+    assert.equal(res.status, 200, icon.src);
+    const png = Buffer.from(await res.arrayBuffer());
+    // The PNG's IHDR: width and height as the manifest states them.
+    const [w, h] = [png.readUInt32BE(16), png.readUInt32BE(20)];
+    assert.equal(`${w}x${h}`, icon.sizes, icon.src);
+  }
+  const page = await browser.context.newPage();
+  const problems = [];
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.goto(`${nodeUrl}impact.html`, { waitUntil: 'load', timeout: 30_000 });
+  await page.waitForFunction(() => document.documentElement.dataset.offline !== undefined, null, { timeout: 30_000 });
+  assert.equal(await page.evaluate(() => document.documentElement.dataset.offline), 'ready');
+  const cdp = await browser.context.newCDPSession(page);
+  const app = await cdp.send('Page.getAppManifest');
+  assert.deepEqual(app.errors, [], JSON.stringify(app.errors));
+  assert.match(app.url, /manifest\.webmanifest$/);
+  const { installabilityErrors } = await cdp.send('Page.getInstallabilityErrors');
+  assert.deepEqual(installabilityErrors, [], `Chromium's install criteria: ${JSON.stringify(installabilityErrors)}`);
+  // Phone-sized: no page wider than the screen.
+  for (const path of ['', 'impact.html', 'privacy.html']) {
+    await page.goto(`${nodeUrl}${path}`, { waitUntil: 'load', timeout: 30_000 });
+    const { scroll, width } = await page.evaluate(() => ({ scroll: document.documentElement.scrollWidth, width: innerWidth }));
+    assert.ok(scroll <= width, `/${path} is ${scroll} px wide on a ${width} px screen`);
+  }
+  // Offline: the shell comes from the service worker's cache.
+  await browser.context.setOffline(true);
+  try {
+    for (const path of ['impact.html', '']) {
+      const res = await page.goto(`${nodeUrl}${path}`, { waitUntil: 'domcontentloaded', timeout: 30_000 });
+      assert.equal(res.status(), 200, `/${path} offline`);
+      assert.ok(res.fromServiceWorker(), `/${path} offline comes from the service worker`);
+      assert.match(await page.title(), /KwaaiNet/);
+      assert.ok((await page.textContent('h1')).length > 0);
+    }
+  } finally {
+    await browser.context.setOffline(false);
+  }
+  assert.deepEqual(problems, []);
   await page.close();
 }

@@ -330,6 +330,7 @@ const PAGE_MODULES: &[&str] = &[
     "/rights-ui.mjs",
     "/privacy.mjs",
     "/impact.mjs",
+    "/pwa.mjs",
 ];
 
 /// The demo's own dev server (`serve.mjs` and its helpers) and tests are not page assets.
