@@ -85,14 +85,16 @@
         ['Tokens', s.tokens],
         ['Block × tokens', s.blockTokens],
         ['Busy', s.busySeconds.toFixed(2) + ' s'],
+        ['Energy', (s.energyUwh / 1000).toFixed(2) + ' mWh, ' + (s.carbonUg / 1000).toFixed(2) + ' mg CO₂e (' + s.method + ', ' + s.deviceClass + ')'],
         ['Received', (s.bytesIn / 1024).toFixed(1) + ' KB'],
         ['Sent', (s.bytesOut / 1024).toFixed(1) + ' KB'],
       ]);
     }
   });
   ai.on('environmentalImpact', (e) => {
-    $('impact').textContent = 'Estimated energy so far: ' + (e.totalEnergyWh * 1000).toFixed(2) + ' mWh (' +
-      (e.totalCo2Grams * 1000).toFixed(2) + ' mg CO₂).';
+    $('impact').textContent = 'Estimated energy so far: ' + (e.totalEnergyUwh / 1000).toFixed(2) + ' mWh (' +
+      (e.totalCarbonUg / 1000).toFixed(2) + ' mg CO₂e), ' + e.method + ' for a ' + e.deviceClass + ' on the ' +
+      e.gridRegion + ' grid (' + e.gridYear + ' data).';
   });
 
   async function showEngine() {

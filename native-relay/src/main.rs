@@ -16,6 +16,7 @@ mod fetch;
 mod footprint;
 mod generate;
 mod identity;
+mod leaderboard;
 mod model;
 mod node;
 mod serving;

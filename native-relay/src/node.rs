@@ -93,6 +93,10 @@ pub struct StartArgs {
     /// (opt-in; without it, the node is known by its did:key only).
     #[arg(long = "public-name", env = "KWAAINET_PUBLIC_NAME")]
     pub public_name: Option<String>,
+    /// How often this node republishes its signed contribution record in the DHT, in
+    /// seconds (10 to 86400; it is also published 10 s after start).
+    #[arg(long = "contribution-every", env = "KWAAINET_CONTRIBUTION_EVERY", default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=86_400))]
+    pub contribution_every: u64,
     /// Compliance profiles to enforce, comma-separated: gdpr, ccpa, hipaa (replaces the
     /// config file's `[policy] profiles`). Regions, encryption of held data and retention
     /// follow; see /api/v1/compliance.
@@ -209,6 +213,8 @@ struct Settings {
     onsite_permille: u16,
     /// The contribution record's public name (opt-in).
     public_name: Option<String>,
+    /// Ticks (10 s) between two publications of the contribution record.
+    contribution_ticks: u64,
 }
 
 fn parse_reservations(s: &str) -> Result<RelayReservations, String> {
@@ -342,6 +348,7 @@ fn settings(args: &StartArgs) -> anyhow::Result<Settings> {
         email_outbox: args.email_outbox.clone(),
         onsite_permille: args.onsite_renewable.unwrap_or(0) * 10,
         public_name: args.public_name.clone(),
+        contribution_ticks: (args.contribution_every / 10).max(1),
     })
 }
 
@@ -473,16 +480,23 @@ async fn run(
         ),
         None => None,
     };
-    // Uptime and the span server's work, into the footprint every 10 s.
+    let board = crate::leaderboard::Board::new(node.clone(), Arc::clone(&footprint));
+    // Uptime and the span server's work, into the footprint every 10 s; the signed
+    // contribution record into the DHT at the first tick and every five minutes.
     let ticker = tokio::spawn({
         let footprint = Arc::clone(&footprint);
+        let board = Arc::clone(&board);
         let stats = service.as_ref().map(|s| s.stats_source());
+        let every = s.contribution_ticks;
         async move {
             const EVERY: Duration = Duration::from_secs(10);
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + EVERY, EVERY);
-            loop {
+            for n in 0u64.. {
                 tick.tick().await;
                 footprint.tick(EVERY, stats.as_ref().map(|s| s()));
+                if n % every == 0 {
+                    board.publish().await;
+                }
             }
         }
     });
@@ -543,6 +557,7 @@ async fn run(
             ))
             .merge(data.router())
             .merge(footprint.router())
+            .merge(crate::leaderboard::router(&board))
             .merge({
                 let (rp_id, mut origins) = s.webauthn.clone();
                 if origins.is_empty() {

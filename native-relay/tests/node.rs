@@ -2039,3 +2039,96 @@ fn api_requests_accrue_energy_and_carbon_at_the_regions_intensity() -> Result<()
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// The swarm's leaderboard: three nodes publish their signed contribution records in their
+/// node records; any node reads them from the DHT, verifies each with its contributor's key
+/// and ranks them by verified work (the one that answered a request first, under the public
+/// name it opted in to) and by renewable share, with the community's totals.
+#[test]
+fn the_leaderboard_ranks_every_nodes_verified_contribution() -> Result<()> {
+    let Some(m) = model() else {
+        return Ok(());
+    };
+    let m = m.to_str().context("model path")?.to_owned();
+    let dir = temp_dir("leaderboard")?;
+    let every = ["--contribution-every", "10"];
+    let boot = start(&sub_dir(&dir, "boot")?, &every)?;
+    let b = boot.tcp_addr()?;
+    let named = ["--public-name", "Ada's node"];
+    let worker = start(
+        &sub_dir(&dir, "ada")?,
+        &[
+            &every[..],
+            &["--bootstrap", &b, "--model", &m, "--region", "SE"],
+            &named[..],
+        ]
+        .concat(),
+    )?;
+    let idle = start(
+        &sub_dir(&dir, "idle")?,
+        &[&every[..], &["--bootstrap", &b, "--region", "FR"]].concat(),
+    )?;
+    let ask = serde_json::json!({ "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0 });
+    let (status, body) = post(worker.http, "/v1/completions", &ask)?;
+    assert_eq!(status, 200, "{body}");
+    let tokens = body["usage"]["total_tokens"].as_u64().context("tokens")?;
+    // Read from the bootstrap node, which did no work itself.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let board = loop {
+        let (status, text) = get(boot.http, "/api/v1/leaderboard")?;
+        assert_eq!(status, 200, "{text}");
+        let board: serde_json::Value = serde_json::from_str(&text)?;
+        let first_has_worked = board["by_work"][0]["work"]
+            .as_u64()
+            .is_some_and(|w| w >= tokens);
+        if board["network"]["contributors"] == 3 && first_has_worked {
+            break board;
+        }
+        if Instant::now() > deadline {
+            bail!("no full leaderboard in 60 s: {board}");
+        }
+        // The answer is cached for 15 s.
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert_eq!(board["refused"], serde_json::json!([]), "{board}");
+    let did =
+        |n: &Node| -> Result<String> { Ok(kwaainet_p2p::did::from_peer_id(&n.peer_id.parse()?)?) };
+    let top = &board["by_work"][0];
+    assert_eq!(top["contributor"], did(&worker)?, "{board}");
+    assert_eq!(top["name"], "Ada's node");
+    assert_eq!(top["region"], "SE");
+    assert_eq!(top["tokens"], tokens);
+    assert!(top["energy_uwh"].as_u64() > Some(0), "{top}");
+    let others: Vec<&serde_json::Value> = board["by_work"].as_array().context("by_work")?[1..]
+        .iter()
+        .collect();
+    let mut dids: Vec<String> = others
+        .iter()
+        .filter_map(|s| s["contributor"].as_str().map(str::to_owned))
+        .collect();
+    dids.sort();
+    let mut want = vec![did(&boot)?, did(&idle)?];
+    want.sort();
+    assert_eq!(dids, want);
+    assert!(
+        others.iter().all(|s| s["work"] == 0 && s["name"].is_null()),
+        "{board}"
+    );
+    // Only contributors that did work are ranked by renewable share; Sweden's grid.
+    assert_eq!(
+        board["by_renewable"].as_array().map(Vec::len),
+        Some(1),
+        "{board}"
+    );
+    assert!(
+        board["by_renewable"][0]["renewable_permille"].as_u64() > Some(500),
+        "{board}"
+    );
+    let net = &board["network"];
+    assert_eq!(net["tokens"], tokens);
+    assert_eq!(net["energy_uwh"], top["energy_uwh"]);
+    assert!(net["sci_ug_per_1k_tokens"].as_u64().is_some(), "{net}");
+    drop((worker, idle, boot));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

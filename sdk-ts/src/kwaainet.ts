@@ -24,6 +24,7 @@ import {
   throwIfAborted, toKwaaiNetError, type KwaaiNetError,
 } from './errors.js';
 import { Emitter } from './events.js';
+import { DEVICE_CLASSES, PAGE_MODEL, guessDeviceClass, pageFootprint, type DeviceClass } from './footprint.js';
 import { startHost, type HostChoice, type HostPreference, type HostUrls, type StartHostOptions } from './host.js';
 import { randomId } from './local-engine.js';
 import { NodeApi, type NodeModel } from './node-api.js';
@@ -51,6 +52,8 @@ export interface KwaaiNetOptions {
   services?: readonly Service[] | string;
   privacyCompliance?: readonly PrivacyFlag[] | string;
   maxResources?: Partial<MaxResources> | string;
+  /** The device's class for the environmental model (default: guessed from the browser). */
+  deviceClass?: DeviceClass;
   /** GGUF model to load; without it `initialize()` starts the host only. */
   modelUrl?: string;
   /** Expected SHA-256 of the model (hex); strongly recommended. */
@@ -144,11 +147,25 @@ export interface EnvironmentalImpactEvent {
   scope: 'local-inference' | 'contribution';
   /** CPU-seconds of this piece of work. */
   cpuSeconds: number;
-  /** Estimates: `WATTS_PER_BUSY_CORE` × time, and `GRID_G_CO2_PER_KWH`. */
+  /** Its energy and carbon (footprint.ts: the engine's footprint model, `modelled` from
+   *  busy time × the device class's watts, at the grid's intensity), in µWh and µg … */
+  energyUwh: number;
+  carbonUg: number;
+  /** … and in Wh and g. */
   energyWh: number;
   co2Grams: number;
+  /** Since this instance started. */
+  totalEnergyUwh: number;
+  totalCarbonUg: number;
   totalEnergyWh: number;
   totalCo2Grams: number;
+  /** How the figures are obtained: always 'modelled' in a page (browsers read no power). */
+  method: 'modelled';
+  deviceClass: DeviceClass;
+  gridRegion: string;
+  gridIntensityMgPerKwh: number;
+  /** The year of the grid data (the oldest of the countries behind a mean). */
+  gridYear: number;
 }
 
 /** Where a request went (every request; `route: 'auto'` says here what it picked). */
@@ -183,10 +200,11 @@ type Target = { via: 'local' } | { via: 'node'; node: NodeApi } | { via: 'page-s
 /** How long a node's model list is trusted for routing. */
 const NODE_MODELS_TTL_MS = 30_000;
 
-/** Rough constants for the environmental estimate (one busy laptop/desktop core; world
- *  average grid intensity). Good enough to show an order of magnitude, not an audit. */
-export const WATTS_PER_BUSY_CORE = 10;
-export const GRID_G_CO2_PER_KWH = 450;
+/** The environmental model's figures for a laptop's busy core and the world's mean grid
+ *  (footprint.ts's `PAGE_MODEL`, the engine's footprint crate's own; events use the
+ *  device's class). */
+export const WATTS_PER_BUSY_CORE = PAGE_MODEL.busyMw.laptop / 1000;
+export const GRID_G_CO2_PER_KWH = PAGE_MODEL.world.intensityMgPerKwh / 1000;
 
 /** `create(params, { signal })` as in openai-node; `params.signal` (deprecated) still works. */
 export interface ChatCompletions {
@@ -252,7 +270,10 @@ export class KwaaiNet {
   /** The page's swarm client, once a request needed it. */
   private swarmPromise: Promise<PageSwarm> | null = null;
   private disposed = false;
-  private totalEnergyWh = 0;
+  private totalEnergyUwh = 0;
+  private totalCarbonUg = 0;
+  /** The device's class, for the environmental model (`deviceClass` option, else guessed). */
+  private readonly deviceClass: DeviceClass;
   private readonly onPageHide = (): void => this.abortAll('the page was closed');
 
   constructor(options: KwaaiNetOptions = {}) {
@@ -267,6 +288,10 @@ export class KwaaiNet {
       ...(options.endpointTimeoutMs !== undefined && { timeoutMs: options.endpointTimeoutMs }),
     });
     this.services = list(options.services, SERVICES, 'services');
+    if (options.deviceClass !== undefined && !DEVICE_CLASSES.includes(options.deviceClass)) {
+      throw new InvalidArgumentError(`deviceClass: one of ${DEVICE_CLASSES.join(', ')}, got ${String(options.deviceClass)}`);
+    }
+    this.deviceClass = options.deviceClass ?? guessDeviceClass();
     this.privacyCompliance = list(options.privacyCompliance, PRIVACY_FLAGS, 'privacyCompliance');
     this.maxResources = Object.freeze(parseMaxResources(options.maxResources));
     const ctx = options.contextLength ?? 2048;
@@ -760,16 +785,25 @@ export class KwaaiNet {
   }
 
   private recordImpact(ms: number): void {
-    const cpuSeconds = ms / 1000;
-    const energyWh = (cpuSeconds * WATTS_PER_BUSY_CORE) / 3600;
-    this.totalEnergyWh += energyWh;
+    const f = pageFootprint(ms, this.deviceClass);
+    this.totalEnergyUwh += f.energyUwh;
+    this.totalCarbonUg += f.carbonUg;
     this.events.emit('environmentalImpact', {
       scope: 'local-inference',
-      cpuSeconds,
-      energyWh,
-      co2Grams: (energyWh / 1000) * GRID_G_CO2_PER_KWH,
-      totalEnergyWh: this.totalEnergyWh,
-      totalCo2Grams: (this.totalEnergyWh / 1000) * GRID_G_CO2_PER_KWH,
+      cpuSeconds: ms / 1000,
+      energyUwh: f.energyUwh,
+      carbonUg: f.carbonUg,
+      energyWh: f.energyUwh / 1e6,
+      co2Grams: f.carbonUg / 1e6,
+      totalEnergyUwh: this.totalEnergyUwh,
+      totalCarbonUg: this.totalCarbonUg,
+      totalEnergyWh: this.totalEnergyUwh / 1e6,
+      totalCo2Grams: this.totalCarbonUg / 1e6,
+      method: f.method,
+      deviceClass: f.deviceClass,
+      gridRegion: f.gridRegion,
+      gridIntensityMgPerKwh: f.gridIntensityMgPerKwh,
+      gridYear: f.gridYear,
     });
   }
 
@@ -813,6 +847,7 @@ export class KwaaiNet {
     await this.consent.ask(options.signal);
     this.consent.assertGranted();
     const span = await network.serveSpan({
+      deviceClass: this.deviceClass,
       ...options, ...files, modelUrl, ...(sha256 !== undefined && { sha256 }), consent: this.consent, maxResources: this.maxResources,
     });
     const forward = (served: SpanContribution): void => {

@@ -37,6 +37,7 @@ import { spawnWorker } from './spawn-worker.js';
 import { fromWasmP2pError } from './wasm-errors.js';
 import type { SpanWorkerReply, SpanWorkerRequest } from './host/span-worker.js';
 import { DEFAULT_MAX_RESOURCES, DutyCycle, MIB, type MaxResources } from './resources.js';
+import { DEVICE_CLASSES, guessDeviceClass, type DeviceClass } from './footprint.js';
 import { PowerGovernor, type PauseReason, type PowerPolicy, type PowerState } from './power.js';
 import type { WasmSpanStats } from './wasm-engine.js';
 import type { WasmHostedSpan, WasmP2pNode } from './wasm-p2p.js';
@@ -76,6 +77,11 @@ export interface ServeSpanOptions {
   cacheTokens?: number;
   maxLength?: number;
   maxSessions?: number;
+  /** The device's class, for the energy of the steps served (default: guessed). */
+  deviceClass?: DeviceClass;
+  /** The grid the device draws from (ISO 3166 alpha-2), when the site knows it; else the
+   *  world's mean. */
+  region?: string;
   /** When to pause for the device's sake (battery, compute pressure; power.ts), or `false`
    *  to serve whatever the battery says. Default: `DEFAULT_POWER_POLICY`. */
   power?: PowerPolicy | false;
@@ -104,6 +110,16 @@ export interface SpanContribution {
   busySeconds: number;
   bytesIn: number;
   bytesOut: number;
+  /** The energy of the steps served (µWh) and its carbon (µg CO2e): `modelled` by the
+   *  engine's footprint crate in the serving worker, from each step's busy time and the
+   *  device class's watts, at the grid's intensity. Each step's footprint also went back
+   *  to its client. */
+  energyUwh: number;
+  carbonUg: number;
+  method: 'modelled';
+  deviceClass: DeviceClass;
+  gridIntensityMgPerKwh: number;
+  gridYear: number;
   sessionsOpen: number;
   streamsOpen: number;
 }
@@ -172,6 +188,7 @@ export class SpanService {
     loaded: Extract<SpanWorkerReply, { type: 'loaded' }>,
     private readonly duty: DutyCycle,
     private readonly onEnd: () => void,
+    private readonly deviceClass: DeviceClass,
   ) {
     this.modelId = loaded.modelId;
     this.start = loaded.stats.start;
@@ -213,6 +230,12 @@ export class SpanService {
       busySeconds: s.busyUs / 1e6,
       bytesIn: s.bytesIn,
       bytesOut: s.bytesOut,
+      energyUwh: s.energyUwh,
+      carbonUg: s.carbonUg,
+      method: 'modelled',
+      deviceClass: this.deviceClass,
+      gridIntensityMgPerKwh: s.intensityMgPerKwh,
+      gridYear: s.gridYear,
       sessionsOpen: this.ended === null ? s.sessionsOpen : 0,
       streamsOpen: this.ended === null ? s.connections : 0,
     };
@@ -541,6 +564,13 @@ export async function serveSpan(node: WasmP2pNode, options: ServeSpanOptions, on
   const consent = options.consent;
   if (!consent || typeof consent.onChange !== 'function') throw new InvalidArgumentError('consent: the visitor\'s consent (a ConsentManager)');
   if (!consent.granted) throw new ConsentRequiredError('Serving a span to the network needs the visitor\'s consent');
+  if (options.deviceClass !== undefined && !DEVICE_CLASSES.includes(options.deviceClass)) {
+    throw new InvalidArgumentError(`deviceClass: one of ${DEVICE_CLASSES.join(', ')}, got ${String(options.deviceClass)}`);
+  }
+  if (options.region !== undefined && !/^[A-Z]{2}$/.test(options.region)) {
+    throw new InvalidArgumentError(`region: a country's ISO 3166 alpha-2 code (e.g. 'FR'), got ${String(options.region)}`);
+  }
+  const deviceClass = options.deviceClass ?? guessDeviceClass();
   const limits = { ...DEFAULT_MAX_RESOURCES, ...options.maxResources };
   const duty = new DutyCycle(limits.cpu);
   if (!Number.isFinite(limits.memory) || limits.memory < 64) throw new InvalidArgumentError(`maxResources.memory: ${limits.memory} MiB is below 64`);
@@ -551,7 +581,8 @@ export async function serveSpan(node: WasmP2pNode, options: ServeSpanOptions, on
     signal: options.signal, what: `blocks ${start}..${end}`, expect: 'loaded',
   }, (files) => ({
     type: 'load', ...files, modelUrl: new URL(options.modelUrl, pageBase()).href,
-    maxBytes: limits.memory * MIB, maxStorageBytes: limits.storage * MIB, start, end,
+    maxBytes: limits.memory * MIB, maxStorageBytes: limits.storage * MIB, start, end, deviceClass,
+    ...(options.region !== undefined && { region: options.region }),
     ...(options.sha256 !== undefined && { sha256: options.sha256 }),
     ...(cacheTokens !== undefined && { cacheTokens }),
     ...(maxLength !== undefined && { maxLength }),
@@ -562,7 +593,7 @@ export async function serveSpan(node: WasmP2pNode, options: ServeSpanOptions, on
     worker.terminate();
     throw new ConsentRequiredError('Consent was withdrawn while the span loaded');
   }
-  const service = new SpanService(node, worker, loaded, duty, onEnd);
+  const service = new SpanService(node, worker, loaded, duty, onEnd, deviceClass);
   if (options.power !== false) {
     try {
       const governor = await PowerGovernor.watch(options.power ?? {});

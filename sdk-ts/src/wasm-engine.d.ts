@@ -103,6 +103,11 @@ export interface WasmSpanStats {
   busyUs: number;
   bytesIn: number;
   bytesOut: number;
+  /** Energy of the steps served (µWh, modelled) and its carbon (µg CO2e). */
+  energyUwh: number;
+  carbonUg: number;
+  intensityMgPerKwh: number;
+  gridYear: number;
   sessionsOpen: number;
   freeCache: number;
   connections: number;
@@ -121,6 +126,9 @@ export interface WasmSpanServerOptions {
   cacheTokens?: number;
   maxLength?: number;
   maxSessions?: number;
+  deviceClass?: 'phone' | 'tablet' | 'laptop' | 'desktop';
+  /** ISO 3166 alpha-2: the grid's country (default: the world's mean). */
+  region?: string;
 }
 
 /** A span of blocks served to the swarm (engine/wasm `WasmSpanServer`, `serve` builds only). */

@@ -1,3 +1,4 @@
+import { pageFootprint } from '../src/footprint.js';
 import assert from 'node:assert/strict';
 import { afterEach, describe, it } from 'node:test';
 
@@ -92,7 +93,14 @@ describe('chat.completions.create', () => {
     assert.equal(info?.reason, 'test');
     await ai.chat.completions.create({ messages: [{ role: 'user', content: 'x' }] });
     assert.equal(impacts.length, 1);
-    assert.ok((impacts[0]?.energyWh ?? -1) >= 0 && impacts[0]?.scope === 'local-inference');
+    const impact = impacts[0];
+    assert.ok(impact && impact.scope === 'local-inference' && impact.energyWh >= 0);
+    // The figures say how they are obtained, and match the model for the busy time.
+    assert.equal(impact.method, 'modelled');
+    assert.equal(impact.gridRegion, 'world');
+    assert.equal(impact.energyUwh, pageFootprint(impact.cpuSeconds * 1000, impact.deviceClass).energyUwh);
+    assert.equal(impact.totalEnergyUwh, impact.energyUwh);
+    assert.equal(impact.energyWh, impact.energyUwh / 1e6);
     assert.equal(await ai.hasModel(), true);
     await ai.deleteModel();
     assert.equal(await ai.hasModel(), false);

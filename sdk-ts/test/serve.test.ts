@@ -71,7 +71,8 @@ function networkDouble(): { network: KwaaiNetwork; given: ServeSpanOptions[]; em
   const listeners: ((c: SpanContribution) => void)[] = [];
   let current: SpanContribution = {
     state: 'serving', model: 'm@0123456789abcdef', start: 10, end: 20, sessions: 0, steps: 0, tokens: 0, blockTokens: 0,
-    busySeconds: 0, bytesIn: 0, bytesOut: 0, sessionsOpen: 0, streamsOpen: 0,
+    busySeconds: 0, bytesIn: 0, bytesOut: 0, energyUwh: 0, carbonUg: 0, method: 'modelled', deviceClass: 'laptop',
+    gridIntensityMgPerKwh: 480_617, gridYear: 2009, sessionsOpen: 0, streamsOpen: 0,
   };
   const span = {
     get contribution() {

@@ -192,6 +192,10 @@ pub struct Standing {
     pub region: Option<String>,
     /// Block-tokens served plus API tokens processed: the work.
     pub work: u64,
+    /// Tokens it processed: its API's and those through its served spans.
+    pub tokens: u64,
+    /// Its time online, s.
+    pub uptime_s: u64,
     /// Its renewable share, per mille.
     pub renewable_permille: u16,
     /// Its energy, µWh.
@@ -236,6 +240,8 @@ pub fn leaderboard(
         .into_values()
         .map(|c| Standing {
             work: c.block_tokens.saturating_add(c.tokens),
+            tokens: c.tokens.saturating_add(c.served_tokens),
+            uptime_s: c.uptime_s,
             contributor: c.contributor,
             name: c.name,
             region: c.region,

@@ -36,10 +36,13 @@ pub fn green_algorithms(
     Energy(sat((power_uw * runtime.as_millis() + 1_800_000) / 3_600_000))
 }
 
-/// Energy of `mw` milliwatts for `time`.
+/// Energy of `mw` milliwatts for `time` (to the microsecond: a served decoding step takes
+/// about a millisecond, and would round to nothing in whole milliseconds).
 pub fn energy_of_power(mw: u64, time: Duration) -> Energy {
-    // mW × ms / 3,600 = µWh.
-    Energy(sat((u128::from(mw) * time.as_millis() + 1_800) / 3_600))
+    // mW × µs / 3,600,000 = µWh.
+    Energy(sat(
+        (u128::from(mw) * time.as_micros() + 1_800_000) / 3_600_000
+    ))
 }
 
 /// The carbon of `energy` at `mg_per_kwh` (mg CO2e per kWh): µWh × mg/kWh / 10⁶ = µg.

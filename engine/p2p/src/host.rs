@@ -237,6 +237,7 @@ mod tests {
             region: None,
             spans: vec![ServedSpan::new("m", 10, 20)],
             hosted: vec![],
+            contribution: None,
             issued_at: 1,
         }
     }

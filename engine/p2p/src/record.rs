@@ -37,6 +37,8 @@ pub const MAX_SPANS: usize = 32;
 pub const MAX_STRING: usize = 128;
 /// Most hosted peers one node record lists ([`NodeRecord::hosted`]).
 pub const MAX_HOSTED: usize = 64;
+/// Largest signed contribution record a node record carries.
+pub const MAX_CONTRIBUTION_BYTES: usize = 2 * 1024;
 
 const NODE_KEY_PREFIX: &str = "/kwaainet/node/";
 const MODEL_KEY_PREFIX: &str = "/kwaainet/model/";
@@ -200,6 +202,11 @@ pub struct NodeRecord {
     /// this node's provider registrations (`/kwaainet/host/1.0.0`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosted: Vec<PeerId>,
+    /// Its contribution to the network, as it signed it (`kwaainet-footprint`'s
+    /// `SignedContribution` in JSON, at most [`MAX_CONTRIBUTION_BYTES`]): what leaderboards
+    /// rank, each reader checking the signature itself. Opaque to this crate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contribution: Option<String>,
     /// When it was issued (seconds since the Unix epoch); newer wins.
     pub issued_at: u64,
 }
@@ -219,6 +226,15 @@ impl NodeRecord {
         }
         if self.spans.len() > MAX_SPANS {
             return bad(format!("{} spans (max {MAX_SPANS})", self.spans.len()));
+        }
+        if self
+            .contribution
+            .as_ref()
+            .is_some_and(|c| c.len() > MAX_CONTRIBUTION_BYTES)
+        {
+            return bad(format!(
+                "a contribution record over {MAX_CONTRIBUTION_BYTES} bytes"
+            ));
         }
         if self.hosted.len() > MAX_HOSTED {
             return bad(format!(
@@ -443,6 +459,7 @@ mod tests {
             region: Some("DE".into()),
             spans: vec![ServedSpan::new("m", 0, 30)],
             hosted: vec![],
+            contribution: None,
             issued_at: 1,
         }
     }

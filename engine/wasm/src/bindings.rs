@@ -431,6 +431,8 @@ struct SpanServerOptions {
     cache_tokens: Option<u32>,
     max_length: Option<u32>,
     max_sessions: Option<u32>,
+    device_class: Option<kwaainet_footprint::meter::DeviceClass>,
+    region: Option<String>,
 }
 
 /// A span of a model's blocks served to the swarm from this page (the same server a native
@@ -455,7 +457,7 @@ impl WasmSpanServer {
     pub fn new(
         bytes: &[u8],
         #[wasm_bindgen(
-            unchecked_param_type = "{ modelId?: string, sha256?: string, start: number, end: number, cacheTokens?: number, maxLength?: number, maxSessions?: number }"
+            unchecked_param_type = "{ modelId?: string, sha256?: string, start: number, end: number, cacheTokens?: number, maxLength?: number, maxSessions?: number, deviceClass?: 'phone' | 'tablet' | 'laptop' | 'desktop', region?: string }"
         )]
         options: JsValue,
     ) -> Result<WasmSpanServer, JsValue> {
@@ -470,6 +472,8 @@ impl WasmSpanServer {
                 "cacheTokens",
                 "maxLength",
                 "maxSessions",
+                "deviceClass",
+                "region",
             ],
         )?;
         let o: SpanServerOptions =
@@ -483,6 +487,8 @@ impl WasmSpanServer {
             cache_tokens,
             max_length: o.max_length.map(|n| n as usize),
             max_sessions: o.max_sessions.unwrap_or(8) as usize,
+            device: (o.device_class).unwrap_or(kwaainet_footprint::meter::DeviceClass::Laptop),
+            region: o.region,
         };
         Ok(Self {
             inner: crate::span::SpanHost::load(bytes, options).map_err(js_err)?,
@@ -520,9 +526,10 @@ impl WasmSpanServer {
             .map_err(js_err)
     }
 
-    /// `{ sessions, steps, tokens, blockTokens, busyUs, bytesIn, bytesOut, sessionsOpen,
-    /// freeCache, connections, modelBytes, start, end }`: what this span has served, and
-    /// its state now.
+    /// `{ sessions, steps, tokens, blockTokens, busyUs, bytesIn, bytesOut, energyUwh,
+    /// carbonUg, intensityMgPerKwh, gridYear, sessionsOpen, freeCache, connections,
+    /// modelBytes, start, end }`: what this span has served (its energy modelled from its
+    /// busy time and the device class), and its state now.
     pub fn stats(&self) -> Result<JsValue, JsValue> {
         // A plain object (the counters are flattened in, which would otherwise make a Map).
         let ser = serde_wasm_bindgen::Serializer::new().serialize_maps_as_objects(true);

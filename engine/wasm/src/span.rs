@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use kwaainet_core::gguf::Gguf;
 use kwaainet_core::{Llama, LlamaConfig, LoadSpec};
+use kwaainet_footprint::grid::{self, GridMix};
+use kwaainet_footprint::meter::{DeviceClass, DeviceModel, EnergySource as _, Mark};
+use kwaainet_footprint::{Footprint, Usage};
 use kwaainet_swarm::server::Connection;
 use kwaainet_swarm::{ServerConfig, ServerStats, SpanServer};
 
@@ -42,6 +45,63 @@ pub struct SpanOptions {
     pub max_length: Option<usize>,
     /// Most sessions at once.
     pub max_sessions: usize,
+    /// The device's class: each served step's energy is its busy time × that class's watts.
+    pub device: DeviceClass,
+    /// The grid the device draws from (ISO 3166 alpha-2), if the site declares it; else the
+    /// world's mean.
+    pub region: Option<String>,
+}
+
+/// Accounts the page's served steps: busy time × its device class's watts (`modelled`: a
+/// browser reads no power counter), at its grid's intensity; each step's footprint goes
+/// back to its client, and the totals into the page's contribution.
+#[derive(Debug)]
+pub struct PageMeter {
+    model: DeviceModel,
+    mix: GridMix,
+    /// Energy (µWh) and carbon (µg) of every step served.
+    totals: std::sync::Mutex<(u64, u64)>,
+}
+
+impl PageMeter {
+    /// A meter for a `device` on the grid of `region` (the world's mean without one).
+    pub fn new(device: DeviceClass, region: Option<&str>) -> Result<Self> {
+        let mix = match region {
+            None => grid::world(),
+            Some(r) => grid::mix(r).ok_or_else(|| {
+                invalid(format!(
+                    "region: {r:?} is not a country of the grid table (ISO 3166 alpha-2)"
+                ))
+            })?,
+        };
+        Ok(Self {
+            model: DeviceModel { class: device },
+            mix,
+            totals: std::sync::Mutex::new((0, 0)),
+        })
+    }
+
+    /// Energy (µWh) and carbon (µg CO2e) of the steps served so far.
+    pub fn totals(&self) -> (u64, u64) {
+        self.totals.lock().map_or((0, 0), |t| *t)
+    }
+}
+
+impl kwaainet_swarm::server::StepMeter for PageMeter {
+    fn step(&self, busy: std::time::Duration) -> Option<Footprint> {
+        let usage = Usage {
+            wall: busy,
+            cpu: busy,
+            memory_bytes: 0,
+        };
+        let energy = self.model.energy(Mark::default(), &usage);
+        let f = Footprint::of(energy, self.model.method(), &self.mix, busy);
+        if let Ok(mut t) = self.totals.lock() {
+            t.0 = t.0.saturating_add(f.energy_uwh);
+            t.1 = t.1.saturating_add(f.carbon_ug);
+        }
+        Some(f)
+    }
 }
 
 /// How the page names the model it serves.
@@ -90,6 +150,7 @@ pub struct SpanHost {
     server: Arc<SpanServer>,
     conns: HashMap<u32, Connection>,
     bytes: u64,
+    meter: Arc<PageMeter>,
 }
 
 impl std::fmt::Debug for SpanHost {
@@ -117,7 +178,10 @@ impl SpanHost {
             cache_tokens,
             max_length,
             max_sessions,
+            device,
+            region,
         } = options;
+        let meter = Arc::new(PageMeter::new(device, region.as_deref())?);
         if blocks.start >= blocks.end || blocks.end > config.n_layers {
             return Err(invalid(format!(
                 "blocks {}..{} of a model with {} blocks",
@@ -155,10 +219,13 @@ impl SpanHost {
             push_wait: Duration::ZERO,
             ..ServerConfig::new(model_id)
         };
+        let server = Arc::new(SpanServer::new(Arc::new(model), config));
+        server.set_meter(Arc::clone(&meter) as _);
         Ok(Self {
-            server: Arc::new(SpanServer::new(Arc::new(model), config)),
+            server,
             conns: HashMap::new(),
             bytes: bytes.len() as u64,
+            meter,
         })
     }
 
@@ -201,8 +268,13 @@ impl SpanHost {
 
     /// The server's counters and its state now.
     pub fn stats(&self) -> SpanStats {
+        let (energy_uwh, carbon_ug) = self.meter.totals();
         SpanStats {
             served: self.server.stats(),
+            energy_uwh,
+            carbon_ug,
+            intensity_mg_per_kwh: self.meter.mix.intensity_mg_per_kwh,
+            grid_year: self.meter.mix.year,
             sessions_open: self.server.sessions() as u64,
             free_cache: self.server.free_tokens() as u64,
             connections: self.conns.len() as u64,
@@ -220,6 +292,14 @@ pub struct SpanStats {
     /// What the server has served since it started.
     #[serde(flatten)]
     pub served: ServerStats,
+    /// Energy of the steps served, µWh (`modelled`: busy time × the device class's watts).
+    pub energy_uwh: u64,
+    /// Their carbon at the grid's intensity, µg CO2e.
+    pub carbon_ug: u64,
+    /// That intensity, mg CO2e per kWh.
+    pub intensity_mg_per_kwh: u64,
+    /// The year of the grid data.
+    pub grid_year: u16,
     /// Sessions open now.
     pub sessions_open: u64,
     /// KV-cache positions not reserved.

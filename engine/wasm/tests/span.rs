@@ -92,6 +92,8 @@ fn options(blocks: std::ops::Range<usize>) -> SpanOptions {
         cache_tokens: 2048,
         max_length: Some(512),
         max_sessions: 8,
+        device: kwaainet_footprint::meter::DeviceClass::Phone,
+        region: Some("FR".into()),
     }
 }
 
@@ -126,6 +128,7 @@ fn a_page_span_between_native_spans_gives_the_whole_models_tokens() {
     let mut alone = CpuSession::new(&*full, 256).unwrap();
     let want = greedy(&mut alone, prompt, 16, |_| {});
     let mut positions = 0u64;
+    let mut route_energy = 0;
     for push in [false, true] {
         let config = ClientConfig {
             codec: CodecChoice::Fixed(Codec::F32),
@@ -143,6 +146,15 @@ fn a_page_span_between_native_spans_gives_the_whole_models_tokens() {
         );
         assert_eq!(greedy(&mut s, prompt, 16, |_| {}), want, "push {push}");
         assert_eq!(s.stats().failovers, 0);
+        // Only the page accounts its steps here: the route's footprint is the page's.
+        let f = s
+            .stats()
+            .hops_footprint
+            .clone()
+            .expect("the page's footprint");
+        assert_eq!(f.regions, ["FR"]);
+        assert_eq!(f.energy_method, kwaainet_footprint::Method::Modelled);
+        route_energy += f.energy_uwh;
         positions += prompt.len() as u64 + 15;
     }
     let st = route.page.lock().unwrap().stats();
@@ -154,6 +166,19 @@ fn a_page_span_between_native_spans_gives_the_whole_models_tokens() {
     assert_eq!(st.served.bytes_in, 4 * 576 * positions);
     assert_eq!(st.served.bytes_in, st.served.bytes_out);
     assert!(st.served.busy_us > 0);
+    // The page's energy: what its clients were told, about 2 W (a phone) × its busy time,
+    // at France's grid.
+    assert_eq!(st.energy_uwh, route_energy);
+    let modelled = 2_000 * st.served.busy_us / 3_600_000;
+    assert!(st.energy_uwh.abs_diff(modelled) <= 32, "{st:?}");
+    let france = kwaainet_footprint::grid::mix("FR")
+        .unwrap()
+        .intensity_mg_per_kwh;
+    assert_eq!(st.intensity_mg_per_kwh, france);
+    // Carbon is rounded step by step: within a microgram a step of the total's.
+    let whole =
+        kwaainet_footprint::formula::carbon(kwaainet_footprint::Energy(st.energy_uwh), france).0;
+    assert!(st.carbon_ug.abs_diff(whole) <= 32, "{st:?}");
     // The sessions ended with their streams: the whole cache is free again.
     assert_eq!(
         (st.sessions_open, st.connections, st.free_cache),
@@ -192,6 +217,10 @@ fn bad_span_options_are_clear_errors() {
         },
         SpanOptions {
             max_sessions: 0,
+            ..options(0..1)
+        },
+        SpanOptions {
+            region: Some("Atlantis".into()),
             ..options(0..1)
         },
     ];

@@ -48,6 +48,8 @@ export type SpanWorkerRequest =
     cacheTokens?: number;
     maxLength?: number;
     maxSessions?: number;
+    deviceClass?: 'phone' | 'tablet' | 'laptop' | 'desktop';
+    region?: string;
   })
   | { type: 'frame'; seq: number; stream: number; frame: Uint8Array }
   | { type: 'close'; stream: number }
@@ -145,6 +147,8 @@ async function load(m: Extract<SpanWorkerRequest, { type: 'load' | 'client-load'
       ...(m.cacheTokens !== undefined && { cacheTokens: m.cacheTokens }),
       ...(m.maxLength !== undefined && { maxLength: m.maxLength }),
       ...(m.maxSessions !== undefined && { maxSessions: m.maxSessions }),
+      ...(m.deviceClass !== undefined && { deviceClass: m.deviceClass }),
+      ...(m.region !== undefined && { region: m.region }),
     });
     // Announced in the span record, so clients can place routes (tokens/s through one block).
     const throughput = s.measureThroughput(8);

@@ -271,6 +271,7 @@ impl Runtime {
             region: None,
             spans,
             hosted: Vec::new(),
+            contribution: None,
             issued_at: unix_now(),
         };
         match record.sign(&self.key) {

@@ -82,6 +82,7 @@ impl Runtime {
             region: self.config.region.clone(),
             spans: self.config.spans.clone(),
             hosted: self.hosted.peers(),
+            contribution: self.contribution.clone(),
             issued_at: unix_now(),
         }
     }
@@ -144,6 +145,20 @@ impl Runtime {
         self.config.spans = spans;
         self.update_providers(&before);
         self.publish(reply);
+    }
+
+    /// Replaces the signed contribution record announced, and publishes the record.
+    pub(super) fn set_contribution(&mut self, signed: String, reply: Reply<Result<()>>) {
+        if signed.len() > record::MAX_CONTRIBUTION_BYTES {
+            let _ = reply.send(Err(Error::InvalidRecord(format!(
+                "a contribution record of {} bytes (max {})",
+                signed.len(),
+                record::MAX_CONTRIBUTION_BYTES
+            ))));
+            return;
+        }
+        self.contribution = Some(signed);
+        self.publish(Some(reply));
     }
 
     /// On stop: a last record without spans (so clients stop routing here), waited for at

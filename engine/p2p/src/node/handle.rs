@@ -24,6 +24,7 @@ pub(super) enum Command {
     Publish(Reply<Result<()>>),
     Dial(Multiaddr, Reply<Result<()>>),
     SetSpans(Vec<ServedSpan>, Reply<Result<()>>),
+    SetContribution(String, Reply<Result<()>>),
     HostOn(PeerId, Reply<Result<()>>),
 }
 
@@ -163,6 +164,15 @@ impl NodeHandle {
     /// its record: `Ok` once a peer stored it. Invalid spans are refused, nothing changed.
     pub async fn set_spans(&self, spans: Vec<ServedSpan>) -> Result<()> {
         self.commands.ask(|tx| Command::SetSpans(spans, tx)).await?
+    }
+
+    /// Replaces the signed contribution record the node's record carries (what the
+    /// swarm's leaderboards rank; at most [`crate::record::MAX_CONTRIBUTION_BYTES`]) and
+    /// publishes the record: `Ok` once a peer stored it.
+    pub async fn set_contribution(&self, signed: String) -> Result<()> {
+        self.commands
+            .ask(|tx| Command::SetContribution(signed, tx))
+            .await?
     }
 
     /// Stops the node: withdraws its spans (a last record without them, when a peer can

@@ -57,6 +57,8 @@ pub(super) struct Runtime {
     pub(super) relays: Relays,
     pub(super) nat: autonat::NatStatus,
     pub(super) hosted: Hosted,
+    /// The signed contribution record our node record carries.
+    pub(super) contribution: Option<String>,
 }
 
 impl Runtime {
@@ -85,6 +87,7 @@ impl Runtime {
             relays: Relays::default(),
             nat: autonat::NatStatus::Unknown,
             hosted: Hosted::default(),
+            contribution: None,
         }
     }
 
@@ -236,6 +239,7 @@ impl Runtime {
             }
             Command::Publish(tx) => self.publish(Some(tx)),
             Command::SetSpans(spans, tx) => self.set_spans(spans, Some(tx)),
+            Command::SetContribution(signed, tx) => self.set_contribution(signed, tx),
             Command::HostOn(relay, tx) => self.host_on(relay, tx),
             Command::Dial(addr, tx) => {
                 let secs = self.config.dial_timeout_secs.max(1);

@@ -199,6 +199,11 @@ test('a route native → page → native gives local generation\'s tokens, and t
   assert.equal(c.bytesIn, c.tokens * 576 * 4, JSON.stringify(c));
   assert.equal(c.bytesOut, c.tokens * 576 * 4, JSON.stringify(c));
   assert.ok(c.busySeconds > 0, JSON.stringify(c));
+  // Its steps' energy, modelled by the engine's footprint crate in the serving worker, went
+  // back to the client with each step: the route's total includes it.
+  assert.ok(c.energyUwh > 0 && c.carbonUg > 0 && c.method === 'modelled', JSON.stringify(c));
+  const routeUwh = Number(/the servers used (\d+) µWh/.exec(line)?.[1]);
+  assert.ok(routeUwh > c.energyUwh, `the route's ${routeUwh} µWh include the page's ${c.energyUwh}: ${line}`);
   const events = await page.evaluate(() => window.contributions);
   assert.ok(events.length >= 1 && events.every((e) => e.model === id), 'contribution events carry the counters');
 });

@@ -326,6 +326,7 @@ async fn forged_and_foreign_records_pushed_over_kad_are_not_stored() -> Result<(
         region: None,
         spans: vec![],
         hosted: vec![],
+        contribution: None,
         issued_at: 1,
     };
     // A record in the victim's name signed by Mallory (the API refuses to make one).
