@@ -39,6 +39,17 @@ export function barChart(values, labels, unit, { width = 480, height = 140, max:
 
 const round = (x, d = 3) => Math.round(x * 10 ** d) / 10 ** d;
 
+/** `[term, value]` rows as a description list's dt/dd elements. */
+function terms(rows) {
+  return rows.flatMap(([k, v]) => {
+    const dt = document.createElement('dt');
+    dt.textContent = k;
+    const dd = document.createElement('dd');
+    dd.textContent = String(v);
+    return [dt, dd];
+  });
+}
+
 /** The CSV report: the methods and sources as comment lines, then one row per hour. */
 export function csvReport(f) {
   const lines = [
@@ -74,13 +85,7 @@ async function main() {
     ['Up', `${round(f.uptime_s / 3600, 2)} h`], ['Energy', `${round(f.energy_uwh / 1000)} mWh (${f.method}, ${f.source})`],
     ['Carbon', `${round(f.carbon_ug / 1000)} mg CO2e`], ['SCI', f.sci_ug_per_1k_tokens === null ? '—' : `${round(f.sci_ug_per_1k_tokens / 1000)} mg per 1,000 tokens`],
   ];
-  $('totals').replaceChildren(...rows.flatMap(([k, v]) => {
-    const dt = document.createElement('dt');
-    dt.textContent = k;
-    const dd = document.createElement('dd');
-    dd.textContent = String(v);
-    return [dt, dd];
-  }));
+  $('totals').replaceChildren(...terms(rows));
   $('grid').textContent = `${f.grid.region}: ${f.grid.intensity_mg_per_kwh / 1000} gCO2e/kWh, ${f.grid.renewable_permille / 10} % renewable, data of ${f.grid.year} (${f.grid.source}).`;
   const r = JSON.parse(record.record);
   $('record').textContent = `Signed by ${r.contributor.slice(0, 24)}…${r.name ? ` (${r.name})` : ''}: ${r.jobs} requests, ${r.block_tokens} block-tokens, ${r.uptime_s} s up. Anyone can check it with the node's key.`;
@@ -93,7 +98,43 @@ async function main() {
   link('report-csv', csvReport(f), 'text/csv');
   link('report-json', JSON.stringify({ footprint: f, contribution: record }, null, 1), 'application/json');
   $('impact-status').textContent = `Accounted since ${new Date(f.since_ms).toLocaleString()}.`;
+  await network(get);
   document.body.dataset.ready = 'true';
+}
+
+/** The network view: the community's totals and the leaderboard (GET /api/v1/leaderboard:
+ *  the peers' signed records, verified by the node). */
+async function network(get) {
+  let board;
+  try {
+    board = await get('/api/v1/leaderboard');
+  } catch (e) {
+    $('leaderboard-refused').textContent = `No leaderboard: ${e.message}`;
+    return;
+  }
+  const n = board.network;
+  const rows = [
+    ['Contributors', n.contributors], ['Work', `${n.work} tokens (block-tokens served + API tokens)`],
+    ['Energy', `${round(n.energy_uwh / 1000)} mWh`], ['Carbon', `${round(n.carbon_ug / 1000)} mg CO2e`],
+    ['Carbon per 1,000 tokens', n.sci_ug_per_1k_tokens === null ? '—' : `${round(n.sci_ug_per_1k_tokens / 1000)} mg`],
+    ['Renewable', n.renewable_permille === null ? '—' : `${n.renewable_permille / 10} % (by energy)`],
+  ];
+  $('network-totals').replaceChildren(...terms(rows));
+  const name = (s) => s.name ?? `${s.contributor.slice(0, 16)}…${s.contributor.slice(-6)}`;
+  const top = board.by_work.slice(0, 10);
+  $('leaderboard-chart').replaceChildren(barChart(top.map((s) => s.work), top.map(name), 'tokens'));
+  $('leaderboard').tBodies[0].replaceChildren(...top.map((s, i) => {
+    const tr = document.createElement('tr');
+    for (const v of [i + 1, name(s), s.region ?? '—', s.work, round(s.energy_uwh / 1000), `${s.renewable_permille / 10} %`]) {
+      const td = document.createElement('td');
+      td.textContent = String(v);
+      tr.append(td);
+    }
+    return tr;
+  }));
+  $('leaderboard-refused').textContent = board.refused.length === 0
+    ? `All ${board.by_work.length} records verified (${board.peers_asked} peers asked).`
+    : `${board.refused.length} record(s) refused: ${board.refused.join('; ')}`;
 }
 
 main().catch((e) => { $('impact-status').textContent = 'No footprint: ' + e.message + ' (a KwaaiNet node serves this page: npm start).'; });

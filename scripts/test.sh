@@ -46,6 +46,11 @@ step_clippy() {
     cargo clippy -p kwaainet-wasm-p2p --target wasm32-unknown-unknown -- -D warnings
     # The audit log's proofs and checkpoints verify in a page too.
     cargo clippy -p kwaainet-audit --target wasm32-unknown-unknown -- -D warnings
+    # The footprint's GPU energy counter (feature `nvml`, loaded from the driver at run time:
+    # these machines have none, so it is checked here and its test runs where one is), and
+    # the footprint crate on wasm32 (a page's span server meters its steps with it).
+    cargo clippy -p kwaainet-footprint --features nvml --all-targets -- -D warnings
+    cargo clippy -p kwaainet-footprint --target wasm32-unknown-unknown -- -D warnings
     # The relaxed-SIMD kernels (RELAXED=1 builds).
     RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" \
         cargo clippy -p kwaainet-wasm --target wasm32-unknown-unknown -- -D warnings

@@ -81,6 +81,22 @@ pub struct Hour {
     pub carbon_ug: u64,
 }
 
+/// How the energy of a source named `name` is obtained, for people.
+fn energy_method(name: &str) -> String {
+    let cpu = if name.starts_with("rapl") {
+        "measured: RAPL package energy over each job, shared by its CPU time"
+    } else {
+        "modelled: CPU time x 4 W per thread + memory held x 0.375 W/GB (CodeCarbon's fallback)"
+    };
+    if name.ends_with("+nvml") {
+        format!(
+            "{cpu}; plus the GPUs' energy counters (NVML, measured) over each job, shared by its wall time"
+        )
+    } else {
+        cpu.to_owned()
+    }
+}
+
 /// The grid of a declared region: a country, a group, or the world's mean.
 pub fn mix_of_region(region: Option<&str>) -> anyhow::Result<GridMix> {
     use kwaainet_p2p::region::Region;
@@ -375,10 +391,7 @@ impl NodeFootprint {
         let mut out = self.report();
         out["history"] = serde_json::to_value(&lock(&self.totals).history).unwrap_or_default();
         out["methods"] = json!({
-            "energy": match self.source.name() {
-                "rapl" => "measured: RAPL package energy over each job, shared by its CPU time",
-                _ => "modelled: CPU time x 4 W per thread + memory held x 0.375 W/GB (CodeCarbon's fallback)",
-            },
+            "energy": energy_method(self.source.name()),
             "carbon": "energy x the annual carbon intensity of the node's declared grid",
             "sci": "SCI (ISO/IEC 21031): operational carbon per 1,000 tokens, embodied share not included",
             "grid_data": grid::SOURCE,

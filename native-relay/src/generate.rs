@@ -72,6 +72,10 @@ pub struct GenerateArgs {
     /// (comma-separated ISO country codes, EU or EEA; default anywhere).
     #[arg(long, value_parser = parse_regions, default_value = "")]
     pub regions: kwaainet_p2p::region::AllowedRegions,
+    /// The grid this machine draws from, for the generation's footprint (an ISO country
+    /// code, EU or EEA; default the world's mean).
+    #[arg(long)]
+    pub grid: Option<String>,
 }
 
 /// Where the model runs.
@@ -139,6 +143,13 @@ pub(crate) fn stream<M: Sync>(
         ignore_eos: false,
     };
     let pool = crate::pool(args.threads)?;
+    // Through the swarm, the summary line reports the route's footprint instead.
+    let grid = (!args.swarm)
+        .then(|| crate::footprint::mix_of_region(args.grid.as_deref()))
+        .transpose()
+        .context("--grid")?;
+    let source = kwaainet_footprint::meter::host_source();
+    let mark = source.mark();
     let start = Instant::now();
     let mut prefill = None;
     let mut write_err = None;
@@ -177,7 +188,44 @@ pub(crate) fn stream<M: Sync>(
         decode_tok_s = format!("{:.1}", n.saturating_sub(1) as f64 / decode.as_secs_f64().max(1e-9)),
         "done"
     );
+    if let Some(mix) = grid {
+        let f = footprint(
+            &mix,
+            &*source,
+            mark,
+            total,
+            pool.current_num_threads(),
+            loaded.file_bytes,
+        );
+        tracing::info!(
+            energy_uwh = f.energy_uwh,
+            carbon_ug = f.carbon_ug,
+            method = ?f.energy_method,
+            grid = %f.regions.join(","),
+            "footprint"
+        );
+    }
     Ok(())
+}
+
+/// A local generation's footprint: its time with every thread of the pool busy (the
+/// kernels run on all of them) and the model's memory held, by the host's source (RAPL
+/// where readable, from `mark`), on the `--grid`'s intensity.
+fn footprint(
+    mix: &kwaainet_footprint::grid::GridMix,
+    source: &dyn kwaainet_footprint::meter::EnergySource,
+    mark: kwaainet_footprint::meter::Mark,
+    wall: std::time::Duration,
+    threads: usize,
+    memory_bytes: u64,
+) -> kwaainet_footprint::Footprint {
+    let usage = kwaainet_footprint::Usage {
+        wall,
+        cpu: wall.saturating_mul(u32::try_from(threads).unwrap_or(u32::MAX)),
+        memory_bytes,
+    };
+    let energy = source.energy(mark, &usage);
+    kwaainet_footprint::Footprint::of(energy, source.method().weakest(mix.method), mix, wall)
 }
 
 fn parse_regions(s: &str) -> Result<kwaainet_p2p::region::AllowedRegions, String> {

@@ -2132,3 +2132,54 @@ fn the_leaderboard_ranks_every_nodes_verified_contribution() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// `kwaainet generate` on this machine logs its footprint: energy > 0 by the host's source,
+/// and carbon at the `--grid`'s intensity; a grid it has no data for is refused before any
+/// work.
+#[test]
+fn local_generation_logs_its_footprint_on_the_declared_grid() -> Result<()> {
+    let Some(m) = model() else {
+        return Ok(());
+    };
+    let m = m.to_str().context("model path")?;
+    let args = [
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "4",
+    ];
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--grid", "FR"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains(" footprint") && l.contains("energy_uwh="))
+        .with_context(|| format!("no footprint line in {err}"))?;
+    let field = |name: &str| -> Option<u64> {
+        let rest = line.split(&format!("{name}=")).nth(1)?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let energy = field("energy_uwh").context("energy_uwh")?;
+    let carbon = field("carbon_ug").context("carbon_ug")?;
+    assert!(energy > 0, "{line}");
+    assert_eq!(carbon, (energy * 56_039 + 500_000) / 1_000_000, "{line}");
+    assert!(line.contains("grid=FR"), "{line}");
+    let bad = Command::new(BIN)
+        .args(args)
+        .args(["--grid", "Atlantis"])
+        .output()?;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--grid"));
+    Ok(())
+}

@@ -21,11 +21,13 @@ export interface PowerPolicy {
   /** On battery, contribute only at or above this charge (0–1; default 0.5). Charging:
    *  always. */
   minBatteryLevel?: number;
-  /** Pause at this compute pressure or worse (default 'critical'). */
+  /** Pause at this compute pressure or worse (default 'critical') … */
   pauseAtPressure?: 'fair' | 'serious' | 'critical';
+  /** … once it has lasted this long (ms, default 10 000: a moment's spike is no reason). */
+  pressureSustainMs?: number;
 }
 
-export const DEFAULT_POWER_POLICY: Required<PowerPolicy> = { minBatteryLevel: 0.5, pauseAtPressure: 'critical' };
+export const DEFAULT_POWER_POLICY: Required<PowerPolicy> = { minBatteryLevel: 0.5, pauseAtPressure: 'critical', pressureSustainMs: 10_000 };
 
 /** Why contribution is paused, when it is. */
 export type PauseReason = 'battery' | 'pressure';
@@ -82,16 +84,26 @@ export function checkedPolicy(policy: PowerPolicy = {}): Required<PowerPolicy> {
   if (typeof p.minBatteryLevel !== 'number' || !(p.minBatteryLevel >= 0 && p.minBatteryLevel <= 1)) {
     throw new InvalidArgumentError(`power.minBatteryLevel: a number in [0, 1], got ${String(policy.minBatteryLevel)}`);
   }
+  if (typeof p.pressureSustainMs !== 'number' || !(p.pressureSustainMs >= 0 && p.pressureSustainMs <= 600_000)) {
+    throw new InvalidArgumentError(`power.pressureSustainMs: 0 to 600000 ms, got ${String(policy.pressureSustainMs)}`);
+  }
   if (!['fair', 'serious', 'critical'].includes(p.pauseAtPressure)) {
     throw new InvalidArgumentError(`power.pauseAtPressure: 'fair', 'serious' or 'critical', got ${String(policy.pauseAtPressure)}`);
   }
   return p;
 }
 
-/** The decision for what is known now (pure: the policy's whole rule). */
-export function decide(policy: Required<PowerPolicy>, charging: boolean | null, level: number | null, pressure: PressureLevel | null): PowerState {
+/** Whether `pressure` is at the policy's level or worse. */
+export function atPressure(policy: Required<PowerPolicy>, pressure: PressureLevel | null): boolean {
+  return pressure !== null && LEVELS.indexOf(pressure) >= LEVELS.indexOf(policy.pauseAtPressure);
+}
+
+/** The decision for what is known now (pure: the policy's whole rule). `sustained`: the
+ *  pressure has been at the policy's level for its `pressureSustainMs`. */
+export function decide(policy: Required<PowerPolicy>, charging: boolean | null, level: number | null, pressure: PressureLevel | null,
+  sustained = true): PowerState {
   const onLowBattery = charging === false && level !== null && level < policy.minBatteryLevel;
-  const pressed = pressure !== null && LEVELS.indexOf(pressure) >= LEVELS.indexOf(policy.pauseAtPressure);
+  const pressed = sustained && atPressure(policy, pressure);
   const reason: PauseReason | null = onLowBattery ? 'battery' : pressed ? 'pressure' : null;
   return { allowed: reason === null, reason, charging, level, pressure };
 }
@@ -104,6 +116,9 @@ export class PowerGovernor {
   private battery: BatteryLike | null = null;
   private observer: PressureObserverLike | null = null;
   private pressure: PressureLevel | null = null;
+  /** Since when the pressure has been at the policy's level (performance.now()), if it is. */
+  private pressedSince: number | null = null;
+  private sustainTimer: ReturnType<typeof setTimeout> | null = null;
   private current: PowerState;
   private readonly onBattery = (): void => this.update();
   private closed = false;
@@ -131,7 +146,7 @@ export class PowerGovernor {
           const last = records.filter((r) => r.source === 'cpu').at(-1);
           if (last && (LEVELS as readonly string[]).includes(last.state)) {
             g.pressure = last.state as PressureLevel;
-            g.update();
+            g.pressureChanged();
           }
         });
         await observer.observe('cpu', { sampleInterval: 1000 });
@@ -158,13 +173,34 @@ export class PowerGovernor {
     this.battery?.removeEventListener('chargingchange', this.onBattery);
     this.battery?.removeEventListener('levelchange', this.onBattery);
     this.observer?.disconnect();
+    if (this.sustainTimer !== null) clearTimeout(this.sustainTimer);
     this.events.clear();
+  }
+
+  /** The pressure changed: it pauses once it has lasted `pressureSustainMs` at the
+   *  policy's level (a timer looks again then), and stops pausing as soon as it eases. */
+  private pressureChanged(): void {
+    if (!atPressure(this.policy, this.pressure)) {
+      this.pressedSince = null;
+      if (this.sustainTimer !== null) clearTimeout(this.sustainTimer);
+      this.sustainTimer = null;
+    } else if (this.pressedSince === null) {
+      this.pressedSince = performance.now();
+      if (this.policy.pressureSustainMs > 0) {
+        this.sustainTimer = setTimeout(() => {
+          this.sustainTimer = null;
+          this.update();
+        }, this.policy.pressureSustainMs);
+      }
+    }
+    this.update();
   }
 
   private update(): void {
     if (this.closed) return;
     const b = this.battery;
-    const next = decide(this.policy, b ? b.charging : null, b ? b.level : null, this.pressure);
+    const sustained = this.pressedSince !== null && performance.now() - this.pressedSince >= this.policy.pressureSustainMs - 10;
+    const next = decide(this.policy, b ? b.charging : null, b ? b.level : null, this.pressure, sustained);
     const c = this.current;
     if (next.allowed === c.allowed && next.reason === c.reason && next.charging === c.charging
       && next.level === c.level && next.pressure === c.pressure) return;

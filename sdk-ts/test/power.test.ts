@@ -49,14 +49,16 @@ describe('power policy', () => {
     for (const bad of [{ minBatteryLevel: 1.5 }, { minBatteryLevel: -0.1 }, { minBatteryLevel: Number.NaN }, { pauseAtPressure: 'nominal' as 'fair' }]) {
       assert.throws(() => checkedPolicy(bad), InvalidArgumentError, JSON.stringify(bad));
     }
-    assert.deepEqual(checkedPolicy({ minBatteryLevel: 1 }), { minBatteryLevel: 1, pauseAtPressure: 'critical' });
+    assert.throws(() => checkedPolicy({ pressureSustainMs: -1 }), InvalidArgumentError);
+    assert.deepEqual(checkedPolicy({ minBatteryLevel: 1 }), { minBatteryLevel: 1, pauseAtPressure: 'critical', pressureSustainMs: 10_000 });
+    assert.equal(decide(DEFAULT_POWER_POLICY, true, 1, 'critical', false).allowed, true, 'not sustained yet');
   });
 });
 
 describe('PowerGovernor', () => {
   it('follows the battery and the pressure, and stops watching when closed', async () => {
     const battery = new FakeBattery();
-    const g = await PowerGovernor.watch({ minBatteryLevel: 0.3 }, {
+    const g = await PowerGovernor.watch({ minBatteryLevel: 0.3, pressureSustainMs: 0 }, {
       getBattery: async () => battery,
       PressureObserver: FakePressure,
     });
@@ -78,6 +80,23 @@ describe('PowerGovernor', () => {
     assert.equal(FakePressure.last?.disconnected, true);
     battery.set(false, 0.1);
     assert.equal(seen.length, 5, 'no event after close');
+  });
+
+  it('pauses for pressure only once it has lasted, and resumes as soon as it eases', async () => {
+    const g = await PowerGovernor.watch({ pressureSustainMs: 150 }, { PressureObserver: FakePressure });
+    const seen: (string | null)[] = [];
+    g.onChange((s) => seen.push(s.reason));
+    FakePressure.last?.report('critical');
+    assert.equal(g.state.allowed, true, 'a spike');
+    FakePressure.last?.report('nominal');
+    FakePressure.last?.report('critical');
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(g.state.allowed, true, 'the timer restarted with the second spike');
+    await new Promise((r) => setTimeout(r, 120));
+    assert.equal(g.state.reason, 'pressure', 'sustained');
+    FakePressure.last?.report('serious');
+    assert.equal(g.state.allowed, true);
+    g.close();
   });
 
   it('serves where neither API exists, or where they refuse', async () => {

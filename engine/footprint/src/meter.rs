@@ -6,13 +6,12 @@
 //! - [`ThreadModel`]: busy CPU time × watts per thread, plus memory held × watts per GB
 //!   (`modelled`; CodeCarbon's fallback constants by default: 4 W per thread, 0.375 W/GB);
 //! - [`DeviceModel`]: a page's busy time × its device class's watts (`modelled`: browsers
-//!   expose no power readings).
-//!
-//! A GPU's energy counter (NVML) would be one more source behind a feature; none is built
-//! here (these machines have no GPU to test it on).
+//!   expose no power readings);
+//! - [`Nvml`] (feature `nvml`): NVIDIA GPUs' energy counters, added to the CPU's by
+//!   [`Combined`] where NVML reads them (`measured`).
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,9 +19,21 @@ use crate::formula::energy_of_power;
 use crate::{Energy, Method, Usage};
 
 /// A reading taken when a job starts (counters' values and when they were read; nothing
-/// for a model).
+/// for a model; each part's own for a [`Combined`] source).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Mark(Option<(Vec<u64>, Instant)>);
+pub struct Mark {
+    counters: Option<(Vec<u64>, Instant)>,
+    parts: Vec<Mark>,
+}
+
+impl Mark {
+    fn of(counters: Option<Vec<u64>>) -> Self {
+        Self {
+            counters: counters.map(|v| (v, Instant::now())),
+            parts: Vec::new(),
+        }
+    }
+}
 
 /// A source of a job's energy.
 pub trait EnergySource: Send + Sync {
@@ -195,11 +206,11 @@ impl EnergySource for Rapl {
     }
 
     fn mark(&self) -> Mark {
-        Mark(self.read().map(|v| (v, Instant::now())))
+        Mark::of(self.read())
     }
 
     fn energy(&self, since: Mark, usage: &Usage) -> Energy {
-        let (Some((start, at)), Some(now)) = (since.0, self.read()) else {
+        let (Some((start, at)), Some(now)) = (since.counters, self.read()) else {
             return Energy(0);
         };
         // Each package's delta, across a wrap-around of its counter.
@@ -222,12 +233,158 @@ impl EnergySource for Rapl {
     }
 }
 
-/// The best source on this host: RAPL where readable, else the thread model.
+/// Sources whose energies add: the CPU's and a GPU's.
+pub struct Combined {
+    parts: Vec<Box<dyn EnergySource>>,
+    name: &'static str,
+}
+
+impl std::fmt::Debug for Combined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Combined")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Combined {
+    /// `cpu` and `gpu` together, named `name` (e.g. `rapl+nvml`).
+    pub fn new(cpu: Box<dyn EnergySource>, gpu: Box<dyn EnergySource>, name: &'static str) -> Self {
+        Self {
+            parts: vec![cpu, gpu],
+            name,
+        }
+    }
+}
+
+impl EnergySource for Combined {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn method(&self) -> Method {
+        (self.parts.iter()).fold(Method::Measured, |m, p| m.weakest(p.method()))
+    }
+
+    fn mark(&self) -> Mark {
+        Mark {
+            counters: None,
+            parts: self.parts.iter().map(|p| p.mark()).collect(),
+        }
+    }
+
+    fn energy(&self, since: Mark, usage: &Usage) -> Energy {
+        let mut marks = since.parts.into_iter();
+        (self.parts.iter()).fold(Energy(0), |e, p| {
+            e.plus(p.energy(marks.next().unwrap_or_default(), usage))
+        })
+    }
+}
+
+/// A GPU's share of the energy its counters (µJ, summed over the devices) moved from
+/// `start` to `now` over `elapsed`: a job of `wall` gets `wall / elapsed` of it (the GPU's
+/// work between two readings belongs to the jobs that ran then; its idle draw too).
+pub fn gpu_share(start: &[u64], now: &[u64], elapsed: Duration, wall: Duration) -> Energy {
+    let delta_uj: u128 = (start.iter().zip(now))
+        .map(|(a, b)| u128::from(b.saturating_sub(*a)))
+        .sum();
+    let elapsed_us = elapsed.max(wall).as_micros();
+    let share = (delta_uj * wall.as_micros())
+        .checked_div(elapsed_us)
+        .unwrap_or(0);
+    Energy::from_uj(u64::try_from(share).unwrap_or(u64::MAX))
+}
+
+/// NVIDIA GPUs' energy counters through NVML (the driver's `libnvidia-ml`, loaded at run
+/// time; Volta and newer): `measured`.
+#[cfg(feature = "nvml")]
+pub struct Nvml {
+    nvml: nvml_wrapper::Nvml,
+    devices: u32,
+}
+
+#[cfg(feature = "nvml")]
+impl std::fmt::Debug for Nvml {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nvml")
+            .field("devices", &self.devices)
+            .finish()
+    }
+}
+
+#[cfg(feature = "nvml")]
+impl Nvml {
+    /// Opens NVML with every GPU whose energy counter reads; why not, where it cannot (no
+    /// driver, no GPU, a GPU without the counter).
+    pub fn open() -> Result<Self, String> {
+        let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("NVML: {e}"))?;
+        let devices = nvml.device_count().map_err(|e| format!("NVML: {e}"))?;
+        if devices == 0 {
+            return Err("NVML: no GPU".into());
+        }
+        let me = Self { nvml, devices };
+        me.read()
+            .ok_or_else(|| "NVML: a GPU without an energy counter".to_owned())?;
+        Ok(me)
+    }
+
+    /// Each device's counter, µJ.
+    fn read(&self) -> Option<Vec<u64>> {
+        (0..self.devices)
+            .map(|i| {
+                let mj = self
+                    .nvml
+                    .device_by_index(i)
+                    .ok()?
+                    .total_energy_consumption()
+                    .ok()?;
+                Some(mj.saturating_mul(1_000))
+            })
+            .collect()
+    }
+}
+
+#[cfg(feature = "nvml")]
+impl EnergySource for Nvml {
+    fn name(&self) -> &'static str {
+        "nvml"
+    }
+
+    fn method(&self) -> Method {
+        Method::Measured
+    }
+
+    fn mark(&self) -> Mark {
+        Mark::of(self.read())
+    }
+
+    fn energy(&self, since: Mark, usage: &Usage) -> Energy {
+        match (since.counters, self.read()) {
+            (Some((start, at)), Some(now)) => gpu_share(&start, &now, at.elapsed(), usage.wall),
+            _ => Energy(0),
+        }
+    }
+}
+
+/// The best source on this host: RAPL where readable, else the thread model; with the
+/// `nvml` feature, plus the GPUs' energy counters where NVML reads them.
 pub fn host_source() -> Box<dyn EnergySource> {
-    match Rapl::host() {
+    let cpu: Box<dyn EnergySource> = match Rapl::host() {
         Some(r) => Box::new(r),
         None => Box::new(ThreadModel::default()),
+    };
+    // No driver, no GPU or no counter: the CPU's figures alone (the source's name says
+    // which were used).
+    #[cfg(feature = "nvml")]
+    if let Ok(gpu) = Nvml::open() {
+        let name = if cpu.name() == "rapl" {
+            "rapl+nvml"
+        } else {
+            "thread-model+nvml"
+        };
+        return Box::new(Combined::new(cpu, Box::new(gpu), name));
     }
+    cpu
 }
 
 #[cfg(test)]
@@ -253,6 +410,70 @@ mod tests {
         let e = ThreadModel::default().energy(Mark::default(), &u);
         assert_eq!(e, Energy(4_000 + 188));
         assert_eq!(ThreadModel::default().method(), Method::Modelled);
+    }
+
+    /// A GPU counter source by hand: two readings, the job's share of the delta.
+    #[test]
+    fn a_gpus_energy_is_shared_by_wall_time_and_adds_to_the_cpus() {
+        // Two GPUs moved 30 J and 6 J in 2 s; a job of 0.5 s gets a quarter: 9 J = 2,500 µWh.
+        let start = [1_000_000, 5_000_000];
+        let now = [31_000_000, 11_000_000];
+        let e = gpu_share(
+            &start,
+            &now,
+            Duration::from_secs(2),
+            Duration::from_millis(500),
+        );
+        assert_eq!(e, Energy(2_500));
+        // A job longer than the interval (its mark taken late) gets the whole delta, a
+        // counter that went back (a driver reload) nothing.
+        assert_eq!(
+            gpu_share(&start, &now, Duration::from_secs(1), Duration::from_secs(3)),
+            Energy(10_000)
+        );
+        assert_eq!(
+            gpu_share(&now, &start, Duration::from_secs(2), Duration::from_secs(2)),
+            Energy(0)
+        );
+        // Combined: the parts' energies add, its method is the weakest.
+        let both = Combined::new(
+            Box::new(ThreadModel::default()),
+            Box::new(DeviceModel {
+                class: DeviceClass::Laptop,
+            }),
+            "thread-model+device",
+        );
+        let u = busy(Duration::from_millis(1_800), 2, 0);
+        let alone = ThreadModel::default().energy(Mark::default(), &u);
+        let device = DeviceModel {
+            class: DeviceClass::Laptop,
+        }
+        .energy(Mark::default(), &u);
+        assert_eq!(both.energy(both.mark(), &u), alone.plus(device));
+        assert_eq!(
+            (both.name(), both.method()),
+            ("thread-model+device", Method::Modelled)
+        );
+    }
+
+    /// Where NVML cannot open (no driver here), it says why, and the host's source is the
+    /// CPU's alone; where it opens, its counters read and a job's share is not negative.
+    #[cfg(feature = "nvml")]
+    #[test]
+    fn nvml_reads_where_a_driver_is_and_says_why_not_elsewhere() {
+        match Nvml::open() {
+            Ok(gpu) => {
+                let m = gpu.mark();
+                std::thread::sleep(Duration::from_millis(50));
+                let u = busy(Duration::from_millis(50), 1, 0);
+                let _ = gpu.energy(m, &u);
+                assert!(host_source().name().ends_with("+nvml"));
+            }
+            Err(why) => {
+                assert!(why.starts_with("NVML: "), "{why}");
+                assert!(!host_source().name().contains("nvml"));
+            }
+        }
     }
 
     #[test]
