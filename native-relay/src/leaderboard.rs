@@ -3,8 +3,9 @@
 //! Each node puts its signed contribution record (`kwaainet-footprint`'s
 //! [`SignedContribution`]) in its node record in the DHT: 10 s after it starts and every
 //! `--contribution-every` seconds (five minutes by default) after. `GET /api/v1/leaderboard` reads the node records of
-//! the peers this node knows (its routing table, at most [`MAX_PEERS`], each lookup bounded
-//! by [`LOOKUP_TIMEOUT`]), checks every contribution against its contributor's own key (a
+//! the peers this node knows (its routing table) and of the pages they host (a page's
+//! signed contribution travels in the record its relay stores for it: the SDK publishes it
+//! while the page serves), at most [`MAX_PEERS`] lookups each bounded by [`LOOKUP_TIMEOUT`], checks every contribution against its contributor's own key (a
 //! record edited by anyone else, or an impossible one, is refused and counted), and ranks
 //! the contributors by verified work and by renewable share. The answer is cached for
 //! [`CACHE_FOR`], so a page polling it costs the DHT nothing more.
@@ -80,21 +81,30 @@ impl Board {
         let me = self.node.peer_id();
         let key = kwaainet_p2p::record::node_key(&me);
         let peers = (self.node.closest_peers(key, MAX_PEERS).await).unwrap_or_default();
-        let mut lookups = tokio::task::JoinSet::new();
-        for peer in &peers {
-            let node = self.node.clone();
-            let peer = *peer;
-            lookups.spawn(async move {
-                match tokio::time::timeout(LOOKUP_TIMEOUT, node.get_node_record(peer)).await {
-                    Ok(Ok(Some(record))) => record.contribution,
-                    _ => None,
-                }
-            });
+        let mut texts = Vec::new();
+        // The nodes, then the pages they host (their records stored by their relays), up to
+        // MAX_PEERS lookups in all.
+        let mut asked: std::collections::HashSet<_> = peers.iter().copied().collect();
+        let mut hosted = Vec::new();
+        for (contribution, pages) in self.lookup(&peers).await {
+            texts.extend(contribution);
+            hosted.extend(pages.into_iter().filter(|p| *p != me && asked.insert(*p)));
+        }
+        if let Ok(st) = self.node.state().await {
+            // Pages this node hosts itself.
+            let own: Vec<_> = (st.hosted.iter())
+                .filter(|p| asked.insert(**p))
+                .copied()
+                .collect();
+            hosted.extend(own);
+        }
+        hosted.truncate(MAX_PEERS.saturating_sub(peers.len()));
+        for (contribution, _) in self.lookup(&hosted).await {
+            texts.extend(contribution);
         }
         let mut records = Vec::new();
         let mut malformed = Vec::new();
-        while let Some(found) = lookups.join_next().await {
-            let Ok(Some(text)) = found else { continue };
+        for text in texts {
             match serde_json::from_str::<SignedContribution>(&text) {
                 Ok(r) => records.push(r),
                 Err(e) => malformed.push(format!("malformed contribution record: {e}")),
@@ -111,7 +121,33 @@ impl Board {
         };
         let mut board = leaderboard(&records, key_of, crate::audit::now_ms());
         board.refused.extend(malformed);
-        describe(&board, peers.len())
+        describe(&board, asked.len())
+    }
+
+    /// The contribution record and hosted pages of each of `peers`' node records (those
+    /// found within [`LOOKUP_TIMEOUT`]).
+    async fn lookup(
+        &self,
+        peers: &[kwaainet_p2p::libp2p::PeerId],
+    ) -> Vec<(Option<String>, Vec<kwaainet_p2p::libp2p::PeerId>)> {
+        let mut lookups = tokio::task::JoinSet::new();
+        for peer in peers {
+            let node = self.node.clone();
+            let peer = *peer;
+            lookups.spawn(async move {
+                match tokio::time::timeout(LOOKUP_TIMEOUT, node.get_node_record(peer)).await {
+                    Ok(Ok(Some(record))) => Some((record.contribution, record.hosted)),
+                    _ => None,
+                }
+            });
+        }
+        let mut found = Vec::new();
+        while let Some(r) = lookups.join_next().await {
+            if let Ok(Some(r)) = r {
+                found.push(r);
+            }
+        }
+        found
     }
 }
 

@@ -40,7 +40,7 @@ import { DEFAULT_MAX_RESOURCES, DutyCycle, MIB, type MaxResources } from './reso
 import { DEVICE_CLASSES, guessDeviceClass, type DeviceClass } from './footprint.js';
 import { PowerGovernor, type PauseReason, type PowerPolicy, type PowerState } from './power.js';
 import type { WasmSpanStats } from './wasm-engine.js';
-import type { WasmHostedSpan, WasmP2pNode } from './wasm-p2p.js';
+import type { WasmContributionTotals, WasmHostedSpan, WasmP2pNode } from './wasm-p2p.js';
 
 /** What `serveSpan` needs to know about the visitor's consent (`ConsentManager` fits). */
 export interface ConsentGate {
@@ -120,8 +120,36 @@ export interface SpanContribution {
   deviceClass: DeviceClass;
   gridIntensityMgPerKwh: number;
   gridYear: number;
+  /** Since this identity first served (earlier visits included, kept in this origin's
+   *  localStorage under its peer id: a persistent identity keeps them across visits). */
+  lifetime: PageContributionTotals;
+  /** The latest record of `lifetime` signed with the page's key and carried by its relay
+   *  in its hosted record, where the swarm's leaderboards read and verify it. */
+  signed?: { record: string; signature: string };
   sessionsOpen: number;
   streamsOpen: number;
+}
+
+/** What a page has served since `fromMs`: its signed contribution record's figures. */
+export type PageContributionTotals = WasmContributionTotals;
+
+/** Where a page's totals are kept, per peer id. */
+const TOTALS_KEY = 'kwaainet:contribution:';
+
+/** How often the signed record is published again while serving. */
+export const PUBLISH_CONTRIBUTION_MS = 30_000;
+
+function loadTotals(peerId: string): PageContributionTotals | null {
+  try {
+    const raw = globalThis.localStorage?.getItem(TOTALS_KEY + peerId);
+    if (!raw) return null;
+    const t = JSON.parse(raw) as Record<string, unknown>;
+    const keys = ['fromMs', 'servedTokens', 'blockTokens', 'busyMs', 'bytes', 'uptimeS', 'energyUwh', 'carbonUg', 'renewablePermille'];
+    if (!keys.every((k) => Number.isSafeInteger(t[k]) && (t[k] as number) >= 0)) return null;
+    return t as unknown as PageContributionTotals;
+  } catch {
+    return null; // no storage here, or not ours: start from zero
+  }
 }
 
 export type WithdrawReason = 'withdrawn' | 'consent-withdrawn' | 'page-closed' | 'network-closed' | 'failed';
@@ -180,6 +208,13 @@ export class SpanService {
   /** Why serving is paused (the device's battery or load), if it is. */
   private paused: PauseReason | null = null;
   private powerState: PowerState | null = null;
+  /** What this identity served before this span (earlier visits), and since when. */
+  private readonly before: PageContributionTotals | null;
+  private readonly startedAt = Date.now();
+  private readonly peerId: string;
+  private signedRecord: { record: string; signature: string } | null = null;
+  private lastPublish = -Infinity;
+  private publishing = false;
 
   /** @internal Use `KwaaiNetwork.serveSpan`. */
   constructor(
@@ -189,7 +224,10 @@ export class SpanService {
     private readonly duty: DutyCycle,
     private readonly onEnd: () => void,
     private readonly deviceClass: DeviceClass,
+    private readonly region: string | undefined = undefined,
   ) {
+    this.peerId = node.peerId();
+    this.before = loadTotals(this.peerId);
     this.modelId = loaded.modelId;
     this.start = loaded.stats.start;
     this.end = loaded.stats.end;
@@ -236,9 +274,53 @@ export class SpanService {
       deviceClass: this.deviceClass,
       gridIntensityMgPerKwh: s.intensityMgPerKwh,
       gridYear: s.gridYear,
+      lifetime: this.lifetime(),
+      ...(this.signedRecord !== null && { signed: this.signedRecord }),
       sessionsOpen: this.ended === null ? s.sessionsOpen : 0,
       streamsOpen: this.ended === null ? s.connections : 0,
     };
+  }
+
+  /** This identity's totals: earlier visits' and this span's. */
+  private lifetime(): PageContributionTotals {
+    const s = this.last;
+    const b = this.before;
+    const add = (k: keyof PageContributionTotals, v: number): number => ((b?.[k] as number | undefined) ?? 0) + v;
+    return {
+      fromMs: b?.fromMs ?? this.startedAt,
+      servedTokens: add('servedTokens', s.tokens),
+      blockTokens: add('blockTokens', s.blockTokens),
+      // Rounded up: a record with served tokens and no busy time is refused as impossible.
+      busyMs: add('busyMs', Math.ceil(s.busyUs / 1000)),
+      bytes: add('bytes', s.bytesIn + s.bytesOut),
+      uptimeS: add('uptimeS', Math.floor((Date.now() - this.startedAt) / 1000)),
+      energyUwh: add('energyUwh', s.energyUwh),
+      carbonUg: add('carbonUg', s.carbonUg),
+      renewablePermille: s.renewablePermille,
+      ...(this.region !== undefined && { region: this.region }),
+    };
+  }
+
+  /** Keeps the totals in localStorage, and publishes the signed record when due (the first
+   *  once there is work, then every `PUBLISH_CONTRIBUTION_MS`). */
+  private account(publish = true): void {
+    const totals = this.lifetime();
+    try {
+      globalThis.localStorage?.setItem(TOTALS_KEY + this.peerId, JSON.stringify(totals));
+    } catch {
+      // no storage (or full): the totals of this visit still count
+    }
+    const due = publish && performance.now() - this.lastPublish >= PUBLISH_CONTRIBUTION_MS;
+    if (!due || this.publishing || totals.servedTokens === 0) return;
+    this.publishing = true;
+    this.lastPublish = performance.now();
+    this.node.publishContribution(totals).then((signed) => {
+      this.signedRecord = signed;
+    }, () => {
+      this.lastPublish = -Infinity; // no relay reservation yet, or refused: try again next time
+    }).finally(() => {
+      this.publishing = false;
+    });
   }
 
   /** @internal Starts answering streams and announces the span. */
@@ -372,6 +454,7 @@ export class SpanService {
     const wait = 1000 - (performance.now() - this.lastEmit);
     if (wait <= 0) {
       this.lastEmit = performance.now();
+      this.account();
       this.events.emit('contribution', this.contribution);
       return;
     }
@@ -416,6 +499,7 @@ export class SpanService {
   async stop(reason: WithdrawReason, error?: KwaaiNetError): Promise<void> {
     if (this.ended !== null) return;
     this.ended = reason;
+    this.account(false);
     if (this.emitTimer !== null) clearTimeout(this.emitTimer);
     this.emitTimer = null;
     // No further step: open streams end now (clients fail over and replay elsewhere), new
@@ -593,7 +677,7 @@ export async function serveSpan(node: WasmP2pNode, options: ServeSpanOptions, on
     worker.terminate();
     throw new ConsentRequiredError('Consent was withdrawn while the span loaded');
   }
-  const service = new SpanService(node, worker, loaded, duty, onEnd, deviceClass);
+  const service = new SpanService(node, worker, loaded, duty, onEnd, deviceClass, options.region);
   if (options.power !== false) {
     try {
       const governor = await PowerGovernor.watch(options.power ?? {});

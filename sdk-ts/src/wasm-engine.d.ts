@@ -108,6 +108,7 @@ export interface WasmSpanStats {
   carbonUg: number;
   intensityMgPerKwh: number;
   gridYear: number;
+  renewablePermille: number;
   sessionsOpen: number;
   freeCache: number;
   connections: number;

@@ -79,6 +79,8 @@ export interface WasmP2pNode {
   did(): string;
   /** A consent record signed with this page's key (engine/p2p/src/consent.rs). */
   signConsent(site: string, purposes: Record<string, boolean>, gpc: boolean): import('./consent-record.js').SignedConsentRecord;
+  /** Signs the page's contribution and has its relay carry it in its hosted record. */
+  publishContribution(totals: WasmContributionTotals): Promise<{ record: string; signature: string }>;
   /** A data-rights request to the node `audience` (its did:key), signed with this page's key
    *  (engine/p2p/src/request.rs). */
   signRequest(audience: string, action: string, params: Record<string, unknown>): { request: string; signature: string };
@@ -140,4 +142,18 @@ export interface WasmP2pModule {
   verifyExport(bundle: string): unknown;
   /** An erasure receipt (JSON text) checked, peers' receipts included; what it states. */
   verifyErasure(receipt: string): unknown;
+}
+
+/** What a page has served since `fromMs` (`WasmP2pNode.publishContribution`). */
+export interface WasmContributionTotals {
+  fromMs: number;
+  servedTokens: number;
+  blockTokens: number;
+  busyMs: number;
+  bytes: number;
+  uptimeS: number;
+  energyUwh: number;
+  carbonUg: number;
+  renewablePermille: number;
+  region?: string;
 }

@@ -73,6 +73,9 @@ function networkDouble(): { network: KwaaiNetwork; given: ServeSpanOptions[]; em
     state: 'serving', model: 'm@0123456789abcdef', start: 10, end: 20, sessions: 0, steps: 0, tokens: 0, blockTokens: 0,
     busySeconds: 0, bytesIn: 0, bytesOut: 0, energyUwh: 0, carbonUg: 0, method: 'modelled', deviceClass: 'laptop',
     gridIntensityMgPerKwh: 480_617, gridYear: 2009, sessionsOpen: 0, streamsOpen: 0,
+    lifetime: {
+      fromMs: 0, servedTokens: 0, blockTokens: 0, busyMs: 0, bytes: 0, uptimeS: 0, energyUwh: 0, carbonUg: 0, renewablePermille: 302,
+    },
   };
   const span = {
     get contribution() {

@@ -275,6 +275,7 @@ impl SpanHost {
             carbon_ug,
             intensity_mg_per_kwh: self.meter.mix.intensity_mg_per_kwh,
             grid_year: self.meter.mix.year,
+            renewable_permille: self.meter.mix.renewable_permille,
             sessions_open: self.server.sessions() as u64,
             free_cache: self.server.free_tokens() as u64,
             connections: self.conns.len() as u64,
@@ -300,6 +301,8 @@ pub struct SpanStats {
     pub intensity_mg_per_kwh: u64,
     /// The year of the grid data.
     pub grid_year: u16,
+    /// The grid's renewable share, per mille.
+    pub renewable_permille: u16,
     /// Sessions open now.
     pub sessions_open: u64,
     /// KV-cache positions not reserved.

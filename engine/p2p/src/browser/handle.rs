@@ -26,6 +26,7 @@ pub(super) enum Command {
     AskInfo(PeerId, Reply<Result<NodeRecord>>),
     Send(PeerId, Vec<u8>, Reply<Result<Duration>>),
     Host(Vec<ServedSpan>, Accelerator, Reply<Result<()>>),
+    SetContribution(String, Reply<Result<()>>),
     Connect(PeerId, Vec<Multiaddr>, Reply<Result<()>>),
 }
 
@@ -74,6 +75,22 @@ impl BrowserHandle {
         }
         self.commands
             .ask(|tx| Command::Host(spans, accelerator, tx))
+            .await?
+    }
+
+    /// Sets the signed contribution record our hosted record carries (what the swarm's
+    /// leaderboards rank; at most [`crate::record::MAX_CONTRIBUTION_BYTES`]); while our
+    /// relay hosts us, our record goes to it again now.
+    pub async fn set_contribution(&self, signed: String) -> Result<()> {
+        if signed.len() > crate::record::MAX_CONTRIBUTION_BYTES {
+            return Err(Error::Config(format!(
+                "a contribution record of {} bytes (max {})",
+                signed.len(),
+                crate::record::MAX_CONTRIBUTION_BYTES
+            )));
+        }
+        self.commands
+            .ask(|tx| Command::SetContribution(signed, tx))
             .await?
     }
 

@@ -66,6 +66,8 @@ pub(super) struct Runtime {
     peers: HashMap<PeerId, u32>,
     /// The spans our relay hosts for us (sent again when the reservation comes back).
     hosting: Option<(Vec<ServedSpan>, Accelerator)>,
+    /// The signed contribution record our hosted record carries.
+    contribution: Option<String>,
     hosts: HostAsks,
     /// Our dials of other peers ([`Command::Connect`]), by connection.
     connects: HashMap<ConnectionId, (PeerId, Reply<Result<()>>)>,
@@ -104,6 +106,7 @@ impl Runtime {
             sends: HashMap::new(),
             peers: HashMap::new(),
             hosting: None,
+            contribution: None,
             hosts: HostAsks::default(),
             connects: HashMap::new(),
         }
@@ -245,6 +248,19 @@ impl Runtime {
                 self.hosting = (!spans.is_empty()).then(|| (spans.clone(), accelerator));
                 self.send_host(spans, accelerator, tx);
             }
+            Command::SetContribution(signed, tx) => {
+                self.contribution = Some(signed);
+                match self.hosting.clone() {
+                    Some(_) if self.in_flight() >= MAX_IN_FLIGHT => {
+                        let _ = tx.send(Err(busy()));
+                    }
+                    Some((spans, accelerator)) => self.send_host(spans, accelerator, tx),
+                    // Carried by the next record we host.
+                    None => {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+            }
         }
     }
 
@@ -271,7 +287,7 @@ impl Runtime {
             region: None,
             spans,
             hosted: Vec::new(),
-            contribution: None,
+            contribution: self.contribution.clone(),
             issued_at: unix_now(),
         };
         match record.sign(&self.key) {

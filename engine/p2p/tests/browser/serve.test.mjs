@@ -221,6 +221,22 @@ test('a route native → page → native gives local generation\'s tokens, and t
   assert.ok(routeUwh > c.energyUwh, `the route's ${routeUwh} µWh include the page's ${c.energyUwh}: ${line}`);
   const events = await page.evaluate(() => window.contributions);
   assert.ok(events.length >= 1 && events.every((e) => e.model === id), 'contribution events carry the counters');
+
+  // Its signed contribution record: kept in the origin's storage, published in the record
+  // its relay hosts, and read from the DHT by a server's leaderboard, which verified it
+  // with the page's key.
+  const signed = await until(30_000, 'the page\'s signed record', () => page.evaluate(() => window.span.contribution.signed ?? null));
+  const record = JSON.parse(signed.record);
+  assert.equal(record.contributor, await page.evaluate(() => window.net.did));
+  assert.equal(record.method, 'modelled');
+  const stored = await page.evaluate((peer) => JSON.parse(localStorage.getItem(`kwaainet:contribution:${peer}`)), pageId);
+  assert.equal(stored.blockTokens, c.blockTokens, JSON.stringify(stored));
+  const standing = await until(90_000, 'the page on a server\'s leaderboard', async () => {
+    const board = await (await fetch(`${servers[0].url}/api/v1/leaderboard`)).json();
+    return board.by_work.find((s) => s.contributor === record.contributor) ?? null;
+  });
+  assert.ok(standing.work > 0 && standing.work <= c.blockTokens, JSON.stringify(standing));
+  assert.ok(standing.energy_uwh > 0, JSON.stringify(standing));
 });
 
 test('consent withdrawn mid-generation: the page stops at once, the relay drops its record, the client fails over without a lost token', { timeout: 240_000 }, async () => {
