@@ -464,6 +464,34 @@ mod tests {
         }
     }
 
+    /// A contribution record travels in the node record, bounded; it counts toward the
+    /// record's size, which is why a full node publishes without it (node/announce.rs).
+    #[test]
+    fn a_contribution_record_rides_in_the_record_within_its_bounds() {
+        let key = Keypair::generate_ed25519();
+        let mut rec = sample(&key);
+        rec.contribution = Some("{\"record\":\"…\",\"signature\":\"…\"}".into());
+        let bytes = rec.sign(&key).unwrap();
+        assert_eq!(decode_node_record(&bytes).unwrap(), rec);
+        rec.contribution = Some("x".repeat(MAX_CONTRIBUTION_BYTES + 1));
+        assert!(rec.sign(&key).is_err(), "an oversized contribution record");
+        // A record full of hosted pages fits without a contribution record, not with one.
+        let mut full = sample(&key);
+        full.hosted = (0..MAX_HOSTED).map(|_| PeerId::random()).collect();
+        // Spans with long model names until one more would not fit.
+        while full.spans.len() < MAX_SPANS {
+            let name = format!("{:0>100}", full.spans.len());
+            full.spans.push(ServedSpan::new(name, 0, 30));
+            if full.sign(&key).is_err() {
+                full.spans.pop();
+                break;
+            }
+        }
+        assert!(full.sign(&key).is_ok());
+        full.contribution = Some("x".repeat(MAX_CONTRIBUTION_BYTES));
+        assert!(full.sign(&key).is_err());
+    }
+
     #[test]
     fn signed_record_round_trips_and_validates_under_its_key() {
         let key = Keypair::generate_ed25519();

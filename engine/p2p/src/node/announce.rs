@@ -88,7 +88,20 @@ impl Runtime {
     }
 
     pub(super) fn signed_own_record(&self) -> Result<Vec<u8>> {
-        self.own_record().sign(&self.key)
+        let record = self.own_record();
+        match record.sign(&self.key) {
+            // A full record (many addresses, spans and hosted pages) goes without its
+            // contribution record rather than not at all.
+            Err(Error::InvalidRecord(why)) if record.contribution.is_some() => {
+                tracing::warn!(%why, "our record is full: published without its contribution record");
+                NodeRecord {
+                    contribution: None,
+                    ..record
+                }
+                .sign(&self.key)
+            }
+            other => other,
+        }
     }
 
     /// Puts our record in the DHT; `reply` (if any) learns the outcome.
