@@ -38,7 +38,7 @@ import { fromWasmP2pError } from './wasm-errors.js';
 import type { SpanWorkerReply, SpanWorkerRequest } from './host/span-worker.js';
 import { DEFAULT_MAX_RESOURCES, DutyCycle, MIB, type MaxResources } from './resources.js';
 import { DEVICE_CLASSES, guessDeviceClass, type DeviceClass } from './footprint.js';
-import { PowerGovernor, type PauseReason, type PowerPolicy, type PowerState } from './power.js';
+import { PowerGovernor, checkedPolicy, type PauseReason, type PowerPolicy, type PowerState } from './power.js';
 import type { WasmSpanStats } from './wasm-engine.js';
 import type { WasmContributionTotals, WasmHostedSpan, WasmP2pNode } from './wasm-p2p.js';
 
@@ -655,6 +655,8 @@ export async function serveSpan(node: WasmP2pNode, options: ServeSpanOptions, on
     throw new InvalidArgumentError(`region: a country's ISO 3166 alpha-2 code (e.g. 'FR'), got ${String(options.region)}`);
   }
   const deviceClass = options.deviceClass ?? guessDeviceClass();
+  // The power policy is checked before anything loads.
+  const powerPolicy = options.power === false ? null : checkedPolicy(options.power ?? {});
   const limits = { ...DEFAULT_MAX_RESOURCES, ...options.maxResources };
   const duty = new DutyCycle(limits.cpu);
   if (!Number.isFinite(limits.memory) || limits.memory < 64) throw new InvalidArgumentError(`maxResources.memory: ${limits.memory} MiB is below 64`);
@@ -678,9 +680,9 @@ export async function serveSpan(node: WasmP2pNode, options: ServeSpanOptions, on
     throw new ConsentRequiredError('Consent was withdrawn while the span loaded');
   }
   const service = new SpanService(node, worker, loaded, duty, onEnd, deviceClass, options.region);
-  if (options.power !== false) {
+  if (powerPolicy !== null) {
     try {
-      const governor = await PowerGovernor.watch(options.power ?? {});
+      const governor = await PowerGovernor.watch(powerPolicy);
       service.addCleanup(() => governor.close());
       service.addCleanup(governor.onChange((s) => void service.power(s)));
       await service.power(governor.state);

@@ -53,6 +53,9 @@ describe('serveSpan refuses before it starts anything', () => {
         ['no cache', { cacheTokens: 0 }, InvalidArgumentError],
         ['cpu cap out of range', { maxResources: { cpu: 0 } }, InvalidArgumentError],
         ['memory cap too small', { maxResources: { memory: 10 } }, InvalidArgumentError],
+        ['an unknown device class', { deviceClass: 'fridge' as 'phone' }, InvalidArgumentError],
+        ['a region that is not a country code', { region: 'Europe' }, InvalidArgumentError],
+        ['a battery level above 1', { power: { minBatteryLevel: 2 } }, InvalidArgumentError],
       ];
       for (const [what, change, type] of cases) {
         await assert.rejects(serveSpan(untouchedNode, { ...good, ...change }, () => {}), type, what);
