@@ -119,6 +119,14 @@ struct Counters {
     jobs: Counter<u64, AtomicU64>,
 }
 
+/// The span server's counters at the last tick, and its busy microseconds not yet in the
+/// totals' milliseconds.
+#[derive(Debug, Default)]
+struct Served {
+    last: Option<ServerStats>,
+    busy_us_rest: u64,
+}
+
 /// The node's accountant.
 pub struct NodeFootprint {
     source: Box<dyn EnergySource>,
@@ -132,7 +140,7 @@ pub struct NodeFootprint {
     counters: Counters,
     registry: Arc<Registry>,
     /// The span server's counters at the last tick.
-    served: Mutex<Option<ServerStats>>,
+    served: Mutex<Served>,
     /// Who signs the node's contribution record, and what it says of itself.
     key: Keypair,
     did: String,
@@ -221,7 +229,7 @@ impl NodeFootprint {
             last: Mutex::new(mark),
             counters,
             registry: Arc::new(registry),
-            served: Mutex::new(None),
+            served: Mutex::new(Served::default()),
             did: kwaainet_p2p::did::from_peer_id(&key.public().to_peer_id())?,
             key: key.clone(),
             region: region.map(str::to_owned),
@@ -236,16 +244,33 @@ impl NodeFootprint {
 
     /// Accounts one request: `busy` compute time over `wall`, `tokens` processed.
     pub fn job(&self, wall: Duration, busy: Duration, tokens: u64) -> Footprint {
+        self.counters.jobs.inc();
+        let busy_ms = u64::try_from(busy.as_millis()).unwrap_or(u64::MAX);
+        self.accrue(wall, busy, |t| {
+            t.jobs = t.jobs.saturating_add(1);
+            t.tokens = t.tokens.saturating_add(tokens);
+            t.busy_ms = t.busy_ms.saturating_add(busy_ms);
+        })
+    }
+
+    /// Accounts one served step's `busy` time (energy and carbon like a request's); its
+    /// footprint goes back to the client with the step's output. (Its busy time reaches
+    /// the totals at the next tick, from the server's microsecond counter: a step of under
+    /// a millisecond would add nothing here.)
+    pub fn served_step(&self, busy: Duration) -> Footprint {
+        self.accrue(busy, busy, |_| {})
+    }
+
+    /// The energy and carbon of `busy` over `wall` into the counters and the totals, with
+    /// `more` changes to the totals.
+    fn accrue(&self, wall: Duration, busy: Duration, more: impl FnOnce(&mut Totals)) -> Footprint {
         let f = self.measure(wall, busy);
         self.counters.energy_uwh.inc_by(f.energy_uwh);
         self.counters.carbon_ug.inc_by(f.carbon_ug);
-        self.counters.jobs.inc();
         self.update(|t| {
-            t.jobs = t.jobs.saturating_add(1);
-            t.tokens = t.tokens.saturating_add(tokens);
-            t.busy_ms = t.busy_ms.saturating_add(f.busy_ms);
             t.energy_uwh = t.energy_uwh.saturating_add(f.energy_uwh);
             t.carbon_ug = t.carbon_ug.saturating_add(f.carbon_ug);
+            more(t);
         });
         f
     }
@@ -313,28 +338,19 @@ impl NodeFootprint {
         }
     }
 
-    /// Accounts one served step's `busy` time (energy and carbon like a request's); its
-    /// footprint goes back to the client with the step's output.
-    pub fn served_step(&self, busy: Duration) -> Footprint {
-        let f = self.measure(busy, busy);
-        self.counters.energy_uwh.inc_by(f.energy_uwh);
-        self.counters.carbon_ug.inc_by(f.carbon_ug);
-        self.update(|t| {
-            t.busy_ms = t.busy_ms.saturating_add(f.busy_ms);
-            t.energy_uwh = t.energy_uwh.saturating_add(f.energy_uwh);
-            t.carbon_ug = t.carbon_ug.saturating_add(f.carbon_ug);
-        });
-        f
-    }
-
     /// Accounts `elapsed` of uptime and what the span server did since the last tick (its
-    /// steps' tokens and bytes; their energy is accounted step by step).
+    /// steps' tokens, bytes and busy time; their energy is accounted step by step).
     pub fn tick(&self, elapsed: Duration, served: Option<ServerStats>) {
+        let mut busy_ms = 0;
         let delta = served.map(|now| {
-            let mut last = lock(&self.served);
-            let before = last.replace(now).unwrap_or_default();
+            let mut served = lock(&self.served);
+            let before = served.last.replace(now).unwrap_or_default();
             // A new server (the span moved) counts from zero.
             let since = |a: u64, b: u64| if a >= b { a - b } else { a };
+            // Whole milliseconds into the totals; the rest waits for the next tick.
+            let us = served.busy_us_rest + since(now.busy_us, before.busy_us);
+            busy_ms = us / 1_000;
+            served.busy_us_rest = us % 1_000;
             ServerStats {
                 sessions: since(now.sessions, before.sessions),
                 steps: since(now.steps, before.steps),
@@ -347,6 +363,7 @@ impl NodeFootprint {
         });
         self.update(|t| {
             t.uptime_s = t.uptime_s.saturating_add(elapsed.as_secs());
+            t.busy_ms = t.busy_ms.saturating_add(busy_ms);
             if let Some(d) = &delta {
                 t.served_tokens = t.served_tokens.saturating_add(d.tokens);
                 t.block_tokens = t.block_tokens.saturating_add(d.block_tokens);
@@ -576,11 +593,13 @@ mod tests {
         again.tick(Duration::from_secs(10), Some(stats(200_000, 40)));
         again.tick(Duration::from_secs(10), Some(stats(300_000, 60)));
         again.tick(Duration::from_secs(10), Some(stats(100_000, 5)));
-        // Each served step's energy is accounted as it runs, and returned to its client.
+        // Each served step's energy is accounted as it runs, and returned to its client;
+        // its busy time comes in with the next tick, from the server's counter.
         let step = again.served_step(Duration::from_millis(400));
         assert!(step.energy_uwh > 0 && step.regions == ["FR"], "{step:?}");
         let t = lock(&again.totals).clone();
         assert_eq!((t.uptime_s, t.served_tokens, t.block_tokens), (30, 65, 650));
+        // 200 + 100 ms, then a new server's 100 ms.
         assert_eq!(t.busy_ms, 1_800 + 400);
         // All of it this hour (or the last two, across an hour's turn).
         let hours = &again.detail()["history"];
@@ -599,6 +618,38 @@ mod tests {
             (c.jobs, c.block_tokens, c.name.as_deref()),
             (2, 650, Some("Ada"))
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A node that only serves spans: decoding steps take under a millisecond each, and
+    /// their busy time still reaches the totals (whole milliseconds, the rest carried), so
+    /// its signed record is not refused as work without busy time.
+    #[test]
+    fn sub_millisecond_served_steps_add_up_to_busy_time() {
+        let dir = tempfile_dir().with_extension("steps");
+        let key = Keypair::generate_ed25519();
+        let f = NodeFootprint::open(&dir, Some("DE"), 0, 2, 0, &key, None).unwrap();
+        lock(&f.totals).since_ms -= 60_000;
+        let mut stats = ServerStats::default();
+        for _ in 0..3 {
+            for _ in 0..500 {
+                f.served_step(Duration::from_micros(900));
+                stats.steps += 1;
+                stats.tokens += 1;
+                stats.block_tokens += 15;
+                stats.busy_us += 900;
+            }
+            f.tick(Duration::from_secs(10), Some(stats));
+        }
+        let t = lock(&f.totals).clone();
+        // 1,500 steps × 0.9 ms = 1,350 ms.
+        assert_eq!((t.served_tokens, t.busy_ms), (1_500, 1_350));
+        assert!(t.energy_uwh > 0);
+        let node_key = key.public().try_into_ed25519().unwrap().to_bytes();
+        let c = (f.contribution().unwrap())
+            .verify(|_| Some(node_key), crate::audit::now_ms())
+            .unwrap();
+        assert_eq!((c.served_tokens, c.busy_ms), (1_500, 1_350));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
