@@ -1,0 +1,287 @@
+//! `/kwaainet/averaging/1.0.0` over libp2p streams (`libp2p-stream`): one stream per frame,
+//! members authenticated by the peer ids of their (noise) connections.
+//!
+//! An [`Averager`] answers a node's inbound averaging streams: it reads one frame per
+//! stream (size-checked before the payload is read, within a read timeout, a bounded
+//! number of streams at once) and hands it to the round open for the frame's group key,
+//! naming the sender by its index among the round's members. A frame from a peer that is
+//! not a member, or for a key no round here expects, never reaches a round. Frames that
+//! arrive just before this member opens its round (a faster peer) wait a bounded time, in
+//! a bounded buffer.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, StreamProtocol};
+use libp2p_stream::Control;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::allreduce::Transport;
+use crate::frame;
+
+/// The protocol's name.
+pub const PROTOCOL: &str = "/kwaainet/averaging/1.0.0";
+
+/// Limits and timeouts of a node's averaging.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// How long opening a stream to a member may take (dial included).
+    pub open: Duration,
+    /// How long a peer may take to send one frame.
+    pub read: Duration,
+    /// The largest payload read.
+    pub max_payload: usize,
+    /// Inbound streams read at once; more are dropped.
+    pub max_streams: usize,
+    /// Bytes of early frames kept for rounds not open yet.
+    pub max_pending_bytes: usize,
+    /// How long an early frame is kept.
+    pub pending_for: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            open: Duration::from_secs(10),
+            read: Duration::from_secs(30),
+            max_payload: 64 << 20,
+            max_streams: 64,
+            max_pending_bytes: 256 << 20,
+            pending_for: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why a round cannot open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetError {
+    /// A round with this key is open already.
+    #[error("a round with this group key is already open on this node")]
+    Duplicate,
+    /// This node is not the member it claims to be.
+    #[error("member {me} of {size} is not this node")]
+    NotMe {
+        /// The index given.
+        me: usize,
+        /// Members.
+        size: usize,
+    },
+    /// The protocol is answered by another handler already.
+    #[error("{PROTOCOL} already has a handler on this node")]
+    Taken,
+}
+
+type Frame = (usize, Vec<u8>);
+
+struct Open {
+    members: Vec<PeerId>,
+    tx: mpsc::Sender<Frame>,
+}
+
+#[derive(Default)]
+struct Rounds {
+    open: HashMap<[u8; 16], Open>,
+    pending: VecDeque<(Instant, [u8; 16], PeerId, Vec<u8>)>,
+    pending_bytes: usize,
+}
+
+impl Rounds {
+    fn expire(&mut self, keep: Duration) {
+        while let Some((at, ..)) = self.pending.front() {
+            if at.elapsed() < keep {
+                break;
+            }
+            if let Some((_, _, _, f)) = self.pending.pop_front() {
+                self.pending_bytes -= f.len();
+            }
+        }
+    }
+
+    fn deliver(&mut self, config: &NetConfig, key: [u8; 16], peer: PeerId, bytes: Vec<u8>) {
+        self.expire(config.pending_for);
+        match self.open.get(&key) {
+            Some(open) => match open.members.iter().position(|m| *m == peer) {
+                Some(i) => {
+                    if open.tx.try_send((i, bytes)).is_err() {
+                        tracing::debug!(%peer, "averaging frame dropped: the round's inbox is full");
+                    }
+                }
+                None => {
+                    tracing::debug!(%peer, "averaging frame from a peer outside the group dropped")
+                }
+            },
+            None if self.pending_bytes + bytes.len() <= config.max_pending_bytes => {
+                self.pending_bytes += bytes.len();
+                self.pending.push_back((Instant::now(), key, peer, bytes));
+            }
+            None => {
+                tracing::debug!(%peer, "averaging frame for no open round dropped (buffer full)")
+            }
+        }
+    }
+}
+
+/// A node's averaging: answers the protocol and opens rounds.
+#[derive(Clone)]
+pub struct Averager {
+    control: Control,
+    config: NetConfig,
+    me: PeerId,
+    rounds: Arc<Mutex<Rounds>>,
+}
+
+impl std::fmt::Debug for Averager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Averager")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+fn protocol() -> StreamProtocol {
+    StreamProtocol::new(PROTOCOL)
+}
+
+impl Averager {
+    /// Starts answering `/kwaainet/averaging/1.0.0` on the node of `control` (whose own
+    /// peer id is `me`), on the current tokio runtime.
+    pub fn start(mut control: Control, me: PeerId, config: NetConfig) -> Result<Self, NetError> {
+        let mut incoming = control.accept(protocol()).map_err(|_| NetError::Taken)?;
+        let averager = Self {
+            control,
+            config,
+            me,
+            rounds: Arc::default(),
+        };
+        let a = averager.clone();
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(a.config.max_streams));
+            while let Some((peer, mut stream)) = incoming.next().await {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "averaging stream refused: all {} slots busy", a.config.max_streams);
+                    continue;
+                };
+                let a = a.clone();
+                tokio::spawn(async move {
+                    let read = frame::read(&mut stream, a.config.max_payload);
+                    match tokio::time::timeout(a.config.read, read).await {
+                        Ok(Ok(bytes)) => match frame::header(&bytes) {
+                            Ok((h, _)) => {
+                                if let Ok(mut r) = a.rounds.lock() {
+                                    r.deliver(&a.config, h.group, peer, bytes);
+                                }
+                            }
+                            Err(e) => tracing::debug!(%peer, error = %e, "averaging frame refused"),
+                        },
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "averaging frame refused"),
+                        Err(_) => tracing::debug!(%peer, "averaging stream sent no frame in time"),
+                    }
+                    let _ = stream.close().await;
+                    drop(slot);
+                });
+            }
+        });
+        Ok(averager)
+    }
+
+    /// Opens the round of group `key` among `members` (every member lists the same peers in
+    /// the same order), this node being `members[me]`.
+    pub fn round(
+        &self,
+        key: [u8; 16],
+        members: Vec<PeerId>,
+        me: usize,
+    ) -> Result<NetTransport, NetError> {
+        if members.get(me) != Some(&self.me) {
+            return Err(NetError::NotMe {
+                me,
+                size: members.len(),
+            });
+        }
+        // Two frames from each other member, and room for hostile extras that are refused.
+        let (tx, rx) = mpsc::channel(4 * members.len() + 4);
+        let mut rounds = self.rounds.lock().map_err(|_| NetError::Duplicate)?;
+        if rounds.open.contains_key(&key) {
+            return Err(NetError::Duplicate);
+        }
+        rounds.expire(self.config.pending_for);
+        let open = Open {
+            members: members.clone(),
+            tx,
+        };
+        let early: Vec<_> = {
+            let (mine, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut rounds.pending)
+                .into_iter()
+                .partition(|(_, k, ..)| *k == key);
+            rounds.pending = rest;
+            mine.into_iter().collect()
+        };
+        rounds.open.insert(key, open);
+        for (_, k, peer, bytes) in early {
+            rounds.pending_bytes -= bytes.len();
+            rounds.deliver(&self.config, k, peer, bytes);
+        }
+        Ok(NetTransport {
+            key,
+            members,
+            control: self.control.clone(),
+            open: self.config.open,
+            rx,
+            rounds: self.rounds.clone(),
+        })
+    }
+}
+
+/// One round's transport over libp2p streams; closing it (drop) closes the round.
+pub struct NetTransport {
+    key: [u8; 16],
+    members: Vec<PeerId>,
+    control: Control,
+    open: Duration,
+    rx: mpsc::Receiver<Frame>,
+    rounds: Arc<Mutex<Rounds>>,
+}
+
+impl std::fmt::Debug for NetTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetTransport")
+            .field("members", &self.members.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for NetTransport {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.rounds.lock() {
+            r.open.remove(&self.key);
+        }
+    }
+}
+
+impl Transport for NetTransport {
+    async fn send(&self, to: usize, frame: Vec<u8>) -> Result<(), String> {
+        let peer = *self
+            .members
+            .get(to)
+            .ok_or_else(|| format!("no member {to}"))?;
+        let mut control = self.control.clone();
+        let mut stream = tokio::time::timeout(self.open, control.open_stream(peer, protocol()))
+            .await
+            .map_err(|_| format!("no stream to {peer} within {:?}", self.open))?
+            .map_err(|e| format!("no stream to {peer}: {e}"))?;
+        stream
+            .write_all(&frame)
+            .await
+            .map_err(|e| format!("sending to {peer}: {e}"))?;
+        stream
+            .close()
+            .await
+            .map_err(|e| format!("sending to {peer}: {e}"))
+    }
+
+    async fn recv(&mut self) -> Option<(usize, Vec<u8>)> {
+        self.rx.recv().await
+    }
+}
