@@ -3,8 +3,12 @@
 //!
 //! An [`Averager`] answers a node's inbound averaging streams: it reads one frame per
 //! stream (size-checked before the payload is read, within a read timeout, a bounded
-//! number of streams at once) and hands it to the round open for the frame's group key,
-//! naming the sender by its index among the round's members. A frame from a peer that is
+//! number of streams at once), hands it to the round open for the frame's group key,
+//! naming the sender by its index among the round's members, and answers one byte: 1 when
+//! the frame was taken, 0 when it was not. A sender counts a frame as sent only on that
+//! byte, and opens a new stream when a stream fails before it (libp2p-stream drops inbound
+//! streams that arrive while the previous one is being handed over), a few times within
+//! the round's timeout. A frame from a peer that is
 //! not a member, or for a key no round here expects, never reaches a round. Frames that
 //! arrive just before this member opens its round (a faster peer) wait a bounded time, in
 //! a bounded buffer.
@@ -13,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use libp2p_stream::Control;
 use tokio::sync::{Semaphore, mpsc};
@@ -99,25 +103,31 @@ impl Rounds {
         }
     }
 
-    fn deliver(&mut self, config: &NetConfig, key: [u8; 16], peer: PeerId, bytes: Vec<u8>) {
+    /// Hands a frame to its round, or keeps it for a round not open yet; whether it was taken.
+    fn deliver(&mut self, config: &NetConfig, key: [u8; 16], peer: PeerId, bytes: Vec<u8>) -> bool {
         self.expire(config.pending_for);
         match self.open.get(&key) {
             Some(open) => match open.members.iter().position(|m| *m == peer) {
                 Some(i) => {
-                    if open.tx.try_send((i, bytes)).is_err() {
+                    let taken = open.tx.try_send((i, bytes)).is_ok();
+                    if !taken {
                         tracing::debug!(%peer, "averaging frame dropped: the round's inbox is full");
                     }
+                    taken
                 }
                 None => {
-                    tracing::debug!(%peer, "averaging frame from a peer outside the group dropped")
+                    tracing::debug!(%peer, "averaging frame from a peer outside the group dropped");
+                    false
                 }
             },
             None if self.pending_bytes + bytes.len() <= config.max_pending_bytes => {
                 self.pending_bytes += bytes.len();
                 self.pending.push_back((Instant::now(), key, peer, bytes));
+                true
             }
             None => {
-                tracing::debug!(%peer, "averaging frame for no open round dropped (buffer full)")
+                tracing::debug!(%peer, "averaging frame for no open round dropped (buffer full)");
+                false
             }
         }
     }
@@ -166,18 +176,27 @@ impl Averager {
                 let a = a.clone();
                 tokio::spawn(async move {
                     let read = frame::read(&mut stream, a.config.max_payload);
-                    match tokio::time::timeout(a.config.read, read).await {
+                    let taken = match tokio::time::timeout(a.config.read, read).await {
                         Ok(Ok(bytes)) => match frame::header(&bytes) {
-                            Ok((h, _)) => {
-                                if let Ok(mut r) = a.rounds.lock() {
-                                    r.deliver(&a.config, h.group, peer, bytes);
-                                }
+                            Ok((h, _)) => a
+                                .rounds
+                                .lock()
+                                .is_ok_and(|mut r| r.deliver(&a.config, h.group, peer, bytes)),
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "averaging frame refused");
+                                false
                             }
-                            Err(e) => tracing::debug!(%peer, error = %e, "averaging frame refused"),
                         },
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "averaging frame refused"),
-                        Err(_) => tracing::debug!(%peer, "averaging stream sent no frame in time"),
-                    }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "averaging frame refused");
+                            false
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "averaging stream sent no frame in time");
+                            false
+                        }
+                    };
+                    let _ = stream.write_all(&[taken as u8]).await;
                     let _ = stream.close().await;
                     drop(slot);
                 });
@@ -260,25 +279,45 @@ impl Drop for NetTransport {
     }
 }
 
+/// Streams a frame is tried on before the member counts as unreachable.
+const SEND_ATTEMPTS: u32 = 5;
+
+impl NetTransport {
+    /// One stream: the frame out, the receiver's byte back (whether it took the frame).
+    async fn send_once(&self, peer: PeerId, frame: &[u8]) -> Result<bool, String> {
+        let mut control = self.control.clone();
+        let mut stream = tokio::time::timeout(self.open, control.open_stream(peer, protocol()))
+            .await
+            .map_err(|_| format!("no stream to {peer} within {:?}", self.open))?
+            .map_err(|e| format!("no stream to {peer}: {e}"))?;
+        let io = |e: std::io::Error| format!("sending to {peer}: {e}");
+        stream.write_all(frame).await.map_err(io)?;
+        stream.flush().await.map_err(io)?;
+        let mut answer = [0u8; 1];
+        stream.read_exact(&mut answer).await.map_err(io)?;
+        let _ = stream.close().await;
+        Ok(answer[0] == 1)
+    }
+}
+
 impl Transport for NetTransport {
     async fn send(&self, to: usize, frame: Vec<u8>) -> Result<(), String> {
         let peer = *self
             .members
             .get(to)
             .ok_or_else(|| format!("no member {to}"))?;
-        let mut control = self.control.clone();
-        let mut stream = tokio::time::timeout(self.open, control.open_stream(peer, protocol()))
-            .await
-            .map_err(|_| format!("no stream to {peer} within {:?}", self.open))?
-            .map_err(|e| format!("no stream to {peer}: {e}"))?;
-        stream
-            .write_all(&frame)
-            .await
-            .map_err(|e| format!("sending to {peer}: {e}"))?;
-        stream
-            .close()
-            .await
-            .map_err(|e| format!("sending to {peer}: {e}"))
+        let mut last = String::new();
+        for attempt in 0..SEND_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
+            }
+            match self.send_once(peer, &frame).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => return Err(format!("{peer} did not take the frame")),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     async fn recv(&mut self) -> Option<(usize, Vec<u8>)> {

@@ -1,0 +1,322 @@
+//! Butterfly all-reduce between real libp2p nodes on loopback (TCP, noise, yamux): the same
+//! bits as in process, an outsider's frames never counted, a node killed mid-round.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::join_all;
+use kwaainet_core::codec::Codec;
+use kwaainet_hivemind::frame::{self, Header, Kind};
+use kwaainet_hivemind::net::{Averager, NetConfig, NetError};
+use kwaainet_hivemind::{Group, Options, Report, Transport, all_reduce, local};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, SwarmBuilder, noise, tcp, yamux};
+use tokio::task::{AbortHandle, JoinHandle};
+
+/// A member's transport that, when `die` is set, takes its node down at its first send
+/// after its `parts` parts (its average), and then never answers.
+struct DiesBeforeAveraging<T> {
+    inner: T,
+    parts: usize,
+    sent: AtomicUsize,
+    die: Option<AbortHandle>,
+}
+
+impl<T: Transport> Transport for DiesBeforeAveraging<T> {
+    async fn send(&self, to: usize, frame: Vec<u8>) -> Result<(), String> {
+        let sent = self.sent.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(die) = &self.die
+            && sent > self.parts
+        {
+            die.abort();
+            return futures::future::pending().await;
+        }
+        self.inner.send(to, frame).await
+    }
+
+    async fn recv(&mut self) -> Option<(usize, Vec<u8>)> {
+        self.inner.recv().await
+    }
+}
+
+type Swarm = libp2p::Swarm<libp2p_stream::Behaviour>;
+
+struct Node {
+    peer: PeerId,
+    averager: Averager,
+    driver: JoinHandle<()>,
+}
+
+/// `n` nodes on 127.0.0.1 that know each other's addresses, driven in the background.
+async fn nodes(n: usize) -> Vec<Node> {
+    let mut swarms: Vec<(Swarm, Multiaddr)> = Vec::new();
+    for _ in 0..n {
+        let mut swarm = SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        swarm
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let addr = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                    return address;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        swarms.push((swarm, addr));
+    }
+    let book: Vec<(PeerId, Multiaddr)> = swarms
+        .iter()
+        .map(|(s, a)| (*s.local_peer_id(), a.clone()))
+        .collect();
+    let mut connected = Vec::new();
+    let nodes: Vec<Node> = swarms
+        .into_iter()
+        .enumerate()
+        .map(|(i, (mut swarm, _))| {
+            let peer = *swarm.local_peer_id();
+            for (_, a) in &book[i + 1..] {
+                swarm.dial(a.clone()).unwrap();
+            }
+            let control = swarm.behaviour().new_control();
+            let averager = Averager::start(control, peer, NetConfig::default()).unwrap();
+            let (tx, rx) = tokio::sync::watch::channel(0usize);
+            connected.push(rx);
+            let driver = tokio::spawn(async move {
+                loop {
+                    if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await
+                    {
+                        tx.send_replace(swarm.connected_peers().count());
+                    }
+                }
+            });
+            Node {
+                peer,
+                averager,
+                driver,
+            }
+        })
+        .collect();
+    for mut rx in connected {
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|&c| c + 1 >= n))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    nodes
+}
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn sleep(d: Duration) -> tokio::time::Sleep {
+    tokio::time::sleep(d)
+}
+
+/// Every node runs the round of `key` with its input; results in member order.
+async fn round_on(
+    nodes: &[Node],
+    key: [u8; 16],
+    opts: &Options,
+    inputs: &[Vec<f32>],
+) -> Vec<(Vec<f32>, Report)> {
+    let members: Vec<PeerId> = nodes.iter().map(|n| n.peer).collect();
+    let tasks: Vec<JoinHandle<(Vec<f32>, Report)>> = nodes
+        .iter()
+        .enumerate()
+        .map(|(me, node)| {
+            let mut t = node.averager.round(key, members.clone(), me).unwrap();
+            let (opts, mut x) = (opts.clone(), inputs[me].clone());
+            let group = Group {
+                key,
+                shares: vec![1; members.len()],
+                me,
+            };
+            tokio::spawn(async move {
+                let r = all_reduce(&group, &opts, &mut x, &mut t, sleep)
+                    .await
+                    .unwrap();
+                (x, r)
+            })
+        })
+        .collect();
+    join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_nodes_average_to_the_same_bits_as_in_process() {
+    let nodes = nodes(4).await;
+    let inputs: Vec<Vec<f32>> = (0..4).map(|k| values(100_003, k)).collect();
+    for codec in [Codec::F32, Codec::Blockwise8] {
+        let opts = Options::new(codec);
+        let key = [codec as u8 + 1; 16];
+        let over_net = round_on(&nodes, key, &opts, &inputs).await;
+
+        let mut links = local::group(4);
+        let mut outs = inputs.clone();
+        let runs = outs
+            .iter_mut()
+            .zip(links.iter_mut())
+            .enumerate()
+            .map(|(me, (x, t))| {
+                let group = Group {
+                    key,
+                    shares: vec![1; 4],
+                    me,
+                };
+                let opts = opts.clone();
+                async move { all_reduce(&group, &opts, x, t, sleep).await.unwrap() }
+            });
+        join_all(runs).await;
+        for (me, (x, report)) in over_net.iter().enumerate() {
+            assert!(report.complete(4), "{codec:?} node {me}: {report:?}");
+            assert_eq!(
+                x, &outs[me],
+                "{codec:?} node {me}: other bits than in process"
+            );
+            assert_eq!(x, &over_net[0].0);
+        }
+    }
+    // A second round under an open key is refused; a member that is not this node too.
+    let members: Vec<PeerId> = nodes.iter().map(|n| n.peer).collect();
+    let _open = nodes[0]
+        .averager
+        .round([9; 16], members.clone(), 0)
+        .unwrap();
+    assert_eq!(
+        nodes[0]
+            .averager
+            .round([9; 16], members.clone(), 0)
+            .unwrap_err(),
+        NetError::Duplicate
+    );
+    assert!(matches!(
+        nodes[0].averager.round([8; 16], members, 1),
+        Err(NetError::NotMe { me: 1, size: 4 })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outsiders_frames_never_count_and_a_node_killed_mid_round_corrupts_nothing() {
+    let mut all = nodes(5).await;
+    let outsider = all.pop().unwrap();
+    let members: Vec<PeerId> = all.iter().map(|n| n.peer).collect();
+    let len = 40_000;
+    let inputs: Vec<Vec<f32>> = (0..4).map(|k| values(len, 10 + k)).collect();
+    let key = [42; 16];
+
+    // The outsider knows the key and claims to be member 0, with absurd values, before the
+    // members open the round (the frame waits in member 1's early buffer).
+    let pretender = outsider
+        .averager
+        .round(key, vec![outsider.peer, members[1]], 0)
+        .unwrap();
+    let h = Header {
+        kind: Kind::Part,
+        group: key,
+        from: 0,
+        part: 1,
+        codec: Codec::F32,
+        weight: 1e9,
+        values: 10_000,
+    };
+    pretender
+        .send(1, frame::encode(&h, &Codec::F32.encode(&[1e6; 10_000])))
+        .await
+        .unwrap();
+
+    let opts = Options {
+        timeout: Duration::from_millis(1_500),
+        ..Options::new(Codec::F32)
+    };
+    let started = Instant::now();
+    let mut tasks: Vec<JoinHandle<(Vec<f32>, Report)>> = Vec::new();
+    for (me, node) in all.iter().enumerate() {
+        let t = node.averager.round(key, members.clone(), me).unwrap();
+        // Node 3 dies mid-round: once its parts are sent and the others' have reached it,
+        // the node goes down as it is about to send its average back.
+        let die = (me == 3).then(|| node.driver.abort_handle());
+        let mut t = DiesBeforeAveraging {
+            inner: t,
+            parts: 3,
+            sent: AtomicUsize::new(0),
+            die,
+        };
+        let (opts, mut x) = (opts.clone(), inputs[me].clone());
+        let group = Group {
+            key,
+            shares: vec![1; 4],
+            me,
+        };
+        tasks.push(tokio::spawn(async move {
+            let r = all_reduce(&group, &opts, &mut x, &mut t, sleep)
+                .await
+                .unwrap();
+            (x, r)
+        }));
+    }
+    let dead = tasks.pop().unwrap();
+    let outs: Vec<(Vec<f32>, Report)> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    dead.abort();
+    // The live members waited once for the dead member's average, and no longer.
+    let took = started.elapsed();
+    assert!(took >= opts.timeout && took < 3 * opts.timeout, "{took:?}");
+
+    let parts = kwaainet_hivemind::partition::partition(len, &[1; 4]).unwrap();
+    let all4 = [0, 1, 2, 3];
+    for (m, (x, report)) in outs.iter().enumerate() {
+        // Its parts reached every reducer before it died, and the pretender's never counted.
+        assert_eq!(report.reduced_from, all4, "member {m}: {report:?}");
+        assert_eq!(report.averaged, [0, 1, 2], "member {m}");
+        assert_eq!(report.kept_local, [3], "member {m}");
+        assert!(
+            report.refused.is_empty(),
+            "member {m}: {:?}",
+            report.refused
+        );
+        for i in 0..len {
+            let want = if parts[3].contains(&i) {
+                inputs[m][i]
+            } else {
+                let acc: f64 = all4.iter().map(|&k| inputs[k][i] as f64).sum();
+                (acc / 4.0) as f32
+            };
+            assert_eq!(x[i], want, "member {m} value {i}");
+        }
+    }
+    for n in &all {
+        n.driver.abort();
+    }
+    outsider.driver.abort();
+}
