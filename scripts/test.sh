@@ -51,6 +51,9 @@ step_clippy() {
     # the footprint crate on wasm32 (a page's span server meters its steps with it).
     cargo clippy -p kwaainet-footprint --features nvml --all-targets -- -D warnings
     cargo clippy -p kwaainet-footprint --target wasm32-unknown-unknown -- -D warnings
+    # Averaging and training (burn with autodiff on its pure-Rust CPU backend) build for a
+    # page too; the libp2p transport is native only for now.
+    cargo clippy -p kwaainet-hivemind --target wasm32-unknown-unknown -- -D warnings
     # The relaxed-SIMD kernels (RELAXED=1 builds).
     RUSTFLAGS="-C target-feature=+simd128,+relaxed-simd" \
         cargo clippy -p kwaainet-wasm --target wasm32-unknown-unknown -- -D warnings

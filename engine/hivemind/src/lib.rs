@@ -6,6 +6,8 @@
 //! - [`partition`]: which part each member reduces.
 //! - [`frame`]: the frames of `/kwaainet/averaging/1.0.0`, checked before they are read.
 //! - [`local`]: a transport between members in one process.
+//! - `train` (feature `train`, default): training on burn with autodiff, the digits data,
+//!   parameters as one vector for averaging.
 //! - `net` (native): the protocol over libp2p streams, members authenticated by their
 //!   peer ids.
 //!
@@ -40,5 +42,7 @@ pub mod local;
 #[cfg(not(all(target_arch = "wasm32", target_os = "unknown")))]
 pub mod net;
 pub mod partition;
+#[cfg(feature = "train")]
+pub mod train;
 
 pub use allreduce::{AvgError, Group, Options, Report, Transport, all_reduce};
