@@ -200,6 +200,7 @@ impl Round<'_> {
         }
         let part = h.part as usize;
         match h.kind {
+            Kind::StateAsk | Kind::State => Err("a state frame inside a round".into()),
             Kind::Part if part != me => {
                 Err(format!("part {part} sent to the reducer of part {me}"))
             }
@@ -223,7 +224,7 @@ impl Round<'_> {
                     Kind::Part => {
                         self.received.insert(from, (h.weight, values));
                     }
-                    Kind::Reduced => {
+                    _ => {
                         self.averages.insert(part, values);
                     }
                 }

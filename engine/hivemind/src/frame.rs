@@ -7,8 +7,10 @@
 //! ```
 //!
 //! All integers little-endian. `kind` is [`Kind::Part`] (a member's values of one part, sent
-//! to that part's reducer) or [`Kind::Reduced`] (a reducer's average of its part, sent back
-//! to the members it averaged). The payload holds `values` numbers in `codec`'s format.
+//! to that part's reducer), [`Kind::Reduced`] (a reducer's average of its part, sent back
+//! to the members it averaged), [`Kind::StateAsk`] (a joining peer asks for the current
+//! state under a key) or [`Kind::State`] (the answer: the whole vector). The payload holds
+//! `values` numbers in `codec`'s format.
 
 use futures::{AsyncRead, AsyncReadExt};
 use kwaainet_core::codec::Codec;
@@ -27,6 +29,11 @@ pub enum Kind {
     Part,
     /// A reducer's average of its part, for the members it averaged.
     Reduced,
+    /// A joining peer asks for the current state under the frame's key (no payload).
+    StateAsk,
+    /// The current state: the whole vector; `weight` carries its progress (samples trained),
+    /// no values when there is none.
+    State,
 }
 
 /// A frame's header.
@@ -112,6 +119,8 @@ pub fn encode(header: &Header, payload: &[u8]) -> Vec<u8> {
     out.push(match header.kind {
         Kind::Part => 1,
         Kind::Reduced => 2,
+        Kind::StateAsk => 3,
+        Kind::State => 4,
     });
     out.extend_from_slice(&header.group);
     out.extend_from_slice(&header.from.to_le_bytes());
@@ -141,6 +150,8 @@ pub fn header(bytes: &[u8]) -> Result<(Header, usize), FrameError> {
     let kind = match bytes[5] {
         1 => Kind::Part,
         2 => Kind::Reduced,
+        3 => Kind::StateAsk,
+        4 => Kind::State,
         k => return Err(FrameError::Kind(k)),
     };
     let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);

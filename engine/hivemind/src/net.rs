@@ -8,10 +8,13 @@
 //! the frame was taken, 0 when it was not. A sender counts a frame as sent only on that
 //! byte, and opens a new stream when a stream fails before it (libp2p-stream drops inbound
 //! streams that arrive while the previous one is being handed over), a few times within
-//! the round's timeout. A frame from a peer that is
-//! not a member, or for a key no round here expects, never reaches a round. Frames that
-//! arrive just before this member opens its round (a faster peer) wait a bounded time, in
-//! a bounded buffer.
+//! the round's timeout. A frame from a peer that is not a member, or for a key no round
+//! here expects, never reaches a round. Frames that arrive just before this member opens its
+//! round (a faster peer) wait a bounded time, in a bounded buffer.
+//!
+//! A joining peer takes the current state from a member ([`Averager::download_state`]): it
+//! asks under a key with a [`Kind::StateAsk`] frame, and a node that serves that key
+//! ([`Averager::serve_state`]) answers with the whole vector in a [`Kind::State`] frame.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -23,7 +26,8 @@ use libp2p_stream::Control;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::allreduce::Transport;
-use crate::frame;
+use crate::frame::{self, Header, Kind};
+use kwaainet_core::codec::Codec;
 
 /// The protocol's name.
 pub const PROTOCOL: &str = "/kwaainet/averaging/1.0.0";
@@ -133,13 +137,42 @@ impl Rounds {
     }
 }
 
-/// A node's averaging: answers the protocol and opens rounds.
+/// What a node answers a peer that asks for the state under a key: its progress (samples
+/// trained) and the vector, or `None` when it has none to give.
+pub type StateSource = Arc<dyn Fn() -> Option<(f32, Vec<f32>)> + Send + Sync>;
+
+/// Why a state could not be downloaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// The peer could not be reached, or the stream failed.
+    #[error("state from {peer}: {why}")]
+    Unreachable {
+        /// The peer asked.
+        peer: PeerId,
+        /// Why.
+        why: String,
+    },
+    /// The peer serves no state under this key.
+    #[error("{0} has no state under this key")]
+    NoState(PeerId),
+    /// The answer is not a state.
+    #[error("state from {peer} refused: {why}")]
+    Refused {
+        /// The peer asked.
+        peer: PeerId,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// A node's averaging: answers the protocol, opens rounds, serves and downloads states.
 #[derive(Clone)]
 pub struct Averager {
     control: Control,
     config: NetConfig,
     me: PeerId,
     rounds: Arc<Mutex<Rounds>>,
+    states: Arc<Mutex<HashMap<[u8; 16], StateSource>>>,
 }
 
 impl std::fmt::Debug for Averager {
@@ -164,6 +197,7 @@ impl Averager {
             config,
             me,
             rounds: Arc::default(),
+            states: Arc::default(),
         };
         let a = averager.clone();
         tokio::spawn(async move {
@@ -178,6 +212,13 @@ impl Averager {
                     let read = frame::read(&mut stream, a.config.max_payload);
                     let taken = match tokio::time::timeout(a.config.read, read).await {
                         Ok(Ok(bytes)) => match frame::header(&bytes) {
+                            Ok((h, _)) if h.kind == Kind::StateAsk => {
+                                let answer = a.state_frame(h.group);
+                                let _ = stream.write_all(&answer).await;
+                                let _ = stream.close().await;
+                                drop(slot);
+                                return;
+                            }
                             Ok((h, _)) => a
                                 .rounds
                                 .lock()
@@ -203,6 +244,97 @@ impl Averager {
             }
         });
         Ok(averager)
+    }
+
+    /// Answers peers that ask for the state under `key` with what `source` gives (replacing
+    /// an earlier source for the key).
+    pub fn serve_state(&self, key: [u8; 16], source: StateSource) {
+        if let Ok(mut s) = self.states.lock() {
+            s.insert(key, source);
+        }
+    }
+
+    /// Stops serving the state under `key`.
+    pub fn stop_serving_state(&self, key: [u8; 16]) {
+        if let Ok(mut s) = self.states.lock() {
+            s.remove(&key);
+        }
+    }
+
+    /// The frame that answers a state request for `key`.
+    fn state_frame(&self, key: [u8; 16]) -> Vec<u8> {
+        let source = self.states.lock().ok().and_then(|s| s.get(&key).cloned());
+        let (progress, values) = source.and_then(|f| f()).unwrap_or((0.0, Vec::new()));
+        let header = Header {
+            kind: Kind::State,
+            group: key,
+            from: 0,
+            part: 0,
+            codec: Codec::F32,
+            weight: progress,
+            values: values.len() as u32,
+        };
+        frame::encode(&header, &Codec::F32.encode(&values))
+    }
+
+    /// Downloads the state `peer` serves under `key` (a joining peer takes the current model
+    /// this way): its progress and the vector, at most [`NetConfig::max_payload`] bytes.
+    pub async fn download_state(
+        &self,
+        peer: PeerId,
+        key: [u8; 16],
+    ) -> Result<(f32, Vec<f32>), StateError> {
+        let unreachable = |why: String| StateError::Unreachable { peer, why };
+        let refused = |why: String| StateError::Refused { peer, why };
+        let mut control = self.control.clone();
+        let mut stream =
+            tokio::time::timeout(self.config.open, control.open_stream(peer, protocol()))
+                .await
+                .map_err(|_| unreachable(format!("no stream within {:?}", self.config.open)))?
+                .map_err(|e| unreachable(e.to_string()))?;
+        let ask = Header {
+            kind: Kind::StateAsk,
+            group: key,
+            from: 0,
+            part: 0,
+            codec: Codec::F32,
+            weight: 0.0,
+            values: 0,
+        };
+        stream
+            .write_all(&frame::encode(&ask, &[]))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        stream
+            .flush()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let bytes = tokio::time::timeout(
+            self.config.read,
+            frame::read(&mut stream, self.config.max_payload),
+        )
+        .await
+        .map_err(|_| unreachable(format!("no answer within {:?}", self.config.read)))?
+        .map_err(|e| match e {
+            frame::FrameError::Io(why) => unreachable(why),
+            other => refused(other.to_string()),
+        })?;
+        let _ = stream.close().await;
+        let (h, payload) =
+            frame::decode(&bytes, self.config.max_payload).map_err(|e| refused(e.to_string()))?;
+        if h.kind != Kind::State || h.group != key || h.codec != Codec::F32 {
+            return Err(refused("not the state asked for".into()));
+        }
+        if h.values == 0 {
+            return Err(StateError::NoState(peer));
+        }
+        if !(h.weight.is_finite() && h.weight >= 0.0) {
+            return Err(refused(format!("progress {}", h.weight)));
+        }
+        let values = Codec::F32
+            .decode(payload, h.values as usize)
+            .map_err(|e| refused(e.to_string()))?;
+        Ok((h.weight, values))
     }
 
     /// Opens the round of group `key` among `members` (every member lists the same peers in

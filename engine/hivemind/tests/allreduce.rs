@@ -320,6 +320,13 @@ async fn hostile_frames_are_refused_with_their_reason_and_the_round_goes_on() {
                 },
                 &good,
             ),
+            frame::encode(
+                &Header {
+                    kind: Kind::State,
+                    ..ok
+                },
+                &good,
+            ),
             {
                 let mut cut = frame::encode(&ok, &good);
                 cut.truncate(cut.len() - 4);
@@ -349,7 +356,7 @@ async fn hostile_frames_are_refused_with_their_reason_and_the_round_goes_on() {
                 w.as_str()
             })
             .collect();
-        assert_eq!(why.len(), 11, "member {m}: {why:#?}");
+        assert_eq!(why.len(), 12, "member {m}: {why:#?}");
         for (i, needle) in [
             "bad magic",
             "another group",
@@ -361,6 +368,7 @@ async fn hostile_frames_are_refused_with_their_reason_and_the_round_goes_on() {
             "weight inf",
             "codec f16",
             "sent an average of part 0, not its own",
+            "a state frame inside a round",
             "truncated",
         ]
         .iter()

@@ -2,7 +2,7 @@
 //! bits as in process, an outsider's frames never counted, a node killed mid-round.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -11,36 +11,10 @@ use kwaainet_hivemind::frame::{self, Header, Kind};
 use kwaainet_hivemind::net::NetError;
 use kwaainet_hivemind::{Group, Options, Report, Transport, all_reduce, local};
 use libp2p::PeerId;
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::JoinHandle;
 
 mod common;
-use common::{Node, nodes};
-
-/// A member's transport that, when `die` is set, takes its node down at its first send
-/// after its `parts` parts (its average), and then never answers.
-struct DiesBeforeAveraging<T> {
-    inner: T,
-    parts: usize,
-    sent: AtomicUsize,
-    die: Option<AbortHandle>,
-}
-
-impl<T: Transport> Transport for DiesBeforeAveraging<T> {
-    async fn send(&self, to: usize, frame: Vec<u8>) -> Result<(), String> {
-        let sent = self.sent.fetch_add(1, Ordering::SeqCst) + 1;
-        if let Some(die) = &self.die
-            && sent > self.parts
-        {
-            die.abort();
-            return futures::future::pending().await;
-        }
-        self.inner.send(to, frame).await
-    }
-
-    async fn recv(&mut self) -> Option<(usize, Vec<u8>)> {
-        self.inner.recv().await
-    }
-}
+use common::{DiesBeforeAveraging, Node, nodes};
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1);

@@ -7,7 +7,10 @@ use futures::StreamExt;
 use kwaainet_hivemind::net::{Averager, NetConfig};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, SwarmBuilder, noise, tcp, yamux};
-use tokio::task::JoinHandle;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use kwaainet_hivemind::Transport;
+use tokio::task::{AbortHandle, JoinHandle};
 
 type Swarm = libp2p::Swarm<libp2p_stream::Behaviour>;
 
@@ -87,4 +90,30 @@ pub async fn nodes(n: usize) -> Vec<Node> {
             .unwrap();
     }
     nodes
+}
+
+/// A member's transport that, when `die` is set, takes its node down at its first send
+/// after its `parts` parts (its average), and then never answers.
+pub struct DiesBeforeAveraging<T> {
+    pub inner: T,
+    pub parts: usize,
+    pub sent: AtomicUsize,
+    pub die: Option<AbortHandle>,
+}
+
+impl<T: Transport> Transport for DiesBeforeAveraging<T> {
+    async fn send(&self, to: usize, frame: Vec<u8>) -> Result<(), String> {
+        let sent = self.sent.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(die) = &self.die
+            && sent > self.parts
+        {
+            die.abort();
+            return futures::future::pending().await;
+        }
+        self.inner.send(to, frame).await
+    }
+
+    async fn recv(&mut self) -> Option<(usize, Vec<u8>)> {
+        self.inner.recv().await
+    }
 }
