@@ -90,6 +90,9 @@ pub enum FrameError {
     /// The stream failed.
     #[error("reading the frame: {0}")]
     Io(String),
+    /// The receiver would not take a frame with this header.
+    #[error("frame refused: {0}")]
+    Refused(String),
 }
 
 fn codec_byte(c: Codec) -> u8 {
@@ -196,16 +199,31 @@ pub async fn read<R: AsyncRead + Unpin>(
     r: &mut R,
     max_payload: usize,
 ) -> Result<Vec<u8>, FrameError> {
+    read_admitted(r, max_payload, |_, _| Ok(())).await
+}
+
+/// [`read`], asking `admit` about the header and the payload's length before the payload is
+/// read: a refusal ends the read with [`FrameError::Refused`], nothing more read.
+pub async fn read_admitted<R, F>(
+    r: &mut R,
+    max_payload: usize,
+    admit: F,
+) -> Result<Vec<u8>, FrameError>
+where
+    R: AsyncRead + Unpin,
+    F: FnOnce(&Header, usize) -> Result<(), String>,
+{
     let io = |e: std::io::Error| FrameError::Io(e.to_string());
     let mut frame = vec![0u8; HEADER_LEN];
     r.read_exact(&mut frame).await.map_err(io)?;
-    let (_, len) = header(&frame)?;
+    let (h, len) = header(&frame)?;
     if len > max_payload {
         return Err(FrameError::TooLarge {
             got: len,
             limit: max_payload,
         });
     }
+    admit(&h, len).map_err(FrameError::Refused)?;
     frame.resize(HEADER_LEN + len, 0);
     r.read_exact(&mut frame[HEADER_LEN..]).await.map_err(io)?;
     Ok(frame)
@@ -278,6 +296,14 @@ mod tests {
                 limit: 99
             }
         );
+        // A header the receiver refuses: nothing after it is read.
+        let err = read_admitted(&mut &f[..HEADER_LEN], 100, |h, len| {
+            assert_eq!((h.from, len), (3, 100));
+            Err("not a member".into())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err, FrameError::Refused("not a member".into()));
         let err = read(&mut &f[..HEADER_LEN + 5], 100).await.unwrap_err();
         assert!(matches!(err, FrameError::Io(_)));
     }

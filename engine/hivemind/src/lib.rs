@@ -9,7 +9,7 @@
 //! - `train` (feature `train`, default): training on burn with autodiff, the digits data,
 //!   parameters as one vector for averaging.
 //! - `net` (native): the protocol over libp2p streams, members authenticated by their
-//!   peer ids.
+//!   peer ids; a joining peer downloads the current state from a member.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

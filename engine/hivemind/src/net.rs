@@ -79,6 +79,9 @@ pub enum NetError {
     /// The protocol is answered by another handler already.
     #[error("{PROTOCOL} already has a handler on this node")]
     Taken,
+    /// A task holding the node's rounds panicked.
+    #[error("the node's averaging rounds are unavailable (a task panicked)")]
+    Poisoned,
 }
 
 type Frame = (usize, Vec<u8>);
@@ -209,7 +212,11 @@ impl Averager {
                 };
                 let a = a.clone();
                 tokio::spawn(async move {
-                    let read = frame::read(&mut stream, a.config.max_payload);
+                    // A frame that could not be taken is refused from its header, before its
+                    // payload is read: from a peer outside an open round, or for no open
+                    // round when the early buffer is full.
+                    let admit = |h: &Header, len: usize| a.admit(h, peer, len);
+                    let read = frame::read_admitted(&mut stream, a.config.max_payload, admit);
                     let taken = match tokio::time::timeout(a.config.read, read).await {
                         Ok(Ok(bytes)) => match frame::header(&bytes) {
                             Ok((h, _)) if h.kind == Kind::StateAsk => {
@@ -244,6 +251,28 @@ impl Averager {
             }
         });
         Ok(averager)
+    }
+
+    /// Whether a frame with header `h` and a payload of `len` bytes from `peer` could be
+    /// taken (checked again when it is delivered).
+    fn admit(&self, h: &Header, peer: PeerId, len: usize) -> Result<(), String> {
+        if h.kind == Kind::StateAsk {
+            return Ok(());
+        }
+        let rounds = self
+            .rounds
+            .lock()
+            .map_err(|_| "the node's rounds are unavailable".to_string())?;
+        match rounds.open.get(&h.group) {
+            Some(open) if open.members.contains(&peer) => Ok(()),
+            Some(_) => Err(format!("{peer} is not a member of this round")),
+            None if rounds.pending_bytes + frame::HEADER_LEN + len
+                <= self.config.max_pending_bytes =>
+            {
+                Ok(())
+            }
+            None => Err("no round open for this key and no room to keep the frame".into()),
+        }
     }
 
     /// Answers peers that ask for the state under `key` with what `source` gives (replacing
@@ -353,7 +382,7 @@ impl Averager {
         }
         // Two frames from each other member, and room for hostile extras that are refused.
         let (tx, rx) = mpsc::channel(4 * members.len() + 4);
-        let mut rounds = self.rounds.lock().map_err(|_| NetError::Duplicate)?;
+        let mut rounds = self.rounds.lock().map_err(|_| NetError::Poisoned)?;
         if rounds.open.contains_key(&key) {
             return Err(NetError::Duplicate);
         }

@@ -113,6 +113,28 @@ async fn four_nodes_average_to_the_same_bits_as_in_process() {
             .unwrap_err(),
         NetError::Duplicate
     );
+    // A peer outside an open round is refused from its frame's header: its send fails.
+    let _pair = nodes[0]
+        .averager
+        .round([7; 16], vec![members[0], members[1]], 0)
+        .unwrap();
+    let outsider = nodes[2]
+        .averager
+        .round([7; 16], vec![members[2], members[0]], 0)
+        .unwrap();
+    let h = Header {
+        kind: Kind::Part,
+        group: [7; 16],
+        from: 0,
+        part: 1,
+        codec: Codec::F32,
+        weight: 1.0,
+        values: 1,
+    };
+    let refused = outsider
+        .send(1, frame::encode(&h, &Codec::F32.encode(&[1.0])))
+        .await;
+    assert!(refused.unwrap_err().contains("did not take the frame"));
     assert!(matches!(
         nodes[0].averager.round([8; 16], members, 1),
         Err(NetError::NotMe { me: 1, size: 4 })

@@ -185,7 +185,7 @@ impl Trainer {
         self.at = 0;
     }
 
-    /// One minibatch step; its loss.
+    /// One minibatch step; its loss (NaN when the trainer has no data).
     pub fn step(&mut self) -> f32 {
         if self.data.is_empty() {
             return f32::NAN;
