@@ -119,7 +119,8 @@ pub struct Report {
     pub reduced_from: Vec<usize>,
     /// The total weight of that average.
     pub reduced_weight: f64,
-    /// Parts that hold their reducer's average now (this member's own included).
+    /// Parts that hold their reducer's average now (this member's own included, unless no
+    /// weight reached it or its average did not survive the codec).
     pub averaged: Vec<usize>,
     /// Parts left as this member's own values: their reducer did not answer in time.
     pub kept_local: Vec<usize>,
@@ -351,14 +352,17 @@ where
                 *a += w as f64 * x as f64;
             }
         }
-        round.report.reduced_from = from.clone();
+        round.report.reduced_from = from;
         round.report.reduced_weight = total;
         if total > 0.0 {
             let mean: Vec<f32> = acc.iter().map(|a| (a / total) as f32).collect();
             let payload = opts.codec.encode(&mean);
             // Keep what the others will decode, so every member holds the same bits.
             match opts.codec.decode(&payload, mean.len()) {
-                Ok(decoded) => values[mine.clone()].copy_from_slice(&decoded),
+                Ok(decoded) => {
+                    values[mine.clone()].copy_from_slice(&decoded);
+                    round.report.averaged.push(me);
+                }
                 Err(e) => {
                     // Only a mean too large for the codec's range gets here.
                     tracing::warn!(error = %e, "the average does not survive its codec: kept unaveraged");
@@ -382,14 +386,12 @@ where
                 .collect();
             send_all(transport, back, opts.timeout, &sleep, &mut round.report).await;
         }
-        round.report.averaged.push(me);
     }
 
     // 4. The other parts: wait for their averages from the reducers we reached.
-    let expected: Vec<usize> = delivered;
     {
         let mut deadline = pin!(sleep(opts.timeout).fuse());
-        while !round.all_averages_in(&expected) {
+        while !round.all_averages_in(&delivered) {
             let next = pin!(transport.recv());
             match select(next, deadline.as_mut()).await {
                 Either::Left((Some((from, bytes)), _)) => round.take(from, &bytes),

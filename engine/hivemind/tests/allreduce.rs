@@ -458,3 +458,25 @@ async fn rounds_that_cannot_start_say_why_and_send_nothing() {
         "member 0 has left"
     );
 }
+
+#[tokio::test]
+async fn a_round_where_no_member_brings_weight_changes_nothing_and_says_so() {
+    let (n, len) = (3, 300);
+    let inputs: Vec<Vec<f32>> = (0..n).map(|k| values(len, 50 + k as u64, 1.0)).collect();
+    let mut links = local::group(n);
+    let opts = vec![
+        Options {
+            weight: 0.0,
+            timeout: Duration::from_millis(100),
+            ..Options::new(Codec::F32)
+        };
+        n
+    ];
+    let outs = round(&[1; 3], &opts, &inputs, &mut links, &[0, 1, 2]).await;
+    for (m, (x, report)) in outs.iter().enumerate() {
+        assert_eq!(x, &inputs[m], "member {m}: values moved without weight");
+        assert!(report.averaged.is_empty(), "member {m}: {report:?}");
+        assert_eq!(report.reduced_weight, 0.0);
+        assert_eq!(report.kept_local.len(), n - 1);
+    }
+}
